@@ -1,0 +1,55 @@
+# torch-lookahead: the two commands of the quick start are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch is pinned through a constraints file so that no install can pull a different (CUDA) build.
+PIN := -c constraints.txt torch==2.13.0
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: demo test test-slow lint typecheck docs bench clean
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.demo-installed: $(VENV)/bin/python pyproject.toml constraints.txt
+	$(PIP) install --quiet $(PIN) -e '.[lab]'
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/bin/python pyproject.toml constraints.txt
+	$(PIP) install --quiet $(PIN) -e '.[dev,lab,integrations]'
+	touch $@
+
+$(VENV)/.docs-installed: $(VENV)/bin/python pyproject.toml constraints.txt
+	$(PIP) install --quiet $(PIN) -e '.[docs]'
+	touch $@
+
+$(VENV)/.bench-installed: $(VENV)/bin/python pyproject.toml constraints.txt
+	$(PIP) install --quiet $(PIN) -e '.[bench]'
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(VENV)/bin/torch-lookahead demo
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+typecheck: $(VENV)/.dev-installed
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/pytest -n 2 -m "not slow"
+
+test-slow: $(VENV)/.dev-installed
+	$(VENV)/bin/pytest -m slow
+
+docs: $(VENV)/.docs-installed
+	$(VENV)/bin/mkdocs build --strict
+
+bench: $(VENV)/.bench-installed
+	$(VENV)/bin/torch-lookahead bench
+
+clean:
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,17 @@
+"""torch-lookahead: the Lookahead optimizer for PyTorch, exact to the paper.
+
+``Lookahead(optimizer, k=5, alpha=0.5)`` wraps any ``torch.optim.Optimizer``: after every k inner
+steps, ``slow <- slow + alpha*(fast - slow)`` and ``fast <- slow`` (Zhang et al., 2019).
+"""
+
+from torch_lookahead.lookahead import Lookahead, LookaheadFactory, load_slow_parameters
+from torch_lookahead.pullback import register_momentum_keys
+
+__all__ = [
+    "Lookahead",
+    "LookaheadFactory",
+    "load_slow_parameters",
+    "register_momentum_keys",
+]
+
+__version__ = "0.1.0"
