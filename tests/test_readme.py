@@ -1,0 +1,37 @@
+"""The README's promises: its code runs, and its behaviour notes hold."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from torch_lookahead import Lookahead
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_blocks_run(tmp_path, monkeypatch) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        namespace: dict[str, object] = {}
+        exec(compile(block, str(README), "exec"), namespace)
+    assert (tmp_path / "opt.pt").exists()
+    state = torch.load(tmp_path / "opt.pt", weights_only=True)
+    assert "lookahead_slow" in state["state"][0]
+
+
+def test_buffers_are_not_slow_weights() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    opt = Lookahead(torch.optim.SGD(model.parameters(), lr=0.1), k=3)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(8, 3)).pow(2).mean().backward()
+        opt.step()
+    running_mean = model[1].running_mean.clone()
+    with opt.slow_weights():
+        assert torch.equal(model[1].running_mean, running_mean)
+    assert torch.equal(model[1].running_mean, running_mean)
