@@ -1,0 +1,143 @@
+"""Lookahead under Accelerate: ``accelerator.prepare``, gradient accumulation, the LR schedule
+after ``prepare`` (which round-trips the optimizer's state_dict), ``train()``/``eval()`` through
+the AcceleratedOptimizer, and exact resume through ``save_state``/``load_state``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+accelerate = pytest.importorskip("accelerate")
+
+from tests.integrations._tensors import assert_same, parameters_of  # noqa: E402
+from torch_lookahead import Lookahead  # noqa: E402
+
+pytestmark = pytest.mark.integrations
+
+K, ALPHA = 3, 0.5
+LR, GAMMA, MOMENTUM = 0.1, 0.8, 0.9
+ACCUMULATE, MICRO_BATCH, SAMPLES = 2, 4, 32
+STEPS_PER_EPOCH = SAMPLES // (MICRO_BATCH * ACCUMULATE)  # 4: with k=3 epochs end mid-cycle
+
+
+def _loader() -> DataLoader[tuple[Tensor, ...]]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(SAMPLES, 4, generator=gen)
+    y = x @ torch.randn(4, 1, generator=gen) + 0.1 * torch.randn(SAMPLES, 1, generator=gen)
+    return DataLoader(TensorDataset(x, y), batch_size=MICRO_BATCH, shuffle=False)
+
+
+@dataclass
+class Setup:
+    model: nn.Module
+    lookahead: Lookahead
+    optimizer: Any  # what prepare() returned
+    schedule: Any
+    loader: Any
+
+
+def _setup(accelerator: Any | None) -> Setup:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    lookahead = Lookahead(
+        torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM), k=K, alpha=ALPHA
+    )
+    schedule = torch.optim.lr_scheduler.StepLR(lookahead, step_size=1, gamma=GAMMA)
+    loader = _loader()
+    if accelerator is None:
+        return Setup(model, lookahead, lookahead, schedule, loader)
+    model, optimizer, schedule, loader = accelerator.prepare(model, lookahead, schedule, loader)
+    return Setup(model, lookahead, optimizer, schedule, loader)
+
+
+def _accelerator() -> Any:
+    return accelerate.Accelerator(cpu=True, gradient_accumulation_steps=ACCUMULATE)
+
+
+def _accelerated_epoch(accelerator: Any, run: Setup) -> None:
+    for x, y in run.loader:
+        with accelerator.accumulate(run.model):
+            accelerator.backward(F.mse_loss(run.model(x), y))
+            run.optimizer.step()
+            run.schedule.step()
+            run.optimizer.zero_grad()
+
+
+def _plain_epoch(run: Setup) -> None:
+    for index, (x, y) in enumerate(run.loader):
+        (F.mse_loss(run.model(x), y) / ACCUMULATE).backward()
+        if (index + 1) % ACCUMULATE == 0:
+            run.optimizer.step()
+            run.schedule.step()
+            run.optimizer.zero_grad()
+
+
+def _inner_lr(run: Setup) -> float:
+    return float(run.lookahead.optimizer.param_groups[0]["lr"])
+
+
+def test_prepare_and_gradient_accumulation_match_the_plain_loop() -> None:
+    accelerator = _accelerator()
+    accelerated = _setup(accelerator)
+    assert accelerated.optimizer.optimizer is accelerated.lookahead
+    _accelerated_epoch(accelerator, accelerated)
+
+    plain = _setup(None)
+    _plain_epoch(plain)
+
+    assert_same(parameters_of(accelerated.model), parameters_of(plain.model))
+    assert_same(accelerated.lookahead.slow_parameters(), plain.lookahead.slow_parameters())
+    # One Lookahead step per accumulated optimizer step, not per micro-batch.
+    assert accelerated.lookahead.param_groups[0]["lookahead_step"] == STEPS_PER_EPOCH % K
+
+
+def test_schedule_keeps_reaching_the_inner_optimizer_after_prepare() -> None:
+    accelerator = _accelerator()
+    run = _setup(accelerator)
+    _accelerated_epoch(accelerator, run)
+    assert _inner_lr(run) == pytest.approx(LR * GAMMA**STEPS_PER_EPOCH, rel=1e-12)
+    assert run.optimizer.param_groups[0]["lr"] == _inner_lr(run)
+
+
+def test_accelerated_optimizer_forwards_eval_and_train() -> None:
+    accelerator = _accelerator()
+    run = _setup(accelerator)
+    _accelerated_epoch(accelerator, run)  # ends mid-cycle: slow != fast
+    fast = parameters_of(run.model)
+    slow = [s.clone() for s in run.lookahead.slow_parameters()]
+    assert any(not torch.equal(f, s) for f, s in zip(fast, slow, strict=True))
+
+    run.optimizer.eval()
+    assert_same(parameters_of(run.model), slow)
+    run.optimizer.train()
+    assert_same(parameters_of(run.model), fast)
+
+
+def test_save_state_load_state_resumes_exactly(tmp_path: Path) -> None:
+    accelerator = _accelerator()
+    uninterrupted = _setup(accelerator)
+    for _ in range(2):
+        _accelerated_epoch(accelerator, uninterrupted)
+
+    # A save_state folder holds every object its Accelerator prepared: one run per Accelerator.
+    first_accelerator = _accelerator()
+    first = _setup(first_accelerator)
+    _accelerated_epoch(first_accelerator, first)
+    first_accelerator.save_state(str(tmp_path / "state"))
+
+    resumed_accelerator = _accelerator()
+    resumed = _setup(resumed_accelerator)
+    resumed_accelerator.load_state(str(tmp_path / "state"))
+    assert resumed.lookahead.param_groups[0]["lookahead_step"] == STEPS_PER_EPOCH % K
+    _accelerated_epoch(resumed_accelerator, resumed)
+
+    assert_same(parameters_of(resumed.model), parameters_of(uninterrupted.model))
+    assert_same(resumed.lookahead.slow_parameters(), uninterrupted.lookahead.slow_parameters())
+    assert _inner_lr(resumed) == pytest.approx(_inner_lr(uninterrupted), rel=1e-12)

@@ -1,0 +1,235 @@
+"""Lookahead under transformers.Trainer, on a tiny BERT built from a config (nothing downloaded):
+``optimizers=(Lookahead(...), scheduler)``, ``optimizer_cls_and_kwargs``, evaluation on the slow
+weights through the optimizer's ``eval()``/``train()``, and exact resume from a checkpoint folder
+(the Trainer reloads ``optimizer.pt`` with ``weights_only=True``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+transformers = pytest.importorskip("transformers")
+
+from tests.integrations._tensors import assert_same, parameters_of  # noqa: E402
+from torch_lookahead import Lookahead  # noqa: E402
+
+pytestmark = pytest.mark.integrations
+
+K, ALPHA, LR = 2, 0.5, 1e-2
+SAMPLES, BATCH, SEQUENCE = 24, 4, 8
+MAX_STEPS = SAMPLES // BATCH  # 6: one epoch
+EVAL_EVERY = 3  # with k=2, step 3 is mid-cycle: slow and fast weights differ
+
+
+class TinyTextDataset(torch.utils.data.Dataset[dict[str, Tensor]]):
+    def __init__(self, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.input_ids = torch.randint(0, 64, (SAMPLES, SEQUENCE), generator=gen)
+        self.labels = (self.input_ids.sum(dim=1) % 2).long()
+
+    def __len__(self) -> int:
+        return SAMPLES
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {
+            "input_ids": self.input_ids[index],
+            "attention_mask": torch.ones(SEQUENCE, dtype=torch.long),
+            "labels": self.labels[index],
+        }
+
+
+def _tiny_bert() -> Any:
+    config = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(config)
+
+
+def _arguments(output_dir: Path, *, evaluate: bool) -> Any:
+    every = {"eval_strategy": "steps", "eval_steps": EVAL_EVERY} if evaluate else {}
+    return transformers.TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=BATCH,
+        per_device_eval_batch_size=SAMPLES,
+        max_steps=MAX_STEPS,
+        learning_rate=LR,
+        lr_scheduler_type="linear",
+        save_strategy="steps" if evaluate else "no",
+        save_steps=EVAL_EVERY,
+        logging_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **every,
+    )
+
+
+class WeightsRecorder(transformers.TrainerCallback):  # type: ignore[misc]
+    """Snapshots the slow weights after each optimizer step and the parameters evaluation sees."""
+
+    def __init__(self, optimizer: Lookahead) -> None:
+        self.optimizer = optimizer
+        self.slow_after_step: dict[int, list[Tensor]] = {}
+        self.fast_after_step: dict[int, list[Tensor]] = {}
+        self.seen_by_evaluation: dict[int, list[Tensor]] = {}
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.slow_after_step[state.global_step] = [
+            s.clone() for s in self.optimizer.slow_parameters()
+        ]
+        self.fast_after_step[state.global_step] = parameters_of(kwargs["model"])
+
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        model = kwargs["model"]
+        self.seen_by_evaluation.setdefault(state.global_step, parameters_of(model))
+
+
+@dataclass
+class TrainerRun:
+    model: Any
+    optimizer: Lookahead
+    recorder: WeightsRecorder
+    output_dir: Path
+    trainer: Any = field(repr=False)
+
+
+def _run(output_dir: Path, *, evaluate: bool, resume_from: Path | None = None) -> TrainerRun:
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    model = _tiny_bert()
+    # weight_decay=0.0: what the Trainer gives both of its groups with the default arguments.
+    adamw = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+    optimizer = Lookahead(adamw, k=K, alpha=ALPHA)
+    schedule = transformers.get_linear_schedule_with_warmup(optimizer, 0, MAX_STEPS)
+    recorder = WeightsRecorder(optimizer)
+    trainer = transformers.Trainer(
+        model=model,
+        args=_arguments(output_dir, evaluate=evaluate),
+        train_dataset=TinyTextDataset(seed=1),
+        eval_dataset=TinyTextDataset(seed=2),
+        optimizers=(optimizer, schedule),
+        callbacks=[recorder],
+    )
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return TrainerRun(model, optimizer, recorder, output_dir, trainer)
+
+
+@pytest.fixture(scope="module")
+def without_evaluation(tmp_path_factory: pytest.TempPathFactory) -> TrainerRun:
+    return _run(tmp_path_factory.mktemp("plain"), evaluate=False)
+
+
+@pytest.fixture(scope="module")
+def with_evaluation(tmp_path_factory: pytest.TempPathFactory) -> TrainerRun:
+    return _run(tmp_path_factory.mktemp("evaluated"), evaluate=True)
+
+
+def test_evaluation_sees_the_slow_weights(with_evaluation: TrainerRun) -> None:
+    recorder = with_evaluation.recorder
+    assert sorted(recorder.seen_by_evaluation) == [EVAL_EVERY, 2 * EVAL_EVERY]
+    seen = recorder.seen_by_evaluation[EVAL_EVERY]
+    slow = recorder.slow_after_step[EVAL_EVERY]
+    # slow_parameters() is in param-group order, which is model.parameters() order here.
+    assert_same(seen, slow)
+    # Mid-cycle the fast weights differ from the slow ones, so evaluation did not see them.
+    fast = recorder.fast_after_step[EVAL_EVERY]
+    assert any(not torch.equal(a, b) for a, b in zip(seen, fast, strict=True))
+
+
+def test_evaluating_on_slow_weights_leaves_training_unchanged(
+    with_evaluation: TrainerRun, without_evaluation: TrainerRun
+) -> None:
+    """The Trainer calls optimizer.train() before each step: the fast weights come back exactly."""
+    assert with_evaluation.recorder.seen_by_evaluation  # it did evaluate, mid-cycle
+    assert_same(parameters_of(with_evaluation.model), parameters_of(without_evaluation.model))
+    assert with_evaluation.trainer.state.global_step == MAX_STEPS
+
+
+def test_linear_schedule_reaches_the_inner_optimizer(without_evaluation: TrainerRun) -> None:
+    inner_lr = without_evaluation.optimizer.optimizer.param_groups[0]["lr"]
+    assert inner_lr == pytest.approx(0.0, abs=1e-12)  # linear decay to 0 at max_steps
+    assert without_evaluation.optimizer.param_groups[0]["lookahead_step"] == MAX_STEPS % K
+
+
+def test_resume_from_checkpoint_folder_continues_exactly(
+    with_evaluation: TrainerRun, tmp_path: Path
+) -> None:
+    checkpoint = with_evaluation.output_dir / f"checkpoint-{EVAL_EVERY}"
+    # The Trainer saved right after evaluating: optimizer.pt is written in eval mode.
+    optimizer_state = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    assert all("lookahead_slow" in s for s in optimizer_state["state"].values())
+
+    resumed = _run(tmp_path, evaluate=True, resume_from=checkpoint)
+
+    assert resumed.trainer.state.global_step == MAX_STEPS
+    assert_same(parameters_of(resumed.model), parameters_of(with_evaluation.model))
+    assert_same(resumed.optimizer.slow_parameters(), with_evaluation.optimizer.slow_parameters())
+
+
+class LookaheadAdamW(Lookahead):
+    """The optimizer class the Trainer instantiates as ``cls(grouped_params, **kwargs)``."""
+
+    def __init__(self, params: Any, **adamw_kwargs: Any) -> None:
+        super().__init__(torch.optim.AdamW(params, **adamw_kwargs), k=K, alpha=ALPHA)
+
+
+def _train_with_optimizer_cls(output_dir: Path, optimizer_cls: Any) -> tuple[Any, Any]:
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    model = _tiny_bert()
+    trainer = transformers.Trainer(
+        model=model,
+        args=_arguments(output_dir, evaluate=False),
+        train_dataset=TinyTextDataset(seed=1),
+        optimizer_cls_and_kwargs=(optimizer_cls, {"lr": LR}),
+    )
+    trainer.train()
+    return model, trainer
+
+
+def test_optimizer_cls_and_kwargs_builds_a_lookahead(
+    without_evaluation: TrainerRun, tmp_path: Path
+) -> None:
+    model, trainer = _train_with_optimizer_cls(tmp_path, LookaheadAdamW)
+
+    optimizer = _unwrap(trainer.optimizer)
+    assert isinstance(optimizer, LookaheadAdamW)
+    # The Trainer's weight-decay / no-decay split reaches the inner optimizer as two groups.
+    assert len(optimizer.optimizer.param_groups) == 2
+    assert all(group["lookahead_k"] == K for group in optimizer.param_groups)
+    # Same data, init, schedule and update rule as the optimizers=(...) run: same weights.
+    assert_same(parameters_of(model), parameters_of(without_evaluation.model))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="transformers>=5 calls any optimizer_cls that is not an Optimizer subclass as a "
+    "no-argument factory (optimizer_cls()(model, **kwargs)); Lookahead.wrap returns a "
+    "LookaheadFactory instance, not a class",
+)
+def test_optimizer_cls_and_kwargs_accepts_lookahead_wrap(tmp_path: Path) -> None:
+    _, trainer = _train_with_optimizer_cls(tmp_path, Lookahead.wrap(torch.optim.AdamW, k=K))
+    assert isinstance(_unwrap(trainer.optimizer), Lookahead)
+
+
+def _unwrap(optimizer: Any) -> Any:
+    """The Trainer hands the optimizer to Accelerate, which wraps it in an AcceleratedOptimizer."""
+    while not isinstance(optimizer, Lookahead) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
