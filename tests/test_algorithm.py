@@ -256,3 +256,34 @@ def test_per_group_k_and_alpha() -> None:
     # a: -1, -2 -> sync -1, then -2.  b: -1, -2, -3 -> sync 0 + 0.25*(-3) = -0.75
     assert a.item() == -2.0
     assert b.item() == -0.75
+
+
+def test_a_parameter_unfrozen_later_gets_its_slow_copy_then() -> None:
+    a = torch.nn.Parameter(torch.zeros(2))
+    late = torch.nn.Parameter(torch.ones(2), requires_grad=False)
+    opt = Lookahead(torch.optim.SGD([a, late], lr=1.0), k=2, alpha=0.5)
+    for _ in range(4):
+        a.grad = torch.ones(2)
+        opt.step()
+    assert late not in opt.state
+    late.requires_grad_(True)
+    for _ in range(2):
+        a.grad = torch.ones(2)
+        late.grad = torch.ones(2)
+        opt.step()
+    assert torch.equal(opt.state[late]["lookahead_slow"], torch.zeros(2))  # (1 + -1)/2
+    assert torch.equal(late.detach(), torch.zeros(2))
+
+
+def test_parameters_replaced_in_a_group_get_slow_copies() -> None:
+    """Frameworks (Accelerate FSDP2, DeepSpeed) rewrite group["params"] in place."""
+    a = torch.nn.Parameter(torch.zeros(2))
+    opt = Lookahead(torch.optim.SGD([a], lr=1.0), k=2, alpha=0.5)
+    a.grad = torch.ones(2)
+    opt.step()
+    replacement = torch.nn.Parameter(torch.full((2,), 4.0))
+    opt.param_groups[0]["params"][0] = replacement
+    replacement.grad = torch.ones(2)
+    opt.step()  # the k-th step: captured at 4, updated to 3, synced to 4 + (3 - 4)/2
+    assert torch.equal(opt.state[replacement]["lookahead_slow"], torch.full((2,), 3.5))
+    assert torch.equal(replacement.detach(), torch.full((2,), 3.5))

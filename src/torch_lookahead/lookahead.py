@@ -215,6 +215,8 @@ class Lookahead(Optimizer):
         for name in _HOOK_DICTS:
             setattr(self, name, OrderedDict())
         self._swap_scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        # id(group) -> (group, ids of its params, its params without a slow copy yet).
+        self._uncaptured: dict[int, tuple[dict[str, Any], list[int], list[Tensor]]] = {}
         self._patch_step_function()
 
     # ------------------------------------------------------------------ live views of the inner
@@ -233,6 +235,7 @@ class Lookahead(Optimizer):
     @state.setter
     def state(self, value: defaultdict[Tensor, Any]) -> None:
         self.optimizer.state = value
+        self._uncaptured.clear()
 
     @property  # type: ignore[override]
     def defaults(self) -> dict[str, Any]:
@@ -312,17 +315,32 @@ class Lookahead(Optimizer):
         return capturing_closure
 
     def _capture_initial_weights(self, captured: list[tuple[Tensor, Tensor]]) -> None:
-        """Copy, before they are first updated, the parameters that have a gradient but no slow copy."""
+        """Copy, before they are first updated, the parameters that have a gradient but no slow copy.
+
+        Each group remembers which of its parameters still lack a slow copy, so that in the
+        steady state a step checks a list of ids per group instead of every parameter.
+        """
         state = self.state
+        eager = not torch.compiler.is_compiling()
         with torch.no_grad():
             for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
+                params = group["params"]
+                ids = [id(p) for p in params] if eager else []
+                remembered = self._uncaptured.get(id(group)) if eager else None
+                if remembered is not None and remembered[0] is group and remembered[1] == ids:
+                    candidates = remembered[2]
+                else:
+                    candidates = params
+                uncaptured = []
+                for p in candidates:
                     param_state = state.get(p)
                     if param_state is not None and SLOW_KEY in param_state:
                         continue
-                    captured.append((p, self._new_slow_copy(p, p)))
+                    uncaptured.append(p)  # checked again next step, also if this step fails
+                    if p.grad is not None:
+                        captured.append((p, self._new_slow_copy(p, p)))
+                if eager:
+                    self._uncaptured[id(group)] = (group, ids, uncaptured)
 
     def _store_initial_weights(self, captured: list[tuple[Tensor, Tensor]]) -> None:
         # Inserted only now, after the inner step created its own state (integration.md F2).
@@ -549,6 +567,7 @@ class Lookahead(Optimizer):
                 state_dict = result
         saved_lookahead = self._saved_lookahead_tensors(state_dict)
         self.optimizer.load_state_dict(state_dict)
+        self._uncaptured.clear()
         self._place_loaded_slow_copies(saved_lookahead)
         for group in self.param_groups:
             group.setdefault(K_KEY, self.defaults[K_KEY])
