@@ -1,0 +1,209 @@
+"""Checkpoints of timm's and pytorch_optimizer's Lookahead, converted, continue the same trajectory.
+
+Each test trains with the other library, saves mid-cycle, continues there (the target), and
+continues instead with torch-lookahead from the converted checkpoint. float64 keeps the rounding
+differences between the libraries' interpolation formulas far below the tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import importlib.util
+import io
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from tests.integrations._tensors import parameters_of
+from torch_lookahead import Lookahead
+from torch_lookahead.integrations.migrate import (
+    convert_pytorch_optimizer_state_dict,
+    convert_timm_state_dict,
+)
+
+K, ALPHA = 3, 0.5
+STEPS_BEFORE, STEPS_AFTER = 4, 5  # saved mid-cycle; two syncs after the resume
+
+
+def _timm_lookahead_class() -> Any:
+    """timm's Lookahead. ``import timm`` needs torchvision, its lookahead module only torch."""
+    try:
+        from timm.optim.lookahead import Lookahead as TimmLookahead
+    except ImportError:
+        try:
+            distribution = importlib.metadata.distribution("timm")
+        except importlib.metadata.PackageNotFoundError:
+            pytest.skip("timm is not installed")
+        path = distribution.locate_file("timm/optim/lookahead.py")
+        spec = importlib.util.spec_from_file_location("_timm_lookahead", str(path))
+        if spec is None or spec.loader is None:
+            pytest.skip("timm's lookahead module cannot be loaded")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.Lookahead
+    return TimmLookahead
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+
+
+def _train(model: nn.Module, optimizer: Optimizer, steps: int) -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(16, 2, generator=gen, dtype=torch.float64)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+
+
+def _saved(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint file gives back (also checks the other format survives weights_only)."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)  # type: ignore[no-any-return]
+
+
+def _continue_with_torch_lookahead(
+    params_at_save: list[Tensor],
+    inner: Callable[[Any], Optimizer],
+    converted: dict[str, Any],
+    pullback_momentum: str = "none",
+) -> tuple[list[Tensor], list[Tensor]]:
+    model = _model()
+    with torch.no_grad():
+        for p, saved in zip(model.parameters(), params_at_save, strict=True):
+            p.copy_(saved)
+    optimizer = Lookahead(
+        inner(model.parameters()), k=K, alpha=ALPHA, pullback_momentum=pullback_momentum
+    )
+    optimizer.load_state_dict(converted)
+    _train(model, optimizer, STEPS_AFTER)
+    return parameters_of(model), optimizer.slow_parameters()
+
+
+def _assert_close(actual: list[Tensor], expected: list[Tensor]) -> None:
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+
+
+def _sgd(params: Any) -> Optimizer:
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+
+
+def _adam(params: Any) -> Optimizer:
+    return torch.optim.Adam(params, lr=0.01)
+
+
+@pytest.mark.parametrize("inner", [_sgd, _adam], ids=["sgd-momentum", "adam"])
+def test_timm_checkpoint_continues_on_the_timm_trajectory(
+    inner: Callable[[Any], Optimizer],
+) -> None:
+    timm_lookahead = _timm_lookahead_class()
+    model = _model()
+    optimizer = timm_lookahead(inner(model.parameters()), alpha=ALPHA, k=K)
+    _train(model, optimizer, STEPS_BEFORE)
+    checkpoint = _saved(optimizer.state_dict())
+    params_at_save = parameters_of(model)
+    _train(model, optimizer, STEPS_AFTER)
+    inner_state = optimizer._base_optimizer.state  # timm keeps its slow weights there
+    expected_slow = [
+        inner_state[p]["lookahead_slow_buff"] for g in optimizer.param_groups for p in g["params"]
+    ]
+
+    converted = convert_timm_state_dict(checkpoint)
+    assert converted["param_groups"][0]["lookahead_step"] == STEPS_BEFORE % K
+    params, slow = _continue_with_torch_lookahead(params_at_save, inner, converted)
+
+    _assert_close(params, parameters_of(model))
+    _assert_close(slow, expected_slow)
+
+
+@pytest.mark.parametrize(
+    ("inner", "pullback_momentum"),
+    [(_sgd, "none"), (_sgd, "pullback"), (_adam, "none")],
+    ids=["sgd-momentum", "sgd-pullback", "adam"],
+)
+def test_pytorch_optimizer_checkpoint_continues_on_its_trajectory(
+    inner: Callable[[Any], Optimizer], pullback_momentum: str
+) -> None:
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    model = _model()
+    optimizer = pytorch_optimizer.Lookahead(
+        inner(model.parameters()), k=K, alpha=ALPHA, pullback_momentum=pullback_momentum
+    )
+    _train(model, optimizer, STEPS_BEFORE)
+    checkpoint = _saved(optimizer.state_dict())
+    params_at_save = parameters_of(model)
+    _train(model, optimizer, STEPS_AFTER)
+    expected_slow = [
+        optimizer.state[p]["slow_params"] for g in optimizer.param_groups for p in g["params"]
+    ]
+
+    converted = convert_pytorch_optimizer_state_dict(checkpoint, k=K, alpha=ALPHA)
+    assert converted["param_groups"][0]["lookahead_step"] == STEPS_BEFORE % K
+    params, slow = _continue_with_torch_lookahead(
+        params_at_save, inner, converted, pullback_momentum
+    )
+
+    _assert_close(params, parameters_of(model))
+    _assert_close(slow, expected_slow)
+
+
+def _timm_format_state_dict() -> dict[str, Any]:
+    slow = torch.zeros(2)
+    return {
+        "state": {0: {"momentum_buffer": torch.ones(2), "lookahead_slow_buff": slow}},
+        "param_groups": [
+            {
+                "lr": 0.1,
+                "lookahead_k": 4,
+                "lookahead_alpha": 0.5,
+                "lookahead_step": 10,
+                "params": [0],
+            }
+        ],
+    }
+
+
+def test_timm_conversion_renames_the_slow_weights_and_counts_from_the_last_sync() -> None:
+    original = _timm_format_state_dict()
+    untouched = copy.deepcopy(original)
+
+    converted = convert_timm_state_dict(original)
+
+    assert converted["param_groups"][0]["lookahead_step"] == 10 % 4
+    assert set(converted["state"][0]) == {"momentum_buffer", "lookahead_slow"}
+    assert converted["state"][0]["lookahead_slow"] is original["state"][0]["lookahead_slow_buff"]
+    # The input is left as it was.
+    assert original["param_groups"] == untouched["param_groups"]
+    assert set(original["state"][0]) == set(untouched["state"][0])
+
+
+def test_timm_conversion_rejects_other_state_dicts() -> None:
+    plain = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.1).state_dict()
+    with pytest.raises(ValueError, match="lookahead_k"):
+        convert_timm_state_dict(plain)
+    with pytest.raises(ValueError, match="'state' and 'param_groups'"):
+        convert_timm_state_dict({"lookahead_state": {}, "base_optimizer": plain})
+
+
+def test_pytorch_optimizer_conversion_validates_its_arguments() -> None:
+    plain = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.1).state_dict()
+    with pytest.raises(ValueError, match="'lookahead_state' and 'base_optimizer'"):
+        convert_pytorch_optimizer_state_dict(plain, k=K, alpha=ALPHA)
+    po_format = {"lookahead_state": {(0, 5): {}}, "base_optimizer": plain}
+    with pytest.raises(ValueError, match=r"\(0, 5\) names no parameter"):
+        convert_pytorch_optimizer_state_dict(po_format, k=K, alpha=ALPHA)
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        convert_pytorch_optimizer_state_dict(po_format, k=0, alpha=ALPHA)
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        convert_pytorch_optimizer_state_dict(po_format, k=K, alpha=1.5)
