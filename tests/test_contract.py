@@ -353,3 +353,14 @@ def test_inductor_compiled_step_matches_eager() -> None:
     for a, b in zip(model_eager.parameters(), model_compiled.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert counters["stats"]["unique_graphs"] <= 8
+
+
+def test_groups_of_the_inner_optimizer_may_carry_their_own_k_and_alpha() -> None:
+    a = torch.nn.Parameter(torch.zeros(1))
+    b = torch.nn.Parameter(torch.zeros(1))
+    inner = torch.optim.SGD([{"params": [a], "lookahead_alpha": 0.8}, {"params": [b]}], lr=0.1)
+    opt = Lookahead(inner, k=3, alpha=0.5)
+    assert [g["lookahead_alpha"] for g in opt.param_groups] == [0.8, 0.5]
+    assert [g["lookahead_k"] for g in opt.param_groups] == [3, 3]
+    with pytest.raises(ValueError, match="lookahead_k"):
+        Lookahead(torch.optim.SGD([{"params": [a], "lookahead_k": 0}], lr=0.1))

@@ -205,9 +205,15 @@ class Lookahead(Optimizer):
         self._init_runtime()
         # New groups, also those added straight to the inner optimizer, inherit these defaults.
         optimizer.defaults.update({K_KEY: k, ALPHA_KEY: alpha, STEP_KEY: 0})
-        for group in optimizer.param_groups:
-            group[K_KEY] = k
-            group[ALPHA_KEY] = alpha
+        self._fill_group_defaults()
+
+    def _fill_group_defaults(self) -> None:
+        """Give every group the Lookahead keys it lacks and validate the ones it has."""
+        for group in self.param_groups:
+            group[K_KEY] = _validate_k(group.get(K_KEY, self.defaults[K_KEY]), K_KEY)
+            group[ALPHA_KEY] = _validate_alpha(
+                group.get(ALPHA_KEY, self.defaults[ALPHA_KEY]), ALPHA_KEY
+            )
             group.setdefault(STEP_KEY, 0)
 
     def _init_runtime(self) -> None:
@@ -569,12 +575,7 @@ class Lookahead(Optimizer):
         self.optimizer.load_state_dict(state_dict)
         self._uncaptured.clear()
         self._place_loaded_slow_copies(saved_lookahead)
-        for group in self.param_groups:
-            group.setdefault(K_KEY, self.defaults[K_KEY])
-            group.setdefault(ALPHA_KEY, self.defaults[ALPHA_KEY])
-            group.setdefault(STEP_KEY, 0)
-            group[K_KEY] = _validate_k(group[K_KEY], K_KEY)
-            group[ALPHA_KEY] = _validate_alpha(group[ALPHA_KEY], ALPHA_KEY)
+        self._fill_group_defaults()
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
