@@ -77,6 +77,7 @@ def sync_(fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, *, forea
             for f, s in zip(bucket_fast, bucket_slow, strict=True):
                 s.lerp_(f, alpha)
                 f.copy_(s)
+    offloaded_from: set[torch.device] = set()
     for f, s in mismatched:
         # The arithmetic happens in the slow copy's precision, on the parameter's device.
         work = s.to(device=f.device, non_blocking=True)
@@ -84,6 +85,11 @@ def sync_(fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, *, forea
         f.copy_(work)
         if work is not s:
             s.copy_(work, non_blocking=True)
+            offloaded_from.add(f.device)
+    for device in offloaded_from:
+        # Slow copies in (pinned) host memory must be complete before anyone reads them.
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
 
 def lerp_(
