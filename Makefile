@@ -18,7 +18,7 @@ $(VENV)/.demo-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/bin/python pyproject.toml constraints.txt
-	$(PIP) install --quiet $(PIN) -e '.[dev,lab,integrations]'
+	$(PIP) install --quiet $(PIN) -e '.[dev,lab,integrations,docs]'
 	touch $@
 
 $(VENV)/.docs-installed: $(VENV)/bin/python pyproject.toml constraints.txt
