@@ -1,0 +1,129 @@
+"""Collectives over whole parameter replicas: check, broadcast and average them across ranks.
+
+Every function here is collective: all ranks of the group must call it with the same tensors (same
+shapes and dtypes, in the same order).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = [
+    "average_",
+    "broadcast_from_first_rank_",
+    "check_same_shapes",
+    "ddp_holding_any",
+    "require_process_group",
+]
+
+
+def require_process_group(process_group: dist.ProcessGroup | None) -> dist.ProcessGroup:
+    """The group to use (the default group for None); raise if torch.distributed is not set up."""
+    if not dist.is_available():
+        raise RuntimeError("torch.distributed is not available in this build of torch")
+    if not dist.is_initialized():
+        raise RuntimeError(
+            "DistributedLookahead needs an initialised process group: call "
+            "torch.distributed.init_process_group(...) first (torchrun sets up the environment "
+            "for it), or pass process_group="
+        )
+    if process_group is None:
+        default_group = dist.group.WORLD
+        assert default_group is not None  # is_initialized() guarantees it
+        return default_group
+    if not isinstance(process_group, dist.ProcessGroup):
+        raise TypeError(
+            f"process_group must be a torch.distributed.ProcessGroup or None, got {process_group!r}"
+        )
+    return process_group
+
+
+def _buckets(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
+    """Tensors grouped by (device, dtype), groups in first-appearance order (the same on every rank)."""
+    by_placement: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for t in tensors:
+        by_placement.setdefault((t.device, t.dtype), []).append(t)
+    return list(by_placement.values())
+
+
+def _flatten(bucket: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in bucket])
+
+
+def _copy_from_flat_(bucket: Sequence[Tensor], flat: Tensor) -> None:
+    pieces = torch.split(flat, [t.numel() for t in bucket])
+    torch._foreach_copy_(
+        [t.detach() for t in bucket],
+        [piece.view(t.shape) for piece, t in zip(pieces, bucket, strict=True)],
+    )
+
+
+def average_(tensors: Sequence[Tensor], group: dist.ProcessGroup) -> int:
+    """Replace every tensor by its mean over the ranks of ``group``, in place.
+
+    One all-reduce per (device, dtype) bucket, over a flat copy of the bucket. Returns the number of
+    bytes all-reduced by this rank (the flat buffers' sizes).
+    """
+    world_size = dist.get_world_size(group)
+    payload_bytes = 0
+    for bucket in _buckets(tensors):
+        flat = _flatten(bucket)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        flat.div_(world_size)
+        _copy_from_flat_(bucket, flat)
+        payload_bytes += flat.numel() * flat.element_size()
+    return payload_bytes
+
+
+def broadcast_from_first_rank_(tensors: Sequence[Tensor], group: dist.ProcessGroup) -> None:
+    """Overwrite every tensor with its value on the group's rank 0, in place (one broadcast a bucket)."""
+    source = dist.get_global_rank(group, 0)
+    for bucket in _buckets(tensors):
+        flat = _flatten(bucket)
+        dist.broadcast(flat, src=source, group=group)
+        _copy_from_flat_(bucket, flat)
+
+
+def check_same_shapes(tensors: Sequence[Tensor], group: dist.ProcessGroup) -> None:
+    """Raise ValueError on every rank unless all ranks hold tensors of the same shapes and dtypes."""
+    signature = [(tuple(t.shape), str(t.dtype)) for t in tensors]
+    signatures: list[list[tuple[tuple[int, ...], str]] | None] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(signatures, signature, group=group)
+    reference = signatures[0]
+    assert reference is not None
+    for rank, other in enumerate(signatures[1:], start=1):
+        assert other is not None
+        if len(other) == len(reference):
+            mismatches = [
+                i for i, (a, b) in enumerate(zip(reference, other, strict=True)) if a != b
+            ]
+            if not mismatches:
+                continue
+            i = mismatches[0]
+            detail = (
+                f"parameter {i} is {reference[i][0]} {reference[i][1]} on rank 0 but "
+                f"{other[i][0]} {other[i][1]} on rank {rank}"
+            )
+        else:
+            detail = f"rank 0 has {len(reference)} parameters, rank {rank} has {len(other)}"
+        raise ValueError(
+            "DistributedLookahead averages whole replicas, so every rank must build the same model "
+            f"and the same parameter groups: {detail} (ranks numbered within the process group)"
+        )
+
+
+def ddp_holding_any(params: Iterable[Tensor]) -> DistributedDataParallel | None:
+    """A live DistributedDataParallel module that synchronises gradients of any of ``params``."""
+    wanted = {id(p) for p in params}
+    for candidate in gc.get_objects():
+        if isinstance(candidate, DistributedDataParallel) and any(
+            id(p) in wanted for p in candidate.module.parameters()
+        ):
+            return candidate
+    return None

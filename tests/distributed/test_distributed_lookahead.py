@@ -1,0 +1,291 @@
+"""DistributedLookahead on two gloo ranks: the math against float64 references, the special
+cases (one rank = Lookahead, alpha=1 = local SGD), the errors, and exact DCP resume."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.nn.parallel import DistributedDataParallel
+
+from tests.distributed._cluster import Cluster
+from tests.distributed._reference import quadratic_worker, reference_across_workers
+from tests.distributed._replica_utils import (
+    assert_same_on_all_ranks,
+    assert_states_equal,
+    state_tensors,
+)
+from torch_lookahead import Lookahead
+from torch_lookahead.distributed import (
+    OUTER_MOMENTUM_KEY,
+    DistributedLookahead,
+    DistributedLookaheadState,
+)
+
+pytestmark = pytest.mark.distributed
+
+SHAPES = [(3, 4), (5,)]
+LR, INNER_MOMENTUM, N_STEPS = 0.1, 0.9, 11
+
+
+def _set_grads(params: list[torch.nn.Parameter], grad_fn) -> None:  # type: ignore[no-untyped-def]
+    for p, g in zip(params, grad_fn([p.detach() for p in params]), strict=True):
+        p.grad = g
+
+
+def check_matches_reference(
+    rank: int,
+    world_size: int,
+    k: int,
+    alpha: float,
+    outer_momentum: float,
+    nesterov: bool,
+    foreach: bool,
+) -> int:
+    workers = [quadratic_worker(100 + r, SHAPES) for r in range(world_size)]
+    start, grad_fn = workers[rank]  # each rank starts elsewhere; rank 0's start must win
+    params = [torch.nn.Parameter(x.clone()) for x in start]
+    inner = torch.optim.SGD(
+        [{"params": params[:1]}, {"params": params[1:]}],
+        lr=LR,
+        momentum=INNER_MOMENTUM,
+        foreach=foreach,
+    )
+    opt = DistributedLookahead(
+        inner, k=k, alpha=alpha, outer_momentum=outer_momentum, nesterov=nesterov, foreach=foreach
+    )
+    assert_same_on_all_ranks(params)
+    for t in range(1, N_STEPS + 1):
+        _set_grads(params, grad_fn)
+        opt.step()
+        if t % k == 0:
+            assert_same_on_all_ranks(params)
+            assert_same_on_all_ranks(opt.slow_parameters())
+    fast, slow, momentum = reference_across_workers(
+        workers[0][0],
+        [g for _, g in workers],
+        N_STEPS,
+        lr=LR,
+        inner_momentum=INNER_MOMENTUM,
+        k=k,
+        alpha=alpha,
+        outer_momentum=outer_momentum,
+        nesterov=nesterov,
+    )
+    for i, p in enumerate(params):
+        torch.testing.assert_close(p.detach(), fast[rank][i], rtol=0, atol=1e-12)
+        torch.testing.assert_close(opt.state[p]["lookahead_slow"], slow[i], rtol=0, atol=1e-12)
+        if outer_momentum > 0:
+            torch.testing.assert_close(
+                opt.state[p][OUTER_MOMENTUM_KEY], momentum[i], rtol=0, atol=1e-12
+            )
+        else:
+            assert OUTER_MOMENTUM_KEY not in opt.state[p]
+    return opt.bytes_all_reduced
+
+
+@pytest.mark.parametrize(
+    ("k", "alpha", "outer_momentum", "nesterov", "foreach"),
+    [
+        (3, 0.5, 0.0, False, True),  # Lookahead on the mean of the workers
+        (4, 1.0, 0.0, False, False),  # local SGD
+        (3, 0.7, 0.5, False, True),  # SlowMo heavy ball
+        (2, 0.7, 0.9, True, False),  # DiLoCo Nesterov
+        (2, 0.4, 0.6, True, True),
+    ],
+)
+def test_matches_float64_reference(
+    cluster: Cluster, k: int, alpha: float, outer_momentum: float, nesterov: bool, foreach: bool
+) -> None:
+    bytes_per_rank = cluster.run(
+        check_matches_reference, k, alpha, outer_momentum, nesterov, foreach
+    )
+    n_elements, n_tensors = sum(torch.Size(s).numel() for s in SHAPES), len(SHAPES)
+    # Per sync: the weights (float64) plus the one int32 flag a parameter that checks agreement.
+    expected = (N_STEPS // k) * (8 * n_elements + 4 * n_tensors)
+    assert bytes_per_rank == [expected, expected]
+
+
+def _tiny_model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+
+
+def _batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1000 * rank + step)
+    return torch.randn(8, 4, generator=generator), torch.randn(8, 2, generator=generator)
+
+
+def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int, step: int) -> None:
+    x, y = _batch(rank, step)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def check_one_rank_is_lookahead(rank: int, world_size: int) -> None:
+    own_group = [dist.new_group([r]) for r in range(world_size)][rank]
+    cases = [
+        (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}),
+        (torch.optim.AdamW, {"lr": 0.01, "weight_decay": 0.1}),
+    ]
+    for optimizer_class, kwargs in cases:
+        model = _tiny_model(seed=rank)
+        twin = copy.deepcopy(model)
+        plain = Lookahead(
+            optimizer_class(model.parameters(), **kwargs),
+            k=3,
+            alpha=0.5,
+            pullback_momentum="pullback",
+        )
+        distributed = DistributedLookahead(
+            optimizer_class(twin.parameters(), **kwargs),
+            k=3,
+            alpha=0.5,
+            pullback_momentum="pullback",
+            process_group=own_group,
+        )
+        for step in range(8):
+            _train_step(model, plain, rank, step)
+            _train_step(twin, distributed, rank, step)
+            for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+                assert torch.equal(a, b), (optimizer_class.__name__, step)
+        assert_states_equal(state_tensors(plain), state_tensors(distributed))
+        assert [g["lookahead_step"] for g in plain.param_groups] == [
+            g["lookahead_step"] for g in distributed.param_groups
+        ]
+
+
+def test_one_rank_is_exactly_lookahead(cluster: Cluster) -> None:
+    cluster.run(check_one_rank_is_lookahead)
+
+
+def check_alpha_one_is_local_sgd(rank: int, world_size: int) -> None:
+    model = _tiny_model(seed=0)
+    replicas = [copy.deepcopy(model) for _ in range(world_size)]
+    replica_optimizers = [torch.optim.SGD(r.parameters(), lr=0.1, momentum=0.9) for r in replicas]
+    opt = DistributedLookahead(
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), k=3, alpha=1.0
+    )
+    for step in range(1, 8):
+        for r, (replica, replica_optimizer) in enumerate(
+            zip(replicas, replica_optimizers, strict=True)
+        ):
+            _train_step(replica, replica_optimizer, r, step)
+        _train_step(model, opt, rank, step)
+        if step % 3 == 0:  # periodic model averaging
+            with torch.no_grad():
+                for tensors in zip(*(r.parameters() for r in replicas), strict=True):
+                    mean = torch.stack([t.detach() for t in tensors]).sum(0) / world_size
+                    for t in tensors:
+                        t.copy_(mean)
+        for a, b in zip(model.parameters(), replicas[rank].parameters(), strict=True):
+            assert torch.equal(a, b), step
+
+
+def test_alpha_one_without_momentum_is_exactly_local_sgd(cluster: Cluster) -> None:
+    cluster.run(check_alpha_one_is_local_sgd)
+
+
+def check_errors(rank: int, world_size: int) -> None:
+    with pytest.raises(
+        ValueError, match=r"parameter 0 is \(3, 4\) torch.float32 on rank 0 but \(4, 4\)"
+    ):
+        DistributedLookahead(torch.optim.SGD(torch.nn.Linear(4, 3 + rank).parameters(), lr=0.1))
+
+    ddp = DistributedDataParallel(_tiny_model(seed=0))
+    opt = DistributedLookahead(torch.optim.SGD(ddp.parameters(), lr=0.1), k=2)
+    x, y = _batch(rank, 0)
+    torch.nn.functional.mse_loss(ddp(x), y).backward()
+    with pytest.raises(RuntimeError, match="DistributedDataParallel model"):
+        opt.step()
+    del ddp, opt
+
+    # Rank 1 never uses the second layer, so only rank 0 has a slow copy of it.
+    model = _tiny_model(seed=0)
+    opt = DistributedLookahead(torch.optim.SGD(model.parameters(), lr=0.1), k=2)
+    for step in range(2):
+        x, _ = _batch(rank, step)
+        out = model(x) if rank == 0 else model[1](model[0](x))
+        out.sum().backward()
+        if step == 0:
+            opt.step()
+            opt.zero_grad()
+    with pytest.raises(
+        ValueError,
+        match=r"parameters \[2, 3\] of a parameter group have been updated on some ranks",
+    ):
+        opt.step()
+
+
+def test_clear_errors_on_misuse(cluster: Cluster) -> None:
+    cluster.run(check_errors)
+
+
+def test_refuses_to_start_without_a_process_group() -> None:
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        DistributedLookahead(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"outer_momentum": 1.0}, ValueError, r"outer_momentum must be in \[0, 1\)"),
+        ({"outer_momentum": "0.9"}, TypeError, "outer_momentum must be a real number"),
+        ({"nesterov": True}, ValueError, "nesterov=True needs outer_momentum > 0"),
+        ({"outer_momentum": 0.5, "nesterov": 1}, TypeError, "nesterov must be a bool"),
+    ],
+)
+def test_validates_arguments_first(
+    kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        DistributedLookahead(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1), **kwargs)  # type: ignore[arg-type]
+
+
+def _build(seed: int) -> tuple[torch.nn.Module, DistributedLookahead]:
+    model = _tiny_model(seed)
+    opt = DistributedLookahead(
+        torch.optim.AdamW(model.parameters(), lr=0.01),
+        k=4,
+        alpha=0.6,
+        outer_momentum=0.5,
+        nesterov=True,
+    )
+    return model, opt
+
+
+def check_dcp_resume(rank: int, world_size: int, directory: str) -> None:
+    model, opt = _build(seed=0)
+    for step in range(6):  # stops mid-cycle: one sync done, two inner steps into the next
+        _train_step(model, opt, rank, step)
+    assert opt.param_groups[0]["lookahead_step"] == 2
+    dcp.save({"train": DistributedLookaheadState(model, opt)}, checkpoint_id=directory)
+    for step in range(6, 13):
+        _train_step(model, opt, rank, step)
+    expected_params = [p.detach().clone() for p in model.parameters()]
+    expected_state = state_tensors(opt)
+
+    resumed_model, resumed = _build(seed=1)  # a different start, which the checkpoint overrides
+    dcp.load({"train": DistributedLookaheadState(resumed_model, resumed)}, checkpoint_id=directory)
+    assert resumed.param_groups[0]["lookahead_step"] == 2
+    for step in range(6, 13):
+        _train_step(resumed_model, resumed, rank, step)
+    for a, b in zip(expected_params, resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert_states_equal(expected_state, state_tensors(resumed))
+
+    keys = dcp.FileSystemReader(directory).read_metadata().state_dict_metadata
+    slow_keys = sorted(key for key in keys if "lookahead_slow" in key)
+    assert slow_keys and all(key.startswith("train.replicas_from_rank_0.") for key in slow_keys)
+    assert any(key.startswith(f"train.rank_{rank}.optimizer.") and "exp_avg" in key for key in keys)
+    assert any(key.startswith(f"train.rank_{rank}.model.") for key in keys)
+
+
+def test_dcp_resume_mid_cycle_is_exact(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.run(check_dcp_resume, str(tmp_path / "checkpoint"))
