@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integrations._accelerate_state import reset_accelerate_state
+
 # transformers reads these when it is imported: set them before any test module imports it.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -16,12 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state() -> Iterator[None]:
-    """Accelerate keeps process-wide singletons (also used by the HF Trainer): reset them around
-    each test so that one test's gradient-accumulation setting never leaks into the next."""
+    """Each test starts and ends without Accelerate singletons, so that one test's settings
+    (gradient accumulation, CPU) never leak into the next."""
+    reset_accelerate_state()
     yield
-    try:
-        from accelerate.state import AcceleratorState, GradientState
-    except ImportError:
-        return
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()

@@ -87,7 +87,7 @@ class Regression(L.LightningModule):
         }
 
 
-def _trainer(max_epochs: int, **kwargs: Any) -> L.Trainer:
+def _trainer(max_epochs: int, *, slow_weights_callback: bool = True, **kwargs: Any) -> L.Trainer:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     return L.Trainer(
         max_epochs=max_epochs,
@@ -97,7 +97,7 @@ def _trainer(max_epochs: int, **kwargs: Any) -> L.Trainer:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[SlowWeightsCallback()],
+        callbacks=[SlowWeightsCallback()] if slow_weights_callback else [],
         **kwargs,
     )
 
@@ -176,6 +176,28 @@ def test_slow_weights_callback_validates_on_the_slow_weights(
         assert_same(seen, slow)
     # Mid-cycle the slow and fast weights differ, so the check above is not vacuous.
     assert not torch.equal(per_epoch[-1][0], plain.fast[0])
+
+
+class ManualSlowWeights(Regression):
+    """Swaps through ``self.optimizers()``, Lightning's proxy: the mode must reach the optimizer."""
+
+    def on_validation_start(self) -> None:
+        self.optimizers().eval()
+
+    def on_validation_end(self) -> None:
+        self.optimizers().train()
+
+
+def test_eval_and_train_through_the_lightning_optimizer_proxy(plain: PlainRun) -> None:
+    module = ManualSlowWeights()
+    trainer = _trainer(EPOCHS, slow_weights_callback=False, num_sanity_val_steps=0)
+    trainer.fit(module, _loader(), _loader())
+
+    for seen, slow in zip(module.validation_snapshots, plain.slow_per_epoch, strict=True):
+        assert_same(seen, slow)
+    assert_same(parameters_of(module), plain.fast)
+    (optimizer,) = trainer.optimizers
+    assert not any(group["lookahead_eval_mode"] for group in optimizer.param_groups)
 
 
 def test_fit_from_checkpoint_continues_exactly(fitted: LightningRun, tmp_path: Path) -> None:

@@ -1,0 +1,137 @@
+"""The documentation's promises: the site builds with warnings as errors, the Python examples of
+its pages run as written, and the figure script draws its figures."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integrations._accelerate_state import reset_accelerate_state
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.S | re.M)
+# Every fenced block at the start of a line: (language, body).
+FENCED_BLOCK = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", flags=re.S | re.M)
+
+# Pages whose ```python blocks run here, in order, in one namespace per page, and the modules
+# they need beyond torch (pages of the integrations extra are also marked `integrations`).
+EXECUTED_PAGES: dict[str, tuple[str, ...]] = {
+    "index.md": (),
+    "getting-started.md": (),
+    "algorithm.md": (),
+    "choosing-k-alpha.md": (),
+    "evaluation.md": (),
+    "checkpoints.md": (),
+    "amp.md": (),
+    "compile.md": (),
+    "migration.md": ("pytorch_optimizer",),
+    "integrations/lightning.md": ("lightning",),
+    "integrations/transformers.md": ("transformers",),
+    "integrations/accelerate.md": ("accelerate",),
+}
+
+
+def _page_params() -> list[object]:
+    params = []
+    for page, modules in EXECUTED_PAGES.items():
+        marks = []
+        if page.startswith("integrations/"):
+            marks = [
+                pytest.mark.integrations,
+                # Lightning's own use of a torch.utils._pytree API that torch deprecates.
+                pytest.mark.filterwarnings("ignore:.*LeafSpec.*"),
+            ]
+        params.append(pytest.param(page, modules, marks=marks, id=page))
+    return params
+
+
+@pytest.mark.parametrize(("page", "modules"), _page_params())
+def test_page_python_blocks_run(
+    page: str, modules: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for module in modules:
+        pytest.importorskip(module)
+    if page.startswith("integrations/"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    path = DOCS / page
+    blocks = FENCED_BLOCK.findall(path.read_text(encoding="utf-8"))
+    assert any(language == "python" for language, _ in blocks), f"{page} has no ```python block"
+    monkeypatch.chdir(tmp_path)  # examples write their checkpoints here
+    namespace: dict[str, object] = {"__name__": f"docs.{page}"}
+    reset_accelerate_state()  # the examples make Accelerators (the HF Trainer too) of their own
+    printed = ""
+    try:
+        for index, (language, body) in enumerate(blocks):
+            if language == "python":
+                output = io.StringIO()
+                with contextlib.redirect_stdout(output):
+                    exec(compile(body, f"{path}[block {index}]", "exec"), namespace)
+                printed = output.getvalue()
+            elif language == "text" and index and blocks[index - 1][0] == "python":
+                # A text block right after a Python block shows what that block prints.
+                assert printed.strip() == body.strip(), f"{page}[block {index}] is not the output"
+    finally:
+        reset_accelerate_state()
+
+
+def test_every_page_with_python_examples_is_executed() -> None:
+    """A new page with examples must join EXECUTED_PAGES (or be owned elsewhere and listed here)."""
+    tested_elsewhere = {"optimizers.md", "distributed.md", "benchmarks.md", "lab.md"}
+    with_examples = {
+        str(path.relative_to(DOCS))
+        for path in DOCS.rglob("*.md")
+        if PYTHON_BLOCK.search(path.read_text(encoding="utf-8"))
+    }
+    assert with_examples - tested_elsewhere <= set(EXECUTED_PAGES)
+
+
+def test_docs_build_strict(tmp_path: Path) -> None:
+    for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
+        pytest.importorskip(module)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(tmp_path / "site"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "site" / "api" / "index.html").is_file()
+
+
+def test_figure_script_draws_every_figure(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location(
+        "make_figures", DOCS / "scripts" / "make_figures.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = module.main(["--out", str(tmp_path)])
+    assert written
+    for path in written:
+        assert path.stat().st_size > 10_000
+        # Every figure the script draws is committed, under the same name, for the pages.
+        assert (DOCS / "img" / path.name).is_file()
