@@ -1,0 +1,313 @@
+"""NovoGrad: SGD with momentum on gradients normalised by a layer-wise second moment."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from ..pullback import register_momentum_keys
+from ._base import GroupwiseOptimizer
+from ._functional import (
+    cache_blocks,
+    check_betas,
+    check_float,
+    check_foreach,
+    default_to_foreach,
+    group_by_device_and_dtype,
+    view_as_real_,
+)
+
+__all__ = ["NovoGrad", "novograd"]
+
+
+class NovoGrad(GroupwiseOptimizer):
+    r"""Implements NovoGrad (Ginsburg et al., 2019), with NVIDIA NeMo's semantics.
+
+    .. math::
+       \begin{aligned}
+            &\rule{110mm}{0.4pt}                                                          \\
+            &\textbf{input}: \gamma \text{ (lr)}, \beta_1, \beta_2 \text{ (betas)},
+                \theta_0 \text{ (params)}, f(\theta) \text{ (objective)},
+                \epsilon \text{ (eps)}, \lambda \text{ (weight decay)},                   \\
+            &\hspace{13mm} \textit{grad\_averaging}, \: \textit{amsgrad}, \:
+                \textit{decoupled\_weight\_decay}, \: \textit{maximize}                   \\
+            &\textbf{initialize}: m_0 \leftarrow 0, \: v^{max}_0 \leftarrow 0,
+                \: c \leftarrow 1 - \beta_1 \textbf{ if } \textit{grad\_averaging}
+                \textbf{ else } 1                                                         \\[-1.ex]
+            &\rule{110mm}{0.4pt}                                                          \\
+            &\textbf{for} \: t=1 \: \textbf{to} \: \ldots \: \textbf{do}                  \\
+            &\hspace{5mm}g_t \leftarrow \pm \nabla_{\theta} f_t(\theta_{t-1})
+                \quad (- \textbf{ if } \textit{maximize})                                 \\
+            &\hspace{5mm}\textbf{if} \: t = 1: \: v_t \leftarrow \lVert g_t \rVert^2
+                \qquad \textbf{else}: \: v_t \leftarrow \beta_2 v_{t-1}
+                + (1 - \beta_2) \lVert g_t \rVert^2                                       \\
+            &\hspace{5mm}\textbf{if} \: \textit{amsgrad}: \:
+                v^{max}_t \leftarrow \max(v^{max}_{t-1}, v_t), \: \hat v_t \leftarrow v^{max}_t
+                \qquad \textbf{else}: \: \hat v_t \leftarrow v_t                          \\
+            &\hspace{5mm}u_t \leftarrow g_t / (\sqrt{\hat v_t} + \epsilon)                \\
+            &\hspace{5mm}\textbf{if} \: \textit{decoupled\_weight\_decay}: \:
+                \theta_{t-1} \leftarrow (1 - \gamma \lambda) \theta_{t-1}
+                \qquad \textbf{else}: \: u_t \leftarrow u_t + \lambda \theta_{t-1}        \\
+            &\hspace{5mm}m_t \leftarrow \beta_1 m_{t-1} + c \, u_t                        \\
+            &\hspace{5mm}\theta_t \leftarrow \theta_{t-1} - \gamma m_t                    \\
+            &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
+            &\bf{return} \: \theta_t                                                      \\[-1.ex]
+            &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
+       \end{aligned}
+
+    The second moment :math:`v` is one scalar per parameter tensor ("layer"), so the state of a
+    parameter is one tensor its size (``exp_avg``) plus one scalar (``exp_avg_sq``; a second one,
+    ``max_exp_avg_sq``, with amsgrad): about half of Adam's memory, and no step counter. :math:`v` starts from the
+    first gradient's squared norm, so there is no bias correction; a gradient that is exactly
+    zero on the first step gives :math:`u_1 = 0` (no NaN, since :math:`\epsilon > 0`).
+
+    Choices where published implementations disagree (see docs/optimizers.md): ``eps`` is added
+    outside the square root; the weight decay is added to the normalised gradient, inside the
+    momentum (the paper's "decoupled from the normalisation"), unless
+    ``decoupled_weight_decay=True`` selects AdamW-style decay; with ``grad_averaging`` the
+    factor :math:`1 - \beta_1` applies on every step, the first included (NeMo,
+    torch-optimizer, timm). ``p.grad`` is never modified.
+
+    Args:
+        params (iterable): iterable of parameters or named parameters to optimize, or of dicts
+            defining parameter groups.
+        lr (float, optional): learning rate :math:`\gamma` (default: 1e-3).
+        betas (tuple[float, float], optional): :math:`\beta_1` for the momentum and
+            :math:`\beta_2` for the layer-wise second moment (default: (0.95, 0.98)).
+        eps (float, optional): added to :math:`\sqrt{\hat v_t}`; must be positive (default: 1e-8).
+        weight_decay (float, optional): :math:`\lambda` (default: 0).
+        grad_averaging (bool, optional): scale the new term of the momentum by
+            :math:`1 - \beta_1` (default: False).
+        amsgrad (bool, optional): normalise by the running maximum of :math:`v_t`
+            (default: False).
+        decoupled_weight_decay (bool, optional): decay the weights AdamW-style,
+            :math:`\theta \leftarrow (1 - \gamma\lambda)\theta`, instead of adding
+            :math:`\lambda\theta` to the normalised gradient (default: False).
+        maximize (bool, optional): maximize the objective instead of minimizing it
+            (default: False).
+        foreach (bool, optional): use the multi-tensor implementation (cache-blocked on CPU).
+            ``None`` picks it whenever all parameters are plain tensors on CPU or a device with
+            foreach kernels (default: None).
+
+    Example:
+        >>> opt = NovoGrad(model.parameters(), lr=1e-2, weight_decay=1e-3)  # doctest: +SKIP
+        >>> loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()  # doctest: +SKIP
+
+    Reference: Ginsburg et al., "Training Deep Networks with Stochastic Gradient Normalized by
+    Layerwise Adaptive Second Moments", arXiv:1905.11286.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.95, 0.98),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        grad_averaging: bool = False,
+        amsgrad: bool = False,
+        decoupled_weight_decay: bool = False,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults: dict[str, Any] = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "grad_averaging": grad_averaging,
+            "amsgrad": amsgrad,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": False,
+        }
+        super().__init__(params, defaults)
+
+    flag_defaults: ClassVar[dict[str, Any]] = {
+        "grad_averaging": False,
+        "amsgrad": False,
+        "decoupled_weight_decay": False,
+        "maximize": False,
+        "foreach": None,
+        "differentiable": False,
+    }
+
+    def check_group(self, group: dict[str, Any]) -> None:
+        check_float("lr", group["lr"], low=0.0)
+        check_betas(group["betas"])
+        check_float("eps", group["eps"], low=0.0, low_inclusive=False)
+        check_float("weight_decay", group["weight_decay"], low=0.0)
+        check_foreach(group["foreach"])
+
+    def init_state(self, group: dict[str, Any], param: Tensor, grad: Tensor) -> dict[str, Tensor]:
+        return {
+            "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+            # v_1 = ||g_1||^2: the kernel's blend of v with ||g_1||^2 then leaves it as is.
+            "exp_avg_sq": torch.linalg.vector_norm(grad).square(),
+        }
+
+    def step_group(self, group: dict[str, Any]) -> None:
+        amsgrad = group["amsgrad"]
+        params, grads, states = self.params_with_grad(group, "max_exp_avg_sq" if amsgrad else None)
+        beta1, beta2 = group["betas"]
+        novograd(
+            params,
+            grads,
+            [state["exp_avg"] for state in states],
+            [state["exp_avg_sq"] for state in states],
+            [state["max_exp_avg_sq"] for state in states] if amsgrad else [],
+            foreach=group["foreach"],
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            grad_averaging=group["grad_averaging"],
+            amsgrad=amsgrad,
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            maximize=group["maximize"],
+        )
+
+
+register_momentum_keys(NovoGrad, ["exp_avg"])
+
+
+class Hyperparameters(NamedTuple):
+    """The scalars of one NovoGrad step (see :class:`NovoGrad`)."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    grad_averaging: bool
+    amsgrad: bool
+    decoupled_weight_decay: bool
+    maximize: bool
+
+    @property
+    def signed_momentum_scale(self) -> float:
+        """``c`` of the update rule, negated with ``maximize``: it multiplies the raw gradient."""
+        scale = (1.0 - self.beta1) if self.grad_averaging else 1.0
+        return -scale if self.maximize else scale
+
+
+def novograd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    foreach: bool | None = None,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    grad_averaging: bool,
+    amsgrad: bool,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+) -> None:
+    r"""Functional NovoGrad: one step over parallel lists, updating everything in place.
+
+    ``exp_avg_sqs`` (and ``max_exp_avg_sqs`` when ``amsgrad``) hold one 0-dim tensor per
+    parameter. Every step blends ``v <- beta2 * v + (1 - beta2) * ||g||^2``; the paper's first
+    step ``v_1 = ||g_1||^2`` is obtained by creating ``v`` equal to ``||g_1||^2``, as
+    :class:`NovoGrad` does, so that there is no step counter and no branch on it. See
+    :class:`NovoGrad` for the update rule.
+    """
+    hyper = Hyperparameters(
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        grad_averaging,
+        amsgrad,
+        decoupled_weight_decay,
+        maximize,
+    )
+    if foreach is None:
+        foreach = default_to_foreach(params, differentiable=False)
+    # The compiler fuses the loop itself; the for-loop form traces without data-dependent code.
+    if foreach and not torch.compiler.is_compiling():
+        _multi_tensor_novograd(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, hyper)
+    else:
+        _single_tensor_novograd(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, hyper)
+
+
+def _single_tensor_novograd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    hyper: Hyperparameters,
+) -> None:
+    for index, param in enumerate(params):
+        grad, exp_avg, exp_avg_sq = grads[index], exp_avgs[index], exp_avg_sqs[index]
+        if torch.is_complex(param):
+            param, grad, exp_avg = (torch.view_as_real(t) for t in (param, grad, exp_avg))
+
+        grad_norm_sq = torch.linalg.vector_norm(grad).square()
+        second_moment = torch.lerp(exp_avg_sq, grad_norm_sq, 1.0 - hyper.beta2)
+        # Written back with _foreach_copy_, not updated in place: torch.compile (2.13) drops
+        # in-place updates of 0-dim float64 CPU inputs such as ``exp_avg_sq.lerp_(...)``.
+        torch._foreach_copy_([exp_avg_sq], [second_moment])
+        if hyper.amsgrad:
+            second_moment = torch.maximum(max_exp_avg_sqs[index], second_moment)
+            torch._foreach_copy_([max_exp_avg_sqs[index]], [second_moment])
+        grad_scale = hyper.signed_momentum_scale / (second_moment.sqrt() + hyper.eps)
+
+        if hyper.weight_decay != 0 and hyper.decoupled_weight_decay:
+            param.mul_(1.0 - hyper.lr * hyper.weight_decay)
+        exp_avg.mul_(hyper.beta1).addcmul_(grad, grad_scale)
+        if hyper.weight_decay != 0 and not hyper.decoupled_weight_decay:
+            exp_avg.add_(param, alpha=abs(hyper.signed_momentum_scale) * hyper.weight_decay)
+        param.add_(exp_avg, alpha=-hyper.lr)
+
+
+def _multi_tensor_novograd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    hyper: Hyperparameters,
+) -> None:
+    if not params:
+        return
+    lists = [params, grads, exp_avgs, exp_avg_sqs]
+    if hyper.amsgrad:
+        lists.append(max_exp_avg_sqs)
+    for bucket in group_by_device_and_dtype(lists):
+        view_as_real_(bucket[0], bucket[1], bucket[2])
+        for block in cache_blocks(bucket[0]):
+            device_params, device_grads, device_exp_avgs, device_exp_avg_sqs = (
+                tensors[block] for tensors in bucket[:4]
+            )
+            # The layer-wise scalars of the whole block as one vector: one kernel per line.
+            grad_norm_sq = torch.stack(torch._foreach_norm(device_grads)).square_()
+            second_moment = torch.stack(device_exp_avg_sqs).lerp_(grad_norm_sq, 1.0 - hyper.beta2)
+            torch._foreach_copy_(device_exp_avg_sqs, second_moment.unbind(0))
+            if hyper.amsgrad:
+                device_max_exp_avg_sqs = bucket[4][block]
+                second_moment = torch.maximum(torch.stack(device_max_exp_avg_sqs), second_moment)
+                torch._foreach_copy_(device_max_exp_avg_sqs, second_moment.unbind(0))
+            grad_scales = hyper.signed_momentum_scale / (second_moment.sqrt() + hyper.eps)
+
+            if hyper.weight_decay != 0 and hyper.decoupled_weight_decay:
+                torch._foreach_mul_(device_params, 1.0 - hyper.lr * hyper.weight_decay)
+            torch._foreach_mul_(device_exp_avgs, hyper.beta1)
+            torch._foreach_addcmul_(device_exp_avgs, device_grads, list(grad_scales.unbind(0)))
+            if hyper.weight_decay != 0 and not hyper.decoupled_weight_decay:
+                decay = abs(hyper.signed_momentum_scale) * hyper.weight_decay
+                torch._foreach_add_(device_exp_avgs, device_params, alpha=decay)
+            torch._foreach_add_(device_params, device_exp_avgs, alpha=-hyper.lr)

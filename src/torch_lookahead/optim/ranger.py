@@ -1,0 +1,79 @@
+"""Ranger: Lookahead over RAdam, as one optimizer class."""
+
+from __future__ import annotations
+
+from torch.optim import RAdam
+from torch.optim.optimizer import ParamsT
+
+from ..lookahead import Lookahead
+from ..pullback import PullbackMode
+
+__all__ = ["Ranger"]
+
+
+class Ranger(Lookahead):
+    r"""Ranger: :class:`~torch_lookahead.Lookahead` wrapped around ``torch.optim.RAdam``.
+
+    ``Ranger(params, ...)`` is exactly
+    ``Lookahead(RAdam(params, lr, betas, eps, weight_decay, ...), k, alpha, ...)``: RAdam's
+    rectified Adam steps as the fast weights, and after every ``k`` of them
+
+    .. math::
+        \phi \leftarrow \phi + \alpha (\theta - \phi), \qquad \theta \leftarrow \phi .
+
+    Being a class that takes ``params`` first, it fits every API that builds an optimizer from a
+    class (Lightning's ``configure_optimizers``, the HF Trainer's ``optimizer_cls_and_kwargs``,
+    ``ZeroRedundancyOptimizer(optimizer_class=Ranger)``), and it is both a
+    ``torch.optim.Optimizer`` and a :class:`~torch_lookahead.Lookahead`: ``state_dict()`` is
+    RAdam's, with the slow weights in the per-parameter state.
+
+    The defaults follow the original Ranger (Wright, 2019): ``betas=(0.95, 0.999)``,
+    ``eps=1e-5``, ``k=6``, ``alpha=0.5``. The RAdam steps are torch's (rectified when
+    :math:`\rho_t > 5`, an SGD-with-momentum step before); there is no gradient centralisation.
+
+    Args:
+        params (iterable): parameters or parameter groups, as for any optimizer.
+        lr (float, optional): RAdam learning rate (default: 1e-3).
+        betas (tuple[float, float], optional): RAdam betas (default: (0.95, 0.999)).
+        eps (float, optional): RAdam eps (default: 1e-5).
+        weight_decay (float, optional): RAdam weight decay (default: 0).
+        k (int, optional): inner steps between syncs (default: 6).
+        alpha (float, optional): slow-weights step size (default: 0.5).
+        decoupled_weight_decay (bool, optional): RAdamW-style decay (default: False).
+        pullback_momentum (str, optional): ``"none"``, ``"reset"`` or ``"pullback"``, applied to
+            RAdam's ``exp_avg`` at each sync (default: ``"none"``).
+        maximize (bool, optional): maximize the objective (default: False).
+        foreach (bool, optional): multi-tensor kernels for RAdam and the sync (default: None).
+
+    Example:
+        >>> opt = Ranger(model.parameters(), lr=1e-3)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.95, 0.999),
+        eps: float = 1e-5,
+        weight_decay: float = 0.0,
+        k: int = 6,
+        alpha: float = 0.5,
+        *,
+        decoupled_weight_decay: bool = False,
+        pullback_momentum: PullbackMode = "none",
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        inner = RAdam(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+        )
+        super().__init__(
+            inner, k=k, alpha=alpha, pullback_momentum=pullback_momentum, foreach=foreach
+        )

@@ -1,0 +1,104 @@
+"""Ranger = Lookahead over torch.optim.RAdam, against the float64 oracles (algorithms.md 1.8, 2.3)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from torch_lookahead.lookahead import Lookahead
+from torch_lookahead.optim import RAdam, Ranger
+
+from . import reference_optim as ref
+from .helpers import assert_close, problems, replay
+
+
+def test_radam_is_torch_radam() -> None:
+    assert RAdam is torch.optim.RAdam
+
+
+def test_ranger_is_an_optimizer_and_a_lookahead_built_from_params() -> None:
+    model = torch.nn.Linear(3, 2)
+    optimizer = Ranger(model.parameters(), lr=1e-2, k=4, alpha=0.4)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    assert isinstance(optimizer, Lookahead)
+    assert isinstance(optimizer.optimizer, torch.optim.RAdam)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"]) == (1e-2, (0.95, 0.999), 1e-5)
+    assert (group["lookahead_k"], group["lookahead_alpha"]) == (4, 0.4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@settings(max_examples=25, deadline=None)
+@given(
+    data=st.data(),
+    k=st.integers(1, 4),
+    alpha=st.sampled_from([0.3, 0.5, 1.0]),
+    weight_decay=st.sampled_from([0.0, 0.1]),
+    decoupled=st.booleans(),
+)
+def test_matches_lookahead_over_radam_oracle(
+    data, k, alpha, weight_decay, decoupled, dtype
+) -> None:
+    problem = data.draw(problems(dtype, max_steps=12))
+    kwargs = {"lr": 0.05, "weight_decay": weight_decay, "decoupled_weight_decay": decoupled}
+    actual, _, _ = replay(lambda p: Ranger(p, k=k, alpha=alpha, **kwargs), problem, dtype)
+    inner = ref.radam_step(
+        lr=0.05, b1=0.95, b2=0.999, eps=1e-5, wd=weight_decay, decoupled=decoupled
+    )
+    expected = [
+        ref.lookahead(x0, [step[layer] for step in problem.grads], inner, k, alpha)[0]
+        for layer, x0 in enumerate(problem.params0)
+    ]
+    assert_close(actual, expected, dtype, f"Ranger k={k} alpha={alpha} {kwargs}")
+
+
+def test_checkpoint_round_trip_resumes_bit_for_bit() -> None:
+    generator = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 3, generator=generator)) for _ in range(2)]
+    optimizer = Ranger(params, lr=1e-2, k=3, pullback_momentum="pullback")
+
+    def step(run_params: list[torch.nn.Parameter], run_optimizer: Ranger, index: int) -> None:
+        grad_generator = torch.Generator().manual_seed(100 + index)
+        for p in run_params:
+            p.grad = torch.randn(p.shape, generator=grad_generator)
+        run_optimizer.step()
+
+    for index in range(4):  # one sync done, one inner step into the next period
+        step(params, optimizer, index)
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    resumed = Ranger(resumed_params, lr=1e-2, k=3, pullback_momentum="pullback")
+    resumed.load_state_dict(torch.load(buffer))
+    for index in range(4, 9):
+        step(params, optimizer, index)
+        step(resumed_params, resumed, index)
+    for original, copy_ in zip(params, resumed_params, strict=True):
+        assert torch.equal(original, copy_)
+        for key, value in optimizer.state[original].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(resumed.state[copy_][key]))
+    restored = pickle.loads(pickle.dumps(optimizer))
+    assert isinstance(restored, Ranger) and restored.param_groups[0]["lookahead_k"] == 3
+
+
+def test_ranger_works_where_an_optimizer_class_is_expected() -> None:
+    """e.g. ZeroRedundancyOptimizer(params, optimizer_class=Ranger, lr=...) calls cls(params, **kw)."""
+    model = torch.nn.Linear(2, 1)
+
+    def build(
+        optimizer_class: type[torch.optim.Optimizer], **kwargs: float
+    ) -> torch.optim.Optimizer:
+        return optimizer_class(model.parameters(), **kwargs)
+
+    optimizer = build(Ranger, lr=1e-3)
+    model(torch.ones(1, 2)).sum().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
