@@ -45,16 +45,15 @@ def _page_params() -> list[object]:
     for page, modules in EXECUTED_PAGES.items():
         marks = []
         if page.startswith("integrations/"):
-            marks = [
-                pytest.mark.integrations,
-                # Lightning's own use of a torch.utils._pytree API that torch deprecates.
-                pytest.mark.filterwarnings("ignore:.*LeafSpec.*"),
-            ]
+            marks = [pytest.mark.integrations]
         params.append(pytest.param(page, modules, marks=marks, id=page))
     return params
 
 
 @pytest.mark.parametrize(("page", "modules"), _page_params())
+# Deprecated torch APIs used by Lightning (pytree LeafSpec) and by torch.compile's own imports.
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*")
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*")
 def test_page_python_blocks_run(
     page: str, modules: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
