@@ -289,3 +289,44 @@ def check_dcp_resume(rank: int, world_size: int, directory: str) -> None:
 
 def test_dcp_resume_mid_cycle_is_exact(cluster: Cluster, tmp_path: Path) -> None:
     cluster.run(check_dcp_resume, str(tmp_path / "checkpoint"))
+
+
+def check_reset_add_group_and_copy(rank: int, world_size: int) -> None:
+    model = _tiny_model(seed=0)
+    opt = DistributedLookahead(
+        torch.optim.SGD(model[0].parameters(), lr=0.1), k=4, alpha=0.5, outer_momentum=0.5
+    )
+    for step in range(6):  # one sync (non-zero outer momentum), then two local steps
+        _train_step(model, opt, rank, step)
+    weights = [p.detach().clone() for p in model[0].parameters()]
+    gathered = [[torch.empty_like(w) for _ in range(world_size)] for w in weights]
+    for w, out in zip(weights, gathered, strict=True):
+        dist.all_gather(out, w)
+    opt.reset_slow()  # restarts on the average of the ranks' weights
+    for p, copies in zip(model[0].parameters(), gathered, strict=True):
+        torch.testing.assert_close(p.detach(), sum(copies) / world_size, rtol=0, atol=1e-7)
+        assert torch.equal(opt.state[p]["lookahead_slow"], p.detach())
+        assert not opt.state[p][OUTER_MOMENTUM_KEY].any()
+    assert_same_on_all_ranks(model[0].parameters())
+    assert opt.param_groups[0]["lookahead_step"] == 0
+
+    with torch.no_grad():
+        model[2].weight.fill_(float(rank))  # ranks disagree; the new group takes rank 0's values
+    opt.add_param_group({"params": list(model[2].parameters()), "lr": 0.05})
+    assert torch.equal(model[2].weight, torch.zeros_like(model[2].weight))
+    assert_same_on_all_ranks(model.parameters())
+
+    copied = copy.deepcopy(opt)
+    assert copied.outer_momentum == 0.5 and copied.process_group is dist.group.WORLD
+    assert repr(opt).startswith("DistributedLookahead(k=4, alpha=0.5,")
+    assert "outer_momentum=0.5, nesterov=False, world_size=2" in repr(opt)
+    own_group = [dist.new_group([r]) for r in range(world_size)][rank]
+    single = DistributedLookahead(
+        torch.optim.SGD(model.parameters(), lr=0.1), process_group=own_group
+    )
+    with pytest.raises(TypeError, match="custom process group cannot be pickled"):
+        copy.deepcopy(single)
+
+
+def test_reset_slow_add_param_group_and_copies_are_collective(cluster: Cluster) -> None:
+    cluster.run(check_reset_add_group_and_copy)
