@@ -1,0 +1,100 @@
+"""The networks the lab trains: a small CNN for digits, a character LSTM, and ResNet-18 for CIFAR."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CharLSTM", "DigitsCNN", "ResNet18"]
+
+
+class DigitsCNN(nn.Module):
+    """Two 3x3 convolutions (16 and 32 channels), one 2x2 max-pool and a 64-unit hidden layer.
+
+    Input: ``(batch, 1, 8, 8)`` images scaled to [0, 1]; output: 10 logits.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10)
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        logits: Tensor = self.classifier(self.features(images))
+        return logits
+
+
+class CharLSTM(nn.Module):
+    """Byte-level language model: embedding, a stacked LSTM, and a linear read-out to 256 logits."""
+
+    def __init__(
+        self, embedding_dim: int = 32, hidden_size: int = 192, num_layers: int = 1
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(256, embedding_dim)
+        self.lstm = nn.LSTM(embedding_dim, hidden_size, num_layers=num_layers, batch_first=True)
+        self.readout = nn.Linear(hidden_size, 256)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        hidden, _ = self.lstm(self.embedding(tokens))
+        logits: Tensor = self.readout(hidden)
+        return logits
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 in its CIFAR form (He et al. 2016): a 3x3 stem without max-pool, four stages of
+    two basic blocks (64, 128, 256, 512 channels; stride 2 from the second stage), global average
+    pooling and a linear classifier. 11.2M parameters for 10 classes.
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+        )
+        stages: list[nn.Module] = []
+        in_channels = 64
+        for out_channels, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            stages.append(
+                nn.Sequential(
+                    _BasicBlock(in_channels, out_channels, stride),
+                    _BasicBlock(out_channels, out_channels, 1),
+                )
+            )
+            in_channels = out_channels
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        logits: Tensor = self.head(self.stages(self.stem(images)))
+        return logits

@@ -1,0 +1,228 @@
+"""The noisy quadratic model (NQM) of Zhang et al. 2019, section 3: closed forms and simulation.
+
+Per coordinate ``i`` the loss is ``1/2 * a_i * (x_i - c_i)^2`` with a fresh ``c_i ~ N(0, s_i)``
+at every step, so the stochastic gradient is ``a_i * (x_i - c_i)``. The expected loss is::
+
+    E[L(x)] = 1/2 * sum_i a_i * (E[x_i]^2 + V[x_i] + s_i)
+
+At the steady state ``E[x] = 0`` and, with ``b_i = 1 - lr * a_i`` (stable when ``|b_i| < 1``)::
+
+    V*_SGD = lr^2 a^2 s / (1 - b^2)
+    V*_LA  = alpha^2 (1 - b^(2k)) / (alpha^2 (1 - b^(2k)) + 2 alpha (1 - alpha)(1 - b^k)) * V*_SGD
+
+where ``V*_LA`` is the variance of the slow weights read at the synchronisation points
+(Proposition 2 of the paper). The simulation runs many independent chains of the real
+``torch.optim.SGD`` (wrapped in ``Lookahead`` for the second one) in float64 and averages
+``sum_i a_i x_i^2`` over chains and over steady-state steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "NQMPoint",
+    "NQMProblem",
+    "expected_loss",
+    "nqm_grid",
+    "simulate_steady_state_loss",
+    "steady_state_variance_lookahead",
+    "steady_state_variance_sgd",
+]
+
+
+@dataclass(frozen=True)
+class NQMProblem:
+    """Diagonal curvatures ``a_i`` and gradient-noise variances ``s_i`` of the NQM."""
+
+    curvatures: tuple[float, ...]
+    noise_variances: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.curvatures) != len(self.noise_variances) or not self.curvatures:
+            raise ValueError("curvatures and noise_variances must be non-empty and of equal length")
+        if min(self.curvatures) <= 0 or min(self.noise_variances) < 0:
+            raise ValueError("curvatures must be positive and noise_variances non-negative")
+
+    @classmethod
+    def default(cls, dimensions: int = 10) -> NQMProblem:
+        """Curvatures log-spaced from 1 down to 0.1, noise variance equal to the curvature (the
+        paper's choice of a noise covariance proportional to the Hessian)."""
+        curvatures = tuple(10.0 ** (-i / (dimensions - 1)) for i in range(dimensions))
+        return cls(curvatures, curvatures)
+
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        return (
+            torch.tensor(self.curvatures, dtype=torch.float64),
+            torch.tensor(self.noise_variances, dtype=torch.float64),
+        )
+
+    def max_stable_lr(self) -> float:
+        """SGD's steady state exists for ``0 < lr < 2 / max(a)``."""
+        return 2.0 / max(self.curvatures)
+
+
+def _check_lr(problem: NQMProblem, lr: float) -> None:
+    if not 0.0 < lr < problem.max_stable_lr():
+        raise ValueError(
+            f"lr must lie in (0, {problem.max_stable_lr():g}) for a steady state, got {lr}"
+        )
+
+
+def steady_state_variance_sgd(curvature: Tensor, noise: Tensor, lr: float) -> Tensor:
+    """``V*_SGD = lr^2 a^2 s / (1 - (1 - lr a)^2)`` per coordinate."""
+    contraction = 1.0 - lr * curvature
+    return lr**2 * curvature**2 * noise / (1.0 - contraction**2)
+
+
+def steady_state_variance_lookahead(
+    curvature: Tensor, noise: Tensor, lr: float, k: int, alpha: float
+) -> Tensor:
+    """Proposition 2: the slow weights' steady-state variance per coordinate (formula above)."""
+    b = 1.0 - lr * curvature
+    kept = alpha**2 * (1.0 - b ** (2 * k))
+    return (
+        kept
+        / (kept + 2.0 * alpha * (1.0 - alpha) * (1.0 - b**k))
+        * (steady_state_variance_sgd(curvature, noise, lr))
+    )
+
+
+def expected_loss(curvature: Tensor, noise: Tensor, second_moment: Tensor) -> float:
+    """``1/2 * sum_i a_i (E[x_i^2] + s_i)``, where ``E[x_i^2] = E[x_i]^2 + V[x_i]``."""
+    return float(0.5 * (curvature * (second_moment + noise)).sum())
+
+
+def simulate_steady_state_loss(
+    problem: NQMProblem,
+    lr: float,
+    *,
+    k: int | None = None,
+    alpha: float | None = None,
+    chains: int = 2000,
+    burn_in_steps: int = 2000,
+    measured_steps: int = 4000,
+    seed: int = 0,
+) -> float:
+    """Monte-Carlo estimate of the steady-state expected loss of SGD (``k=None``) or of
+    Lookahead(SGD), from ``chains`` independent chains started at the optimum.
+
+    SGD is measured after every step; Lookahead after every synchronisation (steps divisible by
+    ``k``), where the parameters equal the slow weights.
+    """
+    _check_lr(problem, lr)
+    curvature, noise = problem.tensors()
+    generator = torch.Generator().manual_seed(seed)
+    position = torch.zeros(chains, curvature.numel(), dtype=torch.float64, requires_grad=True)
+    inner = torch.optim.SGD([position], lr=lr)
+    optimizer: torch.optim.Optimizer = inner
+    every = 1
+    if k is not None:
+        if alpha is None:
+            raise ValueError("alpha is required with k")
+        from torch_lookahead import Lookahead
+
+        optimizer = Lookahead(inner, k=k, alpha=alpha)
+        every = k
+    noise_scale = noise.sqrt()
+    burn_in = math.ceil(burn_in_steps / every) * every
+    total = 0.0
+    count = 0
+    for step in range(1, burn_in + measured_steps + 1):
+        targets = (
+            torch.randn(position.shape, generator=generator, dtype=torch.float64) * noise_scale
+        )
+        with torch.no_grad():
+            position.grad = curvature * (position - targets)
+        optimizer.step()
+        if step > burn_in and step % every == 0:
+            with torch.no_grad():
+                total += float((curvature * position.square()).sum(dim=1).mean())
+            count += 1
+    second_moment_weighted = total / count
+    return 0.5 * (second_moment_weighted + float((curvature * noise).sum()))
+
+
+@dataclass(frozen=True)
+class NQMPoint:
+    """Closed-form and simulated steady-state expected loss at one learning rate."""
+
+    lr: float
+    sgd_theory: float
+    sgd_simulated: float
+    lookahead_theory: float
+    lookahead_simulated: float
+    floor: float  # 1/2 sum a_i s_i: the loss at x = 0, which no optimizer goes below
+
+    def relative_errors(self, excess: bool = True) -> tuple[float, float]:
+        """|simulated - theory| / theory for SGD and Lookahead; on the excess over ``floor``
+        (the part the optimizer controls) when ``excess``."""
+        shift = self.floor if excess else 0.0
+        return (
+            abs(self.sgd_simulated - self.sgd_theory) / (self.sgd_theory - shift),
+            abs(self.lookahead_simulated - self.lookahead_theory) / (self.lookahead_theory - shift),
+        )
+
+    def variance_ratio(self, simulated: bool = True) -> float:
+        """Lookahead's excess loss over SGD's: the weighted steady-state variance ratio."""
+        if simulated:
+            return (self.lookahead_simulated - self.floor) / (self.sgd_simulated - self.floor)
+        return (self.lookahead_theory - self.floor) / (self.sgd_theory - self.floor)
+
+
+def nqm_grid(
+    problem: NQMProblem,
+    lrs: Sequence[float],
+    *,
+    k: int = 5,
+    alpha: float = 0.5,
+    chains: int = 2000,
+    burn_in_steps: int = 2000,
+    measured_steps: int = 4000,
+    seed: int = 0,
+    on_point: Callable[[NQMPoint], None] | None = None,
+) -> list[NQMPoint]:
+    """Closed form against simulation for SGD and Lookahead(SGD, k, alpha) at each ``lr``;
+    ``on_point`` is called after each learning rate."""
+    if k < 1:
+        raise ValueError(f"k must be a positive integer, got {k}")
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
+    for lr in lrs:
+        _check_lr(problem, lr)
+    curvature, noise = problem.tensors()
+    floor = expected_loss(curvature, noise, torch.zeros_like(curvature))
+    points = []
+    for lr in lrs:
+        simulate = {
+            "chains": chains,
+            "burn_in_steps": burn_in_steps,
+            "measured_steps": measured_steps,
+            "seed": seed,
+        }
+        points.append(
+            NQMPoint(
+                lr=lr,
+                sgd_theory=expected_loss(
+                    curvature, noise, steady_state_variance_sgd(curvature, noise, lr)
+                ),
+                sgd_simulated=simulate_steady_state_loss(problem, lr, **simulate),
+                lookahead_theory=expected_loss(
+                    curvature,
+                    noise,
+                    steady_state_variance_lookahead(curvature, noise, lr, k, alpha),
+                ),
+                lookahead_simulated=simulate_steady_state_loss(
+                    problem, lr, k=k, alpha=alpha, **simulate
+                ),
+                floor=floor,
+            )
+        )
+        if on_point is not None:
+            on_point(points[-1])
+    return points

@@ -1,0 +1,444 @@
+"""The lab's training tasks. Every dataset ships with the installed packages or sits on the user's
+disk; nothing is downloaded.
+
+* ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images), a small CNN.
+* ``charlm``: a byte-level LSTM language model on a fixed, sorted selection of the Python standard
+  library's own source files (about 1 MB), measured in validation bits per character.
+* ``cifar10``: ResNet-18 on CIFAR-10 read from the standard python-pickle batches in ``data_dir``.
+
+A task is a thin object over pure functions: it loads tensors, builds a fresh model, draws a batch
+from an explicit ``torch.Generator``, computes the training loss and evaluates the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import pickle
+import sysconfig
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torch_lookahead.lab.models import CharLSTM, DigitsCNN, ResNet18
+
+__all__ = [
+    "TASKS",
+    "CharLMTask",
+    "Cifar10Task",
+    "DigitsTask",
+    "Task",
+    "TaskData",
+    "TaskSettings",
+    "get_task",
+    "stdlib_corpus",
+]
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """How long a run trains and how often it is evaluated."""
+
+    steps: int
+    eval_every: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "eval_every", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Tensors of one task, already on the run's device.
+
+    ``train_eval_*`` is a fixed part of the training data on which the training loss is measured.
+    """
+
+    train_inputs: Tensor
+    train_targets: Tensor
+    val_inputs: Tensor
+    val_targets: Tensor
+    train_eval_inputs: Tensor
+    train_eval_targets: Tensor
+
+
+class Task(ABC):
+    """A training problem: data, model, loss and metrics."""
+
+    name: str
+    description: str
+    headline_metric: str
+    higher_is_better: bool
+    target_train_loss: float
+    full: TaskSettings
+    quick: TaskSettings
+    learning_rates: Mapping[str, float]
+    optimizer_overrides: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
+    max_grad_norm: float | None = None
+    needs_data_dir: bool = False
+    prefers_gpu: bool = False
+
+    def learning_rate(self, inner: str) -> float:
+        """The default learning rate of ``inner`` on this task (3e-3 for unlisted optimizers)."""
+        return self.learning_rates.get(inner, 3e-3)
+
+    @abstractmethod
+    def load(self, data_dir: str | None, device: str) -> TaskData:
+        """Load the task's tensors onto ``device``."""
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model (the caller seeds the global generator)."""
+
+    @abstractmethod
+    def sample_batch(self, data: TaskData, generator: torch.Generator, batch_size: int) -> Batch:
+        """One training minibatch drawn with ``generator`` (a CPU generator)."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        """The training loss of ``model`` on ``batch`` (mean cross-entropy, in nats)."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
+        """``train_loss``, ``val_loss`` and the headline metric, under ``torch.no_grad``."""
+
+    def lr_multiplier(self, total_steps: int) -> Callable[[int], float] | None:
+        """The learning-rate schedule as a multiplier of the step (None: constant)."""
+        return None
+
+    def check_data(self, data_dir: str | None) -> None:
+        """Raise a ValueError saying what is missing when the task cannot find its data."""
+        return None  # tasks whose data ships with the packages have nothing to check
+
+
+@torch.no_grad()
+def _cross_entropy_in_chunks(
+    model: nn.Module, inputs: Tensor, targets: Tensor, chunk: int
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` over ``inputs`` taken ``chunk`` rows at a time."""
+    total_loss = 0.0
+    correct = 0
+    count = 0
+    for start in range(0, inputs.shape[0], chunk):
+        logits = model(inputs[start : start + chunk])
+        labels = targets[start : start + chunk]
+        logits = logits.reshape(-1, logits.shape[-1])
+        labels = labels.reshape(-1)
+        total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(dim=-1) == labels).sum())
+        count += labels.numel()
+    return total_loss / count, correct / count
+
+
+def _random_rows(data: TaskData, generator: torch.Generator, batch_size: int) -> Batch:
+    rows = torch.randint(0, data.train_inputs.shape[0], (batch_size,), generator=generator)
+    rows = rows.to(data.train_inputs.device)
+    return data.train_inputs[rows], data.train_targets[rows]
+
+
+class _ClassificationTask(Task):
+    """Image classification: cross-entropy loss; training loss, validation loss and accuracy."""
+
+    headline_metric = "val_accuracy"
+    higher_is_better = True
+    eval_chunk = 2048
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
+        train_loss, _ = _cross_entropy_in_chunks(
+            model, data.train_eval_inputs, data.train_eval_targets, chunk=self.eval_chunk
+        )
+        val_loss, val_accuracy = _cross_entropy_in_chunks(
+            model, data.val_inputs, data.val_targets, chunk=self.eval_chunk
+        )
+        return {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy}
+
+
+class DigitsTask(_ClassificationTask):
+    """scikit-learn's 8x8 digits: 1,437 training and 360 validation images (a fixed stratified
+    split), a two-layer CNN, cross-entropy; metrics on the full training and validation sets."""
+
+    name = "digits"
+    description = "scikit-learn 8x8 digits (1,797 images), small CNN"
+    target_train_loss = 0.1
+    full = TaskSettings(steps=300, eval_every=25, batch_size=64)
+    quick = TaskSettings(steps=60, eval_every=20, batch_size=64)
+    learning_rates = MappingProxyType({"sgd": 0.05, "adam": 2e-3, "adamw": 2e-3, "radam": 2e-3})
+
+    def load(self, data_dir: str | None, device: str) -> TaskData:
+        train_x, train_y, val_x, val_y = _digits_split()
+        move = functools.partial(Tensor.to, device=device)
+        return TaskData(
+            move(train_x), move(train_y), move(val_x), move(val_y), move(train_x), move(train_y)
+        )
+
+    def build_model(self) -> nn.Module:
+        return DigitsCNN()
+
+    def sample_batch(self, data: TaskData, generator: torch.Generator, batch_size: int) -> Batch:
+        return _random_rows(data, generator, batch_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_split() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    rows = torch.arange(labels.numel()).numpy()
+    train_rows, val_rows = train_test_split(
+        rows, test_size=0.2, random_state=0, stratify=labels.numpy()
+    )
+    train_idx = torch.as_tensor(train_rows)
+    val_idx = torch.as_tensor(val_rows)
+    return images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
+
+
+def stdlib_corpus(max_bytes: int = 1_000_000) -> bytes:
+    """The character-LM corpus: the standard library's top-level ``*.py`` files in sorted name
+    order, concatenated until ``max_bytes`` bytes (the last file is cut).
+
+    The text is what the running interpreter ships, so it depends on the Python version; the run
+    cache keys on its SHA-256 (see ``corpus_fingerprint``).
+    """
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    pieces: list[bytes] = []
+    size = 0
+    for path in sorted(stdlib.glob("*.py")):
+        text = path.read_bytes()
+        pieces.append(text)
+        size += len(text)
+        if size >= max_bytes:
+            break
+    corpus = b"".join(pieces)[:max_bytes]
+    if len(corpus) < 100_000:
+        raise RuntimeError(
+            f"the standard library at {stdlib} has only {len(corpus)} bytes of source"
+        )
+    return corpus
+
+
+@functools.lru_cache(maxsize=1)
+def corpus_fingerprint() -> str:
+    """SHA-256 of ``stdlib_corpus()``: it changes when the interpreter's standard library does."""
+    return hashlib.sha256(stdlib_corpus()).hexdigest()[:16]
+
+
+class CharLMTask(Task):
+    """Byte-level language modelling on ``stdlib_corpus()``: the first 90% trains, the last 10%
+    validates. Windows of 128 bytes; a one-layer LSTM (192 units); gradient norm clipped at 1.
+    The headline metric is validation bits per character, ``val_loss / ln 2``.
+    """
+
+    name = "charlm"
+    description = "byte-level LSTM LM on 1 MB of the Python standard library's source"
+    headline_metric = "val_bpc"
+    higher_is_better = False
+    target_train_loss = 2.0
+    full = TaskSettings(steps=1500, eval_every=100, batch_size=32)
+    quick = TaskSettings(steps=40, eval_every=20, batch_size=16)
+    learning_rates = MappingProxyType({"sgd": 1.0, "adam": 3e-3, "adamw": 3e-3, "radam": 3e-3})
+    optimizer_overrides = MappingProxyType({"sgd": MappingProxyType({"momentum": 0.0})})
+    max_grad_norm = 1.0
+    window = 128
+    eval_windows = 64
+
+    def load(self, data_dir: str | None, device: str) -> TaskData:
+        text = torch.frombuffer(bytearray(stdlib_corpus()), dtype=torch.uint8).long()
+        split = int(0.9 * text.numel())
+        train_text, val_text = text[:split], text[split:]
+        val_x, val_y = _non_overlapping_windows(val_text, self.window)
+        # A fixed set of training windows, evenly spaced, for the training loss.
+        stride = (train_text.numel() - self.window - 1) // self.eval_windows
+        starts = torch.arange(self.eval_windows) * stride
+        train_eval_x, train_eval_y = _windows_at(train_text, starts, self.window)
+        empty = torch.empty(0, dtype=torch.long)
+        return TaskData(
+            train_text.to(device),
+            empty.to(device),
+            val_x.to(device),
+            val_y.to(device),
+            train_eval_x.to(device),
+            train_eval_y.to(device),
+        )
+
+    def build_model(self) -> nn.Module:
+        return CharLSTM()
+
+    def sample_batch(self, data: TaskData, generator: torch.Generator, batch_size: int) -> Batch:
+        text = data.train_inputs
+        starts = torch.randint(
+            0, text.numel() - self.window - 1, (batch_size,), generator=generator
+        )
+        return _windows_at(text, starts.to(text.device), self.window)
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        logits = model(batch[0])
+        return F.cross_entropy(logits.reshape(-1, 256), batch[1].reshape(-1))
+
+    def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
+        train_loss, _ = _cross_entropy_in_chunks(
+            model, data.train_eval_inputs, data.train_eval_targets, chunk=64
+        )
+        val_loss, _ = _cross_entropy_in_chunks(model, data.val_inputs, data.val_targets, chunk=64)
+        return {"train_loss": train_loss, "val_loss": val_loss, "val_bpc": val_loss / math.log(2)}
+
+
+def _windows_at(text: Tensor, starts: Tensor, window: int) -> Batch:
+    offsets = torch.arange(window + 1, device=text.device)
+    rows = text[starts.unsqueeze(1) + offsets]
+    return rows[:, :-1], rows[:, 1:]
+
+
+def _non_overlapping_windows(text: Tensor, window: int) -> Batch:
+    count = (text.numel() - 1) // window
+    starts = torch.arange(count) * window
+    return _windows_at(text, starts, window)
+
+
+class Cifar10Task(_ClassificationTask):
+    """ResNet-18 on CIFAR-10 (the paper's headline experiment): the five training batches train,
+    ``test_batch`` validates. Random crop (4-pixel padding) and horizontal flip; per-channel
+    normalisation; SGD recipe of the paper's Cutout base code: batch 128, learning rate divided by
+    5 at 30%, 60% and 80% of training, weight decay 5e-4. Meant for a GPU.
+    """
+
+    name = "cifar10"
+    description = "ResNet-18 on CIFAR-10 from --data-dir (python-pickle batches)"
+    eval_chunk = 500
+    target_train_loss = 0.1
+    full = TaskSettings(steps=200 * 391, eval_every=391, batch_size=128)
+    quick = TaskSettings(steps=20, eval_every=10, batch_size=32)
+    learning_rates = MappingProxyType({"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "radam": 1e-3})
+    optimizer_overrides = MappingProxyType(
+        {
+            "sgd": MappingProxyType({"momentum": 0.9, "weight_decay": 5e-4}),
+            "adam": MappingProxyType({"weight_decay": 5e-4}),
+            "adamw": MappingProxyType({"weight_decay": 5e-4}),
+            "radam": MappingProxyType({"weight_decay": 5e-4}),
+        }
+    )
+    needs_data_dir = True
+    prefers_gpu = True
+    train_eval_size = 10_000
+
+    def load(self, data_dir: str | None, device: str) -> TaskData:
+        train_x, train_y, val_x, val_y = load_cifar10(data_dir)
+        mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+        std = train_x.std(dim=(0, 2, 3), keepdim=True)
+        train_x = (train_x - mean) / std
+        val_x = (val_x - mean) / std
+        size = min(self.train_eval_size, train_x.shape[0])
+        return TaskData(
+            train_x.to(device),
+            train_y.to(device),
+            val_x.to(device),
+            val_y.to(device),
+            train_x[:size].to(device),
+            train_y[:size].to(device),
+        )
+
+    def build_model(self) -> nn.Module:
+        return ResNet18()
+
+    def sample_batch(self, data: TaskData, generator: torch.Generator, batch_size: int) -> Batch:
+        images, labels = _random_rows(data, generator, batch_size)
+        return augment_crop_flip(images, generator), labels
+
+    def check_data(self, data_dir: str | None) -> None:
+        _cifar10_folder(data_dir)
+
+    def lr_multiplier(self, total_steps: int) -> Callable[[int], float]:
+        milestones = [int(total_steps * fraction) for fraction in (0.3, 0.6, 0.8)]
+        return functools.partial(_step_decay, milestones=tuple(milestones), factor=0.2)
+
+
+def _step_decay(step: int, milestones: tuple[int, ...], factor: float) -> float:
+    return factor ** sum(step >= milestone for milestone in milestones)
+
+
+def augment_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """Random ``padding``-pixel-shift crops (zero padding) and horizontal flips, per image."""
+    batch, _, height, width = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    shifts = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator)
+    flips = torch.rand(batch, generator=generator) < 0.5
+    rows = torch.arange(height).unsqueeze(0) + shifts[0].unsqueeze(1)  # (batch, height)
+    cols = torch.arange(width).unsqueeze(0) + shifts[1].unsqueeze(1)  # (batch, width)
+    cols = torch.where(flips.unsqueeze(1), cols.flip(1), cols)
+    rows, cols = rows.to(images.device), cols.to(images.device)
+    batch_index = torch.arange(batch, device=images.device)[:, None, None, None]
+    channel_index = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return padded[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+
+
+def _cifar10_folder(data_dir: str | None) -> Path:
+    hint = (
+        "the cifar10 task reads the standard CIFAR-10 python batches (data_batch_1 ... data_batch_5, "
+        "test_batch) from disk and never downloads them; pass --data-dir pointing at the folder "
+        "that holds them (or at its parent containing cifar-10-batches-py/)"
+    )
+    if data_dir is None:
+        raise ValueError(f"data_dir is required: {hint}")
+    root = Path(data_dir).expanduser()
+    for folder in (root, root / "cifar-10-batches-py"):
+        if all((folder / name).is_file() for name in CIFAR10_FILES):
+            return folder
+    raise ValueError(f"data_dir={str(root)!r} does not hold the CIFAR-10 batches: {hint}")
+
+
+@functools.lru_cache(maxsize=2)
+def load_cifar10(data_dir: str | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Training images and labels, then test images and labels, as float tensors in [0, 1]."""
+    folder = _cifar10_folder(data_dir)
+
+    def read(name: str) -> Batch:
+        with open(folder / name, "rb") as handle:
+            # The official archive is a pickle of dicts of numpy arrays; only the user's own file
+            # is read here.
+            entry = pickle.load(handle, encoding="bytes")
+        images = torch.as_tensor(entry[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32)
+        labels = torch.as_tensor(list(entry[b"labels"]), dtype=torch.long)
+        return images.float() / 255.0, labels
+
+    train = [read(name) for name in CIFAR10_FILES[:-1]]
+    test_x, test_y = read(CIFAR10_FILES[-1])
+    return (
+        torch.cat([x for x, _ in train]),
+        torch.cat([y for _, y in train]),
+        test_x,
+        test_y,
+    )
+
+
+TASKS: dict[str, Task] = {task.name: task for task in (DigitsTask(), CharLMTask(), Cifar10Task())}
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``; a ValueError lists the accepted names."""
+    if name in TASKS:
+        return TASKS[name]
+    if name == "nqm":
+        raise ValueError(
+            "task 'nqm' is not a training task: run `torch-lookahead nqm` for the noisy quadratic model"
+        )
+    raise ValueError(f"unknown task {name!r}; accepted values: {', '.join(sorted(TASKS))}")

@@ -1,0 +1,112 @@
+"""One run is a pure function of its configuration; many runs share a cache on disk."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from torch_lookahead.lab import runner
+from torch_lookahead.lab.runner import RunConfig, RunResult, make_config, run, run_many
+from torch_lookahead.lab.tasks import TaskSettings
+
+TINY = TaskSettings(steps=12, eval_every=4, batch_size=16)
+
+
+def config(**changes: object) -> RunConfig:
+    base = make_config("digits", "sgd", seed=0, settings=TINY, k=5, alpha=0.5)
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("k", [None, 5])
+def test_same_seed_same_numbers(k: int | None) -> None:
+    first = run(config(k=k, alpha=0.5 if k else None))
+    second = run(config(k=k, alpha=0.5 if k else None))
+    assert first.steps == second.steps == [0, 4, 8, 12]
+    assert first.history == second.history
+    assert set(first.history) == {"train_loss", "val_loss", "val_accuracy"}
+
+
+def test_another_seed_other_numbers() -> None:
+    assert run(config(seed=0)).history != run(config(seed=1)).history
+
+
+def test_lookahead_runs_are_evaluated_on_the_slow_weights() -> None:
+    # With k beyond the run's length the slow weights never move from the initial weights,
+    # so every evaluation must equal the one at step 0, although the fast weights trained.
+    frozen = run(config(k=1000))
+    assert all(v == frozen.history["train_loss"][0] for v in frozen.history["train_loss"])
+    trained = run(config(k=None, alpha=None))
+    assert trained.history["train_loss"][0] == frozen.history["train_loss"][0]
+    assert trained.history["train_loss"][-1] != frozen.history["train_loss"][0]
+
+
+def test_a_diverging_run_stops_and_says_where() -> None:
+    result = run(config(k=None, alpha=None, inner="adamw", lr=1e30, steps=40, eval_every=40))
+    assert result.diverged_at is not None and result.diverged_at <= 40
+    assert result.steps[-1] == result.diverged_at
+    assert result.history["train_loss"][-1] is None
+
+
+def test_the_key_covers_every_field() -> None:
+    base = config()
+    assert base.key() == config().key()
+    for name, value in [("lr", 0.07), ("seed", 3), ("k", 6), ("alpha", 0.8), ("steps", 13),
+                        ("eval_every", 3), ("batch_size", 8), ("inner", "adamw"),
+                        ("device", "meta"), ("data_dir", "/x")]:  # fmt: skip
+        assert dataclasses.replace(base, **{name: value}).key() != base.key(), name
+
+
+def test_results_survive_json() -> None:
+    result = run(config())
+    assert RunResult.from_json(result.to_json()) == result
+
+
+def test_run_many_reuses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    configs = [config(seed=0), config(seed=1), config(seed=0)]
+    seen: list[bool] = []
+    first = run_many(configs, tmp_path, workers=1, on_result=lambda r, cached: seen.append(cached))
+    assert seen == [False, False]
+    assert [r.config for r in first] == configs
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+    def must_not_run(config: RunConfig) -> RunResult:
+        raise AssertionError("a cached run was recomputed")
+
+    monkeypatch.setattr(runner, "run", must_not_run)
+    seen.clear()
+    second = run_many(configs, tmp_path, workers=1, on_result=lambda r, cached: seen.append(cached))
+    assert seen == [True, True]
+    assert second == first
+
+
+def test_run_many_in_a_process_pool_matches_one_process(tmp_path: Path) -> None:
+    configs = [config(seed=0), config(seed=1, k=None, alpha=None)]
+    in_pool = run_many(configs, None, workers=2)
+    assert in_pool == [run(c) for c in configs]
+    assert torch.get_num_threads() >= 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"lr": -1.0}, "lr must be"),
+        ({"lr": float("nan")}, "lr must be"),
+        ({"k": 0}, "k must be"),
+        ({"alpha": 1.5}, "alpha must lie"),
+        ({"alpha": 0.0}, "alpha must lie"),
+    ],
+)
+def test_make_config_rejects_bad_hyper_parameters(changes: dict[str, float], message: str) -> None:
+    arguments = {"lr": 0.1, "k": 5, "alpha": 0.5} | changes
+    with pytest.raises(ValueError, match=message):
+        make_config("digits", "sgd", seed=0, settings=TINY, **arguments)  # type: ignore[arg-type]
+
+
+def test_make_config_rejects_unknown_names() -> None:
+    with pytest.raises(ValueError, match="unknown task 'mnist'; accepted values: charlm, cifar10"):
+        make_config("mnist", "sgd", seed=0, settings=TINY)
+    with pytest.raises(ValueError, match="unknown inner optimizer 'lion'; accepted values:"):
+        make_config("digits", "lion", seed=0, settings=TINY)

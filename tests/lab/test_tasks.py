@@ -1,0 +1,167 @@
+"""Tasks, models, the optimizer table and the experiment plans."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torch_lookahead import Lookahead
+from torch_lookahead.lab.experiments import (
+    compare_configs,
+    k_alpha_configs,
+    lr_sweep_configs,
+    parse_float_list,
+    parse_int_list,
+    parse_lr_range,
+)
+from torch_lookahead.lab.models import ResNet18
+from torch_lookahead.lab.optimizers import available_inner_optimizers, build_optimizer
+from torch_lookahead.lab.tasks import (
+    CharLMTask,
+    Cifar10Task,
+    DigitsTask,
+    TaskSettings,
+    augment_crop_flip,
+    get_task,
+    stdlib_corpus,
+)
+
+TINY = TaskSettings(steps=4, eval_every=2, batch_size=4)
+
+
+def test_digits_split_is_fixed_stratified_and_disjoint() -> None:
+    data = DigitsTask().load(None, "cpu")
+    assert data.train_inputs.shape == (1437, 1, 8, 8) and data.val_inputs.shape == (360, 1, 8, 8)
+    assert torch.equal(data.train_inputs, DigitsTask().load(None, "cpu").train_inputs)
+    assert set(data.val_targets.tolist()) == set(range(10))
+    train_rows = {tuple(x.flatten().tolist()) for x in data.train_inputs}
+    overlap = sum(tuple(x.flatten().tolist()) in train_rows for x in data.val_inputs)
+    assert overlap < 5  # a handful of identical images exist in the dataset itself
+    assert float(data.train_inputs.max()) == 1.0 and float(data.train_inputs.min()) == 0.0
+
+
+def test_charlm_corpus_is_a_fixed_megabyte_of_the_standard_library() -> None:
+    corpus = stdlib_corpus()
+    assert len(corpus) == 1_000_000 and corpus == stdlib_corpus()
+    assert b"def " in corpus and b"import " in corpus
+    task = CharLMTask()
+    data = task.load(None, "cpu")
+    inputs, targets = task.sample_batch(data, torch.Generator().manual_seed(0), 3)
+    assert inputs.shape == targets.shape == (3, task.window)
+    assert torch.equal(inputs[:, 1:], targets[:, :-1])
+    assert torch.equal(data.val_inputs[:, 1:], data.val_targets[:, :-1])
+    metrics = task.evaluate(task.build_model(), data)
+    assert metrics["val_bpc"] == pytest.approx(metrics["val_loss"] / np.log(2))
+    assert 7.0 < metrics["val_bpc"] < 9.0  # an untrained model is close to uniform over bytes
+
+
+def write_fake_cifar10(folder: Path, per_batch: int = 20) -> None:
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        entry = {
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, per_batch).tolist(),
+        }
+        (folder / name).write_bytes(pickle.dumps(entry))
+
+
+def test_cifar10_reads_the_python_batches(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    write_fake_cifar10(folder)
+    task = Cifar10Task()
+    data = task.load(str(tmp_path), "cpu")
+    assert data.train_inputs.shape == (100, 3, 32, 32) and data.val_inputs.shape == (20, 3, 32, 32)
+    assert data.train_inputs.mean(dim=(0, 2, 3)).abs().max() < 1e-5
+    images, labels = task.sample_batch(data, torch.Generator().manual_seed(0), 4)
+    assert images.shape == (4, 3, 32, 32) and labels.shape == (4,)
+
+
+def test_cifar10_without_its_data_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="pass --data-dir"):
+        Cifar10Task().check_data(None)
+    with pytest.raises(ValueError, match="does not hold the CIFAR-10 batches"):
+        Cifar10Task().check_data(str(tmp_path))
+
+
+def test_cifar10_schedule_divides_by_five_at_30_60_80_percent() -> None:
+    multiplier = Cifar10Task().lr_multiplier(100)
+    assert [multiplier(s) for s in (0, 29, 30, 59, 60, 80, 99)] == pytest.approx(
+        [1, 1, 0.2, 0.2, 0.04, 0.008, 0.008]
+    )
+
+
+def test_resnet18_shape_and_size() -> None:
+    model = ResNet18()
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_crop_flip_moves_pixels_and_keeps_shape() -> None:
+    images = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    out = augment_crop_flip(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    unshifted = augment_crop_flip(images, torch.Generator().manual_seed(0), padding=0)
+    for original, augmented in zip(images, unshifted, strict=True):
+        assert torch.equal(augmented, original) or torch.equal(augmented, original.flip(-1))
+
+
+def test_unknown_and_non_training_tasks() -> None:
+    with pytest.raises(ValueError, match="run `torch-lookahead nqm`"):
+        get_task("nqm")
+    with pytest.raises(ValueError, match="accepted values: charlm, cifar10, digits"):
+        get_task("imagenet")
+
+
+def test_optimizer_table_builds_plain_and_lookahead() -> None:
+    assert {"sgd", "adam", "adamw", "radam"} <= set(available_inner_optimizers())
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    plain = build_optimizer(params, "sgd", 0.1)
+    assert isinstance(plain, torch.optim.SGD) and plain.param_groups[0]["momentum"] == 0.9
+    wrapped = build_optimizer(params, "radam", 0.01, k=7, alpha=0.3)
+    assert isinstance(wrapped, Lookahead) and isinstance(wrapped.optimizer, torch.optim.RAdam)
+    assert wrapped.param_groups[0]["lookahead_k"] == 7
+    overridden = build_optimizer(params, "adamw", 0.01, overrides={"weight_decay": 0.5})
+    assert overridden.param_groups[0]["weight_decay"] == 0.5
+    with pytest.raises(ValueError, match="k and alpha must both be given"):
+        build_optimizer(params, "sgd", 0.1, k=5)
+
+
+def test_lr_ranges_and_lists() -> None:
+    assert parse_lr_range("1e-4:1e-1:4") == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1])
+    assert parse_lr_range("0.1,0.3") == [0.1, 0.3]
+    assert parse_int_list("5,10, 20", "k") == [5, 10, 20]
+    assert parse_float_list("0.5,0.8", "alpha") == [0.5, 0.8]
+    for bad in ("1e-1:1e-4:3", "0:1:3", "1e-3:1e-1:1", "a:b:c", "1:2", "0.1,-1"):
+        with pytest.raises(ValueError, match="lr"):
+            parse_lr_range(bad)
+    with pytest.raises(ValueError, match="k must be a comma-separated list of integers"):
+        parse_int_list("5,x", "k")
+
+
+def test_plans() -> None:
+    compare = compare_configs("digits", ["sgd", "adamw"], 3, TINY, k=6, alpha=0.4)
+    assert len(compare) == 12
+    assert sum(c.k == 6 and c.alpha == 0.4 for c in compare) == 6
+    assert {c.lr for c in compare if c.inner == "sgd"} == {DigitsTask().learning_rate("sgd")}
+    sweep = lr_sweep_configs("digits", {"adamw": [1e-3, 1e-2]}, 2, TINY)
+    assert sorted({c.lr for c in sweep}) == [1e-3, 1e-2] and len(sweep) == 8
+    grid = k_alpha_configs("digits", "sgd", [5, 10], [0.5, 0.8], 2, TINY)
+    assert len(grid) == 2 * (1 + 4)
+    assert sum(c.k is None for c in grid) == 2
+
+
+def test_the_project_registry_extends_the_table() -> None:
+    pytest.importorskip("torch_lookahead.optim")
+    names = available_inner_optimizers()
+    assert "novograd" in names and "adabound" in names
+    assert not any(name.startswith("lookahead_") for name in names)
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    wrapped = build_optimizer(params, "novograd", 0.01, k=5, alpha=0.5)
+    assert isinstance(wrapped, Lookahead)
+    assert type(wrapped.optimizer).__name__ == "NovoGrad"
