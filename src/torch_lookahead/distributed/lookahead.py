@@ -83,8 +83,11 @@ class DistributedLookahead(Lookahead):
         outer_momentum: ``mu`` above, in [0, 1). Default: 0 (no outer momentum).
         nesterov: use the Nesterov form of the outer momentum (needs ``outer_momentum > 0``).
         process_group: the ranks to average over. Default: the default (world) group.
-        pullback_momentum, slow_dtype, slow_device, foreach: as for
-            :class:`~torch_lookahead.Lookahead` (pullback acts on each rank's own inner state).
+        pullback_momentum: as for :class:`~torch_lookahead.Lookahead`; it acts on each rank's
+            own inner state.
+        slow_dtype: as for :class:`~torch_lookahead.Lookahead`.
+        slow_device: as for :class:`~torch_lookahead.Lookahead`.
+        foreach: as for :class:`~torch_lookahead.Lookahead`.
 
     ``bytes_all_reduced`` counts the bytes this rank has all-reduced (a per-process statistic,
     not checkpointed). Save and resume with :class:`DistributedLookaheadState` and
