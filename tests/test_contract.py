@@ -75,14 +75,20 @@ def test_deepcopy_and_pickle_keep_working() -> None:
     assert fired == [1]
 
 
-def test_wrap_factory_builds_from_params() -> None:
-    factory = Lookahead.wrap(torch.optim.AdamW, k=4, alpha=0.7)
-    opt = factory(make_model().parameters(), lr=1e-3, weight_decay=0.1)
-    assert isinstance(opt, Lookahead) and isinstance(opt.optimizer, torch.optim.AdamW)
+def test_wrap_returns_an_optimizer_class_that_builds_from_params() -> None:
+    wrapped = Lookahead.wrap(torch.optim.AdamW, k=4, alpha=0.7)
+    assert isinstance(wrapped, type) and issubclass(wrapped, torch.optim.Optimizer)
+    opt = wrapped(make_model().parameters(), lr=1e-3, weight_decay=0.1)
+    assert type(opt) is Lookahead and isinstance(opt.optimizer, torch.optim.AdamW)
     assert opt.param_groups[0]["lookahead_k"] == 4
+    assert opt.param_groups[0]["lookahead_alpha"] == 0.7
     assert opt.param_groups[0]["weight_decay"] == 0.1
-    assert "AdamW" in repr(factory)
-    assert pickle.loads(pickle.dumps(factory)).k == 4
+    assert wrapped.__name__ == "LookaheadAdamW"
+    assert pickle.loads(pickle.dumps(opt)).param_groups[0]["lookahead_k"] == 4
+    with pytest.raises(ValueError, match="k must"):
+        Lookahead.wrap(torch.optim.AdamW, k=0)
+    with pytest.raises(TypeError, match="optimizer_class"):
+        Lookahead.wrap("adamw")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- bad input

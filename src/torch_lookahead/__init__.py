@@ -4,12 +4,11 @@
 steps, ``slow <- slow + alpha*(fast - slow)`` and ``fast <- slow`` (Zhang et al., 2019).
 """
 
-from torch_lookahead.lookahead import Lookahead, LookaheadFactory, load_slow_parameters
+from torch_lookahead.lookahead import Lookahead, load_slow_parameters
 from torch_lookahead.pullback import register_momentum_keys
 
 __all__ = [
     "Lookahead",
-    "LookaheadFactory",
     "load_slow_parameters",
     "register_momentum_keys",
 ]

@@ -34,7 +34,7 @@ from torch_lookahead.pullback import (
     slow_momentum_key,
 )
 
-__all__ = ["Lookahead", "LookaheadFactory", "load_slow_parameters"]
+__all__ = ["Lookahead", "load_slow_parameters"]
 
 SLOW_KEY = "lookahead_slow"
 FAST_STASH_KEY = "lookahead_fast"
@@ -264,22 +264,36 @@ class Lookahead(Optimizer):
         k: int = 5,
         alpha: float = 0.5,
         **lookahead_kwargs: Any,
-    ) -> LookaheadFactory:
-        """A ``(params, **kwargs) -> Lookahead`` factory, for APIs that take an optimizer class.
+    ) -> type[Lookahead]:
+        """An optimizer class for APIs that build the optimizer from the parameters themselves.
 
-        ``ZeroRedundancyOptimizer(params, optimizer_class=Lookahead.wrap(AdamW, k=5), lr=1e-3)``,
-        ``Trainer(optimizer_cls_and_kwargs=(Lookahead.wrap(AdamW), {"lr": 1e-3}))`` and DeepSpeed's
-        callable client optimizer all build the optimizer this way.
+        ``Lookahead.wrap(AdamW, k=5)(params, lr=1e-3)`` returns
+        ``Lookahead(AdamW(params, lr=1e-3), k=5)``. The result is a subclass of ``Lookahead`` (so
+        of ``torch.optim.Optimizer``), which is what ``ZeroRedundancyOptimizer(params,
+        optimizer_class=...)``, the HF Trainer's ``optimizer_cls_and_kwargs`` and DeepSpeed's
+        client optimizer expect; calling it returns a plain ``Lookahead``.
         """
         if not callable(optimizer_class):
             raise TypeError(
                 f"optimizer_class must be an optimizer class or factory, got {optimizer_class!r}"
             )
-        _validate_k(k)
-        _validate_alpha(alpha)
-        return LookaheadFactory(
-            optimizer_class, k=k, alpha=alpha, lookahead_kwargs=lookahead_kwargs
-        )
+        k = _validate_k(k)
+        alpha = _validate_alpha(alpha)
+
+        def build(_wrapped_class: type, params: Any, **kwargs: Any) -> Lookahead:
+            return cls(optimizer_class(params, **kwargs), k=k, alpha=alpha, **lookahead_kwargs)
+
+        name = f"{cls.__name__}{getattr(optimizer_class, '__name__', 'Optimizer')}"
+        namespace = {
+            "__new__": build,
+            "__module__": cls.__module__,
+            "__qualname__": name,
+            "__doc__": f"``{name}(params, **kwargs)`` is ``{cls.__name__}({name[len(cls.__name__) :]}"
+            f"(params, **kwargs), k={k}, alpha={alpha})``.",
+            "inner_class": optimizer_class,
+            "wrap_kwargs": {"k": k, "alpha": alpha, **lookahead_kwargs},
+        }
+        return type(name, (cls,), namespace)
 
     # ------------------------------------------------------------------ the step
     def step(self, closure: Closure | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
@@ -673,34 +687,6 @@ class Lookahead(Optimizer):
 
 def _sync_placement_matches(p: Tensor, slow: Tensor) -> bool:
     return p.dtype == slow.dtype and p.device == slow.device
-
-
-class LookaheadFactory:
-    """``(params, **inner_kwargs) -> Lookahead(optimizer_class(params, **inner_kwargs), ...)``.
-
-    Returned by :meth:`Lookahead.wrap`; picklable when ``optimizer_class`` is.
-    """
-
-    def __init__(
-        self,
-        optimizer_class: type[Optimizer] | Callable[..., Optimizer],
-        *,
-        k: int,
-        alpha: float,
-        lookahead_kwargs: dict[str, Any],
-    ) -> None:
-        self.optimizer_class = optimizer_class
-        self.k = k
-        self.alpha = alpha
-        self.lookahead_kwargs = dict(lookahead_kwargs)
-
-    def __call__(self, params: Any, **kwargs: Any) -> Lookahead:
-        inner = self.optimizer_class(params, **kwargs)
-        return Lookahead(inner, k=self.k, alpha=self.alpha, **self.lookahead_kwargs)
-
-    def __repr__(self) -> str:
-        name = getattr(self.optimizer_class, "__name__", repr(self.optimizer_class))
-        return f"Lookahead.wrap({name}, k={self.k}, alpha={self.alpha})"
 
 
 @torch.no_grad()

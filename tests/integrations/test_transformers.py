@@ -174,6 +174,7 @@ def test_resume_from_checkpoint_folder_continues_exactly(
     # The Trainer saved right after evaluating: optimizer.pt is written in eval mode.
     optimizer_state = torch.load(checkpoint / "optimizer.pt", weights_only=True)
     assert all("lookahead_slow" in s for s in optimizer_state["state"].values())
+    assert all(group["lookahead_eval_mode"] for group in optimizer_state["param_groups"])
 
     resumed = _run(tmp_path, evaluate=True, resume_from=checkpoint)
 
@@ -216,13 +217,6 @@ def test_optimizer_cls_and_kwargs_builds_a_lookahead(
     assert_same(parameters_of(model), parameters_of(without_evaluation.model))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="transformers>=5 calls any optimizer_cls that is not an Optimizer subclass as a "
-    "no-argument factory (optimizer_cls()(model, **kwargs)); Lookahead.wrap returns a "
-    "LookaheadFactory instance, not a class",
-)
 def test_optimizer_cls_and_kwargs_accepts_lookahead_wrap(tmp_path: Path) -> None:
     _, trainer = _train_with_optimizer_cls(tmp_path, Lookahead.wrap(torch.optim.AdamW, k=K))
     assert isinstance(_unwrap(trainer.optimizer), Lookahead)
