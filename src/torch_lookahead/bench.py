@@ -1,0 +1,905 @@
+"""``torch-lookahead bench``: the cost of Lookahead, side by side with the inner optimizer and peers.
+
+Three measurements, each over the same parameter lists (200 x 250,000 floats, 2,000 x 2,500 floats,
+and the parameter list of GPT-2 small):
+
+* **sync**: one outer step ``slow <- slow + alpha*(fast - slow); fast <- slow`` against the memory
+  floor, twice the time of one copy of the same bytes (the sync must read fast and slow and write
+  both, a copy reads one and writes one).
+* **step**: the step time of the inner optimizer alone, of ``torch_lookahead.Lookahead`` and of every
+  installed peer's Lookahead (timm, pytorch_optimizer, torch-optimizer), on the same parameters and
+  gradients, averaged over whole cycles of ``k`` steps so that the sync is amortised as in training.
+  The contenders run interleaved, in a rotating order, for several rounds; the table shows the
+  median over rounds of each round's ratio to the inner optimizer.
+* **memory**: CPU allocator events recorded by ``torch.profiler``: the peak of live bytes while the
+  optimizer is built and stepped through two cycles, and the bytes allocated per step between syncs.
+
+Nothing here asserts a timing; the numbers go to a Markdown report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from torch_lookahead._sync import sync_
+
+__all__ = [
+    "FULL_SHAPES",
+    "INNER_OPTIMIZERS",
+    "QUICK_SHAPES",
+    "Contender",
+    "ParameterList",
+    "describe_conditions",
+    "find_contenders",
+    "format_memory",
+    "format_steps",
+    "format_sync",
+    "gpt2_parameter_shapes",
+    "load_average",
+    "main",
+    "make_parameters",
+    "measure_memory",
+    "measure_steps",
+    "measure_sync",
+    "positive_int",
+    "unit_interval",
+]
+
+DOCS_BLOCK_START = "<!-- torch-lookahead bench: start -->"
+DOCS_BLOCK_END = "<!-- torch-lookahead bench: end -->"
+SECTIONS = ("sync", "step", "memory")
+MIB = float(1 << 20)
+
+
+# ------------------------------------------------------------------------------------------------
+# What is measured: parameter lists, inner optimizers, Lookahead implementations
+# ------------------------------------------------------------------------------------------------
+
+
+def gpt2_parameter_shapes(
+    n_layer: int = 12, n_embd: int = 768, vocab_size: int = 50257, n_positions: int = 1024
+) -> list[tuple[int, ...]]:
+    """Shapes of the trainable tensors of a GPT-2 model (tied LM head), in module order.
+
+    The defaults are GPT-2 small: 148 tensors, 124,439,808 parameters.
+    """
+    shapes: list[tuple[int, ...]] = [(vocab_size, n_embd), (n_positions, n_embd)]
+    layer = [
+        *[(n_embd,), (n_embd,)],  # ln_1 weight, bias
+        *[(n_embd, 3 * n_embd), (3 * n_embd,)],  # attn.c_attn
+        *[(n_embd, n_embd), (n_embd,)],  # attn.c_proj
+        *[(n_embd,), (n_embd,)],  # ln_2
+        *[(n_embd, 4 * n_embd), (4 * n_embd,)],  # mlp.c_fc
+        *[(4 * n_embd, n_embd), (n_embd,)],  # mlp.c_proj
+    ]
+    shapes += layer * n_layer
+    shapes += [(n_embd,), (n_embd,)]  # ln_f
+    return shapes
+
+
+@dataclass(frozen=True)
+class ParameterList:
+    """A named list of tensor shapes to benchmark on."""
+
+    name: str
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def numel(self) -> int:
+        return sum(_numel(shape) for shape in self.shapes)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+FULL_SHAPES: tuple[ParameterList, ...] = (
+    ParameterList("200 x 250,000", ((250_000,),) * 200),
+    ParameterList("2,000 x 2,500", ((2_500,),) * 2_000),
+    ParameterList("GPT-2 small", tuple(gpt2_parameter_shapes())),
+)
+# Same structure, small enough for a unit test: few tensors / many tensors / a transformer's list.
+QUICK_SHAPES: tuple[ParameterList, ...] = (
+    ParameterList("8 x 25,000", ((25_000,),) * 8),
+    ParameterList("200 x 250", ((250,),) * 200),
+    ParameterList(
+        "GPT-2 (2 layers, 64 wide)",
+        tuple(gpt2_parameter_shapes(n_layer=2, n_embd=64, vocab_size=1000, n_positions=128)),
+    ),
+)
+
+InnerFactory = Callable[[list[Tensor]], Optimizer]
+INNER_OPTIMIZERS: dict[str, InnerFactory] = {
+    "SGD momentum (foreach)": lambda params: torch.optim.SGD(
+        params, lr=1e-3, momentum=0.9, foreach=True
+    ),
+    "AdamW (foreach)": lambda params: torch.optim.AdamW(params, lr=1e-4, foreach=True),
+    "AdamW (fused)": lambda params: torch.optim.AdamW(params, lr=1e-4, fused=True),
+}
+
+WrapperFactory = Callable[[Optimizer, int, float], Optimizer]
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A Lookahead implementation: how to wrap an inner optimizer, or why it is unavailable."""
+
+    name: str
+    version: str
+    wrap: WrapperFactory | None
+    unavailable: str | None = None
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def _ours() -> Contender:
+    from torch_lookahead.lookahead import Lookahead
+
+    def wrap(inner: Optimizer, k: int, alpha: float) -> Optimizer:
+        return Lookahead(inner, k=k, alpha=alpha)
+
+    return Contender("torch_lookahead", _version("torch-lookahead"), wrap)
+
+
+def _timm_lookahead_class() -> Any:
+    """timm's Lookahead class, or a string saying why it cannot be loaded.
+
+    ``import timm`` imports torchvision (``timm.layers``) even though ``timm/optim/lookahead.py``
+    needs only torch; where torchvision is missing, that one file is loaded on its own.
+    """
+    try:
+        from timm.optim.lookahead import Lookahead as TimmLookahead
+
+        return TimmLookahead
+    except ImportError as error:
+        try:
+            distribution = importlib.metadata.distribution("timm")
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+        path = Path(str(distribution.locate_file("timm/optim/lookahead.py")))
+        spec = importlib.util.spec_from_file_location("_torch_lookahead_bench_timm", path)
+        if not path.is_file() or spec is None or spec.loader is None:
+            return f"cannot import ({error})"
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.Lookahead
+
+
+def _timm() -> Contender:
+    found = _timm_lookahead_class()
+    if isinstance(found, str):
+        return Contender("timm", _version("timm"), None, found)
+
+    def wrap(inner: Optimizer, k: int, alpha: float) -> Optimizer:
+        return found(inner, alpha=alpha, k=k)  # type: ignore[no-any-return]
+
+    return Contender("timm", _version("timm"), wrap)
+
+
+def _peer_from_module(name: str, distribution: str, module_name: str) -> Contender:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        reason = "not installed" if error.name == module_name else f"cannot import ({error})"
+        return Contender(name, "-", None, reason)
+    peer_class = module.Lookahead
+
+    def wrap(inner: Optimizer, k: int, alpha: float) -> Optimizer:
+        return peer_class(inner, k=k, alpha=alpha)  # type: ignore[no-any-return]
+
+    return Contender(name, _version(distribution), wrap)
+
+
+def find_contenders() -> list[Contender]:
+    """torch_lookahead first, then every peer, each either usable or marked with the reason why not."""
+    return [
+        _ours(),
+        _timm(),
+        _peer_from_module("pytorch_optimizer", "pytorch_optimizer", "pytorch_optimizer"),
+        _peer_from_module("torch-optimizer", "torch-optimizer", "torch_optimizer"),
+    ]
+
+
+def make_parameters(
+    shapes: Sequence[tuple[int, ...]],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> list[Tensor]:
+    """Leaf parameters with fixed random gradients, reproducible from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    params: list[Tensor] = []
+    for shape in shapes:
+        value = torch.randn(shape, generator=generator, dtype=torch.float32)
+        param = torch.nn.Parameter(value.to(device=device, dtype=dtype))
+        param.grad = (1e-3 * torch.randn(shape, generator=generator)).to(device=device, dtype=dtype)
+        params.append(param)
+    return params
+
+
+# ------------------------------------------------------------------------------------------------
+# Timing
+# ------------------------------------------------------------------------------------------------
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _seconds(run: Callable[[], object], device: torch.device, calls: int = 1) -> float:
+    """Wall time of ``calls`` back-to-back calls of ``run``, with the garbage collector paused."""
+    gc.disable()
+    try:
+        _synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            run()
+        _synchronize(device)
+        return time.perf_counter() - start
+    finally:
+        gc.enable()
+
+
+def _rotated(items: Sequence[str], offset: int) -> list[str]:
+    offset %= len(items)
+    return [*items[offset:], *items[:offset]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Sync against the memory floor
+# ------------------------------------------------------------------------------------------------
+
+
+def _unblocked_foreach_sync(fast: list[Tensor], slow: list[Tensor], alpha: float) -> None:
+    """The textbook vectorised sync: one lerp over every tensor, then one copy over every tensor."""
+    torch._foreach_lerp_(slow, fast, alpha)
+    torch._foreach_copy_(fast, slow)
+
+
+def compiled_sync(
+    fast: list[Tensor], slow: list[Tensor], alpha: float
+) -> tuple[Callable[[], None], float]:
+    """``sync_`` compiled with ``torch.compile`` (inductor) for these tensors.
+
+    Returns a zero-argument callable running the compiled sync, and the seconds spent compiling.
+    Raises whatever ``torch.compile`` raises where compilation is unavailable.
+    """
+
+    def sync_all(fast_: list[Tensor], slow_: list[Tensor]) -> None:
+        sync_(fast_, slow_, alpha, foreach=True)
+
+    compiled = torch.compile(sync_all, dynamic=False)
+    start = time.perf_counter()
+    compiled(fast, slow)
+    compile_seconds = time.perf_counter() - start
+
+    def run() -> None:
+        compiled(fast, slow)
+
+    return run, compile_seconds
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """Median seconds per sync of each kernel, and of the memory floor for the same tensors."""
+
+    shape: ParameterList
+    parameter_bytes: int
+    floor_seconds: float
+    kernel_seconds: dict[str, float]
+    kernel_ratios: dict[str, float]  # median over rounds of (kernel time / floor)
+    compile_seconds: float | None
+    compile_error: str | None
+
+
+SHIPPED_KERNEL = "sync_ (shipped)"
+
+
+def measure_sync(
+    shape: ParameterList,
+    *,
+    rounds: int,
+    alpha: float = 0.5,
+    device: torch.device | str = "cpu",
+    fast_dtype: torch.dtype = torch.float32,
+    slow_dtype: torch.dtype = torch.float32,
+    compiled: bool = False,
+) -> SyncResult:
+    """Time the sync kernels against the memory floor, interleaved over ``rounds`` rounds.
+
+    Kernels: the shipped ``sync_`` (foreach path), ``sync_`` with ``foreach=False`` (one tensor at a
+    time), an unblocked ``_foreach_lerp_`` + ``_foreach_copy_`` over the whole list and, with
+    ``compiled``, ``torch.compile(sync_)``. The floor is twice one ``_foreach_copy_`` of the slow
+    weights into the parameters; where their dtypes differ it is one copy of each into a spare of
+    its own dtype (read both, write both, as the sync must).
+    """
+    device = torch.device(device)
+    fast = [p.detach() for p in make_parameters(shape.shapes, device=device, dtype=fast_dtype)]
+    slow = [(f.to(slow_dtype) + 0.1) for f in fast]
+
+    kernels: dict[str, Callable[[], object]] = {
+        SHIPPED_KERNEL: lambda: sync_(fast, slow, alpha, foreach=True),
+        "sync_ (foreach=False)": lambda: sync_(fast, slow, alpha, foreach=False),
+    }
+    if fast_dtype == slow_dtype:
+        kernels["foreach lerp + copy, unblocked"] = lambda: _unblocked_foreach_sync(
+            fast, slow, alpha
+        )
+    compile_seconds: float | None = None
+    compile_error: str | None = None
+    if compiled:
+        try:
+            kernels["torch.compile(sync_)"], compile_seconds = compiled_sync(fast, slow, alpha)
+        except Exception as error:  # compilation unavailable: report it, measure the rest
+            compile_error = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+
+    if fast_dtype == slow_dtype:
+        copies_per_floor = 2.0
+
+        def copy() -> None:
+            torch._foreach_copy_(fast, slow)
+    else:
+        copies_per_floor = 1.0
+        fast_spare = [f.clone() for f in fast]
+        slow_spare = [s_.clone() for s_ in slow]
+
+        def copy() -> None:
+            torch._foreach_copy_(fast, fast_spare)
+            torch._foreach_copy_(slow, slow_spare)
+
+    names = ["copy", *kernels]
+    runs: dict[str, Callable[[], object]] = {"copy": copy, **kernels}
+    for run in runs.values():  # warm-up: first-touch page faults, lazy initialisation
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in kernels}
+    for round_index in range(rounds):
+        for name in _rotated(names, round_index):
+            samples[name].append(_seconds(runs[name], device))
+        for name in kernels:
+            ratios[name].append(samples[name][-1] / (copies_per_floor * samples["copy"][-1]))
+    return SyncResult(
+        shape=shape,
+        parameter_bytes=sum(f.numel() * f.element_size() for f in fast),
+        floor_seconds=copies_per_floor * statistics.median(samples["copy"]),
+        kernel_seconds={name: statistics.median(samples[name]) for name in kernels},
+        kernel_ratios={name: statistics.median(ratios[name]) for name in kernels},
+        compile_seconds=compile_seconds,
+        compile_error=compile_error,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Step time: inner optimizer alone against every Lookahead
+# ------------------------------------------------------------------------------------------------
+
+INNER_ALONE = "inner optimizer"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Median seconds per step of each contender and median per-round ratio to the inner optimizer."""
+
+    shape: ParameterList
+    inner: str
+    seconds: dict[str, float]
+    ratios: dict[str, float]
+    unavailable: dict[str, str]
+
+
+def _builder(
+    params: list[Tensor], inner: InnerFactory, wrap: WrapperFactory | None, k: int, alpha: float
+) -> Callable[[], Optimizer]:
+    def build() -> Optimizer:
+        optimizer = inner(params)
+        return optimizer if wrap is None else wrap(optimizer, k, alpha)
+
+    return build
+
+
+def measure_steps(
+    shape: ParameterList,
+    inner_name: str,
+    contenders: Sequence[Contender],
+    *,
+    rounds: int,
+    cycles: int,
+    k: int = 5,
+    alpha: float = 0.5,
+    device: torch.device | str = "cpu",
+    params: list[Tensor] | None = None,
+) -> StepResult:
+    """Seconds per step, averaged over ``cycles`` whole cycles of ``k`` steps, for every contender.
+
+    Each round builds every optimizer afresh on the same parameters and gradients (one at a time,
+    so memory holds one optimizer's state), runs one warm-up cycle (lazy state, first sync), then
+    times ``cycles * k`` steps. The order rotates from round to round.
+    """
+    device = torch.device(device)
+    if params is None:
+        params = make_parameters(shape.shapes, device=device)
+    inner = INNER_OPTIMIZERS[inner_name]
+    builders = {INNER_ALONE: _builder(params, inner, None, k, alpha)}
+    unavailable: dict[str, str] = {}
+    for contender in contenders:
+        if contender.wrap is None:
+            unavailable[contender.name] = contender.unavailable or "unavailable"
+        else:
+            builders[contender.name] = _builder(params, inner, contender.wrap, k, alpha)
+
+    steps = cycles * k
+    samples: dict[str, list[float]] = {name: [] for name in builders}
+    ratios: dict[str, list[float]] = {name: [] for name in builders if name != INNER_ALONE}
+    for round_index in range(rounds):
+        for name in _rotated(list(builders), round_index):
+            optimizer = builders[name]()
+            for _ in range(k):
+                optimizer.step()
+            samples[name].append(_seconds(optimizer.step, device, calls=steps) / steps)
+            del optimizer
+        gc.collect()  # whatever a reference cycle kept of this round's optimizer states
+        for name in ratios:
+            ratios[name].append(samples[name][-1] / samples[INNER_ALONE][-1])
+    return StepResult(
+        shape=shape,
+        inner=inner_name,
+        seconds={name: statistics.median(values) for name, values in samples.items()},
+        ratios={name: statistics.median(values) for name, values in ratios.items()},
+        unavailable=unavailable,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory: CPU allocator events
+# ------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Silence file descriptor 2: Kineto logs two lines per profiler start/stop from C++."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _allocations(run: Callable[[], object]) -> list[int]:
+    """Signed sizes of the CPU allocations (+) and frees (-) made by ``run``, in order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with (
+        _stderr_silenced(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as recorded,
+    ):
+        run()
+    events = [e for e in recorded.profiler.kineto_results.events() if e.name() == "[memory]"]  # type: ignore[union-attr]
+    events.sort(key=lambda e: e.start_ns())
+    return [int(e.nbytes()) for e in events]
+
+
+@dataclass(frozen=True)
+class MemoryResult:
+    """Bytes, from the allocator's events, for one optimizer over construction and 2k+1 steps."""
+
+    peak_bytes: int  # highest live total above the level before construction
+    between_syncs_bytes: int  # median bytes allocated by a step of the second cycle
+    sync_step_bytes: int  # most bytes allocated by any step of the second cycle
+
+
+def measure_memory(
+    params: list[Tensor], inner: InnerFactory, wrap: WrapperFactory | None, *, k: int, alpha: float
+) -> MemoryResult:
+    """Profile the CPU allocator while an optimizer is built and stepped ``2k + 1`` times.
+
+    Construction and every step are recorded separately, so the allocations of each step are known
+    and the running total across all of them gives the peak.
+    """
+    holder: list[Optimizer] = []
+    per_phase = [_allocations(lambda: holder.append(_builder(params, inner, wrap, k, alpha)()))]
+    for _ in range(2 * k + 1):
+        per_phase.append(_allocations(holder[0].step))
+    holder.clear()
+    live, peak = 0, 0
+    for phase in per_phase:
+        for size in phase:
+            live += size
+            peak = max(peak, live)
+    allocated = [sum(size for size in phase if size > 0) for phase in per_phase]
+    second_cycle = allocated[1 + k + 1 : 1 + 2 * k + 1]
+    return MemoryResult(
+        peak_bytes=peak,
+        between_syncs_bytes=int(statistics.median(second_cycle)),
+        sync_step_bytes=max(second_cycle),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------
+
+
+def describe_conditions(
+    command: str, load_before: tuple[float, float, float], device: torch.device | str = "cpu"
+) -> list[str]:
+    """Markdown bullet lines: the command, date, machine, software and load of a benchmark run."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    machine = f"{cpu}, {os.cpu_count()} logical cores; torch threads: {torch.get_num_threads()}"
+    if torch.device(device).type == "cuda":
+        machine += f"; GPU: {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+    load_after = load_average()
+    return [
+        f"- Command: `{command}`",
+        f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- Machine: {machine}",
+        f"- Software: Python {platform.python_version()}, torch {torch.__version__}",
+        f"- Load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f} "
+        "(the machine is shared; every figure is a median over interleaved rounds)",
+    ]
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+
+
+def format_sync(results: Sequence[SyncResult], target: float) -> list[str]:
+    kernels = list(dict.fromkeys(name for r in results for name in r.kernel_ratios))
+    lines = [
+        "### Sync against the memory floor",
+        "",
+        "Floor = 2 x one `_foreach_copy_` of the slow weights into the parameters (a sync reads fast "
+        "and slow and writes both; where their dtypes differ, one copy of each). Ratios are medians "
+        "over rounds of kernel time / floor, per round.",
+        "",
+        "| parameters | tensors | parameter MiB | floor ms | "
+        + " | ".join(f"{name} / floor" for name in kernels)
+        + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(kernels),
+    ]
+    for r in results:
+        cells = []
+        for name in kernels:
+            if name in r.kernel_ratios:
+                cell = f"{r.kernel_ratios[name]:.2f}"
+                if name == "torch.compile(sync_)" and r.compile_seconds is not None:
+                    cell += f" (compile {r.compile_seconds:.0f} s)"
+                cells.append(cell)
+            else:
+                cells.append(r.compile_error or "-")
+        mib = r.parameter_bytes / MIB
+        lines.append(
+            f"| {r.shape.name} | {len(r.shape.shapes)} | {mib:.0f} | "
+            f"{r.floor_seconds * 1e3:.2f} | " + " | ".join(cells) + " |"
+        )
+    worst = max(r.kernel_ratios[SHIPPED_KERNEL] for r in results)
+    verdict = "met" if worst <= target else "NOT met"
+    lines += [
+        "",
+        f"Target: shipped sync <= {target:.2f} x floor on every shape: **{verdict}** "
+        f"(worst {worst:.2f}).",
+    ]
+    return lines
+
+
+def format_steps(
+    results: Sequence[StepResult], contenders: Sequence[Contender], k: int, *, own: int = 1
+) -> list[str]:
+    """Markdown table of step-time ratios; the first ``own`` contenders are torch_lookahead's.
+
+    The target line compares the first contender with every peer (the contenders after ``own``).
+    """
+    names = [c.name for c in contenders]
+    peers = names[own:]
+    header = " | ".join(f"{c.name} {c.version}" for c in contenders)
+    lines = [
+        f"### Step time, k={k}: Lookahead(inner) / inner",
+        "",
+        "Seconds per step averaged over whole cycles (the sync amortised as in training); each cell "
+        "is the median over rounds of that round's ratio to the inner optimizer alone.",
+        "",
+        f"| parameters | inner optimizer | inner ms/step | {header} |",
+        "|---|---|---:|" + "---:|" * len(names),
+    ]
+    wins, comparisons = 0, 0
+    for r in results:
+        cells = []
+        for name in names:
+            if name in r.unavailable:
+                cells.append(r.unavailable[name])
+                continue
+            ratio = r.ratios[name]
+            best = all(ratio <= other for other in r.ratios.values())
+            cells.append(f"**{ratio:.3f}**" if best else f"{ratio:.3f}")
+        ours = r.ratios.get(names[0])
+        for peer in peers:
+            if ours is not None and peer in r.ratios:
+                comparisons += 1
+                wins += ours < r.ratios[peer]
+        lines.append(
+            f"| {r.shape.name} | {r.inner} | {r.seconds[INNER_ALONE] * 1e3:.2f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
+        f"Target: {names[0]}'s ratio below every installed peer's: **{wins} of {comparisons}** "
+        "comparisons.",
+    ]
+    return lines
+
+
+def format_memory(
+    rows: Sequence[tuple[ParameterList, str, dict[str, MemoryResult]]],
+    contenders: Sequence[Contender],
+) -> list[str]:
+    names = [c.name for c in contenders if c.wrap is not None]
+    lines = [
+        "### Memory (CPU allocator events, construction + 2k+1 steps)",
+        "",
+        "Each cell: extra peak / allocated between syncs / allocated by a sync step. Extra peak = "
+        "peak live bytes minus the inner optimizer's, in units of one copy of the parameters (1.00 "
+        "= exactly the slow weights). Allocated = bytes a step of the second cycle asks the "
+        "allocator for, minus what the inner optimizer's step asks for: the median step (between "
+        "syncs) and the largest (the sync step).",
+        "",
+        "| parameters | inner optimizer | inner peak MiB | " + " | ".join(names) + " |",
+        "|---|---|---:|" + "---:|" * len(names),
+    ]
+    for shape, inner_name, by_name in rows:
+        slow_bytes = shape.numel * 4
+        inner = by_name[INNER_ALONE]
+        cells = []
+        for name in names:
+            result = by_name[name]
+            extra = (result.peak_bytes - inner.peak_bytes) / slow_bytes
+            between = result.between_syncs_bytes - inner.between_syncs_bytes
+            at_sync = result.sync_step_bytes - inner.sync_step_bytes
+            cells.append(f"{extra:.2f} / {_bytes(between)} / {_bytes(at_sync)}")
+        lines.append(
+            f"| {shape.name} | {inner_name} | {inner.peak_bytes / MIB:.0f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
+
+
+def _bytes(count: int) -> str:
+    if abs(count) < 1 << 20:
+        return f"{count:+d} B"
+    return f"{count / MIB:+.1f} MiB"
+
+
+def replace_docs_block(page: str, report: str) -> str:
+    """Put ``report`` between the bench markers of a docs page (the markers must be present)."""
+    start, end = page.find(DOCS_BLOCK_START), page.find(DOCS_BLOCK_END)
+    if start < 0 or end < start:
+        raise ValueError(
+            f"the docs page must contain {DOCS_BLOCK_START!r} followed by {DOCS_BLOCK_END!r}"
+        )
+    return page[: start + len(DOCS_BLOCK_START)] + "\n" + report.rstrip() + "\n" + page[end:]
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        chosen = [item.strip() for item in text.split(",") if item.strip()]
+        wrong = [item for item in chosen if item not in allowed]
+        if wrong or not chosen:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {', '.join(allowed)}; got {text!r}"
+            )
+        return chosen
+
+    return parse
+
+
+def _add_index_option(
+    parser: argparse.ArgumentParser, option: str, what: str, labels: Sequence[str]
+) -> None:
+    indices = [str(i) for i in range(len(labels))]
+    parser.add_argument(
+        option,
+        type=_choices(indices),
+        default=indices,
+        help=f"comma-separated indices into {what}: "
+        + "; ".join(f"{i}={label}" for i, label in enumerate(labels)),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torch-lookahead bench",
+        description="Time the Lookahead sync against the memory floor and the Lookahead step "
+        "against the inner optimizer and every installed peer (timm, pytorch_optimizer, "
+        "torch-optimizer). Prints a Markdown report.",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, 2 rounds (a smoke test)")
+    parser.add_argument(
+        "--sections",
+        type=_choices(SECTIONS),
+        default=list(SECTIONS),
+        help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all)",
+    )
+    _add_index_option(parser, "--shapes", "the shape list", [s.name for s in FULL_SHAPES])
+    _add_index_option(parser, "--inner", "the inner optimizers", list(INNER_OPTIMIZERS))
+    parser.add_argument("--k", type=positive_int, default=5, help="sync every k steps (5)")
+    parser.add_argument("--alpha", type=unit_interval, default=0.5, help="slow step size (0.5)")
+    parser.add_argument("--rounds", type=positive_int, help="interleaved rounds (sync 15, step 5)")
+    parser.add_argument("--cycles", type=positive_int, help="timed cycles of k steps per round (2)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch intra-op threads (1: a shared machine measures more steadily single-threaded)",
+    )
+    parser.add_argument(
+        "--compiled",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time torch.compile(sync_) (default: on, off with --quick)",
+    )
+    parser.add_argument("--target", type=float, default=1.15, help="sync / floor target (1.15)")
+    parser.add_argument("--output", type=Path, help="also write the report to this Markdown file")
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        help=f"also replace the block between {DOCS_BLOCK_START} and {DOCS_BLOCK_END} in this page",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``torch-lookahead bench``; returns the process exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    # Objects that exist now (torch, the peers' modules) are never garbage: keep them out of the
+    # collections between rounds, which then take microseconds instead of a large fraction of a second.
+    gc.freeze()
+    try:
+        return _run(args, argv)
+    finally:
+        gc.unfreeze()
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.docs is not None and not args.docs.is_file():
+        raise SystemExit(f"torch-lookahead bench: error: --docs: no such file: {args.docs}")
+    torch.set_num_threads(args.threads)
+    load_before = load_average()
+    catalogue = QUICK_SHAPES if args.quick else FULL_SHAPES
+    shapes = [catalogue[int(i)] for i in args.shapes]
+    inner_names = [list(INNER_OPTIMIZERS)[int(i)] for i in args.inner]
+    sync_rounds = args.rounds or (2 if args.quick else 15)
+    step_rounds = args.rounds or (2 if args.quick else 5)
+    cycles = args.cycles or (1 if args.quick else 2)
+    compiled = (not args.quick) if args.compiled is None else args.compiled
+    k, alpha = args.k, args.alpha
+
+    def progress(message: str) -> None:
+        print(
+            f"[bench {datetime.now(timezone.utc):%H:%M:%S}] {message}", file=sys.stderr, flush=True
+        )
+
+    contenders = find_contenders()
+    for contender in contenders:
+        if contender.wrap is None:
+            progress(f"{contender.name}: {contender.unavailable}; skipped")
+
+    sections: list[list[str]] = []
+    if "sync" in args.sections:
+        sync_results = []
+        for shape in shapes:
+            progress(f"sync: {shape.name}")
+            sync_results.append(
+                measure_sync(shape, rounds=sync_rounds, alpha=alpha, compiled=compiled)
+            )
+        sections.append(format_sync(sync_results, args.target))
+    if "step" in args.sections or "memory" in args.sections:
+        step_results: list[StepResult] = []
+        memory_rows: list[tuple[ParameterList, str, dict[str, MemoryResult]]] = []
+        for shape in shapes:
+            params = make_parameters(shape.shapes)
+            for inner_name in inner_names:
+                if "step" in args.sections:
+                    progress(f"step: {shape.name}, {inner_name}")
+                    step_results.append(
+                        measure_steps(
+                            shape,
+                            inner_name,
+                            contenders,
+                            rounds=step_rounds,
+                            cycles=cycles,
+                            k=k,
+                            alpha=alpha,
+                            params=params,
+                        )
+                    )
+                if "memory" in args.sections:
+                    progress(f"memory: {shape.name}, {inner_name}")
+                    inner = INNER_OPTIMIZERS[inner_name]
+                    by_name = {INNER_ALONE: measure_memory(params, inner, None, k=k, alpha=alpha)}
+                    for contender in contenders:
+                        if contender.wrap is not None:
+                            by_name[contender.name] = measure_memory(
+                                params, inner, contender.wrap, k=k, alpha=alpha
+                            )
+                    memory_rows.append((shape, inner_name, by_name))
+            del params
+        if step_results:
+            sections.append(format_steps(step_results, contenders, k))
+        if memory_rows:
+            sections.append(format_memory(memory_rows, contenders))
+
+    command = " ".join(["torch-lookahead bench", *argv])
+    lines = ["## torch-lookahead bench", "", *describe_conditions(command, load_before)]
+    for section in sections:
+        lines += ["", *section]
+    report = "\n".join(lines) + "\n"
+    print(report, end="")
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report)
+    if args.docs is not None:
+        args.docs.write_text(replace_docs_block(args.docs.read_text(), report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

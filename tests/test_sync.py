@@ -1,0 +1,135 @@
+"""The sync kernel: the outer step over lists, cache-blocked on CPU, against a float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+from torch_lookahead import _sync
+
+# Small blocks, so that tests with small tensors exercise the cut into views and the grouping.
+SMALL_BLOCK_BYTES = 256
+
+
+def reference_sync(fast: list[Tensor], slow: list[Tensor], alpha: float) -> list[Tensor]:
+    """The outer step in float64, written out: slow + alpha * (fast - slow)."""
+    return [s.double() + alpha * (f.double() - s.double()) for f, s in zip(fast, slow, strict=True)]
+
+
+def random_pairs(
+    seed: int, shapes: list[tuple[int, ...]], fast_dtype: torch.dtype, slow_dtype: torch.dtype
+) -> tuple[list[Tensor], list[Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    fast = [torch.randn(shape, generator=gen).to(fast_dtype) for shape in shapes]
+    slow = [torch.randn(shape, generator=gen).to(slow_dtype) for shape in shapes]
+    return fast, slow
+
+
+shape_lists = st.lists(
+    st.one_of(
+        st.tuples(st.integers(1, 200)),
+        st.tuples(st.integers(1, 30), st.integers(1, 30)),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shapes=shape_lists,
+    alpha=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+    foreach=st.booleans(),
+    dtypes=st.sampled_from(
+        [
+            (torch.float32, torch.float32),
+            (torch.float64, torch.float64),
+            (torch.bfloat16, torch.float32),
+        ]
+    ),
+)
+def test_sync_matches_the_float64_reference(
+    shapes: list[tuple[int, ...]],
+    alpha: float,
+    seed: int,
+    foreach: bool,
+    dtypes: tuple[torch.dtype, torch.dtype],
+) -> None:
+    fast_dtype, slow_dtype = dtypes
+    fast, slow = random_pairs(seed, shapes, fast_dtype, slow_dtype)
+    expected = reference_sync(fast, slow, alpha)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_sync, "CPU_BLOCK_BYTES", SMALL_BLOCK_BYTES)
+        _sync.sync_(fast, slow, alpha, foreach=foreach)
+    tolerance = {torch.float32: 1e-6, torch.float64: 1e-14}[slow_dtype]
+    for f, s, e in zip(fast, slow, expected, strict=True):
+        torch.testing.assert_close(s.double(), e, rtol=tolerance, atol=tolerance)
+        # The parameter holds the new slow weights, rounded to its own dtype.
+        assert torch.equal(f, s.to(fast_dtype))
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize(
+    ("fast_dtype", "slow_dtype"), [(torch.float32, torch.float32), (torch.bfloat16, torch.float32)]
+)
+def test_blocking_changes_no_bit(
+    foreach: bool, fast_dtype: torch.dtype, slow_dtype: torch.dtype
+) -> None:
+    # Tensors shorter and longer than a block, contiguous and not, many of them.
+    shapes = [(3,), (700,), (40, 30), (5,), (1000, 3)] * 4 + [(25,)] * 100
+    fast, slow = random_pairs(0, shapes, fast_dtype, slow_dtype)
+    fast[2], slow[2] = fast[2].t(), slow[2].t()  # non-contiguous: synced whole
+    blocked_fast, blocked_slow = [f.clone() for f in fast], [s.clone() for s in slow]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_sync, "CPU_BLOCK_BYTES", 1 << 40)  # one block: no blocking at all
+        _sync.sync_(fast, slow, 0.3, foreach=foreach)
+        patch.setattr(_sync, "CPU_BLOCK_BYTES", SMALL_BLOCK_BYTES)
+        _sync.sync_(blocked_fast, blocked_slow, 0.3, foreach=foreach)
+    for a, b in zip(fast + slow, blocked_fast + blocked_slow, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_cache_blocks_cover_every_element_once_in_order() -> None:
+    shapes = [(10,), (200,), (3,), (64,), (64,), (1,), (500,), (7,)]
+    fast, slow = random_pairs(1, shapes, torch.float32, torch.float32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_sync, "CPU_BLOCK_BYTES", SMALL_BLOCK_BYTES)  # 64 floats per block
+        patch.setattr(_sync, "CPU_UNBLOCKED_BLOCKS", 0)
+        blocks = list(_sync._cache_blocks(fast, slow))
+    flat_fast = torch.cat([t.reshape(-1) for block_fast, _ in blocks for t in block_fast])
+    flat_slow = torch.cat([t.reshape(-1) for _, block_slow in blocks for t in block_slow])
+    assert torch.equal(flat_fast, torch.cat([f.reshape(-1) for f in fast]))
+    assert torch.equal(flat_slow, torch.cat([s.reshape(-1) for s in slow]))
+    for block_fast, block_slow in blocks:
+        # Either one view of at most a block, or whole tensors that together just fill one.
+        assert len(block_fast) == len(block_slow)
+        if len(block_fast) > 1:
+            assert sum(t.numel() for t in block_fast[:-1]) < 64
+
+
+def test_small_buckets_are_not_blocked() -> None:
+    fast, slow = random_pairs(2, [(30,)] * 10, torch.float32, torch.float32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_sync, "CPU_BLOCK_BYTES", 400)  # 100 floats; the bucket holds 300: 3 blocks
+        patch.setattr(_sync, "CPU_UNBLOCKED_BLOCKS", 3)
+        assert len(list(_sync._cache_blocks(fast, slow))) == 1
+        patch.setattr(_sync, "CPU_UNBLOCKED_BLOCKS", 2)
+        sizes = [len(block_fast) for block_fast, _ in _sync._cache_blocks(fast, slow)]
+        assert sizes == [4, 4, 2]
+
+
+def test_cpu_sync_allocates_nothing() -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    fast, slow = random_pairs(3, [(70_000,)] * 3 + [(300,)] * 50, torch.float32, torch.float32)
+    _sync.sync_(fast, slow, 0.5, foreach=True)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as recorded:
+        _sync.sync_(fast, slow, 0.5, foreach=True)
+        _sync.sync_(fast, slow, 0.5, foreach=False)
+    events = recorded.profiler.kineto_results.events()  # type: ignore[union-attr]
+    allocated = [e.nbytes() for e in events if e.name() == "[memory]" and e.nbytes() > 0]
+    assert allocated == []
