@@ -8,7 +8,9 @@ repetition to the next. The table reports median milliseconds per step and the s
 torch-lookahead over the fastest other implementation (pytorch_optimizer with and without its
 foreach path, torch-optimizer). Timing is never asserted anywhere: this script only reports.
 
-    .venv/bin/python benchmarks/bench_optimizers.py            # writes benchmarks/results/optimizers.md
+    .venv/bin/python benchmarks/bench_optimizers.py
+
+writes benchmarks/results/optimizers.md and the summary table of docs/optimizers.md.
 
 Needs the ``bench`` extra (pytorch_optimizer==4.1.0, torch-optimizer==0.3.0).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import os
 import platform
 import statistics
 import time
@@ -34,12 +37,31 @@ from torch_lookahead.optim import AdaBound, NovoGrad
 
 PROBLEMS: list[tuple[int, int]] = [(200, 100_000), (2_000, 1_000)]  # (tensors, floats each)
 OURS = "torch-lookahead"
+FLOOR = "(reference) memory floor"
+DOCS_MARKERS = ("<!-- bench:optimizers:start -->", "<!-- bench:optimizers:end -->")
 
 
 @dataclass
 class Contender:
     name: str
     build: Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+
+
+class MemoryFloor(torch.optim.Optimizer):
+    """Not an optimizer: the least memory traffic any implementation of the step needs (read the
+    gradient, read and write the parameter and every full-size state tensor once), done with
+    one plain in-place op per tensor. A reference row, not a contender."""
+
+    def __init__(self, params: list[torch.nn.Parameter], state_tensors: int) -> None:
+        super().__init__(params, {})
+        self.buffers = [[torch.zeros_like(p) for _ in range(state_tensors)] for p in params]
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        for p, buffers in zip(self.param_groups[0]["params"], self.buffers, strict=True):
+            for buffer in buffers:
+                buffer.add_(p.grad)
+            p.add_(buffers[0])
 
 
 def contenders(algorithm: str) -> list[Contender]:
@@ -62,6 +84,7 @@ def contenders(algorithm: str) -> list[Contender]:
             Contender(
                 "torch-optimizer", lambda p: torch_optimizer.NovoGrad(p, lr=1e-3, betas=betas)
             ),
+            Contender(FLOOR, lambda p: MemoryFloor(p, state_tensors=1)),
         ]
     if algorithm == "AdaBound":
         return [
@@ -84,6 +107,7 @@ def contenders(algorithm: str) -> list[Contender]:
             Contender(
                 "torch-optimizer", lambda p: torch_optimizer.AdaBound(p, lr=1e-3, final_lr=0.1)
             ),
+            Contender(FLOOR, lambda p: MemoryFloor(p, state_tensors=2)),
         ]
     raise ValueError(f"unknown algorithm {algorithm!r}")
 
@@ -123,7 +147,8 @@ def time_problem(
 
 def render(
     results: list[tuple[str, int, int, dict[str, list[float]]]], args: argparse.Namespace
-) -> str:
+) -> tuple[str, str]:
+    """The full Markdown report, and its provenance line with the summary table (for the docs)."""
     lines = [
         "# One optimizer step on CPU: torch-lookahead vs pytorch_optimizer and torch-optimizer",
         "",
@@ -131,7 +156,9 @@ def render(
         f"{args.threads}` on {datetime.date.today().isoformat()}: torch {torch.__version__}, "
         f"pytorch_optimizer {_version('pytorch_optimizer')}, torch-optimizer "
         f"{_version('torch-optimizer')}, Python {platform.python_version()}, "
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s).",
+        f"{platform.processor() or platform.machine()} with {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch thread(s), 1-minute load average "
+        f"{args.load_average:.1f} when it started.",
         "",
         "float32 parameters and gradients; every contender steps identical copies with the same "
         "gradients, timed interleaved (rotated order), median of "
@@ -145,25 +172,28 @@ def render(
     for algorithm, n_tensors, numel, timings in results:
         medians = {name: statistics.median(values) for name, values in timings.items()}
         ours = medians[OURS]
-        others = {n: m for n, m in medians.items() if not n.startswith(OURS)}
+        others = {n: m for n, m in medians.items() if not n.startswith(OURS) and n != FLOOR}
         fastest_other = min(others, key=others.__getitem__)
         problem = f"{n_tensors:,} x {numel:,}"
         for name, median in medians.items():
-            ratio = "" if name.startswith(OURS) else f"{median / ours:.2f}x"
+            ratio = "" if name.startswith(OURS) or name == FLOOR else f"{median / ours:.2f}x"
             lines.append(f"| {algorithm} | {problem} | {name} | {median:.2f} | {ratio} |")
         summary.append(
             f"| {algorithm} | {problem} | {fastest_other} | {others[fastest_other] / ours:.2f}x |"
         )
+    summary_table = [
+        "| optimizer | problem | fastest other | speed-up of torch-lookahead |",
+        "| --- | --- | --- | ---: |",
+        *summary,
+    ]
     lines += [
         "",
         "Summary: speed-up over the fastest other implementation.",
         "",
-        "| optimizer | problem | fastest other | speed-up |",
-        "| --- | --- | --- | ---: |",
-        *summary,
+        *summary_table,
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines), "\n".join([lines[2], "", *summary_table])
 
 
 def main() -> None:
@@ -177,10 +207,17 @@ def main() -> None:
         default=Path(__file__).parent / "results" / "optimizers.md",
         help="Markdown file to write ('-' for stdout only)",
     )
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        default=Path(__file__).parents[1] / "docs" / "optimizers.md",
+        help="docs page whose benchmark block gets the summary table (with --output)",
+    )
     args = parser.parse_args()
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1, --warmup >= 0")
     torch.set_num_threads(args.threads)
+    args.load_average = os.getloadavg()[0]  # other processes share the CPU: say how busy it was
     results = []
     for algorithm in ("NovoGrad", "AdaBound"):
         for n_tensors, numel in PROBLEMS:
@@ -191,11 +228,25 @@ def main() -> None:
                 + ", ".join(f"{n} {statistics.median(v):.2f} ms" for n, v in timings.items()),
                 flush=True,
             )
-    text = render(results, args)
+    text, summary = render(results, args)
     print(text)
     if str(args.output) != "-":
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
+        update_docs(args.docs, summary)
+
+
+def update_docs(page: Path, summary: str) -> None:
+    """Replace the block between the benchmark markers of ``page`` with ``summary``."""
+    if not page.exists():
+        return
+    text = page.read_text()
+    start, end = DOCS_MARKERS
+    if start not in text or end not in text:
+        raise SystemExit(f"{page} lacks the markers {start} ... {end}")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    page.write_text(f"{head}{start}\n{summary}\n{end}{tail}")
 
 
 if __name__ == "__main__":

@@ -146,8 +146,11 @@ def test_setstate_backfills_flags_of_older_pickles(name: str) -> None:
         for flag in ("maximize", "foreach", "decoupled_weight_decay", "differentiable"):
             del group[flag]
         group.pop("initial_lr", None)
+    del state["defaults"]["differentiable"]
     restored = cls.__new__(cls)
     restored.__setstate__(state)
+    set_grads(restored.param_groups[0]["params"], 0)
+    restored.step()  # step() reads defaults["differentiable"]
     group = restored.param_groups[0]
     assert group["maximize"] is False and group["foreach"] is None
     assert group["decoupled_weight_decay"] is False and group["differentiable"] is False
@@ -193,13 +196,14 @@ def test_mixed_dtypes_in_one_group(name: str) -> None:
 
 # ----------------------------------------------------------------------------- torch.compile
 @optimizer_names
-def test_compiled_step_matches_eager(name: str) -> None:
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_step_matches_eager(name: str, backend: str) -> None:
     cls, kwargs = OPTIMIZERS[name]
     eager_params, compiled_params = make_params(), make_params()
     eager = cls(eager_params, **kwargs)
     compiled = cls(compiled_params, **kwargs)
     torch._dynamo.reset()
-    compiled_step = torch.compile(compiled.step, backend="aot_eager")
+    compiled_step = torch.compile(compiled.step, backend=backend)
     for step in range(4):
         set_grads(eager_params, step)
         set_grads(compiled_params, step)

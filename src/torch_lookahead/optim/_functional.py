@@ -17,6 +17,7 @@ from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
 __all__ = [
     "CPU_BLOCK_NUMEL",
+    "assign_",
     "cache_blocks",
     "check_betas",
     "check_float",
@@ -160,6 +161,19 @@ def cache_blocks(params: Sequence[Tensor]) -> Iterator[slice]:
     yield slice(start, len(params))
 
 
+def assign_(target: Tensor, value: Tensor) -> None:
+    """``target.copy_(value)`` for 0-dim state such as a layer's second moment.
+
+    While compiling it is written as ``_foreach_copy_``: torch.compile (2.13) drops in-place
+    updates of 0-dim float64 CPU inputs, ``copy_`` included, but keeps this one. In eager mode
+    plain ``copy_`` also works on DTensors, which have no ``_foreach_copy_`` strategy.
+    """
+    if torch.compiler.is_compiling():
+        torch._foreach_copy_([target], [value])
+    else:
+        target.copy_(value)
+
+
 def view_as_real_(*tensorlists: list[Tensor]) -> None:
     """Replace complex tensors by their real views (..., 2), in place in every list.
 
@@ -172,7 +186,9 @@ def view_as_real_(*tensorlists: list[Tensor]) -> None:
 
 
 def setdefault_flags(optimizer: Optimizer, flags: dict[str, Any]) -> None:
-    """Back-fill group flags missing from an older pickled optimizer, and tensor step counts."""
+    """Back-fill flags missing from an older pickled optimizer, and tensor step counts."""
+    for name, value in flags.items():
+        optimizer.defaults.setdefault(name, value)
     for group in optimizer.param_groups:
         for name, value in flags.items():
             group.setdefault(name, value)

@@ -11,6 +11,7 @@ from torch.optim.optimizer import ParamsT
 from ..pullback import register_momentum_keys
 from ._base import GroupwiseOptimizer
 from ._functional import (
+    assign_,
     cache_blocks,
     check_betas,
     check_float,
@@ -258,12 +259,10 @@ def _single_tensor_novograd(
 
         grad_norm_sq = torch.linalg.vector_norm(grad).square()
         second_moment = torch.lerp(exp_avg_sq, grad_norm_sq, 1.0 - hyper.beta2)
-        # Written back with _foreach_copy_, not updated in place: torch.compile (2.13) drops
-        # in-place updates of 0-dim float64 CPU inputs such as ``exp_avg_sq.lerp_(...)``.
-        torch._foreach_copy_([exp_avg_sq], [second_moment])
+        assign_(exp_avg_sq, second_moment)  # not lerp_: see assign_
         if hyper.amsgrad:
             second_moment = torch.maximum(max_exp_avg_sqs[index], second_moment)
-            torch._foreach_copy_([max_exp_avg_sqs[index]], [second_moment])
+            assign_(max_exp_avg_sqs[index], second_moment)
         grad_scale = hyper.signed_momentum_scale / (second_moment.sqrt() + hyper.eps)
 
         if hyper.weight_decay != 0 and hyper.decoupled_weight_decay:
