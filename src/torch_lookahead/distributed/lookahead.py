@@ -71,8 +71,9 @@ class DistributedLookahead(Lookahead):
     outer momentum (``optimizer.state[p]["lookahead_outer_momentum"]``) are identical on all ranks.
 
     Construction and every sync are collective: all ranks of ``process_group`` must build the
-    optimizer over the same parameter shapes and call ``step()`` the same number of times. The
-    constructor checks the shapes and copies rank 0's parameters to every rank. Model buffers
+    optimizer over the same parameter shapes and call ``step()`` the same number of times (a
+    float16 ``GradScaler``, which skips steps on each rank alone, breaks this; bfloat16 needs no
+    scaler). The constructor checks the shapes and copies rank 0's parameters to every rank. Model buffers
     (e.g. BatchNorm statistics) are not averaged. Every rank must update the same parameters;
     a parameter that received gradients on some ranks only is reported at the next sync.
 
