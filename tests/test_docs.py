@@ -134,3 +134,22 @@ def test_figure_script_draws_every_figure(tmp_path: Path) -> None:
         assert path.stat().st_size > 10_000
         # Every figure the script draws is committed, under the same name, for the pages.
         assert (DOCS / "img" / path.name).is_file()
+
+
+def test_api_reference_renders_the_rest_parts_of_docstrings() -> None:
+    pytest.importorskip("griffe")
+    path = DOCS / "scripts" / "rst_docstrings.py"
+    spec = importlib.util.spec_from_file_location("rst_docstrings", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    docstring = (
+        "Summary.\n\n.. math::\n   a \\\\\n   b\n\nText.\n\n"
+        "Example:\n    >>> x = 1\n    ... + 2\n\n"
+        ".. _Paper title\\: subtitle:\n    https://arxiv.org/abs/1907.08610\n"
+    )
+    assert module.rst_to_markdown(docstring) == (
+        "Summary.\n\n$$\na \\\\\nb\n$$\n\nText.\n\n"
+        "Example:\n    ```pycon\n    >>> x = 1\n    ... + 2\n    ```\n\n"
+        "[Paper title: subtitle](https://arxiv.org/abs/1907.08610)\n"
+    )
