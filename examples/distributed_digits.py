@@ -26,6 +26,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,8 @@ class ByteCounter:
 
 # No ``from __future__ import annotations`` in this file: DDP checks this hook's annotations.
 def counting_allreduce_hook(
-    state: ByteCounter, bucket: dist.GradBucket
+    state: ByteCounter,
+    bucket: dist.GradBucket,  # type: ignore[name-defined]
 ) -> torch.futures.Future[torch.Tensor]:
     buffer = bucket.buffer()
     state.bytes_all_reduced += buffer.numel() * buffer.element_size()
@@ -114,17 +116,15 @@ def train(
     model = task.build_model().to(data.train_inputs.device)
     shard = shard_of(data, rank, world_size)
     generator = torch.Generator().manual_seed(10_000 * seed + rank)
-    bytes_all_reduced: Any
     optimizer: torch.optim.Optimizer
     trained: nn.Module
+    count_bytes: Callable[[], int]
     if method.name == "ddp":
         trained = DistributedDataParallel(model)
         counter = ByteCounter(dist.group.WORLD)  # type: ignore[arg-type]
-        trained.register_comm_hook(counter, counting_allreduce_hook)  # type: ignore[arg-type]
+        trained.register_comm_hook(counter, counting_allreduce_hook)
         optimizer = torch.optim.AdamW(trained.parameters(), lr=lr)
-
-        def bytes_all_reduced() -> int:
-            return counter.bytes_all_reduced
+        count_bytes = lambda: counter.bytes_all_reduced  # noqa: E731
     else:
         assert method.k is not None and method.alpha is not None
         trained = model
@@ -136,13 +136,11 @@ def train(
             nesterov=method.nesterov,
         )
         optimizer = lookahead
-
-        def bytes_all_reduced() -> int:
-            return lookahead.bytes_all_reduced
+        count_bytes = lambda: lookahead.bytes_all_reduced  # noqa: E731
 
     curve: list[dict[str, float]] = []
     for step in range(1, steps + 1):
-        task.loss(trained, task.sample_batch(shard, generator, batch_size)).backward()
+        task.loss(trained, task.sample_batch(shard, generator, batch_size)).backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if rank == 0 and (step % eval_every == 0 or step == steps):
@@ -154,7 +152,7 @@ def train(
                 else:
                     metrics = task.evaluate(model, data)
             model.train()
-            curve.append({"step": step, "bytes_all_reduced": bytes_all_reduced(), **metrics})
+            curve.append({"step": step, "bytes_all_reduced": count_bytes(), **metrics})
     return curve
 
 
