@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -120,6 +121,15 @@ def test_docs_build_strict(tmp_path: Path) -> None:
     assert (tmp_path / "site" / "api" / "index.html").is_file()
 
 
+def _docs_script(name: str) -> ModuleType:
+    """Import ``docs/scripts/<name>.py`` (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, DOCS / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_figure_script_draws_every_figure(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     spec = importlib.util.spec_from_file_location(
@@ -138,11 +148,7 @@ def test_figure_script_draws_every_figure(tmp_path: Path) -> None:
 
 def test_api_reference_renders_the_rest_parts_of_docstrings() -> None:
     pytest.importorskip("griffe")
-    path = DOCS / "scripts" / "rst_docstrings.py"
-    spec = importlib.util.spec_from_file_location("rst_docstrings", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _docs_script("rst_docstrings")
     docstring = (
         "Summary.\n\n.. math::\n   a \\\\\n   b\n\nText.\n\n"
         "Example:\n    >>> x = 1\n    ... + 2\n\n"
