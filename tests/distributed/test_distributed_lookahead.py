@@ -317,6 +317,12 @@ def check_reset_add_group_and_copy(rank: int, world_size: int) -> None:
     assert torch.equal(model[2].weight, torch.zeros_like(model[2].weight))
     assert_same_on_all_ranks(model.parameters())
 
+    built = DistributedLookahead.wrap(torch.optim.SGD, k=3, alpha=0.25, outer_momentum=0.5)(
+        torch.nn.Linear(2, 2).parameters(), lr=0.1
+    )
+    assert isinstance(built, DistributedLookahead) and built.outer_momentum == 0.5
+    assert built.param_groups[0]["lookahead_k"] == 3
+
     copied = copy.deepcopy(opt)
     assert copied.outer_momentum == 0.5 and copied.process_group is dist.group.WORLD
     assert repr(opt).startswith("DistributedLookahead(k=4, alpha=0.5,")
