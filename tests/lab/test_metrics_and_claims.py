@@ -93,6 +93,9 @@ def test_seed_variance_claim_follows_the_measured_spread() -> None:
     assert "0.141 plain, 0.00707 with Lookahead" in holds.measured[0]
     fails = seed_variance_claim(summarize(pair([0.2, 0.21], [0.1, 0.3]), 0.15))
     assert fails.verdict == "does not hold"
+    one_seed = seed_variance_claim(summarize(pair([0.2], [0.1]), 0.15))
+    assert one_seed.verdict == "not measured"
+    assert one_seed.measured == ("sgd: needs at least 2 seeds; not measured.",)
 
 
 def test_convergence_claim_compares_steps_to_the_target() -> None:

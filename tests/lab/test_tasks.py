@@ -165,3 +165,17 @@ def test_the_project_registry_extends_the_table() -> None:
     wrapped = build_optimizer(params, "novograd", 0.01, k=5, alpha=0.5)
     assert isinstance(wrapped, Lookahead)
     assert type(wrapped.optimizer).__name__ == "NovoGrad"
+
+
+def test_a_cifar10_run_trains_resnet18_with_lookahead(tmp_path: Path) -> None:
+    from torch_lookahead.lab.runner import make_config, run
+
+    write_fake_cifar10(tmp_path, per_batch=8)
+    settings = TaskSettings(steps=3, eval_every=3, batch_size=4)
+    config = make_config(
+        "cifar10", "sgd", seed=0, settings=settings, k=2, alpha=0.5, data_dir=str(tmp_path)
+    )
+    result = run(config)
+    assert result.steps == [0, 3] and result.diverged_at is None
+    assert set(result.history) == {"train_loss", "val_loss", "val_accuracy"}
+    assert result.history == run(config).history

@@ -103,6 +103,9 @@ def seed_variance_claim(summaries: Sequence[SettingSummary], metric: str = "val_
     outcomes = []
     measured = []
     for plain, lookahead in pair_by_inner(summaries):
+        if min(len(plain.seeds), len(lookahead.seeds)) < 2:
+            measured.append(f"{plain.setting.inner}: needs at least 2 seeds; not measured.")
+            continue
         plain_std = plain.final[metric][1]
         lookahead_std = lookahead.final[metric][1]
         outcomes.append(math.isfinite(lookahead_std) and lookahead_std <= plain_std)

@@ -36,7 +36,7 @@ class CharLSTM(nn.Module):
     """Byte-level language model: embedding, a stacked LSTM, and a linear read-out to 256 logits."""
 
     def __init__(
-        self, embedding_dim: int = 32, hidden_size: int = 192, num_layers: int = 1
+        self, embedding_dim: int = 32, hidden_size: int = 128, num_layers: int = 1
     ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(256, embedding_dim)

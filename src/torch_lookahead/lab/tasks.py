@@ -242,7 +242,7 @@ def corpus_fingerprint() -> str:
 
 class CharLMTask(Task):
     """Byte-level language modelling on ``stdlib_corpus()``: the first 90% trains, the last 10%
-    validates. Windows of 128 bytes; a one-layer LSTM (192 units); gradient norm clipped at 1.
+    validates. Windows of 64 bytes; a one-layer LSTM (128 units); gradient norm clipped at 1.
     The headline metric is validation bits per character, ``val_loss / ln 2``.
     """
 
@@ -251,12 +251,12 @@ class CharLMTask(Task):
     headline_metric = "val_bpc"
     higher_is_better = False
     target_train_loss = 2.0
-    full = TaskSettings(steps=1500, eval_every=100, batch_size=32)
+    full = TaskSettings(steps=1000, eval_every=100, batch_size=32)
     quick = TaskSettings(steps=40, eval_every=20, batch_size=16)
     learning_rates = MappingProxyType({"sgd": 1.0, "adam": 3e-3, "adamw": 3e-3, "radam": 3e-3})
     optimizer_overrides = MappingProxyType({"sgd": MappingProxyType({"momentum": 0.0})})
     max_grad_norm = 1.0
-    window = 128
+    window = 64
     eval_windows = 64
 
     def load(self, data_dir: str | None, device: str) -> TaskData:
