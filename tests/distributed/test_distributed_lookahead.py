@@ -337,3 +337,38 @@ def check_reset_add_group_and_copy(rank: int, world_size: int) -> None:
 
 def test_reset_slow_add_param_group_and_copies_are_collective(cluster: Cluster) -> None:
     cluster.run(check_reset_add_group_and_copy)
+
+
+def check_float32_slow_state_of_bfloat16_model(rank: int, world_size: int) -> None:
+    def build() -> tuple[torch.nn.Module, DistributedLookahead]:
+        model = _tiny_model(seed=0).to(torch.bfloat16)
+        opt = DistributedLookahead(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            k=2,
+            alpha=0.5,
+            outer_momentum=0.5,
+            slow_dtype=torch.float32,
+        )
+        return model, opt
+
+    model, opt = build()
+    for step in range(5):
+        x, y = _batch(rank, step)
+        torch.nn.functional.mse_loss(model(x.bfloat16()), y.bfloat16()).backward()
+        opt.step()
+        opt.zero_grad()
+    for p in model.parameters():
+        assert opt.state[p]["lookahead_slow"].dtype == torch.float32
+        assert opt.state[p][OUTER_MOMENTUM_KEY].dtype == torch.float32
+        assert opt.state[p][OUTER_MOMENTUM_KEY].any()
+    assert_same_on_all_ranks(opt.slow_parameters())
+
+    _, resumed = build()
+    resumed.load_state_dict(opt.state_dict())  # load_state_dict casts to bf16; the class undoes it
+    assert_states_equal(state_tensors(opt), state_tensors(resumed))
+    for p in resumed.param_groups[0]["params"]:
+        assert resumed.state[p][OUTER_MOMENTUM_KEY].dtype == torch.float32
+
+
+def test_float32_slow_state_of_a_bfloat16_model(cluster: Cluster) -> None:
+    cluster.run(check_float32_slow_state_of_bfloat16_model)

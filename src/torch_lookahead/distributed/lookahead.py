@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from itertools import chain
 from typing import Any
 
 import torch
@@ -240,12 +241,20 @@ class DistributedLookahead(Lookahead):
         self._adopt_replicas(self.param_groups[-1], len(self.param_groups) - 1)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load this rank's state dict; outer momentum buffers follow the slow copies' placement."""
+        """Load this rank's state dict; outer momentum buffers keep the slow copies' dtype/device."""
         super().load_state_dict(state_dict)
-        for param_state in self.state.values():
-            buffer, slow = param_state.get(OUTER_MOMENTUM_KEY), param_state.get(SLOW_KEY)
-            if isinstance(buffer, Tensor) and isinstance(slow, Tensor):
-                param_state[OUTER_MOMENTUM_KEY] = buffer.to(device=slow.device, dtype=slow.dtype)
+        # Optimizer.load_state_dict cast every state tensor to its parameter's dtype (bf16 for a
+        # bf16 model); the buffers are placed again from the caller's untouched tensors.
+        saved_params = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        state = self.state
+        for saved_key, p in zip(saved_params, params, strict=True):
+            saved = state_dict["state"].get(saved_key, {}).get(OUTER_MOMENTUM_KEY)
+            if isinstance(saved, Tensor):
+                slow = state[p][SLOW_KEY]
+                state[p][OUTER_MOMENTUM_KEY] = saved.to(
+                    device=slow.device, dtype=slow.dtype, copy=True
+                )
 
     # ------------------------------------------------------------------ pickling, repr
     def __getstate__(self) -> dict[str, Any]:
