@@ -76,7 +76,7 @@ def check_ddp(rank: int, world_size: int) -> None:
     opt = _lookahead_adamw(ddp.parameters())
     reference = _model(seed=0)
     reference_opt = _lookahead_adamw(reference.parameters())
-    for step in range(3 * K + 1):
+    for step in range(8 * K + 1):  # eight syncs
         _train_step(ddp, opt, _batch(rank, step))
         _train_step(reference, reference_opt, _full_batch(world_size, step))
         assert_same_on_all_ranks(model.parameters())
