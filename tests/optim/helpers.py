@@ -11,6 +11,8 @@ import torch
 from hypothesis import strategies as st
 from torch.optim import Optimizer
 
+from torch_lookahead.optim._base import GroupwiseOptimizer
+
 
 @dataclass
 class Problem:
@@ -85,24 +87,28 @@ def assert_close(
 def assert_for_loop_and_foreach_agree(
     optimizer_class: Callable[..., Optimizer], kwargs: dict, problem: Problem
 ) -> None:
-    """Final weights and states of the two implementations agree to float64 rounding, with the
-    multi-tensor path split into several cache blocks."""
+    """Final weights and states of the three implementations (for-loop, multi-tensor over lists,
+    multi-tensor over flat state buffers) agree to float64 rounding, with the multi-tensor paths
+    split into several cache blocks."""
     results = []
-    for foreach in (False, True):
+    for foreach, flat in ((False, False), (True, False), (True, True)):
         run_kwargs = {**kwargs, "foreach": foreach}
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr("torch_lookahead.optim._functional.CPU_BLOCK_NUMEL", 5)
+            if not flat:
+                patch.setattr(GroupwiseOptimizer, "flat_state_for", lambda *args: None)
             final, _, optimizer = replay(
                 lambda p, run_kwargs=run_kwargs: optimizer_class(p, **run_kwargs),
                 problem,
                 torch.float64,
             )
         results.append((final, optimizer.state_dict()["state"]))
-    (loop_final, loop_state), (foreach_final, foreach_state) = results
-    assert_close(foreach_final, loop_final, torch.float64, "foreach vs for-loop")
-    for index, state in loop_state.items():
-        for key, value in state.items():
-            torch.testing.assert_close(foreach_state[index][key], value, rtol=1e-13, atol=1e-13)
+    loop_final, loop_state = results[0]
+    for final, state in results[1:]:
+        assert_close(final, loop_final, torch.float64, "foreach vs for-loop")
+        for index, entries in loop_state.items():
+            for key, value in entries.items():
+                torch.testing.assert_close(state[index][key], value, rtol=1e-13, atol=1e-13)
 
 
 def assert_matches_oracle(

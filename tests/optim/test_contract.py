@@ -194,6 +194,51 @@ def test_mixed_dtypes_in_one_group(name: str) -> None:
         torch.testing.assert_close(foreach_param, loop_param)
 
 
+# ----------------------------------------------------------------------------- flat state
+def storage_of(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+@optimizer_names
+def test_foreach_keeps_the_state_of_a_group_in_one_buffer_per_entry(name: str) -> None:
+    cls, kwargs = OPTIMIZERS[name]
+    params = make_params()
+    optimizer = cls(params, foreach=True, **kwargs)
+    set_grads(params, 0)
+    optimizer.step()
+    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        storages = {storage_of(optimizer.state[p][key]) for p in params}
+        assert len(storages) == 1, key
+        for p in params:
+            entry = optimizer.state[p][key]
+            assert entry.shape in (p.shape, torch.Size())
+    loop = cls(make_params(), foreach=False, **kwargs)
+    set_grads(loop.param_groups[0]["params"], 0)
+    loop.step()
+    assert len({storage_of(s["exp_avg"]) for s in loop.state.values()}) == len(params)
+
+
+@optimizer_names
+def test_state_replaced_from_outside_is_used(name: str) -> None:
+    """The flat layout is rebuilt from the current state entries whenever they were replaced."""
+    cls, kwargs = OPTIMIZERS[name]
+    runs = []
+    for foreach in (False, True):
+        params = make_params()
+        optimizer = cls(params, foreach=foreach, **kwargs)
+        for step in range(4):
+            set_grads(params, step)
+            optimizer.step()
+            if step == 1:
+                state = optimizer.state[params[1]]
+                state["exp_avg"] = torch.full_like(state["exp_avg"], 0.25)
+            if step == 2:
+                optimizer.load_state_dict(optimizer.state_dict())
+        runs.append(params)
+    for loop_param, foreach_param in zip(*runs, strict=True):
+        torch.testing.assert_close(foreach_param, loop_param, rtol=1e-13, atol=1e-13)
+
+
 # ----------------------------------------------------------------------------- torch.compile
 @optimizer_names
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])

@@ -11,7 +11,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _use_grad_for_differentiable
 
-from ._functional import raise_sparse, setdefault_flags
+from ._flat import FlatState, flat_state
+from ._functional import default_to_foreach, raise_sparse, setdefault_flags
 
 __all__ = ["GroupwiseOptimizer"]
 
@@ -88,6 +89,34 @@ class GroupwiseOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        flat_states = self.__dict__.setdefault("_flat_states", {})
+        live_groups = {id(group) for group in self.param_groups}
+        for stale in [key for key in flat_states if key not in live_groups]:
+            del flat_states[stale]  # groups replaced by load_state_dict: free their buffers
         for group in self.param_groups:
             self.step_group(group)
         return loss
+
+    def flat_state_for(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        states: list[dict[str, Tensor]],
+        tensor_keys: tuple[str, ...],
+        scalar_keys: tuple[str, ...] = (),
+    ) -> FlatState | None:
+        """The flat state backing ``group`` (see :mod:`._flat`) when the multi-tensor path runs,
+        kept between steps and rebuilt when it no longer holds; None otherwise."""
+        flat_states: dict[int, FlatState] = self.__dict__.setdefault("_flat_states", {})
+        foreach = group["foreach"]
+        if foreach is None:
+            foreach = default_to_foreach(params, differentiable=False)
+        if not foreach:
+            flat_states.pop(id(group), None)
+            return None
+        current = flat_state(flat_states.get(id(group)), params, states, tensor_keys, scalar_keys)
+        if current is None:
+            flat_states.pop(id(group), None)
+        else:
+            flat_states[id(group)] = current
+        return current

@@ -10,6 +10,7 @@ from torch.optim.optimizer import ParamsT
 
 from ..pullback import register_momentum_keys
 from ._base import GroupwiseOptimizer
+from ._flat import FlatState, flatten, unflatten
 from ._functional import (
     cache_blocks,
     check_betas,
@@ -182,6 +183,10 @@ class AdaBound(GroupwiseOptimizer):
     def step_group(self, group: dict[str, Any]) -> None:
         amsbound = group["amsbound"]
         params, grads, states = self.params_with_grad(group, "max_exp_avg_sq" if amsbound else None)
+        tensor_keys = (
+            ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsbound else ("exp_avg", "exp_avg_sq")
+        )
+        flat = self.flat_state_for(group, params, states, tensor_keys, ("step",))
         beta1, beta2 = group["betas"]
         adabound(
             params,
@@ -202,6 +207,7 @@ class AdaBound(GroupwiseOptimizer):
             amsbound=amsbound,
             decoupled_weight_decay=group["decoupled_weight_decay"],
             maximize=group["maximize"],
+            flat_state=flat,
         )
 
 
@@ -261,12 +267,15 @@ def adabound(
     amsbound: bool,
     decoupled_weight_decay: bool,
     maximize: bool,
+    flat_state: FlatState | None = None,
 ) -> None:
     r"""Functional AdaBound: one step over parallel lists, updating everything in place.
 
     ``final_lr`` is the group's value; it is scaled by ``lr / initial_lr`` here.
-    ``state_steps`` are 0-dim step counts, incremented here. See :class:`AdaBound` for the
-    update rule.
+    ``state_steps`` are 0-dim step counts, incremented here. ``flat_state``, when the state
+    tensors are views of its buffers (see :mod:`torch_lookahead.optim._flat`), lets the
+    multi-tensor path run the element-wise math over whole buffers. See :class:`AdaBound` for
+    the update rule.
     """
     hyper = Hyperparameters(
         lr,
@@ -285,7 +294,10 @@ def adabound(
         foreach = default_to_foreach(params, differentiable=False)
     # The compiler fuses the loop itself; the for-loop form traces without data-dependent code.
     if foreach and not torch.compiler.is_compiling():
-        _multi_tensor_adabound(*lists, hyper)
+        if flat_state is not None and _steps_agree(flat_state.buffers["step"]):
+            _flat_adabound(params, grads, flat_state, hyper)
+        else:
+            _multi_tensor_adabound(*lists, hyper)
     else:
         _single_tensor_adabound(*lists, hyper)
 
@@ -394,3 +406,44 @@ def _multi_tensor_adabound(
                 torch._foreach_clamp_max_(denoms, [high for _, _, high in scalars])
                 step_sizes = [-size for size, _, _ in scalars]
                 torch._foreach_addcdiv_(device_params, device_exp_avgs, denoms, step_sizes)
+
+
+def _steps_agree(steps: Tensor) -> bool:
+    return bool((steps == steps[0]).all())
+
+
+def _flat_adabound(
+    params: list[Tensor], grads: list[Tensor], flat: FlatState, hyper: Hyperparameters
+) -> None:
+    """The multi-tensor step when the state lives in ``flat``'s buffers, all at the same step."""
+    steps = flat.buffers["step"]
+    steps += 1
+    step_size, denom_low, denom_high = hyper.bounded_step(steps[0].item())
+    exp_avg_views = flat.views["exp_avg"]
+    offset = 0
+    for block in cache_blocks(params):
+        device_params, device_grads = params[block], grads[block]
+        size = sum(flat.numels[block])
+        region = slice(offset, offset + size)
+        offset += size
+        exp_avg, exp_avg_sq = flat.buffers["exp_avg"][region], flat.buffers["exp_avg_sq"][region]
+        grad = flatten(device_grads)
+        if hyper.maximize:
+            grad = -grad
+        if hyper.weight_decay != 0:
+            if hyper.decoupled_weight_decay:
+                torch._foreach_mul_(device_params, 1.0 - hyper.lr * hyper.weight_decay)
+            else:
+                grad = grad.add(flatten(device_params), alpha=hyper.weight_decay)
+
+        exp_avg.lerp_(grad, 1.0 - hyper.beta1)
+        exp_avg_sq.mul_(hyper.beta2).addcmul_(grad, grad, value=1.0 - hyper.beta2)
+        second_moment = exp_avg_sq
+        if hyper.amsbound:
+            second_moment = flat.buffers["max_exp_avg_sq"][region]
+            torch.maximum(second_moment, exp_avg_sq, out=second_moment)
+        if hyper.freezes_weights:
+            continue
+        denom = second_moment.sqrt().add_(hyper.eps).clamp_(denom_low, denom_high)
+        denoms = unflatten(denom, device_params)
+        torch._foreach_addcdiv_(device_params, exp_avg_views[block], denoms, -step_size)

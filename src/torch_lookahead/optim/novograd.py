@@ -10,6 +10,7 @@ from torch.optim.optimizer import ParamsT
 
 from ..pullback import register_momentum_keys
 from ._base import GroupwiseOptimizer
+from ._flat import FlatState, flatten
 from ._functional import (
     assign_,
     cache_blocks,
@@ -155,6 +156,8 @@ class NovoGrad(GroupwiseOptimizer):
     def step_group(self, group: dict[str, Any]) -> None:
         amsgrad = group["amsgrad"]
         params, grads, states = self.params_with_grad(group, "max_exp_avg_sq" if amsgrad else None)
+        scalar_keys = ("exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg_sq",)
+        flat = self.flat_state_for(group, params, states, ("exp_avg",), scalar_keys)
         beta1, beta2 = group["betas"]
         novograd(
             params,
@@ -172,6 +175,7 @@ class NovoGrad(GroupwiseOptimizer):
             amsgrad=amsgrad,
             decoupled_weight_decay=group["decoupled_weight_decay"],
             maximize=group["maximize"],
+            flat_state=flat,
         )
 
 
@@ -215,14 +219,17 @@ def novograd(
     amsgrad: bool,
     decoupled_weight_decay: bool,
     maximize: bool,
+    flat_state: FlatState | None = None,
 ) -> None:
     r"""Functional NovoGrad: one step over parallel lists, updating everything in place.
 
     ``exp_avg_sqs`` (and ``max_exp_avg_sqs`` when ``amsgrad``) hold one 0-dim tensor per
     parameter. Every step blends ``v <- beta2 * v + (1 - beta2) * ||g||^2``; the paper's first
     step ``v_1 = ||g_1||^2`` is obtained by creating ``v`` equal to ``||g_1||^2``, as
-    :class:`NovoGrad` does, so that there is no step counter and no branch on it. See
-    :class:`NovoGrad` for the update rule.
+    :class:`NovoGrad` does, so that there is no step counter and no branch on it.
+    ``flat_state``, when the state tensors are views of its buffers (see
+    :mod:`torch_lookahead.optim._flat`), lets the multi-tensor path run the element-wise math over
+    whole buffers. See :class:`NovoGrad` for the update rule.
     """
     hyper = Hyperparameters(
         lr,
@@ -239,7 +246,10 @@ def novograd(
         foreach = default_to_foreach(params, differentiable=False)
     # The compiler fuses the loop itself; the for-loop form traces without data-dependent code.
     if foreach and not torch.compiler.is_compiling():
-        _multi_tensor_novograd(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, hyper)
+        if flat_state is not None:
+            _flat_novograd(params, grads, flat_state, hyper)
+        else:
+            _multi_tensor_novograd(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, hyper)
     else:
         _single_tensor_novograd(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, hyper)
 
@@ -310,3 +320,38 @@ def _multi_tensor_novograd(
                 decay = abs(hyper.signed_momentum_scale) * hyper.weight_decay
                 torch._foreach_add_(device_exp_avgs, device_params, alpha=decay)
             torch._foreach_add_(device_params, device_exp_avgs, alpha=-hyper.lr)
+
+
+def _flat_novograd(
+    params: list[Tensor], grads: list[Tensor], flat: FlatState, hyper: Hyperparameters
+) -> None:
+    """The multi-tensor step when the state lives in ``flat``'s buffers: the layer-wise scalars
+    and the momentum decay run over whole buffers, the rest per tensor."""
+    exp_avg_views = flat.views["exp_avg"]
+    offset = 0
+    for block in cache_blocks(params):
+        device_params, device_grads, device_exp_avgs = (
+            params[block],
+            grads[block],
+            exp_avg_views[block],
+        )
+        size = sum(flat.numels[block])
+        exp_avg = flat.buffers["exp_avg"][offset : offset + size]
+        offset += size
+
+        grad_norm_sq = torch.stack(torch._foreach_norm(device_grads)).square_()
+        second_moment = flat.buffers["exp_avg_sq"][block]
+        second_moment.lerp_(grad_norm_sq, 1.0 - hyper.beta2)
+        if hyper.amsgrad:
+            max_second_moment = flat.buffers["max_exp_avg_sq"][block]
+            second_moment = torch.maximum(max_second_moment, second_moment, out=max_second_moment)
+        grad_scales = hyper.signed_momentum_scale / (second_moment.sqrt() + hyper.eps)
+
+        if hyper.weight_decay != 0 and hyper.decoupled_weight_decay:
+            torch._foreach_mul_(device_params, 1.0 - hyper.lr * hyper.weight_decay)
+        exp_avg.mul_(hyper.beta1)
+        torch._foreach_addcmul_(device_exp_avgs, device_grads, list(grad_scales.unbind(0)))
+        if hyper.weight_decay != 0 and not hyper.decoupled_weight_decay:
+            decay = abs(hyper.signed_momentum_scale) * hyper.weight_decay
+            exp_avg.add_(flatten(device_params), alpha=decay)
+        torch._foreach_add_(device_params, device_exp_avgs, alpha=-hyper.lr)
