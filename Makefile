@@ -33,8 +33,8 @@ demo: $(VENV)/.demo-installed
 	$(VENV)/bin/torch-lookahead demo
 
 lint: $(VENV)/.dev-installed
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
 typecheck: $(VENV)/.dev-installed
 	$(VENV)/bin/mypy
