@@ -96,7 +96,7 @@ def assert_for_loop_and_foreach_agree(
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr("torch_lookahead.optim._functional.CPU_BLOCK_NUMEL", 5)
             if not flat:
-                patch.setattr(GroupwiseOptimizer, "flat_state_for", lambda *args: None)
+                patch.setattr(GroupwiseOptimizer, "_flat_state_for", lambda *args: None)
             final, _, optimizer = replay(
                 lambda p, run_kwargs=run_kwargs: optimizer_class(p, **run_kwargs),
                 problem,

@@ -21,21 +21,21 @@ class GroupwiseOptimizer(Optimizer):
     """Subclasses say how to validate a group and how to update one; this class does the rest."""
 
     #: Group flags that older pickles may lack, with the value they had before they existed.
-    flag_defaults: ClassVar[dict[str, Any]] = {}
+    _flag_defaults: ClassVar[dict[str, Any]] = {}
 
-    def check_group(self, group: dict[str, Any]) -> None:
+    def _check_group(self, group: dict[str, Any]) -> None:
         """Raise ValueError/TypeError naming the first invalid hyper-parameter of ``group``."""
         raise NotImplementedError
 
-    def step_group(self, group: dict[str, Any]) -> None:
+    def _step_group(self, group: dict[str, Any]) -> None:
         """Update the parameters of ``group`` that have a gradient."""
         raise NotImplementedError
 
-    def init_state(self, group: dict[str, Any], param: Tensor, grad: Tensor) -> dict[str, Tensor]:
+    def _init_state(self, group: dict[str, Any], param: Tensor, grad: Tensor) -> dict[str, Tensor]:
         """The state of a parameter at its first step."""
         raise NotImplementedError
 
-    def params_with_grad(
+    def _params_with_grad(
         self, group: dict[str, Any], max_key: str | None = None
     ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Tensor]]]:
         """The parameters of ``group`` that have a gradient, their gradients and states.
@@ -55,7 +55,7 @@ class GroupwiseOptimizer(Optimizer):
                 raise_sparse(type(self).__name__)
             state = self.state[param]
             if len(state) == 0:
-                state.update(self.init_state(group, param, grad))
+                state.update(self._init_state(group, param, grad))
             if max_key is not None and max_key not in state:
                 state[max_key] = state["exp_avg_sq"].clone()
             params.append(param)
@@ -65,12 +65,12 @@ class GroupwiseOptimizer(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group; its hyper-parameters are validated like the constructor's."""
-        self.check_group({**self.defaults, **param_group})
+        self._check_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        setdefault_flags(self, self.flag_defaults)
+        setdefault_flags(self, self._flag_defaults)
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -94,10 +94,10 @@ class GroupwiseOptimizer(Optimizer):
         for stale in [key for key in flat_states if key not in live_groups]:
             del flat_states[stale]  # groups replaced by load_state_dict: free their buffers
         for group in self.param_groups:
-            self.step_group(group)
+            self._step_group(group)
         return loss
 
-    def flat_state_for(
+    def _flat_state_for(
         self,
         group: dict[str, Any],
         params: list[Tensor],

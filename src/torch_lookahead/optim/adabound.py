@@ -110,6 +110,14 @@ class AdaBound(GroupwiseOptimizer):
     ICLR 2019, arXiv:1902.09843.
     """
 
+    _flag_defaults: ClassVar[dict[str, Any]] = {
+        "amsbound": False,
+        "decoupled_weight_decay": False,
+        "maximize": False,
+        "foreach": None,
+        "differentiable": False,
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -140,14 +148,6 @@ class AdaBound(GroupwiseOptimizer):
         }
         super().__init__(params, defaults)
 
-    flag_defaults: ClassVar[dict[str, Any]] = {
-        "amsbound": False,
-        "decoupled_weight_decay": False,
-        "maximize": False,
-        "foreach": None,
-        "differentiable": False,
-    }
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group; its ``initial_lr`` is its ``lr`` unless given explicitly."""
         param_group.setdefault("initial_lr", param_group.get("lr", self.defaults["lr"]))
@@ -158,7 +158,7 @@ class AdaBound(GroupwiseOptimizer):
         for group in self.param_groups:
             group.setdefault("initial_lr", group["lr"])
 
-    def check_group(self, group: dict[str, Any]) -> None:
+    def _check_group(self, group: dict[str, Any]) -> None:
         check_float("lr", group["lr"], low=0.0)
         check_float(
             "initial_lr (the lr the group starts with, which final_lr is scaled by)",
@@ -173,20 +173,22 @@ class AdaBound(GroupwiseOptimizer):
         check_float("weight_decay", group["weight_decay"], low=0.0)
         check_foreach(group["foreach"])
 
-    def init_state(self, group: dict[str, Any], param: Tensor, grad: Tensor) -> dict[str, Tensor]:
+    def _init_state(self, group: dict[str, Any], param: Tensor, grad: Tensor) -> dict[str, Tensor]:
         return {
             "step": new_step_counter(),
             "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
             "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
         }
 
-    def step_group(self, group: dict[str, Any]) -> None:
+    def _step_group(self, group: dict[str, Any]) -> None:
         amsbound = group["amsbound"]
-        params, grads, states = self.params_with_grad(group, "max_exp_avg_sq" if amsbound else None)
+        params, grads, states = self._params_with_grad(
+            group, "max_exp_avg_sq" if amsbound else None
+        )
         tensor_keys = (
             ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsbound else ("exp_avg", "exp_avg_sq")
         )
-        flat = self.flat_state_for(group, params, states, tensor_keys, ("step",))
+        flat = self._flat_state_for(group, params, states, tensor_keys, ("step",))
         beta1, beta2 = group["betas"]
         adabound(
             params,
@@ -214,7 +216,7 @@ class AdaBound(GroupwiseOptimizer):
 register_momentum_keys(AdaBound, ["exp_avg"])
 
 
-class Hyperparameters(NamedTuple):
+class _Hyperparameters(NamedTuple):
     """The scalars of one AdaBound step (see :class:`AdaBound`); ``final_lr`` already scaled."""
 
     lr: float
@@ -277,7 +279,7 @@ def adabound(
     multi-tensor path run the element-wise math over whole buffers. See :class:`AdaBound` for
     the update rule.
     """
-    hyper = Hyperparameters(
+    hyper = _Hyperparameters(
         lr,
         beta1,
         beta2,
@@ -309,7 +311,7 @@ def _single_tensor_adabound(
     exp_avg_sqs: list[Tensor],
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
-    hyper: Hyperparameters,
+    hyper: _Hyperparameters,
 ) -> None:
     for index, param in enumerate(params):
         grad, exp_avg, exp_avg_sq = grads[index], exp_avgs[index], exp_avg_sqs[index]
@@ -354,7 +356,7 @@ def _multi_tensor_adabound(
     exp_avg_sqs: list[Tensor],
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
-    hyper: Hyperparameters,
+    hyper: _Hyperparameters,
 ) -> None:
     if not params:
         return
@@ -413,7 +415,7 @@ def _steps_agree(steps: Tensor) -> bool:
 
 
 def _flat_adabound(
-    params: list[Tensor], grads: list[Tensor], flat: FlatState, hyper: Hyperparameters
+    params: list[Tensor], grads: list[Tensor], flat: FlatState, hyper: _Hyperparameters
 ) -> None:
     """The multi-tensor step when the state lives in ``flat``'s buffers, all at the same step."""
     steps = flat.buffers["step"]

@@ -102,6 +102,15 @@ class NovoGrad(GroupwiseOptimizer):
     Layerwise Adaptive Second Moments", arXiv:1905.11286.
     """
 
+    _flag_defaults: ClassVar[dict[str, Any]] = {
+        "grad_averaging": False,
+        "amsgrad": False,
+        "decoupled_weight_decay": False,
+        "maximize": False,
+        "foreach": None,
+        "differentiable": False,
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -130,34 +139,25 @@ class NovoGrad(GroupwiseOptimizer):
         }
         super().__init__(params, defaults)
 
-    flag_defaults: ClassVar[dict[str, Any]] = {
-        "grad_averaging": False,
-        "amsgrad": False,
-        "decoupled_weight_decay": False,
-        "maximize": False,
-        "foreach": None,
-        "differentiable": False,
-    }
-
-    def check_group(self, group: dict[str, Any]) -> None:
+    def _check_group(self, group: dict[str, Any]) -> None:
         check_float("lr", group["lr"], low=0.0)
         check_betas(group["betas"])
         check_float("eps", group["eps"], low=0.0, low_inclusive=False)
         check_float("weight_decay", group["weight_decay"], low=0.0)
         check_foreach(group["foreach"])
 
-    def init_state(self, group: dict[str, Any], param: Tensor, grad: Tensor) -> dict[str, Tensor]:
+    def _init_state(self, group: dict[str, Any], param: Tensor, grad: Tensor) -> dict[str, Tensor]:
         return {
             "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
             # v_1 = ||g_1||^2: the kernel's blend of v with ||g_1||^2 then leaves it as is.
             "exp_avg_sq": torch.linalg.vector_norm(grad).square(),
         }
 
-    def step_group(self, group: dict[str, Any]) -> None:
+    def _step_group(self, group: dict[str, Any]) -> None:
         amsgrad = group["amsgrad"]
-        params, grads, states = self.params_with_grad(group, "max_exp_avg_sq" if amsgrad else None)
+        params, grads, states = self._params_with_grad(group, "max_exp_avg_sq" if amsgrad else None)
         scalar_keys = ("exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg_sq",)
-        flat = self.flat_state_for(group, params, states, ("exp_avg",), scalar_keys)
+        flat = self._flat_state_for(group, params, states, ("exp_avg",), scalar_keys)
         beta1, beta2 = group["betas"]
         novograd(
             params,
@@ -182,7 +182,7 @@ class NovoGrad(GroupwiseOptimizer):
 register_momentum_keys(NovoGrad, ["exp_avg"])
 
 
-class Hyperparameters(NamedTuple):
+class _Hyperparameters(NamedTuple):
     """The scalars of one NovoGrad step (see :class:`NovoGrad`)."""
 
     lr: float
@@ -231,7 +231,7 @@ def novograd(
     :mod:`torch_lookahead.optim._flat`), lets the multi-tensor path run the element-wise math over
     whole buffers. See :class:`NovoGrad` for the update rule.
     """
-    hyper = Hyperparameters(
+    hyper = _Hyperparameters(
         lr,
         beta1,
         beta2,
@@ -260,7 +260,7 @@ def _single_tensor_novograd(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     max_exp_avg_sqs: list[Tensor],
-    hyper: Hyperparameters,
+    hyper: _Hyperparameters,
 ) -> None:
     for index, param in enumerate(params):
         grad, exp_avg, exp_avg_sq = grads[index], exp_avgs[index], exp_avg_sqs[index]
@@ -289,7 +289,7 @@ def _multi_tensor_novograd(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     max_exp_avg_sqs: list[Tensor],
-    hyper: Hyperparameters,
+    hyper: _Hyperparameters,
 ) -> None:
     if not params:
         return
@@ -323,7 +323,7 @@ def _multi_tensor_novograd(
 
 
 def _flat_novograd(
-    params: list[Tensor], grads: list[Tensor], flat: FlatState, hyper: Hyperparameters
+    params: list[Tensor], grads: list[Tensor], flat: FlatState, hyper: _Hyperparameters
 ) -> None:
     """The multi-tensor step when the state lives in ``flat``'s buffers: the layer-wise scalars
     and the momentum decay run over whole buffers, the rest per tensor."""
