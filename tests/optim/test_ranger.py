@@ -88,7 +88,7 @@ def test_checkpoint_round_trip_resumes_bit_for_bit() -> None:
 
 
 def test_ranger_works_where_an_optimizer_class_is_expected() -> None:
-    """e.g. ZeroRedundancyOptimizer(params, optimizer_class=Ranger, lr=...) calls cls(params, **kw)."""
+    """APIs that take an optimizer class build it as cls(params, **kwargs)."""
     model = torch.nn.Linear(2, 1)
 
     def build(

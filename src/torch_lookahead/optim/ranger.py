@@ -21,11 +21,10 @@ class Ranger(Lookahead):
     .. math::
         \phi \leftarrow \phi + \alpha (\theta - \phi), \qquad \theta \leftarrow \phi .
 
-    Being a class that takes ``params`` first, it fits every API that builds an optimizer from a
-    class (Lightning's ``configure_optimizers``, the HF Trainer's ``optimizer_cls_and_kwargs``,
-    ``ZeroRedundancyOptimizer(optimizer_class=Ranger)``), and it is both a
-    ``torch.optim.Optimizer`` and a :class:`~torch_lookahead.Lookahead`: ``state_dict()`` is
-    RAdam's, with the slow weights in the per-parameter state.
+    Being a class that takes ``params`` first, it fits every API that builds an optimizer as
+    ``optimizer_class(params, **kwargs)``, and it is both a ``torch.optim.Optimizer`` and a
+    :class:`~torch_lookahead.Lookahead`: ``state_dict()`` is RAdam's, with the slow weights in
+    the per-parameter state.
 
     The defaults follow the original Ranger (Wright, 2019): ``betas=(0.95, 0.999)``,
     ``eps=1e-5``, ``k=6``, ``alpha=0.5``. The RAdam steps are torch's (rectified when
