@@ -35,3 +35,14 @@ def test_buffers_are_not_slow_weights() -> None:
     with opt.slow_weights():
         assert torch.equal(model[1].running_mean, running_mean)
     assert torch.equal(model[1].running_mean, running_mean)
+
+
+def test_public_api_exports() -> None:
+    import torch_lookahead
+
+    assert torch_lookahead.RAdam is torch.optim.RAdam
+    for name in torch_lookahead.__all__:
+        assert getattr(torch_lookahead, name) is not None
+    assert {"novograd", "adabound", "radam", "ranger", "lookahead_adamw"} <= set(
+        torch_lookahead.list_optimizers()
+    )

@@ -2,13 +2,29 @@
 
 ``Lookahead(optimizer, k=5, alpha=0.5)`` wraps any ``torch.optim.Optimizer``: after every k inner
 steps, ``slow <- slow + alpha*(fast - slow)`` and ``fast <- slow`` (Zhang et al., 2019).
+The optimizers Lookahead is usually paired with (RAdam, NovoGrad, AdaBound/AMSBound, Ranger) and a
+name registry (``create_optimizer``) come with it.
 """
 
 from torch_lookahead.lookahead import Lookahead, load_slow_parameters
+from torch_lookahead.optim import (
+    AdaBound,
+    NovoGrad,
+    RAdam,
+    Ranger,
+    create_optimizer,
+    list_optimizers,
+)
 from torch_lookahead.pullback import register_momentum_keys
 
 __all__ = [
+    "AdaBound",
     "Lookahead",
+    "NovoGrad",
+    "RAdam",
+    "Ranger",
+    "create_optimizer",
+    "list_optimizers",
     "load_slow_parameters",
     "register_momentum_keys",
 ]
