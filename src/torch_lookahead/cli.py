@@ -5,6 +5,7 @@ Needs the ``lab`` extra: ``pip install 'torch-lookahead[lab]'``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -12,6 +13,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -51,7 +53,9 @@ def _user_errors() -> Iterator[None]:
 
 
 @contextmanager
-def _progress(description: str, total: int) -> Iterator[Callable[..., None]]:
+def _progress_bars() -> Iterator[Callable[[str, int], Callable[..., None]]]:
+    """Yields ``bar(description, total)``, which adds a progress bar and returns its advance
+    callback (safe to call from another thread)."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -59,12 +63,12 @@ def _progress(description: str, total: int) -> Iterator[Callable[..., None]]:
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        task_id = progress.add_task(description, total=total)
 
-        def advance(*_: Any) -> None:
-            progress.advance(task_id)
+        def bar(description: str, total: int) -> Callable[..., None]:
+            task_id = progress.add_task(description, total=total)
+            return lambda *_: progress.advance(task_id)
 
-        yield advance
+        yield bar
 
 
 def _command_line() -> str:
@@ -138,16 +142,27 @@ def _prepare_task(task_name: str, data_dir: str | None, device: str, workers: in
 def _run(configs: Sequence[Any], out_dir: Path, workers: int | None, label: str) -> list[Any]:
     from torch_lookahead.lab.runner import run_many
 
-    unique = list(dict.fromkeys(configs))
-    with _progress(label, len(unique)) as advance:
+    with _progress_bars() as bar:
+        advance = bar(label, len(set(configs)))
         return run_many(configs, out_dir / "runs", workers=workers, on_result=advance)
 
 
-def _nqm_points(lrs: Sequence[float], k: int, alpha: float, plan: dict[str, int]) -> list[Any]:
+def _nqm_points(
+    lrs: Sequence[float], k: int, alpha: float, plan: Any, advance: Callable[..., None]
+) -> list[Any]:
+    """The NQM grid with the plan's simulation sizes."""
     from torch_lookahead.lab.nqm import NQMProblem, nqm_grid
 
-    with _progress("noisy quadratic model", len(lrs)) as advance:
-        return nqm_grid(NQMProblem.default(), lrs, k=k, alpha=alpha, on_point=advance, **plan)
+    return nqm_grid(
+        NQMProblem.default(),
+        lrs,
+        k=k,
+        alpha=alpha,
+        chains=plan.nqm_chains,
+        burn_in_steps=plan.nqm_burn_in_steps,
+        measured_steps=plan.nqm_measured_steps,
+        on_point=advance,
+    )
 
 
 def _task_results(spec: Any, title: str, **parts: Any) -> Any:
@@ -194,6 +209,8 @@ def demo(out: OutOption = None, workers: WorkersOption = None, quick: QuickOptio
     3 seeds; a learning-rate sweep; a (k, alpha) grid; the noisy-quadratic check. Prints the
     results and writes a report folder (report.md, results.json, CSV, PNG).
     """
+    import torch
+
     from torch_lookahead.lab.experiments import (
         DEMO,
         DEMO_QUICK,
@@ -201,6 +218,7 @@ def demo(out: OutOption = None, workers: WorkersOption = None, quick: QuickOptio
         k_alpha_configs,
         lr_sweep_configs,
     )
+    from torch_lookahead.lab.runner import run_many
     from torch_lookahead.lab.tasks import get_task
 
     started = time.perf_counter()
@@ -221,18 +239,18 @@ def demo(out: OutOption = None, workers: WorkersOption = None, quick: QuickOptio
     grid = k_alpha_configs(
         plan.task, plan.grid_inner, plan.grid_ks, plan.grid_alphas, plan.sweep_seeds, settings
     )
-    nqm = _nqm_points(
-        plan.nqm_lrs,
-        plan.k,
-        plan.alpha,
-        {
-            "chains": plan.nqm_chains,
-            "burn_in_steps": plan.nqm_burn_in_steps,
-            "measured_steps": plan.nqm_measured_steps,
-        },
-    )
-    results = _run(compare + sweep + grid, out_dir, workers, f"{plan.task} runs")
-    by_config = dict(zip(compare + sweep + grid, results, strict=True))
+    configs = compare + sweep + grid
+    with _progress_bars() as bar, ThreadPoolExecutor(max_workers=1) as background:
+        # The training runs go to the process pool while this process simulates the NQM.
+        advance_runs = bar(f"{plan.task} runs", len(set(configs)))
+        advance_nqm = bar("noisy quadratic model", len(plan.nqm_lrs))
+        pending = background.submit(
+            run_many, configs, out_dir / "runs", workers=workers, on_result=advance_runs
+        )
+        torch.set_num_threads(1)  # the pool's workers use the other cores
+        nqm = _nqm_points(plan.nqm_lrs, plan.k, plan.alpha, plan, advance_nqm)
+        results = pending.result()
+    by_config = dict(zip(configs, results, strict=True))
     lab = _task_results(
         task,
         "torch-lookahead demo" + (" (quick)" if quick else ""),
@@ -388,16 +406,10 @@ def nqm(
         limit = NQMProblem.default().max_stable_lr()
         if max(lrs) >= limit:
             raise ValueError(f"lr values must lie in (0, {limit:g}) for a steady state, got {lr!r}")
-        points = _nqm_points(
-            lrs,
-            k,
-            alpha,
-            {
-                "chains": plan.nqm_chains if quick else chains,
-                "burn_in_steps": plan.nqm_burn_in_steps,
-                "measured_steps": plan.nqm_measured_steps,
-            },
-        )
+        if not quick:
+            plan = dataclasses.replace(plan, nqm_chains=chains)
+        with _progress_bars() as bar:
+            points = _nqm_points(lrs, k, alpha, plan, bar("noisy quadratic model", len(lrs)))
     out_dir = _out_dir(out, "nqm")
     lab = LabResults(
         title="torch-lookahead nqm", command=_command_line(), nqm=points, nqm_k=k, nqm_alpha=alpha

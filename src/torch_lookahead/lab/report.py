@@ -271,12 +271,13 @@ def write_report(out_dir: Path, lab: LabResults) -> Path:
         ]
     if parts:
         _write_runs_csv(out_dir / "runs.csv", parts, lab.target_loss)
-        _write_curves_csv(out_dir / "curves.csv", lab.compare)
+        _write_curves_csv(out_dir / "curves.csv", lab.compare or lab.lr_sweep)
         lines += [
             "## Files",
             "",
             "`results.json` (every summary and claim), `runs.csv` (one row per run), "
-            "`curves.csv` (every evaluation of the comparison runs), and the figures.",
+            "`curves.csv` (every evaluation of the comparison runs, or of the learning-rate "
+            "sweep), and the figures.",
             "",
         ]
     (out_dir / "results.json").write_text(json.dumps(results_json, indent=1, allow_nan=True) + "\n")
