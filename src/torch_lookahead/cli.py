@@ -85,7 +85,9 @@ OutOption = Annotated[
 ]
 WorkersOption = Annotated[
     int | None,
-    typer.Option("--workers", help="Parallel runs, one torch thread each. [default: CPU count]"),
+    typer.Option(
+        "--workers", help="Parallel runs, one torch thread each. [default: CPU count]", min=1
+    ),
 ]
 QuickOption = Annotated[bool, typer.Option("--quick", help="A smoke run: few steps, few seeds.")]
 DataDirOption = Annotated[

@@ -179,11 +179,15 @@ def lr_robustness_claim(
         lookahead_mean = _grid_mean(lookahead_values)
         outcomes.append(_better_or_equal(lookahead_mean, plain_mean, higher_is_better))
         lrs = [p.setting.lr for p, _ in pairs]
+        plain_best = _best(lrs, plain_values, higher_is_better)
+        lookahead_best = _best(lrs, lookahead_values, higher_is_better)
         measured.append(
             f"{inner}: over {len(pairs)} learning rates from {fmt(min(lrs), 3)} to "
             f"{fmt(max(lrs), 3)}, the mean final {metric} was {fmt(plain_mean)} plain and "
             f"{fmt(lookahead_mean)} with Lookahead; Lookahead was as good or better at "
-            f"{wins} of {len(pairs)} learning rates."
+            f"{wins} of {len(pairs)} learning rates; the best learning rate gave "
+            f"{fmt(plain_best[1])} (lr {fmt(plain_best[0], 3)}) plain and {fmt(lookahead_best[1])} "
+            f"(lr {fmt(lookahead_best[0], 3)}) with Lookahead."
         )
     return Claim(
         key="lr_robustness",
@@ -191,6 +195,17 @@ def lr_robustness_claim(
         verdict=verdict(outcomes),
         measured=tuple(measured),
     )
+
+
+def _best(
+    lrs: Sequence[float], values: Sequence[float], higher_is_better: bool
+) -> tuple[float, float]:
+    """The (learning rate, value) with the best finite value; (nan, nan) if there is none."""
+    finite = [(v, lr) for lr, v in zip(lrs, values, strict=True) if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    value, lr = max(finite) if higher_is_better else min(finite)
+    return lr, value
 
 
 def _grid_mean(values: Sequence[float]) -> float:
