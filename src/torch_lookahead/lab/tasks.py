@@ -251,7 +251,7 @@ class CharLMTask(Task):
     headline_metric = "val_bpc"
     higher_is_better = False
     target_train_loss = 2.0
-    full = TaskSettings(steps=1000, eval_every=100, batch_size=32)
+    full = TaskSettings(steps=2000, eval_every=200, batch_size=32)
     quick = TaskSettings(steps=40, eval_every=20, batch_size=16)
     learning_rates = MappingProxyType({"sgd": 1.0, "adam": 3e-3, "adamw": 3e-3, "radam": 3e-3})
     optimizer_overrides = MappingProxyType({"sgd": MappingProxyType({"momentum": 0.0})})
