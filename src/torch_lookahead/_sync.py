@@ -38,6 +38,7 @@ CPU_BLOCK_BYTES = 256 * 1024
 # pair of kernel calls.
 CPU_UNBLOCKED_BLOCKS = 4
 
+_PLAIN_TENSOR_TYPES = frozenset({Tensor, torch.nn.Parameter})
 _dtype_of = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")
 
@@ -48,6 +49,8 @@ def local_shards(tensors: Sequence[Tensor]) -> list[Tensor]:
     In-place updates of a shard reach its DTensor. ``torch._foreach_copy_`` has no DTensor sharding
     strategy, so every kernel here runs on shards.
     """
+    if set(map(type, tensors)) <= _PLAIN_TENSOR_TYPES:  # the usual case, at C speed
+        return list(tensors)
     return [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
 
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -149,6 +149,8 @@ class Contender:
     version: str
     wrap: WrapperFactory | None
     unavailable: str | None = None
+    # The implementation's own outer step on every group, for timing the sync alone.
+    sync: Callable[[Optimizer], object] | None = None
 
 
 def _version(distribution: str) -> str:
@@ -164,7 +166,10 @@ def _ours() -> Contender:
     def wrap(inner: Optimizer, k: int, alpha: float) -> Optimizer:
         return Lookahead(inner, k=k, alpha=alpha)
 
-    return Contender("torch_lookahead", _version("torch-lookahead"), wrap)
+    def sync(optimizer: Optimizer) -> None:
+        cast(Lookahead, optimizer).sync()
+
+    return Contender("torch_lookahead", _version("torch-lookahead"), wrap, sync=sync)
 
 
 def _timm_lookahead_class() -> Any:
@@ -199,10 +204,16 @@ def _timm() -> Contender:
     def wrap(inner: Optimizer, k: int, alpha: float) -> Optimizer:
         return found(inner, alpha=alpha, k=k)  # type: ignore[no-any-return]
 
-    return Contender("timm", _version("timm"), wrap)
+    def sync(optimizer: Optimizer) -> None:
+        optimizer.sync_lookahead()  # type: ignore[attr-defined]
+
+    return Contender("timm", _version("timm"), wrap, sync=sync)
 
 
-def _peer_from_module(name: str, distribution: str, module_name: str) -> Contender:
+def _peer_from_module(
+    name: str, distribution: str, module_name: str, sync_method: str = ""
+) -> Contender:
+    """A peer whose class is ``module_name.Lookahead``; ``sync_method(group)`` is its outer step."""
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -213,7 +224,11 @@ def _peer_from_module(name: str, distribution: str, module_name: str) -> Contend
     def wrap(inner: Optimizer, k: int, alpha: float) -> Optimizer:
         return peer_class(inner, k=k, alpha=alpha)  # type: ignore[no-any-return]
 
-    return Contender(name, _version(distribution), wrap)
+    def sync(optimizer: Optimizer) -> None:
+        for group in optimizer.param_groups:
+            getattr(optimizer, sync_method)(group)
+
+    return Contender(name, _version(distribution), wrap, sync=sync if sync_method else None)
 
 
 def find_contenders() -> list[Contender]:
@@ -221,8 +236,8 @@ def find_contenders() -> list[Contender]:
     return [
         _ours(),
         _timm(),
-        _peer_from_module("pytorch_optimizer", "pytorch_optimizer", "pytorch_optimizer"),
-        _peer_from_module("torch-optimizer", "torch-optimizer", "torch_optimizer"),
+        _peer_from_module("pytorch_optimizer", "pytorch_optimizer", "pytorch_optimizer", "update"),
+        _peer_from_module("torch-optimizer", "torch-optimizer", "torch_optimizer", "_update"),
     ]
 
 
@@ -323,6 +338,16 @@ class SyncResult:
 SHIPPED_KERNEL = "sync_ (shipped)"
 
 
+def _without_grad(
+    sync: Callable[[Optimizer], object], optimizer: Optimizer
+) -> Callable[[], object]:
+    def run() -> object:
+        with torch.no_grad():
+            return sync(optimizer)
+
+    return run
+
+
 def measure_sync(
     shape: ParameterList,
     *,
@@ -332,17 +357,21 @@ def measure_sync(
     fast_dtype: torch.dtype = torch.float32,
     slow_dtype: torch.dtype = torch.float32,
     compiled: bool = False,
+    contenders: Sequence[Contender] = (),
 ) -> SyncResult:
     """Time the sync kernels against the memory floor, interleaved over ``rounds`` rounds.
 
     Kernels: the shipped ``sync_`` (foreach path), ``sync_`` with ``foreach=False`` (one tensor at a
-    time), an unblocked ``_foreach_lerp_`` + ``_foreach_copy_`` over the whole list and, with
-    ``compiled``, ``torch.compile(sync_)``. The floor is twice one ``_foreach_copy_`` of the slow
+    time), an unblocked ``_foreach_lerp_`` + ``_foreach_copy_`` over the whole list, with
+    ``compiled`` ``torch.compile(sync_)``, and the whole outer step of each contender that has one
+    (``Lookahead.sync()`` and the peers' own methods, bookkeeping included), each wrapping a
+    zero-lr SGD over the same tensors. The floor is twice one ``_foreach_copy_`` of the slow
     weights into the parameters; where their dtypes differ it is one copy of each into a spare of
     its own dtype (read both, write both, as the sync must).
     """
     device = torch.device(device)
-    fast = [p.detach() for p in make_parameters(shape.shapes, device=device, dtype=fast_dtype)]
+    params = make_parameters(shape.shapes, device=device, dtype=fast_dtype)
+    fast = [p.detach() for p in params]
     slow = [(f.to(slow_dtype) + 0.1) for f in fast]
 
     kernels: dict[str, Callable[[], object]] = {
@@ -360,6 +389,13 @@ def measure_sync(
             kernels["torch.compile(sync_)"], compile_seconds = compiled_sync(fast, slow, alpha)
         except Exception as error:  # compilation unavailable: report it, measure the rest
             compile_error = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+
+    for contender in contenders:
+        if contender.wrap is None or contender.sync is None:
+            continue
+        wrapper = contender.wrap(torch.optim.SGD(params, lr=0.0), 1 << 30, alpha)
+        wrapper.step()  # creates the slow copies where they are created lazily
+        kernels[contender.name] = _without_grad(contender.sync, wrapper)
 
     if fast_dtype == slow_dtype:
         copies_per_floor = 2.0
@@ -588,7 +624,10 @@ def format_sync(results: Sequence[SyncResult], target: float) -> list[str]:
         "",
         "Floor = 2 x one `_foreach_copy_` of the slow weights into the parameters (a sync reads fast "
         "and slow and writes both; where their dtypes differ, one copy of each). Ratios are medians "
-        "over rounds of kernel time / floor, per round.",
+        "over rounds of kernel time / floor, per round. `sync_` is the kernel alone; the columns "
+        "named after an implementation time its whole outer step (`Lookahead.sync()`, timm's "
+        "`sync_lookahead()`, pytorch_optimizer's `update(group)`, torch-optimizer's "
+        "`_update(group)`), bookkeeping included.",
         "",
         "| parameters | tensors | parameter MiB | floor ms | "
         + " | ".join(f"{name} / floor" for name in kernels)
@@ -848,7 +887,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         for shape in shapes:
             progress(f"sync: {shape.name}")
             sync_results.append(
-                measure_sync(shape, rounds=sync_rounds, alpha=alpha, compiled=compiled)
+                measure_sync(
+                    shape, rounds=sync_rounds, alpha=alpha, compiled=compiled, contenders=contenders
+                )
             )
         sections.append(format_sync(sync_results, args.target))
     if "step" in args.sections or "memory" in args.sections:
