@@ -14,6 +14,9 @@ from torch_lookahead._sync import sync_
 
 REPO = Path(__file__).resolve().parents[1]
 
+# torch.compile's own imports use a deprecated torch.jit API.
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*")
+
 
 def test_gpt2_small_parameter_list_has_the_published_size() -> None:
     shapes = bench.gpt2_parameter_shapes()
