@@ -17,8 +17,11 @@ $(VENV)/.demo-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 	$(PIP) install --quiet $(PIN) -e '.[lab]'
 	touch $@
 
+# timm's Lookahead is tested against, but timm needs torchvision, which would pull another torch:
+# its pure-Python files are enough for timm/optim/lookahead.py, so they go in without dependencies.
 $(VENV)/.dev-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 	$(PIP) install --quiet $(PIN) -e '.[dev,lab,integrations,docs]'
+	$(PIP) install --quiet --no-deps timm==1.0.31
 	touch $@
 
 $(VENV)/.docs-installed: $(VENV)/bin/python pyproject.toml constraints.txt
