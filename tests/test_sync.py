@@ -133,3 +133,25 @@ def test_cpu_sync_allocates_nothing() -> None:
     events = recorded.profiler.kineto_results.events()  # type: ignore[union-attr]
     allocated = [e.nbytes() for e in events if e.name() == "[memory]" and e.nbytes() > 0]
     assert allocated == []
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_lists_mixing_dtypes_and_mismatched_pairs(foreach: bool) -> None:
+    # fp32 and fp64 pairs (two buckets) and one bf16 parameter with an fp32 slow copy.
+    gen = torch.Generator().manual_seed(4)
+    dtypes = [
+        (torch.float32, torch.float32),
+        (torch.float64, torch.float64),
+        (torch.bfloat16, torch.float32),
+        (torch.float32, torch.float32),
+    ]
+    fast = [torch.randn(300, generator=gen).to(f) for f, _ in dtypes]
+    slow = [torch.randn(300, generator=gen).to(s) for _, s in dtypes]
+    expected = reference_sync(fast, slow, 0.25)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_sync, "CPU_BLOCK_BYTES", SMALL_BLOCK_BYTES)
+        _sync.sync_(fast, slow, 0.25, foreach=foreach)
+    for f, s, e, (fast_dtype, slow_dtype) in zip(fast, slow, expected, dtypes, strict=True):
+        assert s.dtype == slow_dtype and f.dtype == fast_dtype
+        torch.testing.assert_close(s.double(), e, rtol=1e-6, atol=1e-6)
+        assert torch.equal(f, s.to(fast_dtype))
