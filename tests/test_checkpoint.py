@@ -133,3 +133,20 @@ def test_counter_k_and_alpha_come_back_from_the_checkpoint() -> None:
     opt_b.load_state_dict(sd)
     group = opt_b.param_groups[0]
     assert (group["lookahead_k"], group["lookahead_alpha"], group["lookahead_step"]) == (4, 0.8, 3)
+
+
+def test_loading_into_an_optimizer_that_has_already_synced_uses_the_loaded_slow_weights() -> None:
+    data = batches(12)
+    model, opt = make()
+    train(model, opt, data)
+
+    model_a, opt_a = make()
+    train(model_a, opt_a, data[:6])
+    checkpoint = save_load({"model": model_a.state_dict(), "optim": opt_a.state_dict()})
+    model_b, opt_b = make(seed=5)
+    train(model_b, opt_b, batches(9, seed=11))  # has synced twice: its own slow copies exist
+    model_b.load_state_dict(checkpoint["model"])
+    opt_b.load_state_dict(checkpoint["optim"])
+    train(model_b, opt_b, data[6:])
+    for a, b in zip(model.parameters(), model_b.parameters(), strict=True):
+        assert torch.equal(a, b)

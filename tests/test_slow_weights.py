@@ -139,9 +139,15 @@ def test_reset_slow_recaptures_from_the_current_parameters() -> None:
         for p in model.parameters():
             p.add_(1.0)  # model surgery / new weights
     opt.reset_slow()
+    recaptured = snapshot(model)
     for p in model.parameters():
         assert torch.equal(opt.state[p]["lookahead_slow"], p.detach())
     assert opt.param_groups[0]["lookahead_step"] == 0
+    train(model, opt, 3)
+    fast = snapshot(model)
+    opt.sync()  # the next outer step starts from the re-captured weights
+    for p, start, end in zip(model.parameters(), recaptured, fast, strict=True):
+        torch.testing.assert_close(p.detach(), start + 0.5 * (end - start), rtol=0, atol=1e-6)
 
 
 def test_changing_k_mid_cycle_ends_the_cycle_once_it_has_the_new_k_steps() -> None:

@@ -223,6 +223,10 @@ class Lookahead(Optimizer):
         self._swap_scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         # id(group) -> (group, ids of its params, its params without a slow copy yet).
         self._uncaptured: dict[int, tuple[dict[str, Any], list[int], list[Tensor]]] = {}
+        # id(group) -> (group, ids of its params, state, its params with slow copies, the copies).
+        self._slow_pairs_cache: dict[
+            int, tuple[dict[str, Any], list[int], Any, list[Tensor], list[Tensor]]
+        ] = {}
         self._patch_step_function()
 
     # ------------------------------------------------------------------ live views of the inner
@@ -241,7 +245,7 @@ class Lookahead(Optimizer):
     @state.setter
     def state(self, value: defaultdict[Tensor, Any]) -> None:
         self.optimizer.state = value
-        self._uncaptured.clear()
+        self._forget_parameter_lists()
 
     @property  # type: ignore[override]
     def defaults(self) -> dict[str, Any]:
@@ -345,7 +349,7 @@ class Lookahead(Optimizer):
         with torch.no_grad():
             for group in self.param_groups:
                 params = group["params"]
-                ids = [id(p) for p in params] if eager else []
+                ids = list(map(id, params)) if eager else []
                 remembered = self._uncaptured.get(id(group)) if eager else None
                 if remembered is not None and remembered[0] is group and remembered[1] == ids:
                     candidates = remembered[2]
@@ -364,6 +368,8 @@ class Lookahead(Optimizer):
 
     def _store_initial_weights(self, captured: list[tuple[Tensor, Tensor]]) -> None:
         # Inserted only now, after the inner step created its own state (integration.md F2).
+        if captured:
+            self._slow_pairs_cache.clear()
         for p, slow in captured:
             param_state = self.state[p]
             param_state[SLOW_KEY] = slow
@@ -397,9 +403,34 @@ class Lookahead(Optimizer):
     def _momentum_keys(self) -> tuple[str, ...]:
         return momentum_keys_for(self.optimizer) or ()
 
-    def _synced_params(self, group: dict[str, Any]) -> list[Tensor]:
+    def _forget_parameter_lists(self) -> None:
+        """Drop the per-group lists kept between steps (after the state or the groups changed)."""
+        self._uncaptured.clear()
+        self._slow_pairs_cache.clear()
+
+    def _slow_pairs(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+        """The group's parameters that have slow copies, and those copies.
+
+        Kept between syncs (a tensor's hash is a Python call, and a sync of thousands of small
+        tensors would spend as long looking them up as computing); rebuilt when the group's
+        parameters, the state object or any slow copy changes.
+        """
         state = self.state
-        return [p for p in group["params"] if SLOW_KEY in state.get(p, ())]
+        params_now = group["params"]
+        ids = list(map(id, params_now))
+        cached = self._slow_pairs_cache.get(id(group))
+        if cached is not None and cached[0] is group and cached[1] == ids and cached[2] is state:
+            return cached[3], cached[4]
+        params: list[Tensor] = []
+        slows: list[Tensor] = []
+        for p in params_now:
+            param_state = state.get(p)
+            slow = None if param_state is None else param_state.get(SLOW_KEY)
+            if slow is not None:
+                params.append(p)
+                slows.append(slow)
+        self._slow_pairs_cache[id(group)] = (group, ids, state, params, slows)
+        return params, slows
 
     def _use_foreach(self) -> bool:
         return True if self.foreach is None else self.foreach
@@ -407,10 +438,10 @@ class Lookahead(Optimizer):
     def _sync_group(self, group: dict[str, Any]) -> None:
         """Outer step for one group: slow <- slow + alpha*(fast - slow); fast <- slow; momentum policy."""
         alpha = group.get(ALPHA_KEY, self.defaults[ALPHA_KEY])
-        params = self._synced_params(group)
+        params, slows = self._slow_pairs(group)
         state = self.state
         foreach = self._use_foreach()
-        _sync.sync_(params, [state[p][SLOW_KEY] for p in params], alpha, foreach=foreach)
+        _sync.sync_(params, slows, alpha, foreach=foreach)
         group[STEP_KEY] = 0
         if self.pullback_momentum == "none":
             return
@@ -422,9 +453,10 @@ class Lookahead(Optimizer):
                     buffer.zero_()
                 continue
             slow_key = slow_momentum_key(key)
-            slow_buffers = [
-                state[p].setdefault(slow_key, torch.zeros_like(state[p][key])) for p in with_buffer
-            ]
+            for p in with_buffer:
+                if slow_key not in state[p]:
+                    state[p][slow_key] = torch.zeros_like(state[p][key])
+            slow_buffers = [state[p][slow_key] for p in with_buffer]
             # buf <- alpha*buf + (1-alpha)*slow_buf, then slow_buf <- buf (a copy).
             _sync.lerp_(buffers, slow_buffers, 1.0 - alpha, foreach=foreach)
             for slow_buffer, buffer in zip(
@@ -453,7 +485,7 @@ class Lookahead(Optimizer):
         self._require_train_mode("reset_slow()")
         state = self.state
         for group in self.param_groups:
-            for p in self._synced_params(group):
+            for p in self._slow_pairs(group)[0]:
                 param_state = state[p]
                 param_state[SLOW_KEY] = self._new_slow_copy(p, p)
                 for key in self._momentum_keys():
@@ -461,6 +493,7 @@ class Lookahead(Optimizer):
                     if isinstance(slow_buffer, Tensor):
                         slow_buffer.zero_()
             group[STEP_KEY] = 0
+        self._slow_pairs_cache.clear()
 
     # ------------------------------------------------------------------ slow weights in eval mode
     def _require_train_mode(self, what: str) -> None:
@@ -473,8 +506,10 @@ class Lookahead(Optimizer):
     def _exchange(self, group: dict[str, Any], to_eval: bool) -> None:
         """Move the slow weights into the parameters (``to_eval``) or the fast weights back."""
         state = self.state
-        params = self._synced_params(group)
-        swapped = [p for p in params if _sync_placement_matches(p, state[p][SLOW_KEY])]
+        params, slows = self._slow_pairs(group)
+        swapped = [
+            p for p, slow in zip(params, slows, strict=True) if _sync_placement_matches(p, slow)
+        ]
         _sync.swap_(swapped, [state[p][SLOW_KEY] for p in swapped], self._swap_scratch)
         for p in params:
             if _sync_placement_matches(p, state[p][SLOW_KEY]):
@@ -587,8 +622,8 @@ class Lookahead(Optimizer):
                 state_dict = result
         saved_lookahead = self._saved_lookahead_tensors(state_dict)
         self.optimizer.load_state_dict(state_dict)
-        self._uncaptured.clear()
         self._place_loaded_slow_copies(saved_lookahead)
+        self._forget_parameter_lists()
         self._fill_group_defaults()
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
