@@ -110,3 +110,6 @@ def test_make_config_rejects_unknown_names() -> None:
         make_config("mnist", "sgd", seed=0, settings=TINY)
     with pytest.raises(ValueError, match="unknown inner optimizer 'lion'; accepted values:"):
         make_config("digits", "lion", seed=0, settings=TINY)
+    make_config("digits", "ranger", seed=0, settings=TINY)
+    with pytest.raises(ValueError, match="'ranger' cannot be wrapped in Lookahead"):
+        make_config("digits", "ranger", seed=0, settings=TINY, k=5, alpha=0.5)

@@ -1,4 +1,4 @@
-"""Tasks, models, the optimizer table and the experiment plans."""
+"""Tasks, models, the inner optimizers and the experiment plans."""
 
 from __future__ import annotations
 
@@ -118,18 +118,65 @@ def test_unknown_and_non_training_tasks() -> None:
         get_task("imagenet")
 
 
-def test_optimizer_table_builds_plain_and_lookahead() -> None:
-    assert {"sgd", "adam", "adamw", "radam"} <= set(available_inner_optimizers())
+# What the committed reports were run with: torch's classes and the lab's keyword arguments.
+LAB_MEANING = {
+    "sgd": (torch.optim.SGD, {"momentum": 0.9}),
+    "adam": (torch.optim.Adam, {}),
+    "adamw": (torch.optim.AdamW, {"weight_decay": 0.01}),
+    "radam": (torch.optim.RAdam, {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAB_MEANING))
+def test_lab_names_build_what_the_reports_ran(name: str) -> None:
+    optimizer_class, kwargs = LAB_MEANING[name]
     params = [torch.nn.Parameter(torch.zeros(3))]
-    plain = build_optimizer(params, "sgd", 0.1)
-    assert isinstance(plain, torch.optim.SGD) and plain.param_groups[0]["momentum"] == 0.9
-    wrapped = build_optimizer(params, "radam", 0.01, k=7, alpha=0.3)
-    assert isinstance(wrapped, Lookahead) and isinstance(wrapped.optimizer, torch.optim.RAdam)
+    expected = optimizer_class(params, lr=0.02, **kwargs)
+    plain = build_optimizer(params, name, 0.02)
+    assert type(plain) is optimizer_class and plain.defaults == expected.defaults
+    wrapped = build_optimizer(params, name, 0.02, k=7, alpha=0.3)
+    assert isinstance(wrapped, Lookahead) and type(wrapped.optimizer) is optimizer_class
+    inner_defaults = {
+        key: value
+        for key, value in wrapped.optimizer.defaults.items()
+        if not key.startswith("lookahead_")  # Lookahead records k and alpha there too
+    }
+    assert inner_defaults == expected.defaults
     assert wrapped.param_groups[0]["lookahead_k"] == 7
+    assert wrapped.param_groups[0]["lookahead_alpha"] == 0.3
+
+
+def test_overrides_replace_the_lab_defaults() -> None:
+    params = [torch.nn.Parameter(torch.zeros(3))]
     overridden = build_optimizer(params, "adamw", 0.01, overrides={"weight_decay": 0.5})
     assert overridden.param_groups[0]["weight_decay"] == 0.5
+    momentum_off = build_optimizer(
+        params, "sgd", 1.0, overrides=CharLMTask.optimizer_overrides["sgd"]
+    )
+    assert momentum_off.param_groups[0]["momentum"] == 0.0
     with pytest.raises(ValueError, match="k and alpha must both be given"):
         build_optimizer(params, "sgd", 0.1, k=5)
+
+
+def test_the_lab_accepts_the_registry_names_without_the_prefix() -> None:
+    names = available_inner_optimizers()
+    assert {"sgd", "momentum", "adam", "adamw", "radam", "novograd", "adabound", "ranger"} <= set(
+        names
+    )
+    assert not any(name.startswith("lookahead_") for name in names)
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    wrapped = build_optimizer(params, "novograd", 0.01, k=5, alpha=0.5)
+    assert isinstance(wrapped, Lookahead)
+    assert type(wrapped.optimizer).__name__ == "NovoGrad"
+    assert type(build_optimizer(params, "ranger", 0.01)).__name__ == "Ranger"
+    with pytest.raises(ValueError, match="'ranger' cannot be wrapped in Lookahead"):
+        build_optimizer(params, "ranger", 0.01, k=5, alpha=0.5)
+    with pytest.raises(ValueError, match="unknown inner optimizer 'lookahead_adamw'; accepted"):
+        build_optimizer(params, "lookahead_adamw", 0.01)
+    with pytest.raises(
+        ValueError, match=r"unknown inner optimizer 'lion'; accepted values: .*adamw"
+    ):
+        build_optimizer(params, "lion", 0.01)
 
 
 def test_lr_ranges_and_lists() -> None:
@@ -154,17 +201,6 @@ def test_plans() -> None:
     grid = k_alpha_configs("digits", "sgd", [5, 10], [0.5, 0.8], 2, TINY)
     assert len(grid) == 2 * (1 + 4)
     assert sum(c.k is None for c in grid) == 2
-
-
-def test_the_project_registry_extends_the_table() -> None:
-    pytest.importorskip("torch_lookahead.optim")
-    names = available_inner_optimizers()
-    assert "novograd" in names and "adabound" in names
-    assert not any(name.startswith("lookahead_") for name in names)
-    params = [torch.nn.Parameter(torch.zeros(3))]
-    wrapped = build_optimizer(params, "novograd", 0.01, k=5, alpha=0.5)
-    assert isinstance(wrapped, Lookahead)
-    assert type(wrapped.optimizer).__name__ == "NovoGrad"
 
 
 def test_a_cifar10_run_trains_resnet18_with_lookahead(tmp_path: Path) -> None:

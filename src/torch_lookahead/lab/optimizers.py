@@ -1,93 +1,59 @@
-"""One table of the inner optimizers the lab can run, and the function that builds them.
+"""The lab's inner optimizers: the project's registry, with the lab's own defaults per name.
 
-Each entry names a ``torch.optim`` class and the defaults the lab uses for it; a task supplies the
-learning rate. ``register_inner_optimizer`` adds an entry. Names that are not in the table are
-looked up in ``torch_lookahead.optim.create_optimizer`` when that registry is installed, so the
-project's own optimizers (NovoGrad, AdaBound, ...) become available without a second table.
+Every optimizer is built by :func:`torch_lookahead.optim.create_optimizer`; the lab accepts its
+names less the ``lookahead_`` variants, because the lab wraps in Lookahead itself when a run asks
+for ``k`` and ``alpha``. ``LAB_DEFAULTS`` is what the lab's names mean beyond the registry's: the
+lab's "sgd" has heavy-ball momentum 0.9 and its "adamw" weight decay 0.01.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from torch_lookahead.optim import create_optimizer, list_optimizers
+from torch_lookahead.optim.registry import LOOKAHEAD_PREFIX
+
 __all__ = [
-    "INNER_OPTIMIZERS",
-    "InnerOptimizer",
+    "LAB_DEFAULTS",
     "available_inner_optimizers",
     "build_optimizer",
-    "register_inner_optimizer",
     "validate_inner_optimizer",
 ]
 
-
-@dataclass(frozen=True)
-class InnerOptimizer:
-    """A named inner optimizer: its class (or factory) and the keyword defaults the lab passes."""
-
-    name: str
-    factory: Callable[..., Optimizer]
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    description: str = ""
-
-
-INNER_OPTIMIZERS: dict[str, InnerOptimizer] = {
-    "sgd": InnerOptimizer(
-        "sgd", torch.optim.SGD, MappingProxyType({"momentum": 0.9}), "SGD, heavy-ball momentum 0.9"
-    ),
-    "adam": InnerOptimizer("adam", torch.optim.Adam, MappingProxyType({}), "Adam"),
-    "adamw": InnerOptimizer(
-        "adamw", torch.optim.AdamW, MappingProxyType({"weight_decay": 0.01}), "AdamW, decay 0.01"
-    ),
-    "radam": InnerOptimizer("radam", torch.optim.RAdam, MappingProxyType({}), "RAdam"),
-}
-
-
-def register_inner_optimizer(entry: InnerOptimizer) -> None:
-    """Add (or replace) an entry of the lab's optimizer table."""
-    INNER_OPTIMIZERS[entry.name] = entry
-
-
-def _project_registry() -> Callable[..., Optimizer] | None:
-    """``torch_lookahead.optim.create_optimizer`` when it is installed, else None."""
-    try:
-        module = importlib.import_module("torch_lookahead.optim")
-    except ImportError:
-        return None
-    factory = getattr(module, "create_optimizer", None)
-    return factory if callable(factory) else None
-
-
-def _project_registry_names() -> list[str]:
-    """The registry's names, less its ``lookahead_`` variants (the lab does the wrapping)."""
-    try:
-        module = importlib.import_module("torch_lookahead.optim")
-    except ImportError:
-        return []
-    list_optimizers = getattr(module, "list_optimizers", None)
-    if not callable(list_optimizers):
-        return []
-    return sorted(str(n) for n in list_optimizers() if not str(n).startswith("lookahead_"))
+# Keyword arguments the lab passes before a task's overrides; the committed reports rest on them.
+LAB_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "sgd": MappingProxyType({"momentum": 0.9}),
+        "adamw": MappingProxyType({"weight_decay": 0.01}),
+    }
+)
 
 
 def available_inner_optimizers() -> list[str]:
-    """Names ``build_optimizer`` accepts: the lab's table plus the project registry's names."""
-    return sorted(set(INNER_OPTIMIZERS) | set(_project_registry_names()))
+    """Names ``build_optimizer`` accepts: the registry's, less its ``lookahead_`` variants."""
+    return [name for name in list_optimizers() if not name.startswith(LOOKAHEAD_PREFIX)]
 
 
-def validate_inner_optimizer(name: str) -> str:
-    """Return ``name`` if the lab can build it; raise a ValueError listing the accepted names."""
-    if name in INNER_OPTIMIZERS or name in _project_registry_names():
-        return name
-    accepted = ", ".join(available_inner_optimizers())
-    raise ValueError(f"unknown inner optimizer {name!r}; accepted values: {accepted}")
+def validate_inner_optimizer(name: str, *, lookahead: bool = False) -> str:
+    """Return ``name`` if the lab can build it (wrapped in Lookahead when ``lookahead``); raise a
+    ValueError listing the accepted names otherwise."""
+    accepted = available_inner_optimizers()
+    if name not in accepted:
+        raise ValueError(
+            f"unknown inner optimizer {name!r}; accepted values: {', '.join(accepted)}"
+        )
+    if lookahead and LOOKAHEAD_PREFIX + name not in list_optimizers():
+        wrappable = [n for n in accepted if LOOKAHEAD_PREFIX + n in list_optimizers()]
+        raise ValueError(
+            f"inner optimizer {name!r} cannot be wrapped in Lookahead (it already is one); "
+            f"accepted values with k and alpha: {', '.join(wrappable)}"
+        )
+    return name
 
 
 def build_optimizer(
@@ -102,27 +68,18 @@ def build_optimizer(
     """Build the inner optimizer ``inner`` with learning rate ``lr``, wrapped in Lookahead when
     ``k`` and ``alpha`` are given (``k=None`` means the plain inner optimizer).
 
-    ``overrides`` replace the table's keyword defaults (a task's weight decay, for example).
+    Keyword arguments, later ones winning: the registry's defaults for ``inner``, then
+    ``LAB_DEFAULTS[inner]``, then ``overrides`` (a task's weight decay, for example).
     """
-    validate_inner_optimizer(inner)
     if (k is None) != (alpha is None):
         raise ValueError(
             f"k and alpha must both be given or both be None, got k={k}, alpha={alpha}"
         )
-    kwargs: dict[str, Any] = {}
-    entry = INNER_OPTIMIZERS.get(inner)
-    if entry is not None:
-        kwargs.update(entry.defaults)
-        kwargs.update(overrides or {})
-        optimizer = entry.factory(params, lr=lr, **kwargs)
-    else:
-        factory = _project_registry()
-        if factory is None:  # the name came from a registry that has since disappeared
-            raise ValueError(f"unknown inner optimizer {inner!r}")
-        kwargs.update(overrides or {})
-        optimizer = factory(inner, params, lr=lr, **kwargs)
-    if k is None or alpha is None:
-        return optimizer
-    from torch_lookahead import Lookahead
-
-    return Lookahead(optimizer, k=k, alpha=alpha)
+    wrap = k is not None
+    validate_inner_optimizer(inner, lookahead=wrap)
+    kwargs = {**LAB_DEFAULTS.get(inner, {}), **(overrides or {})}
+    if wrap:
+        lookahead = {"k": k, "alpha": alpha}
+        name = LOOKAHEAD_PREFIX + inner
+        return create_optimizer(name, params, lookahead=lookahead, lr=lr, **kwargs)
+    return create_optimizer(inner, params, lr=lr, **kwargs)

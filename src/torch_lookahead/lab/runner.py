@@ -88,7 +88,7 @@ def make_config(
 ) -> RunConfig:
     """Validate the names and hyper-parameters and fill in the task's defaults."""
     task_spec = get_task(task)
-    validate_inner_optimizer(inner)
+    validate_inner_optimizer(inner, lookahead=k is not None)
     if lr is None:
         lr = task_spec.learning_rate(inner)
     if not (math.isfinite(lr) and lr > 0):
