@@ -314,11 +314,14 @@ class Lookahead(Optimizer):
         else:
             loss = self.optimizer.step(closure=self._capturing(closure, captured), **kwargs)
         self._store_initial_weights(captured)
-        with torch.no_grad():
-            for group in self.param_groups:
-                group[STEP_KEY] = group.get(STEP_KEY, 0) + 1
-                if group[STEP_KEY] >= group.get(K_KEY, self.defaults[K_KEY]):
-                    self._sync_group(group)
+        due = []
+        for group in self.param_groups:
+            group[STEP_KEY] = group.get(STEP_KEY, 0) + 1
+            if group[STEP_KEY] >= group.get(K_KEY, self.defaults[K_KEY]):
+                due.append(group)
+        if due:
+            with torch.no_grad():
+                self._sync_groups(due)
         return loss
 
     def _capturing(self, closure: Closure, captured: list[tuple[Tensor, Tensor]]) -> Closure:
@@ -435,6 +438,12 @@ class Lookahead(Optimizer):
     def _use_foreach(self) -> bool:
         return True if self.foreach is None else self.foreach
 
+    def _sync_groups(self, groups: list[dict[str, Any]]) -> None:
+        """Outer step for the groups whose cycle has ended (one call per step, so that subclasses
+        can batch what the groups share, such as communication)."""
+        for group in groups:
+            self._sync_group(group)
+
     def _sync_group(self, group: dict[str, Any]) -> None:
         """Outer step for one group: slow <- slow + alpha*(fast - slow); fast <- slow; momentum policy."""
         alpha = group.get(ALPHA_KEY, self.defaults[ALPHA_KEY])
@@ -472,8 +481,7 @@ class Lookahead(Optimizer):
         to end training on a sync before a final evaluation or export.
         """
         self._require_train_mode("sync()")
-        for group in self.param_groups:
-            self._sync_group(group)
+        self._sync_groups(self.param_groups)
 
     @torch.no_grad()
     def reset_slow(self) -> None:

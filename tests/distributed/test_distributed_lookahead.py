@@ -217,7 +217,7 @@ def check_errors(rank: int, world_size: int) -> None:
             opt.zero_grad()
     with pytest.raises(
         ValueError,
-        match=r"parameters \[2, 3\] of a parameter group have been updated on some ranks",
+        match=r"parameters \[2, 3\] \(counted across the synced parameter groups\) have been updated on some ranks",
     ):
         opt.step()
 
@@ -372,3 +372,32 @@ def check_float32_slow_state_of_bfloat16_model(rank: int, world_size: int) -> No
 
 def test_float32_slow_state_of_a_bfloat16_model(cluster: Cluster) -> None:
     cluster.run(check_float32_slow_state_of_bfloat16_model)
+
+
+def check_one_weight_all_reduce_per_sync(rank: int, world_size: int) -> None:
+    model = _tiny_model(seed=rank)
+    params = list(model.parameters())
+    inner = torch.optim.SGD(
+        [{"params": params[:2]}, {"params": params[2:], "lr": 0.05}], lr=0.1, momentum=0.9
+    )
+    opt = DistributedLookahead(inner, k=2, alpha=0.5)
+    sizes: list[int] = []
+    original = dist.all_reduce
+
+    def counting_all_reduce(tensor, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(tensor.numel())
+        return original(tensor, *args, **kwargs)
+
+    dist.all_reduce = counting_all_reduce
+    try:
+        _train_step(model, opt, rank, 0)
+        assert sizes == []  # no communication between syncs
+        _train_step(model, opt, rank, 1)  # both groups sync at this step
+    finally:
+        dist.all_reduce = original
+    # one all-reduce of every group's weights together, one of the per-parameter update check
+    assert sorted(sizes) == sorted([len(params), sum(p.numel() for p in params)])
+
+
+def test_all_groups_share_one_all_reduce_per_sync(cluster: Cluster) -> None:
+    cluster.run(check_one_weight_all_reduce_per_sync)

@@ -167,49 +167,63 @@ class DistributedLookahead(Lookahead):
             for p, _ in captured:
                 state[p][OUTER_MOMENTUM_KEY] = torch.zeros_like(state[p][SLOW_KEY])
 
-    def _sync_group(self, group: dict[str, Any]) -> None:
-        """Average the fast weights over the ranks, then take the outer step of this class."""
-        params = self._replicated_params(group)
-        self.bytes_all_reduced += average_(params, self.process_group)
-        if self.outer_momentum > 0.0:
-            state = self.state
-            momentum_outer_step_(
-                params,
-                [state[p][SLOW_KEY] for p in params],
-                [
-                    state[p].setdefault(OUTER_MOMENTUM_KEY, torch.zeros_like(state[p][SLOW_KEY]))
-                    for p in params
-                ],
-                alpha=group.get(ALPHA_KEY, self.defaults[ALPHA_KEY]),
-                outer_momentum=self.outer_momentum,
-                nesterov=self.nesterov,
-                foreach=self._use_foreach(),
-            )
-        # With mu = 0 this is Lookahead's own sync on the averaged weights. With mu > 0 the fast
-        # weights already equal the slow ones, so its lerp and copy change nothing (lerp between
-        # equal tensors is exact) and it only restarts the cycle and applies pullback_momentum.
-        super()._sync_group(group)
-
-    def _replicated_params(self, group: dict[str, Any]) -> list[Tensor]:
-        """The group's parameters with a slow copy, after checking all ranks have the same ones."""
-        params: list[Tensor] = list(group["params"])
-        if not params:
-            return []
+    def _sync_groups(self, groups: list[dict[str, Any]]) -> None:
+        """Average the due groups' fast weights over the ranks in one bucketed all-reduce, then
+        take each group's outer step."""
+        params_per_group = self._replicated_params(groups)
+        self.bytes_all_reduced += average_(
+            list(chain.from_iterable(params_per_group)), self.process_group
+        )
         state = self.state
-        has_slow = [SLOW_KEY in state.get(p, ()) for p in params]
-        counts = torch.tensor(has_slow, dtype=torch.int32, device=params[0].device)
+        for group, params in zip(groups, params_per_group, strict=True):
+            if self.outer_momentum > 0.0:
+                for p in params:
+                    if OUTER_MOMENTUM_KEY not in state[p]:
+                        state[p][OUTER_MOMENTUM_KEY] = torch.zeros_like(state[p][SLOW_KEY])
+                momentum_outer_step_(
+                    params,
+                    [state[p][SLOW_KEY] for p in params],
+                    [state[p][OUTER_MOMENTUM_KEY] for p in params],
+                    alpha=group.get(ALPHA_KEY, self.defaults[ALPHA_KEY]),
+                    outer_momentum=self.outer_momentum,
+                    nesterov=self.nesterov,
+                    foreach=self._use_foreach(),
+                )
+            # With mu = 0 this is Lookahead's own sync on the averaged weights. With mu > 0 the
+            # fast weights already equal the slow ones, so its lerp and copy change nothing (lerp
+            # between equal tensors is exact) and it only restarts the cycle and applies
+            # pullback_momentum.
+            self._sync_group(group)
+
+    def _replicated_params(self, groups: list[dict[str, Any]]) -> list[list[Tensor]]:
+        """Each group's parameters with a slow copy, after checking all ranks have the same ones
+        (one small all-reduce for all the groups)."""
+        state = self.state
+        all_params: list[Tensor] = list(chain.from_iterable(g["params"] for g in groups))
+        if not all_params:
+            return [[] for _ in groups]
+        has_slow = [SLOW_KEY in state.get(p, ()) for p in all_params]
+        counts = torch.tensor(has_slow, dtype=torch.int32, device=all_params[0].device)
         dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=self.process_group)
         self.bytes_all_reduced += counts.numel() * counts.element_size()
         world_size = dist.get_world_size(self.process_group)
         partial = [i for i, count in enumerate(counts.tolist()) if 0 < count < world_size]
         if partial:
             raise ValueError(
-                f"parameters {partial[:10]} of a parameter group have been updated on some ranks but "
-                "not on others, so their replicas would diverge. Every rank must update the same "
-                "parameters: make unused parameters take part in the loss (e.g. + 0 * p.sum()) or "
-                "put them in a group of their own that all ranks leave unused"
+                f"parameters {partial[:10]} (counted across the synced parameter groups) have been "
+                "updated on some ranks but not on others, so their replicas would diverge. Every "
+                "rank must update the same parameters: make unused parameters take part in the "
+                "loss (e.g. + 0 * p.sum()) or put them in a group of their own that all ranks "
+                "leave unused"
             )
-        return [p for p, slow in zip(params, has_slow, strict=True) if slow]
+        selected: list[list[Tensor]] = []
+        start = 0
+        for group in groups:
+            size = len(group["params"])
+            flags = has_slow[start : start + size]
+            selected.append([p for p, slow in zip(group["params"], flags, strict=True) if slow])
+            start += size
+        return selected
 
     def _refuse_ddp(self) -> None:
         params = [p for group in self.param_groups for p in group["params"]]
@@ -227,8 +241,10 @@ class DistributedLookahead(Lookahead):
     def reset_slow(self) -> None:
         """Average the parameters over the ranks and restart the slow weights (and momentum) there."""
         self._require_train_mode("reset_slow()")
-        for group in self.param_groups:
-            self.bytes_all_reduced += average_(self._replicated_params(group), self.process_group)
+        replicated = self._replicated_params(self.param_groups)
+        self.bytes_all_reduced += average_(
+            list(chain.from_iterable(replicated)), self.process_group
+        )
         super().reset_slow()
         for param_state in self.state.values():
             buffer = param_state.get(OUTER_MOMENTUM_KEY)
