@@ -30,6 +30,7 @@ $(VENV)/.docs-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 
 $(VENV)/.bench-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 	$(PIP) install --quiet $(PIN) -e '.[bench]'
+	$(PIP) install --quiet --no-deps timm==1.0.31
 	touch $@
 
 demo: $(VENV)/.demo-installed
