@@ -336,6 +336,8 @@ class SyncResult:
 
 
 SHIPPED_KERNEL = "sync_ (shipped)"
+# Written before every timed sync run to flush the caches (larger than any L3 or GPU L2 cache).
+CACHE_EVICTION_BYTES = 256 << 20
 
 
 def _without_grad(
@@ -415,10 +417,15 @@ def measure_sync(
     runs: dict[str, Callable[[], object]] = {"copy": copy, **kernels}
     for run in runs.values():  # warm-up: first-touch page faults, lazy initialisation
         run()
+    # Every timed run starts with cold caches: otherwise the kernels that work on the benchmark's
+    # own (fast, slow) lists find them in the cache after each other (a list of 2,000 small tensors
+    # nearly fits in L3), while each implementation's own slow copies come from memory.
+    evict = torch.empty(CACHE_EVICTION_BYTES // 4, dtype=torch.float32, device=device)
     samples: dict[str, list[float]] = {name: [] for name in names}
     ratios: dict[str, list[float]] = {name: [] for name in kernels}
     for round_index in range(rounds):
         for name in _rotated(names, round_index):
+            evict.fill_(float(round_index))
             samples[name].append(_seconds(runs[name], device))
         for name in kernels:
             ratios[name].append(samples[name][-1] / (copies_per_floor * samples["copy"][-1]))
