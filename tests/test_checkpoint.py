@@ -38,6 +38,18 @@ def save_load(obj):
     return torch.load(buffer, weights_only=True)
 
 
+def checkpoint_after(data) -> dict:
+    """Model and optimizer state after training a fresh pair on ``data``, through torch.save/load."""
+    model, opt = make()
+    train(model, opt, data)
+    return save_load({"model": model.state_dict(), "optim": opt.state_dict()})
+
+
+def assert_same_weights(model_a, model_b) -> None:
+    for a, b in zip(model_a.parameters(), model_b.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_state_dict_is_the_standard_format() -> None:
     model, opt = make()
     train(model, opt, batches(3))
@@ -55,15 +67,12 @@ def test_resume_is_bit_for_bit_at_every_phase_of_the_cycle(split: int) -> None:
     model, opt = make()
     train(model, opt, data)
 
-    model_a, opt_a = make()
-    train(model_a, opt_a, data[:split])
-    checkpoint = save_load({"model": model_a.state_dict(), "optim": opt_a.state_dict()})
+    checkpoint = checkpoint_after(data[:split])
     model_b, opt_b = make(seed=123)  # freshly built, different initial weights
     model_b.load_state_dict(checkpoint["model"])
     opt_b.load_state_dict(checkpoint["optim"])
     train(model_b, opt_b, data[split:])
-    for a, b in zip(model.parameters(), model_b.parameters(), strict=True):
-        assert torch.equal(a, b)
+    assert_same_weights(model, model_b)
     for p, q in zip(model.parameters(), model_b.parameters(), strict=True):
         assert torch.equal(opt.state[p]["lookahead_slow"], opt_b.state[q]["lookahead_slow"])
 
@@ -72,15 +81,12 @@ def test_optimizer_built_before_the_model_weights_are_loaded_resumes_exactly() -
     data = batches(9)
     model, opt = make()
     train(model, opt, data)
-    model_a, opt_a = make()
-    train(model_a, opt_a, data[:6])
-    checkpoint = save_load({"model": model_a.state_dict(), "optim": opt_a.state_dict()})
+    checkpoint = checkpoint_after(data[:6])
     model_b, opt_b = make(seed=99)
     opt_b.load_state_dict(checkpoint["optim"])  # optimizer first, then the model
     model_b.load_state_dict(checkpoint["model"])
     train(model_b, opt_b, data[6:])
-    for a, b in zip(model.parameters(), model_b.parameters(), strict=True):
-        assert torch.equal(a, b)
+    assert_same_weights(model, model_b)
 
 
 def test_plain_inner_checkpoint_loads_and_starts_slow_weights_from_current_weights() -> None:
@@ -140,13 +146,10 @@ def test_loading_into_an_optimizer_that_has_already_synced_uses_the_loaded_slow_
     model, opt = make()
     train(model, opt, data)
 
-    model_a, opt_a = make()
-    train(model_a, opt_a, data[:6])
-    checkpoint = save_load({"model": model_a.state_dict(), "optim": opt_a.state_dict()})
+    checkpoint = checkpoint_after(data[:6])
     model_b, opt_b = make(seed=5)
     train(model_b, opt_b, batches(9, seed=11))  # has synced twice: its own slow copies exist
     model_b.load_state_dict(checkpoint["model"])
     opt_b.load_state_dict(checkpoint["optim"])
     train(model_b, opt_b, data[6:])
-    for a, b in zip(model.parameters(), model_b.parameters(), strict=True):
-        assert torch.equal(a, b)
+    assert_same_weights(model, model_b)
