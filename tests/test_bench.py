@@ -54,7 +54,7 @@ def test_missing_peer_is_reported_not_raised() -> None:
         shape, "SGD momentum (foreach)", [missing], rounds=1, cycles=1, k=2
     )
     assert result.unavailable == {"nobody": "not installed"}
-    assert set(result.seconds) == {bench.INNER_ALONE}
+    assert set(result.seconds) == {bench.INNER_ALONE, bench.CONTROL}
     table = "\n".join(bench.format_steps([result], [missing], k=2))
     assert "| not installed |" in table
 
@@ -63,8 +63,23 @@ def test_step_ratios_are_relative_to_the_inner_optimizer() -> None:
     ours = bench.find_contenders()[0]
     shape = bench.ParameterList("3 x 100", ((100,),) * 3)
     result = bench.measure_steps(shape, "AdamW (fused)", [ours], rounds=2, cycles=1, k=3)
-    assert set(result.ratios) == {ours.name}
+    assert set(result.ratios) == {ours.name, bench.CONTROL}
     assert result.ratios[ours.name] > 0 and result.seconds[bench.INNER_ALONE] > 0
+
+
+def test_step_verdict_separates_losses_within_the_controls_noise() -> None:
+    ours, peer = bench.Contender("ours", "1", None), bench.Contender("peer", "2", None)
+    shape = bench.ParameterList("1 x 1", ((1,),))
+
+    def row(ours_ratio: float, peer_ratio: float, control: float) -> bench.StepResult:
+        ratios = {"ours": ours_ratio, "peer": peer_ratio, bench.CONTROL: control}
+        return bench.StepResult(shape, "SGD", {bench.INNER_ALONE: 1.0}, ratios, {})
+
+    rows = [row(1.10, 1.20, 1.01), row(1.12, 1.10, 0.97), row(1.20, 1.10, 1.02)]
+    table = "\n".join(bench.format_steps(rows, [ours, peer], k=5))
+    # The first row is a win; the second a loss by 0.02 with noise 0.03; the third by 0.10 > 0.02.
+    assert "**1 of 3** comparisons; 1 of the other 2 by no more than" in table
+    assert "| **1.100** | 1.200 | 1.010 |" in table
 
 
 @pytest.mark.parametrize("inner_name", list(bench.INNER_OPTIMIZERS))
@@ -188,3 +203,27 @@ def test_lookahead_contender_is_this_package() -> None:
     ours = bench.find_contenders()[0]
     inner = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
     assert ours.wrap is not None and isinstance(ours.wrap(inner, 5, 0.5), Lookahead)
+
+
+def test_whole_syncs_are_divided_by_the_floor_on_their_own_slow_copies() -> None:
+    shape = bench.ParameterList("3 x 40", ((40,),) * 3)
+    contenders = [c for c in bench.find_contenders() if c.wrap is not None]
+    result = bench.measure_sync(shape, rounds=2, contenders=contenders)
+    # Every installed implementation's slow copies are found (timm's only after its first sync).
+    assert set(result.own_floor_seconds) == {c.name for c in contenders}
+    assert all(seconds > 0 for seconds in result.own_floor_seconds.values())
+    report = "\n".join(bench.format_sync([result], target=1.15))
+    assert "Floors on each implementation's own slow copies" in report
+    assert "for the whole `Lookahead.sync()`" in report
+
+
+def test_own_slow_copies_are_the_state_tensors_not_the_parameters() -> None:
+    params = bench.make_parameters([(4,), (2, 3)])
+    optimizer = Lookahead(torch.optim.SGD(params, lr=0.0), k=1 << 30)
+    assert bench.own_slow_copies(optimizer, params) is None  # no step yet: no slow copies
+    optimizer.step()
+    found = bench.own_slow_copies(optimizer, params)
+    assert found is not None
+    for p, slow in zip(params, found, strict=True):
+        assert slow is optimizer.state[p]["lookahead_slow"]
+        assert slow.data_ptr() != p.data_ptr()
