@@ -38,6 +38,7 @@ from torch_lookahead.optim import AdaBound, NovoGrad
 PROBLEMS: list[tuple[int, int]] = [(200, 100_000), (2_000, 1_000)]  # (tensors, floats each)
 OURS = "torch-lookahead"
 FLOOR = "(reference) memory floor"
+COMPILED = f"{OURS} (torch.compile of the step)"
 DOCS_MARKERS = ("<!-- bench:optimizers:start -->", "<!-- bench:optimizers:end -->")
 
 
@@ -112,15 +113,30 @@ def contenders(algorithm: str) -> list[Contender]:
     raise ValueError(f"unknown algorithm {algorithm!r}")
 
 
+def compiled_contender(algorithm: str) -> Contender:
+    """torch-lookahead's step compiled whole by ``torch.compile`` (inductor): the single-tensor
+    update traced for every parameter, fused as far as the compiler fuses it. Compiling happens
+    in the first warm-up step and takes minutes on the CPU."""
+    ours = contenders(algorithm)[0]
+
+    def build(params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        optimizer = ours.build(params)
+        optimizer.step = torch.compile(optimizer.step)  # type: ignore[method-assign]
+        return optimizer
+
+    return Contender(COMPILED, build)
+
+
 def time_problem(
-    algorithm: str, n_tensors: int, numel: int, repeats: int, warmup: int
+    algorithm: str, n_tensors: int, numel: int, repeats: int, warmup: int, compiled: bool = False
 ) -> dict[str, list[float]]:
     """Milliseconds of each contender's step, interleaved over ``repeats`` repetitions."""
     generator = torch.Generator().manual_seed(0)
     initial = [torch.randn(numel, generator=generator) for _ in range(n_tensors)]
     gradients = [torch.randn(numel, generator=generator) for _ in range(n_tensors)]
     runs = []
-    for contender in contenders(algorithm):
+    every = contenders(algorithm) + ([compiled_contender(algorithm)] if compiled else [])
+    for contender in every:
         params = [torch.nn.Parameter(t.clone()) for t in initial]
         for p, g in zip(params, gradients, strict=True):
             p.grad = g.clone()
@@ -152,8 +168,7 @@ def render(
     lines = [
         "# One optimizer step on CPU: torch-lookahead vs pytorch_optimizer and torch-optimizer",
         "",
-        f"Produced by `benchmarks/bench_optimizers.py --repeats {args.repeats} --threads "
-        f"{args.threads}` on {datetime.date.today().isoformat()}: torch {torch.__version__}, "
+        f"Produced by `benchmarks/bench_optimizers.py {args.flags}` on {datetime.date.today().isoformat()}: torch {torch.__version__}, "
         f"pytorch_optimizer {_version('pytorch_optimizer')}, torch-optimizer "
         f"{_version('torch-optimizer')}, Python {platform.python_version()}, "
         f"{platform.processor() or platform.machine()} with {os.cpu_count()} cores, "
@@ -211,17 +226,38 @@ def main() -> None:
         "--docs",
         type=Path,
         default=Path(__file__).parents[1] / "docs" / "optimizers.md",
-        help="docs page whose benchmark block gets the summary table (with --output)",
+        help="docs page whose benchmark block gets the summary table (with --output; '-': none)",
+    )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also time torch-lookahead's step compiled by torch.compile (minutes of compiling)",
+    )
+    parser.add_argument(
+        "--problem",
+        action="append",
+        choices=[f"{n}x{numel}" for n, numel in PROBLEMS],
+        help="only this problem (tensors x floats; repeatable; default: all)",
     )
     args = parser.parse_args()
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1, --warmup >= 0")
+    args.flags = " ".join(
+        [f"--repeats {args.repeats}", f"--threads {args.threads}"]
+        + (["--compiled"] if args.compiled else [])
+        + [f"--problem {problem}" for problem in args.problem or []]
+    )
+    problems = [
+        (n, numel) for n, numel in PROBLEMS if not args.problem or f"{n}x{numel}" in args.problem
+    ]
     torch.set_num_threads(args.threads)
     args.load_average = os.getloadavg()[0]  # other processes share the CPU: say how busy it was
     results = []
     for algorithm in ("NovoGrad", "AdaBound"):
-        for n_tensors, numel in PROBLEMS:
-            timings = time_problem(algorithm, n_tensors, numel, args.repeats, args.warmup)
+        for n_tensors, numel in problems:
+            timings = time_problem(
+                algorithm, n_tensors, numel, args.repeats, args.warmup, args.compiled
+            )
             results.append((algorithm, n_tensors, numel, timings))
             print(
                 f"{algorithm} {n_tensors} x {numel}: "
@@ -233,7 +269,8 @@ def main() -> None:
     if str(args.output) != "-":
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
-        update_docs(args.docs, summary)
+        if str(args.docs) != "-":
+            update_docs(args.docs, summary)
 
 
 def update_docs(page: Path, summary: str) -> None:
