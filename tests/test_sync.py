@@ -155,3 +155,28 @@ def test_lists_mixing_dtypes_and_mismatched_pairs(foreach: bool) -> None:
         assert s.dtype == slow_dtype and f.dtype == fast_dtype
         torch.testing.assert_close(s.double(), e, rtol=1e-6, atol=1e-6)
         assert torch.equal(f, s.to(fast_dtype))
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_sync_of_parameters_is_seen_by_autograd(foreach: bool) -> None:
+    """The kernels run below the autograd layer, yet still advance the version counters: a graph
+    that saved a parameter before a sync refuses to backpropagate through the changed value."""
+    params = [torch.nn.Parameter(torch.randn(5)) for _ in range(8)]
+    slow = [p.detach() + 1.0 for p in params]
+    versions = [p._version for p in params]
+    loss = sum((p * p).sum() for p in params)
+    with torch.no_grad():
+        _sync.sync_(params, slow, 0.5, foreach=foreach)
+    assert all(p._version > v for p, v in zip(params, versions, strict=True))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()  # type: ignore[union-attr]
+    # And the kernels do not leave parameters needing no grad, nor record a graph.
+    assert all(p.requires_grad and p.grad_fn is None for p in params)
+
+
+def test_sync_enters_no_grad_itself() -> None:
+    params = [torch.nn.Parameter(torch.randn(4)) for _ in range(3)]
+    slow = [p.detach().clone() for p in params]
+    _sync.sync_(params, slow, 0.25, foreach=True)  # called with grad mode on: still a plain update
+    assert all(p.grad_fn is None and s.grad_fn is None for p, s in zip(params, slow, strict=True))
+    assert all(torch.equal(p.detach(), s) for p, s in zip(params, slow, strict=True))
