@@ -13,12 +13,12 @@ at a time with a temporary in the slow copy's precision on the parameter's devic
 The memory floor of a sync is four passes over the weights (read fast and slow, write both); a lerp
 followed by a copy makes five. On the CPU the sync therefore runs block by block, each block about
 ``CPU_BLOCK_BYTES`` of parameters (longer tensors are cut into views of that length), so that the
-copy reads what the lerp has just written from cache, not from memory: measured at 0.85-0.91 of
-the floor where whole-list foreach calls take 0.95-0.99 (``benchmarks/results/sync.md``, where the
-floor is twice one copy of the same bytes; up to 1.08 against 1.40 on a busy machine). Blocking changes only the order of the same
-element-wise operations, never a result. Accelerators keep whole
-buckets (their foreach kernels tile on their own), and so does ``torch.compile``, whose generated
-code fuses the lerp and the copy into one loop.
+copy reads what the lerp has just written from cache, not from memory: measured at 0.85-1.00 of
+the floor where whole-list foreach calls take 1.00-1.10 (``benchmarks/results/sync.md``, where the
+floor is twice one copy of the same bytes). Blocking changes only the order of the same
+element-wise operations, never a result. Accelerators keep whole buckets (their foreach kernels
+tile on their own), and so does ``torch.compile``, whose generated code fuses the lerp and the
+copy into one loop.
 """
 
 from __future__ import annotations
