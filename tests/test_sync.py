@@ -158,15 +158,19 @@ def test_lists_mixing_dtypes_and_mismatched_pairs(foreach: bool) -> None:
 
 
 @pytest.mark.parametrize("foreach", [True, False])
-def test_sync_of_parameters_is_seen_by_autograd(foreach: bool) -> None:
-    """The kernels run below the autograd layer, yet still advance the version counters: a graph
-    that saved a parameter before a sync refuses to backpropagate through the changed value."""
-    params = [torch.nn.Parameter(torch.randn(5)) for _ in range(8)]
+@pytest.mark.parametrize("numel", [5, 300])  # 300 floats: cut into views of 64 (small blocks)
+def test_sync_of_parameters_is_seen_by_autograd(foreach: bool, numel: int) -> None:
+    """The kernels run below the autograd layer, yet still advance the version counters (also
+    through the views that cut long tensors into blocks): a graph that saved a parameter before a
+    sync refuses to backpropagate through the changed value."""
+    params = [torch.nn.Parameter(torch.randn(numel)) for _ in range(8)]
     slow = [p.detach() + 1.0 for p in params]
     versions = [p._version for p in params]
     loss = sum((p * p).sum() for p in params)
-    with torch.no_grad():
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_sync, "CPU_BLOCK_BYTES", SMALL_BLOCK_BYTES)
         _sync.sync_(params, slow, 0.5, foreach=foreach)
+    assert all(torch.equal(p.detach(), s) for p, s in zip(params, slow, strict=True))
     assert all(p._version > v for p, v in zip(params, versions, strict=True))
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()  # type: ignore[union-attr]
