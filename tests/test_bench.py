@@ -227,3 +227,17 @@ def test_own_slow_copies_are_the_state_tensors_not_the_parameters() -> None:
     for p, slow in zip(params, found, strict=True):
         assert slow is optimizer.state[p]["lookahead_slow"]
         assert slow.data_ptr() != p.data_ptr()
+
+
+def test_sync_overheads_script_reports_every_run(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "bench_sync_overheads", REPO / "benchmarks" / "bench_sync_overheads.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    output = tmp_path / "overheads.md"
+    assert module.main(["--shape", "1", "--rounds", "1", "--output", str(output)]) == 0
+    rows = [line for line in output.read_text().splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 6
+    assert f"| {module.OWN_FLOOR} |" in "\n".join(rows) and rows[1].endswith("| 1.000 |")
