@@ -463,8 +463,7 @@ def measure_sync(
             continue
 
         def own_copy(own: list[Tensor] = own) -> None:
-            torch._foreach_copy_(fast, own)
-            torch._foreach_copy_(fast, own)
+            torch._foreach_copy_(fast, own)  # timed alone and doubled, as the shared floor is
 
         floor_of[name] = f"floor ({name})"
         runs[floor_of[name]] = own_copy
@@ -481,10 +480,9 @@ def measure_sync(
             evict.fill_(float(round_index))
             samples[name].append(_seconds(runs[name], device))
         for name in kernels:
-            floor = copies_per_floor * samples["copy"][-1]
-            if floor_of[name] != "copy":
-                floor = samples[floor_of[name]][-1]  # two copies of the same dtype
-            ratios[name].append(samples[name][-1] / floor)
+            # An own floor is one copy of the same dtype: doubled, as two copies make a floor.
+            per_floor = copies_per_floor if floor_of[name] == "copy" else 2.0
+            ratios[name].append(samples[name][-1] / (per_floor * samples[floor_of[name]][-1]))
     return SyncResult(
         shape=shape,
         parameter_bytes=sum(f.numel() * f.element_size() for f in fast),
@@ -494,7 +492,7 @@ def measure_sync(
         compile_seconds=compile_seconds,
         compile_error=compile_error,
         own_floor_seconds={
-            name: statistics.median(samples[floor])
+            name: 2.0 * statistics.median(samples[floor])
             for name, floor in floor_of.items()
             if floor != "copy"
         },
