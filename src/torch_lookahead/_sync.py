@@ -149,8 +149,9 @@ def _below_autograd() -> contextlib.AbstractContextManager[object]:
     Under ``no_grad`` the autograd kernel of an in-place op has nothing to record, yet for a
     parameter (a tensor that requires grad) it still reads the tensor's autograd metadata: with
     thousands of small parameters whose metadata has left the cache since the last sync, that
-    alone cost about 4% of a sync (2,000 x 2,500 floats, cold caches). Falls back to doing
-    nothing where torch lacks the guard.
+    alone cost 6% of a sync (2,000 x 2,500 floats, cold caches:
+    ``benchmarks/results/sync-overheads.md``). Falls back to doing nothing where torch lacks the
+    guard.
     """
     guard = getattr(torch._C, "_AutoDispatchBelowAutograd", None)
     return contextlib.nullcontext() if guard is None else guard()
