@@ -31,6 +31,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from torch_lookahead._compiled_sync import sync_long_tensors_
+
 __all__ = ["CPU_BLOCK_BYTES", "lerp_", "local_shards", "swap_", "sync_"]
 
 # Bytes of parameters per block of the CPU sync: fast + slow blocks (2x this) fit in a 1 MiB L2
@@ -98,7 +100,14 @@ def _buckets(
     return buckets, mismatched
 
 
-def sync_(fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, *, foreach: bool) -> None:
+def sync_(
+    fast: Sequence[Tensor],
+    slow: Sequence[Tensor],
+    alpha: float,
+    *,
+    foreach: bool,
+    compiled: bool = False,
+) -> None:
     """Outer Lookahead step, in place: ``slow <- slow + alpha*(fast - slow); fast <- slow``.
 
     Args:
@@ -106,12 +115,24 @@ def sync_(fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, *, forea
         slow: their slow copies, same shapes; device and dtype may differ from ``fast``.
         alpha: the slow-weights step size in [0, 1].
         foreach: use the vectorised ``torch._foreach_*`` kernels for matched pairs.
+        compiled: sync long float32/float64 CPU tensors with the kernel ``torch.compile``
+            generates (``_compiled_sync``), bit-identical to the eager one; the eager kernel
+            wherever that kernel is unavailable.
     """
     if not fast:
         return
     fast_local, slow_local = local_shards(fast), local_shards(slow)
     buckets, mismatched = _buckets(fast_local, slow_local)
     blocked = not torch.compiler.is_compiling()
+    if compiled and blocked:
+        with torch.no_grad():  # generated code goes through the autograd layer: not below it
+            buckets = [
+                sync_long_tensors_(bucket_fast, bucket_slow, alpha)
+                if bucket_fast[0].device.type == "cpu"
+                else (bucket_fast, bucket_slow)
+                for bucket_fast, bucket_slow in buckets
+            ]
+        buckets = [bucket for bucket in buckets if bucket[0]]
     with torch.no_grad(), _below_autograd() if blocked else contextlib.nullcontext():
         for bucket_fast, bucket_slow in buckets:
             on_cpu = blocked and bucket_fast[0].device.type == "cpu"

@@ -90,6 +90,7 @@ class DistributedLookahead(Lookahead):
         slow_dtype: as for :class:`~torch_lookahead.Lookahead`.
         slow_device: as for :class:`~torch_lookahead.Lookahead`.
         foreach: as for :class:`~torch_lookahead.Lookahead`.
+        compiled_sync: as for :class:`~torch_lookahead.Lookahead`.
 
     ``bytes_all_reduced`` counts the bytes this rank has all-reduced (a per-process statistic,
     not checkpointed). Save and resume with :class:`DistributedLookaheadState` and
@@ -119,6 +120,7 @@ class DistributedLookahead(Lookahead):
         slow_dtype: torch.dtype | None = None,
         slow_device: str | torch.device | None = None,
         foreach: bool | None = None,
+        compiled_sync: bool = False,
     ) -> None:
         momentum = _validate_outer_momentum(outer_momentum)
         if not isinstance(nesterov, bool):
@@ -134,6 +136,7 @@ class DistributedLookahead(Lookahead):
             slow_dtype=slow_dtype,
             slow_device=slow_device,
             foreach=foreach,
+            compiled_sync=compiled_sync,
         )
         self.outer_momentum = momentum
         self.nesterov = nesterov
