@@ -133,10 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---:|",
         *(f"| {name} | {ms:.3f} | {ratio:.3f} |" for name, (ms, ratio) in results.items()),
     ]
-    report = "\n".join(lines) + "\n"
-    print(report, end="")
-    if args.output is not None:
-        args.output.write_text(report)
+    bench.emit_report(lines, args.output)
     return 0
 
 

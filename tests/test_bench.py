@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import platform
 import sys
 from pathlib import Path
 
@@ -28,13 +29,15 @@ def test_quick_run_writes_every_section_and_every_contender(tmp_path: Path) -> N
     report_path = tmp_path / "report.md"
     docs_path = tmp_path / "page.md"
     docs_path.write_text(f"# Page\n\n{bench.DOCS_BLOCK_START}\nold\n{bench.DOCS_BLOCK_END}\ntail\n")
-    status = bench.main(
-        ["--quick", "--rounds", "1", "--output", str(report_path), "--docs", str(docs_path)]
-    )
+    argv = ["--quick", "--rounds", "1", "--compiled", "--heap", "system"]
+    status = bench.main([*argv, "--output", str(report_path), "--docs", str(docs_path)])
     assert status == 0
     report = report_path.read_text()
     for heading in ("### Sync against the memory floor", "### Step time, k=5", "### Memory"):
         assert heading in report
+    assert "- Heap: system allocator" in report
+    assert bench.OURS_COMPILED in report  # Lookahead(compiled_sync=True) as a contender of ours
+    assert "Target: torch_lookahead (compiled_sync)'s ratio below" in report
     for shape in bench.QUICK_SHAPES:
         # one sync row, and one step row and one memory row per inner optimizer
         assert report.count(f"| {shape.name} |") == 1 + 2 * len(bench.INNER_OPTIMIZERS)
@@ -163,12 +166,17 @@ def test_docs_block_needs_its_markers() -> None:
         bench.replace_docs_block("# no markers\n", "report")
 
 
-def _gpu_bench_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "benchmarks" / "gpu_bench.py")
+def _benchmark_script(filename: str):  # type: ignore[no-untyped-def]
+    """A script of benchmarks/ imported as a module."""
+    spec = importlib.util.spec_from_file_location(filename[:-3], REPO / "benchmarks" / filename)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _gpu_bench_module():  # type: ignore[no-untyped-def]
+    return _benchmark_script("gpu_bench.py")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
@@ -230,14 +238,60 @@ def test_own_slow_copies_are_the_state_tensors_not_the_parameters() -> None:
 
 
 def test_sync_overheads_script_reports_every_run(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "bench_sync_overheads", REPO / "benchmarks" / "bench_sync_overheads.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _benchmark_script("bench_sync_overheads.py")
     output = tmp_path / "overheads.md"
     assert module.main(["--shape", "1", "--rounds", "1", "--output", str(output)]) == 0
     rows = [line for line in output.read_text().splitlines() if line.startswith("| ")][1:]
     assert len(rows) == 6
     assert f"| {module.OWN_FLOOR} |" in "\n".join(rows) and rows[1].endswith("| 1.000 |")
+
+
+HEAP_PROBE = """
+import resource, sys, torch
+from torch_lookahead import bench
+if sys.argv[1] == "held":
+    print(bench.hold_freed_memory(), file=sys.stderr)
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):  # warm-up: the heap grows to its size once
+    torch.ones(8 << 20).sum()
+before = faults()
+for _ in range(5):  # 32 MiB allocated, touched and freed
+    torch.ones(8 << 20).sum()
+print((faults() - before) // 5)
+"""
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
+    reason="holding freed memory needs glibc",
+)
+def test_held_heap_stops_the_page_faults_of_freed_temporaries() -> None:
+    import subprocess
+
+    def faults_per_step(heap: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", HEAP_PROBE, heap], capture_output=True, text=True, check=True
+        )
+        return int(done.stdout.strip())
+
+    # 32 MiB are 8,192 pages of 4 KiB (16 huge pages where the kernel hands those out): every
+    # one faults again on every step unless the memory is kept.
+    system, held = faults_per_step("system"), faults_per_step("held")
+    assert system >= 16
+    assert held * 10 < system
+
+
+def test_compiled_sync_script_reports_every_length(tmp_path: Path) -> None:
+    from torch_lookahead import _compiled_sync
+
+    if _compiled_sync.compiled_kernel(torch.float32) is None:
+        pytest.skip("no compiled sync kernel here")
+    module = _benchmark_script("bench_compiled_sync.py")
+    shipped_min_bytes = _compiled_sync.COMPILED_MIN_BYTES
+    output = tmp_path / "compiled.md"
+    argv = ["--rounds", "1", "--megabytes", "1", "--lengths", "300,70000", "--output", str(output)]
+    assert module.main(argv) == 0
+    report = output.read_text()
+    assert "| 300 | 872 |" in report and "| 70,000 | 8 |" in report
+    assert shipped_min_bytes == _compiled_sync.COMPILED_MIN_BYTES  # restored after the run

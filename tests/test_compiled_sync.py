@@ -217,7 +217,7 @@ def test_lookahead_trains_bit_identically_with_compiled_sync() -> None:
 
 @needs_compiler
 def test_lookahead_uses_the_compiled_kernel_on_long_parameters() -> None:
-    params = [torch.nn.Parameter(torch.randn(70_000)) for _ in range(9)]
+    params = [torch.nn.Parameter(torch.randn(140_000)) for _ in range(9)]
     optimizer = Lookahead(torch.optim.SGD(params, lr=0.1), k=1, compiled_sync=True)
     calls = KernelCalls()
     for p in params:
@@ -225,7 +225,7 @@ def test_lookahead_uses_the_compiled_kernel_on_long_parameters() -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_compiled_sync, "compiled_kernel", calls)
         optimizer.step()
-    assert calls.tensors == 8  # 70,000 floats >= 256 KiB; the ninth does not fill a chunk
+    assert calls.tensors == 8  # 140,000 floats >= 512 KiB; the ninth does not fill a chunk
 
 
 def test_compiled_sync_is_validated_and_kept_when_pickled() -> None:

@@ -8,9 +8,10 @@ and the parameter list of GPT-2 small):
   both, a copy reads one and writes one).
 * **step**: the step time of the inner optimizer alone, of ``torch_lookahead.Lookahead`` and of every
   installed peer's Lookahead (timm, pytorch_optimizer, torch-optimizer), on the same parameters and
-  gradients, averaged over whole cycles of ``k`` steps so that the sync is amortised as in training.
-  The contenders run interleaved, in a rotating order, for several rounds; the table shows the
-  median over rounds of each round's ratio to the inner optimizer.
+  gradients, timed whole cycles of ``k`` steps at a time so that the sync is amortised as in
+  training. The contenders take turns, one cycle each in a shuffled order; the table shows the
+  median over turns of each cycle's ratio to the inner optimizer's cycle of the same turn. By
+  default glibc is told to keep freed memory (``--heap``, see ``hold_freed_memory``).
 * **memory**: CPU allocator events recorded by ``torch.profiler``: the peak of live bytes while the
   optimizer is built and stepped through two cycles, and the bytes allocated per step between syncs.
 
@@ -21,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import importlib.metadata
 import importlib.util
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -49,6 +52,7 @@ __all__ = [
     "Contender",
     "ParameterList",
     "describe_conditions",
+    "emit_report",
     "find_contenders",
     "format_memory",
     "format_steps",
@@ -561,12 +565,15 @@ def measure_steps(
     device: torch.device | str = "cpu",
     params: list[Tensor] | None = None,
 ) -> StepResult:
-    """Seconds per step, averaged over ``cycles`` whole cycles of ``k`` steps, for every contender.
+    """Seconds per step, timed one whole cycle of ``k`` steps at a time, for every contender.
 
-    Each round builds every optimizer afresh on the same parameters and gradients (one at a time,
-    so memory holds one optimizer's state), runs one warm-up cycle (lazy state, first sync), then
-    times ``cycles * k`` steps. The order rotates from round to round. The inner optimizer runs
-    twice per round, the second time under ``CONTROL``: its ratio measures the noise.
+    Each round builds every optimizer afresh on the same parameters and gradients (all of them
+    at once: memory holds every contender's state), runs one warm-up cycle of each (lazy state,
+    first sync), then times ``cycles`` cycles of each, interleaved: one cycle of every contender
+    in turn, in an order shuffled for every turn (and for building). A cycle's ratio is its
+    time over the inner optimizer's cycle in the same turn, moments apart, so that the machine's
+    drift (it is shared) cancels; the result is the median over all turns. The inner optimizer
+    runs twice per turn, the second time under ``CONTROL``: its ratio measures the noise.
     """
     device = torch.device(device)
     if params is None:
@@ -583,19 +590,27 @@ def measure_steps(
         else:
             builders[contender.name] = _builder(params, inner, contender.wrap, k, alpha)
 
-    steps = cycles * k
     samples: dict[str, list[float]] = {name: [] for name in builders}
     ratios: dict[str, list[float]] = {name: [] for name in builders if name != INNER_ALONE}
-    for round_index in range(rounds):
-        for name in _rotated(list(builders), round_index):
-            optimizer = builders[name]()
+    # Shuffled, not rotated, orders: in a rotation every contender always follows the same one,
+    # and what that one leaves in the cache (a sync's freshly written parameters, say) then
+    # biases the cell for good.
+    shuffler = random.Random(0)
+    names = list(builders)
+    for _ in range(rounds):
+        shuffler.shuffle(names)
+        optimizers = {name: builders[name]() for name in names}
+        for optimizer in optimizers.values():
             for _ in range(k):
                 optimizer.step()
-            samples[name].append(_seconds(optimizer.step, device, calls=steps) / steps)
-            del optimizer
+        for _ in range(cycles):
+            shuffler.shuffle(names)
+            for name in names:
+                samples[name].append(_seconds(optimizers[name].step, device, calls=k) / k)
+            for name in ratios:
+                ratios[name].append(samples[name][-1] / samples[INNER_ALONE][-1])
+        del optimizers
         gc.collect()  # whatever a reference cycle kept of this round's optimizer states
-        for name in ratios:
-            ratios[name].append(samples[name][-1] / samples[INNER_ALONE][-1])
     return StepResult(
         shape=shape,
         inner=inner_name,
@@ -680,7 +695,10 @@ def measure_memory(
 
 
 def describe_conditions(
-    command: str, load_before: tuple[float, float, float], device: torch.device | str = "cpu"
+    command: str,
+    load_before: tuple[float, float, float],
+    device: torch.device | str = "cpu",
+    heap: str | None = None,
 ) -> list[str]:
     """Markdown bullet lines: the command, date, machine, software and load of a benchmark run."""
     cpu = platform.processor() or platform.machine()
@@ -700,9 +718,35 @@ def describe_conditions(
         f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {machine}",
         f"- Software: Python {platform.python_version()}, torch {torch.__version__}",
+        *([f"- Heap: {heap}"] if heap is not None else []),
         f"- Load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f} "
         "(the machine is shared; every figure is a median over interleaved rounds)",
     ]
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+HEAP_CHOICES = ("held", "system")
+
+
+def hold_freed_memory() -> str:
+    """Tell the C library's allocator to keep the memory a program frees; say what was done.
+
+    By default glibc gives large freed blocks back to the kernel (``munmap``, or trimming the top
+    of the heap), so a step that allocates and frees temporaries of the model's size (foreach
+    AdamW on the CPU) takes a page fault on every 4 KiB page of them on every step: 48,800 faults
+    and half of a 175 ms step on 200 x 250,000 floats. That cost belongs to the inner optimizer,
+    is the same with every Lookahead, and its variance hid the differences between them. Keeping
+    freed memory is what jemalloc or tcmalloc, which PyTorch's performance tuning guide suggests for
+    CPU training, do by design. Only glibc can be told so (``mallopt``); elsewhere nothing changes.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return "system allocator (holding freed memory needs glibc)"
+    libc = ctypes.CDLL(None)
+    kept = libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1 and libc.mallopt(_M_MMAP_MAX, 0) == 1
+    if not kept:
+        return "system allocator (glibc refused mallopt)"
+    return "glibc told to keep freed memory (mallopt: no trimming, no mmap; `--heap system` not)"
 
 
 def load_average() -> tuple[float, float, float]:
@@ -790,10 +834,11 @@ def format_steps(
     lines = [
         f"### Step time, k={k}: Lookahead(inner) / inner",
         "",
-        "Seconds per step averaged over whole cycles (the sync amortised as in training); each cell "
-        "is the median over rounds of that round's ratio to the inner optimizer alone. The last "
-        "column times the inner optimizer a second time in the same rounds: its distance from "
-        "1.000 is what noise alone does to a cell.",
+        "Seconds per step timed over whole cycles of k steps (the sync amortised as in training), "
+        "the contenders taking turns one cycle each; each cell is the median over turns of a "
+        "cycle's time over the inner optimizer's cycle in the same turn. The last column times "
+        "the inner optimizer a second time in every turn: its distance from 1.000 is what noise "
+        "alone does to a cell.",
         "",
         f"| parameters | inner optimizer | inner ms/step | {header} | control |",
         "|---|---|---:|" + "---:|" * (len(names) + 1),
@@ -882,6 +927,16 @@ def _bytes(count: int) -> str:
     return f"{count / MIB:+.1f} MiB"
 
 
+def emit_report(lines: Sequence[str], output: Path | None) -> str:
+    """Join ``lines`` into a Markdown report, print it, and also write it to ``output`` if given."""
+    report = "\n".join(lines) + "\n"
+    print(report, end="")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(report)
+    return report
+
+
 def replace_docs_block(page: str, report: str) -> str:
     """Put ``report`` between the bench markers of a docs page (the markers must be present)."""
     start, end = page.find(DOCS_BLOCK_START), page.find(DOCS_BLOCK_END)
@@ -956,7 +1011,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--k", type=positive_int, default=5, help="sync every k steps (5)")
     parser.add_argument("--alpha", type=unit_interval, default=0.5, help="slow step size (0.5)")
     parser.add_argument("--rounds", type=positive_int, help="interleaved rounds (sync 15, step 5)")
-    parser.add_argument("--cycles", type=positive_int, help="timed cycles of k steps per round (2)")
+    parser.add_argument(
+        "--cycles", type=positive_int, help="timed cycles of k steps per round and contender (4)"
+    )
     parser.add_argument(
         "--threads",
         type=positive_int,
@@ -969,6 +1026,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also time Lookahead(compiled_sync=True) and its kernel (default: on, off with "
         "--quick)",
+    )
+    parser.add_argument(
+        "--heap",
+        choices=HEAP_CHOICES,
+        default="held",
+        help="held (default): tell glibc to keep freed memory, so that the inner optimizer's "
+        "temporaries do not page-fault on every step; system: leave the allocator as it is",
     )
     parser.add_argument("--target", type=float, default=1.15, help="sync / floor target (1.15)")
     parser.add_argument("--output", type=Path, help="also write the report to this Markdown file")
@@ -997,13 +1061,14 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.docs is not None and not args.docs.is_file():
         raise SystemExit(f"torch-lookahead bench: error: --docs: no such file: {args.docs}")
     torch.set_num_threads(args.threads)
+    heap = hold_freed_memory() if args.heap == "held" else "system allocator"
     load_before = load_average()
     catalogue = QUICK_SHAPES if args.quick else FULL_SHAPES
     shapes = [catalogue[int(i)] for i in args.shapes]
     inner_names = [list(INNER_OPTIMIZERS)[int(i)] for i in args.inner]
     sync_rounds = args.rounds or (2 if args.quick else 15)
     step_rounds = args.rounds or (2 if args.quick else 5)
-    cycles = args.cycles or (1 if args.quick else 2)
+    cycles = args.cycles or (1 if args.quick else 4)
     compiled = (not args.quick) if args.compiled is None else args.compiled
     k, alpha = args.k, args.alpha
 
@@ -1066,14 +1131,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             sections.append(format_memory(memory_rows, contenders))
 
     command = " ".join(["torch-lookahead bench", *argv])
-    lines = ["## torch-lookahead bench", "", *describe_conditions(command, load_before)]
+    lines = ["## torch-lookahead bench", "", *describe_conditions(command, load_before, heap=heap)]
     for section in sections:
         lines += ["", *section]
-    report = "\n".join(lines) + "\n"
-    print(report, end="")
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report)
+    report = emit_report(lines, args.output)
     if args.docs is not None:
         args.docs.write_text(replace_docs_block(args.docs.read_text(), report))
     return 0

@@ -148,7 +148,9 @@ def check_one_rank_is_lookahead(rank: int, world_size: int) -> None:
             alpha=0.5,
             pullback_momentum="pullback",
             process_group=own_group,
+            compiled_sync=True,  # passed on to Lookahead; changes no bit
         )
+        assert distributed.compiled_sync
         for step in range(8):
             _train_step(model, plain, rank, step)
             _train_step(twin, distributed, rank, step)
