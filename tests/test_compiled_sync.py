@@ -82,10 +82,11 @@ def test_no_kernel_for_dtypes_it_cannot_reproduce() -> None:
 def test_compiled_sync_is_bit_identical_to_the_eager_kernel(
     sizes: list[int], alpha: float, seed: int, foreach: bool, dtype: torch.dtype
 ) -> None:
+    sizes = [max(2, sizes[0]), *sizes[1:]]  # a one-element tensor is always contiguous
     fast, slow = random_pairs(seed, sizes, dtype)
-    fast[0] = torch.randn(2 * sizes[0], generator=torch.Generator().manual_seed(seed))[::2].to(
-        dtype
-    )  # one non-contiguous pair: eager
+    every_other = torch.randn(2 * sizes[0], generator=torch.Generator().manual_seed(seed))
+    fast[0] = every_other.to(dtype)[::2]  # one non-contiguous pair: eager
+    assert not fast[0].is_contiguous()
     eager_fast, eager_slow = clones(fast), clones(slow)
     calls = KernelCalls()
     with pytest.MonkeyPatch.context() as patch:
