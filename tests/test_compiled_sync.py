@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import pickle
 import shutil
 import warnings
@@ -157,6 +158,23 @@ def test_kernel_run_eagerly_stays_bit_identical() -> None:
     assert all(map(torch.equal, fast + slow, eager_fast + eager_slow))
 
 
+@needs_compiler
+def test_new_alphas_and_lengths_compile_nothing_more() -> None:
+    from torch._dynamo.utils import counters
+
+    assert _compiled_sync.compiled_kernel(torch.float32) is not None  # compiled and probed
+    graphs = counters["stats"]["unique_graphs"]
+    calls = KernelCalls()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_compiled_sync, "COMPILED_MIN_BYTES", SMALL_MIN_BYTES)
+        patch.setattr(_compiled_sync, "compiled_kernel", calls)
+        for seed, (length, alpha) in enumerate([(300, 0.1), (300, 0.9), (5000, 0.37), (77, 0.5)]):
+            fast, slow = random_pairs(seed, [length] * 8 + [length + 1] * 8, torch.float32)
+            _sync.sync_(fast, slow, alpha, foreach=True, compiled=True)
+    assert calls.tensors == 64
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 def _failing_compile(*args: Any, **kwargs: Any) -> Any:
     raise RuntimeError("no C++ compiler")
 
@@ -174,7 +192,7 @@ def _double_rounding_compile(function: Any, **kwargs: Any) -> Any:
 
 @pytest.mark.parametrize("compile_function", [_failing_compile, _double_rounding_compile])
 def test_without_a_faithful_kernel_the_eager_kernel_runs_silently(
-    compile_function: Callable[..., Any],
+    compile_function: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     fast, slow = random_pairs(6, [300] * 8, torch.float32)
     eager_fast, eager_slow = clones(fast), clones(slow)
@@ -183,10 +201,15 @@ def test_without_a_faithful_kernel_the_eager_kernel_runs_silently(
         patch.setattr(_compiled_sync, "_kernels", {})
         patch.setattr(_compiled_sync, "COMPILED_MIN_BYTES", SMALL_MIN_BYTES)
         patch.setattr(torch, "compile", compile_function)
-        assert _compiled_sync.compiled_kernel(torch.float32) is None
+        with caplog.at_level(logging.DEBUG, logger="torch_lookahead"):
+            assert _compiled_sync.compiled_kernel(torch.float32) is None
         _sync.sync_(fast, slow, 0.3, foreach=True, compiled=True)
     _sync.sync_(eager_fast, eager_slow, 0.3, foreach=True)
     assert all(map(torch.equal, fast + slow, eager_fast + eager_slow))
+    # Nothing shown by default; the reason is on the torch_lookahead logger at DEBUG level.
+    (record,) = [r for r in caplog.records if r.name == "torch_lookahead"]
+    assert record.levelno == logging.DEBUG
+    assert "no C++ compiler" in record.getMessage() or "differs" in record.getMessage()
 
 
 def _train(compiled_sync: bool, steps: int) -> tuple[list[Tensor], Lookahead]:

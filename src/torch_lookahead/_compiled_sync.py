@@ -7,7 +7,7 @@ memory passes the sync cannot do without. On tensors of 1 MiB and more that meas
 the memory floor against 0.84-0.90 for the eager kernel (one thread, cold caches;
 ``benchmarks/results/compiled-sync.md``).
 
-A compiled call costs some 15 microseconds of guard checks, so it pays only on long tensors and
+A compiled call has a fixed cost (dynamo's guard checks), so it pays only on long tensors and
 only when several share a call: tensors of at least ``COMPILED_MIN_BYTES`` go through the
 compiled kernel ``COMPILED_CHUNK`` at a time, everything else through the eager kernel. The kernel
 is compiled once per dtype, with dynamic sizes, on probe tensors whose result is checked bit for
@@ -40,9 +40,8 @@ _log = logging.getLogger("torch_lookahead")
 # eager time as fractions of the memory floor: 64 Ki floats 0.86-0.87 against 0.78, 128 Ki floats
 # 0.77 against 0.94, 256 Ki floats 0.73-0.74 against 0.87-0.90, longer ones 0.67-0.70.
 COMPILED_MIN_BYTES = 512 * 1024
-# Tensors per compiled call. Fewer pay the call's fixed cost more often; 16 measured no faster than
-# 8 from 64 Ki floats up (0.84/0.77/0.75 against 0.87/0.77/0.74 of the floor) and took longer to
-# compile (5.5 s against 2.8 s): ``bench_compiled_sync.py --chunk 16``.
+# Tensors per compiled call. Fewer pay the call's fixed cost more often; 16 measured alike
+# (benchmarks/results/compiled-sync-chunk16.md) and make the probe and the compiled code larger.
 COMPILED_CHUNK = 8
 # Dtypes whose compiled lerp reproduces the eager one: ATen computes a float32 or float64 lerp in
 # its own precision, lower precisions in float32, which a compiled kernel would not reproduce.

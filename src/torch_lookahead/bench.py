@@ -734,8 +734,9 @@ def hold_freed_memory() -> str:
 
     By default glibc gives large freed blocks back to the kernel (``munmap``, or trimming the top
     of the heap), so a step that allocates and frees temporaries of the model's size (foreach
-    AdamW on the CPU) takes a page fault on every 4 KiB page of them on every step: 48,800 faults
-    and half of a 175 ms step on 200 x 250,000 floats. That cost belongs to the inner optimizer,
+    AdamW on the CPU) takes a page fault on every 4 KiB page of them on every step: on 200 x
+    250,000 floats, 170 ms per step against 92-96 ms with the memory kept
+    (``benchmarks/results/step-system-heap.md``). That cost belongs to the inner optimizer,
     is the same with every Lookahead, and its variance hid the differences between them. Keeping
     freed memory is what jemalloc or tcmalloc, which PyTorch's performance tuning guide suggests for
     CPU training, do by design. Only glibc can be told so (``mallopt``); elsewhere nothing changes.
