@@ -33,7 +33,7 @@ import torch
 
 from torch_lookahead import _compiled_sync, _sync, bench
 
-LENGTHS = (4096, 16384, 65536, 262144, 1 << 20, 4 << 20)
+LENGTHS = (4096, 16384, 65536, 131072, 262144, 1 << 20, 4 << 20)
 EAGER = "eager sync_ / floor"
 COMPILED = "compiled kernel / floor"
 
