@@ -37,6 +37,7 @@ from torch_lookahead.bench import (
     StepResult,
     SyncResult,
     describe_conditions,
+    emit_report,
     find_contenders,
     format_steps,
     format_sync,
@@ -221,11 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if memory_rows:
         names = [c.name for c in contenders if c.wrap is not None]
         lines += ["", *_format_cuda_memory(memory_rows, names)]
-    report = "\n".join(lines) + "\n"
-    print(report, end="")
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report)
+    emit_report(lines, args.output)
     return 0
 
 

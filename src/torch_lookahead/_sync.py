@@ -13,8 +13,8 @@ at a time with a temporary in the slow copy's precision on the parameter's devic
 The memory floor of a sync is four passes over the weights (read fast and slow, write both); a lerp
 followed by a copy makes five. On the CPU the sync therefore runs block by block, each block about
 ``CPU_BLOCK_BYTES`` of parameters (longer tensors are cut into views of that length), so that the
-copy reads what the lerp has just written from cache, not from memory: measured at 0.85-1.00 of
-the floor where whole-list foreach calls take 1.00-1.10 (``benchmarks/results/sync.md``, where the
+copy reads what the lerp has just written from cache, not from memory: measured at 0.85-0.96 of
+the floor where whole-list foreach calls take 0.99-1.08 (``benchmarks/results/sync.md``, where the
 floor is twice one copy of the same bytes). Blocking changes only the order of the same
 element-wise operations, never a result. Accelerators keep whole buckets (their foreach kernels
 tile on their own), and so does ``torch.compile``, whose generated code fuses the lerp and the
