@@ -1,0 +1,87 @@
+"""Tensor plumbing shared by the sync, the optimizers and the distributed code.
+
+One place for each of: the local shards of DTensors, whether two tensors share device and dtype,
+grouping parallel lists by device and dtype, and cutting a list of CPU tensors into cache-sized
+blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "OPTIMIZER_BLOCK_BYTES",
+    "SYNC_BLOCK_BYTES",
+    "cache_blocks",
+    "group_by_device_and_dtype",
+    "local_shards",
+    "same_placement",
+]
+
+#: Bytes of one tensor list per block of the CPU sync: a block of fast and slow weights fits in a
+#: 1 MiB L2 cache with room to spare, so the copy after the lerp reads from cache.
+SYNC_BLOCK_BYTES = 256 * 1024
+#: Bytes of parameters per block of the optimizers' CPU multi-tensor kernels: a block of
+#: parameters, gradients, state and temporaries (several times this) stays in the last-level cache
+#: from the block's first ``_foreach`` op to its last.
+OPTIMIZER_BLOCK_BYTES = 1024 * 1024
+
+_PLAIN_TENSOR_TYPES = frozenset({Tensor, torch.nn.Parameter})
+
+
+def local_shards(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Return the local shard of every DTensor (FSDP2, tensor parallel) and plain tensors as is.
+
+    In-place updates of a shard reach its DTensor. ``torch._foreach_*`` kernels have no DTensor
+    sharding strategy for every op, so the kernels of this package run on shards.
+    """
+    if set(map(type, tensors)) <= _PLAIN_TENSOR_TYPES:  # the usual case, at C speed
+        return list(tensors)
+    return [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+
+
+def same_placement(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` share device and dtype (so one kernel can take both)."""
+    return a.dtype == b.dtype and a.device == b.device
+
+
+def group_by_device_and_dtype(
+    tensorlists: Sequence[Sequence[Tensor]],
+) -> Iterator[list[list[Tensor]]]:
+    """Yield the parallel lists restricted to each (device, dtype) of the first list.
+
+    Groups come in order of first appearance (the same on every rank of a job that builds the
+    same model), tensors keep their order inside a group. Only the first list is inspected: the
+    others are parallel to it.
+    """
+    first = tensorlists[0]
+    indices: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for index, tensor in enumerate(first):
+        indices.setdefault((tensor.device, tensor.dtype), []).append(index)
+    if len(indices) <= 1:
+        if first:
+            yield [list(tensors) for tensors in tensorlists]
+        return
+    for positions in indices.values():
+        yield [[tensors[i] for i in positions] for tensors in tensorlists]
+
+
+def cache_blocks(tensors: Sequence[Tensor], block_bytes: int) -> Iterator[slice]:
+    """Split ``range(len(tensors))`` into consecutive slices of at most ``block_bytes`` each.
+
+    A tensor larger than a block gets a slice to itself. Meant for CPU lists, where a multi-tensor
+    kernel over a block reads what the previous kernel wrote from cache instead of memory;
+    blocking changes only the order of the same element-wise operations, never a result.
+    """
+    start, filled = 0, 0
+    for index, tensor in enumerate(tensors):
+        size = tensor.numel() * tensor.element_size()
+        if index > start and filled + size > block_bytes:
+            yield slice(start, index)
+            start, filled = index, 0
+        filled += size
+    if start < len(tensors):
+        yield slice(start, len(tensors))
