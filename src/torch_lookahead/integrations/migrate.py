@@ -8,7 +8,7 @@ torch-lookahead's ``Lookahead.state_dict()`` is the inner optimizer's standard s
   ``lookahead_slow_<momentum key>``.
 
 Both converters take the other library's ``state_dict()`` (as loaded by ``torch.load``), return a
-new dict in that format for :meth:`torch_lookahead.Lookahead.load_state_dict`, and leave their
+new dict in that format for [`Lookahead.load_state_dict`][torch_lookahead.Lookahead.load_state_dict], and leave their
 input unchanged (tensors are shared, not copied). They need only torch.
 
 Once the other library has synced at least once, training continues on the same trajectory it
@@ -22,14 +22,8 @@ from typing import Any
 
 from torch import Tensor
 
-from torch_lookahead.lookahead import (
-    ALPHA_KEY,
-    K_KEY,
-    SLOW_KEY,
-    STEP_KEY,
-    _validate_alpha,
-    _validate_k,
-)
+from torch_lookahead._checks import check_alpha, check_k
+from torch_lookahead.lookahead import ALPHA_KEY, K_KEY, SLOW_KEY, STEP_KEY
 from torch_lookahead.pullback import slow_momentum_key
 
 __all__ = ["convert_pytorch_optimizer_state_dict", "convert_timm_state_dict"]
@@ -70,7 +64,7 @@ def convert_timm_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
         state_dict: ``timm_lookahead.state_dict()``.
 
     Returns:
-        A state dict for :meth:`torch_lookahead.Lookahead.load_state_dict`.
+        A state dict for [`Lookahead.load_state_dict`][torch_lookahead.Lookahead.load_state_dict].
 
     Raises:
         ValueError: ``state_dict`` is not a timm Lookahead state dict.
@@ -83,7 +77,7 @@ def convert_timm_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
                 f"param group {index} lacks timm's {K_KEY!r}/{ALPHA_KEY!r}/{STEP_KEY!r}: "
                 "not a timm Lookahead state dict"
             )
-        k = _validate_k(group[K_KEY], K_KEY)
+        k = check_k(group[K_KEY], K_KEY)
         groups.append({**group, K_KEY: k, STEP_KEY: int(group[STEP_KEY]) % k})
     state = {}
     for param_id, param_state in state_dict["state"].items():
@@ -121,14 +115,14 @@ def convert_pytorch_optimizer_state_dict(
         alpha: its ``alpha``.
 
     Returns:
-        A state dict for :meth:`torch_lookahead.Lookahead.load_state_dict`.
+        A state dict for [`Lookahead.load_state_dict`][torch_lookahead.Lookahead.load_state_dict].
 
     Raises:
         ValueError: ``state_dict`` is not a pytorch_optimizer Lookahead state dict, or ``k`` /
             ``alpha`` are out of range.
     """
-    k = _validate_k(k)
-    alpha = _validate_alpha(alpha)
+    k = check_k(k)
+    alpha = check_alpha(alpha)
     if not isinstance(state_dict, dict) or not {"lookahead_state", "base_optimizer"} <= set(
         state_dict
     ):
