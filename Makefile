@@ -52,8 +52,9 @@ test-slow: $(VENV)/.dev-installed
 docs: $(VENV)/.docs-installed
 	$(VENV)/bin/mkdocs build --strict
 
+# The benchmark harness is a script of the repository, not part of the installed package.
 bench: $(VENV)/.bench-installed
-	$(VENV)/bin/torch-lookahead bench
+	$(PY) benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,13 @@
-"""``torch-lookahead bench``: the cost of Lookahead, side by side with the inner optimizer and peers.
+"""The benchmark harness: the cost of Lookahead, side by side with the inner optimizer and peers.
 
-Three measurements, each over the same parameter lists (200 x 250,000 floats, 2,000 x 2,500 floats,
-and the parameter list of GPT-2 small):
+A development tool, not part of the installed package::
+
+    python benchmarks/bench.py                    # sync, step and memory on the three lists
+    python benchmarks/bench.py --quick            # tiny shapes, 2 rounds: a smoke run
+    python benchmarks/bench.py --device cuda --dtype bfloat16 --inner 2   # on a GPU
+
+Every section runs on the same parameter lists (200 x 250,000 floats, 2,000 x 2,500 floats and the
+parameter list of GPT-2 small):
 
 * **sync**: one outer step ``slow <- slow + alpha*(fast - slow); fast <- slow`` against the memory
   floor, twice the time of one copy of the same bytes (the sync must read fast and slow and write
@@ -9,13 +15,15 @@ and the parameter list of GPT-2 small):
 * **step**: the step time of the inner optimizer alone, of ``torch_lookahead.Lookahead`` and of every
   installed peer's Lookahead (timm, pytorch_optimizer, torch-optimizer), on the same parameters and
   gradients, timed whole cycles of ``k`` steps at a time so that the sync is amortised as in
-  training. The contenders take turns, one cycle each in a shuffled order; the table shows the
-  median over turns of each cycle's ratio to the inner optimizer's cycle of the same turn. By
-  default glibc is told to keep freed memory (``--heap``, see ``hold_freed_memory``).
-* **memory**: CPU allocator events recorded by ``torch.profiler``: the peak of live bytes while the
-  optimizer is built and stepped through two cycles, and the bytes allocated per step between syncs.
+  training. The contenders take turns, one cycle each in a shuffled order; a cell is the median
+  over turns of each cycle's ratio to the inner optimizer's cycle of the same turn. By default
+  glibc is told to keep freed memory (``--heap``, see ``hold_freed_memory``).
+* **memory**: the allocator's events (``torch.profiler`` on the CPU, the caching allocator's
+  statistics on CUDA): the peak of live bytes while the optimizer is built and stepped through two
+  cycles, and the bytes allocated per step between syncs and by a sync step.
 
-Nothing here asserts a timing; the numbers go to a Markdown report.
+Nothing here asserts a timing: the numbers go to a Markdown report. The committed reports are in
+benchmarks/results/, and docs/benchmarks.md reads them.
 """
 
 from __future__ import annotations
@@ -42,37 +50,16 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from torch_lookahead._compiled_sync import compiled_kernel
 from torch_lookahead._sync import sync_
 
-__all__ = [
-    "FULL_SHAPES",
-    "INNER_OPTIMIZERS",
-    "QUICK_SHAPES",
-    "Contender",
-    "ParameterList",
-    "describe_conditions",
-    "emit_report",
-    "find_contenders",
-    "format_memory",
-    "format_steps",
-    "format_sync",
-    "gpt2_parameter_shapes",
-    "load_average",
-    "main",
-    "make_parameters",
-    "measure_memory",
-    "measure_steps",
-    "measure_sync",
-    "positive_int",
-    "unit_interval",
-]
-
-DOCS_BLOCK_START = "<!-- torch-lookahead bench: start -->"
-DOCS_BLOCK_END = "<!-- torch-lookahead bench: end -->"
+COMMAND = "python benchmarks/bench.py"
+DOCS_BLOCK_START = "<!-- benchmarks/bench.py: start -->"
+DOCS_BLOCK_END = "<!-- benchmarks/bench.py: end -->"
 SECTIONS = ("sync", "step", "memory")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OURS = "torch_lookahead"
-OURS_COMPILED = "torch_lookahead (compiled_sync)"
+# The slow copies that mixed precision keeps: `Lookahead(slow_dtype=torch.float32)`.
+SLOW_DTYPE = torch.float32
 MIB = float(1 << 20)
 
 
@@ -126,7 +113,7 @@ FULL_SHAPES: tuple[ParameterList, ...] = (
     ParameterList("2,000 x 2,500", ((2_500,),) * 2_000),
     ParameterList("GPT-2 small", tuple(gpt2_parameter_shapes())),
 )
-# Same structure, small enough for a unit test: few tensors / many tensors / a transformer's list.
+# Same structure, small enough for a smoke run: few tensors / many tensors / a transformer's list.
 QUICK_SHAPES: tuple[ParameterList, ...] = (
     ParameterList("8 x 25,000", ((25_000,),) * 8),
     ParameterList("200 x 250", ((250,),) * 200),
@@ -167,16 +154,16 @@ def _version(distribution: str) -> str:
         return "-"
 
 
-def _ours(*, compiled_sync: bool = False) -> Contender:
-    from torch_lookahead.lookahead import Lookahead
+def _ours(slow_dtype: torch.dtype | None = None) -> Contender:
+    from torch_lookahead import Lookahead
 
     def wrap(inner: Optimizer, k: int, alpha: float) -> Optimizer:
-        return Lookahead(inner, k=k, alpha=alpha, compiled_sync=compiled_sync)
+        return Lookahead(inner, k=k, alpha=alpha, slow_dtype=slow_dtype)
 
     def sync(optimizer: Optimizer) -> None:
         cast(Lookahead, optimizer).sync()
 
-    name = OURS_COMPILED if compiled_sync else OURS
+    name = OURS if slow_dtype is None else f"{OURS} ({str(slow_dtype).removeprefix('torch.')} slow)"
     return Contender(name, _version("torch-lookahead"), wrap, sync=sync)
 
 
@@ -196,7 +183,7 @@ def _timm_lookahead_class() -> Any:
         except importlib.metadata.PackageNotFoundError:
             return "not installed"
         path = Path(str(distribution.locate_file("timm/optim/lookahead.py")))
-        spec = importlib.util.spec_from_file_location("_torch_lookahead_bench_timm", path)
+        spec = importlib.util.spec_from_file_location("_bench_timm_lookahead", path)
         if not path.is_file() or spec is None or spec.loader is None:
             return f"cannot import ({error})"
         module = importlib.util.module_from_spec(spec)
@@ -239,12 +226,12 @@ def _peer_from_module(
     return Contender(name, _version(distribution), wrap, sync=sync if sync_method else None)
 
 
-def find_contenders(*, compiled_sync: bool = False) -> list[Contender]:
-    """torch_lookahead first (with ``compiled_sync``, also ``Lookahead(compiled_sync=True)``
+def find_contenders(dtype: torch.dtype = torch.float32) -> list[Contender]:
+    """torch_lookahead first (for low-precision parameters, also with float32 slow copies
     second), then every peer, each either usable or marked with the reason why not."""
     return [
         _ours(),
-        *([_ours(compiled_sync=True)] if compiled_sync else []),
+        *([_ours(SLOW_DTYPE)] if dtype != SLOW_DTYPE else []),
         _timm(),
         _peer_from_module("pytorch_optimizer", "pytorch_optimizer", "pytorch_optimizer", "update"),
         _peer_from_module("torch-optimizer", "torch-optimizer", "torch_optimizer", "_update"),
@@ -293,9 +280,43 @@ def _seconds(run: Callable[[], object], device: torch.device, calls: int = 1) ->
         gc.enable()
 
 
-def _rotated(items: Sequence[str], offset: int) -> list[str]:
-    offset %= len(items)
-    return [*items[offset:], *items[:offset]]
+def median_ratio(times: Sequence[float], references: Sequence[float], scale: float = 1.0) -> float:
+    """Median over rounds of ``times[i] / (scale * references[i])``.
+
+    Each time is divided by its reference of the same round, measured moments apart, so that the
+    drift of a shared machine cancels; the ratio of the medians would not pair them.
+    """
+    if len(times) != len(references) or not times:
+        raise ValueError(f"need as many references as times, got {len(references)}, {len(times)}")
+    return statistics.median(t / (scale * r) for t, r in zip(times, references, strict=True))
+
+
+# Written before every timed run of a cold-cache measurement (larger than any L3 or GPU L2 cache).
+CACHE_EVICTION_BYTES = 256 << 20
+
+
+def _interleaved_cold(
+    runs: dict[str, Callable[[], object]], rounds: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds of every run in every round: after one warm-up call each (first-touch page faults,
+    lazy initialisation), every round times each run once, in an order rotated from round to round,
+    each after writing ``CACHE_EVICTION_BYTES`` so that it starts with cold caches.
+
+    Without the eviction the kernels that work on the benchmark's own (fast, slow) lists would find
+    them in the cache after each other (a list of 2,000 small tensors nearly fits in L3), while
+    each implementation's own slow copies come from memory.
+    """
+    for run in runs.values():
+        run()
+    evict = torch.empty(CACHE_EVICTION_BYTES // 4, dtype=torch.float32, device=device)
+    names = list(runs)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        offset = round_index % len(names)
+        for name in names[offset:] + names[:offset]:
+            evict.fill_(float(round_index))
+            samples[name].append(_seconds(runs[name], device))
+    return samples
 
 
 # ------------------------------------------------------------------------------------------------
@@ -309,29 +330,6 @@ def _unblocked_foreach_sync(fast: list[Tensor], slow: list[Tensor], alpha: float
     torch._foreach_copy_(fast, slow)
 
 
-def compiled_sync(
-    fast: list[Tensor], slow: list[Tensor], alpha: float
-) -> tuple[Callable[[], None], float]:
-    """``sync_`` compiled with ``torch.compile`` (inductor) for these tensors.
-
-    Returns a zero-argument callable running the compiled sync, and the seconds spent compiling.
-    Raises whatever ``torch.compile`` raises where compilation is unavailable.
-    """
-
-    def sync_all(fast_: list[Tensor], slow_: list[Tensor]) -> None:
-        sync_(fast_, slow_, alpha, foreach=True)
-
-    compiled = torch.compile(sync_all, dynamic=False)
-    start = time.perf_counter()
-    compiled(fast, slow)
-    compile_seconds = time.perf_counter() - start
-
-    def run() -> None:
-        compiled(fast, slow)
-
-    return run, compile_seconds
-
-
 @dataclass(frozen=True)
 class SyncResult:
     """Median seconds per sync of each kernel, and of the memory floor for the same tensors."""
@@ -341,17 +339,11 @@ class SyncResult:
     floor_seconds: float
     kernel_seconds: dict[str, float]
     kernel_ratios: dict[str, float]  # median over rounds of (kernel time / its floor)
-    compile_seconds: float | None
-    compile_error: str | None
     # Floor measured on an implementation's own slow copies, by the name of its column.
     own_floor_seconds: dict[str, float] = field(default_factory=dict)
 
 
 SHIPPED_KERNEL = "sync_ (shipped)"
-SHIPPED_COMPILED_KERNEL = "sync_ (compiled=True)"
-WHOLE_LIST_COMPILED = "torch.compile(sync_)"
-# Written before every timed sync run to flush the caches (larger than any L3 or GPU L2 cache).
-CACHE_EVICTION_BYTES = 256 << 20
 
 
 def _without_grad(
@@ -370,7 +362,7 @@ def own_slow_copies(optimizer: Optimizer, params: Sequence[Tensor]) -> list[Tens
     Meant for a wrapper around a state-less inner optimizer (zero-lr SGD without momentum) after
     its first sync: each parameter's slow copy is then the one state tensor shaped like it that is
     not the parameter itself. Looks in ``optimizer.state`` and in the state of a wrapped
-    ``optimizer``/``_base_optimizer``; None where some parameter has no such tensor.
+    ``optimizer``/``_base_optimizer``; None where some parameter has no such tensor of its dtype.
     """
     states = [optimizer.state]
     for attribute in ("optimizer", "_base_optimizer"):
@@ -404,23 +396,19 @@ def measure_sync(
     device: torch.device | str = "cpu",
     fast_dtype: torch.dtype = torch.float32,
     slow_dtype: torch.dtype = torch.float32,
-    compiled: bool = False,
     contenders: Sequence[Contender] = (),
 ) -> SyncResult:
     """Time the sync kernels against the memory floor, interleaved over ``rounds`` rounds.
 
     Kernels: the shipped ``sync_`` (foreach path), ``sync_`` with ``foreach=False`` (one tensor at a
-    time), an unblocked ``_foreach_lerp_`` + ``_foreach_copy_`` over the whole list, with
-    ``compiled`` the compiled kernel (on the CPU ``sync_(compiled=True)``, the kernel
-    ``Lookahead(compiled_sync=True)`` ships; elsewhere ``torch.compile(sync_)`` over the whole
-    list), and the whole outer step of each contender that has one
-    (``Lookahead.sync()`` and the peers' own methods, bookkeeping included), each wrapping a
-    zero-lr SGD over the same tensors. The floor is twice one ``_foreach_copy_`` of the slow
-    weights into the parameters; where their dtypes differ it is one copy of each into a spare of
-    its own dtype (read both, write both, as the sync must). A contender's whole outer step is
-    divided by the floor measured on its own slow copies where they share the parameters' dtype:
-    the same bytes it reads and writes (where a buffer lies in memory moves the time of copying it
-    by several per cent, and each implementation allocates its own).
+    time), an unblocked ``_foreach_lerp_`` + ``_foreach_copy_`` over the whole list, and the whole
+    outer step of each contender that has one (``Lookahead.sync()`` and the peers' own methods,
+    bookkeeping included), each wrapping a zero-lr SGD over the same tensors. The floor is twice
+    one ``_foreach_copy_`` of the slow weights into the parameters; where their dtypes differ it is
+    one copy of each into a spare of its own dtype (read both, write both, as the sync must). A
+    contender's whole outer step is divided by the floor measured on its own slow copies where they
+    share the parameters' dtype: the same bytes it reads and writes (where a buffer lies in memory
+    moves the time of copying it, and each implementation allocates its own; docs/benchmarks.md).
     """
     device = torch.device(device)
     params = make_parameters(shape.shapes, device=device, dtype=fast_dtype)
@@ -435,24 +423,6 @@ def measure_sync(
         kernels["foreach lerp + copy, unblocked"] = lambda: _unblocked_foreach_sync(
             fast, slow, alpha
         )
-    compile_seconds: float | None = None
-    compile_error: str | None = None
-    if compiled and device.type == "cpu":
-        start = time.perf_counter()
-        available = compiled_kernel(slow_dtype) is not None  # compiled once per process and dtype
-        compile_seconds = time.perf_counter() - start
-        if available:
-            kernels[SHIPPED_COMPILED_KERNEL] = lambda: sync_(
-                fast, slow, alpha, foreach=True, compiled=True
-            )
-        else:
-            compile_error = f"no compiled kernel for {slow_dtype} here (eager kernel used)"
-    elif compiled:
-        try:
-            kernels[WHOLE_LIST_COMPILED], compile_seconds = compiled_sync(fast, slow, alpha)
-        except Exception as error:  # compilation unavailable: report it, measure the rest
-            compile_error = f"{type(error).__name__}: {error}".splitlines()[0][:200]
-
     wrappers: dict[str, Optimizer] = {}
     for contender in contenders:
         if contender.wrap is None or contender.sync is None:
@@ -477,11 +447,10 @@ def measure_sync(
             torch._foreach_copy_(slow, slow_spare)
 
     runs: dict[str, Callable[[], object]] = {"copy": copy, **kernels}
-    for run in runs.values():  # warm-up: first-touch page faults, lazy initialisation
-        run()
     floor_of = dict.fromkeys(kernels, "copy")
     for name, wrapper in wrappers.items():
-        own = own_slow_copies(wrapper, params)  # after the warm-up sync: timm creates them there
+        kernels[name]()  # a first sync: timm creates its slow copies there
+        own = own_slow_copies(wrapper, params)
         if own is None:
             continue
 
@@ -490,30 +459,22 @@ def measure_sync(
 
         floor_of[name] = f"floor ({name})"
         runs[floor_of[name]] = own_copy
-        own_copy()
-    names = list(runs)
-    # Every timed run starts with cold caches: otherwise the kernels that work on the benchmark's
-    # own (fast, slow) lists find them in the cache after each other (a list of 2,000 small tensors
-    # nearly fits in L3), while each implementation's own slow copies come from memory.
-    evict = torch.empty(CACHE_EVICTION_BYTES // 4, dtype=torch.float32, device=device)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    ratios: dict[str, list[float]] = {name: [] for name in kernels}
-    for round_index in range(rounds):
-        for name in _rotated(names, round_index):
-            evict.fill_(float(round_index))
-            samples[name].append(_seconds(runs[name], device))
-        for name in kernels:
-            # An own floor is one copy of the same dtype: doubled, as two copies make a floor.
-            per_floor = copies_per_floor if floor_of[name] == "copy" else 2.0
-            ratios[name].append(samples[name][-1] / (per_floor * samples[floor_of[name]][-1]))
+    samples = _interleaved_cold(runs, rounds, device)
+    # An own floor is one copy of the same dtype: doubled, as two copies make a floor.
+    ratios = {
+        name: median_ratio(
+            samples[name],
+            samples[floor_of[name]],
+            copies_per_floor if floor_of[name] == "copy" else 2.0,
+        )
+        for name in kernels
+    }
     return SyncResult(
         shape=shape,
         parameter_bytes=sum(f.numel() * f.element_size() for f in fast),
         floor_seconds=copies_per_floor * statistics.median(samples["copy"]),
         kernel_seconds={name: statistics.median(samples[name]) for name in kernels},
-        kernel_ratios={name: statistics.median(ratios[name]) for name in kernels},
-        compile_seconds=compile_seconds,
-        compile_error=compile_error,
+        kernel_ratios=ratios,
         own_floor_seconds={
             name: 2.0 * statistics.median(samples[floor])
             for name, floor in floor_of.items()
@@ -534,7 +495,7 @@ CONTROL = "inner optimizer again (control)"
 
 @dataclass(frozen=True)
 class StepResult:
-    """Median seconds per step of each contender and median per-round ratio to the inner optimizer."""
+    """Median seconds per step of each contender and median per-turn ratio to the inner optimizer."""
 
     shape: ParameterList
     inner: str
@@ -591,7 +552,6 @@ def measure_steps(
             builders[contender.name] = _builder(params, inner, contender.wrap, k, alpha)
 
     samples: dict[str, list[float]] = {name: [] for name in builders}
-    ratios: dict[str, list[float]] = {name: [] for name in builders if name != INNER_ALONE}
     # Shuffled, not rotated, orders: in a rotation every contender always follows the same one,
     # and what that one leaves in the cache (a sync's freshly written parameters, say) then
     # biases the cell for good.
@@ -607,21 +567,23 @@ def measure_steps(
             shuffler.shuffle(names)
             for name in names:
                 samples[name].append(_seconds(optimizers[name].step, device, calls=k) / k)
-            for name in ratios:
-                ratios[name].append(samples[name][-1] / samples[INNER_ALONE][-1])
         del optimizers
         gc.collect()  # whatever a reference cycle kept of this round's optimizer states
     return StepResult(
         shape=shape,
         inner=inner_name,
         seconds={name: statistics.median(values) for name, values in samples.items()},
-        ratios={name: statistics.median(values) for name, values in ratios.items()},
+        ratios={
+            name: median_ratio(values, samples[INNER_ALONE])
+            for name, values in samples.items()
+            if name != INNER_ALONE
+        },
         unavailable=unavailable,
     )
 
 
 # ------------------------------------------------------------------------------------------------
-# Memory: CPU allocator events
+# Memory: allocator events
 # ------------------------------------------------------------------------------------------------
 
 
@@ -639,7 +601,7 @@ def _stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def _allocations(run: Callable[[], object]) -> list[int]:
+def _cpu_allocations(run: Callable[[], object]) -> list[int]:
     """Signed sizes of the CPU allocations (+) and frees (-) made by ``run``, in order."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -655,42 +617,67 @@ def _allocations(run: Callable[[], object]) -> list[int]:
 
 @dataclass(frozen=True)
 class MemoryResult:
-    """Bytes, from the allocator's events, for one optimizer over construction and 2k+1 steps."""
+    """Bytes, from the allocator, for one optimizer over construction and 2k+1 steps."""
 
     peak_bytes: int  # highest live total above the level before construction
     between_syncs_bytes: int  # median bytes allocated by a step of the second cycle
     sync_step_bytes: int  # most bytes allocated by any step of the second cycle
 
 
+def _second_cycle(allocated_per_step: Sequence[int], k: int) -> tuple[int, int]:
+    """Median and largest bytes allocated by the steps ``k+2 .. 2k+1`` (the second cycle)."""
+    second = allocated_per_step[k + 1 : 2 * k + 1]
+    return int(statistics.median(second)), max(second)
+
+
 def measure_memory(
     params: list[Tensor], inner: InnerFactory, wrap: WrapperFactory | None, *, k: int, alpha: float
 ) -> MemoryResult:
-    """Profile the CPU allocator while an optimizer is built and stepped ``2k + 1`` times.
+    """Record the allocator while an optimizer is built and stepped ``2k + 1`` times.
 
-    Construction and every step are recorded separately, so the allocations of each step are known
-    and the running total across all of them gives the peak.
+    On the CPU, construction and every step are profiled separately, so the allocations of each
+    step are known and the running total across all of them gives the peak; on CUDA the caching
+    allocator's statistics give both.
     """
+    build = _builder(params, inner, wrap, k, alpha)
+    if params[0].device.type == "cuda":
+        return _cuda_memory(params[0].device, build, k)
     holder: list[Optimizer] = []
-    per_phase = [_allocations(lambda: holder.append(_builder(params, inner, wrap, k, alpha)()))]
+    per_phase = [_cpu_allocations(lambda: holder.append(build()))]
     for _ in range(2 * k + 1):
-        per_phase.append(_allocations(holder[0].step))
+        per_phase.append(_cpu_allocations(holder[0].step))
     holder.clear()
     live, peak = 0, 0
     for phase in per_phase:
         for size in phase:
             live += size
             peak = max(peak, live)
-    allocated = [sum(size for size in phase if size > 0) for phase in per_phase]
-    second_cycle = allocated[1 + k + 1 : 1 + 2 * k + 1]
-    return MemoryResult(
-        peak_bytes=peak,
-        between_syncs_bytes=int(statistics.median(second_cycle)),
-        sync_step_bytes=max(second_cycle),
-    )
+    allocated = [sum(size for size in phase if size > 0) for phase in per_phase[1:]]
+    between, at_sync = _second_cycle(allocated, k)
+    return MemoryResult(peak_bytes=peak, between_syncs_bytes=between, sync_step_bytes=at_sync)
+
+
+def _cuda_memory(device: torch.device, build: Callable[[], Optimizer], k: int) -> MemoryResult:
+    def allocated() -> int:
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.memory_stats(device)["allocated_bytes.all.allocated"])
+
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    optimizer = build()
+    per_step = []
+    for _ in range(2 * k + 1):
+        before = allocated()
+        optimizer.step()
+        per_step.append(allocated() - before)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    del optimizer
+    between, at_sync = _second_cycle(per_step, k)
+    return MemoryResult(peak_bytes=peak, between_syncs_bytes=between, sync_step_bytes=at_sync)
 
 
 # ------------------------------------------------------------------------------------------------
-# Report
+# Conditions of a run
 # ------------------------------------------------------------------------------------------------
 
 
@@ -734,12 +721,11 @@ def hold_freed_memory() -> str:
 
     By default glibc gives large freed blocks back to the kernel (``munmap``, or trimming the top
     of the heap), so a step that allocates and frees temporaries of the model's size (foreach
-    AdamW on the CPU) takes a page fault on every 4 KiB page of them on every step: on 200 x
-    250,000 floats, 170 ms per step against 92-96 ms with the memory kept
-    (``benchmarks/results/step-system-heap.md``). That cost belongs to the inner optimizer,
-    is the same with every Lookahead, and its variance hid the differences between them. Keeping
-    freed memory is what jemalloc or tcmalloc, which PyTorch's performance tuning guide suggests for
-    CPU training, do by design. Only glibc can be told so (``mallopt``); elsewhere nothing changes.
+    AdamW on the CPU) takes a page fault on every 4 KiB page of them on every step. That cost
+    belongs to the inner optimizer, is the same with every Lookahead, and its variance hides the
+    differences between them (measured with ``--heap system``: docs/benchmarks.md). Keeping freed
+    memory is what jemalloc or tcmalloc, which PyTorch's performance tuning guide suggests for CPU
+    training, do by design. Only glibc can be told so (``mallopt``); elsewhere nothing changes.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return "system allocator (holding freed memory needs glibc)"
@@ -754,19 +740,21 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
 
 
+# ------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------
+
+
 def format_sync(results: Sequence[SyncResult], target: float) -> list[str]:
     kernels = list(dict.fromkeys(name for r in results for name in r.kernel_ratios))
     lines = [
         "### Sync against the memory floor",
         "",
-        "Floor = 2 x one `_foreach_copy_` of the slow weights into the parameters (a sync reads fast "
-        "and slow and writes both; where their dtypes differ, one copy of each). Ratios are medians "
-        "over rounds of kernel time / floor, per round. `sync_` is the kernel alone, on the "
-        "benchmark's own slow copies; the columns named after an implementation time its whole "
-        "outer step (`Lookahead.sync()`, timm's `sync_lookahead()`, pytorch_optimizer's "
-        "`update(group)`, torch-optimizer's `_update(group)`), bookkeeping included, against the "
-        "floor measured on that implementation's own slow copies (the same bytes; the *floor ms* "
-        "column is the benchmark's, the others are listed under the table).",
+        "Floor = 2 x one `_foreach_copy_` of the slow weights into the parameters (where their "
+        "dtypes differ, one copy of each). Cells: median over rounds of time / floor. `sync_` is "
+        "the kernel alone, on the benchmark's own slow copies; a column named after an "
+        "implementation times its whole outer step, bookkeeping included, against the floor on "
+        "its own slow copies (listed under the table).",
         "",
         "| parameters | tensors | parameter MiB | floor ms | "
         + " | ".join(f"{name} / floor" for name in kernels)
@@ -774,19 +762,9 @@ def format_sync(results: Sequence[SyncResult], target: float) -> list[str]:
         "|---|---:|---:|---:|" + "---:|" * len(kernels),
     ]
     for r in results:
-        cells = []
-        for name in kernels:
-            if name in r.kernel_ratios:
-                cell = f"{r.kernel_ratios[name]:.2f}"
-                compiled_kernel = name in (SHIPPED_COMPILED_KERNEL, WHOLE_LIST_COMPILED)
-                if compiled_kernel and r.compile_seconds is not None:
-                    cell += f" (compile {r.compile_seconds:.1f} s)"
-                cells.append(cell)
-            else:
-                cells.append(r.compile_error or "-")
-        mib = r.parameter_bytes / MIB
+        cells = [f"{r.kernel_ratios[n]:.2f}" if n in r.kernel_ratios else "-" for n in kernels]
         lines.append(
-            f"| {r.shape.name} | {len(r.shape.shapes)} | {mib:.0f} | "
+            f"| {r.shape.name} | {len(r.shape.shapes)} | {r.parameter_bytes / MIB:.0f} | "
             f"{r.floor_seconds * 1e3:.2f} | " + " | ".join(cells) + " |"
         )
     own_floors = [
@@ -798,26 +776,18 @@ def format_sync(results: Sequence[SyncResult], target: float) -> list[str]:
     if own_floors:
         lines += [
             "",
-            "Floors on each implementation's own slow copies, ms: " + "; ".join(own_floors) + ".",
+            "Floors on each implementation's own slow copies, ms: " + "; ".join(own_floors),
         ]
-    lines.append("")
-    for kernel, whole_name, what in (
-        (SHIPPED_KERNEL, OURS, "shipped sync"),
-        (SHIPPED_COMPILED_KERNEL, OURS_COMPILED, "sync with `compiled_sync=True`"),
-    ):
-        kernel_ratios = [r.kernel_ratios[kernel] for r in results if kernel in r.kernel_ratios]
-        if not kernel_ratios:
-            continue
-        worst = max(kernel_ratios)
-        whole = [r.kernel_ratios[whole_name] for r in results if whole_name in r.kernel_ratios]
-        worst_whole = max(whole, default=0.0)
-        verdict = "met" if max(worst, worst_whole) <= target else "NOT met"
-        measured = f"worst {worst:.2f} for the kernel"
-        if whole:
-            measured += f", {worst_whole:.2f} for the whole `Lookahead.sync()`"
-        lines.append(
-            f"Target: {what} <= {target:.2f} x floor on every shape: **{verdict}** ({measured})."
-        )
+    kernel_worst = max(r.kernel_ratios[SHIPPED_KERNEL] for r in results)
+    whole = [r.kernel_ratios[OURS] for r in results if OURS in r.kernel_ratios]
+    verdict = "met" if max([kernel_worst, *whole]) <= target else "NOT met"
+    measured = f"worst {kernel_worst:.2f} for the kernel"
+    if whole:
+        measured += f", {max(whole):.2f} for the whole `Lookahead.sync()`"
+    lines += [
+        "",
+        f"Target: sync <= {target:.2f} x floor on every list: **{verdict}** ({measured}).",
+    ]
     return lines
 
 
@@ -835,11 +805,10 @@ def format_steps(
     lines = [
         f"### Step time, k={k}: Lookahead(inner) / inner",
         "",
-        "Seconds per step timed over whole cycles of k steps (the sync amortised as in training), "
-        "the contenders taking turns one cycle each; each cell is the median over turns of a "
-        "cycle's time over the inner optimizer's cycle in the same turn. The last column times "
-        "the inner optimizer a second time in every turn: its distance from 1.000 is what noise "
-        "alone does to a cell.",
+        "Cycles of k steps timed in turns, one cycle of each contender per turn in shuffled order; "
+        "a cell is the median over turns of a cycle's time over the inner optimizer's cycle in the "
+        "same turn. The control times the inner optimizer a second time in every turn: its "
+        "distance from 1.000 is what noise alone does to a cell.",
         "",
         f"| parameters | inner optimizer | inner ms/step | {header} | control |",
         "|---|---|---:|" + "---:|" * (len(names) + 1),
@@ -890,27 +859,27 @@ def format_steps(
 def format_memory(
     rows: Sequence[tuple[ParameterList, str, dict[str, MemoryResult]]],
     contenders: Sequence[Contender],
+    parameter_element_bytes: int = 4,
 ) -> list[str]:
     names = [c.name for c in contenders if c.wrap is not None]
     lines = [
-        "### Memory (CPU allocator events, construction + 2k+1 steps)",
+        "### Memory: construction and 2k+1 steps",
         "",
-        "Each cell: extra peak / allocated between syncs / allocated by a sync step. Extra peak = "
-        "peak live bytes minus the inner optimizer's, in units of one copy of the parameters (1.00 "
-        "= exactly the slow weights). Allocated = bytes a step of the second cycle asks the "
-        "allocator for, minus what the inner optimizer's step asks for: the median step (between "
-        "syncs) and the largest (the sync step).",
+        "Cells: extra peak / allocated between syncs / allocated by a sync step. Extra peak = peak "
+        "live bytes minus the inner optimizer's, in copies of the parameters (1.00 = exactly the "
+        "slow weights). Allocated = bytes a step of the second cycle asks the allocator for, "
+        "minus what the inner optimizer's step asks for: the median step and the largest.",
         "",
         "| parameters | inner optimizer | inner peak MiB | " + " | ".join(names) + " |",
         "|---|---|---:|" + "---:|" * len(names),
     ]
     for shape, inner_name, by_name in rows:
-        slow_bytes = shape.numel * 4
+        parameter_bytes = shape.numel * parameter_element_bytes
         inner = by_name[INNER_ALONE]
         cells = []
         for name in names:
             result = by_name[name]
-            extra = (result.peak_bytes - inner.peak_bytes) / slow_bytes
+            extra = (result.peak_bytes - inner.peak_bytes) / parameter_bytes
             between = result.between_syncs_bytes - inner.between_syncs_bytes
             at_sync = result.sync_step_bytes - inner.sync_step_bytes
             cells.append(f"{extra:.2f} / {_bytes(between)} / {_bytes(at_sync)}")
@@ -995,12 +964,12 @@ def _add_index_option(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="torch-lookahead bench",
+        prog=COMMAND,
         description="Time the Lookahead sync against the memory floor and the Lookahead step "
         "against the inner optimizer and every installed peer (timm, pytorch_optimizer, "
-        "torch-optimizer). Prints a Markdown report.",
+        "torch-optimizer); record their memory. Prints a Markdown report.",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, 2 rounds (a smoke test)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, 2 rounds (a smoke run)")
     parser.add_argument(
         "--sections",
         type=_choices(SECTIONS),
@@ -1021,12 +990,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="torch intra-op threads (1: a shared machine measures more steadily single-threaded)",
     )
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
     parser.add_argument(
-        "--compiled",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="also time Lookahead(compiled_sync=True) and its kernel (default: on, off with "
-        "--quick)",
+        "--dtype",
+        choices=list(DTYPES),
+        default="float32",
+        help="parameter dtype (float32); below float32 the sync kernels use float32 slow copies "
+        "and Lookahead(slow_dtype=torch.float32) joins the contenders",
     )
     parser.add_argument(
         "--heap",
@@ -1046,21 +1016,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``torch-lookahead bench``; returns the process exit status."""
+    """Run the benchmark; returns the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: not a torch device: {args.device!r}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device: expected cpu or cuda[:index], got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available to torch {torch.__version__}")
+    if args.docs is not None and not args.docs.is_file():
+        parser.error(f"--docs: no such file: {args.docs}")
     # Objects that exist now (torch, the peers' modules) are never garbage: keep them out of the
     # collections between rounds, which then take microseconds instead of a large fraction of a second.
     gc.freeze()
     try:
-        return _run(args, argv)
+        return _run(args, argv, device)
     finally:
         gc.unfreeze()
 
 
-def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    if args.docs is not None and not args.docs.is_file():
-        raise SystemExit(f"torch-lookahead bench: error: --docs: no such file: {args.docs}")
+def _progress(message: str) -> None:
+    print(f"[bench {datetime.now(timezone.utc):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace, argv: list[str], device: torch.device) -> int:
     torch.set_num_threads(args.threads)
     heap = hold_freed_memory() if args.heap == "held" else "system allocator"
     load_before = load_average()
@@ -1070,39 +1053,39 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     sync_rounds = args.rounds or (2 if args.quick else 15)
     step_rounds = args.rounds or (2 if args.quick else 5)
     cycles = args.cycles or (1 if args.quick else 4)
-    compiled = (not args.quick) if args.compiled is None else args.compiled
+    dtype = DTYPES[args.dtype]
     k, alpha = args.k, args.alpha
 
-    def progress(message: str) -> None:
-        print(
-            f"[bench {datetime.now(timezone.utc):%H:%M:%S}] {message}", file=sys.stderr, flush=True
-        )
-
-    contenders = find_contenders(compiled_sync=compiled)
-    own = 2 if compiled else 1
+    contenders = find_contenders(dtype)
+    own = sum(c.name.startswith(OURS) for c in contenders)
     for contender in contenders:
         if contender.wrap is None:
-            progress(f"{contender.name}: {contender.unavailable}; skipped")
+            _progress(f"{contender.name}: {contender.unavailable}; skipped")
 
     sections: list[list[str]] = []
     if "sync" in args.sections:
         sync_results = []
         for shape in shapes:
-            progress(f"sync: {shape.name}")
-            sync_results.append(
-                measure_sync(
-                    shape, rounds=sync_rounds, alpha=alpha, compiled=compiled, contenders=contenders
-                )
+            _progress(f"sync: {shape.name}")
+            result = measure_sync(
+                shape,
+                rounds=sync_rounds,
+                alpha=alpha,
+                device=device,
+                fast_dtype=dtype,
+                slow_dtype=SLOW_DTYPE,
+                contenders=contenders,
             )
+            sync_results.append(result)
         sections.append(format_sync(sync_results, args.target))
     if "step" in args.sections or "memory" in args.sections:
         step_results: list[StepResult] = []
         memory_rows: list[tuple[ParameterList, str, dict[str, MemoryResult]]] = []
         for shape in shapes:
-            params = make_parameters(shape.shapes)
+            params = make_parameters(shape.shapes, device=device, dtype=dtype)
             for inner_name in inner_names:
                 if "step" in args.sections:
-                    progress(f"step: {shape.name}, {inner_name}")
+                    _progress(f"step: {shape.name}, {inner_name}")
                     step_results.append(
                         measure_steps(
                             shape,
@@ -1112,11 +1095,12 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                             cycles=cycles,
                             k=k,
                             alpha=alpha,
+                            device=device,
                             params=params,
                         )
                     )
                 if "memory" in args.sections:
-                    progress(f"memory: {shape.name}, {inner_name}")
+                    _progress(f"memory: {shape.name}, {inner_name}")
                     inner = INNER_OPTIMIZERS[inner_name]
                     by_name = {INNER_ALONE: measure_memory(params, inner, None, k=k, alpha=alpha)}
                     for contender in contenders:
@@ -1129,10 +1113,16 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         if step_results:
             sections.append(format_steps(step_results, contenders, k, own=own))
         if memory_rows:
-            sections.append(format_memory(memory_rows, contenders))
+            element_bytes = torch.empty(0, dtype=dtype).element_size()
+            sections.append(format_memory(memory_rows, contenders, element_bytes))
 
-    command = " ".join(["torch-lookahead bench", *argv])
-    lines = ["## torch-lookahead bench", "", *describe_conditions(command, load_before, heap=heap)]
+    command = " ".join([COMMAND, *argv])
+    lines = [
+        f"## {COMMAND}",
+        "",
+        *describe_conditions(command, load_before, device, heap=heap),
+        *([f"- Parameters: {dtype}"] if dtype != torch.float32 else []),
+    ]
     for section in sections:
         lines += ["", *section]
     report = emit_report(lines, args.output)
