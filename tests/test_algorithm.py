@@ -91,7 +91,7 @@ def test_matches_algorithm_1_with_lbfgs_and_closure() -> None:
 
 
 def test_paper_trajectory_scalar() -> None:
-    """prior-art.md's reference: theta0=0, SGD lr=1, gradient 1, k=3, alpha=0.5."""
+    """A trajectory worked out by hand: theta0=0, SGD lr=1, gradient 1, k=3, alpha=0.5."""
     p = torch.nn.Parameter(torch.zeros(()))
     opt = Lookahead(torch.optim.SGD([p], lr=1.0), k=3, alpha=0.5)
     seen = []

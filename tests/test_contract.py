@@ -1,4 +1,4 @@
-"""Lookahead as a first-class torch.optim.Optimizer (integration.md items A-H)."""
+"""Lookahead as a first-class torch.optim.Optimizer (what schedulers, GradScaler, checkpoints, compile and frameworks rely on)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Inner-optimizer momentum at the sync: "none", "reset", "pullback" (algorithms.md 1.3 and 1.8)."""
+"""Inner-optimizer momentum at the sync: "none" (the paper keeps it), "reset" and "pullback"."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def test_modes_add_no_key_the_inner_optimizer_does_not_own() -> None:
 
 
 def test_stability_example_none_diverges_pullback_converges() -> None:
-    """algorithms.md 1.3: lr=1, momentum 0.99, k=5, alpha=0.5, curvature 0.42."""
+    """Worked by hand: lr=1, momentum 0.99, k=5, alpha=0.5, curvature 0.42."""
     magnitudes = {}
     for mode in ("none", "pullback"):
         p = torch.nn.Parameter(torch.ones((), dtype=torch.float64))

@@ -63,7 +63,7 @@ def test_sync_matches_the_float64_reference(
     fast, slow = random_pairs(seed, shapes, fast_dtype, slow_dtype)
     expected = reference_sync(fast, slow, alpha)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_sync, "CPU_BLOCK_BYTES", SMALL_BLOCK_BYTES)
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
         _sync.sync_(fast, slow, alpha, foreach=foreach)
     tolerance = {torch.float32: 1e-6, torch.float64: 1e-14}[slow_dtype]
     for f, s, e in zip(fast, slow, expected, strict=True):
@@ -85,9 +85,9 @@ def test_blocking_changes_no_bit(
     fast[2], slow[2] = fast[2].t(), slow[2].t()  # non-contiguous: synced whole
     blocked_fast, blocked_slow = [f.clone() for f in fast], [s.clone() for s in slow]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_sync, "CPU_BLOCK_BYTES", 1 << 40)  # one block: no blocking at all
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", 1 << 40)  # one block: no blocking at all
         _sync.sync_(fast, slow, 0.3, foreach=foreach)
-        patch.setattr(_sync, "CPU_BLOCK_BYTES", SMALL_BLOCK_BYTES)
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
         _sync.sync_(blocked_fast, blocked_slow, 0.3, foreach=foreach)
     for a, b in zip(fast + slow, blocked_fast + blocked_slow, strict=True):
         assert torch.equal(a, b)
@@ -97,29 +97,29 @@ def test_cache_blocks_cover_every_element_once_in_order() -> None:
     shapes = [(10,), (200,), (3,), (64,), (64,), (1,), (500,), (7,)]
     fast, slow = random_pairs(1, shapes, torch.float32, torch.float32)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_sync, "CPU_BLOCK_BYTES", SMALL_BLOCK_BYTES)  # 64 floats per block
-        patch.setattr(_sync, "CPU_UNBLOCKED_BLOCKS", 0)
-        blocks = list(_sync._cache_blocks(fast, slow))
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)  # 64 floats per block
+        patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 0)
+        blocks = list(_sync._cpu_blocks(fast, slow))
     flat_fast = torch.cat([t.reshape(-1) for block_fast, _ in blocks for t in block_fast])
     flat_slow = torch.cat([t.reshape(-1) for _, block_slow in blocks for t in block_slow])
     assert torch.equal(flat_fast, torch.cat([f.reshape(-1) for f in fast]))
     assert torch.equal(flat_slow, torch.cat([s.reshape(-1) for s in slow]))
     for block_fast, block_slow in blocks:
-        # Either one view of at most a block, or whole tensors that together just fill one.
+        # Either one view of at most a block, or whole tensors that together fit in one.
         assert len(block_fast) == len(block_slow)
         if len(block_fast) > 1:
-            assert sum(t.numel() for t in block_fast[:-1]) < 64
+            assert sum(t.numel() for t in block_fast) <= 64
 
 
 def test_small_buckets_are_not_blocked() -> None:
     fast, slow = random_pairs(2, [(30,)] * 10, torch.float32, torch.float32)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_sync, "CPU_BLOCK_BYTES", 400)  # 100 floats; the bucket holds 300: 3 blocks
-        patch.setattr(_sync, "CPU_UNBLOCKED_BLOCKS", 3)
-        assert len(list(_sync._cache_blocks(fast, slow))) == 1
-        patch.setattr(_sync, "CPU_UNBLOCKED_BLOCKS", 2)
-        sizes = [len(block_fast) for block_fast, _ in _sync._cache_blocks(fast, slow)]
-        assert sizes == [4, 4, 2]
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", 400)  # 100 floats; the bucket holds 300: 3 blocks
+        patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 3)
+        assert len(list(_sync._cpu_blocks(fast, slow))) == 1
+        patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 2)
+        sizes = [len(block_fast) for block_fast, _ in _sync._cpu_blocks(fast, slow)]
+        assert sizes == [3, 3, 3, 1]
 
 
 def test_cpu_sync_allocates_nothing() -> None:
@@ -149,7 +149,7 @@ def test_lists_mixing_dtypes_and_mismatched_pairs(foreach: bool) -> None:
     slow = [torch.randn(300, generator=gen).to(s) for _, s in dtypes]
     expected = reference_sync(fast, slow, 0.25)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_sync, "CPU_BLOCK_BYTES", SMALL_BLOCK_BYTES)
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
         _sync.sync_(fast, slow, 0.25, foreach=foreach)
     for f, s, e, (fast_dtype, slow_dtype) in zip(fast, slow, expected, dtypes, strict=True):
         assert s.dtype == slow_dtype and f.dtype == fast_dtype
@@ -160,15 +160,15 @@ def test_lists_mixing_dtypes_and_mismatched_pairs(foreach: bool) -> None:
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("numel", [5, 300])  # 300 floats: cut into views of 64 (small blocks)
 def test_sync_of_parameters_is_seen_by_autograd(foreach: bool, numel: int) -> None:
-    """The kernels run below the autograd layer, yet still advance the version counters (also
-    through the views that cut long tensors into blocks): a graph that saved a parameter before a
-    sync refuses to backpropagate through the changed value."""
+    """The in-place kernels advance the version counters (also through the views that cut long
+    tensors into blocks): a graph that saved a parameter before a sync refuses to backpropagate
+    through the changed value."""
     params = [torch.nn.Parameter(torch.randn(numel)) for _ in range(8)]
     slow = [p.detach() + 1.0 for p in params]
     versions = [p._version for p in params]
     loss = sum((p * p).sum() for p in params)
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_sync, "CPU_BLOCK_BYTES", SMALL_BLOCK_BYTES)
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
         _sync.sync_(params, slow, 0.5, foreach=foreach)
     assert all(torch.equal(p.detach(), s) for p, s in zip(params, slow, strict=True))
     assert all(p._version > v for p, v in zip(params, versions, strict=True))
@@ -176,6 +176,47 @@ def test_sync_of_parameters_is_seen_by_autograd(foreach: bool, numel: int) -> No
         loss.backward()  # type: ignore[union-attr]
     # And the kernels do not leave parameters needing no grad, nor record a graph.
     assert all(p.requires_grad and p.grad_fn is None for p in params)
+
+
+def test_mismatched_pairs_allocate_their_scratch_before_changing_anything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Running out of memory in a sync of bf16 parameters with fp32 slow copies leaves every pair
+    as it was: all scratch space is allocated before the first pair changes."""
+    fast, slow = random_pairs(5, [(300,), (40,), (700,)], torch.bfloat16, torch.float32)
+    before = [t.clone() for t in fast + slow]
+    real_empty = torch.empty
+    calls = []
+
+    def empty_then_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 0:
+            raise torch.OutOfMemoryError("simulated")
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", empty_then_fail)
+    with pytest.raises(torch.OutOfMemoryError):
+        _sync.sync_(fast, slow, 0.5, foreach=True)
+    monkeypatch.undo()
+    assert calls and all(torch.equal(a, b) for a, b in zip(fast + slow, before, strict=True))
+
+
+def test_swap_exchanges_values_exactly_through_a_reused_buffer() -> None:
+    shapes = [(3,), (700,), (40, 30), (1,)] * 30 + [(5000,)]
+    a, b = random_pairs(6, shapes, torch.float32, torch.float32)
+    a[2] = a[2].t()  # non-contiguous
+    b[2] = b[2].t()
+    a0, b0 = [t.clone() for t in a], [t.clone() for t in b]
+    scratch: dict = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
+        for foreach in (True, False):
+            _sync.swap_(a, b, scratch, foreach=foreach)
+            assert all(torch.equal(x, y) for x, y in zip(a + b, b0 + a0, strict=True))
+            buffer = scratch[(torch.device("cpu"), torch.float32)]
+            _sync.swap_(a, b, scratch, foreach=foreach)
+            assert scratch[(torch.device("cpu"), torch.float32)] is buffer
+            assert all(torch.equal(x, y) for x, y in zip(a + b, a0 + b0, strict=True))
 
 
 def test_sync_enters_no_grad_itself() -> None:

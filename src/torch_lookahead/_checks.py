@@ -25,7 +25,7 @@ def check_k(value: object, name: str = "k") -> int:
             f"{name} must be a positive int (the number of inner steps per sync), got {value!r}"
         )
     try:
-        number = operator.index(value)  # type: ignore[call-overload]
+        number = operator.index(value)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(
             f"{name} must be a positive int (the number of inner steps per sync), got {value!r}"

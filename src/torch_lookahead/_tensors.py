@@ -7,6 +7,7 @@ blocks.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -30,6 +31,9 @@ SYNC_BLOCK_BYTES = 256 * 1024
 OPTIMIZER_BLOCK_BYTES = 1024 * 1024
 
 _PLAIN_TENSOR_TYPES = frozenset({Tensor, torch.nn.Parameter})
+_dtype_of = operator.attrgetter("dtype")
+_device_of = operator.attrgetter("device")
+_is_cpu = operator.attrgetter("is_cpu")
 
 
 def local_shards(tensors: Sequence[Tensor]) -> list[Tensor]:
@@ -58,13 +62,17 @@ def group_by_device_and_dtype(
     others are parallel to it.
     """
     first = tensorlists[0]
+    if not first:
+        return
+    # One placement, the usual case, is recognised with C-level maps.
+    if len(set(map(_dtype_of, first))) == 1 and (
+        all(map(_is_cpu, first)) or len(set(map(_device_of, first))) == 1
+    ):
+        yield [list(tensors) for tensors in tensorlists]
+        return
     indices: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for index, tensor in enumerate(first):
         indices.setdefault((tensor.device, tensor.dtype), []).append(index)
-    if len(indices) <= 1:
-        if first:
-            yield [list(tensors) for tensors in tensorlists]
-        return
     for positions in indices.values():
         yield [[tensors[i] for i in positions] for tensors in tensorlists]
 

@@ -4,7 +4,9 @@ Everything the wrapper keeps lives in the inner optimizer's own structures, so e
 saves, moves, shards or proxies an optimizer sees it:
 
 * per parameter group: ``lookahead_k``, ``lookahead_alpha``, ``lookahead_step`` (inner steps since
-  the last sync) and, while evaluating, ``lookahead_eval_mode``;
+  the last sync), ``lookahead_synced_at`` (the inner step count of the group's first parameter at
+  the last sync, where the inner optimizer counts steps on the CPU; -1 where it does not) and, while evaluating,
+  ``lookahead_eval_mode``;
 * per parameter, in ``optimizer.state[p]``: ``lookahead_slow`` (the slow weights), the slow momentum
   copies of the ``"pullback"`` policy and, for mixed-precision slow copies in eval mode,
   ``lookahead_fast``.
@@ -13,28 +15,34 @@ saves, moves, shards or proxies an optimizer sees it:
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
-import operator
-from collections import OrderedDict, defaultdict
+import inspect
+import signal
+import threading
+import warnings
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
 from torch_lookahead import _sync
+from torch_lookahead._checks import check_alpha, check_k
+from torch_lookahead._tensors import local_shards, same_placement
+from torch_lookahead._tracking import GroupTracking, Tracking, build_tracking
 from torch_lookahead.pullback import (
     PULLBACK_MODES,
     PullbackMode,
+    apply_momentum_policy_,
+    ensure_slow_momentum_,
     momentum_keys_for,
     registered_momentum_classes,
     slow_momentum_key,
 )
 
-__all__ = ["Lookahead", "load_slow_parameters"]
+__all__ = ["Lookahead", "LookaheadOptions", "load_slow_parameters"]
 
 SLOW_KEY = "lookahead_slow"
 FAST_STASH_KEY = "lookahead_fast"
@@ -42,44 +50,22 @@ K_KEY = "lookahead_k"
 ALPHA_KEY = "lookahead_alpha"
 STEP_KEY = "lookahead_step"
 EVAL_KEY = "lookahead_eval_mode"
-
-_HOOK_DICTS = (
-    "_optimizer_step_pre_hooks",
-    "_optimizer_step_post_hooks",
-    "_optimizer_state_dict_pre_hooks",
-    "_optimizer_state_dict_post_hooks",
-    "_optimizer_load_state_dict_pre_hooks",
-    "_optimizer_load_state_dict_post_hooks",
-)
+SYNCED_AT_KEY = "lookahead_synced_at"
 
 Closure = Callable[[], Any]
 
 
-def _validate_k(k: object, name: str = "k") -> int:
-    if isinstance(k, bool):
-        raise TypeError(
-            f"{name} must be a positive int (the number of inner steps per sync), got {k!r}"
-        )
-    try:
-        value = operator.index(k)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            f"{name} must be a positive int (the number of inner steps per sync), got {k!r}"
-        ) from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int (>= 1), got {value}")
-    return int(value)
+class LookaheadOptions(TypedDict, total=False):
+    """Keyword options of :class:`Lookahead` that the classes built on it pass through unchanged.
 
+    A new option of ``Lookahead`` is added here once and reaches ``Ranger`` and
+    ``DistributedLookahead`` without further code.
+    """
 
-def _validate_alpha(alpha: object, name: str = "alpha") -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(
-            f"{name} must be a real number in [0, 1] (the slow-weights step size), got {alpha!r}"
-        )
-    value = float(alpha)
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1] (the slow-weights step size), got {value}")
-    return value
+    pullback_momentum: PullbackMode
+    slow_dtype: torch.dtype | None
+    slow_device: str | torch.device | None
+    check_finite: bool
 
 
 def _validate_pullback(mode: object, optimizer: Optimizer) -> PullbackMode:
@@ -110,13 +96,93 @@ def _validate_slow_device(device: object) -> torch.device | None:
     if not isinstance(device, (str, torch.device)):
         raise TypeError(f"slow_device must be None, a str or a torch.device, got {device!r}")
     try:
-        return torch.device(device)
+        parsed = torch.device(device)
     except RuntimeError as error:
         raise ValueError(f"slow_device must name a device such as 'cpu', got {device!r}") from error
+    if parsed.type == "meta":
+        raise ValueError(
+            "slow_device='meta' cannot hold the slow weights' values; use a real device"
+        )
+    try:
+        torch.empty(0, device=parsed)
+    except (RuntimeError, AssertionError) as error:
+        raise ValueError(f"slow_device={device!r} is not available here: {error}") from None
+    return parsed
+
+
+def _validate_flag(name: str, value: object, *, optional: bool) -> None:
+    if not isinstance(value, bool) and not (optional and value is None):
+        accepted = "None or a bool" if optional else "a bool"
+        raise TypeError(f"{name} must be {accepted}, got {value!r}")
+
+
+def _check_step_count(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"{name} must be a non-negative int (inner steps since the sync), got {value!r}"
+        )
+    return value
 
 
 def _is_dtensor(t: Tensor) -> bool:
     return hasattr(t, "to_local")
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) until the block has finished, then deliver it.
+
+    A sync changes the fast weights, the slow weights and the momentum of many tensors; an
+    interrupt between two of those changes would leave a half-applied outer step. Only the main
+    thread receives signals, so elsewhere (and while ``torch.compile`` traces) this does nothing.
+    """
+    if torch.compiler.is_compiling() or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[tuple[int, Any]] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append((number, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(*received[0])
+
+
+def _inner_step_without_global_hooks(
+    optimizer: Optimizer, closure: Closure | None, kwargs: dict[str, Any]
+) -> Any:
+    """``optimizer.step(closure, **kwargs)`` with its own step hooks but not the global ones.
+
+    ``torch.optim`` wraps every optimizer class's ``step`` so that it runs the global step hooks
+    (``register_optimizer_step_pre_hook``/``_post_hook``) and the instance's hooks. The wrapper's
+    own ``step`` already ran the global hooks once for this user step, so the inner step is called
+    through the undecorated function, with the inner optimizer's instance hooks run around it in
+    torch's order. Where the decoration is not there (or ``step`` was replaced on the instance,
+    e.g. by an LR scheduler built on the inner optimizer), the plain call is made.
+    """
+    if closure is not None:
+        kwargs = {"closure": closure, **kwargs}
+    step = type(optimizer).step
+    undecorated = getattr(step, "__wrapped__", None)
+    if (
+        undecorated is None
+        or not getattr(step, "hooked", False)
+        or "step" in vars(optimizer)
+        or torch.compiler.is_compiling()
+    ):
+        return optimizer.step(**kwargs)
+    args: tuple[Any, ...] = (optimizer,)
+    for pre_hook in optimizer._optimizer_step_pre_hooks.values():
+        result = pre_hook(optimizer, args, kwargs)
+        if result is not None:
+            args, kwargs = result
+    with torch.autograd.profiler.record_function(f"Optimizer.step#{type(optimizer).__name__}.step"):
+        out = undecorated(*args, **kwargs)
+    optimizer._optimizer_step_code()
+    for post_hook in optimizer._optimizer_step_post_hooks.values():
+        post_hook(optimizer, args, kwargs)
+    return out
 
 
 class Lookahead(Optimizer):
@@ -140,10 +206,14 @@ class Lookahead(Optimizer):
 
     The wrapper is a ``torch.optim.Optimizer``: ``param_groups``, ``state`` and ``defaults`` are the
     inner optimizer's own (live views with setters), so LR schedulers, GradScaler, checkpoints,
-    Lightning, Accelerate, the HF Trainer, DCP and ZeRO see one optimizer. The slow weights are kept
-    in ``optimizer.state[p]["lookahead_slow"]``; ``k``, ``alpha`` and the step counter live in each
+    Lightning, Accelerate, the HF Trainer, DCP and ZeRO see one optimizer, and one ``step()`` is one
+    step to every step hook, global or not. The slow weights are kept in
+    ``optimizer.state[p]["lookahead_slow"]``; ``k``, ``alpha`` and the step counter live in each
     parameter group (``lookahead_k``, ``lookahead_alpha``, ``lookahead_step``), so a group may carry
-    its own values and a scheduler may change them.
+    its own values and a scheduler may change them: every ``step()`` checks them first, as the
+    constructor does, and raises before anything changes. A group whose counter has reached its
+    ``k`` when a step begins (k was lowered below the steps already taken, or an exception
+    interrupted the previous sync) is synced first.
 
     Args:
         optimizer: the inner ("fast") optimizer, any ``torch.optim.Optimizer``.
@@ -151,22 +221,18 @@ class Lookahead(Optimizer):
         alpha: slow-weights step size in [0, 1]. Default: 0.5.
         pullback_momentum: what the inner momentum does at a sync: ``"none"`` keeps it (default),
             ``"reset"`` zeroes it, ``"pullback"`` interpolates it like the weights
-            (see :mod:`torch_lookahead.pullback`).
+            (see ``torch_lookahead.pullback``).
         slow_dtype: floating dtype of the slow copies of parameters with a narrower floating dtype,
             e.g. ``torch.float32`` for bf16/fp16 models. Default: the parameter's dtype.
         slow_device: device that holds the slow copies (e.g. ``"cpu"`` to keep them off the
             accelerator, in pinned memory; they are moved only at the sync). Default: the
             parameter's device.
-        foreach: use the vectorised ``torch._foreach_*`` kernels for the sync. Default (None): yes.
-        compiled_sync: sync float32/float64 CPU parameters of at least 512 KiB with a kernel
-            generated by ``torch.compile`` (inductor): one pass where the eager kernel makes a
-            lerp and a copy; a whole sync measured 0.65-0.73 of the memory floor against
-            0.80-0.86 on lists of large tensors (``docs/benchmarks.md``). Compiles once per
-            dtype at the first sync (a few seconds; a C++ compiler is needed) and is used only
-            if it reproduces the eager kernel bit for bit on probe tensors, so results never
-            depend on this flag; anywhere it is unavailable the eager kernel runs, silently.
-            Shorter tensors, other dtypes and devices take the eager kernel, and a sync traced
-            inside a ``torch.compile``'d step is traced as without the flag. Default: False.
+        foreach: use the multi-tensor ``torch._foreach_*`` kernels for the sync and the exchange
+            of ``eval()``/``train()``. Default (None): yes.
+        check_finite: at every sync, before anything changes, check that the fast weights are
+            finite and raise ``FloatingPointError`` naming the first parameter that is not, so
+            that NaN or inf never reach the slow weights. Costs one pass over the weights per
+            sync. Default: False (a non-finite fast weight then poisons the slow weights).
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -192,7 +258,7 @@ class Lookahead(Optimizer):
         slow_dtype: torch.dtype | None = None,
         slow_device: str | torch.device | None = None,
         foreach: bool | None = None,
-        compiled_sync: bool = False,
+        check_finite: bool = False,
     ) -> None:
         if isinstance(optimizer, Lookahead):
             raise TypeError(
@@ -203,44 +269,31 @@ class Lookahead(Optimizer):
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer instance, got {type(optimizer).__name__}"
             )
-        k = _validate_k(k)
-        alpha = _validate_alpha(alpha)
-        if foreach is not None and not isinstance(foreach, bool):
-            raise TypeError(f"foreach must be None or a bool, got {foreach!r}")
-        if not isinstance(compiled_sync, bool):
-            raise TypeError(f"compiled_sync must be a bool, got {compiled_sync!r}")
-        self.optimizer = optimizer
+        k = check_k(k)
+        alpha = check_alpha(alpha)
+        _validate_flag("foreach", foreach, optional=True)
+        _validate_flag("check_finite", check_finite, optional=False)
         self.pullback_momentum = _validate_pullback(pullback_momentum, optimizer)
         self.slow_dtype = _validate_slow_dtype(slow_dtype)
         self.slow_device = _validate_slow_device(slow_device)
+        self.optimizer = optimizer
         self.foreach = foreach
-        self.compiled_sync = compiled_sync
+        self.check_finite = check_finite
         self._init_runtime()
         # New groups, also those added straight to the inner optimizer, inherit these defaults.
-        optimizer.defaults.update({K_KEY: k, ALPHA_KEY: alpha, STEP_KEY: 0})
-        self._fill_group_defaults()
-
-    def _fill_group_defaults(self) -> None:
-        """Give every group the Lookahead keys it lacks and validate the ones it has."""
-        for group in self.param_groups:
-            group[K_KEY] = _validate_k(group.get(K_KEY, self.defaults[K_KEY]), K_KEY)
-            group[ALPHA_KEY] = _validate_alpha(
-                group.get(ALPHA_KEY, self.defaults[ALPHA_KEY]), ALPHA_KEY
-            )
-            group.setdefault(STEP_KEY, 0)
+        optimizer.defaults.update({K_KEY: k, ALPHA_KEY: alpha, STEP_KEY: 0, SYNCED_AT_KEY: -1})
+        self._check_groups()
+        self._drop_stale_slow_weights()
 
     def _init_runtime(self) -> None:
-        """What ``Optimizer.__init__`` would create, minus a second copy of the parameter groups."""
-        for name in _HOOK_DICTS:
-            setattr(self, name, OrderedDict())
+        """What is not pickled: the hook dictionaries and torch's step decoration, and caches.
+
+        ``Optimizer.__init__`` would build a second list of parameter groups, so the wrapper runs
+        what ``Optimizer.__setstate__`` runs for an unpickled optimizer instead.
+        """
+        self._tracking: Tracking | None = None
         self._swap_scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-        # id(group) -> (group, ids of its params, its params without a slow copy yet).
-        self._uncaptured: dict[int, tuple[dict[str, Any], list[int], list[Tensor]]] = {}
-        # id(group) -> (group, ids of its params, state, its params with slow copies, the copies).
-        self._slow_pairs_cache: dict[
-            int, tuple[dict[str, Any], list[int], Any, list[Tensor], list[Tensor]]
-        ] = {}
-        self._patch_step_function()
+        Optimizer.__setstate__(self, {})
 
     # ------------------------------------------------------------------ live views of the inner
     @property  # type: ignore[override]
@@ -258,7 +311,6 @@ class Lookahead(Optimizer):
     @state.setter
     def state(self, value: defaultdict[Tensor, Any]) -> None:
         self.optimizer.state = value
-        self._forget_parameter_lists()
 
     @property  # type: ignore[override]
     def defaults(self) -> dict[str, Any]:
@@ -288,14 +340,20 @@ class Lookahead(Optimizer):
         ``Lookahead(AdamW(params, lr=1e-3), k=5)``. The result is a subclass of ``Lookahead`` (so
         of ``torch.optim.Optimizer``), which is what ``ZeroRedundancyOptimizer(params,
         optimizer_class=...)``, the HF Trainer's ``optimizer_cls_and_kwargs`` and DeepSpeed's
-        client optimizer expect; calling it returns a plain ``Lookahead``.
+        client optimizer expect. Calling it returns a plain ``Lookahead`` (so that it pickles and
+        loads anywhere): test instances with ``isinstance(opt, Lookahead)``, not against the
+        class ``wrap`` returned.
         """
         if not callable(optimizer_class):
             raise TypeError(
                 f"optimizer_class must be an optimizer class or factory, got {optimizer_class!r}"
             )
-        k = _validate_k(k)
-        alpha = _validate_alpha(alpha)
+        k = check_k(k)
+        alpha = check_alpha(alpha)
+        try:
+            inspect.signature(cls).bind(None, k, alpha, **lookahead_kwargs)
+        except TypeError as error:
+            raise TypeError(f"{cls.__name__}.wrap: {error}") from None
 
         def build(_wrapped_class: type, params: Any, **kwargs: Any) -> Lookahead:
             return cls(optimizer_class(params, **kwargs), k=k, alpha=alpha, **lookahead_kwargs)
@@ -312,6 +370,59 @@ class Lookahead(Optimizer):
         }
         return type(name, (cls,), namespace)
 
+    # ------------------------------------------------------------------ checks at every step
+    def _check_groups(self) -> None:
+        """Validate every group's ``k``, ``alpha`` and counter, and give groups the keys they lack.
+
+        Users and schedulers may change the values at any time, and groups may be added straight
+        to the inner optimizer, so this runs before every step and sync. Values already checked
+        take one type and range test each; everything is checked before any group is written.
+        """
+        defaults = self.defaults
+        updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for index, group in enumerate(self.param_groups):
+            k, alpha, steps = group.get(K_KEY), group.get(ALPHA_KEY), group.get(STEP_KEY)
+            if (
+                type(k) is int
+                and k >= 1
+                and type(alpha) is float
+                and 0.0 <= alpha <= 1.0
+                and type(steps) is int
+                and steps >= 0
+                and SYNCED_AT_KEY in group
+            ):
+                continue
+            update: dict[str, Any] = {}
+            for key, check in ((K_KEY, check_k), (ALPHA_KEY, check_alpha)):
+                if key in group:
+                    update[key] = check(group[key], f"param_groups[{index}][{key!r}]")
+                else:
+                    update[key] = check(defaults.get(key), f"defaults[{key!r}]")
+            name = f"param_groups[{index}][{STEP_KEY!r}]"
+            update[STEP_KEY] = _check_step_count(group.get(STEP_KEY, 0), name)
+            synced_at = group.get(SYNCED_AT_KEY, -1)
+            update[SYNCED_AT_KEY] = synced_at if type(synced_at) is int else -1
+            updates.append((group, update))
+        for group, update in updates:
+            group.update(update)
+
+    def _require_train_mode(self, what: str) -> None:
+        if any(group.get(EVAL_KEY, False) for group in self.param_groups):
+            raise RuntimeError(
+                f"Lookahead.{what} was called in eval mode (the parameters hold the slow weights); "
+                "call optimizer.train() first"
+            )
+
+    def _tracked(self) -> list[GroupTracking]:
+        """Per group (in order): the parameters with slow copies, those copies, and the others."""
+        groups, state = self.param_groups, self.state
+        if torch.compiler.is_compiling():
+            return build_tracking(groups, state, SLOW_KEY).groups
+        tracking = self._tracking
+        if tracking is None or not tracking.is_current(groups, state):
+            tracking = self._tracking = build_tracking(groups, state, SLOW_KEY)
+        return tracking.groups
+
     # ------------------------------------------------------------------ the step
     def step(self, closure: Closure | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
         """One inner step; after every ``lookahead_k``-th inner step of a group, sync that group.
@@ -320,24 +431,31 @@ class Lookahead(Optimizer):
         and the inner step's return value (the loss) is returned.
         """
         self._require_train_mode("step()")
+        self._check_groups()
+        overdue = [group for group in self.param_groups if group[STEP_KEY] >= group[K_KEY]]
+        if overdue:
+            self._sync_groups(overdue)
+        tracked = self._tracked()
         captured: list[tuple[Tensor, Tensor]] = []
         if closure is None:
-            self._capture_initial_weights(captured)
-            loss = self.optimizer.step(**kwargs)
+            self._capture_initial_weights(tracked, captured)
+            loss = _inner_step_without_global_hooks(self.optimizer, None, kwargs)
         else:
-            loss = self.optimizer.step(closure=self._capturing(closure, captured), **kwargs)
+            capturing = self._capturing(closure, tracked, captured)
+            loss = _inner_step_without_global_hooks(self.optimizer, capturing, kwargs)
         self._store_initial_weights(captured)
         due = []
         for group in self.param_groups:
-            group[STEP_KEY] = group.get(STEP_KEY, 0) + 1
-            if group[STEP_KEY] >= group.get(K_KEY, self.defaults[K_KEY]):
+            group[STEP_KEY] += 1
+            if group[STEP_KEY] >= group[K_KEY]:
                 due.append(group)
         if due:
-            with torch.no_grad():
-                self._sync_groups(due)
+            self._sync_groups(due)
         return loss
 
-    def _capturing(self, closure: Closure, captured: list[tuple[Tensor, Tensor]]) -> Closure:
+    def _capturing(
+        self, closure: Closure, tracked: list[GroupTracking], captured: list[tuple[Tensor, Tensor]]
+    ) -> Closure:
         """Wrap ``closure`` so the first evaluation records the weights it was computed at.
 
         The inner optimizer evaluates the closure before it changes any parameter, and only then
@@ -349,51 +467,32 @@ class Lookahead(Optimizer):
             loss = closure()
             if first_call[0]:
                 first_call[0] = False
-                self._capture_initial_weights(captured)
+                self._capture_initial_weights(tracked, captured)
             return loss
 
         return capturing_closure
 
-    def _capture_initial_weights(self, captured: list[tuple[Tensor, Tensor]]) -> None:
-        """Copy, before they are first updated, the parameters that have a gradient but no slow copy.
-
-        Each group remembers which of its parameters still lack a slow copy, so that in the
-        steady state a step checks a list of ids per group instead of every parameter.
-        """
-        state = self.state
-        eager = not torch.compiler.is_compiling()
+    def _capture_initial_weights(
+        self, tracked: list[GroupTracking], captured: list[tuple[Tensor, Tensor]]
+    ) -> None:
+        """Copy, before they are first updated, the parameters that have a gradient but no slow copy."""
         with torch.no_grad():
-            for group in self.param_groups:
-                params = group["params"]
-                ids = list(map(id, params)) if eager else []
-                remembered = self._uncaptured.get(id(group)) if eager else None
-                if remembered is not None and remembered[0] is group and remembered[1] == ids:
-                    candidates = remembered[2]
-                else:
-                    candidates = params
-                uncaptured = []
-                for p in candidates:
-                    param_state = state.get(p)
-                    if param_state is not None and SLOW_KEY in param_state:
-                        continue
-                    uncaptured.append(p)  # checked again next step, also if this step fails
+            for group in tracked:
+                for p in group.untracked:
                     if p.grad is not None:
                         captured.append((p, self._new_slow_copy(p, p)))
-                if eager:
-                    self._uncaptured[id(group)] = (group, ids, uncaptured)
 
     def _store_initial_weights(self, captured: list[tuple[Tensor, Tensor]]) -> None:
-        # Inserted only now, after the inner step created its own state (integration.md F2).
-        if captured:
-            self._slow_pairs_cache.clear()
+        """Insert the captured slow copies, after the inner step created its own state.
+
+        Inserted only now because some inner optimizers create their per-parameter state on the
+        first step only if ``state[p]`` is empty.
+        """
+        state = self.state
         for p, slow in captured:
-            param_state = self.state[p]
-            param_state[SLOW_KEY] = slow
-            if self.pullback_momentum == "pullback":
-                for key in self._momentum_keys():
-                    buffer = param_state.get(key)
-                    if isinstance(buffer, Tensor):
-                        param_state[slow_momentum_key(key)] = torch.zeros_like(buffer)
+            state[p][SLOW_KEY] = slow
+        if captured and self.pullback_momentum == "pullback":
+            ensure_slow_momentum_([p for p, _ in captured], state, self._momentum_keys())
 
     def _slow_dtype_for(self, p: Tensor) -> torch.dtype:
         wanted = self.slow_dtype
@@ -419,72 +518,70 @@ class Lookahead(Optimizer):
     def _momentum_keys(self) -> tuple[str, ...]:
         return momentum_keys_for(self.optimizer) or ()
 
-    def _forget_parameter_lists(self) -> None:
-        """Drop the per-group lists kept between steps (after the state or the groups changed)."""
-        self._uncaptured.clear()
-        self._slow_pairs_cache.clear()
-
-    def _slow_pairs(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
-        """The group's parameters that have slow copies, and those copies.
-
-        Kept between syncs (a tensor's hash is a Python call, and a sync of thousands of small
-        tensors would spend as long looking them up as computing); rebuilt when the group's
-        parameters, the state object or any slow copy changes.
-        """
-        state = self.state
-        params_now = group["params"]
-        ids = list(map(id, params_now))
-        cached = self._slow_pairs_cache.get(id(group))
-        if cached is not None and cached[0] is group and cached[1] == ids and cached[2] is state:
-            return cached[3], cached[4]
-        params: list[Tensor] = []
-        slows: list[Tensor] = []
-        for p in params_now:
-            param_state = state.get(p)
-            slow = None if param_state is None else param_state.get(SLOW_KEY)
-            if slow is not None:
-                params.append(p)
-                slows.append(slow)
-        self._slow_pairs_cache[id(group)] = (group, ids, state, params, slows)
-        return params, slows
-
     def _use_foreach(self) -> bool:
         return True if self.foreach is None else self.foreach
 
+    def _tracking_of(self, groups: Sequence[dict[str, Any]]) -> list[GroupTracking]:
+        by_group = {id(g): t for g, t in zip(self.param_groups, self._tracked(), strict=True)}
+        return [by_group[id(group)] for group in groups]
+
     def _sync_groups(self, groups: list[dict[str, Any]]) -> None:
         """Outer step for the groups whose cycle has ended (one call per step, so that subclasses
-        can batch what the groups share, such as communication)."""
-        for group in groups:
-            self._sync_group(group)
+        can batch what the groups share, such as communication). Either every group is synced, or
+        an exception leaves the failed groups as they were (their counters at ``k``, so that the
+        next step syncs them first)."""
+        tracked = self._tracking_of(groups)
+        if self.check_finite:
+            self._require_finite(groups, tracked)
+        with torch.no_grad(), _interrupts_deferred():
+            for group, tracking in zip(groups, tracked, strict=True):
+                self._sync_group(group, tracking)
 
-    def _sync_group(self, group: dict[str, Any]) -> None:
-        """Outer step for one group: slow <- slow + alpha*(fast - slow); fast <- slow; momentum policy."""
-        alpha = group.get(ALPHA_KEY, self.defaults[ALPHA_KEY])
-        params, slows = self._slow_pairs(group)
+    def _sync_group(self, group: dict[str, Any], tracking: GroupTracking) -> None:
+        """Outer step for one group: slow <- slow + alpha*(fast - slow); fast <- slow; momentum policy.
+
+        Everything it allocates (slow momentum copies, scratch space) is allocated before the
+        first tensor changes.
+        """
+        alpha = group[ALPHA_KEY]
+        params, slows = tracking.params, tracking.slows
         state = self.state
+        keys = self._momentum_keys()
+        if self.pullback_momentum == "pullback":
+            ensure_slow_momentum_(params, state, keys)
         foreach = self._use_foreach()
-        _sync.sync_(params, slows, alpha, foreach=foreach, compiled=self.compiled_sync)
+        _sync.sync_(params, slows, alpha, foreach=foreach)
+        apply_momentum_policy_(self.pullback_momentum, params, state, keys, alpha, foreach=foreach)
         group[STEP_KEY] = 0
-        if self.pullback_momentum == "none":
-            return
-        for key in self._momentum_keys():
-            with_buffer = [p for p in params if isinstance(state[p].get(key), Tensor)]
-            buffers = [state[p][key] for p in with_buffer]
-            if self.pullback_momentum == "reset":
-                for buffer in _sync.local_shards(buffers):
-                    buffer.zero_()
-                continue
-            slow_key = slow_momentum_key(key)
-            for p in with_buffer:
-                if slow_key not in state[p]:
-                    state[p][slow_key] = torch.zeros_like(state[p][key])
-            slow_buffers = [state[p][slow_key] for p in with_buffer]
-            # buf <- alpha*buf + (1-alpha)*slow_buf, then slow_buf <- buf (a copy).
-            _sync.lerp_(buffers, slow_buffers, 1.0 - alpha, foreach=foreach)
-            for slow_buffer, buffer in zip(
-                _sync.local_shards(slow_buffers), _sync.local_shards(buffers), strict=True
-            ):
-                slow_buffer.copy_(buffer)
+        self._mark_synced(group, params)
+
+    def _require_finite(
+        self, groups: Sequence[dict[str, Any]], tracked: list[GroupTracking]
+    ) -> None:
+        group_index = {id(g): i for i, g in enumerate(self.param_groups)}
+        for group, tracking in zip(groups, tracked, strict=True):
+            for p in local_shards(tracking.params):
+                if not bool(torch.isfinite(p).all()):
+                    index = next(i for i, q in enumerate(group["params"]) if _same_tensor(q, p))
+                    raise FloatingPointError(
+                        f"parameter {index} of parameter group {group_index[id(group)]} holds NaN "
+                        "or inf at a Lookahead sync (check_finite=True); nothing was changed and "
+                        "the slow weights still hold the last finite point. Restore it with "
+                        "load_slow_parameters(model, opt.slow_parameters()) and lower the learning "
+                        "rate, or skip the batch"
+                    )
+
+    def _mark_synced(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """Record the inner step count of the group's first parameter at this sync.
+
+        ``load_state_dict`` compares it with the loaded one to detect a state that a plain
+        optimizer stepped after it left Lookahead (its slow weights would be stale).
+        """
+        first = group["params"][0] if group["params"] else None
+        count = None
+        if first is not None and params and params[0] is first:
+            count = _inner_step_count(self.state.get(first))
+        group[SYNCED_AT_KEY] = -1 if count is None else count
 
     @torch.no_grad()
     def sync(self) -> None:
@@ -494,6 +591,7 @@ class Lookahead(Optimizer):
         to end training on a sync before a final evaluation or export.
         """
         self._require_train_mode("sync()")
+        self._check_groups()
         self._sync_groups(self.param_groups)
 
     @torch.no_grad()
@@ -505,67 +603,67 @@ class Lookahead(Optimizer):
         """
         self._require_train_mode("reset_slow()")
         state = self.state
-        for group in self.param_groups:
-            for p in self._slow_pairs(group)[0]:
-                param_state = state[p]
-                param_state[SLOW_KEY] = self._new_slow_copy(p, p)
-                for key in self._momentum_keys():
-                    slow_buffer = param_state.get(slow_momentum_key(key))
+        keys = self._momentum_keys()
+        for group, tracking in zip(self.param_groups, self._tracked(), strict=True):
+            for p, slow in zip(
+                local_shards(tracking.params), local_shards(tracking.slows), strict=True
+            ):
+                slow.copy_(p)
+            for p in tracking.params:
+                for key in keys:
+                    slow_buffer = state[p].get(slow_momentum_key(key))
                     if isinstance(slow_buffer, Tensor):
                         slow_buffer.zero_()
             group[STEP_KEY] = 0
-        self._slow_pairs_cache.clear()
 
     # ------------------------------------------------------------------ slow weights in eval mode
-    def _require_train_mode(self, what: str) -> None:
-        if any(group.get(EVAL_KEY, False) for group in self.param_groups):
-            raise RuntimeError(
-                f"Lookahead.{what} was called in eval mode (the parameters hold the slow weights); "
-                "call optimizer.train() first"
-            )
-
-    def _exchange(self, group: dict[str, Any], to_eval: bool) -> None:
+    def _exchange(self, to_eval: bool) -> None:
         """Move the slow weights into the parameters (``to_eval``) or the fast weights back."""
         state = self.state
-        params, slows = self._slow_pairs(group)
-        swapped = [
-            p for p, slow in zip(params, slows, strict=True) if _sync_placement_matches(p, slow)
-        ]
-        _sync.swap_(swapped, [state[p][SLOW_KEY] for p in swapped], self._swap_scratch)
-        for p in params:
-            if _sync_placement_matches(p, state[p][SLOW_KEY]):
+        for group, tracking in zip(self.param_groups, self._tracked(), strict=True):
+            if group.get(EVAL_KEY, False) == to_eval:
                 continue
-            # Slow copies of another dtype/device cannot hold the fast weights without losing bits:
-            # the fast weights wait in a buffer of their own, allocated once and reused.
-            param_state = state[p]
-            if to_eval:
-                stash = param_state.get(FAST_STASH_KEY)
-                if stash is None:
-                    stash = param_state[FAST_STASH_KEY] = torch.empty_like(p)
-                stash.copy_(p)
-                p.copy_(param_state[SLOW_KEY])
-            else:
-                p.copy_(param_state[FAST_STASH_KEY])
+            swapped_params: list[Tensor] = []
+            swapped_slows: list[Tensor] = []
+            stashed: list[Tensor] = []
+            for p, slow in zip(tracking.params, tracking.slows, strict=True):
+                if same_placement(p, slow):
+                    swapped_params.append(p)
+                    swapped_slows.append(slow)
+                else:
+                    stashed.append(p)
+            # Slow copies of another dtype/device cannot hold the fast weights without losing
+            # bits: the fast weights wait in a buffer of their own, allocated once and reused.
+            for p in stashed:
+                if to_eval and not isinstance(state[p].get(FAST_STASH_KEY), Tensor):
+                    state[p][FAST_STASH_KEY] = torch.empty_like(p)
+            _sync.swap_(
+                swapped_params, swapped_slows, self._swap_scratch, foreach=self._use_foreach()
+            )
+            if stashed:
+                stashes = [state[p][FAST_STASH_KEY] for p in stashed]
+                slow_of = [state[p][SLOW_KEY] for p in stashed]
+                if to_eval:
+                    torch._foreach_copy_(local_shards(stashes), local_shards(stashed))
+                    torch._foreach_copy_(local_shards(stashed), local_shards(slow_of))
+                else:
+                    torch._foreach_copy_(local_shards(stashed), local_shards(stashes))
+            group[EVAL_KEY] = to_eval
 
     @torch.no_grad()
     def eval(self) -> None:
         """Put the slow weights into the parameters (idempotent). ``step()`` raises until ``train()``.
 
-        The exchange is in place: parameter and slow copy swap values, so nothing is allocated
-        after the first call. The HF Trainer and Accelerate call ``eval()``/``train()`` on their own.
+        The exchange is in place: parameter and slow copy swap values through a small scratch
+        buffer, so nothing is allocated after the first call. The HF Trainer and Accelerate call
+        ``eval()``/``train()`` on their own.
         """
-        for group in self.param_groups:
-            if not group.get(EVAL_KEY, False):
-                self._exchange(group, to_eval=True)
-                group[EVAL_KEY] = True
+        self._exchange(to_eval=True)
 
     @torch.no_grad()
     def train(self) -> None:
         """Put the fast weights back into the parameters (idempotent)."""
-        for group in self.param_groups:
-            if group.get(EVAL_KEY, False):
-                self._exchange(group, to_eval=False)
-                group[EVAL_KEY] = False
+        self._exchange(to_eval=False)
 
     @contextlib.contextmanager
     def slow_weights(self) -> Iterator[None]:
@@ -583,12 +681,12 @@ class Lookahead(Optimizer):
 
     def _slow_value(self, p: Tensor, group: dict[str, Any]) -> Tensor:
         param_state = self.state.get(p)
-        if param_state is None or SLOW_KEY not in param_state:
+        slow = None if param_state is None else param_state.get(SLOW_KEY)
+        if not isinstance(slow, Tensor):
             return p  # not updated yet: its slow weights are its current value
-        slow = param_state[SLOW_KEY]
-        if group.get(EVAL_KEY, False) and _sync_placement_matches(p, slow):
+        if group.get(EVAL_KEY, False) and same_placement(p, slow):
             return p  # swapped: the parameter holds the slow weights
-        return cast(Tensor, slow)
+        return slow
 
     @torch.no_grad()
     def slow_parameters(self) -> list[Tensor]:
@@ -610,16 +708,24 @@ class Lookahead(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group; ``lookahead_k``/``lookahead_alpha`` may be given per group."""
-        if K_KEY in param_group:
-            param_group[K_KEY] = _validate_k(param_group[K_KEY], K_KEY)
-        if ALPHA_KEY in param_group:
-            param_group[ALPHA_KEY] = _validate_alpha(param_group[ALPHA_KEY], ALPHA_KEY)
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        checked = dict(param_group)
+        if K_KEY in checked:
+            checked[K_KEY] = check_k(checked[K_KEY], K_KEY)
+        if ALPHA_KEY in checked:
+            checked[ALPHA_KEY] = check_alpha(checked[ALPHA_KEY], ALPHA_KEY)
+        if STEP_KEY in checked:
+            checked[STEP_KEY] = _check_step_count(checked[STEP_KEY], STEP_KEY)
+        param_group.update(checked)
         self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state dict (standard format; slow weights in per-parameter state).
 
-        State-dict hooks registered on the wrapper run around it.
+        The inner optimizer's own ``state_dict`` makes it (it may be overridden, and runs the
+        inner optimizer's hooks); the state-dict hooks registered on the wrapper run around it,
+        as ``torch.optim.Optimizer.state_dict`` runs them.
         """
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
@@ -633,43 +739,69 @@ class Lookahead(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict of this wrapper or of the plain inner optimizer.
 
-        A plain inner-optimizer checkpoint starts the slow weights from the current weights at the
-        next step. A checkpoint whose parameter groups do not match raises ``ValueError``.
+        The checkpoint's per-group ``lookahead_k``, ``lookahead_alpha`` and counter win over the
+        constructor's (as the checkpoint's learning rates do); ``defaults`` then reports them (a
+        warning says when they differ from the constructor's). A plain inner-optimizer checkpoint
+        starts the slow weights from the current weights at the next step. Slow weights that a
+        plain optimizer carried on while it stepped without Lookahead are detected where the
+        inner optimizer counts its steps, dropped with a warning, and captured again.
+
+        Everything is checked before anything is loaded: a checkpoint that does not fit raises
+        ``ValueError`` or ``TypeError`` and leaves the optimizer as it was. Loading in eval mode
+        raises (call ``train()`` first).
         """
+        if not isinstance(state_dict, dict):
+            raise TypeError(
+                f"state_dict must be an optimizer state dict (a dict), got {type(state_dict).__name__}"
+            )
+        self._require_train_mode("load_state_dict()")
         state_dict = state_dict.copy()
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        saved_lookahead = self._saved_lookahead_tensors(state_dict)
+        saved_slows = self._check_loadable(state_dict)
+        before = {K_KEY: self.defaults.get(K_KEY), ALPHA_KEY: self.defaults.get(ALPHA_KEY)}
         self.optimizer.load_state_dict(state_dict)
-        self._place_loaded_slow_copies(saved_lookahead)
-        self._forget_parameter_lists()
-        self._fill_group_defaults()
+        self._place_loaded_slow_copies(saved_slows)
+        self._check_groups()
+        self._adopt_checkpoint_defaults(before)
+        self._drop_stale_slow_weights()
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
-    def _saved_lookahead_tensors(self, state_dict: dict[str, Any]) -> list[tuple[Tensor, Tensor]]:
+    def _check_loadable(self, state_dict: dict[str, Any]) -> list[tuple[Tensor, Tensor]]:
         """Check ``state_dict`` against the parameters; return (param, saved slow copy) pairs."""
-        if (
-            not isinstance(state_dict, dict)
-            or "param_groups" not in state_dict
-            or "state" not in state_dict
-        ):
+        saved_groups, saved_state = state_dict.get("param_groups"), state_dict.get("state")
+        if not isinstance(saved_groups, list) or not isinstance(saved_state, dict):
             raise ValueError(
-                "state_dict must be an optimizer state dict with 'state' and 'param_groups'"
+                "state_dict must be an optimizer state dict with 'state' (a dict) and "
+                "'param_groups' (a list)"
             )
-        saved_groups = state_dict["param_groups"]
         groups = self.param_groups
         if len(saved_groups) != len(groups):
             raise ValueError(
                 f"the checkpoint has {len(saved_groups)} parameter groups, this optimizer has {len(groups)}"
             )
         for index, (saved, current) in enumerate(zip(saved_groups, groups, strict=True)):
+            if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
+                raise ValueError(f"parameter group {index} of the checkpoint has no 'params' list")
             if len(saved["params"]) != len(current["params"]):
                 raise ValueError(
                     f"parameter group {index}: the checkpoint has {len(saved['params'])} parameters, "
                     f"this optimizer has {len(current['params'])}"
+                )
+            for key, check in ((K_KEY, check_k), (ALPHA_KEY, check_alpha)):
+                if key in saved:
+                    check(saved[key], f"checkpoint param_groups[{index}][{key!r}]")
+            if STEP_KEY in saved:
+                _check_step_count(
+                    saved[STEP_KEY], f"checkpoint param_groups[{index}][{STEP_KEY!r}]"
+                )
+            if not isinstance(saved.get(EVAL_KEY, False), bool):
+                raise TypeError(
+                    f"checkpoint param_groups[{index}][{EVAL_KEY!r}] must be a bool, "
+                    f"got {saved[EVAL_KEY]!r}"
                 )
         id_map = dict(
             zip(
@@ -679,18 +811,21 @@ class Lookahead(Optimizer):
             )
         )
         pairs: list[tuple[Tensor, Tensor]] = []
-        for key, param_state in state_dict["state"].items():
+        for key, param_state in saved_state.items():
             p = id_map.get(key)
             if p is None:
                 raise ValueError(
                     f"the checkpoint has state for parameter {key!r}, which no group lists"
                 )
             for name, value in param_state.items():
-                if (
-                    name.startswith("lookahead_")
-                    and isinstance(value, Tensor)
-                    and value.shape != p.shape
-                ):
+                if not name.startswith("lookahead_"):
+                    continue
+                if not isinstance(value, Tensor):
+                    raise TypeError(
+                        f"state {name!r} of parameter {key!r} in the checkpoint must be a tensor, "
+                        f"got {type(value).__name__}"
+                    )
+                if value.shape != p.shape:
                     raise ValueError(
                         f"state {name!r} of parameter {key!r} has shape {tuple(value.shape)} in the "
                         f"checkpoint, but the parameter has shape {tuple(p.shape)}"
@@ -710,22 +845,72 @@ class Lookahead(Optimizer):
             if current.dtype != self._slow_dtype_for(p) or current.device != wanted_device:
                 state[p][SLOW_KEY] = self._new_slow_copy(p, saved_slow)
 
+    def _adopt_checkpoint_defaults(self, before: dict[str, Any]) -> None:
+        """Make ``defaults`` report the loaded groups' k and alpha where all groups agree."""
+        groups = self.param_groups
+        for key in (K_KEY, ALPHA_KEY):
+            values = {group[key] for group in groups}
+            if len(values) != 1:
+                continue
+            (loaded,) = values
+            if loaded != before[key]:
+                warnings.warn(
+                    f"the checkpoint's {key}={loaded} replaces this optimizer's {before[key]} "
+                    "(a checkpoint's per-group values win, as its learning rates do)",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            self.defaults[key] = loaded
+
+    def _drop_stale_slow_weights(self) -> None:
+        """Drop Lookahead's state of groups whose inner state was stepped without Lookahead.
+
+        A group remembers (``lookahead_synced_at``) the inner step count of its first parameter at
+        the last sync; since then that count can have grown by at most the group's counter. If it
+        grew more, a plain optimizer stepped this state after a Lookahead checkpoint was loaded
+        into it, and the slow weights are that many steps old.
+        """
+        state = self.state
+        for index, group in enumerate(self.param_groups):
+            synced_at = group.get(SYNCED_AT_KEY)
+            if type(synced_at) is not int or synced_at < 0 or not group["params"]:
+                continue
+            count = _inner_step_count(state.get(group["params"][0]))
+            allowed = synced_at + group[STEP_KEY]
+            if count is None or count <= allowed:
+                continue
+            warnings.warn(
+                f"parameter group {index}: the inner optimizer has taken {count - synced_at} "
+                f"steps since the last Lookahead sync, but Lookahead counted {group[STEP_KEY]}: "
+                "this state was stepped by an optimizer without Lookahead, so its slow weights "
+                "are stale. They were dropped and are captured again from the current weights "
+                "at the next step",
+                UserWarning,
+                stacklevel=3,
+            )
+            for p in group["params"]:
+                param_state = state.get(p)
+                if param_state is not None:
+                    for name in [n for n in param_state if n.startswith("lookahead_")]:
+                        del param_state[name]
+            group[STEP_KEY] = 0
+            group[SYNCED_AT_KEY] = -1
+
     # ------------------------------------------------------------------ pickling, repr
     def __getstate__(self) -> dict[str, Any]:
-        # Like Optimizer.__getstate__, hooks are not pickled; nor is the patched `step` a scheduler
-        # may have put on the instance, nor the swap scratch space.
+        # Like Optimizer.__getstate__, hooks are not pickled; nor is the decorated `step` a
+        # scheduler may have put on the instance, nor the caches.
         return {
             "optimizer": self.optimizer,
             "pullback_momentum": self.pullback_momentum,
             "slow_dtype": self.slow_dtype,
             "slow_device": self.slow_device,
             "foreach": self.foreach,
-            "compiled_sync": self.compiled_sync,
+            "check_finite": self.check_finite,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.__dict__.setdefault("compiled_sync", False)  # pickled before the option existed
         self._init_runtime()
 
     def __repr__(self) -> str:
@@ -743,8 +928,22 @@ class Lookahead(Optimizer):
         )
 
 
-def _sync_placement_matches(p: Tensor, slow: Tensor) -> bool:
-    return p.dtype == slow.dtype and p.device == slow.device
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    return a is b or (_is_dtensor(a) and a.to_local() is b)  # type: ignore[attr-defined]
+
+
+def _inner_step_count(param_state: Any) -> int | None:
+    """The inner optimizer's ``step`` count of a parameter, where it is a number on the CPU."""
+    if not isinstance(param_state, dict) or SLOW_KEY not in param_state:
+        return None
+    count = param_state.get("step")
+    if isinstance(count, Tensor):
+        if count.device.type != "cpu" or count.numel() != 1:
+            return None
+        return int(count.item())
+    if isinstance(count, (int, float)) and not isinstance(count, bool):
+        return int(count)
+    return None
 
 
 @torch.no_grad()

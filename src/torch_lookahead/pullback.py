@@ -17,15 +17,21 @@ own optimizers, and :func:`register_momentum_keys` teaches it any other class.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
+from torch import Tensor
 from torch.optim import Optimizer
+
+from torch_lookahead import _sync
+from torch_lookahead._tensors import local_shards
 
 __all__ = [
     "PULLBACK_MODES",
     "PullbackMode",
+    "apply_momentum_policy_",
+    "ensure_slow_momentum_",
     "momentum_keys_for",
     "register_momentum_keys",
     "registered_momentum_classes",
@@ -82,3 +88,53 @@ def registered_momentum_classes() -> list[str]:
 def slow_momentum_key(key: str) -> str:
     """State key of the slow copy of the momentum entry ``key`` (used by ``"pullback"``)."""
     return f"lookahead_slow_{key}"
+
+
+def ensure_slow_momentum_(
+    params: Sequence[Tensor], state: Mapping[Tensor, Any], keys: Sequence[str]
+) -> None:
+    """Give every momentum buffer of ``params`` a slow copy (zeros) where it has none yet.
+
+    Called before a sync changes anything, so that the sync itself allocates nothing.
+    """
+    for p in params:
+        param_state = state[p]
+        for key in keys:
+            buffer = param_state.get(key)
+            slow_key = slow_momentum_key(key)
+            if isinstance(buffer, Tensor) and slow_key not in param_state:
+                param_state[slow_key] = torch.zeros_like(buffer)
+
+
+def apply_momentum_policy_(
+    mode: PullbackMode,
+    params: Sequence[Tensor],
+    state: Mapping[Tensor, Any],
+    keys: Sequence[str],
+    alpha: float,
+    *,
+    foreach: bool,
+) -> None:
+    """Apply ``mode`` to the momentum buffers ``state[p][key]`` of the synced ``params``.
+
+    ``"reset"`` zeroes them; ``"pullback"`` computes ``buf <- alpha*buf + (1-alpha)*slow_buf``
+    and then ``slow_buf <- buf`` (a copy), with ``slow_buf`` from :func:`ensure_slow_momentum_`.
+    Both leave a buffer that was already synced unchanged, so applying them twice is applying
+    them once.
+    """
+    if mode == "none":
+        return
+    with torch.no_grad():
+        for key in keys:
+            with_buffer = [p for p in params if isinstance(state[p].get(key), Tensor)]
+            buffers = [state[p][key] for p in with_buffer]
+            if mode == "reset":
+                for buffer in local_shards(buffers):
+                    buffer.zero_()
+                continue
+            slow_buffers = [state[p][slow_momentum_key(key)] for p in with_buffer]
+            _sync.lerp_(buffers, slow_buffers, 1.0 - alpha, foreach=foreach)
+            for slow_buffer, buffer in zip(
+                local_shards(slow_buffers), local_shards(buffers), strict=True
+            ):
+                slow_buffer.copy_(buffer)

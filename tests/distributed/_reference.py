@@ -1,4 +1,4 @@
-"""Plainly written float64 references for Lookahead across workers (algorithms.md 5.1-5.3).
+"""Plainly written float64 references for Lookahead across workers (SlowMo, Wang et al. 2020; DiLoCo, Douillard et al. 2023).
 
 Nothing here shares code with the package. Each worker runs heavy-ball SGD in torch's form
 (``buf <- g`` at the first step, then ``buf <- mu*buf + g``; ``x <- x - lr*buf``) on its own
@@ -46,7 +46,7 @@ def reference_across_workers(
     """Returns (each worker's fast weights, slow weights, outer momentum buffer) after n_steps.
 
     outer_momentum == 0: Lookahead on the mean, ``slow <- slow + alpha*(mean - slow)``.
-    Heavy ball: SlowMo (algorithms.md 5.1) with base learning rate ``lr``:
+    Heavy ball: SlowMo (Wang et al., 2020) with base learning rate ``lr``:
         ``u <- beta*u + (slow - mean)/lr; slow <- slow - alpha*lr*u``; the returned buffer is lr*u.
     Nesterov: DiLoCo's outer SGD (5.2): ``u <- mu*u + delta; slow <- slow - alpha*(delta + mu*u)``.
     """

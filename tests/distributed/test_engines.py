@@ -134,7 +134,7 @@ def check_fsdp2_and_dcp(rank: int, world_size: int, directory: str) -> None:
         )
     assert _counters(opt) == [1]
 
-    # Reading a state dict, in any of its forms, never changes the optimizer (integration.md G2).
+    # Reading a state dict, in any of its forms, never changes the optimizer (torch.distributed.checkpoint steps an optimizer whose state looks empty).
     snapshot = state_tensors(opt)
     read_options = {
         "sharded": StateDictOptions(),

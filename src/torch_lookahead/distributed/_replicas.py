@@ -6,19 +6,18 @@ shapes and dtypes, in the same order).
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
+
+from torch_lookahead._tensors import group_by_device_and_dtype
 
 __all__ = [
     "average_",
     "broadcast_from_first_rank_",
     "check_same_shapes",
-    "ddp_holding_any",
     "require_process_group",
 ]
 
@@ -46,10 +45,7 @@ def require_process_group(process_group: dist.ProcessGroup | None) -> dist.Proce
 
 def _buckets(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
     """Tensors grouped by (device, dtype), groups in first-appearance order (the same on every rank)."""
-    by_placement: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for t in tensors:
-        by_placement.setdefault((t.device, t.dtype), []).append(t)
-    return list(by_placement.values())
+    return [bucket for (bucket,) in group_by_device_and_dtype([tensors])]
 
 
 def _flatten(bucket: Sequence[Tensor]) -> Tensor:
@@ -116,14 +112,3 @@ def check_same_shapes(tensors: Sequence[Tensor], group: dist.ProcessGroup) -> No
             "DistributedLookahead averages whole replicas, so every rank must build the same model "
             f"and the same parameter groups: {detail} (ranks numbered within the process group)"
         )
-
-
-def ddp_holding_any(params: Iterable[Tensor]) -> DistributedDataParallel | None:
-    """A live DistributedDataParallel module that synchronises gradients of any of ``params``."""
-    wanted = {id(p) for p in params}
-    for candidate in gc.get_objects():
-        if isinstance(candidate, DistributedDataParallel) and any(
-            id(p) in wanted for p in candidate.module.parameters()
-        ):
-            return candidate
-    return None

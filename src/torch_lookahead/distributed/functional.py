@@ -21,7 +21,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
+
+from torch_lookahead._tensors import group_by_device_and_dtype, same_placement
 
 __all__ = ["momentum_outer_step_"]
 
@@ -48,20 +49,20 @@ def momentum_outer_step_(
         foreach: use the vectorised ``torch._foreach_*`` kernels where devices and dtypes match.
     """
     fast, slow, momentum_buffers = list(fast), list(slow), list(momentum_buffers)
-    matched = [i for i, (f, s) in enumerate(zip(fast, slow, strict=True)) if _same_placement(f, s)]
+    matched = [i for i, (f, s) in enumerate(zip(fast, slow, strict=True)) if same_placement(f, s)]
     if matched:
-        grouped = Optimizer._group_tensors_by_device_and_dtype(
+        grouped = group_by_device_and_dtype(
             [
                 [fast[i] for i in matched],
                 [slow[i] for i in matched],
                 [momentum_buffers[i] for i in matched],
             ]
         )
-        for (bucket_fast, bucket_slow, bucket_buffers), _ in grouped.values():
+        for bucket_fast, bucket_slow, bucket_buffers in grouped:
             _momentum_step_(
-                bucket_fast,  # type: ignore[arg-type]
-                bucket_slow,  # type: ignore[arg-type]
-                bucket_buffers,  # type: ignore[arg-type]
+                bucket_fast,
+                bucket_slow,
+                bucket_buffers,
                 alpha=alpha,
                 outer_momentum=outer_momentum,
                 nesterov=nesterov,
@@ -80,10 +81,6 @@ def momentum_outer_step_(
             foreach=False,
         )
         fast[i].copy_(slow[i])
-
-
-def _same_placement(a: Tensor, b: Tensor) -> bool:
-    return a.device == b.device and a.dtype == b.dtype
 
 
 def _momentum_step_(

@@ -10,23 +10,27 @@ from __future__ import annotations
 import math
 import numbers
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
+from torch_lookahead._tracking import GroupTracking
 from torch_lookahead.distributed._replicas import (
     average_,
     broadcast_from_first_rank_,
     check_same_shapes,
-    ddp_holding_any,
     require_process_group,
 )
 from torch_lookahead.distributed.functional import momentum_outer_step_
-from torch_lookahead.lookahead import ALPHA_KEY, SLOW_KEY, Lookahead
-from torch_lookahead.pullback import PullbackMode
+from torch_lookahead.lookahead import ALPHA_KEY, SLOW_KEY, Lookahead, _interrupts_deferred
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from torch_lookahead.lookahead import LookaheadOptions
 
 __all__ = ["OUTER_MOMENTUM_KEY", "DistributedLookahead"]
 
@@ -85,12 +89,10 @@ class DistributedLookahead(Lookahead):
         outer_momentum: ``mu`` above, in [0, 1). Default: 0 (no outer momentum).
         nesterov: use the Nesterov form of the outer momentum (needs ``outer_momentum > 0``).
         process_group: the ranks to average over. Default: the default (world) group.
-        pullback_momentum: as for :class:`~torch_lookahead.Lookahead`; it acts on each rank's
-            own inner state.
-        slow_dtype: as for :class:`~torch_lookahead.Lookahead`.
-        slow_device: as for :class:`~torch_lookahead.Lookahead`.
         foreach: as for :class:`~torch_lookahead.Lookahead`.
-        compiled_sync: as for :class:`~torch_lookahead.Lookahead`.
+        **options: every other keyword option of :class:`~torch_lookahead.Lookahead`
+            (``pullback_momentum`` acts on each rank's own inner state; ``check_finite`` checks
+            the averaged weights, so that every rank raises together).
 
     ``bytes_all_reduced`` counts the bytes this rank has all-reduced (a per-process statistic,
     not checkpointed). Save and resume with :class:`DistributedLookaheadState` and
@@ -116,11 +118,8 @@ class DistributedLookahead(Lookahead):
         outer_momentum: float = 0.0,
         nesterov: bool = False,
         process_group: dist.ProcessGroup | None = None,
-        pullback_momentum: PullbackMode = "none",
-        slow_dtype: torch.dtype | None = None,
-        slow_device: str | torch.device | None = None,
         foreach: bool | None = None,
-        compiled_sync: bool = False,
+        **options: Unpack[LookaheadOptions],
     ) -> None:
         momentum = _validate_outer_momentum(outer_momentum)
         if not isinstance(nesterov, bool):
@@ -128,21 +127,11 @@ class DistributedLookahead(Lookahead):
         if nesterov and momentum == 0.0:
             raise ValueError("nesterov=True needs outer_momentum > 0")
         group = require_process_group(process_group)
-        super().__init__(
-            optimizer,
-            k,
-            alpha,
-            pullback_momentum=pullback_momentum,
-            slow_dtype=slow_dtype,
-            slow_device=slow_device,
-            foreach=foreach,
-            compiled_sync=compiled_sync,
-        )
+        super().__init__(optimizer, k, alpha, foreach=foreach, **options)
         self.outer_momentum = momentum
         self.nesterov = nesterov
         self.process_group = group
         self.bytes_all_reduced = 0
-        self._ddp_checked = False
         for group_index, param_group in enumerate(self.param_groups):
             self._adopt_replicas(param_group, group_index)
 
@@ -162,8 +151,6 @@ class DistributedLookahead(Lookahead):
 
     # ------------------------------------------------------------------ hooks into the core
     def _store_initial_weights(self, captured: list[tuple[Tensor, Tensor]]) -> None:
-        if captured and not self._ddp_checked:
-            self._refuse_ddp()
         super()._store_initial_weights(captured)
         if self.outer_momentum > 0.0:
             state = self.state
@@ -173,40 +160,47 @@ class DistributedLookahead(Lookahead):
     def _sync_groups(self, groups: list[dict[str, Any]]) -> None:
         """Average the due groups' fast weights over the ranks in one bucketed all-reduce, then
         take each group's outer step."""
-        params_per_group = self._replicated_params(groups)
-        self.bytes_all_reduced += average_(
-            list(chain.from_iterable(params_per_group)), self.process_group
-        )
+        tracked = self._tracking_of(groups)
+        self._check_replicated(groups, tracked)
         state = self.state
-        for group, params in zip(groups, params_per_group, strict=True):
-            if self.outer_momentum > 0.0:
-                for p in params:
+        if self.outer_momentum > 0.0:
+            for tracking in tracked:
+                for p, slow in zip(tracking.params, tracking.slows, strict=True):
                     if OUTER_MOMENTUM_KEY not in state[p]:
-                        state[p][OUTER_MOMENTUM_KEY] = torch.zeros_like(state[p][SLOW_KEY])
-                momentum_outer_step_(
-                    params,
-                    [state[p][SLOW_KEY] for p in params],
-                    [state[p][OUTER_MOMENTUM_KEY] for p in params],
-                    alpha=group.get(ALPHA_KEY, self.defaults[ALPHA_KEY]),
-                    outer_momentum=self.outer_momentum,
-                    nesterov=self.nesterov,
-                    foreach=self._use_foreach(),
-                )
-            # With mu = 0 this is Lookahead's own sync on the averaged weights. With mu > 0 the
-            # fast weights already equal the slow ones, so its lerp and copy change nothing (lerp
-            # between equal tensors is exact) and it only restarts the cycle and applies
-            # pullback_momentum.
-            self._sync_group(group)
+                        state[p][OUTER_MOMENTUM_KEY] = torch.zeros_like(slow)
+        with torch.no_grad(), _interrupts_deferred():
+            self.bytes_all_reduced += average_(
+                list(chain.from_iterable(t.params for t in tracked)), self.process_group
+            )
+            if self.check_finite:
+                self._require_finite(groups, tracked)
+            for group, tracking in zip(groups, tracked, strict=True):
+                if self.outer_momentum > 0.0:
+                    momentum_outer_step_(
+                        tracking.params,
+                        tracking.slows,
+                        [state[p][OUTER_MOMENTUM_KEY] for p in tracking.params],
+                        alpha=group[ALPHA_KEY],
+                        outer_momentum=self.outer_momentum,
+                        nesterov=self.nesterov,
+                        foreach=self._use_foreach(),
+                    )
+                # With mu = 0 this is Lookahead's own sync on the averaged weights. With mu > 0
+                # the fast weights already equal the slow ones, so its lerp and copy change
+                # nothing (lerp between equal tensors is exact) and it only restarts the cycle
+                # and applies pullback_momentum.
+                self._sync_group(group, tracking)
 
-    def _replicated_params(self, groups: list[dict[str, Any]]) -> list[list[Tensor]]:
-        """Each group's parameters with a slow copy, after checking all ranks have the same ones
-        (one small all-reduce for all the groups)."""
-        state = self.state
-        all_params: list[Tensor] = list(chain.from_iterable(g["params"] for g in groups))
-        if not all_params:
-            return [[] for _ in groups]
-        has_slow = [SLOW_KEY in state.get(p, ()) for p in all_params]
-        counts = torch.tensor(has_slow, dtype=torch.int32, device=all_params[0].device)
+    def _check_replicated(self, groups: list[dict[str, Any]], tracked: list[GroupTracking]) -> None:
+        """Check that all ranks have slow copies of the same parameters (one small all-reduce)."""
+        has_slow: list[bool] = []
+        for group, tracking in zip(groups, tracked, strict=True):
+            with_slow = set(map(id, tracking.params))
+            has_slow.extend(id(p) in with_slow for p in group["params"])
+        if not has_slow:
+            return
+        device = next(chain.from_iterable(g["params"] for g in groups)).device
+        counts = torch.tensor(has_slow, dtype=torch.int32, device=device)
         dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=self.process_group)
         self.bytes_all_reduced += counts.numel() * counts.element_size()
         world_size = dist.get_world_size(self.process_group)
@@ -219,34 +213,17 @@ class DistributedLookahead(Lookahead):
                 "loss (e.g. + 0 * p.sum()) or put them in a group of their own that all ranks "
                 "leave unused"
             )
-        selected: list[list[Tensor]] = []
-        start = 0
-        for group in groups:
-            size = len(group["params"])
-            flags = has_slow[start : start + size]
-            selected.append([p for p, slow in zip(group["params"], flags, strict=True) if slow])
-            start += size
-        return selected
-
-    def _refuse_ddp(self) -> None:
-        params = [p for group in self.param_groups for p in group["params"]]
-        if ddp_holding_any(params) is not None:
-            raise RuntimeError(
-                "DistributedLookahead was given the parameters of a DistributedDataParallel model. "
-                "DDP all-reduces gradients at every step, which makes every rank identical and "
-                "defeats the k communication-free steps. Pass the unwrapped model's parameters "
-                "(model.module) and drop DDP, or use torch_lookahead.Lookahead with DDP instead"
-            )
-        self._ddp_checked = True
 
     # ------------------------------------------------------------------ collective variants
     @torch.no_grad()
     def reset_slow(self) -> None:
         """Average the parameters over the ranks and restart the slow weights (and momentum) there."""
         self._require_train_mode("reset_slow()")
-        replicated = self._replicated_params(self.param_groups)
+        groups = self.param_groups
+        tracked = self._tracking_of(groups)
+        self._check_replicated(groups, tracked)
         self.bytes_all_reduced += average_(
-            list(chain.from_iterable(replicated)), self.process_group
+            list(chain.from_iterable(t.params for t in tracked)), self.process_group
         )
         super().reset_slow()
         for param_state in self.state.values():
@@ -292,7 +269,6 @@ class DistributedLookahead(Lookahead):
         super().__setstate__(state)
         self.process_group = require_process_group(None)
         self.bytes_all_reduced = 0
-        self._ddp_checked = False
 
     def __repr__(self) -> str:
         head, rest = super().__repr__().split("\n", 1)

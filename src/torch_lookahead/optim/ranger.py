@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch.optim import RAdam
 from torch.optim.optimizer import ParamsT
 
 from ..lookahead import Lookahead
-from ..pullback import PullbackMode
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..lookahead import LookaheadOptions
 
 __all__ = ["Ranger"]
 
@@ -39,10 +45,10 @@ class Ranger(Lookahead):
         k (int, optional): inner steps between syncs (default: 6).
         alpha (float, optional): slow-weights step size (default: 0.5).
         decoupled_weight_decay (bool, optional): RAdamW-style decay (default: False).
-        pullback_momentum (str, optional): ``"none"``, ``"reset"`` or ``"pullback"``, applied to
-            RAdam's ``exp_avg`` at each sync (default: ``"none"``).
         maximize (bool, optional): maximize the objective (default: False).
         foreach (bool, optional): multi-tensor kernels for RAdam and the sync (default: None).
+        **options: every other keyword option of :class:`~torch_lookahead.Lookahead`
+            (``pullback_momentum`` acts on RAdam's ``exp_avg``).
 
     Example:
         >>> opt = Ranger(model.parameters(), lr=1e-3)  # doctest: +SKIP
@@ -59,9 +65,9 @@ class Ranger(Lookahead):
         alpha: float = 0.5,
         *,
         decoupled_weight_decay: bool = False,
-        pullback_momentum: PullbackMode = "none",
         maximize: bool = False,
         foreach: bool | None = None,
+        **options: Unpack[LookaheadOptions],
     ) -> None:
         inner = RAdam(
             params,
@@ -73,6 +79,4 @@ class Ranger(Lookahead):
             maximize=maximize,
             foreach=foreach,
         )
-        super().__init__(
-            inner, k=k, alpha=alpha, pullback_momentum=pullback_momentum, foreach=foreach
-        )
+        super().__init__(inner, k=k, alpha=alpha, foreach=foreach, **options)

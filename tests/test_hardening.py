@@ -1,0 +1,494 @@
+"""State that changes after construction never makes Lookahead silently wrong.
+
+Each test here pins one way a user, a scheduler or a framework can change groups, state or
+checkpoints after the optimizer was built, and what Lookahead does about it.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import gc
+import math
+import signal
+import weakref
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+
+from torch_lookahead import Lookahead, _sync
+
+K = 3
+ALPHA = 0.5
+
+
+def make(
+    seed: int = 0, inner: str = "sgd", **kwargs: Any
+) -> tuple[list[torch.nn.Parameter], Lookahead]:
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(5, generator=gen)) for _ in range(3)]
+    if inner == "sgd":
+        base: torch.optim.Optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    else:
+        base = torch.optim.AdamW(params, lr=0.05)
+    return params, Lookahead(base, k=K, alpha=ALPHA, **kwargs)
+
+
+def grads(params: list[torch.nn.Parameter], step: int) -> None:
+    gen = torch.Generator().manual_seed(1000 + step)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+
+
+def run(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, steps: range) -> None:
+    for step in steps:
+        grads(params, step)
+        opt.step()
+
+
+def values(tensors: list[Tensor]) -> list[Tensor]:
+    return [t.detach().clone() for t in tensors]
+
+
+def snapshot(opt: Lookahead) -> Any:
+    return copy.deepcopy((opt.state_dict(), opt.defaults))
+
+
+def assert_equal(a: list[Tensor], b: list[Tensor]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+
+
+# ---------------------------------------------------------------- 1. per-group values
+BAD_GROUP_VALUES = [
+    ("lookahead_alpha", math.nan, ValueError),
+    ("lookahead_alpha", math.inf, ValueError),
+    ("lookahead_alpha", 1.5, ValueError),
+    ("lookahead_alpha", -1.0, ValueError),
+    ("lookahead_alpha", "0.5", TypeError),
+    ("lookahead_alpha", None, TypeError),
+    ("lookahead_k", 0, ValueError),
+    ("lookahead_k", -1, ValueError),
+    ("lookahead_k", math.nan, TypeError),
+    ("lookahead_k", 2.5, TypeError),
+    ("lookahead_k", "5", TypeError),
+    ("lookahead_k", None, TypeError),
+    ("lookahead_step", -2, ValueError),
+    ("lookahead_step", 1.5, ValueError),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "error"), BAD_GROUP_VALUES)
+def test_a_bad_value_set_in_a_group_after_construction_raises_before_anything_changes(
+    key: str, value: object, error: type[Exception]
+) -> None:
+    params, opt = make()
+    run(params, opt, range(2))
+    opt.param_groups[0][key] = value
+    grads(params, 2)
+    before, weights = snapshot(opt), values(params)
+    with pytest.raises(error, match=rf"param_groups\[0\]\['{key}'\]"):
+        opt.step()
+    opt.param_groups[0][key] = before[0]["param_groups"][0][key]
+    assert_equal(values(params), weights)
+    after = snapshot(opt)
+    assert after[0]["param_groups"] == before[0]["param_groups"]
+    for index, state in before[0]["state"].items():
+        for name, tensor in state.items():
+            assert torch.equal(after[0]["state"][index][name], tensor)
+
+
+def test_a_group_added_to_the_inner_optimizer_with_a_bad_value_is_refused_at_the_next_step() -> (
+    None
+):
+    params, opt = make()
+    extra = torch.nn.Parameter(torch.ones(2))
+    opt.optimizer.add_param_group({"params": [extra], "lookahead_alpha": 2.0})
+    grads(params, 0)
+    extra.grad = torch.ones(2)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['lookahead_alpha'\]"):
+        opt.step()
+    assert torch.equal(extra.detach(), torch.ones(2))
+
+
+def test_sync_and_a_bad_default_are_checked_too() -> None:
+    params, opt = make()
+    run(params, opt, range(1))
+    opt.param_groups[0]["lookahead_alpha"] = math.nan
+    with pytest.raises(ValueError, match="lookahead_alpha"):
+        opt.sync()
+    opt.param_groups[0]["lookahead_alpha"] = ALPHA
+    opt.defaults["lookahead_k"] = 0
+    opt.optimizer.add_param_group({"params": [torch.nn.Parameter(torch.ones(1))]})
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['lookahead_k'\]"):
+        opt.step()
+
+
+# ---------------------------------------------------------------- 2. state changed underneath
+def reference_after_restart(seed: int, restart_at: int, total: int) -> list[Tensor]:
+    """A fresh Lookahead started at ``restart_at`` on the same weights and inner state."""
+    params, opt = make(seed)
+    run(params, opt, range(restart_at))
+    restarted = Lookahead(opt.optimizer.__class__(params, lr=0.1, momentum=0.9), k=K, alpha=ALPHA)
+    restarted.optimizer.load_state_dict(
+        {
+            "state": {},
+            "param_groups": [
+                {k: v for k, v in g.items() if not k.startswith("lookahead")}
+                | {"params": list(range(len(params)))}
+                for g in opt.optimizer.state_dict()["param_groups"]
+            ],
+        }
+    )
+    restarted.param_groups[0]["lookahead_step"] = 0
+    run(params, restarted, range(restart_at, total))
+    return values(params)
+
+
+def test_replacing_the_inner_state_restarts_lookahead_instead_of_disabling_it() -> None:
+    params, opt = make()
+    run(params, opt, range(K))  # ends on a sync: a clean cycle boundary
+    opt.optimizer.state = collections.defaultdict(dict)
+    run(params, opt, range(K, 4 * K))
+    assert all("lookahead_slow" in opt.state[p] for p in params)
+    assert_equal(values(params), reference_after_restart(0, K, 4 * K))
+    plain_params, plain = make()
+    run(plain_params, plain, range(K))
+    plain_sgd = torch.optim.SGD(plain_params, lr=0.1, momentum=0.9)
+    run(plain_params, plain_sgd, range(K, 4 * K))
+    assert not all(torch.equal(a, b) for a, b in zip(params, plain_params, strict=True))
+
+
+@pytest.mark.parametrize("how", ["clear", "del"])
+def test_clearing_the_state_recaptures_and_later_syncs_use_the_copies_the_state_holds(
+    how: str,
+) -> None:
+    params, opt = make()
+    run(params, opt, range(K + 1))
+    if how == "clear":
+        opt.state.clear()
+    else:
+        for p in params:
+            del opt.state[p]
+    with opt.slow_weights():  # no KeyError: parameters without slow copies are their own
+        pass
+    run(params, opt, range(K + 1, 3 * K))  # the counter continues: a sync at 2K and 3K
+    for p in params:
+        assert torch.equal(opt.state[p]["lookahead_slow"], p.detach())
+    state_dict = opt.state_dict()
+    assert all("lookahead_slow" in s for s in state_dict["state"].values())
+
+
+def test_a_slow_copy_assigned_by_hand_is_the_one_the_next_sync_uses() -> None:
+    params, opt = make()
+    run(params, opt, range(K + 1))
+    chosen = [torch.full_like(p, 7.0) for p in params]
+    for p, c in zip(params, chosen, strict=True):
+        opt.state[p]["lookahead_slow"] = c
+    run(params, opt, range(K + 1, 2 * K - 1))
+    fast = values(params)
+    grads(params, 2 * K - 1)
+    opt.step()  # the inner step, then the sync against the assigned copies
+    for p, c in zip(params, chosen, strict=True):
+        assert c is opt.state[p]["lookahead_slow"]
+        assert torch.equal(p.detach(), c)
+    assert not all(torch.equal(a, b) for a, b in zip(fast, values(params), strict=True))
+    # a copy of the wrong shape is refused before anything changes
+    opt.state[params[0]]["lookahead_slow"] = torch.zeros(2)
+    weights = values(params)
+    with pytest.raises(ValueError, match="lookahead_slow"):
+        opt.step()
+    assert_equal(values(params), weights)
+
+
+def test_a_slow_copy_assigned_to_a_parameter_that_had_none_is_kept() -> None:
+    params, opt = make()
+    late = torch.nn.Parameter(torch.zeros(5))
+    opt.add_param_group({"params": [late]})
+    run(params, opt, range(2))  # `late` has no gradient: no slow copy yet
+    assert "lookahead_slow" not in opt.state.get(late, {})
+    opt.state[late]["lookahead_slow"] = torch.full((5,), 4.0)
+    late.grad = torch.ones(5)
+    run(params, opt, range(2, 3))  # the third step: `late` moves to -0.1, then the sync
+    expected = torch.full((5,), 4.0).lerp_(torch.full((5,), -0.1), ALPHA)
+    assert torch.equal(opt.state[late]["lookahead_slow"], expected)
+    assert torch.equal(late.detach(), expected)
+
+
+def test_removing_a_parameter_group_keeps_no_reference_to_it() -> None:
+    params, opt = make()
+    extra = torch.nn.Parameter(torch.ones(1000))
+    opt.add_param_group({"params": [extra]})
+    extra.grad = torch.ones(1000)
+    run(params, opt, range(2 * K))
+    ref = weakref.ref(extra)
+    slow_ref = weakref.ref(opt.state[extra]["lookahead_slow"])
+    del opt.param_groups[1]
+    opt.state.pop(extra)
+    del extra
+    run(params, opt, range(2 * K, 2 * K + 1))
+    gc.collect()
+    assert ref() is None and slow_ref() is None
+
+
+# ---------------------------------------------------------------- 3. loading is all or nothing
+@pytest.mark.parametrize(
+    ("edit", "error", "words"),
+    [
+        (lambda sd: sd["param_groups"][0].update(lookahead_k=0), ValueError, "lookahead_k"),
+        (lambda sd: sd["param_groups"][0].update(lookahead_alpha=math.nan), ValueError, "alpha"),
+        (lambda sd: sd["param_groups"][0].update(lookahead_step=-1), ValueError, "lookahead_step"),
+        (lambda sd: sd["state"][0].update(lookahead_slow=None), TypeError, "lookahead_slow"),
+        (lambda sd: sd["param_groups"][0].update(lookahead_eval_mode="yes"), TypeError, "eval"),
+    ],
+)
+def test_a_bad_checkpoint_changes_nothing(edit: Any, error: type[Exception], words: str) -> None:
+    params, opt = make(inner="adamw")
+    run(params, opt, range(K + 1))
+    checkpoint = opt.state_dict()
+    edit(checkpoint)
+    other_params, other = make(seed=1, inner="adamw")
+    run(other_params, other, range(2))
+    before = snapshot(other)
+    with pytest.raises(error, match=words):
+        other.load_state_dict(checkpoint)
+    after = snapshot(other)
+    assert after[1] == before[1]
+    assert after[0]["param_groups"] == before[0]["param_groups"]
+    for index, state in before[0]["state"].items():
+        assert state.keys() == after[0]["state"][index].keys()
+        for name, tensor in state.items():
+            assert torch.equal(after[0]["state"][index][name], tensor)
+
+
+def test_loading_none_or_a_list_says_what_is_expected() -> None:
+    _, opt = make()
+    with pytest.raises(TypeError, match="state_dict must be an optimizer state dict"):
+        opt.load_state_dict(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'param_groups'"):
+        opt.load_state_dict({"state": {}})
+
+
+def test_the_checkpoint_k_wins_and_defaults_report_it() -> None:
+    params, opt = make()
+    opt.param_groups[0]["lookahead_k"] = 5
+    run(params, opt, range(2))
+    checkpoint = opt.state_dict()
+    _, fresh = make()
+    with pytest.warns(UserWarning, match="lookahead_k=5 replaces this optimizer's 3"):
+        fresh.load_state_dict(checkpoint)
+    assert fresh.param_groups[0]["lookahead_k"] == 5
+    assert fresh.defaults["lookahead_k"] == 5
+    fresh.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))]})
+    assert fresh.param_groups[1]["lookahead_k"] == 5
+
+
+def test_loading_in_eval_mode_is_refused_and_keeps_eval_mode() -> None:
+    params, opt = make()
+    run(params, opt, range(K + 1))
+    checkpoint = opt.state_dict()
+    opt.eval()
+    held = values(params)
+    with pytest.raises(RuntimeError, match="train"):
+        opt.load_state_dict(checkpoint)
+    assert opt.param_groups[0]["lookahead_eval_mode"] is True
+    assert_equal(values(params), held)
+
+
+# ---------------------------------------------------------------- 4. global hooks
+def test_global_hooks_see_one_step_of_the_wrapper() -> None:
+    events: list[tuple[str, str]] = []
+    pre = register_optimizer_step_pre_hook(
+        lambda o, a, kw: events.append(("pre", type(o).__name__))
+    )
+    post = register_optimizer_step_post_hook(
+        lambda o, a, kw: events.append(("post", type(o).__name__))
+    )
+    try:
+        params, opt = make()
+        inner_events: list[str] = []
+        opt.optimizer.register_step_pre_hook(lambda o, a, kw: inner_events.append("inner pre"))
+        opt.optimizer.register_step_post_hook(lambda o, a, kw: inner_events.append("inner post"))
+        run(params, opt, range(1))
+    finally:
+        pre.remove()
+        post.remove()
+    assert events == [("pre", "Lookahead"), ("post", "Lookahead")]
+    assert inner_events == ["inner pre", "inner post"]
+
+
+# ---------------------------------------------------------------- 5. round trip via a plain optimizer
+def test_slow_weights_that_a_plain_optimizer_outlived_are_dropped_with_a_warning() -> None:
+    params, opt = make(inner="adamw")
+    run(params, opt, range(2 * K + 1))
+    checkpoint = opt.state_dict()
+    plain = torch.optim.AdamW(params, lr=0.05)
+    plain.load_state_dict(checkpoint)  # keeps the lookahead_* entries
+    run(params, plain, range(2 * K + 1, 2 * K + 201))
+    back = Lookahead(torch.optim.AdamW(params, lr=0.05), k=K, alpha=ALPHA)
+    with pytest.warns(UserWarning, match="stale"):
+        back.load_state_dict(plain.state_dict())
+    assert all("lookahead_slow" not in back.state[p] for p in params)
+    assert back.param_groups[0]["lookahead_step"] == 0
+    current = values(params)
+    grads(params, 0)
+    back.step()
+    assert_equal([back.state[p]["lookahead_slow"] for p in params], current)
+    # wrapping the plain optimizer itself is checked the same way
+    with pytest.warns(UserWarning, match="stale"):
+        Lookahead(plain, k=K)
+
+
+def test_an_honest_resume_is_not_mistaken_for_a_stale_one(recwarn: pytest.WarningsRecorder) -> None:
+    params, opt = make(inner="adamw")
+    # one parameter skips some steps: its count grows more slowly than the counter
+    for step in range(4 * K + 2):
+        grads(params, step)
+        if step % 2:
+            params[1].grad = None
+        opt.step()
+    _, fresh = make(inner="adamw")
+    fresh.load_state_dict(opt.state_dict())
+    assert not [w for w in recwarn if "stale" in str(w.message)]
+    assert all("lookahead_slow" in fresh.state[p] for p in fresh.param_groups[0]["params"])
+
+
+# ---------------------------------------------------------------- 6. a sync happens exactly once
+def test_ctrl_c_during_a_sync_is_delivered_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    params, opt = make()
+    reference_params, reference = make()
+    run(params, opt, range(K - 1))
+    run(reference_params, reference, range(K))
+    real = _sync._lerp_then_copy_
+    calls: list[int] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        signal.raise_signal(signal.SIGINT)  # arrives in the middle of the sync
+        real(*args, **kwargs)
+
+    received: list[int] = []
+
+    def handler(number: int, frame: Any) -> None:
+        received.append(number)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        monkeypatch.setattr(_sync, "_lerp_then_copy_", interrupted)
+        grads(params, K - 1)
+        with pytest.raises(KeyboardInterrupt):
+            opt.step()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert calls and received == [signal.SIGINT]
+    assert opt.param_groups[0]["lookahead_step"] == 0
+    assert_equal(values(params), values(reference_params))
+
+
+@pytest.mark.parametrize("retry", ["step", "sync"])
+def test_a_sync_that_ran_out_of_memory_completes_once_on_retry(
+    monkeypatch: pytest.MonkeyPatch, retry: str
+) -> None:
+    def build(seed: int = 0) -> tuple[list[torch.nn.Parameter], Lookahead]:
+        gen = torch.Generator().manual_seed(seed)
+        params = [
+            torch.nn.Parameter(torch.randn(n, generator=gen).to(torch.bfloat16)) for n in (7, 300)
+        ]
+        return params, Lookahead(
+            torch.optim.SGD(params, lr=0.1), k=K, alpha=ALPHA, slow_dtype=torch.float32
+        )
+
+    params, opt = build()
+    reference_params, reference = build()
+    run(params, opt, range(K - 1))
+    run(reference_params, reference, range(K + 1))
+    real_empty = torch.empty
+    monkeypatch.setattr(
+        torch, "empty", lambda *a, **kw: (_ for _ in ()).throw(torch.OutOfMemoryError("simulated"))
+    )
+    grads(params, K - 1)
+    with pytest.raises(torch.OutOfMemoryError):
+        opt.step()
+    monkeypatch.setattr(torch, "empty", real_empty)
+    assert opt.param_groups[0]["lookahead_step"] == K  # the sync is still due
+    if retry == "sync":
+        opt.sync()
+        run(params, opt, range(K, K + 1))
+    else:
+        run(params, opt, range(K, K + 1))  # completes the sync first, then steps
+    assert_equal(values(params), values(reference_params))
+    assert_equal(
+        [opt.state[p]["lookahead_slow"] for p in params],
+        [reference.state[p]["lookahead_slow"] for p in reference_params],
+    )
+
+
+# ---------------------------------------------------------------- 7. early errors
+def test_slow_devices_that_cannot_hold_values_are_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="meta"):
+        make(slow_device="meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="not available"):
+            make(slow_device="cuda")
+
+
+# ---------------------------------------------------------------- NaN at a sync
+def test_check_finite_keeps_nan_out_of_the_slow_weights() -> None:
+    params, opt = make(check_finite=True)
+    run(params, opt, range(K))
+    slows = values([opt.state[p]["lookahead_slow"] for p in params])
+    run(params, opt, range(K, 2 * K - 1))
+    with torch.no_grad():
+        params[1][2] = math.nan
+    held = values(params)
+    grads(params, 2 * K - 1)
+    params[1].grad = torch.zeros(5)
+    with pytest.raises(FloatingPointError, match="parameter 1 of parameter group 0"):
+        opt.step()
+    assert_equal([opt.state[p]["lookahead_slow"] for p in params], slows)
+    # the inner step ran (its state moved on), the sync did not
+    assert torch.equal(params[1].detach().isnan(), held[1].isnan())
+    # Without the check, NaN reaches the slow weights at the sync.
+    params, plain = make()
+    run(params, plain, range(K - 1))
+    with torch.no_grad():
+        params[0][0] = math.nan
+    run(params, plain, range(K - 1, K))
+    assert plain.state[params[0]]["lookahead_slow"].isnan().any()
+
+
+# ---------------------------------------------------------------- 9. eval()/train() in bulk
+def test_eval_and_train_swap_many_small_parameters_with_multi_tensor_copies() -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    params = [torch.nn.Parameter(torch.randn(1)) for _ in range(2000)]
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=2)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.ones(1)
+        opt.step()
+    fast = values(params)
+    slow = values([opt.state[p]["lookahead_slow"] for p in params])
+    with profile(activities=[ProfilerActivity.CPU]) as recorded:
+        opt.eval()
+    assert_equal(values(params), slow)
+    opt.train()
+    assert_equal(values(params), fast)
+    # Three multi-tensor copies per block, not three copies launched per parameter.
+    events = recorded.events()
+    assert sum(event.name == "aten::_foreach_copy_" for event in events) >= 3
+    per_tensor = [
+        event
+        for event in events
+        if event.name == "aten::copy_"
+        and (event.cpu_parent is None or event.cpu_parent.name != "aten::_foreach_copy_")
+    ]
+    assert len(per_tensor) < 10
