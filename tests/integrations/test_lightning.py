@@ -1,5 +1,7 @@
-"""Lookahead under lightning.pytorch.Trainer: configure_optimizers, schedules, slow-weight
-validation through SlowWeightsCallback, and exact resume through ``fit(ckpt_path=...)``.
+"""Lookahead under lightning.pytorch.Trainer: configure_optimizers, schedules, and through
+SlowWeightsCallback: validation, test and predict on the slow weights, checkpoints whose model
+state holds the slow weights (so that ModelCheckpoint saves the model it ranked), and exact resume
+through ``fit(ckpt_path=...)``.
 
 Every run is compared with the same training written as a plain PyTorch loop.
 """
@@ -21,7 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 L = pytest.importorskip("lightning.pytorch")
 
 from tests.integrations._tensors import assert_same, parameters_of  # noqa: E402
-from torch_lookahead import Lookahead  # noqa: E402
+from torch_lookahead import Lookahead, load_slow_parameters  # noqa: E402
+from torch_lookahead.integrations import unwrap_lookahead  # noqa: E402
 from torch_lookahead.integrations.lightning import SlowWeightsCallback  # noqa: E402
 
 pytestmark = [
@@ -79,6 +82,15 @@ class Regression(L.LightningModule):
         self.log("val_loss", loss)
         return loss
 
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = F.mse_loss(self.net(x), y)
+        self.log("test_loss", loss)
+        return loss
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.net(batch[0])
+
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer, schedule = _optimizer_and_schedule(self.parameters())
         return {
@@ -87,17 +99,24 @@ class Regression(L.LightningModule):
         }
 
 
-def _trainer(max_epochs: int, *, slow_weights_callback: bool = True, **kwargs: Any) -> L.Trainer:
+def _trainer(
+    max_epochs: int,
+    *,
+    slow_weights_callback: bool = True,
+    checkpoints: tuple[Any, ...] = (),
+    **kwargs: Any,
+) -> L.Trainer:
+    """A quiet CPU Trainer; ``checkpoints`` are its ModelCheckpoint callbacks (none by default)."""
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     return L.Trainer(
         max_epochs=max_epochs,
         accelerator="cpu",
         devices=1,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=bool(checkpoints),
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[SlowWeightsCallback()] if slow_weights_callback else [],
+        callbacks=[SlowWeightsCallback()] * slow_weights_callback + list(checkpoints),
         **kwargs,
     )
 
@@ -105,24 +124,32 @@ def _trainer(max_epochs: int, *, slow_weights_callback: bool = True, **kwargs: A
 @dataclass
 class PlainRun:
     fast: list[Tensor]  # parameters at the end
-    slow_per_epoch: list[list[Tensor]]  # slow weights at the end of each epoch
+    slow_per_step: list[list[Tensor]]  # slow weights after each step
+    fast_per_step: list[list[Tensor]]  # parameters after each step
     lr: float
+
+    @property
+    def slow_per_epoch(self) -> list[list[Tensor]]:
+        """The slow weights at the end of each epoch."""
+        return self.slow_per_step[STEPS_PER_EPOCH - 1 :: STEPS_PER_EPOCH]
 
 
 def _plain_loop(epochs: int) -> PlainRun:
     net = _net()
     optimizer, schedule = _optimizer_and_schedule(net.parameters())
-    slow_per_epoch = []
+    slow_per_step, fast_per_step = [], []
     for _ in range(epochs):
         for x, y in _loader():
             optimizer.zero_grad()
             F.mse_loss(net(x), y).backward()
             optimizer.step()
             schedule.step()
-        slow_per_epoch.append([s.clone() for s in optimizer.slow_parameters()])
+            slow_per_step.append(optimizer.slow_parameters())
+            fast_per_step.append(parameters_of(net))
     return PlainRun(
         parameters_of(net),
-        slow_per_epoch,
+        slow_per_step,
+        fast_per_step,
         optimizer.optimizer.param_groups[0]["lr"],
     )
 
@@ -200,7 +227,47 @@ def test_eval_and_train_through_the_lightning_optimizer_proxy(plain: PlainRun) -
     assert not any(group["lookahead_eval_mode"] for group in optimizer.param_groups)
 
 
+def _model_tensors(checkpoint: dict[str, Any]) -> list[Tensor]:
+    """The parameters in a checkpoint's model state, in ``Regression().parameters()`` order."""
+    names = [name for name, _ in Regression().named_parameters()]
+    return [checkpoint["state_dict"][name] for name in names]
+
+
+def _saved_fast(optimizer_state: dict[str, Any]) -> list[Tensor]:
+    """The fast weights of a checkpoint written in eval mode: the slow slots hold them."""
+    return [optimizer_state["state"][i]["lookahead_slow"] for i in sorted(optimizer_state["state"])]
+
+
+def test_checkpoint_written_in_train_mode_holds_the_slow_weights_in_the_model_state(
+    tmp_path: Path,
+) -> None:
+    module = Regression()
+    trainer = _trainer(1, num_sanity_val_steps=0)
+    trainer.fit(module, _loader(), _loader())
+    (optimizer,) = trainer.optimizers
+    fast, slow = parameters_of(module), optimizer.slow_parameters()
+    assert not any(group["lookahead_eval_mode"] for group in optimizer.param_groups)
+    assert any(not torch.equal(f, s) for f, s in zip(fast, slow, strict=True))  # mid-cycle
+
+    trainer.save_checkpoint(tmp_path / "after-fit.ckpt")
+    saved = torch.load(tmp_path / "after-fit.ckpt", weights_only=True)
+
+    # The model state holds the slow weights, the optimizer state the fast ones, as eval() does.
+    assert_same(_model_tensors(saved), slow)
+    (optimizer_state,) = saved["optimizer_states"]
+    assert all(group["lookahead_eval_mode"] for group in optimizer_state["param_groups"])
+    assert_same(_saved_fast(optimizer_state), fast)
+    with optimizer.slow_weights():  # what eval() itself would have saved
+        assert_same(_saved_fast(optimizer.state_dict()), _saved_fast(optimizer_state))
+        assert_same(list(module.state_dict().values()), list(saved["state_dict"].values()))
+    # ...and saving changed nothing in the training objects.
+    assert_same(parameters_of(module), fast)
+    assert_same(optimizer.slow_parameters(), slow)
+    assert not any(group["lookahead_eval_mode"] for group in optimizer.param_groups)
+
+
 def test_fit_from_checkpoint_continues_exactly(fitted: LightningRun, tmp_path: Path) -> None:
+    """A checkpoint written after fit (train mode, mid-cycle), resumed in a new Trainer."""
     first_half = Regression()
     trainer = _trainer(1, num_sanity_val_steps=0)
     trainer.fit(first_half, _loader(), _loader())
@@ -218,11 +285,213 @@ def test_fit_from_checkpoint_continues_exactly(fitted: LightningRun, tmp_path: P
 
     (optimizer,) = trainer.optimizers
     (uninterrupted,) = fitted.trainer.optimizers
-    assert_same(
-        parameters_of(resumed),
-        parameters_of(fitted.module),
-    )
+    assert_same(parameters_of(resumed), parameters_of(fitted.module))
     assert_same(optimizer.slow_parameters(), uninterrupted.slow_parameters())
     assert (
         optimizer.optimizer.param_groups[0]["lr"] == uninterrupted.optimizer.param_groups[0]["lr"]
+    )
+    assert not any(group["lookahead_eval_mode"] for group in optimizer.param_groups)
+
+
+RANKED_EPOCHS = 3
+SAVE_EVERY_STEPS = 5  # with k=3, step 5 is mid-cycle
+
+
+@dataclass
+class RankedRun:
+    module: Regression
+    trainer: L.Trainer
+    ranked: Any  # ModelCheckpoint(monitor="val_loss"), one file per epoch
+    by_steps: Any  # ModelCheckpoint(every_n_train_steps=...), saved between validations
+
+
+@pytest.fixture(scope="module")
+def ranked(tmp_path_factory: pytest.TempPathFactory) -> RankedRun:
+    folder = tmp_path_factory.mktemp("ranked")
+    # mode="max" ranks the highest loss first, so that the best checkpoint is not the last one:
+    # evaluating the last slow weights instead of the best checkpoint's would show.
+    ranked = L.callbacks.ModelCheckpoint(
+        dirpath=folder / "epochs",
+        monitor="val_loss",
+        mode="max",
+        save_top_k=-1,
+        filename="{epoch}",
+    )
+    by_steps = L.callbacks.ModelCheckpoint(
+        dirpath=folder / "steps",
+        every_n_train_steps=SAVE_EVERY_STEPS,
+        save_top_k=-1,
+        filename="{step}",
+    )
+    module = Regression()
+    trainer = _trainer(RANKED_EPOCHS, num_sanity_val_steps=0, checkpoints=(ranked, by_steps))
+    trainer.fit(module, _loader(), _loader())
+    return RankedRun(module, trainer, ranked, by_steps)
+
+
+@pytest.fixture(scope="module")
+def plain_ranked() -> PlainRun:
+    return _plain_loop(RANKED_EPOCHS)
+
+
+def _validate(module: Regression) -> float:
+    """The validation loss of ``module`` in a fresh Trainer (no optimizer, nothing swapped)."""
+    (metrics,) = _trainer(1, slow_weights_callback=False).validate(module, _loader(), verbose=False)
+    return float(metrics["val_loss"])
+
+
+def _load_model(path: str | Path) -> Regression:
+    module = Regression()
+    module.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    return module
+
+
+def test_model_checkpoint_saves_the_slow_weights_it_ranked(
+    ranked: RankedRun, plain_ranked: PlainRun
+) -> None:
+    files = sorted(Path(ranked.ranked.dirpath).glob("epoch=*.ckpt"))
+    assert len(files) == RANKED_EPOCHS
+    for epoch, path in enumerate(files):
+        saved = torch.load(path, weights_only=True)
+        assert saved["epoch"] == epoch
+        assert_same(_model_tensors(saved), plain_ranked.slow_per_epoch[epoch])
+        (optimizer_state,) = saved["optimizer_states"]
+        assert all(group["lookahead_eval_mode"] for group in optimizer_state["param_groups"])
+        last_step = (epoch + 1) * STEPS_PER_EPOCH - 1
+        assert_same(_saved_fast(optimizer_state), plain_ranked.fast_per_step[last_step])
+
+
+def test_best_checkpoint_reloads_to_its_recorded_score(ranked: RankedRun) -> None:
+    best = _load_model(ranked.ranked.best_model_path)
+    assert _validate(best) == float(ranked.ranked.best_model_score)
+    for path, score in ranked.ranked.best_k_models.items():
+        assert _validate(_load_model(path)) == float(score)
+
+
+def test_checkpoints_between_validations_hold_the_slow_weights(
+    ranked: RankedRun, plain_ranked: PlainRun
+) -> None:
+    folder = Path(ranked.by_steps.dirpath)
+    steps = list(range(SAVE_EVERY_STEPS, RANKED_EPOCHS * STEPS_PER_EPOCH + 1, SAVE_EVERY_STEPS))
+    files = [folder / f"step={step}.ckpt" for step in steps]
+    assert sorted(folder.iterdir()) == sorted(files)
+    for step, path in zip(steps, files, strict=True):
+        saved = torch.load(path, weights_only=True)
+        assert_same(_model_tensors(saved), plain_ranked.slow_per_step[step - 1])
+        (optimizer_state,) = saved["optimizer_states"]
+        assert optimizer_state["param_groups"][0]["lookahead_step"] == step % K
+        assert_same(_saved_fast(optimizer_state), plain_ranked.fast_per_step[step - 1])
+        # Mid-cycle: the model state and the fast weights differ.
+        assert any(
+            not torch.equal(a, b)
+            for a, b in zip(_model_tensors(saved), _saved_fast(optimizer_state), strict=True)
+        )
+
+
+def test_ranked_run_ends_in_train_mode_like_the_plain_loop(
+    ranked: RankedRun, plain_ranked: PlainRun
+) -> None:
+    (optimizer,) = ranked.trainer.optimizers
+    assert not any(group["lookahead_eval_mode"] for group in optimizer.param_groups)
+    assert_same(parameters_of(ranked.module), plain_ranked.fast)
+    assert_same(optimizer.slow_parameters(), plain_ranked.slow_per_step[-1])
+
+
+# The resumed run needs no ModelCheckpoint: Lightning warns that it had some.
+@pytest.mark.filterwarnings("ignore:.*callbacks used to create the checkpoint.*")
+def test_resume_from_a_ranked_checkpoint_continues_exactly(
+    ranked: RankedRun, plain_ranked: PlainRun
+) -> None:
+    """The epoch-1 checkpoint was written in eval mode, mid-cycle (4 steps, k=3)."""
+    first = Path(ranked.ranked.dirpath) / "epoch=0.ckpt"
+    resumed = Regression()
+    trainer = _trainer(RANKED_EPOCHS, num_sanity_val_steps=1)
+    trainer.fit(resumed, _loader(), _loader(), ckpt_path=first)
+
+    (optimizer,) = trainer.optimizers
+    assert_same(parameters_of(resumed), plain_ranked.fast)
+    assert_same(optimizer.slow_parameters(), plain_ranked.slow_per_step[-1])
+    assert_same(parameters_of(resumed), parameters_of(ranked.module))
+
+
+@pytest.mark.filterwarnings("ignore:.*multiple `ModelCheckpoint` callbacks.*")
+def test_test_with_the_best_checkpoint_evaluates_it_as_saved(ranked: RankedRun) -> None:
+    """Weights loaded from a checkpoint are the slow weights already: nothing is swapped."""
+    (optimizer,) = ranked.trainer.optimizers
+    fast, slow = parameters_of(ranked.module), optimizer.slow_parameters()
+    best = Path(ranked.ranked.best_model_path)
+    assert best.name != f"epoch={RANKED_EPOCHS - 1}.ckpt"  # not the last slow weights
+    try:
+        (metrics,) = ranked.trainer.test(ranked.module, _loader(), ckpt_path="best", verbose=False)
+        assert metrics["test_loss"] == float(ranked.ranked.best_model_score)
+        assert_same(optimizer.slow_parameters(), slow)
+        assert_same(
+            parameters_of(ranked.module), _model_tensors(torch.load(best, weights_only=True))
+        )
+    finally:
+        with torch.no_grad():  # the fixture's module is shared: give it its weights back
+            for p, value in zip(ranked.module.parameters(), fast, strict=True):
+                p.copy_(value)
+
+
+@pytest.fixture
+def fresh_fit() -> LightningRun:
+    module = Regression()
+    trainer = _trainer(EPOCHS, num_sanity_val_steps=0)
+    trainer.fit(module, _loader(), _loader())
+    return LightningRun(module, trainer)
+
+
+def test_validate_test_and_predict_after_fit_agree_on_the_slow_weights(
+    fresh_fit: LightningRun, plain: PlainRun
+) -> None:
+    trainer, module = fresh_fit.trainer, fresh_fit.module
+    (validated,) = trainer.validate(module, _loader(), verbose=False)
+    assert_same(parameters_of(module), plain.fast)  # train mode again after validate
+    (tested,) = trainer.test(module, _loader(), verbose=False)
+    assert_same(parameters_of(module), plain.fast)
+    predictions = trainer.predict(module, _loader())
+    assert_same(parameters_of(module), plain.fast)
+
+    slow_net = _net()
+    load_slow_parameters(slow_net, plain.slow_per_epoch[-1])
+    with torch.no_grad():
+        expected = [slow_net(x) for x, _ in _loader()]
+        slow_loss = torch.stack([F.mse_loss(slow_net(x), y) for x, y in _loader()]).mean()
+    assert validated["val_loss"] == tested["test_loss"]
+    assert tested["test_loss"] == pytest.approx(float(slow_loss), rel=1e-6)
+    assert predictions is not None
+    assert_same(predictions, expected)
+    with torch.no_grad():
+        fast_loss = torch.stack([F.mse_loss(module.net(x), y) for x, y in _loader()]).mean()
+    assert float(fast_loss) != pytest.approx(float(slow_loss), rel=1e-6)  # not vacuous
+
+
+def test_unwrap_lookahead_reaches_it_through_the_lightning_proxy(fresh_fit: LightningRun) -> None:
+    proxy = fresh_fit.module.optimizers()
+    (optimizer,) = fresh_fit.trainer.optimizers
+    assert proxy is not optimizer and isinstance(proxy, Lookahead)  # a proxy posing as one
+    assert unwrap_lookahead(proxy) is optimizer
+    assert unwrap_lookahead(optimizer) is optimizer
+
+
+def test_weights_only_checkpoints_after_validation_hold_the_slow_weights(
+    tmp_path: Path, plain: PlainRun
+) -> None:
+    """Lightning calls no callback for these: they hold the parameters as validation left them."""
+    checkpoints = L.callbacks.ModelCheckpoint(
+        dirpath=tmp_path,
+        monitor="val_loss",
+        save_top_k=-1,
+        save_weights_only=True,
+        filename="{epoch}",
+    )
+    trainer = _trainer(EPOCHS, num_sanity_val_steps=0, checkpoints=(checkpoints,))
+    trainer.fit(Regression(), _loader(), _loader())
+    for epoch in range(EPOCHS):
+        saved = torch.load(tmp_path / f"epoch={epoch}.ckpt", weights_only=True)
+        assert "optimizer_states" not in saved
+        assert_same(_model_tensors(saved), plain.slow_per_epoch[epoch])
+    assert _validate(_load_model(checkpoints.best_model_path)) == float(
+        checkpoints.best_model_score
     )

@@ -1,12 +1,22 @@
-"""Glue between :class:`torch_lookahead.Lookahead` and the training frameworks people use.
+"""Glue between [Lookahead][torch_lookahead.Lookahead] and the training frameworks people use.
 
-Every submodule imports its framework, so nothing here is imported by ``import torch_lookahead``:
+The package itself needs only torch: [unwrap_lookahead][torch_lookahead.integrations.unwrap_lookahead]
+finds the Lookahead inside a framework's optimizer wrapper. Each submodule imports its framework,
+so none is imported by ``import torch_lookahead`` (install the ``integrations`` extra):
 
-* :mod:`torch_lookahead.integrations.lightning`: ``SlowWeightsCallback``, validation on the slow
-  weights under ``lightning.pytorch.Trainer`` (needs the ``integrations`` extra).
-* :mod:`torch_lookahead.integrations.migrate`: convert timm and pytorch_optimizer Lookahead
+* ``torch_lookahead.integrations.lightning``: ``SlowWeightsCallback`` for ``lightning.pytorch``;
+* ``torch_lookahead.integrations.transformers``: ``SlowWeightsCallback`` and ``LookaheadTrainer``
+  for the Hugging Face ``Trainer``;
+* ``torch_lookahead.integrations.accelerate``: ``SlowWeightsState`` for ``save_state`` and
+  ``load_state``;
+* ``torch_lookahead.integrations.migrate``: convert timm and pytorch_optimizer Lookahead
   checkpoints into torch-lookahead's standard ``state_dict`` (needs only torch).
 
-The Hugging Face ``Trainer`` and Accelerate need no glue: they call the optimizer's ``train()`` and
-``eval()`` themselves (see the documentation pages of the same names).
+In every framework the model weights that are evaluated, checkpointed and exported are the slow
+weights, and the fast weights travel in the optimizer state so that resuming is exact; the
+documentation page "Saving, selecting and shipping" states the policy.
 """
+
+from torch_lookahead.integrations.unwrap import unwrap_lookahead
+
+__all__ = ["unwrap_lookahead"]

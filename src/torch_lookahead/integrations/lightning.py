@@ -1,24 +1,30 @@
-"""Lightning glue: run validation on Lookahead's slow weights.
+"""Lightning glue: evaluate, checkpoint and export Lookahead's slow weights.
 
 Lightning never calls an optimizer's ``train()`` / ``eval()`` by itself (unlike the Hugging Face
 ``Trainer`` and Accelerate), so this module provides a callback that does::
 
     trainer = lightning.pytorch.Trainer(callbacks=[SlowWeightsCallback()])
 
-During every validation run (the sanity check included) the parameters of the model hold the slow
-weights φ of every :class:`~torch_lookahead.Lookahead` the module's ``configure_optimizers``
-returned; the fast weights θ are back in place before training resumes and before
-``ModelCheckpoint`` saves (Lightning runs checkpoint callbacks after all the others).
+With it, validation, ``trainer.test()`` and ``trainer.predict()`` run on the slow weights φ, and
+the model weights of every checkpoint the trainer writes are the slow weights, while the fast
+weights θ travel in the optimizer state, so that resuming is exact. The policy is the same in every
+integration; the documentation page "Saving, selecting and shipping" states it.
 
 Importing this module imports ``lightning``; install the ``integrations`` extra.
 """
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
 
-from torch_lookahead import Lookahead
+from torch_lookahead._tensors import same_placement
+from torch_lookahead.lookahead import EVAL_KEY, FAST_STASH_KEY, SLOW_KEY, Lookahead
 
 __all__ = ["SlowWeightsCallback"]
 
@@ -29,34 +35,177 @@ def _lookahead_optimizers(trainer: Trainer) -> list[Lookahead]:
     return [opt for opt in trainer.optimizers if isinstance(opt, Lookahead)]
 
 
+def _in_eval_mode(optimizer: Lookahead) -> bool:
+    return any(group.get(EVAL_KEY, False) for group in optimizer.param_groups)
+
+
+def _aliases(entry: object, p: Tensor) -> bool:
+    """Whether a model state-dict entry is a view of the parameter itself (not a copy)."""
+    return (
+        isinstance(entry, Tensor)
+        and entry.data_ptr() == p.data_ptr()
+        and entry.shape == p.shape
+        and same_placement(entry, p)
+    )
+
+
+def _write_eval_form(
+    trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+) -> None:
+    """Rewrite a checkpoint taken in train mode as ``optimizer.eval()`` would have written it.
+
+    The model entries of the parameters become the slow weights and the optimizer state holds the
+    fast weights where ``eval()`` keeps them (the slow slot, or ``lookahead_fast`` for slow copies
+    of another dtype or device), with the groups flagged ``lookahead_eval_mode``. Tensors are
+    referenced, not copied (except slow copies of another dtype or device, cast to the
+    parameter's), and the live optimizer and model are left as they are.
+    """
+    model_state = checkpoint.get("state_dict")
+    optimizer_states = checkpoint.get("optimizer_states")
+    if model_state is None or optimizer_states is None:
+        return
+    pending = [
+        (index, opt)
+        for index, opt in enumerate(trainer.optimizers)
+        if isinstance(opt, Lookahead) and not _in_eval_mode(opt)
+    ]
+    if not pending:
+        return
+    names: dict[int, list[str]] = {}
+    for name, tensor in pl_module.state_dict(keep_vars=True).items():
+        names.setdefault(id(tensor), []).append(name)
+
+    # Plan every change first: the checkpoint is rewritten completely or not at all.
+    model_updates: dict[str, Tensor] = {}
+    state_updates: list[tuple[dict[str, Any], Any, dict[str, Any]]] = []
+    for index, optimizer in pending:
+        saved = optimizer_states[index]
+        saved_groups = saved.get("param_groups", [])
+        if len(saved_groups) != len(optimizer.param_groups):
+            _leave_fast(f"optimizer {index}'s saved groups do not match its groups")
+            return
+        for group, saved_group in zip(optimizer.param_groups, saved_groups, strict=True):
+            if len(saved_group["params"]) != len(group["params"]):
+                _leave_fast(f"optimizer {index}'s saved parameters do not match")
+                return
+            for p, key in zip(group["params"], saved_group["params"], strict=True):
+                param_state = optimizer.state.get(p)
+                if param_state is None or SLOW_KEY not in param_state:
+                    continue  # never updated: its slow weights are its value, nothing to swap
+                entries = names.get(id(p), [])
+                if not entries or not all(_aliases(model_state.get(n), p) for n in entries):
+                    _leave_fast("the strategy's model state is not the module's parameters")
+                    return
+                slow = param_state[SLOW_KEY]
+                fast = model_state[entries[0]]
+                saved_state = dict(saved["state"][key])  # the live per-parameter dict: copy it
+                if same_placement(p, slow):
+                    value, saved_state[SLOW_KEY] = slow, fast
+                else:
+                    value, saved_state[FAST_STASH_KEY] = slow.to(p.dtype, p.device), fast
+                model_updates.update(dict.fromkeys(entries, value))
+                state_updates.append((saved["state"], key, saved_state))
+    model_state.update(model_updates)
+    for states, key, saved_state in state_updates:
+        states[key] = saved_state
+    for index, _ in pending:
+        saved = optimizer_states[index]
+        saved["param_groups"] = [{**g, EVAL_KEY: True} for g in saved["param_groups"]]
+
+
+def _leave_fast(reason: str) -> None:
+    warnings.warn(
+        f"SlowWeightsCallback: this checkpoint keeps the fast weights in its model state ({reason})",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 class SlowWeightsCallback(Callback):  # type: ignore[misc]
-    """Evaluate on the slow weights: ``optimizer.eval()`` before validation, ``train()`` after.
+    """Evaluate, checkpoint and export Lookahead's slow weights under ``lightning.pytorch``.
 
-    For every :class:`~torch_lookahead.Lookahead` among ``trainer.optimizers``:
+    For every [Lookahead][torch_lookahead.Lookahead] among ``trainer.optimizers``:
 
-    * ``on_validation_start``: ``optimizer.eval()`` swaps the slow weights φ into the parameters;
-    * ``on_validation_end`` and ``on_exception``: ``optimizer.train()`` swaps the fast weights θ
-      back.
+    * **Evaluation.** ``optimizer.eval()`` at the start of validation, of ``trainer.test()`` and of
+      ``trainer.predict()`` swaps the slow weights φ into the parameters. ``optimizer.train()``
+      swaps the fast weights θ back at the end of a test, a prediction or a validation outside
+      ``fit``. Inside ``fit`` the slow weights stay in place until the next training batch, so that
+      the checkpoints ``ModelCheckpoint`` writes after validation (it ranks them by the validation
+      metrics) hold the weights that were evaluated.
+    * **Checkpoints.** A checkpoint written while the parameters hold the fast weights (a
+      ``ModelCheckpoint`` saving on training steps, ``trainer.save_checkpoint`` after ``fit``) is
+      rewritten on the fly into the form ``optimizer.eval()`` gives it: the model state holds the
+      slow weights, the optimizer state the fast ones. The training objects are not touched.
+    * **Resuming.** ``optimizer.train()`` at the start of training and before every training batch
+      swaps the fast weights back in, also after loading a checkpoint written in eval mode, so
+      ``fit(ckpt_path=...)`` continues exactly. Training ends in train mode (fast weights in the
+      parameters); ``on_exception`` restores train mode as well.
 
-    The swap is in place (no copy of the model is allocated) and the mode is recorded in the
-    optimizer's param groups, so a checkpoint written in either mode resumes exactly. Optimizers
-    that are not Lookahead are left alone, and so is a ``trainer.validate()`` run outside
-    ``fit`` (the trainer then holds no optimizer).
+    A test, prediction or validation run that loads its weights from a checkpoint
+    (``trainer.test(ckpt_path="best")``) evaluates those weights as they are: they are the slow
+    weights already. Optimizers that are not Lookahead, and Lookaheads over parameters of another
+    module, are left alone.
+
+    Lightning does not call callbacks for ``save_weights_only`` checkpoints: those hold the
+    parameters as they are, which are the slow weights when written after validation (the usual
+    ``ModelCheckpoint(monitor=...)`` case) and the fast ones otherwise.
 
     Example:
         >>> trainer = Trainer(callbacks=[SlowWeightsCallback()])  # doctest: +SKIP
     """
 
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate_on_slow_weights(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.FITTING and trainer.ckpt_path is not None:
+            return  # the weights were just loaded from a checkpoint: they are the slow weights
+        module_parameters = {id(p) for p in pl_module.parameters()}
         for optimizer in _lookahead_optimizers(trainer):
-            optimizer.eval()
+            if all(id(p) in module_parameters for g in optimizer.param_groups for p in g["params"]):
+                optimizer.eval()
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _back_to_fast_weights(self, trainer: Trainer) -> None:
         for optimizer in _lookahead_optimizers(trainer):
             optimizer.train()
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._evaluate_on_slow_weights(trainer, pl_module)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            self._back_to_fast_weights(trainer)
+        # During fit: ModelCheckpoint saves after this hook; the next training batch swaps back.
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._evaluate_on_slow_weights(trainer, pl_module)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._back_to_fast_weights(trainer)
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._evaluate_on_slow_weights(trainer, pl_module)
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._back_to_fast_weights(trainer)
+
+    # ------------------------------------------------------------------ training
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._back_to_fast_weights(trainer)
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._back_to_fast_weights(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._back_to_fast_weights(trainer)
 
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
-        # Leave the fast weights in the parameters whatever happened during validation.
-        self.on_validation_end(trainer, pl_module)
+        self._back_to_fast_weights(trainer)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        _write_eval_form(trainer, pl_module, checkpoint)
