@@ -1,7 +1,8 @@
 """Lookahead under transformers.Trainer, on a tiny BERT built from a config (nothing downloaded):
 ``optimizers=(Lookahead(...), scheduler)``, ``optimizer_cls_and_kwargs``, evaluation on the slow
-weights through the optimizer's ``eval()``/``train()``, and exact resume from a checkpoint folder
-(the Trainer reloads ``optimizer.pt`` with ``weights_only=True``)."""
+weights through the optimizer's ``eval()``/``train()``, exact resume from a checkpoint folder
+(the Trainer reloads ``optimizer.pt`` with ``weights_only=True``), and through SlowWeightsCallback
+and LookaheadTrainer: checkpoints, ``save_model`` and the best model holding the slow weights."""
 
 from __future__ import annotations
 
@@ -16,8 +17,15 @@ from torch import Tensor
 
 transformers = pytest.importorskip("transformers")
 
+from safetensors.torch import load_file  # noqa: E402
+
 from tests.integrations._tensors import assert_same, parameters_of  # noqa: E402
 from torch_lookahead import Lookahead  # noqa: E402
+from torch_lookahead.integrations import unwrap_lookahead  # noqa: E402
+from torch_lookahead.integrations.transformers import (  # noqa: E402
+    LookaheadTrainer,
+    SlowWeightsCallback,
+)
 
 pytestmark = pytest.mark.integrations
 
@@ -60,25 +68,29 @@ def _tiny_bert() -> Any:
     return transformers.BertForSequenceClassification(config)
 
 
-def _arguments(output_dir: Path, *, evaluate: bool) -> Any:
+def _arguments(
+    output_dir: Path, *, evaluate: bool, save: bool | None = None, **overrides: Any
+) -> Any:
+    """Evaluate (and by default save) every EVAL_EVERY steps, or neither."""
     every = {"eval_strategy": "steps", "eval_steps": EVAL_EVERY} if evaluate else {}
-    return transformers.TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=BATCH,
-        per_device_eval_batch_size=SAMPLES,
-        max_steps=MAX_STEPS,
-        learning_rate=LR,
-        lr_scheduler_type="linear",
-        save_strategy="steps" if evaluate else "no",
-        save_steps=EVAL_EVERY,
-        logging_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        **every,
-    )
+    save = evaluate if save is None else save
+    settings = {
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": BATCH,
+        "per_device_eval_batch_size": SAMPLES,
+        "max_steps": MAX_STEPS,
+        "learning_rate": LR,
+        "lr_scheduler_type": "linear",
+        "save_strategy": "steps" if save else "no",
+        "save_steps": EVAL_EVERY,
+        "logging_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "seed": 0,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+    return transformers.TrainingArguments(**(settings | every | overrides))
 
 
 class WeightsRecorder(transformers.TrainerCallback):  # type: ignore[misc]
@@ -110,7 +122,15 @@ class TrainerRun:
     trainer: Any = field(repr=False)
 
 
-def _run(output_dir: Path, *, evaluate: bool, resume_from: Path | None = None) -> TrainerRun:
+def _run(
+    output_dir: Path,
+    *,
+    evaluate: bool,
+    resume_from: Path | None = None,
+    trainer_cls: Any = None,
+    callbacks: tuple[Any, ...] = (),
+    **arguments: Any,
+) -> TrainerRun:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     model = _tiny_bert()
     # weight_decay=0.0: what the Trainer gives both of its groups with the default arguments.
@@ -118,13 +138,13 @@ def _run(output_dir: Path, *, evaluate: bool, resume_from: Path | None = None) -
     optimizer = Lookahead(adamw, k=K, alpha=ALPHA)
     schedule = transformers.get_linear_schedule_with_warmup(optimizer, 0, MAX_STEPS)
     recorder = WeightsRecorder(optimizer)
-    trainer = transformers.Trainer(
+    trainer = (trainer_cls or transformers.Trainer)(
         model=model,
-        args=_arguments(output_dir, evaluate=evaluate),
+        args=_arguments(output_dir, evaluate=evaluate, **arguments),
         train_dataset=TinyTextDataset(seed=1),
         eval_dataset=TinyTextDataset(seed=2),
         optimizers=(optimizer, schedule),
-        callbacks=[recorder],
+        callbacks=[recorder, *callbacks],
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return TrainerRun(model, optimizer, recorder, output_dir, trainer)
@@ -208,7 +228,7 @@ def test_optimizer_cls_and_kwargs_builds_a_lookahead(
 ) -> None:
     model, trainer = _train_with_optimizer_cls(tmp_path, LookaheadAdamW)
 
-    optimizer = _unwrap(trainer.optimizer)
+    optimizer = unwrap_lookahead(trainer.optimizer)
     assert isinstance(optimizer, LookaheadAdamW)
     # The Trainer's weight-decay / no-decay split reaches the inner optimizer as two groups.
     assert len(optimizer.optimizer.param_groups) == 2
@@ -219,11 +239,150 @@ def test_optimizer_cls_and_kwargs_builds_a_lookahead(
 
 def test_optimizer_cls_and_kwargs_accepts_lookahead_wrap(tmp_path: Path) -> None:
     _, trainer = _train_with_optimizer_cls(tmp_path, Lookahead.wrap(torch.optim.AdamW, k=K))
-    assert isinstance(_unwrap(trainer.optimizer), Lookahead)
+    assert isinstance(unwrap_lookahead(trainer.optimizer), Lookahead)
 
 
-def _unwrap(optimizer: Any) -> Any:
-    """The Trainer hands the optimizer to Accelerate, which wraps it in an AcceleratedOptimizer."""
-    while not isinstance(optimizer, Lookahead) and hasattr(optimizer, "optimizer"):
-        optimizer = optimizer.optimizer
-    return optimizer
+def test_unwrap_lookahead_reaches_it_through_the_accelerated_optimizer(
+    without_evaluation: TrainerRun,
+) -> None:
+    wrapper = without_evaluation.trainer.optimizer
+    assert wrapper is not without_evaluation.optimizer  # Accelerate's AcceleratedOptimizer
+    assert not hasattr(wrapper, "slow_parameters")
+    assert unwrap_lookahead(wrapper) is without_evaluation.optimizer
+
+
+# ---------------------------------------------------------------------- the slow-weights policy
+def _model_file(folder: Path, model: Any) -> list[Tensor]:
+    """The parameters in a folder's model.safetensors, in ``model.parameters()`` order."""
+    saved = load_file(str(folder / "model.safetensors"))
+    return [saved[name] for name, _ in model.named_parameters()]
+
+
+def _in_eval_mode(optimizer: Lookahead) -> bool:
+    return any(group.get("lookahead_eval_mode", False) for group in optimizer.param_groups)
+
+
+@pytest.fixture(scope="module")
+def slow_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> TrainerRun:
+    """Checkpoints every EVAL_EVERY steps, no evaluation, with the callback on a plain Trainer."""
+    return _run(
+        tmp_path_factory.mktemp("slow-checkpoints"),
+        evaluate=False,
+        save=True,
+        callbacks=(SlowWeightsCallback(),),
+    )
+
+
+def test_checkpoints_without_evaluation_hold_the_slow_weights(
+    slow_checkpoints: TrainerRun,
+) -> None:
+    recorder = slow_checkpoints.recorder
+    assert not recorder.seen_by_evaluation
+    for step in (EVAL_EVERY, MAX_STEPS):
+        folder = slow_checkpoints.output_dir / f"checkpoint-{step}"
+        assert_same(_model_file(folder, slow_checkpoints.model), recorder.slow_after_step[step])
+        optimizer_state = torch.load(folder / "optimizer.pt", weights_only=True)
+        assert all(group["lookahead_eval_mode"] for group in optimizer_state["param_groups"])
+        saved_fast = [
+            optimizer_state["state"][i]["lookahead_slow"]
+            for i in range(len(recorder.fast_after_step[step]))
+        ]
+        assert_same(saved_fast, recorder.fast_after_step[step])
+    # Step 3 is mid-cycle: the model files do not hold the fast weights.
+    step = EVAL_EVERY
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(recorder.slow_after_step[step], recorder.fast_after_step[step], strict=True)
+    )
+
+
+def test_saving_slow_checkpoints_leaves_training_unchanged_and_ends_in_train_mode(
+    slow_checkpoints: TrainerRun, without_evaluation: TrainerRun
+) -> None:
+    assert_same(parameters_of(slow_checkpoints.model), parameters_of(without_evaluation.model))
+    assert_same(
+        slow_checkpoints.optimizer.slow_parameters(), without_evaluation.optimizer.slow_parameters()
+    )
+    assert not _in_eval_mode(slow_checkpoints.optimizer)
+
+
+def test_resume_from_a_slow_checkpoint_continues_exactly(
+    slow_checkpoints: TrainerRun, without_evaluation: TrainerRun, tmp_path: Path
+) -> None:
+    checkpoint = slow_checkpoints.output_dir / f"checkpoint-{EVAL_EVERY}"  # mid-cycle
+    resumed = _run(
+        tmp_path,
+        evaluate=False,
+        save=True,
+        resume_from=checkpoint,
+        callbacks=(SlowWeightsCallback(),),
+    )
+    assert resumed.trainer.state.global_step == MAX_STEPS
+    assert_same(parameters_of(resumed.model), parameters_of(without_evaluation.model))
+    assert_same(resumed.optimizer.slow_parameters(), without_evaluation.optimizer.slow_parameters())
+
+
+def test_training_that_ends_with_an_evaluation_ends_in_train_mode(
+    with_evaluation: TrainerRun, tmp_path: Path
+) -> None:
+    assert _in_eval_mode(with_evaluation.optimizer)  # the plain Trainer leaves it evaluating
+    run = _run(tmp_path, evaluate=True, callbacks=(SlowWeightsCallback(),))
+    assert not _in_eval_mode(run.optimizer)
+    assert_same(parameters_of(run.model), parameters_of(with_evaluation.model))
+
+
+MID_CYCLE_END = MAX_STEPS - 1  # with k=2, training that stops here ends mid-cycle
+
+
+def test_lookahead_trainer_save_model_writes_the_slow_weights(tmp_path: Path) -> None:
+    run = _run(
+        tmp_path / "run", evaluate=False, trainer_cls=LookaheadTrainer, max_steps=MID_CYCLE_END
+    )
+    slow, fast = run.optimizer.slow_parameters(), parameters_of(run.model)
+    assert any(not torch.equal(a, b) for a, b in zip(slow, fast, strict=True))
+
+    run.trainer.save_model(str(tmp_path / "export"))
+    assert_same(_model_file(tmp_path / "export", run.model), slow)
+    assert_same(parameters_of(run.model), fast)  # the model is back on the fast weights
+    assert not _in_eval_mode(run.optimizer)
+    # The exported folder loads as a plain model: the slow one.
+    exported = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "export")
+    assert_same(parameters_of(exported), slow)
+    # A plain Trainer writes the parameters as they are, the fast weights here.
+    transformers.Trainer.save_model(run.trainer, str(tmp_path / "plain"))
+    assert_same(_model_file(tmp_path / "plain", run.model), fast)
+
+
+def test_evaluate_and_predict_agree_on_the_slow_weights(tmp_path: Path) -> None:
+    run = _run(tmp_path, evaluate=False, trainer_cls=LookaheadTrainer, max_steps=MID_CYCLE_END)
+    slow, fast = run.optimizer.slow_parameters(), parameters_of(run.model)
+    evaluated = run.trainer.evaluate()["eval_loss"]
+    predicted = run.trainer.predict(TinyTextDataset(seed=2)).metrics["test_loss"]
+    assert evaluated == predicted
+    assert_same(run.recorder.seen_by_evaluation[MID_CYCLE_END], slow)
+    assert any(not torch.equal(a, b) for a, b in zip(slow, fast, strict=True))
+
+
+def test_load_best_model_at_end_gives_the_best_checkpoint_and_its_score(tmp_path: Path) -> None:
+    # greater_is_better ranks the highest loss first, so that the best checkpoint is not the last:
+    # a model left on the last slow weights would show.
+    run = _run(
+        tmp_path,
+        evaluate=True,
+        trainer_cls=LookaheadTrainer,
+        eval_steps=2,
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=True,
+    )
+    state = run.trainer.state
+    best = Path(state.best_model_checkpoint)
+    assert best.name != f"checkpoint-{MAX_STEPS}"
+    best_weights = _model_file(best, run.model)
+    assert_same(parameters_of(run.model), best_weights)
+    assert not _in_eval_mode(run.optimizer)
+    assert_same(run.optimizer.slow_parameters(), best_weights)
+    assert run.trainer.evaluate()["eval_loss"] == state.best_metric
+    run.trainer.save_model(str(tmp_path / "export"))
+    assert_same(_model_file(tmp_path / "export", run.model), best_weights)
