@@ -1,6 +1,7 @@
 """Lookahead under Accelerate: ``accelerator.prepare``, gradient accumulation, the LR schedule
 after ``prepare`` (which round-trips the optimizer's state_dict), ``train()``/``eval()`` through
-the AcceleratedOptimizer, and exact resume through ``save_state``/``load_state``."""
+the AcceleratedOptimizer, exact resume through ``save_state``/``load_state`` in either mode, and
+through SlowWeightsState: state folders whose model files hold the slow weights."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 accelerate = pytest.importorskip("accelerate")
 
+from safetensors.torch import load_file  # noqa: E402
+
 from tests.integrations._tensors import assert_same, parameters_of  # noqa: E402
 from torch_lookahead import Lookahead  # noqa: E402
+from torch_lookahead.integrations import unwrap_lookahead  # noqa: E402
+from torch_lookahead.integrations.accelerate import SlowWeightsState  # noqa: E402
 
 pytestmark = pytest.mark.integrations
 
@@ -141,3 +146,109 @@ def test_save_state_load_state_resumes_exactly(tmp_path: Path) -> None:
     assert_same(parameters_of(resumed.model), parameters_of(uninterrupted.model))
     assert_same(resumed.lookahead.slow_parameters(), uninterrupted.lookahead.slow_parameters())
     assert _inner_lr(resumed) == pytest.approx(_inner_lr(uninterrupted), rel=1e-12)
+
+
+# ---------------------------------------------------------------------- the slow-weights policy
+def _in_eval_mode(lookahead: Lookahead) -> bool:
+    return any(group.get("lookahead_eval_mode", False) for group in lookahead.param_groups)
+
+
+def _model_file(folder: Path, model: nn.Module) -> list[Tensor]:
+    saved = load_file(str(folder / "model.safetensors"))
+    return [saved[name] for name, _ in model.named_parameters()]
+
+
+def _saved_fast(folder: Path) -> list[Tensor]:
+    """The fast weights in a state folder written in eval mode: in the slow slots."""
+    state = torch.load(folder / "optimizer.bin", weights_only=True)
+    assert all(group["lookahead_eval_mode"] for group in state["param_groups"])
+    return [state["state"][i]["lookahead_slow"] for i in sorted(state["state"])]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted() -> Setup:
+    accelerator = _accelerator()
+    run = _setup(accelerator)
+    for _ in range(2):
+        _accelerated_epoch(accelerator, run)
+    return run
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_slow_weights_state_saves_the_slow_weights_and_resumes_exactly(
+    mode: str, uninterrupted: Setup, tmp_path: Path
+) -> None:
+    first_accelerator = _accelerator()
+    first = _setup(first_accelerator)
+    SlowWeightsState(first_accelerator, first.optimizer)
+    _accelerated_epoch(first_accelerator, first)  # ends mid-cycle
+    fast, slow = parameters_of(first.model), first.lookahead.slow_parameters()
+    assert any(not torch.equal(f, s) for f, s in zip(fast, slow, strict=True))
+    if mode == "eval":
+        first.optimizer.eval()
+    first_accelerator.save_state(str(tmp_path / "state"))
+
+    assert_same(_model_file(tmp_path / "state", first.model), slow)
+    assert_same(_saved_fast(tmp_path / "state"), fast)
+    # Saving leaves the run in the mode it was in.
+    assert _in_eval_mode(first.lookahead) == (mode == "eval")
+    assert_same(parameters_of(first.model), slow if mode == "eval" else fast)
+
+    resumed_accelerator = _accelerator()
+    resumed = _setup(resumed_accelerator)
+    SlowWeightsState(resumed_accelerator, resumed.optimizer)
+    resumed_accelerator.load_state(str(tmp_path / "state"))
+    assert not _in_eval_mode(resumed.lookahead)  # no train() by hand
+    assert_same(parameters_of(resumed.model), fast)
+    _accelerated_epoch(resumed_accelerator, resumed)
+
+    assert_same(parameters_of(resumed.model), parameters_of(uninterrupted.model))
+    assert_same(resumed.lookahead.slow_parameters(), uninterrupted.lookahead.slow_parameters())
+
+
+def test_without_slow_weights_state_a_state_saved_in_eval_mode_needs_train_after_loading(
+    uninterrupted: Setup, tmp_path: Path
+) -> None:
+    """The rule the documentation states for plain ``save_state``/``load_state``."""
+    first_accelerator = _accelerator()
+    first = _setup(first_accelerator)
+    _accelerated_epoch(first_accelerator, first)
+    slow = first.lookahead.slow_parameters()
+    first.optimizer.eval()
+    first_accelerator.save_state(str(tmp_path / "state"))
+    assert_same(_model_file(tmp_path / "state", first.model), slow)
+
+    resumed_accelerator = _accelerator()
+    resumed = _setup(resumed_accelerator)
+    resumed_accelerator.load_state(str(tmp_path / "state"))
+    assert _in_eval_mode(resumed.lookahead)
+    with pytest.raises(RuntimeError, match=r"call optimizer\.train\(\) first"):
+        resumed.optimizer.step()
+    resumed.optimizer.train()
+    _accelerated_epoch(resumed_accelerator, resumed)
+    assert_same(parameters_of(resumed.model), parameters_of(uninterrupted.model))
+
+
+def test_save_model_inside_slow_weights_exports_the_slow_model(tmp_path: Path) -> None:
+    accelerator = _accelerator()
+    run = _setup(accelerator)
+    _accelerated_epoch(accelerator, run)
+    fast, slow = parameters_of(run.model), run.lookahead.slow_parameters()
+
+    with unwrap_lookahead(run.optimizer).slow_weights():
+        accelerator.save_model(run.model, str(tmp_path / "export"))
+    assert_same(_model_file(tmp_path / "export", run.model), slow)
+    assert_same(parameters_of(run.model), fast)
+    # Outside it, save_model writes the parameters as they are: the fast weights.
+    accelerator.save_model(run.model, str(tmp_path / "plain"))
+    assert_same(_model_file(tmp_path / "plain", run.model), fast)
+
+
+def test_slow_weights_state_needs_a_lookahead() -> None:
+    accelerator = _accelerator()
+    model = nn.Linear(2, 1)
+    sgd = accelerator.prepare(torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(TypeError, match="no Lookahead inside"):
+        SlowWeightsState(accelerator, sgd)
+    with pytest.raises(ValueError, match="needs the optimizers"):
+        SlowWeightsState(accelerator)
