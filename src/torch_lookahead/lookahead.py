@@ -169,7 +169,6 @@ def _inner_step_without_global_hooks(
         undecorated is None
         or not getattr(step, "hooked", False)
         or "step" in vars(optimizer)
-        or torch.compiler.is_compiling()
     ):
         return optimizer.step(**kwargs)
     args: tuple[Any, ...] = (optimizer,)
@@ -565,7 +564,7 @@ class Lookahead(Optimizer):
                     index = next(i for i, q in enumerate(group["params"]) if _same_tensor(q, p))
                     raise FloatingPointError(
                         f"parameter {index} of parameter group {group_index[id(group)]} holds NaN "
-                        "or inf at a Lookahead sync (check_finite=True); nothing was changed and "
+                        "or inf at a Lookahead sync (check_finite=True); the sync was not applied and "
                         "the slow weights still hold the last finite point. Restore it with "
                         "load_slow_parameters(model, opt.slow_parameters()) and lower the learning "
                         "rate, or skip the batch"
