@@ -42,7 +42,9 @@ def test_public_api_exports() -> None:
 
     assert torch_lookahead.RAdam is torch.optim.RAdam
     for name in torch_lookahead.__all__:
-        assert getattr(torch_lookahead, name) is not None
+        value = getattr(torch_lookahead, name)
+        assert callable(value), name
+        assert value.__module__.startswith(("torch_lookahead", "torch.optim")), name
     assert {"novograd", "adabound", "radam", "ranger", "lookahead_adamw"} <= set(
         torch_lookahead.list_optimizers()
     )

@@ -6,7 +6,7 @@ The optimizers Lookahead is usually paired with (RAdam, NovoGrad, AdaBound/AMSBo
 name registry (``create_optimizer``) come with it.
 """
 
-from torch_lookahead.lookahead import Lookahead, load_slow_parameters
+from torch_lookahead.lookahead import Lookahead, LookaheadOptions, load_slow_parameters
 from torch_lookahead.optim import (
     AdaBound,
     NovoGrad,
@@ -20,6 +20,7 @@ from torch_lookahead.pullback import register_momentum_keys
 __all__ = [
     "AdaBound",
     "Lookahead",
+    "LookaheadOptions",
     "NovoGrad",
     "RAdam",
     "Ranger",
