@@ -1,22 +1,18 @@
-"""The ``torch-lookahead`` command: the lab (demo, compare, sweep, nqm) and the benchmarks.
+"""The ``torch-lookahead`` command: the lab (demo, compare, sweep, nqm).
 
-Needs the ``lab`` extra: ``pip install 'torch-lookahead[lab]'``.
+Thin by design: it parses the flags, hands the lab an experiment to run, and prints what came
+back. Needs the ``lab`` extra (from a clone: ``pip install -c constraints.txt '.[lab]'``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import importlib.util
-import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 try:
     import typer
@@ -26,20 +22,20 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise SystemExit(
         f"torch-lookahead's command line needs the 'lab' extra ({error.name} is missing): "
-        "pip install 'torch-lookahead[lab]'"
+        "from a clone of the repository, pip install -c constraints.txt '.[lab]'"
     ) from error
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="torch-lookahead",
-    help="Lookahead for PyTorch: see what it does (demo, compare, sweep, nqm) and time it (bench).",
+    help="Lookahead for PyTorch: see what it does (demo, compare, sweep, nqm).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: rich markup would swallow "[default: ...]"
 )
 console = Console()
-T = TypeVar("T")
 
 
 @contextmanager
@@ -48,14 +44,13 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except ValueError as error:
-        console.print(f"[bold red]Error:[/] {error}", highlight=False)
+        console.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
 @contextmanager
-def _progress_bars() -> Iterator[Callable[[str, int], Callable[..., None]]]:
-    """Yields ``bar(description, total)``, which adds a progress bar and returns its advance
-    callback (safe to call from another thread)."""
+def _progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
+    """A progress bar; yields its advance callback."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -63,12 +58,8 @@ def _progress_bars() -> Iterator[Callable[[str, int], Callable[..., None]]]:
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-
-        def bar(description: str, total: int) -> Callable[..., None]:
-            task_id = progress.add_task(description, total=total)
-            return lambda *_: progress.advance(task_id)
-
-        yield bar
+        task_id = progress.add_task(description, total=total)
+        yield lambda *_: progress.advance(task_id)
 
 
 def _command_line() -> str:
@@ -80,13 +71,18 @@ def _command_line() -> str:
 OutOption = Annotated[
     Path | None,
     typer.Option(
-        "--out", help="Report folder; runs already in it are reused. [default: runs/<command>]"
+        "--out",
+        help="Report folder; runs already in it are reused.",
+        show_default="runs/<command>",
     ),
 ]
 WorkersOption = Annotated[
     int | None,
     typer.Option(
-        "--workers", help="Parallel runs, one torch thread each. [default: CPU count]", min=1
+        "--workers",
+        help="Parallel jobs, one torch thread each.",
+        min=1,
+        show_default="the CPU count",
     ),
 ]
 QuickOption = Annotated[bool, typer.Option("--quick", help="A smoke run: few steps, few seeds.")]
@@ -100,12 +96,17 @@ DeviceOption = Annotated[
 ]
 TaskOption = Annotated[str, typer.Option("--task", help="digits, charlm or cifar10.")]
 SeedsOption = Annotated[int, typer.Option("--seeds", help="Seeds per setting (0, 1, ...).", min=1)]
-KOption = Annotated[int, typer.Option("--k", help="Lookahead's synchronisation period.", min=1)]
+KOption = Annotated[int, typer.Option("--k", help="Lookahead's synchronisation period.")]
 AlphaOption = Annotated[float, typer.Option("--alpha", help="Lookahead's slow step size.")]
 
 
 def _out_dir(out: Path | None, command: str) -> Path:
-    return out if out is not None else Path("runs") / command
+    """The report folder, checked before any work: a folder this process can write."""
+    from torch_lookahead.lab.report import check_out_dir
+
+    path = out if out is not None else Path("runs") / command
+    check_out_dir(path)
+    return path
 
 
 def _device(device: str, task_name: str) -> str:
@@ -124,8 +125,10 @@ def _device(device: str, task_name: str) -> str:
     return device
 
 
-def _prepare_task(task_name: str, data_dir: str | None, device: str, workers: int | None) -> Any:
-    """Validate the task and its data; pick the device and the worker count."""
+def _prepare_task(
+    task_name: str, data_dir: str | None, device: str, workers: int | None, quick: bool
+) -> tuple[Any, Any, str, int | None]:
+    """Validate the task and its data; pick the settings, the device and the worker count."""
     from torch_lookahead.lab.tasks import get_task
 
     task = get_task(task_name)
@@ -135,58 +138,46 @@ def _prepare_task(task_name: str, data_dir: str | None, device: str, workers: in
         workers = 1  # one process owns the GPU
     elif task.prefers_gpu:
         console.print(
-            f"[yellow]{task_name} is meant for a GPU; on the CPU a full run takes days "
-            "(--quick for a smoke run).[/]"
+            f"[yellow]{task_name} is meant for a GPU; on the CPU a full run is impractically "
+            "slow (--quick for a smoke run).[/]"
         )
-    return task, resolved, workers
+    return task, task.quick if quick else task.full, resolved, workers
 
 
-def _run(configs: Sequence[Any], out_dir: Path, workers: int | None, label: str) -> list[Any]:
-    from torch_lookahead.lab.runner import run_many
+def _execute(experiment: Any, out_dir: Path, workers: int | None) -> None:
+    """Run ``experiment``, write its report into ``out_dir`` and print what it measured."""
+    from torch_lookahead.lab.experiments import run_experiment
+    from torch_lookahead.lab.report import write_report
 
-    with _progress_bars() as bar:
-        advance = bar(label, len(set(configs)))
-        return run_many(configs, out_dir / "runs", workers=workers, on_result=advance)
-
-
-def _nqm_points(
-    lrs: Sequence[float], k: int, alpha: float, plan: Any, advance: Callable[..., None]
-) -> list[Any]:
-    """The NQM grid with the plan's simulation sizes."""
-    from torch_lookahead.lab.nqm import NQMProblem, nqm_grid
-
-    return nqm_grid(
-        NQMProblem.default(),
-        lrs,
-        k=k,
-        alpha=alpha,
-        chains=plan.nqm_chains,
-        burn_in_steps=plan.nqm_burn_in_steps,
-        measured_steps=plan.nqm_measured_steps,
-        on_point=advance,
-    )
-
-
-def _task_results(spec: Any, title: str, **parts: Any) -> Any:
-    """``LabResults`` of a training task, with its metric conventions."""
-    from torch_lookahead.lab.report import LabResults
-
-    return LabResults(
-        title=title,
-        command=_command_line(),
-        task=spec.name,
-        headline_metric=spec.headline_metric,
-        higher_is_better=spec.higher_is_better,
-        target_loss=spec.target_train_loss,
-        **parts,
-    )
-
-
-def _finish(lab: Any, out_dir: Path, started: float) -> None:
-    from torch_lookahead.lab.metrics import summarize
-    from torch_lookahead.lab.report import build_claims, summary_rows, write_report
-
+    started = time.perf_counter()
+    jobs = experiment.jobs()
+    console.print(f"{experiment.title}: {len(jobs)} jobs; report in {out_dir}", highlight=False)
+    try:
+        with _progress_bar("jobs", len(jobs)) as advance:
+            lab = run_experiment(
+                experiment,
+                out_dir / "runs",
+                command=_command_line(),
+                workers=workers,
+                on_result=advance,
+            )
+    except KeyboardInterrupt:
+        # run_many has already terminated its workers on the way out.
+        console.print(
+            f"Interrupted. Finished jobs are kept in {out_dir / 'runs'} and reused next time.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     report = write_report(out_dir, lab)
+    _print_results(lab)
+    console.print(f"Report: {report}  ({time.perf_counter() - started:.0f} s)", highlight=False)
+
+
+def _print_results(lab: Any) -> None:
+    from torch_lookahead.lab.metrics import summarize
+    from torch_lookahead.lab.report import build_claims, summary_rows
+
     if lab.compare:
         header, rows = summary_rows(summarize(lab.compare, lab.target_loss), lab.headline_metric)
         table = Table(*header, title=f"{lab.task}: final metrics, mean ± std over seeds")
@@ -197,7 +188,6 @@ def _finish(lab: Any, out_dir: Path, started: float) -> None:
         console.print(f"[bold]{claim.paper}[/] [italic]{claim.verdict}[/]", highlight=False)
         for sentence in claim.measured:
             console.print(f"  {sentence}", highlight=False)
-    console.print(f"Report: {report}  ({time.perf_counter() - started:.0f} s)")
 
 
 # --------------------------------------------------------------------------------------- commands
@@ -208,62 +198,15 @@ def demo(out: OutOption = None, workers: WorkersOption = None, quick: QuickOptio
     """The main job: what Lookahead does on the digits task and the noisy quadratic model.
 
     Digits with SGD+momentum, AdamW and RAdam, each plain and in Lookahead(k=5, alpha=0.5), over
-    3 seeds; a learning-rate sweep; a (k, alpha) grid; the noisy-quadratic check. Prints the
+    seeds; a learning-rate sweep; a (k, alpha) grid; the noisy-quadratic check. Prints the
     results and writes a report folder (report.md, results.json, CSV, PNG).
     """
-    import torch
+    from torch_lookahead.lab.experiments import demo_experiment
 
-    from torch_lookahead.lab.experiments import (
-        DEMO,
-        DEMO_QUICK,
-        compare_configs,
-        k_alpha_configs,
-        lr_sweep_configs,
-    )
-    from torch_lookahead.lab.runner import run_many
-    from torch_lookahead.lab.tasks import get_task
-
-    started = time.perf_counter()
-    plan = DEMO_QUICK if quick else DEMO
-    out_dir = _out_dir(out, "demo")
-    task = get_task(plan.task)
-    settings = task.quick if quick else task.full
-    compare = compare_configs(
-        plan.task, plan.inners, plan.seeds, settings, k=plan.k, alpha=plan.alpha
-    )
-    lr_grid = {
-        inner: [task.learning_rate(inner) * factor for factor in plan.lr_factors]
-        for inner in plan.inners
-    }
-    sweep = lr_sweep_configs(
-        plan.task, lr_grid, plan.sweep_seeds, settings, k=plan.k, alpha=plan.alpha
-    )
-    grid = k_alpha_configs(
-        plan.task, plan.grid_inner, plan.grid_ks, plan.grid_alphas, plan.sweep_seeds, settings
-    )
-    configs = compare + sweep + grid
-    with _progress_bars() as bar, ThreadPoolExecutor(max_workers=1) as background:
-        # The training runs go to the process pool while this process simulates the NQM.
-        advance_runs = bar(f"{plan.task} runs", len(set(configs)))
-        advance_nqm = bar("noisy quadratic model", len(plan.nqm_lrs))
-        pending = background.submit(
-            run_many, configs, out_dir / "runs", workers=workers, on_result=advance_runs
-        )
-        torch.set_num_threads(1)  # the pool's workers use the other cores
-        nqm = _nqm_points(plan.nqm_lrs, plan.k, plan.alpha, plan, advance_nqm)
-        results = pending.result()
-    by_config = dict(zip(configs, results, strict=True))
-    lab = _task_results(
-        task,
-        "torch-lookahead demo" + (" (quick)" if quick else ""),
-        compare=[by_config[c] for c in compare],
-        lr_sweep=[by_config[c] for c in sweep],
-        k_alpha=[by_config[c] for c in grid],
-        nqm=nqm,
-        nqm_k=plan.k,
-        nqm_alpha=plan.alpha,
-    )
-    _finish(lab, out_dir, started)
+    with _user_errors():
+        out_dir = _out_dir(out, "demo")
+        experiment = demo_experiment(quick)
+    _execute(experiment, out_dir, workers)
 
 
 @app.command()
@@ -285,20 +228,16 @@ def compare(
 
     Prints the final metrics (mean ± std over seeds) and the claims these runs can speak to.
     """
-    from torch_lookahead.lab.experiments import compare_configs, parse_name_list
+    from torch_lookahead.lab.experiments import compare_experiment, parse_name_list
 
-    started = time.perf_counter()
     with _user_errors():
+        out_dir = _out_dir(out, f"compare-{task}")
         inners = parse_name_list(inner, "inner")
-        spec, resolved, workers = _prepare_task(task, data_dir, device, workers)
-        settings = spec.quick if quick else spec.full
-        configs = compare_configs(
+        _, settings, resolved, workers = _prepare_task(task, data_dir, device, workers, quick)
+        experiment = compare_experiment(
             task, inners, seeds, settings, k=k, alpha=alpha, data_dir=data_dir, device=resolved
         )
-    out_dir = _out_dir(out, f"compare-{task}")
-    results = _run(configs, out_dir, workers, f"{task} runs")
-    lab = _task_results(spec, f"torch-lookahead compare: {task}", compare=results)
-    _finish(lab, out_dir, started)
+    _execute(experiment, out_dir, workers)
 
 
 @app.command()
@@ -311,8 +250,8 @@ def sweep(
         str | None,
         typer.Option(
             "--lr",
-            help="LOW:HIGH:COUNT (log-spaced) or a comma-separated list. "
-            "[default: the task's learning rate times 1/9, 1/3, 1, 3, 9]",
+            help="LOW:HIGH:COUNT (log-spaced) or a comma-separated list.",
+            show_default="the task's learning rate times 1/9, 1/3, 1, 3, 9",
         ),
     ] = None,
     k: Annotated[
@@ -334,48 +273,25 @@ def sweep(
     heat map covers every (k, alpha) at the task's default learning rate.
     """
     from torch_lookahead.lab.experiments import (
-        DEMO,
-        k_alpha_configs,
-        lr_sweep_configs,
         parse_float_list,
         parse_int_list,
         parse_lr_range,
         parse_name_list,
+        sweep_experiment,
     )
 
-    started = time.perf_counter()
     with _user_errors():
+        out_dir = _out_dir(out, f"sweep-{task}")
         inners = parse_name_list(inner, "inner")
         ks = parse_int_list(k, "k")
         alphas = parse_float_list(alpha, "alpha")
-        spec, resolved, workers = _prepare_task(task, data_dir, device, workers)
-        settings = spec.quick if quick else spec.full
-        if lr is None:
-            lr_grid = {i: [spec.learning_rate(i) * f for f in DEMO.lr_factors] for i in inners}
-        else:
-            lrs = parse_lr_range(lr)
-            lr_grid = {i: lrs for i in inners}
-        lr_configs = lr_sweep_configs(
-            task, lr_grid, seeds, settings, k=ks[0], alpha=alphas[0], data_dir=data_dir,
+        lrs = parse_lr_range(lr) if lr is not None else None
+        _, settings, resolved, workers = _prepare_task(task, data_dir, device, workers, quick)
+        experiment = sweep_experiment(
+            task, inners, seeds, settings, lrs=lrs, ks=ks, alphas=alphas, data_dir=data_dir,
             device=resolved,
         )  # fmt: skip
-        grid_configs = [
-            config
-            for i in inners
-            for config in k_alpha_configs(
-                task, i, ks, alphas, seeds, settings, data_dir=data_dir, device=resolved
-            )
-        ]
-    out_dir = _out_dir(out, f"sweep-{task}")
-    results = _run(lr_configs + grid_configs, out_dir, workers, f"{task} runs")
-    by_config = dict(zip(lr_configs + grid_configs, results, strict=True))
-    lab = _task_results(
-        spec,
-        f"torch-lookahead sweep: {task}",
-        lr_sweep=[by_config[c] for c in lr_configs],
-        k_alpha=[by_config[c] for c in grid_configs],
-    )
-    _finish(lab, out_dir, started)
+    _execute(experiment, out_dir, workers)
 
 
 @app.command()
@@ -387,6 +303,7 @@ def nqm(
     alpha: AlphaOption = 0.5,
     chains: Annotated[int, typer.Option("--chains", help="Independent chains.", min=10)] = 1000,
     out: OutOption = None,
+    workers: WorkersOption = None,
     quick: QuickOption = False,
 ) -> None:
     """The noisy quadratic model: simulation against the closed form.
@@ -394,45 +311,16 @@ def nqm(
     Steady-state expected loss of SGD and Lookahead(SGD), simulated with the real optimizers,
     against the closed forms of the paper's Proposition 2, over a grid of learning rates.
     """
-    from torch_lookahead.lab.experiments import DEMO, DEMO_QUICK, parse_lr_range
-    from torch_lookahead.lab.report import LabResults
+    from torch_lookahead.lab.experiments import DEMO, DEMO_QUICK, nqm_experiment, parse_lr_range
 
-    started = time.perf_counter()
     plan = DEMO_QUICK if quick else DEMO
     with _user_errors():
-        lrs = parse_lr_range(lr)
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
-        from torch_lookahead.lab.nqm import NQMProblem
-
-        limit = NQMProblem.default().max_stable_lr()
-        if max(lrs) >= limit:
-            raise ValueError(f"lr values must lie in (0, {limit:g}) for a steady state, got {lr!r}")
-        if not quick:
-            plan = dataclasses.replace(plan, nqm_chains=chains)
-        with _progress_bars() as bar:
-            points = _nqm_points(lrs, k, alpha, plan, bar("noisy quadratic model", len(lrs)))
-    out_dir = _out_dir(out, "nqm")
-    lab = LabResults(
-        title="torch-lookahead nqm", command=_command_line(), nqm=points, nqm_k=k, nqm_alpha=alpha
-    )
-    _finish(lab, out_dir, started)
-
-
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,
-)
-def bench(ctx: typer.Context) -> None:
-    """Speed benchmarks (forwards every argument to torch_lookahead.bench; try `bench --help`)."""
-    if importlib.util.find_spec("torch_lookahead.bench") is None:
-        console.print(
-            "[bold red]Error:[/] the benchmarks module torch_lookahead.bench is not installed in "
-            "this version of torch-lookahead."
-        )
-        raise typer.Exit(2)
-    module = importlib.import_module("torch_lookahead.bench")
-    raise typer.Exit(int(module.main(list(ctx.args))))
+        out_dir = _out_dir(out, "nqm")
+        experiment = nqm_experiment(
+            parse_lr_range(lr), k=k, alpha=alpha, chains=plan.nqm_chains if quick else chains,
+            burn_in_steps=plan.nqm_burn_in_steps, measured_steps=plan.nqm_measured_steps,
+        )  # fmt: skip
+    _execute(experiment, out_dir, workers)
 
 
 @app.command("embed-report", hidden=True)
@@ -450,11 +338,10 @@ def embed_report_command(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``torch-lookahead`` console script."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         # Outside standalone mode click returns the exit code of typer.Exit instead of raising.
         code = app(args=argv, standalone_mode=False)
-    except typer.Exit as done:
+    except typer.Exit as done:  # also Ctrl-C, which typer turns into Exit(130)
         return int(done.exit_code)
     except Exception as error:  # click's usage errors carry their own message and exit code
         show = getattr(error, "show", None)

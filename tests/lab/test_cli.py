@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from torch_lookahead import cli
-from torch_lookahead.lab import runner
+from torch_lookahead.lab import experiments, runner
 from torch_lookahead.lab.report import EMBED_END, EMBED_START, embedded_section
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,40 +54,24 @@ def test_help_everywhere(command: list[str], capsys: pytest.CaptureFixture[str])
         (["compare", "--task", "mnist"], "unknown task 'mnist'"),
         (["compare", "--task", "nqm"], "torch-lookahead nqm"),
         (["compare", "--inner", "adamw,lion"], "unknown inner optimizer 'lion'"),
-        (["compare", "--alpha", "2"], "alpha must lie in (0, 1]"),
+        (["compare", "--alpha", "2"], "alpha must be in [0, 1]"),
+        (["compare", "--k", "0"], "k must be a positive int"),
+        (["sweep", "--alpha", "0.5,-0.1"], "alpha must be in [0, 1]"),
+        (["nqm", "--alpha", "1.5"], "alpha must be in [0, 1]"),
         (["compare", "--task", "cifar10"], "pass --data-dir"),
         (["sweep", "--lr", "1e-1:1e-4:3"], "0 < LOW < HIGH"),
         (["sweep", "--k", "5,ten"], "k must be a comma-separated list of integers"),
-        (["nqm", "--lr", "0.5,2.5"], "lr values must lie in (0, 2)"),
+        (["nqm", "--lr", "0.5,2.5"], "lr must lie in (0, 2) for a steady state"),
     ],
 )
 def test_clear_errors(
     arguments: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli.main([*arguments, "--out", str(tmp_path)]) == 2
-    assert message in " ".join(capsys.readouterr().out.split())
+    printed = capsys.readouterr().out
+    assert printed.startswith("Error: ") and printed.count("\n") == 1
+    assert message in printed
     assert not list(tmp_path.iterdir())
-
-
-def test_bench_forwards_its_arguments(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import importlib.util
-    import sys
-    import types
-
-    received: list[list[str]] = []
-    module = types.ModuleType("torch_lookahead.bench")
-    module.main = lambda argv: received.append(argv) or 3  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "torch_lookahead.bench", module)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
-    assert cli.main(["bench", "--suite", "sync", "-n", "3"]) == 3
-    assert received == [["--suite", "sync", "-n", "3"]]
-
-    monkeypatch.delitem(sys.modules, "torch_lookahead.bench")
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    assert cli.main(["bench"]) == 2
-    assert "torch_lookahead.bench is not installed" in " ".join(capsys.readouterr().out.split())
 
 
 def test_docs_embed_the_committed_demo_report() -> None:
@@ -97,3 +81,102 @@ def test_docs_embed_the_committed_demo_report() -> None:
     assert embedded == embedded_section(REPO / "reports" / "demo", "assets/lab").strip()
     for figure in (REPO / "reports" / "demo").glob("*.png"):
         assert (REPO / "docs" / "assets" / "lab" / figure.name).read_bytes() == figure.read_bytes()
+
+
+@pytest.mark.parametrize("command", [["nqm", "--quick"], ["compare", "--quick", "--seeds", "1"]])
+def test_an_unwritable_out_fails_before_any_work(
+    command: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def must_not_run(*args: object, **kwargs: object) -> object:
+        raise AssertionError("work started before --out was checked")
+
+    monkeypatch.setattr(runner, "run_many", must_not_run)
+    monkeypatch.setattr(experiments, "run_many", must_not_run)
+    a_file = tmp_path / "some_file"
+    a_file.write_text("")
+    for out, message in [
+        (a_file, "exists and is not a folder"),
+        (a_file / "below", "is a file, not a folder"),
+    ]:
+        assert cli.main([*command, "--out", str(out)]) == 2
+        printed = capsys.readouterr().out
+        assert printed.startswith("Error: --out") and printed.count("\n") == 1
+        assert message in printed
+    (tmp_path / "report" / "runs").parent.mkdir()
+    (tmp_path / "report" / "runs").write_text("")
+    assert cli.main([*command, "--out", str(tmp_path / "report")]) == 2
+    assert "runs' exists and is not a folder" in capsys.readouterr().out
+
+
+def test_help_shows_the_defaults_and_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "[default: (runs/<command>)]" in text
+    assert "[default: (the CPU count); x>=1]" in text
+    assert "--quick A smoke run" in text  # a flag: no value placeholder
+
+
+def test_bench_is_not_a_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench"]) == 2
+    assert "No such command 'bench'" in capsys.readouterr().err
+
+
+def _children(pid: int) -> set[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.add(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigint_to_the_parent_alone_ends_the_worker_pool(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch_lookahead.cli",
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        workers: set[int] = set()
+        deadline = time.monotonic() + 60
+        # The spawn context starts a resource tracker too: wait for it and two workers.
+        while len(workers) < 3 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+            workers = _children(process.pid)
+        assert len(workers) >= 3, "the worker pool never started"
+        os.kill(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output
+    assert "Interrupted." in output
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.2)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]

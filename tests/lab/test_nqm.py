@@ -44,7 +44,7 @@ def reference_variance_lookahead(a: float, s2: float, lr: float, k: int, alpha: 
     s2=st.floats(0.1, 3.0),
     lr_fraction=st.floats(0.05, 0.95),
     k=st.integers(1, 12),
-    alpha=st.floats(0.05, 1.0),
+    alpha=st.floats(0.05, 1.0),  # below, the reference's iteration converges too slowly
 )
 def test_closed_forms_match_the_variance_recursions(
     a: float, s2: float, lr_fraction: float, k: int, alpha: float
@@ -63,9 +63,17 @@ def test_closed_forms_match_the_variance_recursions(
         assert lookahead < sgd
 
 
+def test_slow_weights_that_never_move_have_no_variance() -> None:
+    curvature = torch.tensor([0.3, 1.0, 1.9], dtype=torch.float64)
+    variance = steady_state_variance_lookahead(
+        curvature, torch.ones(3, dtype=torch.float64), 1.0, 5, 0.0
+    )
+    assert variance.tolist() == [0.0, 0.0, 0.0]
+
+
 @pytest.mark.parametrize(
     ("a", "s2", "lr", "k", "alpha", "sgd", "lookahead"),
-    [  # Monte-Carlo values recorded in the algorithms reference (section 1.5)
+    [  # Monte-Carlo estimates made independently of this code (relative error below 1e-3)
         (1.0, 1.0, 0.5, 5, 0.5, 0.3333, 0.1134),
         (2.0, 0.5, 0.9, 10, 0.8, 4.500, 3.100),
         (0.3, 2.0, 1.0, 3, 0.2, 0.3529, 0.05073),
@@ -118,6 +126,17 @@ def test_expected_loss_at_the_optimum_is_the_noise_floor() -> None:
 def test_learning_rates_without_a_steady_state_are_rejected(lr: float) -> None:
     with pytest.raises(ValueError, match="lr must lie in"):
         nqm_grid(NQMProblem.default(), [0.5, lr], chains=10)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"k": 0}, "k must be a positive int"), ({"alpha": 1.5}, r"alpha must be in \[0, 1\]")],
+)
+def test_lookaheads_hyper_parameters_are_checked_as_lookahead_checks_them(
+    change: dict[str, float], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        nqm_grid(NQMProblem.default(), [0.5], chains=10, **change)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

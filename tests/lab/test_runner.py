@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from torch_lookahead.lab import runner
+from torch_lookahead.lab.nqm import NQMProblem, nqm_configs, nqm_point
 from torch_lookahead.lab.runner import RunConfig, RunResult, make_config, run, run_many
 from torch_lookahead.lab.tasks import TaskSettings
 
@@ -82,11 +83,25 @@ def test_run_many_reuses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert second == first
 
 
-def test_run_many_in_a_process_pool_matches_one_process(tmp_path: Path) -> None:
+def test_a_process_pool_computes_what_this_process_computes(tmp_path: Path) -> None:
+    """One pool (spawning one is the slow part) for runs and NQM points, with 2 threads each."""
+    problem = NQMProblem((1.0, 0.5), (1.0, 0.5))
+    points = nqm_configs(problem, [0.5, 1.0], chains=20, burn_in_steps=20, measured_steps=20)
     configs = [config(seed=0), config(seed=1, k=None, alpha=None)]
-    in_pool = run_many(configs, None, workers=2)
-    assert in_pool == [run(c) for c in configs]
-    assert torch.get_num_threads() >= 1
+    in_pool = run_many([*configs, *points], tmp_path, workers=2, threads=2)
+    assert in_pool == [run(c) for c in configs] + [nqm_point(p) for p in points]
+    assert [r.threads for r in in_pool[:2]] == [2, 2]
+    seen: list[bool] = []
+    assert (
+        run_many(points, tmp_path, on_result=lambda r, cached: seen.append(cached)) == in_pool[2:]
+    )
+    assert seen == [True, True]
+
+
+def test_runs_in_this_process_use_the_threads_asked_for_and_give_them_back() -> None:
+    before = torch.get_num_threads()
+    assert run_many([config(steps=4)], None, workers=1, threads=3)[0].threads == 3
+    assert torch.get_num_threads() == before
 
 
 @pytest.mark.parametrize(
@@ -94,15 +109,22 @@ def test_run_many_in_a_process_pool_matches_one_process(tmp_path: Path) -> None:
     [
         ({"lr": -1.0}, "lr must be"),
         ({"lr": float("nan")}, "lr must be"),
-        ({"k": 0}, "k must be"),
-        ({"alpha": 1.5}, "alpha must lie"),
-        ({"alpha": 0.0}, "alpha must lie"),
+        ({"k": 0}, "k must be a positive int"),
+        ({"alpha": 1.5}, r"alpha must be in \[0, 1\]"),
+        ({"alpha": -0.1}, r"alpha must be in \[0, 1\]"),
+        ({"alpha": float("nan")}, r"alpha must be in \[0, 1\]"),
     ],
 )
 def test_make_config_rejects_bad_hyper_parameters(changes: dict[str, float], message: str) -> None:
     arguments = {"lr": 0.1, "k": 5, "alpha": 0.5} | changes
     with pytest.raises(ValueError, match=message):
         make_config("digits", "sgd", seed=0, settings=TINY, **arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_make_config_accepts_what_lookahead_accepts(alpha: float) -> None:
+    made = make_config("digits", "sgd", seed=0, settings=TINY, k=1, alpha=alpha)
+    assert (made.k, made.alpha) == (1, alpha)
 
 
 def test_make_config_rejects_unknown_names() -> None:

@@ -1,27 +1,46 @@
-"""Which runs an experiment consists of: pure functions from the user's choices to ``RunConfig``
-lists, the parsers of the command line's lists and ranges, and the demo's plan."""
+"""Which jobs an experiment consists of, and running them.
+
+Pure functions from the user's choices to ``RunConfig`` lists, the parsers of the command line's
+lists and ranges, the plan of each command (``Experiment``: the demo, compare, sweep, nqm) and
+``run_experiment``, which computes an experiment's jobs over a process pool and returns what
+it measured."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from torch_lookahead.lab.runner import RunConfig, make_config
-from torch_lookahead.lab.tasks import TaskSettings
+from torch_lookahead.lab.nqm import NQMConfig, NQMProblem, nqm_configs
+from torch_lookahead.lab.report import LabResults
+from torch_lookahead.lab.runner import Job, RunConfig, make_config, run_many
+from torch_lookahead.lab.tasks import TaskSettings, get_task
 
 __all__ = [
+    "DEFAULT_LR_FACTORS",
     "DEMO",
     "DEMO_QUICK",
     "DemoPlan",
+    "Experiment",
     "compare_configs",
+    "compare_experiment",
+    "default_lr_grid",
+    "demo_experiment",
     "k_alpha_configs",
     "lr_sweep_configs",
+    "nqm_experiment",
     "parse_float_list",
     "parse_int_list",
     "parse_lr_range",
     "parse_name_list",
+    "run_experiment",
+    "sweep_experiment",
 ]
+
+# A sweep's default learning rates: each optimizer's learning rate on the task times these.
+DEFAULT_LR_FACTORS = (1 / 9, 1 / 3, 1.0, 3.0, 9.0)
 
 
 def parse_lr_range(text: str, name: str = "lr") -> list[float]:
@@ -83,6 +102,14 @@ def parse_name_list(text: str, name: str) -> list[str]:
     if not values:
         raise ValueError(f"{name} must not be empty")
     return values
+
+
+def default_lr_grid(
+    task: str, inners: Sequence[str], factors: Sequence[float] = DEFAULT_LR_FACTORS
+) -> dict[str, list[float]]:
+    """Each inner optimizer's learning rate on ``task`` times each of ``factors``."""
+    spec = get_task(task)
+    return {inner: [spec.learning_rate(inner) * f for f in factors] for inner in inners}
 
 
 def compare_configs(
@@ -188,7 +215,7 @@ DEMO = DemoPlan(
     seeds=3,
     k=5,
     alpha=0.5,
-    lr_factors=(1 / 9, 1 / 3, 1.0, 3.0, 9.0),
+    lr_factors=DEFAULT_LR_FACTORS,
     sweep_seeds=2,
     grid_inner="sgd",
     grid_ks=(5, 10, 20),
@@ -215,3 +242,162 @@ DEMO_QUICK = DemoPlan(
     nqm_burn_in_steps=400,
     nqm_measured_steps=400,
 )
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The jobs of one command, by the part of the report they feed."""
+
+    title: str
+    task: str = ""
+    compare: tuple[RunConfig, ...] = ()
+    lr_sweep: tuple[RunConfig, ...] = ()
+    k_alpha: tuple[RunConfig, ...] = ()
+    nqm: tuple[NQMConfig, ...] = ()
+
+    def jobs(self) -> list[Job]:
+        """Every distinct job, the NQM points first (each is longer than a training run, so the
+        pool's workers finish together)."""
+        ordered: list[Job] = [*self.nqm, *self.compare, *self.lr_sweep, *self.k_alpha]
+        return list(dict.fromkeys(ordered))
+
+
+def demo_experiment(quick: bool = False) -> Experiment:
+    """The demo (``DEMO``, or ``DEMO_QUICK`` with the task's quick settings): the comparison, the
+    learning-rate sweep, the (k, alpha) grid and the NQM check."""
+    plan = DEMO_QUICK if quick else DEMO
+    spec = get_task(plan.task)
+    settings = spec.quick if quick else spec.full
+    grid = default_lr_grid(plan.task, plan.inners, plan.lr_factors)
+    return Experiment(
+        title="torch-lookahead demo" + (" (quick)" if quick else ""),
+        task=plan.task,
+        compare=tuple(
+            compare_configs(
+                plan.task, plan.inners, plan.seeds, settings, k=plan.k, alpha=plan.alpha
+            )
+        ),
+        lr_sweep=tuple(
+            lr_sweep_configs(
+                plan.task, grid, plan.sweep_seeds, settings, k=plan.k, alpha=plan.alpha
+            )
+        ),
+        k_alpha=tuple(
+            k_alpha_configs(
+                plan.task,
+                plan.grid_inner,
+                plan.grid_ks,
+                plan.grid_alphas,
+                plan.sweep_seeds,
+                settings,
+            )
+        ),
+        nqm=tuple(_demo_nqm(plan)),
+    )
+
+
+def _demo_nqm(plan: DemoPlan) -> list[NQMConfig]:
+    return nqm_configs(
+        NQMProblem.default(), plan.nqm_lrs, k=plan.k, alpha=plan.alpha, chains=plan.nqm_chains,
+        burn_in_steps=plan.nqm_burn_in_steps, measured_steps=plan.nqm_measured_steps,
+    )  # fmt: skip
+
+
+def compare_experiment(
+    task: str,
+    inners: Sequence[str],
+    seeds: int,
+    settings: TaskSettings,
+    *,
+    k: int = 5,
+    alpha: float = 0.5,
+    data_dir: str | None = None,
+    device: str = "cpu",
+) -> Experiment:
+    """Each inner optimizer plain and in Lookahead(k, alpha), over seeds."""
+    configs = compare_configs(
+        task, inners, seeds, settings, k=k, alpha=alpha, data_dir=data_dir, device=device
+    )
+    return Experiment(f"torch-lookahead compare: {task}", task, compare=tuple(configs))
+
+
+def sweep_experiment(
+    task: str,
+    inners: Sequence[str],
+    seeds: int,
+    settings: TaskSettings,
+    *,
+    lrs: Sequence[float] | None = None,
+    ks: Sequence[int] = (5, 10, 20),
+    alphas: Sequence[float] = (0.5, 0.8),
+    data_dir: str | None = None,
+    device: str = "cpu",
+) -> Experiment:
+    """Learning-rate curves (plain and Lookahead with the first k and alpha) over ``lrs``
+    (default: ``default_lr_grid``), and every (k, alpha) at the task's learning rate."""
+    if not ks or not alphas:
+        raise ValueError("ks and alphas must not be empty")
+    lr_grid = (
+        default_lr_grid(task, inners) if lrs is None else {inner: list(lrs) for inner in inners}
+    )
+    sweep = lr_sweep_configs(
+        task, lr_grid, seeds, settings, k=ks[0], alpha=alphas[0], data_dir=data_dir, device=device
+    )
+    grid = [
+        config
+        for inner in inners
+        for config in k_alpha_configs(
+            task, inner, ks, alphas, seeds, settings, data_dir=data_dir, device=device
+        )
+    ]
+    return Experiment(
+        f"torch-lookahead sweep: {task}", task, lr_sweep=tuple(sweep), k_alpha=tuple(grid)
+    )
+
+
+def nqm_experiment(
+    lrs: Sequence[float],
+    *,
+    k: int = 5,
+    alpha: float = 0.5,
+    chains: int = 2000,
+    burn_in_steps: int = 2000,
+    measured_steps: int = 4000,
+) -> Experiment:
+    """The noisy quadratic model at each learning rate of ``lrs``."""
+    configs = nqm_configs(
+        NQMProblem.default(), lrs, k=k, alpha=alpha, chains=chains, burn_in_steps=burn_in_steps,
+        measured_steps=measured_steps,
+    )  # fmt: skip
+    return Experiment("torch-lookahead nqm", nqm=tuple(configs))
+
+
+def run_experiment(
+    experiment: Experiment,
+    cache_dir: Path | None,
+    *,
+    command: str,
+    workers: int | None = None,
+    on_result: Callable[[Any, bool], None] | None = None,
+) -> LabResults:
+    """Compute every job of ``experiment`` (see ``run_many``) and gather what it measured."""
+    jobs = experiment.jobs()
+    by_job = dict(
+        zip(jobs, run_many(jobs, cache_dir, workers=workers, on_result=on_result), strict=True)
+    )
+    spec = get_task(experiment.task) if experiment.task else None
+    nqm = experiment.nqm
+    return LabResults(
+        title=experiment.title,
+        command=command,
+        task=experiment.task,
+        headline_metric=spec.headline_metric if spec else "val_loss",
+        higher_is_better=spec.higher_is_better if spec else False,
+        target_loss=spec.target_train_loss if spec else 0.0,
+        compare=[by_job[c] for c in experiment.compare],
+        lr_sweep=[by_job[c] for c in experiment.lr_sweep],
+        k_alpha=[by_job[c] for c in experiment.k_alpha],
+        nqm=[by_job[c] for c in nqm],
+        nqm_k=nqm[0].k if nqm else 5,
+        nqm_alpha=nqm[0].alpha if nqm else 0.5,
+    )

@@ -18,18 +18,26 @@ where ``V*_LA`` is the variance of the slow weights read at the synchronisation 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from torch_lookahead._checks import check_alpha, check_k
+from torch_lookahead.lab.provenance import job_key
+
 __all__ = [
+    "NQMConfig",
     "NQMPoint",
     "NQMProblem",
     "expected_loss",
+    "nqm_configs",
     "nqm_grid",
+    "nqm_point",
     "simulate_steady_state_loss",
     "steady_state_variance_lookahead",
     "steady_state_variance_sgd",
@@ -83,12 +91,14 @@ def steady_state_variance_sgd(curvature: Tensor, noise: Tensor, lr: float) -> Te
 def steady_state_variance_lookahead(
     curvature: Tensor, noise: Tensor, lr: float, k: int, alpha: float
 ) -> Tensor:
-    """Proposition 2: the slow weights' steady-state variance per coordinate (formula above)."""
+    """Proposition 2: the slow weights' steady-state variance per coordinate (formula above,
+    numerator and denominator divided by ``alpha`` so that ``alpha = 0`` gives 0: slow weights that
+    never move have no variance)."""
     b = 1.0 - lr * curvature
-    kept = alpha**2 * (1.0 - b ** (2 * k))
+    kept = alpha * (1.0 - b ** (2 * k))
     return (
         kept
-        / (kept + 2.0 * alpha * (1.0 - alpha) * (1.0 - b**k))
+        / (kept + 2.0 * (1.0 - alpha) * (1.0 - b**k))
         * (steady_state_variance_sgd(curvature, noise, lr))
     )
 
@@ -168,11 +178,86 @@ class NQMPoint:
             abs(self.lookahead_simulated - self.lookahead_theory) / (self.lookahead_theory - shift),
         )
 
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> NQMPoint:
+        return cls(**payload)
+
     def variance_ratio(self, simulated: bool = True) -> float:
         """Lookahead's excess loss over SGD's: the weighted steady-state variance ratio."""
         if simulated:
             return (self.lookahead_simulated - self.floor) / (self.sgd_simulated - self.floor)
         return (self.lookahead_theory - self.floor) / (self.sgd_theory - self.floor)
+
+
+@dataclass(frozen=True)
+class NQMConfig:
+    """One learning rate of the NQM check: everything that determines its ``NQMPoint``."""
+
+    problem: NQMProblem
+    lr: float
+    k: int
+    alpha: float
+    chains: int
+    burn_in_steps: int
+    measured_steps: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_k(self.k)
+        check_alpha(self.alpha)
+        _check_lr(self.problem, self.lr)
+        for name in ("chains", "burn_in_steps", "measured_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+    def key(self) -> str:
+        """A digest of the whole configuration and the torch version (the result cache's key)."""
+        return job_key("nqm", dataclasses.asdict(self))
+
+
+def nqm_point(config: NQMConfig) -> NQMPoint:
+    """Closed form against simulation for SGD and Lookahead(SGD, k, alpha) at ``config.lr``."""
+    curvature, noise = config.problem.tensors()
+    simulate = {
+        "chains": config.chains,
+        "burn_in_steps": config.burn_in_steps,
+        "measured_steps": config.measured_steps,
+        "seed": config.seed,
+    }
+    lr, k, alpha = config.lr, config.k, config.alpha
+    return NQMPoint(
+        lr=lr,
+        sgd_theory=expected_loss(curvature, noise, steady_state_variance_sgd(curvature, noise, lr)),
+        sgd_simulated=simulate_steady_state_loss(config.problem, lr, **simulate),
+        lookahead_theory=expected_loss(
+            curvature, noise, steady_state_variance_lookahead(curvature, noise, lr, k, alpha)
+        ),
+        lookahead_simulated=simulate_steady_state_loss(
+            config.problem, lr, k=k, alpha=alpha, **simulate
+        ),
+        floor=expected_loss(curvature, noise, torch.zeros_like(curvature)),
+    )
+
+
+def nqm_configs(
+    problem: NQMProblem,
+    lrs: Sequence[float],
+    *,
+    k: int = 5,
+    alpha: float = 0.5,
+    chains: int = 2000,
+    burn_in_steps: int = 2000,
+    measured_steps: int = 4000,
+    seed: int = 0,
+) -> list[NQMConfig]:
+    """One ``NQMConfig`` per learning rate (all validated before any is simulated)."""
+    return [
+        NQMConfig(problem, float(lr), k, alpha, chains, burn_in_steps, measured_steps, seed)
+        for lr in lrs
+    ]
 
 
 def nqm_grid(
@@ -187,42 +272,13 @@ def nqm_grid(
     seed: int = 0,
     on_point: Callable[[NQMPoint], None] | None = None,
 ) -> list[NQMPoint]:
-    """Closed form against simulation for SGD and Lookahead(SGD, k, alpha) at each ``lr``;
-    ``on_point`` is called after each learning rate."""
-    if k < 1:
-        raise ValueError(f"k must be a positive integer, got {k}")
-    if not 0.0 < alpha <= 1.0:
-        raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
-    for lr in lrs:
-        _check_lr(problem, lr)
-    curvature, noise = problem.tensors()
-    floor = expected_loss(curvature, noise, torch.zeros_like(curvature))
+    """``nqm_point`` at each ``lr`` in this process; ``on_point`` is called after each."""
     points = []
-    for lr in lrs:
-        simulate = {
-            "chains": chains,
-            "burn_in_steps": burn_in_steps,
-            "measured_steps": measured_steps,
-            "seed": seed,
-        }
-        points.append(
-            NQMPoint(
-                lr=lr,
-                sgd_theory=expected_loss(
-                    curvature, noise, steady_state_variance_sgd(curvature, noise, lr)
-                ),
-                sgd_simulated=simulate_steady_state_loss(problem, lr, **simulate),
-                lookahead_theory=expected_loss(
-                    curvature,
-                    noise,
-                    steady_state_variance_lookahead(curvature, noise, lr, k, alpha),
-                ),
-                lookahead_simulated=simulate_steady_state_loss(
-                    problem, lr, k=k, alpha=alpha, **simulate
-                ),
-                floor=floor,
-            )
-        )
+    for config in nqm_configs(
+        problem, lrs, k=k, alpha=alpha, chains=chains, burn_in_steps=burn_in_steps,
+        measured_steps=measured_steps, seed=seed,
+    ):  # fmt: skip
+        points.append(nqm_point(config))
         if on_point is not None:
             on_point(points[-1])
     return points

@@ -33,7 +33,14 @@ from torch_lookahead.lab.metrics import SettingSummary, steps_to_target, summari
 from torch_lookahead.lab.nqm import NQMPoint
 from torch_lookahead.lab.runner import RunResult
 
-__all__ = ["LabResults", "build_claims", "embed_report", "summary_rows", "write_report"]
+__all__ = [
+    "LabResults",
+    "build_claims",
+    "check_out_dir",
+    "embed_report",
+    "summary_rows",
+    "write_report",
+]
 
 
 @dataclass
@@ -173,6 +180,22 @@ def _write_curves_csv(path: Path, results: Sequence[RunResult]) -> None:
             for index, step in enumerate(r.steps):
                 values = [r.history[m][index] if m in r.history else None for m in metrics]
                 writer.writerow([c.method, c.inner, c.lr, c.k, c.alpha, c.seed, step, *values])
+
+
+def check_out_dir(path: Path) -> None:
+    """Raise a ValueError, before any work is done, when ``path`` cannot become a report folder:
+    it, its ``runs`` cache or one of its parents is a file, or the nearest existing parent is
+    not writable."""
+    for target in (path, path / "runs"):
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"--out {str(path)!r}: {str(target)!r} exists and is not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--out {str(path)!r}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {str(path)!r}: cannot write into {str(existing)!r}")
 
 
 def write_report(out_dir: Path, lab: LabResults) -> Path:

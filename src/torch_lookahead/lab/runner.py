@@ -1,40 +1,42 @@
-"""Train one configuration, or many of them over a process pool, with a cache on disk.
+"""Train one configuration, or compute many jobs over a process pool, with a cache on disk.
 
 A run is a pure function of its ``RunConfig`` on a given machine: the model initialisation, the
-minibatch order and the optimizer all derive from ``config.seed``. Finished runs are stored as
-``<cache_dir>/<config.key()>.json`` and read back instead of recomputed.
+minibatch order and the optimizer all derive from ``config.seed``. A job is a training run or a
+point of the noisy quadratic model (``NQMConfig``); finished jobs are stored as
+``<cache_dir>/<job.key()>.json`` and read back instead of recomputed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from torch_lookahead._checks import check_alpha, check_k
+from torch_lookahead.lab.nqm import NQMConfig, NQMPoint, nqm_point
 from torch_lookahead.lab.optimizers import build_optimizer, validate_inner_optimizer
+from torch_lookahead.lab.provenance import job_key
 from torch_lookahead.lab.tasks import TaskSettings, corpus_fingerprint, get_task
 
 __all__ = [
-    "CACHE_SCHEMA",
+    "Job",
     "RunConfig",
     "RunResult",
+    "execute",
     "make_config",
     "run",
     "run_many",
 ]
-
-CACHE_SCHEMA = 1
 
 
 @dataclass(frozen=True)
@@ -65,13 +67,7 @@ class RunConfig:
 
     def key(self) -> str:
         """A digest of the whole configuration, the torch version and the cache schema."""
-        payload = {
-            "config": dataclasses.asdict(self),
-            "torch": torch.__version__,
-            "schema": CACHE_SCHEMA,
-        }
-        text = json.dumps(payload, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:20]
+        return job_key("run", dataclasses.asdict(self))
 
 
 def make_config(
@@ -93,10 +89,10 @@ def make_config(
         lr = task_spec.learning_rate(inner)
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {lr}")
-    if k is not None and k < 1:
-        raise ValueError(f"k must be a positive integer, got {k}")
-    if alpha is not None and not 0.0 < alpha <= 1.0:
-        raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
+    if k is not None:
+        k = check_k(k)
+    if alpha is not None:
+        alpha = check_alpha(alpha)
     fingerprint = corpus_fingerprint() if task == "charlm" else ""
     return RunConfig(
         task=task,
@@ -127,6 +123,7 @@ class RunResult:
     history: dict[str, list[float | None]]
     diverged_at: int | None = None
     seconds: float = field(default=0.0, compare=False)
+    threads: int = field(default=1, compare=False)  # torch threads the run computed with
 
     def final(self, metric: str) -> float | None:
         return self.history[metric][-1]
@@ -138,6 +135,7 @@ class RunResult:
             "history": self.history,
             "diverged_at": self.diverged_at,
             "seconds": self.seconds,
+            "threads": self.threads,
         }
 
     @classmethod
@@ -148,6 +146,7 @@ class RunResult:
             history={name: list(values) for name, values in payload["history"].items()},
             diverged_at=payload["diverged_at"],
             seconds=float(payload["seconds"]),
+            threads=int(payload["threads"]),
         )
 
 
@@ -214,89 +213,117 @@ def run(config: RunConfig) -> RunResult:
         optimizer.step()
         if step % config.eval_every == 0 or step == config.steps:
             record(step)
-    return RunResult(config, steps, history, diverged_at, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return RunResult(config, steps, history, diverged_at, seconds, torch.get_num_threads())
 
 
-def _cache_path(cache_dir: Path, config: RunConfig) -> Path:
-    return cache_dir / f"{config.key()}.json"
+Job = RunConfig | NQMConfig
+JobResult = RunResult | NQMPoint
 
 
-def load_cached(cache_dir: Path, config: RunConfig) -> RunResult | None:
-    """The stored result of ``config``, or None when it is absent, unreadable or for another config."""
-    path = _cache_path(cache_dir, config)
+def execute(job: Job) -> JobResult:
+    """Compute one job: a training run or a point of the noisy quadratic model."""
+    if isinstance(job, NQMConfig):
+        return nqm_point(job)
+    return run(job)
+
+
+def _cache_path(cache_dir: Path, job: Job) -> Path:
+    return cache_dir / f"{job.key()}.json"
+
+
+def load_cached(cache_dir: Path, job: Job) -> JobResult | None:
+    """The stored result of ``job``, or None when it is absent, unreadable or for another job."""
+    path = _cache_path(cache_dir, job)
     try:
-        result = RunResult.from_json(json.loads(path.read_text()))
+        payload = json.loads(path.read_text())
+        if isinstance(job, NQMConfig):
+            point = NQMPoint.from_json(payload["nqm_point"])
+            return point if point.lr == job.lr else None
+        result = RunResult.from_json(payload)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return result if result.config == config else None
+    return result if result.config == job else None
 
 
-def store(cache_dir: Path, result: RunResult) -> None:
+def store(cache_dir: Path, job: Job, result: JobResult) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = _cache_path(cache_dir, result.config)
+    path = _cache_path(cache_dir, job)
+    payload = {"nqm_point": result.to_json()} if isinstance(result, NQMPoint) else result.to_json()
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(result.to_json()))
+    temporary.write_text(json.dumps(payload))
     temporary.replace(path)
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)
+def _init_worker(threads: int) -> None:
+    # The parent decides when to stop: a Ctrl-C sent to the whole process group must not kill
+    # workers half-way through writing a result; the parent terminates them instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
 
 
-ProgressCallback = Callable[[RunResult, bool], None]
+def _execute_indexed(indexed: tuple[int, Job]) -> tuple[int, JobResult]:
+    return indexed[0], execute(indexed[1])
+
+
+ProgressCallback = Callable[[Any, bool], None]
 
 
 def run_many(
-    configs: Sequence[RunConfig],
+    jobs: Sequence[Job],
     cache_dir: Path | None = None,
     *,
     workers: int | None = None,
+    threads: int = 1,
     on_result: ProgressCallback | None = None,
-) -> list[RunResult]:
-    """Run every config (duplicates once), reading and writing ``cache_dir`` when given.
+) -> list[Any]:
+    """Compute every job (duplicates once), reading and writing ``cache_dir`` when given.
 
-    Independent runs go to a pool of ``workers`` processes (default ``os.cpu_count()``), each with
-    one torch thread; with one worker, or one run left, they run in this process.
-    ``on_result(result, from_cache)`` is called as each run completes. Results come back in the
-    order of ``configs``.
+    Independent jobs go to a pool of ``workers`` processes (default ``os.cpu_count()``), each with
+    ``threads`` torch threads; with one worker, or one job left, they run in this process with
+    ``threads`` threads. ``on_result(result, from_cache)`` is called as each job completes.
+    Results come back in the order of ``jobs``. An exception (or Ctrl-C) in this process ends
+    the workers at once.
     """
     if workers is None:
         workers = os.cpu_count() or 1
     if workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers}")
-    results: dict[RunConfig, RunResult] = {}
-    pending: list[RunConfig] = []
-    for config in dict.fromkeys(configs):
-        cached = load_cached(cache_dir, config) if cache_dir is not None else None
+    if threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads}")
+    results: dict[Job, JobResult] = {}
+    pending: list[Job] = []
+    for job in dict.fromkeys(jobs):
+        cached = load_cached(cache_dir, job) if cache_dir is not None else None
         if cached is not None:
-            results[config] = cached
+            results[job] = cached
             if on_result is not None:
                 on_result(cached, True)
         else:
-            pending.append(config)
+            pending.append(job)
 
-    def finish(result: RunResult) -> None:
-        results[result.config] = result
+    def finish(job: Job, result: JobResult) -> None:
+        results[job] = result
         if cache_dir is not None:
-            store(cache_dir, result)
+            store(cache_dir, job, result)
         if on_result is not None:
             on_result(result, False)
 
     if workers == 1 or len(pending) <= 1:
         previous_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
         try:
-            for config in pending:
-                finish(run(config))
+            for job in pending:
+                finish(job, execute(job))
         finally:
             torch.set_num_threads(previous_threads)
     else:
-        # "spawn": a forked child would inherit the parent's torch thread pools.
+        # "spawn": a forked child would inherit the parent's torch thread pools. Leaving the
+        # with-block, normally or by an exception, terminates the workers (Pool.__exit__).
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            max_workers=min(workers, len(pending)), mp_context=context, initializer=_init_worker
+        with context.Pool(
+            min(workers, len(pending)), initializer=_init_worker, initargs=(threads,)
         ) as pool:
-            futures = [pool.submit(run, config) for config in pending]
-            for future in as_completed(futures):
-                finish(future.result())
-    return [results[config] for config in configs]
+            for index, result in pool.imap_unordered(_execute_indexed, enumerate(pending)):
+                finish(pending[index], result)
+    return [results[job] for job in jobs]
