@@ -495,3 +495,67 @@ def test_weights_only_checkpoints_after_validation_hold_the_slow_weights(
     assert _validate(_load_model(checkpoints.best_model_path)) == float(
         checkpoints.best_model_score
     )
+
+
+class Float64SlowWeights(Regression):
+    """Slow copies of another dtype than the parameters: eval() keeps the fast weights aside."""
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = Lookahead(
+            torch.optim.SGD(self.parameters(), lr=LR, momentum=MOMENTUM),
+            k=K,
+            alpha=ALPHA,
+            slow_dtype=torch.float64,
+        )
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=GAMMA)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": schedule, "interval": "step"},
+        }
+
+
+def test_checkpoint_with_slow_copies_of_another_dtype_resumes_exactly(tmp_path: Path) -> None:
+    uninterrupted = Float64SlowWeights()
+    reference = _trainer(EPOCHS, num_sanity_val_steps=0)
+    reference.fit(uninterrupted, _loader(), _loader())
+
+    first = Float64SlowWeights()
+    trainer = _trainer(1, num_sanity_val_steps=0)
+    trainer.fit(first, _loader(), _loader())
+    (optimizer,) = trainer.optimizers
+    fast, slow = parameters_of(first), optimizer.slow_parameters()
+    trainer.save_checkpoint(tmp_path / "epoch1.ckpt")
+    saved = torch.load(tmp_path / "epoch1.ckpt", weights_only=True)
+
+    (optimizer_state,) = saved["optimizer_states"]
+    assert_same(_model_tensors(saved), slow)  # cast to the parameters' float32
+    stashed = [
+        optimizer_state["state"][i]["lookahead_fast"] for i in sorted(optimizer_state["state"])
+    ]
+    assert_same(stashed, fast)
+    assert all(
+        s["lookahead_slow"].dtype == torch.float64 for s in optimizer_state["state"].values()
+    )
+    with optimizer.slow_weights():  # what eval() itself would have saved
+        live = optimizer.state_dict()
+        for i, entry in live["state"].items():
+            assert_same(
+                [entry["lookahead_fast"], entry["lookahead_slow"]],
+                [
+                    optimizer_state["state"][i]["lookahead_fast"],
+                    optimizer_state["state"][i]["lookahead_slow"],
+                ],
+            )
+
+    resumed = Float64SlowWeights()
+    trainer = _trainer(EPOCHS, num_sanity_val_steps=0)
+    trainer.fit(resumed, _loader(), _loader(), ckpt_path=tmp_path / "epoch1.ckpt")
+    assert_same(parameters_of(resumed), parameters_of(uninterrupted))
+    assert_same(_float64_slow(trainer, resumed), _float64_slow(reference, uninterrupted))
+
+
+def _float64_slow(trainer: L.Trainer, module: Regression) -> list[Tensor]:
+    (optimizer,) = trainer.optimizers
+    slow = [optimizer.state[p]["lookahead_slow"] for p in module.parameters()]
+    assert all(s.dtype == torch.float64 for s in slow)
+    return slow

@@ -100,9 +100,11 @@ def _write_eval_form(
                 fast = model_state[entries[0]]
                 saved_state = dict(saved["state"][key])  # the live per-parameter dict: copy it
                 if same_placement(p, slow):
-                    value, saved_state[SLOW_KEY] = slow, fast
+                    value = slow
+                    saved_state[SLOW_KEY] = fast
                 else:
-                    value, saved_state[FAST_STASH_KEY] = slow.to(p.dtype, p.device), fast
+                    value = slow.to(device=p.device, dtype=p.dtype)
+                    saved_state[FAST_STASH_KEY] = fast
                 model_updates.update(dict.fromkeys(entries, value))
                 state_updates.append((saved["state"], key, saved_state))
     model_state.update(model_updates)
