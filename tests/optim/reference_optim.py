@@ -1,4 +1,5 @@
-"""Float64 numpy oracles for the optimizers, written plainly from docs/reference algorithms.md.
+"""Float64 numpy oracles for the optimizers, written plainly from the update rules that
+docs/optimizers.md states (and the papers and torch documentation it cites).
 
 Each takes the initial weights and the whole sequence of gradients (and learning rates, so that
 a scheduler's changes can be replayed) and returns the final weights. ``maximize`` is not an
@@ -27,7 +28,8 @@ def novograd(
     amsgrad: bool = False,
     decoupled: bool = False,
 ) -> list[Array]:
-    """algorithms.md 3.3 with ``first_step_scaled=True`` (the project's semantics).
+    """NovoGrad with NVIDIA NeMo's semantics (Ginsburg et al., arXiv:1905.11286): eps outside
+    the square root, decay inside the momentum, ``1 - b1`` from the first step with averaging.
 
     layers0: one array per layer; grads[t][l]: gradient of layer l at step t+1; lrs[t]: lr then.
     """
@@ -69,7 +71,9 @@ def adabound(
     wd_mode: str = "l2",
     amsbound: bool = False,
 ) -> Array:
-    """algorithms.md 4.3. lrs[t-1]: the group lr at step t; base_lr: the lr at construction.
+    """AdaBound as the official code (Luolc/AdaBound) computes it (Luo et al., ICLR 2019).
+
+    lrs[t-1]: the group lr at step t; base_lr: the lr at construction.
 
     wd_mode: 'l2' (AdaBound) or 'adamw' (``decoupled_weight_decay=True``).
     """
@@ -102,8 +106,8 @@ def radam_step(
     wd: float = 0.0,
     decoupled: bool = False,
 ) -> Callable[[Array, Array, dict[str, Any]], tuple[Array, dict[str, Any]]]:
-    """algorithms.md 2.3 with its defaults (torch.optim.RAdam: threshold 5, strict, SGD
-    fallback), as one step ``(x, g, state) -> (x, state)`` for use inside :func:`lookahead`."""
+    """RAdam as torch.optim.RAdam documents it (rectified when rho_t > 5, an SGD-with-momentum
+    step before), as one step ``(x, g, state) -> (x, state)`` for use inside :func:`lookahead`."""
     rho_inf = 2.0 / (1.0 - b2) - 1.0
 
     def step(x: Array, g: Array, state: dict[str, Any]) -> tuple[Array, dict[str, Any]]:
@@ -135,7 +139,8 @@ def lookahead(
     k: int,
     alpha: float,
 ) -> tuple[Array, Array]:
-    """algorithms.md 1.8 with mode='none', over precomputed gradients. Returns (fast, slow)."""
+    """Lookahead's Algorithm 1 (Zhang et al., arXiv:1907.08610), inner state kept at the sync,
+    over precomputed gradients. Returns (fast, slow)."""
     phi = np.array(x0, dtype=np.float64)
     theta = phi.copy()
     state: dict[str, Any] = {}
