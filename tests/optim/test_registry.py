@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -83,3 +86,12 @@ def test_lookahead_arguments_need_the_prefix() -> None:
         create_optimizer("adamw", torch.nn.Linear(2, 2), lookahead={"k": 5})
     with pytest.raises(TypeError, match="lookahead must be a mapping"):
         create_optimizer("lookahead_adamw", torch.nn.Linear(2, 2), lookahead=5)  # type: ignore[arg-type]
+
+
+def test_the_optimizers_page_examples_run() -> None:
+    """docs/optimizers.md's Python blocks (its asserts included) run as written."""
+    page = Path(__file__).resolve().parents[2] / "docs" / "optimizers.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(encoding="utf-8"), re.M | re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), {})
