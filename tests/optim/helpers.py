@@ -50,10 +50,12 @@ def replay(
     dtype: torch.dtype,
     *,
     decay_lr_after: int | None = None,
+    lrs: list[float] | None = None,
 ) -> tuple[list[np.ndarray], list[float], Optimizer]:
     """Run the optimizer over the problem's gradients; return final weights, lr per step, optimizer.
 
-    With ``decay_lr_after=m`` a MultiStepLR scheduler multiplies the lr by 0.1 after step m.
+    With ``decay_lr_after=m`` a MultiStepLR scheduler multiplies the lr by 0.1 after step m;
+    with ``lrs``, the group's lr is set to ``lrs[t]`` (a float) before step t.
     """
     params = [torch.nn.Parameter(torch.tensor(p0, dtype=dtype)) for p0 in problem.params0]
     optimizer = make(params)
@@ -62,15 +64,17 @@ def replay(
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=[decay_lr_after], gamma=0.1
         )
-    lrs = []
-    for step_grads in problem.grads:
+    used_lrs = []
+    for step, step_grads in enumerate(problem.grads):
         for p, g in zip(params, step_grads, strict=True):
             p.grad = torch.from_numpy(g).to(dtype)
-        lrs.append(optimizer.param_groups[0]["lr"])
+        if lrs is not None:
+            optimizer.param_groups[0]["lr"] = lrs[step]
+        used_lrs.append(float(optimizer.param_groups[0]["lr"]))
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-    return [p.detach().double().numpy() for p in params], lrs, optimizer
+    return [p.detach().double().numpy() for p in params], used_lrs, optimizer
 
 
 def assert_close(
@@ -94,7 +98,7 @@ def assert_for_loop_and_foreach_agree(
     for foreach, flat in ((False, False), (True, False), (True, True)):
         run_kwargs = {**kwargs, "foreach": foreach}
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("torch_lookahead.optim._functional.CPU_BLOCK_NUMEL", 5)
+            patch.setattr("torch_lookahead.optim._functional.OPTIMIZER_BLOCK_BYTES", 40)
             if not flat:
                 patch.setattr(GroupwiseOptimizer, "_flat_state_for", lambda *args: None)
             final, _, optimizer = replay(

@@ -10,14 +10,16 @@
 
 from torch.optim import RAdam
 
-from .adabound import AdaBound, adabound
-from .novograd import NovoGrad, novograd
+from .adabound import AdaBound, AdaBoundHyperparameters, adabound
+from .novograd import NovoGrad, NovoGradHyperparameters, novograd
 from .ranger import Ranger
 from .registry import create_optimizer, list_optimizers
 
 __all__ = [
     "AdaBound",
+    "AdaBoundHyperparameters",
     "NovoGrad",
+    "NovoGradHyperparameters",
     "RAdam",
     "Ranger",
     "adabound",

@@ -33,10 +33,15 @@ class FlatState:
     views: dict[str, list[Tensor]]
     numels: list[int]
 
-    def is_current(self, params: Sequence[Tensor], states: Sequence[dict[str, Tensor]]) -> bool:
-        """Whether the same parameters' state entries are still exactly these views."""
-        if len(params) != len(self.params) or any(
-            p is not q for p, q in zip(params, self.params, strict=True)
+    def is_current(
+        self, params: Sequence[Tensor], states: Sequence[dict[str, Tensor]], keys: Sequence[str]
+    ) -> bool:
+        """Whether the same parameters' state entries ``keys`` are still exactly these views
+        (and no more: an entry added since, e.g. by ``amsgrad`` turned on, needs a new one)."""
+        if (
+            set(keys) != set(self.views)
+            or len(params) != len(self.params)
+            or any(p is not q for p, q in zip(params, self.params, strict=True))
         ):
             return False
         return all(
@@ -74,7 +79,7 @@ def flat_state(
     views of it. None when the parameters cannot share buffers: fewer than two, DTensors, complex
     or non-contiguous tensors, mixed devices or dtypes, or state entries that do not fit.
     """
-    if previous is not None and previous.is_current(params, states):
+    if previous is not None and previous.is_current(params, states, (*tensor_keys, *scalar_keys)):
         return previous
     if torch.compiler.is_compiling() or not _eligible(params):
         return None

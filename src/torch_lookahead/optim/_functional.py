@@ -1,43 +1,41 @@
 """Pieces shared by the NovoGrad and AdaBound kernels and classes.
 
-Validation of hyper-parameters, lazy per-parameter step counters, the choice between the
-for-loop and the multi-tensor (``torch._foreach_*``) implementations, and the cache blocking
-that makes the multi-tensor implementation fast on CPU.
+Validation of hyper-parameters, per-parameter step counters, the choice between the for-loop,
+multi-tensor (``torch._foreach_*``) and flat-state implementations, and the CPU cache blocks of
+the multi-tensor ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
+from .._tensors import OPTIMIZER_BLOCK_BYTES, cache_blocks
+from ._flat import FlatState
+
 __all__ = [
-    "CPU_BLOCK_NUMEL",
+    "FunctionalStep",
+    "StateLists",
     "assign_",
-    "cache_blocks",
+    "blocks",
     "check_betas",
     "check_float",
     "check_foreach",
+    "check_lr",
     "default_to_foreach",
-    "group_by_device_and_dtype",
     "increment_steps_",
     "new_step_counter",
     "raise_sparse",
-    "setdefault_flags",
+    "scalar",
     "step_value",
     "view_as_real_",
 ]
-
-#: On CPU the multi-tensor kernels run over blocks of consecutive tensors holding at most this
-#: many elements, so that what a block touches (parameters, gradients, state, temporaries: a few
-#: MiB) stays in the CPU cache from the first ``_foreach`` op of the block to the last, instead of
-#: streaming every list through memory once per op. Measured best among 2**14..2**22 on both
-#: benchmark problems. One block per device/dtype bucket on accelerators.
-CPU_BLOCK_NUMEL = 1 << 18
 
 
 def check_float(
@@ -49,12 +47,12 @@ def check_float(
     low_inclusive: bool = True,
     high_inclusive: bool = False,
 ) -> float:
-    """Return ``value`` as a float if it lies in the interval, else raise a ValueError naming it."""
+    """Return ``value`` as a float if it is finite and in the interval, else raise naming it."""
     if isinstance(value, Tensor) or not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}: {value!r}")
     number = float(value)
     above = number >= low if low_inclusive else number > low
-    below = True
+    below = math.isfinite(number)
     if high is not None:
         below = number <= high if high_inclusive else number < high
     if not (above and below):
@@ -63,6 +61,20 @@ def check_float(
         upper = "inf" if high is None else f"{high:g}"
         raise ValueError(f"{name} must be in {left}{low:g}, {upper}{right}, got {value!r}")
     return number
+
+
+def check_lr(
+    group: dict[str, Any], key: str = "lr", *, positive: bool = False, meaning: str = ""
+) -> None:
+    """Validate ``group[key]``: a finite float, or a 1-element Tensor as torch.optim allows it.
+    The error names ``key``, followed by ``meaning`` in parentheses when given."""
+    lr = group[key]
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"Tensor {key} must be 1-element")
+        lr = lr.item()
+    name = f"{key} ({meaning})" if meaning else key
+    check_float(name, lr, low=0.0, low_inclusive=not positive)
 
 
 def check_betas(betas: object) -> tuple[float, float]:
@@ -101,35 +113,85 @@ def step_value(step: Tensor) -> float | Tensor:
     return step.item()
 
 
-def default_to_foreach(params: Sequence[Tensor], differentiable: bool) -> bool:
+def scalar(value: float | Tensor) -> Any:
+    """A hyper-parameter for the kernels' scalar math, in float64 as Python's.
+
+    A Tensor learning rate becomes a Python float in eager mode (one ``item()`` per step, as
+    torch.optim's for-loop kernels do through their Python-number arguments), so that every
+    implementation gives exactly the results of the same value given as a float; while compiling
+    it stays a (float64) tensor, so that the compiled step reads its current value instead of
+    recompiling for each new one.
+    """
+    if not isinstance(value, Tensor):
+        return value
+    if torch.compiler.is_compiling():
+        return value.to(torch.float64).reshape(())
+    return value.item()
+
+
+def default_to_foreach(params: Sequence[Tensor]) -> bool:
     """Whether ``foreach=None`` means the multi-tensor implementation.
 
     torch.optim turns it on for accelerators only; here the CPU is included too, because the
-    kernels are cache-blocked on CPU (see :data:`CPU_BLOCK_NUMEL`) and there they beat the
-    for-loop implementation at every size measured (benchmarks/bench_optimizers.py).
+    kernels are cache-blocked on CPU (see :func:`blocks`), which makes them faster than the
+    for-loop there (benchmarks/results/optimizers.md).
     """
-    if differentiable:
-        return False
     devices = {*_get_foreach_kernels_supported_devices(), "cpu"}
     return all(type(p) in (Tensor, torch.nn.Parameter) and p.device.type in devices for p in params)
 
 
-def group_by_device_and_dtype(
-    tensorlists: list[list[Tensor]],
-) -> Iterator[list[list[Tensor]]]:
-    """Yield the parallel lists restricted to each (device, dtype) of the first list, in order.
+def blocks(tensors: Sequence[Tensor]) -> Iterator[slice]:
+    """Consecutive slices of ``tensors`` for the multi-tensor kernels: CPU lists are cut into
+    blocks of :data:`~torch_lookahead._tensors.OPTIMIZER_BLOCK_BYTES` (a block's tensors stay in
+    cache from its first op to its last), other devices take the whole list at once."""
+    if tensors and tensors[0].device.type == "cpu":
+        yield from cache_blocks(tensors, OPTIMIZER_BLOCK_BYTES)
+    else:
+        yield slice(0, len(tensors))
 
-    One pass over the first list only: torch's own grouping inspects every tensor of every
-    list, which costs more than a whole small-tensor step.
+
+#: Parallel lists of per-parameter state, keyed by the name of the state entry.
+StateLists = dict[str, list[Tensor]]
+
+
+@dataclass(frozen=True)
+class FunctionalStep:
+    """A functional optimizer step: one step over parallel lists, updating them in place.
+
+    Called as ``step(params, grads, state, hyperparameters, foreach=None, flat_state=None)``:
+    ``state`` maps each state entry of the optimizer (``"exp_avg"``, ...) to the list of its
+    tensors, parallel to ``params``; ``hyperparameters`` is the optimizer's NamedTuple of them.
+    ``foreach`` picks the multi-tensor implementation (``None``: see :func:`default_to_foreach`),
+    which runs over ``flat_state``'s buffers when there is one (see
+    :mod:`torch_lookahead.optim._flat`). While compiling the for-loop form is traced whatever
+    ``foreach`` says: the compiler fuses the loop itself, and the for-loop form has no
+    data-dependent Python code.
     """
-    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for index, tensor in enumerate(tensorlists[0]):
-        buckets.setdefault((tensor.device, tensor.dtype), []).append(index)
-    if len(buckets) == 1:
-        yield [list(tensors) for tensors in tensorlists]
-        return
-    for indices in buckets.values():
-        yield [[tensors[i] for i in indices] for tensors in tensorlists]
+
+    for_loop: Callable[[list[Tensor], list[Tensor], StateLists, Any], None]
+    multi_tensor: Callable[[list[Tensor], list[Tensor], StateLists, Any], None]
+    flat: Callable[[list[Tensor], list[Tensor], FlatState, Any], None]
+
+    def __call__(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: StateLists,
+        hyperparameters: Any,
+        foreach: bool | None = None,
+        flat_state: FlatState | None = None,
+    ) -> None:
+        if foreach is None:
+            foreach = default_to_foreach(params)
+        hyper = hyperparameters._replace(
+            **{key: scalar(value) for key, value in hyperparameters._asdict().items()}
+        )
+        if not foreach or torch.compiler.is_compiling():
+            self.for_loop(params, grads, state, hyper)
+        elif flat_state is not None:
+            self.flat(params, grads, flat_state, hyper)
+        elif params:
+            self.multi_tensor(params, grads, state, hyper)
 
 
 def increment_steps_(steps: list[Tensor]) -> None:
@@ -139,26 +201,6 @@ def increment_steps_(steps: list[Tensor]) -> None:
         torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
     else:
         torch._foreach_add_(steps, 1.0)
-
-
-def cache_blocks(params: Sequence[Tensor]) -> Iterator[slice]:
-    """Split ``range(len(params))`` into consecutive slices for the multi-tensor kernels.
-
-    On CPU a slice holds at most :data:`CPU_BLOCK_NUMEL` elements (a larger tensor gets a
-    slice to itself); elsewhere there is one slice covering everything.
-    """
-    if not params or params[0].device.type != "cpu":
-        yield slice(0, len(params))
-        return
-    start = 0
-    block_numel = 0
-    for index, param in enumerate(params):
-        numel = param.numel()
-        if index > start and block_numel + numel > CPU_BLOCK_NUMEL:
-            yield slice(start, index)
-            start, block_numel = index, 0
-        block_numel += numel
-    yield slice(start, len(params))
 
 
 def assign_(target: Tensor, value: Tensor) -> None:
@@ -183,18 +225,3 @@ def view_as_real_(*tensorlists: list[Tensor]) -> None:
         if torch.is_complex(tensorlists[0][position]):
             for tensors in tensorlists:
                 tensors[position] = torch.view_as_real(tensors[position])
-
-
-def setdefault_flags(optimizer: Optimizer, flags: dict[str, Any]) -> None:
-    """Back-fill flags missing from an older pickled optimizer, and tensor step counts."""
-    for name, value in flags.items():
-        optimizer.defaults.setdefault(name, value)
-    for group in optimizer.param_groups:
-        for name, value in flags.items():
-            group.setdefault(name, value)
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            if "step" in state and not torch.is_tensor(state["step"]):
-                counter = new_step_counter()
-                counter.fill_(float(state["step"]))
-                state["step"] = counter

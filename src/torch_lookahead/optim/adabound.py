@@ -2,29 +2,221 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from .._tensors import group_by_device_and_dtype
 from ..pullback import register_momentum_keys
 from ._base import GroupwiseOptimizer
 from ._flat import FlatState, flatten, unflatten
 from ._functional import (
-    cache_blocks,
+    FunctionalStep,
+    StateLists,
+    blocks,
     check_betas,
     check_float,
     check_foreach,
-    default_to_foreach,
-    group_by_device_and_dtype,
+    check_lr,
     increment_steps_,
     new_step_counter,
     step_value,
     view_as_real_,
 )
 
-__all__ = ["AdaBound", "adabound"]
+__all__ = ["AdaBound", "AdaBoundHyperparameters", "adabound"]
+
+
+class AdaBoundHyperparameters(NamedTuple):
+    """The hyper-parameters of one AdaBound step, named as in a parameter group."""
+
+    lr: float | Tensor
+    initial_lr: float | Tensor
+    betas: tuple[float, float]
+    final_lr: float
+    gamma: float
+    eps: float
+    weight_decay: float
+    amsbound: bool
+    decoupled_weight_decay: bool
+    maximize: bool
+
+    @property
+    def scheduled_final_lr(self) -> Any:
+        r""":math:`\eta^*_t`: ``final_lr`` scaled by the current over the initial learning rate."""
+        return self.final_lr * self.lr / self.initial_lr
+
+    @property
+    def freezes_weights(self) -> bool:
+        """Both bounds are 0: the clipped step size, hence the weight update, is 0. (Unknown for
+        a Tensor lr, i.e. while compiling, where the update is computed and is 0.)"""
+        if isinstance(self.lr, Tensor):
+            return False
+        return self.lr == 0 or self.scheduled_final_lr == 0
+
+    def bounds(self, step: float | Tensor) -> tuple[Any, Any, Any]:
+        """``(alpha_t, eta_l, eta_u)`` of the update rule at step ``step``."""
+        beta1, beta2 = self.betas
+        if isinstance(step, Tensor):  # compiling: keep the scalar math in float64, as in eager
+            step = step.to(torch.float64)
+        step_size = self.lr * (1.0 - beta2**step) ** 0.5 / (1.0 - beta1**step)
+        final_lr = self.scheduled_final_lr
+        lower_bound = final_lr * (1.0 - 1.0 / (self.gamma * step + 1.0))
+        upper_bound = final_lr * (1.0 + 1.0 / (self.gamma * step))
+        return step_size, lower_bound, upper_bound
+
+    def denominator_bounds(self, step: float) -> tuple[float, float, float]:
+        """``(alpha_t, alpha_t / eta_u, alpha_t / eta_l)``: the step size, and the bounds of
+        the denominator for which ``clip(alpha_t / d, eta_l, eta_u) * m == alpha_t * m /
+        clip(d, alpha_t / eta_u, alpha_t / eta_l)``, which saves a full pass over the tensor."""
+        step_size, lower_bound, upper_bound = self.bounds(step)
+        return step_size, step_size / upper_bound, step_size / lower_bound
+
+
+def _single_tensor_adabound(
+    params: list[Tensor], grads: list[Tensor], state: StateLists, hyper: AdaBoundHyperparameters
+) -> None:
+    for index, param in enumerate(params):
+        step_t = state["step"][index]
+        step_t += 1
+        moments = [state[key][index] for key in _moment_keys(hyper.amsbound)]
+        grad = _decayed_gradient(grads[index], param, hyper)
+        if hyper.decoupled_weight_decay and hyper.weight_decay != 0:
+            param.mul_(1.0 - hyper.lr * hyper.weight_decay)
+        if torch.is_complex(param):
+            param, grad, *moments = (torch.view_as_real(t) for t in (param, grad, *moments))
+        second_moment = _update_moments_(grad, *moments, hyper=hyper)
+        if hyper.freezes_weights:
+            continue
+
+        denom = second_moment.sqrt().add_(hyper.eps)
+        step = step_value(step_t)
+        if isinstance(step, Tensor):  # compiling: the clip as written, safe for a Tensor lr of 0
+            step_size, lower_bound, upper_bound = hyper.bounds(step)
+            param.sub_((step_size / denom).clamp_(lower_bound, upper_bound).mul_(moments[0]))
+        else:
+            step_size, denom_low, denom_high = hyper.denominator_bounds(step)
+            param.addcdiv_(moments[0], denom.clamp_(denom_low, denom_high), value=-step_size)
+
+
+def _moment_keys(amsbound: bool) -> tuple[str, ...]:
+    """The state entries of the parameter's shape."""
+    return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsbound else ("exp_avg", "exp_avg_sq")
+
+
+def _decayed_gradient(grad: Tensor, param: Tensor, hyper: AdaBoundHyperparameters) -> Tensor:
+    """The gradient (negated with ``maximize``) plus the L2 weight decay term; never ``grad``
+    itself when it has to change."""
+    if hyper.maximize:
+        grad = -grad
+    if hyper.weight_decay != 0 and not hyper.decoupled_weight_decay:
+        grad = grad.add(param, alpha=hyper.weight_decay)
+    return grad
+
+
+def _update_moments_(
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    max_exp_avg_sq: Tensor | None = None,
+    *,
+    hyper: AdaBoundHyperparameters,
+) -> Tensor:
+    """Update the moments in place; return the second moment to normalise by."""
+    beta1, beta2 = hyper.betas
+    exp_avg.lerp_(grad, 1.0 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    if max_exp_avg_sq is None:
+        return exp_avg_sq
+    return torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+
+
+def _multi_tensor_adabound(
+    params: list[Tensor], grads: list[Tensor], state: StateLists, hyper: AdaBoundHyperparameters
+) -> None:
+    beta1, beta2 = hyper.betas
+    lists = [params, grads, state["step"], *(state[key] for key in _moment_keys(hyper.amsbound))]
+    for bucket in group_by_device_and_dtype(lists):
+        view_as_real_(bucket[0], bucket[1], *bucket[3:])
+        for block in blocks(bucket[0]):
+            block_params, block_grads, block_steps, block_exp_avgs, block_exp_avg_sqs, *maxima = (
+                tensors[block] for tensors in bucket
+            )
+            increment_steps_(block_steps)
+            if hyper.maximize:
+                block_grads = list(torch._foreach_neg(block_grads))
+            if hyper.weight_decay != 0:
+                if hyper.decoupled_weight_decay:
+                    torch._foreach_mul_(block_params, 1.0 - hyper.lr * hyper.weight_decay)
+                elif hyper.maximize:  # block_grads is already a fresh copy
+                    torch._foreach_add_(block_grads, block_params, alpha=hyper.weight_decay)
+                else:
+                    block_grads = list(
+                        torch._foreach_add(block_grads, block_params, alpha=hyper.weight_decay)
+                    )
+
+            torch._foreach_lerp_(block_exp_avgs, block_grads, 1.0 - beta1)
+            torch._foreach_mul_(block_exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(block_exp_avg_sqs, block_grads, block_grads, 1.0 - beta2)
+            second_moments = block_exp_avg_sqs
+            if maxima:
+                second_moments = maxima[0]
+                torch._foreach_maximum_(second_moments, block_exp_avg_sqs)
+            if hyper.freezes_weights:
+                continue
+
+            denoms = torch._foreach_sqrt(second_moments)
+            torch._foreach_add_(denoms, hyper.eps)
+            steps = torch.stack(block_steps).tolist()
+            if steps.count(steps[0]) == len(steps):  # the usual case: one set of scalars
+                step_size, denom_low, denom_high = hyper.denominator_bounds(steps[0])
+                torch._foreach_clamp_min_(denoms, denom_low)
+                torch._foreach_clamp_max_(denoms, denom_high)
+                torch._foreach_addcdiv_(block_params, block_exp_avgs, denoms, -step_size)
+            else:
+                scalars = [hyper.denominator_bounds(step) for step in steps]
+                torch._foreach_clamp_min_(denoms, [low for _, low, _ in scalars])
+                torch._foreach_clamp_max_(denoms, [high for _, _, high in scalars])
+                step_sizes = [-size for size, _, _ in scalars]
+                torch._foreach_addcdiv_(block_params, block_exp_avgs, denoms, step_sizes)
+
+
+def _flat_adabound(
+    params: list[Tensor], grads: list[Tensor], flat: FlatState, hyper: AdaBoundHyperparameters
+) -> None:
+    """The multi-tensor step when the state lives in ``flat``'s buffers; the list kernels run
+    instead when the parameters are not all at the same step."""
+    steps = flat.buffers["step"]
+    if not bool((steps == steps[0]).all()):
+        _multi_tensor_adabound(params, grads, flat.views, hyper)
+        return
+    steps += 1
+    step = steps[0].item()
+    offset = 0
+    for block in blocks(params):
+        block_params = params[block]
+        size = sum(flat.numels[block])
+        region = slice(offset, offset + size)
+        offset += size
+        grad = _decayed_gradient(flatten(grads[block]), flatten(block_params), hyper)
+        if hyper.decoupled_weight_decay and hyper.weight_decay != 0:
+            torch._foreach_mul_(block_params, 1.0 - hyper.lr * hyper.weight_decay)
+        moments = [flat.buffers[key][region] for key in _moment_keys(hyper.amsbound)]
+        second_moment = _update_moments_(grad, *moments, hyper=hyper)
+        if hyper.freezes_weights:
+            continue
+        step_size, denom_low, denom_high = hyper.denominator_bounds(step)
+        denom = second_moment.sqrt().add_(hyper.eps).clamp_(denom_low, denom_high)
+        denoms = unflatten(denom, block_params)
+        torch._foreach_addcdiv_(block_params, flat.views["exp_avg"][block], denoms, -step_size)
+
+
+adabound = FunctionalStep(_single_tensor_adabound, _multi_tensor_adabound, _flat_adabound)
+"""Functional AdaBound (see :class:`FunctionalStep` for the arguments and :class:`AdaBound` for
+the update rule). ``state`` holds ``"exp_avg"``, ``"exp_avg_sq"`` (and ``"max_exp_avg_sq"``
+with ``amsbound``) and the 0-dim step counts ``"step"``, which are incremented here."""
 
 
 class AdaBound(GroupwiseOptimizer):
@@ -81,8 +273,9 @@ class AdaBound(GroupwiseOptimizer):
     Args:
         params (iterable): iterable of parameters or named parameters to optimize, or of dicts
             defining parameter groups.
-        lr (float, optional): Adam learning rate :math:`\gamma`; must be positive, since it is
-            the reference that scales ``final_lr`` (default: 1e-3).
+        lr (float, Tensor, optional): Adam learning rate :math:`\gamma`; must be positive,
+            since it is the reference that scales ``final_lr``; a float or a 1-element Tensor
+            (see docs/optimizers.md) (default: 1e-3).
         betas (tuple[float, float], optional): coefficients of the running averages of the
             gradient and its square (default: (0.9, 0.999)).
         final_lr (float, optional): :math:`\eta^*`, the SGD learning rate that the bounds close
@@ -110,18 +303,13 @@ class AdaBound(GroupwiseOptimizer):
     ICLR 2019, arXiv:1902.09843.
     """
 
-    _flag_defaults: ClassVar[dict[str, Any]] = {
-        "amsbound": False,
-        "decoupled_weight_decay": False,
-        "maximize": False,
-        "foreach": None,
-        "differentiable": False,
-    }
+    _hyperparameters = AdaBoundHyperparameters
+    _functional = adabound
 
     def __init__(
         self,
         params: ParamsT,
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         final_lr: float = 0.1,
         gamma: float = 1e-3,
@@ -133,8 +321,8 @@ class AdaBound(GroupwiseOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
     ) -> None:
-        defaults: dict[str, Any] = {
-            "lr": lr,
+        defaults = {
+            "lr": lr,  # and each group's own initial_lr: see add_param_group
             "betas": betas,
             "final_lr": final_lr,
             "gamma": gamma,
@@ -144,28 +332,19 @@ class AdaBound(GroupwiseOptimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
             "maximize": maximize,
             "foreach": foreach,
-            "differentiable": False,
         }
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group; its ``initial_lr`` is its ``lr`` unless given explicitly."""
-        param_group.setdefault("initial_lr", param_group.get("lr", self.defaults["lr"]))
+        lr = param_group.get("lr", self.defaults["lr"])
+        param_group.setdefault("initial_lr", lr.clone() if isinstance(lr, Tensor) else lr)
         super().add_param_group(param_group)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_float("lr", group["lr"], low=0.0)
-        check_float(
-            "initial_lr (the lr the group starts with, which final_lr is scaled by)",
-            group["initial_lr"],
-            low=0.0,
-            low_inclusive=False,
-        )
+        check_lr(group)
+        meaning = "the lr the group starts with, which final_lr is scaled by"
+        check_lr(group, "initial_lr", positive=True, meaning=meaning)
         check_betas(group["betas"])
         check_float("final_lr", group["final_lr"], low=0.0)
         check_float("gamma", group["gamma"], low=0.0, high=1.0, low_inclusive=False)
@@ -173,279 +352,15 @@ class AdaBound(GroupwiseOptimizer):
         check_float("weight_decay", group["weight_decay"], low=0.0)
         check_foreach(group["foreach"])
 
-    def _init_state(self, group: dict[str, Any], param: Tensor, grad: Tensor) -> dict[str, Tensor]:
+    def _init_state(self, param: Tensor, grad: Tensor) -> dict[str, Tensor]:
         return {
             "step": new_step_counter(),
             "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
             "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
         }
 
-    def _step_group(self, group: dict[str, Any]) -> None:
-        amsbound = group["amsbound"]
-        params, grads, states = self._params_with_grad(
-            group, "max_exp_avg_sq" if amsbound else None
-        )
-        tensor_keys = (
-            ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsbound else ("exp_avg", "exp_avg_sq")
-        )
-        flat = self._flat_state_for(group, params, states, tensor_keys, ("step",))
-        beta1, beta2 = group["betas"]
-        adabound(
-            params,
-            grads,
-            [state["exp_avg"] for state in states],
-            [state["exp_avg_sq"] for state in states],
-            [state["max_exp_avg_sq"] for state in states] if amsbound else [],
-            [state["step"] for state in states],
-            foreach=group["foreach"],
-            lr=group["lr"],
-            initial_lr=group["initial_lr"],
-            beta1=beta1,
-            beta2=beta2,
-            final_lr=group["final_lr"],
-            gamma=group["gamma"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            amsbound=amsbound,
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            maximize=group["maximize"],
-            flat_state=flat,
-        )
+    def _state_keys(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return _moment_keys(group["amsbound"]), ("step",)
 
 
 register_momentum_keys(AdaBound, ["exp_avg"])
-
-
-class _Hyperparameters(NamedTuple):
-    """The scalars of one AdaBound step (see :class:`AdaBound`); ``final_lr`` already scaled."""
-
-    lr: float
-    beta1: float
-    beta2: float
-    scheduled_final_lr: float
-    gamma: float
-    eps: float
-    weight_decay: float
-    amsbound: bool
-    decoupled_weight_decay: bool
-    maximize: bool
-
-    @property
-    def freezes_weights(self) -> bool:
-        """Both bounds are 0: the clipped step size, hence the weight update, is 0."""
-        return self.lr == 0 or self.scheduled_final_lr == 0
-
-    def bounded_step(self, step: float | Tensor) -> tuple[Any, Any, Any]:
-        """``(alpha_t, alpha_t / eta_u, alpha_t / eta_l)``: step size and denominator bounds.
-
-        ``clip(alpha_t / d, eta_l, eta_u) * m == alpha_t * m / clip(d, alpha_t / eta_u,
-        alpha_t / eta_l)``, which saves a full pass over the tensor.
-        """
-        if isinstance(step, Tensor):  # compiling: keep the scalar math in float64, as in eager
-            step = step.to(torch.float64)
-        step_size = self.lr * (1.0 - self.beta2**step) ** 0.5 / (1.0 - self.beta1**step)
-        lower_bound = self.scheduled_final_lr * (1.0 - 1.0 / (self.gamma * step + 1.0))
-        upper_bound = self.scheduled_final_lr * (1.0 + 1.0 / (self.gamma * step))
-        return step_size, step_size / upper_bound, step_size / lower_bound
-
-
-def adabound(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    foreach: bool | None = None,
-    *,
-    lr: float,
-    initial_lr: float,
-    beta1: float,
-    beta2: float,
-    final_lr: float,
-    gamma: float,
-    eps: float,
-    weight_decay: float,
-    amsbound: bool,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    flat_state: FlatState | None = None,
-) -> None:
-    r"""Functional AdaBound: one step over parallel lists, updating everything in place.
-
-    ``final_lr`` is the group's value; it is scaled by ``lr / initial_lr`` here.
-    ``state_steps`` are 0-dim step counts, incremented here. ``flat_state``, when the state
-    tensors are views of its buffers (see :mod:`torch_lookahead.optim._flat`), lets the
-    multi-tensor path run the element-wise math over whole buffers. See :class:`AdaBound` for
-    the update rule.
-    """
-    hyper = _Hyperparameters(
-        lr,
-        beta1,
-        beta2,
-        final_lr * lr / initial_lr,
-        gamma,
-        eps,
-        weight_decay,
-        amsbound,
-        decoupled_weight_decay,
-        maximize,
-    )
-    lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
-    if foreach is None:
-        foreach = default_to_foreach(params, differentiable=False)
-    # The compiler fuses the loop itself; the for-loop form traces without data-dependent code.
-    if foreach and not torch.compiler.is_compiling():
-        if flat_state is not None and _steps_agree(flat_state.buffers["step"]):
-            _flat_adabound(params, grads, flat_state, hyper)
-        else:
-            _multi_tensor_adabound(*lists, hyper)
-    else:
-        _single_tensor_adabound(*lists, hyper)
-
-
-def _single_tensor_adabound(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    hyper: _Hyperparameters,
-) -> None:
-    for index, param in enumerate(params):
-        grad, exp_avg, exp_avg_sq = grads[index], exp_avgs[index], exp_avg_sqs[index]
-        step_t = state_steps[index]
-        step_t += 1
-        if hyper.maximize:
-            grad = -grad
-        if hyper.weight_decay != 0:
-            if hyper.decoupled_weight_decay:
-                param.mul_(1.0 - hyper.lr * hyper.weight_decay)
-            else:
-                grad = grad.add(param, alpha=hyper.weight_decay)
-        if torch.is_complex(param):
-            param, grad, exp_avg, exp_avg_sq = (
-                torch.view_as_real(t) for t in (param, grad, exp_avg, exp_avg_sq)
-            )
-
-        exp_avg.lerp_(grad, 1.0 - hyper.beta1)
-        exp_avg_sq.mul_(hyper.beta2).addcmul_(grad, grad, value=1.0 - hyper.beta2)
-        second_moment = exp_avg_sq
-        if hyper.amsbound:
-            max_exp_avg_sq = max_exp_avg_sqs[index]
-            if torch.is_complex(max_exp_avg_sq):
-                max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
-            torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-            second_moment = max_exp_avg_sq
-        if hyper.freezes_weights:
-            continue
-
-        step_size, denom_low, denom_high = hyper.bounded_step(step_value(step_t))
-        denom = second_moment.sqrt().add_(hyper.eps).clamp_(denom_low, denom_high)
-        if isinstance(step_size, Tensor):
-            param.sub_(exp_avg * step_size / denom)
-        else:
-            param.addcdiv_(exp_avg, denom, value=-step_size)
-
-
-def _multi_tensor_adabound(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    hyper: _Hyperparameters,
-) -> None:
-    if not params:
-        return
-    lists = [params, grads, exp_avgs, exp_avg_sqs, state_steps]
-    if hyper.amsbound:
-        lists.append(max_exp_avg_sqs)
-    for bucket in group_by_device_and_dtype(lists):
-        view_as_real_(*bucket[:4], *bucket[5:])
-        for block in cache_blocks(bucket[0]):
-            device_params, device_grads, device_exp_avgs, device_exp_avg_sqs, device_steps = (
-                tensors[block] for tensors in bucket[:5]
-            )
-            increment_steps_(device_steps)
-            if hyper.maximize:
-                device_grads = list(torch._foreach_neg(device_grads))
-            if hyper.weight_decay != 0:
-                if hyper.decoupled_weight_decay:
-                    torch._foreach_mul_(device_params, 1.0 - hyper.lr * hyper.weight_decay)
-                elif hyper.maximize:  # device_grads is already a fresh copy
-                    torch._foreach_add_(device_grads, device_params, alpha=hyper.weight_decay)
-                else:
-                    device_grads = list(
-                        torch._foreach_add(device_grads, device_params, alpha=hyper.weight_decay)
-                    )
-
-            torch._foreach_lerp_(device_exp_avgs, device_grads, 1.0 - hyper.beta1)
-            torch._foreach_mul_(device_exp_avg_sqs, hyper.beta2)
-            torch._foreach_addcmul_(
-                device_exp_avg_sqs, device_grads, device_grads, 1.0 - hyper.beta2
-            )
-            second_moments = device_exp_avg_sqs
-            if hyper.amsbound:
-                second_moments = bucket[5][block]
-                torch._foreach_maximum_(second_moments, device_exp_avg_sqs)
-            if hyper.freezes_weights:
-                continue
-
-            denoms = torch._foreach_sqrt(second_moments)
-            torch._foreach_add_(denoms, hyper.eps)
-            steps = torch.stack(device_steps).tolist()
-            if steps.count(steps[0]) == len(steps):  # the usual case: one set of scalars
-                step_size, denom_low, denom_high = hyper.bounded_step(steps[0])
-                torch._foreach_clamp_min_(denoms, denom_low)
-                torch._foreach_clamp_max_(denoms, denom_high)
-                torch._foreach_addcdiv_(device_params, device_exp_avgs, denoms, -step_size)
-            else:
-                scalars = [hyper.bounded_step(step) for step in steps]
-                torch._foreach_clamp_min_(denoms, [low for _, low, _ in scalars])
-                torch._foreach_clamp_max_(denoms, [high for _, _, high in scalars])
-                step_sizes = [-size for size, _, _ in scalars]
-                torch._foreach_addcdiv_(device_params, device_exp_avgs, denoms, step_sizes)
-
-
-def _steps_agree(steps: Tensor) -> bool:
-    return bool((steps == steps[0]).all())
-
-
-def _flat_adabound(
-    params: list[Tensor], grads: list[Tensor], flat: FlatState, hyper: _Hyperparameters
-) -> None:
-    """The multi-tensor step when the state lives in ``flat``'s buffers, all at the same step."""
-    steps = flat.buffers["step"]
-    steps += 1
-    step_size, denom_low, denom_high = hyper.bounded_step(steps[0].item())
-    exp_avg_views = flat.views["exp_avg"]
-    offset = 0
-    for block in cache_blocks(params):
-        device_params, device_grads = params[block], grads[block]
-        size = sum(flat.numels[block])
-        region = slice(offset, offset + size)
-        offset += size
-        exp_avg, exp_avg_sq = flat.buffers["exp_avg"][region], flat.buffers["exp_avg_sq"][region]
-        grad = flatten(device_grads)
-        if hyper.maximize:
-            grad = -grad
-        if hyper.weight_decay != 0:
-            if hyper.decoupled_weight_decay:
-                torch._foreach_mul_(device_params, 1.0 - hyper.lr * hyper.weight_decay)
-            else:
-                grad = grad.add(flatten(device_params), alpha=hyper.weight_decay)
-
-        exp_avg.lerp_(grad, 1.0 - hyper.beta1)
-        exp_avg_sq.mul_(hyper.beta2).addcmul_(grad, grad, value=1.0 - hyper.beta2)
-        second_moment = exp_avg_sq
-        if hyper.amsbound:
-            second_moment = flat.buffers["max_exp_avg_sq"][region]
-            torch.maximum(second_moment, exp_avg_sq, out=second_moment)
-        if hyper.freezes_weights:
-            continue
-        denom = second_moment.sqrt().add_(hyper.eps).clamp_(denom_low, denom_high)
-        denoms = unflatten(denom, device_params)
-        torch._foreach_addcdiv_(device_params, exp_avg_views[block], denoms, -step_size)

@@ -2,27 +2,165 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from .._tensors import group_by_device_and_dtype
 from ..pullback import register_momentum_keys
 from ._base import GroupwiseOptimizer
 from ._flat import FlatState, flatten
 from ._functional import (
+    FunctionalStep,
+    StateLists,
     assign_,
-    cache_blocks,
+    blocks,
     check_betas,
     check_float,
     check_foreach,
-    default_to_foreach,
-    group_by_device_and_dtype,
+    check_lr,
     view_as_real_,
 )
 
-__all__ = ["NovoGrad", "novograd"]
+__all__ = ["NovoGrad", "NovoGradHyperparameters", "novograd"]
+
+
+class NovoGradHyperparameters(NamedTuple):
+    """The hyper-parameters of one NovoGrad step, named as in a parameter group."""
+
+    lr: float | Tensor
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    grad_averaging: bool
+    amsgrad: bool
+    decoupled_weight_decay: bool
+    maximize: bool
+
+    @property
+    def signed_momentum_scale(self) -> float:
+        """``c`` of the update rule, negated with ``maximize``: it multiplies the raw gradient."""
+        scale = (1.0 - self.betas[0]) if self.grad_averaging else 1.0
+        return -scale if self.maximize else scale
+
+
+def _single_tensor_novograd(
+    params: list[Tensor], grads: list[Tensor], state: StateLists, hyper: NovoGradHyperparameters
+) -> None:
+    beta1, beta2 = hyper.betas
+    for index, param in enumerate(params):
+        grad, exp_avg, exp_avg_sq = (
+            grads[index],
+            state["exp_avg"][index],
+            state["exp_avg_sq"][index],
+        )
+        if torch.is_complex(param):
+            param, grad, exp_avg = (torch.view_as_real(t) for t in (param, grad, exp_avg))
+
+        grad_norm_sq = torch.linalg.vector_norm(grad).square()
+        second_moment = torch.lerp(exp_avg_sq, grad_norm_sq, 1.0 - beta2)
+        assign_(exp_avg_sq, second_moment)  # not lerp_: see assign_
+        if hyper.amsgrad:
+            second_moment = torch.maximum(state["max_exp_avg_sq"][index], second_moment)
+            assign_(state["max_exp_avg_sq"][index], second_moment)
+        grad_scale = hyper.signed_momentum_scale / (second_moment.sqrt() + hyper.eps)
+
+        if hyper.weight_decay != 0 and hyper.decoupled_weight_decay:
+            param.mul_(1.0 - hyper.lr * hyper.weight_decay)
+        exp_avg.mul_(beta1).addcmul_(grad, grad_scale)
+        if hyper.weight_decay != 0 and not hyper.decoupled_weight_decay:
+            exp_avg.add_(param, alpha=abs(hyper.signed_momentum_scale) * hyper.weight_decay)
+        if isinstance(hyper.lr, Tensor):  # compiling with a Tensor lr
+            param.sub_(exp_avg * hyper.lr)
+        else:
+            param.add_(exp_avg, alpha=-hyper.lr)
+
+
+def _multi_tensor_novograd(
+    params: list[Tensor], grads: list[Tensor], state: StateLists, hyper: NovoGradHyperparameters
+) -> None:
+    keys = (
+        ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if hyper.amsgrad else ("exp_avg", "exp_avg_sq")
+    )
+    for bucket in group_by_device_and_dtype([params, grads, *(state[key] for key in keys)]):
+        view_as_real_(bucket[0], bucket[1], bucket[2])
+        for block in blocks(bucket[0]):
+            block_params, block_grads, block_exp_avgs, *block_scalars = (
+                tensors[block] for tensors in bucket
+            )
+            second_moments = [torch.stack(scalars) for scalars in block_scalars]
+            _novograd_block(
+                block_params, block_grads, block_exp_avgs, None, *second_moments, hyper=hyper
+            )
+            for scalars, values in zip(block_scalars, second_moments, strict=True):
+                torch._foreach_copy_(scalars, values.unbind(0))
+
+
+def _flat_novograd(
+    params: list[Tensor], grads: list[Tensor], flat: FlatState, hyper: NovoGradHyperparameters
+) -> None:
+    """The multi-tensor step when the state lives in ``flat``'s buffers: the layer-wise scalars
+    and the momentum decay run over whole buffers, the rest per tensor."""
+    keys = ("exp_avg_sq", "max_exp_avg_sq") if hyper.amsgrad else ("exp_avg_sq",)
+    offset = 0
+    for block in blocks(params):
+        size = sum(flat.numels[block])
+        _novograd_block(
+            params[block],
+            grads[block],
+            flat.views["exp_avg"][block],
+            flat.buffers["exp_avg"][offset : offset + size],
+            *(flat.buffers[key][block] for key in keys),
+            hyper=hyper,
+        )
+        offset += size
+
+
+def _novograd_block(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    flat_exp_avg: Tensor | None,
+    second_moments: Tensor,
+    max_second_moments: Tensor | None = None,
+    *,
+    hyper: NovoGradHyperparameters,
+) -> None:
+    """One multi-tensor step over a block of one device and dtype. The layer-wise scalars are
+    updated in place as the vectors ``second_moments`` (and ``max_second_moments``); the
+    momentum decay and weight decay run once over ``flat_exp_avg`` when the ``exp_avgs`` are
+    consecutive views of it."""
+    beta1, beta2 = hyper.betas
+    grad_norm_sq = torch.stack(torch._foreach_norm(grads)).square_()
+    second_moment = second_moments.lerp_(grad_norm_sq, 1.0 - beta2)
+    if max_second_moments is not None:
+        second_moment = torch.maximum(max_second_moments, second_moment, out=max_second_moments)
+    grad_scales = hyper.signed_momentum_scale / (second_moment.sqrt() + hyper.eps)
+
+    if hyper.weight_decay != 0 and hyper.decoupled_weight_decay:
+        torch._foreach_mul_(params, 1.0 - hyper.lr * hyper.weight_decay)
+    if flat_exp_avg is not None:
+        flat_exp_avg.mul_(beta1)
+    else:
+        torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_addcmul_(exp_avgs, grads, list(grad_scales.unbind(0)))
+    if hyper.weight_decay != 0 and not hyper.decoupled_weight_decay:
+        decay = abs(hyper.signed_momentum_scale) * hyper.weight_decay
+        if flat_exp_avg is not None:
+            flat_exp_avg.add_(flatten(params), alpha=decay)
+        else:
+            torch._foreach_add_(exp_avgs, params, alpha=decay)
+    torch._foreach_add_(params, exp_avgs, alpha=-float(hyper.lr))
+
+
+novograd = FunctionalStep(_single_tensor_novograd, _multi_tensor_novograd, _flat_novograd)
+"""Functional NovoGrad (see :class:`FunctionalStep` for the arguments and :class:`NovoGrad` for
+the update rule). ``state`` holds ``"exp_avg"`` and the 0-dim ``"exp_avg_sq"`` (and
+``"max_exp_avg_sq"`` with ``amsgrad``). Every step blends ``v <- beta2 * v + (1 - beta2) *
+||g||^2``: the paper's first step ``v_1 = ||g_1||^2`` is obtained by creating ``v`` equal to
+``||g_1||^2``, as :class:`NovoGrad` does, so that there is no step counter and no branch on it."""
 
 
 class NovoGrad(GroupwiseOptimizer):
@@ -62,9 +200,10 @@ class NovoGrad(GroupwiseOptimizer):
 
     The second moment :math:`v` is one scalar per parameter tensor ("layer"), so the state of a
     parameter is one tensor its size (``exp_avg``) plus one scalar (``exp_avg_sq``; a second one,
-    ``max_exp_avg_sq``, with amsgrad): about half of Adam's memory, and no step counter. :math:`v` starts from the
-    first gradient's squared norm, so there is no bias correction; a gradient that is exactly
-    zero on the first step gives :math:`u_1 = 0` (no NaN, since :math:`\epsilon > 0`).
+    ``max_exp_avg_sq``, with amsgrad): about half of Adam's memory, and no step counter.
+    :math:`v` starts from the first gradient's squared norm, so there is no bias correction; a
+    gradient that is exactly zero on the first step gives :math:`u_1 = 0` (no NaN, since
+    :math:`\epsilon > 0`).
 
     Choices where published implementations disagree (see docs/optimizers.md): ``eps`` is added
     outside the square root; the weight decay is added to the normalised gradient, inside the
@@ -76,7 +215,8 @@ class NovoGrad(GroupwiseOptimizer):
     Args:
         params (iterable): iterable of parameters or named parameters to optimize, or of dicts
             defining parameter groups.
-        lr (float, optional): learning rate :math:`\gamma` (default: 1e-3).
+        lr (float, Tensor, optional): learning rate :math:`\gamma`, a float or a 1-element
+            Tensor (see docs/optimizers.md) (default: 1e-3).
         betas (tuple[float, float], optional): :math:`\beta_1` for the momentum and
             :math:`\beta_2` for the layer-wise second moment (default: (0.95, 0.98)).
         eps (float, optional): added to :math:`\sqrt{\hat v_t}`; must be positive (default: 1e-8).
@@ -102,19 +242,13 @@ class NovoGrad(GroupwiseOptimizer):
     Layerwise Adaptive Second Moments", arXiv:1905.11286.
     """
 
-    _flag_defaults: ClassVar[dict[str, Any]] = {
-        "grad_averaging": False,
-        "amsgrad": False,
-        "decoupled_weight_decay": False,
-        "maximize": False,
-        "foreach": None,
-        "differentiable": False,
-    }
+    _hyperparameters = NovoGradHyperparameters
+    _functional = novograd
 
     def __init__(
         self,
         params: ParamsT,
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.95, 0.98),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
@@ -125,7 +259,7 @@ class NovoGrad(GroupwiseOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
     ) -> None:
-        defaults: dict[str, Any] = {
+        defaults = {
             "lr": lr,
             "betas": betas,
             "eps": eps,
@@ -135,223 +269,26 @@ class NovoGrad(GroupwiseOptimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
             "maximize": maximize,
             "foreach": foreach,
-            "differentiable": False,
         }
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_float("lr", group["lr"], low=0.0)
+        check_lr(group)
         check_betas(group["betas"])
         check_float("eps", group["eps"], low=0.0, low_inclusive=False)
         check_float("weight_decay", group["weight_decay"], low=0.0)
         check_foreach(group["foreach"])
 
-    def _init_state(self, group: dict[str, Any], param: Tensor, grad: Tensor) -> dict[str, Tensor]:
+    def _init_state(self, param: Tensor, grad: Tensor) -> dict[str, Tensor]:
         return {
             "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
             # v_1 = ||g_1||^2: the kernel's blend of v with ||g_1||^2 then leaves it as is.
             "exp_avg_sq": torch.linalg.vector_norm(grad).square(),
         }
 
-    def _step_group(self, group: dict[str, Any]) -> None:
-        amsgrad = group["amsgrad"]
-        params, grads, states = self._params_with_grad(group, "max_exp_avg_sq" if amsgrad else None)
-        scalar_keys = ("exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg_sq",)
-        flat = self._flat_state_for(group, params, states, ("exp_avg",), scalar_keys)
-        beta1, beta2 = group["betas"]
-        novograd(
-            params,
-            grads,
-            [state["exp_avg"] for state in states],
-            [state["exp_avg_sq"] for state in states],
-            [state["max_exp_avg_sq"] for state in states] if amsgrad else [],
-            foreach=group["foreach"],
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            grad_averaging=group["grad_averaging"],
-            amsgrad=amsgrad,
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            maximize=group["maximize"],
-            flat_state=flat,
-        )
+    def _state_keys(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        scalars = ("exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg_sq",)
+        return ("exp_avg",), scalars
 
 
 register_momentum_keys(NovoGrad, ["exp_avg"])
-
-
-class _Hyperparameters(NamedTuple):
-    """The scalars of one NovoGrad step (see :class:`NovoGrad`)."""
-
-    lr: float
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-    grad_averaging: bool
-    amsgrad: bool
-    decoupled_weight_decay: bool
-    maximize: bool
-
-    @property
-    def signed_momentum_scale(self) -> float:
-        """``c`` of the update rule, negated with ``maximize``: it multiplies the raw gradient."""
-        scale = (1.0 - self.beta1) if self.grad_averaging else 1.0
-        return -scale if self.maximize else scale
-
-
-def novograd(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    foreach: bool | None = None,
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    grad_averaging: bool,
-    amsgrad: bool,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    flat_state: FlatState | None = None,
-) -> None:
-    r"""Functional NovoGrad: one step over parallel lists, updating everything in place.
-
-    ``exp_avg_sqs`` (and ``max_exp_avg_sqs`` when ``amsgrad``) hold one 0-dim tensor per
-    parameter. Every step blends ``v <- beta2 * v + (1 - beta2) * ||g||^2``; the paper's first
-    step ``v_1 = ||g_1||^2`` is obtained by creating ``v`` equal to ``||g_1||^2``, as
-    :class:`NovoGrad` does, so that there is no step counter and no branch on it.
-    ``flat_state``, when the state tensors are views of its buffers (see
-    :mod:`torch_lookahead.optim._flat`), lets the multi-tensor path run the element-wise math over
-    whole buffers. See :class:`NovoGrad` for the update rule.
-    """
-    hyper = _Hyperparameters(
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        grad_averaging,
-        amsgrad,
-        decoupled_weight_decay,
-        maximize,
-    )
-    if foreach is None:
-        foreach = default_to_foreach(params, differentiable=False)
-    # The compiler fuses the loop itself; the for-loop form traces without data-dependent code.
-    if foreach and not torch.compiler.is_compiling():
-        if flat_state is not None:
-            _flat_novograd(params, grads, flat_state, hyper)
-        else:
-            _multi_tensor_novograd(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, hyper)
-    else:
-        _single_tensor_novograd(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, hyper)
-
-
-def _single_tensor_novograd(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    hyper: _Hyperparameters,
-) -> None:
-    for index, param in enumerate(params):
-        grad, exp_avg, exp_avg_sq = grads[index], exp_avgs[index], exp_avg_sqs[index]
-        if torch.is_complex(param):
-            param, grad, exp_avg = (torch.view_as_real(t) for t in (param, grad, exp_avg))
-
-        grad_norm_sq = torch.linalg.vector_norm(grad).square()
-        second_moment = torch.lerp(exp_avg_sq, grad_norm_sq, 1.0 - hyper.beta2)
-        assign_(exp_avg_sq, second_moment)  # not lerp_: see assign_
-        if hyper.amsgrad:
-            second_moment = torch.maximum(max_exp_avg_sqs[index], second_moment)
-            assign_(max_exp_avg_sqs[index], second_moment)
-        grad_scale = hyper.signed_momentum_scale / (second_moment.sqrt() + hyper.eps)
-
-        if hyper.weight_decay != 0 and hyper.decoupled_weight_decay:
-            param.mul_(1.0 - hyper.lr * hyper.weight_decay)
-        exp_avg.mul_(hyper.beta1).addcmul_(grad, grad_scale)
-        if hyper.weight_decay != 0 and not hyper.decoupled_weight_decay:
-            exp_avg.add_(param, alpha=abs(hyper.signed_momentum_scale) * hyper.weight_decay)
-        param.add_(exp_avg, alpha=-hyper.lr)
-
-
-def _multi_tensor_novograd(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    hyper: _Hyperparameters,
-) -> None:
-    if not params:
-        return
-    lists = [params, grads, exp_avgs, exp_avg_sqs]
-    if hyper.amsgrad:
-        lists.append(max_exp_avg_sqs)
-    for bucket in group_by_device_and_dtype(lists):
-        view_as_real_(bucket[0], bucket[1], bucket[2])
-        for block in cache_blocks(bucket[0]):
-            device_params, device_grads, device_exp_avgs, device_exp_avg_sqs = (
-                tensors[block] for tensors in bucket[:4]
-            )
-            # The layer-wise scalars of the whole block as one vector: one kernel per line.
-            grad_norm_sq = torch.stack(torch._foreach_norm(device_grads)).square_()
-            second_moment = torch.stack(device_exp_avg_sqs).lerp_(grad_norm_sq, 1.0 - hyper.beta2)
-            torch._foreach_copy_(device_exp_avg_sqs, second_moment.unbind(0))
-            if hyper.amsgrad:
-                device_max_exp_avg_sqs = bucket[4][block]
-                second_moment = torch.maximum(torch.stack(device_max_exp_avg_sqs), second_moment)
-                torch._foreach_copy_(device_max_exp_avg_sqs, second_moment.unbind(0))
-            grad_scales = hyper.signed_momentum_scale / (second_moment.sqrt() + hyper.eps)
-
-            if hyper.weight_decay != 0 and hyper.decoupled_weight_decay:
-                torch._foreach_mul_(device_params, 1.0 - hyper.lr * hyper.weight_decay)
-            torch._foreach_mul_(device_exp_avgs, hyper.beta1)
-            torch._foreach_addcmul_(device_exp_avgs, device_grads, list(grad_scales.unbind(0)))
-            if hyper.weight_decay != 0 and not hyper.decoupled_weight_decay:
-                decay = abs(hyper.signed_momentum_scale) * hyper.weight_decay
-                torch._foreach_add_(device_exp_avgs, device_params, alpha=decay)
-            torch._foreach_add_(device_params, device_exp_avgs, alpha=-hyper.lr)
-
-
-def _flat_novograd(
-    params: list[Tensor], grads: list[Tensor], flat: FlatState, hyper: _Hyperparameters
-) -> None:
-    """The multi-tensor step when the state lives in ``flat``'s buffers: the layer-wise scalars
-    and the momentum decay run over whole buffers, the rest per tensor."""
-    exp_avg_views = flat.views["exp_avg"]
-    offset = 0
-    for block in cache_blocks(params):
-        device_params, device_grads, device_exp_avgs = (
-            params[block],
-            grads[block],
-            exp_avg_views[block],
-        )
-        size = sum(flat.numels[block])
-        exp_avg = flat.buffers["exp_avg"][offset : offset + size]
-        offset += size
-
-        grad_norm_sq = torch.stack(torch._foreach_norm(device_grads)).square_()
-        second_moment = flat.buffers["exp_avg_sq"][block]
-        second_moment.lerp_(grad_norm_sq, 1.0 - hyper.beta2)
-        if hyper.amsgrad:
-            max_second_moment = flat.buffers["max_exp_avg_sq"][block]
-            second_moment = torch.maximum(max_second_moment, second_moment, out=max_second_moment)
-        grad_scales = hyper.signed_momentum_scale / (second_moment.sqrt() + hyper.eps)
-
-        if hyper.weight_decay != 0 and hyper.decoupled_weight_decay:
-            torch._foreach_mul_(device_params, 1.0 - hyper.lr * hyper.weight_decay)
-        exp_avg.mul_(hyper.beta1)
-        torch._foreach_addcmul_(device_exp_avgs, device_grads, list(grad_scales.unbind(0)))
-        if hyper.weight_decay != 0 and not hyper.decoupled_weight_decay:
-            decay = abs(hyper.signed_momentum_scale) * hyper.weight_decay
-            exp_avg.add_(flatten(device_params), alpha=decay)
-        torch._foreach_add_(device_params, device_exp_avgs, alpha=-hyper.lr)

@@ -1,0 +1,284 @@
+"""NovoGrad and AdaBound against their float64 oracles, and the promises of their docstrings.
+
+The shared promises are parametrised over the registry of tests/optim/cases.py; the promises of
+one optimizer only come last.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from torch_lookahead.optim import AdaBound, NovoGrad
+
+from . import reference_optim as ref
+from .cases import Case, each_case
+from .helpers import (
+    assert_close,
+    assert_for_loop_and_foreach_agree,
+    assert_matches_oracle,
+    problems,
+    replay,
+)
+
+
+@each_case
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), decay_after=st.sampled_from([None, 2]))
+def test_matches_oracle(
+    case: Case, dtype: torch.dtype, data: st.DataObject, decay_after: int | None
+) -> None:
+    kwargs = data.draw(case.flags)
+    problem = data.draw(problems(dtype))
+    assert_matches_oracle(
+        case.optimizer_class,
+        kwargs,
+        lambda lrs: case.oracle(problem.params0, problem.grads, lrs, kwargs),
+        problem,
+        dtype,
+        decay_after,
+    )
+
+
+@each_case
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_for_loop_and_foreach_agree(case: Case, data: st.DataObject) -> None:
+    kwargs = data.draw(case.flags)
+    assert_for_loop_and_foreach_agree(
+        case.optimizer_class, kwargs, data.draw(problems(torch.float64))
+    )
+
+
+@each_case
+@pytest.mark.parametrize("foreach", [False, True])
+def test_parameters_without_gradient_keep_their_own_history(case: Case, foreach: bool) -> None:
+    """A layer whose gradient is None on some steps is skipped there: its state (and, for
+    AdaBound, its step count, hence bias correction and bounds) starts later, also when it
+    shares a multi-tensor block with layers further along."""
+    rng = np.random.default_rng(0)
+    w0 = [rng.standard_normal((3, 2)), rng.standard_normal(4)]
+    grads = [[rng.standard_normal((3, 2)), rng.standard_normal(4)] for _ in range(6)]
+    kwargs = {"lr": 0.05, "weight_decay": 0.01, "foreach": foreach}
+    params = [torch.nn.Parameter(torch.tensor(w)) for w in w0]
+    optimizer = case.optimizer_class(params, **kwargs)
+    for step, (g0, g1) in enumerate(grads):
+        params[0].grad = torch.from_numpy(g0)
+        params[1].grad = torch.from_numpy(g1) if step % 2 else None
+        optimizer.step()
+    expected = case.oracle([w0[0]], [[g[0]] for g in grads], [0.05] * 6, kwargs)
+    expected += case.oracle([w0[1]], [[g[1]] for g in grads[1::2]], [0.05] * 3, kwargs)
+    assert_close([p.detach().numpy() for p in params], expected, torch.float64)
+
+
+# ----------------------------------------------------------------------------- Tensor lr
+def final_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = [value for p in params for _, value in sorted(optimizer.state[p].items())]
+    return [p.detach() for p in params] + state
+
+
+@each_case
+@pytest.mark.parametrize("lr_dtype", [torch.float64, torch.float32])
+@settings(max_examples=15, deadline=None)
+@given(data=st.data(), decay_after=st.sampled_from([None, 2]))
+def test_tensor_lr_gives_the_results_of_its_value_as_a_float(
+    case: Case, lr_dtype: torch.dtype, data: st.DataObject, decay_after: int | None
+) -> None:
+    """Bit for bit, also while a scheduler changes it (in place), and so the oracle's results.
+
+    The float run is given the values the tensor held at each step (a scheduler computing in
+    the tensor's dtype rounds differently from one computing with floats)."""
+    kwargs = data.draw(case.flags)
+    problem = data.draw(problems(torch.float64))
+    lr = torch.tensor(kwargs["lr"], dtype=lr_dtype)
+    initial_lr = lr.item()
+    _, lrs, tensor_optimizer = replay(
+        lambda p: case.optimizer_class(p, **{**kwargs, "lr": lr}),
+        problem,
+        torch.float64,
+        decay_lr_after=decay_after,
+    )
+    assert tensor_optimizer.param_groups[0]["lr"] is lr  # the scheduler filled it in place
+    _, _, float_optimizer = replay(
+        lambda p: case.optimizer_class(p, **{**kwargs, "lr": initial_lr}),
+        problem,
+        torch.float64,
+        lrs=lrs,
+    )
+    tensor_run, float_run = final_tensors(tensor_optimizer), final_tensors(float_optimizer)
+    for tensor_result, float_result in zip(tensor_run, float_run, strict=True):
+        assert torch.equal(tensor_result, float_result)
+    expected = case.oracle(problem.params0, problem.grads, lrs, {**kwargs, "lr": initial_lr})
+    assert_close([t.numpy() for t in tensor_run[: len(expected)]], expected, torch.float64)
+
+
+@each_case
+@pytest.mark.parametrize("foreach", [False, True, None])
+def test_lr_may_switch_between_tensor_and_float_during_a_run(
+    case: Case, foreach: bool | None
+) -> None:
+    """What a scheduler or a user writes into the group is used, whichever its type."""
+    rng = np.random.default_rng(3)
+    w0 = [rng.standard_normal((3, 2)), rng.standard_normal(5)]
+    grads = [[rng.standard_normal((3, 2)), rng.standard_normal(5)] for _ in range(6)]
+    lrs = [0.05, 0.02, 0.03, 0.01, 0.04, 0.0]
+    params = [torch.nn.Parameter(torch.tensor(w)) for w in w0]
+    optimizer = case.optimizer_class(params, lr=0.05, foreach=foreach)
+    for step, step_grads in enumerate(grads):
+        tensor_lr = torch.tensor(lrs[step], dtype=torch.float64)
+        optimizer.param_groups[0]["lr"] = tensor_lr if step % 2 else lrs[step]
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = torch.from_numpy(g)
+        optimizer.step()
+    expected = case.oracle(w0, grads, lrs, {"lr": 0.05})
+    assert_close([p.detach().numpy() for p in params], expected, torch.float64)
+
+
+@each_case
+def test_tensor_lr_is_validated_like_a_float(case: Case) -> None:
+    """1-element (of any shape, as torch.optim takes it), finite and in range, in the
+    constructor and in add_param_group."""
+    params = [torch.nn.Parameter(torch.randn(3))]
+    cls = case.optimizer_class
+    for foreach in (False, True, None):
+        with pytest.raises(ValueError, match=r"^Tensor lr must be 1-element$"):
+            cls(params, lr=torch.tensor([0.01, 0.02]), foreach=foreach)
+        for bad in (-0.1, float("inf"), float("nan")):
+            with pytest.raises(ValueError, match=r"^lr must be in \["):
+                cls(params, lr=torch.tensor(bad), foreach=foreach)
+    optimizer = cls(params, lr=torch.tensor([0.01]))
+    with pytest.raises(ValueError, match=r"^lr must be in \["):
+        optimizer.add_param_group(
+            {"params": [torch.nn.Parameter(torch.randn(2))], "lr": torch.tensor(-1.0)}
+        )
+    assert len(optimizer.param_groups) == 1
+
+
+def test_adabound_initial_lr_of_a_tensor_lr_is_a_copy() -> None:
+    """A scheduler fills the lr tensor in place: initial_lr (what final_lr is scaled by) must
+    not follow it."""
+    param = torch.nn.Parameter(torch.randn(3))
+    optimizer = AdaBound([param], lr=torch.tensor(0.01))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    param.grad = torch.randn(3)
+    optimizer.step()
+    scheduler.step()
+    group = optimizer.param_groups[0]
+    assert group["lr"].item() == pytest.approx(0.005)
+    assert group["initial_lr"].item() == pytest.approx(0.01)
+
+
+# ----------------------------------------------------------------------------- NovoGrad only
+@pytest.mark.parametrize("foreach", [False, True])
+def test_novograd_zero_gradient_on_the_first_step_gives_no_nan(foreach: bool) -> None:
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 2))]
+    optimizer = NovoGrad(params, lr=0.1, weight_decay=0.1, foreach=foreach)
+    for grad_value in (0.0, 0.0, 1.0):
+        for p in params:
+            p.grad = torch.full_like(p, grad_value)
+        optimizer.step()
+        assert all(torch.isfinite(p).all() for p in params)
+    expected = ref.novograd(
+        [np.ones(3), np.ones((2, 2))],
+        [[np.full(3, v), np.full((2, 2), v)] for v in (0.0, 0.0, 1.0)],
+        [0.1] * 3,
+        wd=0.1,
+    )
+    assert_close([p.detach().double().numpy() for p in params], expected, torch.float32)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_novograd_state_is_one_tensor_plus_scalars(amsgrad: bool) -> None:
+    """Memory: a tensor the size of the parameter, and one scalar per layer (two with amsgrad)."""
+    params = [torch.nn.Parameter(torch.randn(5, 4)), torch.nn.Parameter(torch.randn(7))]
+    optimizer = NovoGrad(params, amsgrad=amsgrad)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    for p in params:
+        state = optimizer.state[p]
+        expected_keys = {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if amsgrad else set())
+        assert set(state) == expected_keys
+        assert state["exp_avg"].shape == p.shape
+        assert state["exp_avg_sq"].dim() == 0
+        assert sum(t.numel() for t in state.values()) == p.numel() + len(expected_keys) - 1
+
+
+# ----------------------------------------------------------------------------- AdaBound only
+@pytest.mark.parametrize("foreach", [False, True])
+def test_adabound_group_added_later_uses_its_own_initial_lr(foreach: bool) -> None:
+    """The official code zips groups with the lrs captured at construction and skips the rest."""
+    rng = np.random.default_rng(2)
+    w0, w1 = rng.standard_normal(5), rng.standard_normal(3)
+    grads = [(rng.standard_normal(5), rng.standard_normal(3)) for _ in range(6)]
+    first, second = torch.nn.Parameter(torch.tensor(w0)), torch.nn.Parameter(torch.tensor(w1))
+    optimizer = AdaBound([first], lr=0.01, gamma=0.2, foreach=foreach)
+    optimizer.add_param_group({"params": [second], "lr": 0.002})
+    assert [g["initial_lr"] for g in optimizer.param_groups] == [0.01, 0.002]
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+    for g0, g1 in grads:
+        first.grad, second.grad = torch.from_numpy(g0), torch.from_numpy(g1)
+        optimizer.step()
+        scheduler.step()
+    lrs_first = [0.01] * 3 + [0.005] * 3
+    lrs_second = [0.002] * 3 + [0.001] * 3
+    expected_first = ref.adabound(w0, [g for g, _ in grads], lrs_first, 0.01, gamma=0.2)
+    expected_second = ref.adabound(w1, [g for _, g in grads], lrs_second, 0.002, gamma=0.2)
+    assert_close(
+        [first.detach().numpy(), second.detach().numpy()],
+        [expected_first, expected_second],
+        torch.float64,
+    )
+
+
+def test_adabound_initial_lr_survives_a_checkpoint() -> None:
+    """After a scheduler has lowered lr, a restored optimizer keeps scaling final_lr by the lr
+    the run started with, not by the lr it was rebuilt with."""
+    param = torch.nn.Parameter(torch.randn(4, dtype=torch.float64))
+    optimizer = AdaBound([param], lr=0.01)
+    for group in optimizer.param_groups:
+        group["lr"] = 0.001  # what a scheduler would have done
+    param.grad = torch.randn_like(param)
+    optimizer.step()
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    restored = AdaBound([torch.nn.Parameter(param.detach().clone())], lr=0.001)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert restored.param_groups[0]["initial_lr"] == 0.01
+    assert restored.param_groups[0]["lr"] == 0.001
+
+
+@pytest.mark.parametrize("foreach", [False, True, None])
+def test_adabound_zero_lr_or_final_lr_freezes_the_weights_but_not_the_moments(
+    foreach: bool | None,
+) -> None:
+    """Both bounds are 0 there. Two parameters, so that foreach=True runs on the flat state."""
+    rng = np.random.default_rng(4)
+    w0 = [rng.standard_normal(6), rng.standard_normal((2, 3))]
+    grads = [[rng.standard_normal(6), rng.standard_normal((2, 3))] for _ in range(3)]
+    params = [torch.nn.Parameter(torch.tensor(w)) for w in w0]
+    optimizer = AdaBound(params, lr=0.1, final_lr=0.0, foreach=foreach)
+    for step, step_grads in enumerate(grads):
+        if step == 1:
+            optimizer.param_groups[0].update(lr=0.0, final_lr=0.1)
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = torch.from_numpy(g)
+        optimizer.step()
+        for p, w in zip(params, w0, strict=True):
+            assert torch.equal(p.detach(), torch.from_numpy(w))
+    for p, layer in zip(params, range(2), strict=True):
+        state = optimizer.state[p]
+        assert state["step"].item() == 3
+        # The moments went on: m_3 of the gradients seen.
+        expected_m = np.zeros_like(w0[layer])
+        for step_grads in grads:
+            expected_m = 0.9 * expected_m + 0.1 * step_grads[layer]
+        np.testing.assert_allclose(state["exp_avg"].numpy(), expected_m, rtol=1e-12, atol=0)
