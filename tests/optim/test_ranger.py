@@ -1,4 +1,4 @@
-"""Ranger = Lookahead over torch.optim.RAdam, against the float64 oracles (algorithms.md 1.8, 2.3)."""
+"""Ranger = Lookahead over torch.optim.RAdam, against the float64 oracles (Zhang et al. 2019, Algorithm 1; torch.optim.RAdam's documented rule)."""
 
 from __future__ import annotations
 
