@@ -80,3 +80,111 @@ def reference_across_workers(
     if outer_momentum != 0.0 and not nesterov:
         u = [lr * b for b in u]
     return fast, slow, u
+
+
+def quantize_reference(values: Tensor, compression: str, block: int = 1024) -> Tensor:
+    """What one encoding keeps of float32 ``values`` (1-D, for int8 a whole number of blocks).
+
+    bfloat16: round to nearest even. int8: per block of ``block`` values, scale = max |x| / 127
+    (1 for an all-zero block), q = round(x / scale) clipped to [-127, 127], value = q * scale.
+    """
+    assert values.dtype == torch.float32
+    if compression == "bfloat16":
+        return values.to(torch.bfloat16).float()
+    out = torch.empty_like(values)
+    for start in range(0, values.numel(), block):
+        piece = values[start : start + block]
+        scale = piece.abs().max() / 127.0
+        if scale == 0:
+            scale = torch.tensor(1.0)
+        out[start : start + block] = torch.round(piece / scale).clamp(-127, 127) * scale
+    return out
+
+
+def compressed_mean_reference(
+    slow: Sequence[Tensor], fasts: Sequence[Sequence[Tensor]], compression: str
+) -> list[Tensor]:
+    """The mean of the workers' weights as the compressed exchange defines it, written plainly.
+
+    Each worker's delta ``slow - fast`` (rounded to float32, flattened, zero-padded so that it cuts
+    into W equal chunks, for int8 of whole blocks) is encoded; chunk j of the mean is the float32
+    sum over the workers, in order, of their decoded chunk j, divided by W and encoded again.
+    The mean weights are ``slow - decoded mean``.
+    """
+    workers = len(fasts)
+    unit = workers * (1024 if compression == "int8" else 1)
+    n = sum(s.numel() for s in slow)
+    padded = -(-n // unit) * unit
+    chunk = padded // workers
+    deltas = []
+    for fast in fasts:
+        flat = torch.zeros(padded, dtype=torch.float32)
+        flat[:n] = torch.cat([(s - f).reshape(-1) for s, f in zip(slow, fast, strict=True)]).float()
+        deltas.append(flat)
+    mean = torch.zeros(padded, dtype=torch.float32)
+    for j in range(workers):
+        total = torch.zeros(chunk, dtype=torch.float32)
+        for flat in deltas:
+            total = total + quantize_reference(flat[j * chunk : (j + 1) * chunk], compression)
+        mean[j * chunk : (j + 1) * chunk] = quantize_reference(total / workers, compression)
+    out, offset = [], 0
+    for s in slow:
+        out.append(s - mean[offset : offset + s.numel()].reshape(s.shape).to(s.dtype))
+        offset += s.numel()
+    return out
+
+
+def reference_streaming(
+    x0: Sequence[Tensor],
+    grad_fns: Sequence[GradFn],
+    n_steps: int,
+    *,
+    lr: float,
+    inner_momentum: float,
+    k: int,
+    alpha: float,
+    offsets: Sequence[int],
+    sync_delay: int = 0,
+    compression: str | None = None,
+) -> tuple[list[list[Tensor]], list[Tensor]]:
+    """Streaming, delayed and compressed syncs (no outer momentum); returns (fast, slow).
+
+    Tensor i syncs after the inner steps t with t % k == offsets[i] % k: the workers' mean
+    (exact, or :func:`compressed_mean_reference` over the tensors due at that step, in order) is
+    taken at t; after step t + sync_delay, ``slow_i <- slow_i + alpha*(mean_i - slow_i)`` and each
+    worker's ``x_i <- slow_i + (x_i - x_i at t)``.
+    """
+    workers = len(grad_fns)
+    slow = [x.double().clone() for x in x0]
+    fast = [[x.clone() for x in slow] for _ in range(workers)]
+    buffers: list[list[Tensor] | None] = [None] * workers
+    pending: dict[int, tuple[int, Tensor, list[Tensor]]] = {}  # i -> (apply at, mean, launch)
+    for t in range(1, n_steps + 1):
+        for r in range(workers):
+            grads = grad_fns[r](fast[r])
+            previous = buffers[r]
+            if previous is None:
+                buffers[r] = [g.clone() for g in grads]
+            else:
+                buffers[r] = [inner_momentum * b + g for b, g in zip(previous, grads, strict=True)]
+            fast[r] = [x - lr * b for x, b in zip(fast[r], buffers[r], strict=True)]
+        due = [i for i in range(len(slow)) if t % k == offsets[i] % k]
+        if due:
+            if compression is None:
+                means = [sum(fast[r][i] for r in range(workers)) / workers for i in due]
+            else:
+                means = compressed_mean_reference(
+                    [slow[i] for i in due],
+                    [[fast[r][i] for i in due] for r in range(workers)],
+                    compression,
+                )
+            for i, mean in zip(due, means, strict=True):
+                pending[i] = (t + sync_delay, mean, [fast[r][i].clone() for r in range(workers)])
+        for i, (apply_at, mean, launch) in list(pending.items()):
+            if apply_at != t:
+                continue
+            del pending[i]
+            slow[i] = slow[i] + alpha * (mean - slow[i])
+            for r in range(workers):
+                fast[r][i] = slow[i] + (fast[r][i] - launch[r])
+    return fast, slow

@@ -317,7 +317,10 @@ def check_reset_add_group_and_copy(rank: int, world_size: int) -> None:
     copied = copy.deepcopy(opt)
     assert copied.outer_momentum == 0.5 and copied.process_group is dist.group.WORLD
     assert repr(opt).startswith("DistributedLookahead(k=4, alpha=0.5,")
-    assert "outer_momentum=0.5, nesterov=False, world_size=2" in repr(opt)
+    assert (
+        "outer_momentum=0.5, nesterov=False, sync_delay=0, compression=None, world_size=2"
+        in repr(opt)
+    )
     own_group = [dist.new_group([r]) for r in range(world_size)][rank]
     single = DistributedLookahead(
         torch.optim.SGD(model.parameters(), lr=0.1), process_group=own_group

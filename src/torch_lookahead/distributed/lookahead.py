@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,9 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
+from torch_lookahead._checks import check_k
 from torch_lookahead._tracking import GroupTracking
+from torch_lookahead.distributed._exchange import COMPRESSIONS, Compression, start_mean
 from torch_lookahead.distributed._replicas import (
     average_,
     broadcast_from_first_rank_,
@@ -25,16 +28,50 @@ from torch_lookahead.distributed._replicas import (
     require_process_group,
 )
 from torch_lookahead.distributed.functional import momentum_outer_step_
-from torch_lookahead.lookahead import ALPHA_KEY, SLOW_KEY, Lookahead, _interrupts_deferred
+from torch_lookahead.lookahead import (
+    ALPHA_KEY,
+    K_KEY,
+    SLOW_KEY,
+    STEP_KEY,
+    SYNCED_AT_KEY,
+    Lookahead,
+    _interrupts_deferred,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from torch_lookahead.lookahead import LookaheadOptions
 
-__all__ = ["OUTER_MOMENTUM_KEY", "DistributedLookahead"]
+__all__ = [
+    "FRAGMENT_KEY",
+    "LAUNCH_KEY",
+    "MEAN_KEY",
+    "OUTER_MOMENTUM_KEY",
+    "DistributedLookahead",
+    "SyncFailedError",
+]
 
 OUTER_MOMENTUM_KEY = "lookahead_outer_momentum"
+FRAGMENT_KEY = "lookahead_fragment"
+"""Parameter-group key: the index of the streaming fragment the group belongs to."""
+LAUNCH_KEY = "lookahead_launch"
+"""Per-parameter state while a delayed sync is pending: this rank's weights when it was launched."""
+MEAN_KEY = "lookahead_launch_mean"
+"""Per-parameter state while a delayed sync is pending: the mean it computed, once received."""
+
+
+class SyncFailedError(RuntimeError):
+    """A collective of a DistributedLookahead sync failed; the synced groups were rolled back."""
+
+
+@dataclass
+class _Pending:
+    """A delayed sync: launched at a group's cycle end, applied ``sync_delay`` inner steps later."""
+
+    groups: list[dict[str, Any]]
+    params: list[list[Tensor]]
+    exchange: Any  # an Exchange still in flight, or None once its means are in the state
 
 
 def _validate_outer_momentum(value: object) -> float:
@@ -44,6 +81,28 @@ def _validate_outer_momentum(value: object) -> float:
     if math.isnan(momentum) or not 0.0 <= momentum < 1.0:
         raise ValueError(f"outer_momentum must be in [0, 1), got {momentum}")
     return momentum
+
+
+def _shares_a_group(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    ids = set(map(id, b))
+    return any(id(group) in ids for group in a)
+
+
+def _validate_sync_delay(value: object, k: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"sync_delay must be a non-negative int, got {value!r}")
+    if value >= k:
+        raise ValueError(f"sync_delay must be smaller than k={k}, got {value}")
+    return value
+
+
+def _validate_compression(value: object) -> Compression | None:
+    for known in COMPRESSIONS:
+        if value == known:
+            return known
+    if value is not None:
+        raise ValueError(f"compression must be None or one of {COMPRESSIONS}, got {value!r}")
+    return None
 
 
 class DistributedLookahead(Lookahead):
@@ -88,14 +147,55 @@ class DistributedLookahead(Lookahead):
         alpha: outer step size (Lookahead's alpha, DiLoCo's outer learning rate). Default: 0.5.
         outer_momentum: ``mu`` above, in [0, 1). Default: 0 (no outer momentum).
         nesterov: use the Nesterov form of the outer momentum (needs ``outer_momentum > 0``).
+        sync_delay: inner steps between launching a sync's communication and applying it
+            (overlap, see above); smaller than ``k``. Default: 0 (synchronous).
+        compression: ``None`` (exact, default), ``"bfloat16"`` or ``"int8"`` (see above).
         process_group: the ranks to average over. Default: the default (world) group.
         foreach: as for :class:`~torch_lookahead.Lookahead`.
         **options: every other keyword option of :class:`~torch_lookahead.Lookahead`
             (``pullback_momentum`` acts on each rank's own inner state; ``check_finite`` checks
             the averaged weights, so that every rank raises together).
 
-    ``bytes_all_reduced`` counts the bytes this rank has all-reduced (a per-process statistic,
-    not checkpointed). Save and resume with :class:`DistributedLookaheadState` and
+    **Streaming fragments** (Streaming DiLoCo, Douillard et al., 2025). Parameter groups carrying
+    ``lookahead_fragment = f`` (for ``f`` in ``0 .. F-1``; :func:`fragment_param_groups` builds
+    them by module or by size) are synced at the steps ``t`` with ``(t - o_f) % k == 0``,
+    ``o_f = (f * k) // F``: the constructor starts fragment ``f``'s counter at ``(k - o_f) % k``.
+    Each sync then moves one fragment, about 1/F of the bytes. The phase lives in the groups'
+    counters, so checkpoints resume it. Groups without the key are fragment 0 (F = 1 is the plain
+    class, bit for bit).
+
+    **Overlap** (``sync_delay = d``, ``0 <= d < k``). The mean is launched asynchronously at the
+    end of a group's cycle (step ``t``) and applied after the ``d``-th inner step that follows:
+
+    .. math::
+       \begin{aligned}
+            &t:\ \text{launch } \bar\theta_t = \tfrac{1}{W}\textstyle\sum_r \theta^{(r)}_t,
+                \ \text{keep } \theta^{(r)}_t,\ \text{restart the cycle} \\
+            &t+d:\ \phi \leftarrow \text{outer step}(\phi, \bar\theta_t)
+                \ \text{(as above)},\quad
+                \theta^{(r)} \leftarrow \phi + (\theta^{(r)}_{t+d} - \theta^{(r)}_t)
+       \end{aligned}
+
+    so the correction a sync makes arrives ``d`` steps late and each rank keeps the local progress
+    of those steps. ``d = 0`` is the synchronous sync. The launch copy and, once received, the
+    mean live in ``optimizer.state[p]`` (``lookahead_launch``, ``lookahead_launch_mean``) until
+    applied, so a checkpoint taken in between resumes exactly (``state_dict()`` waits for the mean).
+
+    **Compression** (``compression="bfloat16"`` or ``"int8"``). The ranks exchange the
+    pseudo-gradient ``delta = phi - theta^(r)`` encoded in bfloat16 or in int8 with one float32
+    scale per block of 1024 values, sum it in float32 and take ``theta_bar = phi - mean(delta)``;
+    every rank decodes the same bytes, so the replicas stay identical. ``None`` (default) averages
+    the weights exactly in their own dtype.
+
+    **Faults.** If a collective of a sync raises (a rank died; a collective that hangs raises
+    when the process group's ``timeout`` runs out), the groups of that sync are rolled back to
+    their last completed sync (parameters = slow weights, counters 0, slow weights and outer
+    momentum untouched, a pending delayed sync dropped) and :class:`SyncFailedError` is raised
+    from the collective's error. The process group is then unusable: let the launcher restart the
+    job from the last checkpoint (``torchrun --max-restarts``).
+
+    ``bytes_all_reduced`` counts the bytes of the payloads this rank has exchanged (a per-process
+    statistic, not checkpointed). Save and resume with :class:`DistributedLookaheadState` and
     ``torch.distributed.checkpoint``.
 
     Example (launched with ``torchrun --nproc_per_node=2``)::
@@ -117,6 +217,8 @@ class DistributedLookahead(Lookahead):
         *,
         outer_momentum: float = 0.0,
         nesterov: bool = False,
+        sync_delay: int = 0,
+        compression: Compression | None = None,
         process_group: dist.ProcessGroup | None = None,
         foreach: bool | None = None,
         **options: Unpack[LookaheadOptions],
@@ -126,14 +228,19 @@ class DistributedLookahead(Lookahead):
             raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
         if nesterov and momentum == 0.0:
             raise ValueError("nesterov=True needs outer_momentum > 0")
+        sync_delay = _validate_sync_delay(sync_delay, check_k(k))
+        compression = _validate_compression(compression)
         group = require_process_group(process_group)
         super().__init__(optimizer, k, alpha, foreach=foreach, **options)
         self.outer_momentum = momentum
         self.nesterov = nesterov
+        self.sync_delay = sync_delay
+        self.compression = compression
         self.process_group = group
         self.bytes_all_reduced = 0
         for group_index, param_group in enumerate(self.param_groups):
             self._adopt_replicas(param_group, group_index)
+        self._start_fragment_phases()
 
     def _adopt_replicas(self, param_group: dict[str, Any], group_index: int) -> None:
         """Collective: check that the ranks agree on the group's shapes, then take rank 0's values."""
@@ -149,6 +256,33 @@ class DistributedLookahead(Lookahead):
         with torch.no_grad():
             broadcast_from_first_rank_(params, self.process_group)
 
+    def _init_runtime(self) -> None:
+        super()._init_runtime()
+        self._pending: list[_Pending] = []
+        self._blocking = False
+
+    def _start_fragment_phases(self) -> None:
+        """Start each fragment's counter at its offset, in groups that have not stepped yet."""
+        fragments = [g[FRAGMENT_KEY] for g in self.param_groups if FRAGMENT_KEY in g]
+        for index, fragment in enumerate(fragments):
+            if isinstance(fragment, bool) or not isinstance(fragment, int) or fragment < 0:
+                raise ValueError(
+                    f"param_groups[...][{FRAGMENT_KEY!r}] must be a non-negative int, "
+                    f"got {fragment!r} (group {index} with the key)"
+                )
+        if not fragments:
+            return
+        count = max(fragments) + 1
+        state = self.state
+        for group in self.param_groups:
+            fragment = group.get(FRAGMENT_KEY)
+            if fragment is None or group[STEP_KEY] != 0:
+                continue
+            if any(SLOW_KEY in state.get(p, {}) for p in group["params"]):
+                continue  # already stepping: its counter is its phase
+            k = group[K_KEY]
+            group[STEP_KEY] = (k - (fragment * k) // count) % k
+
     # ------------------------------------------------------------------ hooks into the core
     def _store_initial_weights(self, captured: list[tuple[Tensor, Tensor]]) -> None:
         super()._store_initial_weights(captured)
@@ -157,71 +291,257 @@ class DistributedLookahead(Lookahead):
             for p, _ in captured:
                 state[p][OUTER_MOMENTUM_KEY] = torch.zeros_like(state[p][SLOW_KEY])
 
+    def step(self, closure: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        """One inner step; syncs as the class docstring says (delayed ones applied on time)."""
+        loss = super().step(closure, **kwargs)
+        if self._pending:
+            due = [
+                pending
+                for pending in self._pending
+                if pending.groups[0][STEP_KEY] >= self.sync_delay
+            ]
+            for pending in due:
+                self._apply_pending(pending)
+        return loss
+
     def _sync_groups(self, groups: list[dict[str, Any]]) -> None:
-        """Average the due groups' fast weights over the ranks in one bucketed all-reduce, then
-        take each group's outer step."""
+        """Average the due groups' fast weights over the ranks (one exchange for all of them),
+        then take each group's outer step, now or ``sync_delay`` inner steps later."""
+        for pending in [p for p in self._pending if _shares_a_group(p.groups, groups)]:
+            self._apply_pending(pending)  # k was lowered to sync_delay or below
         tracked = self._tracking_of(groups)
-        self._check_replicated(groups, tracked)
         state = self.state
         if self.outer_momentum > 0.0:
             for tracking in tracked:
                 for p, slow in zip(tracking.params, tracking.slows, strict=True):
                     if OUTER_MOMENTUM_KEY not in state[p]:
                         state[p][OUTER_MOMENTUM_KEY] = torch.zeros_like(slow)
+        params = list(chain.from_iterable(t.params for t in tracked))
+        slows = list(chain.from_iterable(t.slows for t in tracked))
+        delayed = self.sync_delay > 0 and not self._blocking
         with torch.no_grad(), _interrupts_deferred():
-            self.bytes_all_reduced += average_(
-                list(chain.from_iterable(t.params for t in tracked)), self.process_group
-            )
-            if self.check_finite:
-                self._require_finite(groups, tracked)
-            for group, tracking in zip(groups, tracked, strict=True):
-                if self.outer_momentum > 0.0:
-                    momentum_outer_step_(
-                        tracking.params,
-                        tracking.slows,
-                        [state[p][OUTER_MOMENTUM_KEY] for p in tracking.params],
-                        alpha=group[ALPHA_KEY],
-                        outer_momentum=self.outer_momentum,
-                        nesterov=self.nesterov,
-                        foreach=self._use_foreach(),
+            try:
+                partial = self._count_replicas(groups, tracked)
+                exchange = None
+                if not partial and params:
+                    exchange = start_mean(
+                        params,
+                        self.process_group,
+                        compression=self.compression,
+                        references=slows,
                     )
-                # With mu = 0 this is Lookahead's own sync on the averaged weights. With mu > 0
-                # the fast weights already equal the slow ones, so its lerp and copy change
-                # nothing (lerp between equal tensors is exact) and it only restarts the cycle
-                # and applies pullback_momentum.
-                self._sync_group(group, tracking)
+                    self.bytes_all_reduced += exchange.payload_bytes
+                    means = None if delayed else exchange.wait()
+            except Exception as error:
+                self._roll_back(groups, [t.params for t in tracked])
+                raise self._failure(groups, error) from error
+            if partial:
+                raise ValueError(
+                    f"parameters {partial[:10]} (counted across the synced parameter groups) have "
+                    "been updated on some ranks but not on others, so their replicas would "
+                    "diverge. Every rank must update the same parameters: make unused parameters "
+                    "take part in the loss (e.g. + 0 * p.sum()) or put them in a group of their "
+                    "own that all ranks leave unused"
+                )
+            if delayed:
+                for p in params:
+                    state[p][LAUNCH_KEY] = p.detach().clone()
+                for group, tracking in zip(groups, tracked, strict=True):
+                    group[STEP_KEY] = 0
+                    self._mark_synced(group, tracking.params)  # the cycle restarts here
+                self._pending.append(_Pending(groups, [t.params for t in tracked], exchange))
+                return
+            self._outer_steps(groups, tracked, None if exchange is None else means)
 
-    def _check_replicated(self, groups: list[dict[str, Any]], tracked: list[GroupTracking]) -> None:
-        """Check that all ranks have slow copies of the same parameters (one small all-reduce)."""
+    def _outer_steps(
+        self,
+        groups: list[dict[str, Any]],
+        tracked: list[GroupTracking],
+        means: list[Tensor] | None,
+    ) -> None:
+        """Put the means into the parameters and take every group's outer step."""
+        params = list(chain.from_iterable(t.params for t in tracked))
+        if means is not None:
+            for p, mean in zip(params, means, strict=True):
+                p.detach().copy_(mean)
+        if self.check_finite:
+            try:
+                self._require_finite(groups, tracked)
+            except FloatingPointError:
+                self._roll_back(groups, [t.params for t in tracked])
+                raise
+        state = self.state
+        for group, tracking in zip(groups, tracked, strict=True):
+            if self.outer_momentum > 0.0:
+                momentum_outer_step_(
+                    tracking.params,
+                    tracking.slows,
+                    [state[p][OUTER_MOMENTUM_KEY] for p in tracking.params],
+                    alpha=group[ALPHA_KEY],
+                    outer_momentum=self.outer_momentum,
+                    nesterov=self.nesterov,
+                    foreach=self._use_foreach(),
+                )
+            # With mu = 0 this is Lookahead's own sync on the averaged weights. With mu > 0
+            # the fast weights already equal the slow ones, so its lerp and copy change
+            # nothing (lerp between equal tensors is exact) and it only restarts the cycle
+            # and applies pullback_momentum.
+            self._sync_group(group, tracking)
+
+    def _apply_pending(self, pending: _Pending) -> None:
+        """Apply a delayed sync: outer step on the launched mean, then the local progress since."""
+        self._pending.remove(pending)
+        state = self.state
+        with torch.no_grad(), _interrupts_deferred():
+            try:
+                self._receive(pending)
+            except Exception as error:
+                self._roll_back(pending.groups, pending.params)
+                raise self._failure(pending.groups, error) from error
+            params = list(chain.from_iterable(pending.params))
+            progress = []
+            for p in params:
+                launched = state[p].pop(LAUNCH_KEY)
+                progress.append(launched.sub_(p.detach()).neg_())  # theta_now - theta_launch
+            means = [state[p].pop(MEAN_KEY) for p in params]
+            # The cycle restarted at the launch: the counters and the inner step count recorded
+            # then stay (the outer step below would restart them).
+            counters = [(group[STEP_KEY], group[SYNCED_AT_KEY]) for group in pending.groups]
+            tracked = [
+                GroupTracking(ps, [state[p][SLOW_KEY] for p in ps], []) for ps in pending.params
+            ]
+            self._outer_steps(pending.groups, tracked, means)
+            for p, change in zip(params, progress, strict=True):
+                p.detach().add_(change)
+            for group, (counter, synced_at) in zip(pending.groups, counters, strict=True):
+                group[STEP_KEY], group[SYNCED_AT_KEY] = counter, synced_at
+
+    def _receive(self, pending: _Pending) -> None:
+        """Wait for a pending sync's mean and keep it in the state (``MEAN_KEY``)."""
+        if pending.exchange is None:
+            return
+        params = list(chain.from_iterable(pending.params))
+        means = pending.exchange.wait()
+        pending.exchange = None
+        state = self.state
+        for p, mean in zip(params, means, strict=True):
+            state[p][MEAN_KEY] = mean.to(dtype=p.dtype, device=p.device, copy=True)
+
+    def _roll_back(self, groups: list[dict[str, Any]], params: list[list[Tensor]]) -> None:
+        """Return ``groups`` to their last completed sync: weights = slow weights, counters 0."""
+        state = self.state
+        with torch.no_grad():
+            for group_params in params:
+                for p in group_params:
+                    p.detach().copy_(state[p][SLOW_KEY])
+                    state[p].pop(LAUNCH_KEY, None)
+                    state[p].pop(MEAN_KEY, None)
+        for group, group_params in zip(groups, params, strict=True):
+            group[STEP_KEY] = 0
+            self._mark_synced(group, group_params)
+        self._pending = [p for p in self._pending if not _shares_a_group(p.groups, groups)]
+
+    def _failure(self, groups: list[dict[str, Any]], error: BaseException) -> SyncFailedError:
+        indices = [i for i, g in enumerate(self.param_groups) if any(g is h for h in groups)]
+        return SyncFailedError(
+            f"the sync of parameter groups {indices} failed on rank "
+            f"{dist.get_rank(self.process_group)} of {dist.get_world_size(self.process_group)}: "
+            f"{type(error).__name__}: {error}. Those groups were rolled back to their last "
+            "completed sync (parameters = slow weights, counters 0; slow weights and outer "
+            "momentum unchanged). The process group is most likely broken (a rank died, or a "
+            "collective ran past the process group's timeout): restart the job from the last "
+            "checkpoint, e.g. with torchrun --max-restarts"
+        )
+
+    def _count_replicas(
+        self, groups: list[dict[str, Any]], tracked: list[GroupTracking]
+    ) -> list[int]:
+        """Positions (across ``groups``) of parameters with slow copies on some ranks only.
+
+        One small all-reduce of a flag per parameter, so that the ranks agree on what to exchange.
+        """
         has_slow: list[bool] = []
         for group, tracking in zip(groups, tracked, strict=True):
             with_slow = set(map(id, tracking.params))
             has_slow.extend(id(p) in with_slow for p in group["params"])
         if not has_slow:
-            return
+            return []
         device = next(chain.from_iterable(g["params"] for g in groups)).device
         counts = torch.tensor(has_slow, dtype=torch.int32, device=device)
         dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=self.process_group)
         self.bytes_all_reduced += counts.numel() * counts.element_size()
         world_size = dist.get_world_size(self.process_group)
-        partial = [i for i, count in enumerate(counts.tolist()) if 0 < count < world_size]
-        if partial:
-            raise ValueError(
-                f"parameters {partial[:10]} (counted across the synced parameter groups) have been "
-                "updated on some ranks but not on others, so their replicas would diverge. Every "
-                "rank must update the same parameters: make unused parameters take part in the "
-                "loss (e.g. + 0 * p.sum()) or put them in a group of their own that all ranks "
-                "leave unused"
-            )
+        return [i for i, count in enumerate(counts.tolist()) if 0 < count < world_size]
+
+    def _rebuild_pending(self) -> None:
+        """Pending delayed syncs from the state (after loading or unpickling): one per group."""
+        state = self.state
+        self._pending = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if LAUNCH_KEY in state.get(p, {})]
+            if not params:
+                continue
+            if not all(MEAN_KEY in state[p] for p in params):
+                raise ValueError(
+                    f"a delayed sync of a parameter group has {LAUNCH_KEY!r} without "
+                    f"{MEAN_KEY!r} in its state: the state was saved while its mean was in flight"
+                )
+            self._pending.append(_Pending([group], [params], None))
+
+    def _receive_all(self) -> None:
+        """Wait for every delayed sync in flight and keep its mean in the state."""
+        for pending in list(self._pending):
+            try:
+                with torch.no_grad():
+                    self._receive(pending)
+            except Exception as error:
+                self._roll_back(pending.groups, pending.params)
+                raise self._failure(pending.groups, error) from error
+
+    @torch.no_grad()
+    def _restart_from_slow_weights(self) -> None:
+        """Parameters <- slow weights and no delayed sync pending (a resume on another world size)."""
+        state = self.state
+        self._pending = []
+        for tracking in self._tracked():
+            for p, slow in zip(tracking.params, tracking.slows, strict=True):
+                p.detach().copy_(slow)
+                state[p].pop(LAUNCH_KEY, None)
+                state[p].pop(MEAN_KEY, None)
 
     # ------------------------------------------------------------------ collective variants
     @torch.no_grad()
+    def sync(self) -> None:
+        """Apply every pending delayed sync, then take an outer step now in every group (collective)."""
+        self._require_train_mode("sync()")
+        for pending in list(self._pending):
+            self._apply_pending(pending)
+        self._blocking = True
+        try:
+            super().sync()
+        finally:
+            self._blocking = False
+
+    @torch.no_grad()
     def reset_slow(self) -> None:
-        """Average the parameters over the ranks and restart the slow weights (and momentum) there."""
+        """Average the parameters over the ranks and restart the slow weights (and momentum) there.
+
+        A pending delayed sync is dropped.
+        """
         self._require_train_mode("reset_slow()")
+        self._receive_all()
+        for pending in list(self._pending):
+            for p in chain.from_iterable(pending.params):
+                self.state[p].pop(LAUNCH_KEY, None)
+                self.state[p].pop(MEAN_KEY, None)
+        self._pending = []
         groups = self.param_groups
         tracked = self._tracking_of(groups)
-        self._check_replicated(groups, tracked)
+        partial = self._count_replicas(groups, tracked)
+        if partial:
+            raise ValueError(
+                f"parameters {partial[:10]} have been updated on some ranks but not on others"
+            )
         self.bytes_all_reduced += average_(
             list(chain.from_iterable(t.params for t in tracked)), self.process_group
         )
@@ -235,9 +555,19 @@ class DistributedLookahead(Lookahead):
         """Add a parameter group (collective: all ranks add the same shapes; rank 0's values win)."""
         super().add_param_group(param_group)
         self._adopt_replicas(self.param_groups[-1], len(self.param_groups) - 1)
+        self._start_fragment_phases()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state dict (see Lookahead); a delayed sync in flight is waited for first, so that
+        its mean is saved (``lookahead_launch_mean``) and the resume is exact."""
+        self._receive_all()
+        return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load this rank's state dict; outer momentum buffers keep the slow copies' dtype/device."""
+        """Load this rank's state dict; outer momentum buffers keep the slow copies' dtype/device.
+
+        Delayed syncs in flight here are dropped; those saved in the checkpoint are resumed.
+        """
         super().load_state_dict(state_dict)
         # Optimizer.load_state_dict cast every state tensor to its parameter's dtype (bf16 for a
         # bf16 model); the buffers are placed again from the caller's untouched tensors.
@@ -251,6 +581,7 @@ class DistributedLookahead(Lookahead):
                 state[p][OUTER_MOMENTUM_KEY] = saved.to(
                     device=slow.device, dtype=slow.dtype, copy=True
                 )
+        self._rebuild_pending()
 
     # ------------------------------------------------------------------ pickling, repr
     def __getstate__(self) -> dict[str, Any]:
@@ -259,20 +590,26 @@ class DistributedLookahead(Lookahead):
                 "a DistributedLookahead over a custom process group cannot be pickled or deep-copied "
                 "(process groups cannot); checkpoint it with DistributedLookaheadState instead"
             )
+        self._receive_all()
         return {
             **super().__getstate__(),
             "outer_momentum": self.outer_momentum,
             "nesterov": self.nesterov,
+            "sync_delay": self.sync_delay,
+            "compression": self.compression,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = {"sync_delay": 0, "compression": None, **state}
         super().__setstate__(state)
         self.process_group = require_process_group(None)
         self.bytes_all_reduced = 0
+        self._rebuild_pending()
 
     def __repr__(self) -> str:
         head, rest = super().__repr__().split("\n", 1)
         return (
             f"Distributed{head} outer_momentum={self.outer_momentum}, nesterov={self.nesterov}, "
+            f"sync_delay={self.sync_delay}, compression={self.compression!r}, "
             f"world_size={dist.get_world_size(self.process_group)},\n{rest}"
         )
