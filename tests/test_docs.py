@@ -96,7 +96,7 @@ def test_every_page_with_python_examples_is_executed() -> None:
 
 
 def test_docs_build_strict(tmp_path: Path) -> None:
-    for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
+    for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python", "mathjax"):
         pytest.importorskip(module)
     result = subprocess.run(
         [

@@ -56,7 +56,7 @@ Closure = Callable[[], Any]
 
 
 class LookaheadOptions(TypedDict, total=False):
-    """Keyword options of :class:`Lookahead` that the classes built on it pass through unchanged.
+    """Keyword options of [Lookahead][torch_lookahead.Lookahead] that the classes built on it pass through unchanged.
 
     A new option of ``Lookahead`` is added here once and reaches ``Ranger`` and
     ``DistributedLookahead`` without further code.
@@ -165,11 +165,7 @@ def _inner_step_without_global_hooks(
         kwargs = {"closure": closure, **kwargs}
     step = type(optimizer).step
     undecorated = getattr(step, "__wrapped__", None)
-    if (
-        undecorated is None
-        or not getattr(step, "hooked", False)
-        or "step" in vars(optimizer)
-    ):
+    if undecorated is None or not getattr(step, "hooked", False) or "step" in vars(optimizer):
         return optimizer.step(**kwargs)
     args: tuple[Any, ...] = (optimizer,)
     for pre_hook in optimizer._optimizer_step_pre_hooks.values():
@@ -692,7 +688,7 @@ class Lookahead(Optimizer):
         """Copies of the slow weights, in the parameters' dtype and device, in param-group order.
 
         ``[p for g in opt.param_groups for p in g["params"]]`` is the matching parameter order;
-        :func:`load_slow_parameters` copies them into a model (e.g. to ship the slow model).
+        [load_slow_parameters][torch_lookahead.load_slow_parameters] copies them into a model (e.g. to ship the slow model).
         """
         return [
             self._slow_value(p, group).detach().to(dtype=p.dtype, device=p.device, copy=True)
@@ -894,6 +890,7 @@ class Lookahead(Optimizer):
                         del param_state[name]
             group[STEP_KEY] = 0
             group[SYNCED_AT_KEY] = -1
+            group[EVAL_KEY] = False  # the fast weights kept in eval form went with the rest
 
     # ------------------------------------------------------------------ pickling, repr
     def __getstate__(self) -> dict[str, Any]:
@@ -949,7 +946,7 @@ def _inner_step_count(param_state: Any) -> int | None:
 def load_slow_parameters(
     params: Iterable[Tensor] | torch.nn.Module, slow: Sequence[Tensor]
 ) -> None:
-    """Copy tensors from :meth:`Lookahead.slow_parameters` into ``params`` in place, in order.
+    """Copy tensors from [slow_parameters][torch_lookahead.Lookahead.slow_parameters] into ``params`` in place, in order.
 
     ``params`` is the parameter list in the optimizer's param-group order (or a module whose
     ``parameters()`` have that order, the usual case for ``Lookahead(Opt(model.parameters()))``).

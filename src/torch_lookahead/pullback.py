@@ -12,7 +12,7 @@ Three policies, applied to the momentum buffers of each synced parameter right a
       slow_buf <- buf            (a copy, never an alias)
 
 Which state entries are "momentum" depends on the optimizer class; the table below knows torch's
-own optimizers, and :func:`register_momentum_keys` teaches it any other class.
+own optimizers, and [register_momentum_keys][torch_lookahead.register_momentum_keys] teaches it any other class.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def apply_momentum_policy_(
     """Apply ``mode`` to the momentum buffers ``state[p][key]`` of the synced ``params``.
 
     ``"reset"`` zeroes them; ``"pullback"`` computes ``buf <- alpha*buf + (1-alpha)*slow_buf``
-    and then ``slow_buf <- buf`` (a copy), with ``slow_buf`` from :func:`ensure_slow_momentum_`.
+    and then ``slow_buf <- buf`` (a copy), with ``slow_buf`` from `ensure_slow_momentum_`.
     Both leave a buffer that was already synced unchanged, so applying them twice is applying
     them once.
     """

@@ -1,10 +1,10 @@
 """Optimizers to pair with Lookahead, and a name registry for all of them.
 
-* :class:`NovoGrad`: layer-wise normalised SGD with momentum (NeMo semantics).
-* :class:`AdaBound`: Adam with step sizes clipped into bounds that close on SGD (official update).
-* :class:`RAdam`: ``torch.optim.RAdam`` itself, re-exported.
-* :class:`Ranger`: Lookahead over RAdam, constructible from parameters like any optimizer.
-* :func:`create_optimizer` / :func:`list_optimizers`: build any of them (or torch's) by name,
+* [NovoGrad][torch_lookahead.NovoGrad]: layer-wise normalised SGD with momentum (NeMo semantics).
+* [AdaBound][torch_lookahead.AdaBound]: Adam with step sizes clipped into bounds that close on SGD (official update).
+* `RAdam`: ``torch.optim.RAdam`` itself, re-exported.
+* [Ranger][torch_lookahead.Ranger]: Lookahead over RAdam, constructible from parameters like any optimizer.
+* [create_optimizer][torch_lookahead.create_optimizer] / [list_optimizers][torch_lookahead.list_optimizers]: build any of them (or torch's) by name,
   ``"lookahead_"`` prefix included.
 """
 

@@ -119,7 +119,7 @@ class GroupwiseOptimizer(Optimizer):
         tensor_keys: tuple[str, ...],
         scalar_keys: tuple[str, ...],
     ) -> FlatState | None:
-        """The flat state backing ``group`` (see :mod:`._flat`) when the multi-tensor path runs,
+        """The flat state backing ``group`` (see `._flat`) when the multi-tensor path runs,
         kept between steps and rebuilt when it no longer holds; None otherwise."""
         flat_states: dict[int, FlatState] = self.__dict__.setdefault("_flat_states", {})
         current = None

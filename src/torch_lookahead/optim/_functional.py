@@ -133,7 +133,7 @@ def default_to_foreach(params: Sequence[Tensor]) -> bool:
     """Whether ``foreach=None`` means the multi-tensor implementation.
 
     torch.optim turns it on for accelerators only; here the CPU is included too, because the
-    kernels are cache-blocked on CPU (see :func:`blocks`), which makes them faster than the
+    kernels are cache-blocked on CPU (see `blocks`), which makes them faster than the
     for-loop there (benchmarks/results/optimizers.md).
     """
     devices = {*_get_foreach_kernels_supported_devices(), "cpu"}
@@ -142,7 +142,7 @@ def default_to_foreach(params: Sequence[Tensor]) -> bool:
 
 def blocks(tensors: Sequence[Tensor]) -> Iterator[slice]:
     """Consecutive slices of ``tensors`` for the multi-tensor kernels: CPU lists are cut into
-    blocks of :data:`~torch_lookahead._tensors.OPTIMIZER_BLOCK_BYTES` (a block's tensors stay in
+    blocks of `torch_lookahead._tensors.OPTIMIZER_BLOCK_BYTES` (a block's tensors stay in
     cache from its first op to its last), other devices take the whole list at once."""
     if tensors and tensors[0].device.type == "cpu":
         yield from cache_blocks(tensors, OPTIMIZER_BLOCK_BYTES)
@@ -161,9 +161,9 @@ class FunctionalStep:
     Called as ``step(params, grads, state, hyperparameters, foreach=None, flat_state=None)``:
     ``state`` maps each state entry of the optimizer (``"exp_avg"``, ...) to the list of its
     tensors, parallel to ``params``; ``hyperparameters`` is the optimizer's NamedTuple of them.
-    ``foreach`` picks the multi-tensor implementation (``None``: see :func:`default_to_foreach`),
+    ``foreach`` picks the multi-tensor implementation (``None``: see `default_to_foreach`),
     which runs over ``flat_state``'s buffers when there is one (see
-    :mod:`torch_lookahead.optim._flat`). While compiling the for-loop form is traced whatever
+    `torch_lookahead.optim._flat`). While compiling the for-loop form is traced whatever
     ``foreach`` says: the compiler fuses the loop itself, and the for-loop form has no
     data-dependent Python code.
     """

@@ -45,7 +45,7 @@ class AdaBoundHyperparameters(NamedTuple):
 
     @property
     def scheduled_final_lr(self) -> Any:
-        r""":math:`\eta^*_t`: ``final_lr`` scaled by the current over the initial learning rate."""
+        r"""$\eta^*_t$: ``final_lr`` scaled by the current over the initial learning rate."""
         return self.final_lr * self.lr / self.initial_lr
 
     @property
@@ -214,7 +214,7 @@ def _flat_adabound(
 
 
 adabound = FunctionalStep(_single_tensor_adabound, _multi_tensor_adabound, _flat_adabound)
-"""Functional AdaBound (see :class:`FunctionalStep` for the arguments and :class:`AdaBound` for
+"""Functional AdaBound (see `FunctionalStep` for the arguments and [AdaBound][torch_lookahead.AdaBound] for
 the update rule). ``state`` holds ``"exp_avg"``, ``"exp_avg_sq"`` (and ``"max_exp_avg_sq"``
 with ``amsbound``) and the 0-dim step counts ``"step"``, which are incremented here."""
 
@@ -258,37 +258,37 @@ class AdaBound(GroupwiseOptimizer):
        \end{aligned}
 
     This is the official implementation's rule (Luolc/AdaBound), not the paper's Algorithm 2:
-    Adam's bias-corrected step size :math:`\alpha_t` is clipped before multiplying the raw first
-    moment :math:`m_t`, and there is no :math:`1/\sqrt{t}` factor. The bounds start wide
-    (:math:`\eta^u_1 \approx \eta^* / \kappa`) and close on :math:`\eta^*` as
-    :math:`t \to \infty`, turning Adam into SGD with learning rate ``final_lr``.
+    Adam's bias-corrected step size $\alpha_t$ is clipped before multiplying the raw first
+    moment $m_t$, and there is no $1/\sqrt{t}$ factor. The bounds start wide
+    ($\eta^u_1 \approx \eta^* / \kappa$) and close on $\eta^*$ as
+    $t \to \infty$, turning Adam into SGD with learning rate ``final_lr``.
 
-    ``final_lr`` follows learning-rate schedulers: it is scaled by :math:`\gamma_t / \gamma_0`,
+    ``final_lr`` follows learning-rate schedulers: it is scaled by $\gamma_t / \gamma_0$,
     the current learning rate over the group's ``initial_lr``. Every group keeps its own
     ``initial_lr`` (the learning rate it was added with, the same key torch's LR schedulers use),
-    so groups added with :meth:`add_param_group` and optimizers restored with
-    :meth:`load_state_dict` are scaled correctly; the official code silently skips the
+    so groups added with `add_param_group` and optimizers restored with
+    `load_state_dict` are scaled correctly; the official code silently skips the
     former and forgets the latter. ``p.grad`` is never modified.
 
     Args:
         params (iterable): iterable of parameters or named parameters to optimize, or of dicts
             defining parameter groups.
-        lr (float, Tensor, optional): Adam learning rate :math:`\gamma`; must be positive,
+        lr (float, Tensor, optional): Adam learning rate $\gamma$; must be positive,
             since it is the reference that scales ``final_lr``; a float or a 1-element Tensor
             (see docs/optimizers.md) (default: 1e-3).
         betas (tuple[float, float], optional): coefficients of the running averages of the
             gradient and its square (default: (0.9, 0.999)).
-        final_lr (float, optional): :math:`\eta^*`, the SGD learning rate that the bounds close
+        final_lr (float, optional): $\eta^*$, the SGD learning rate that the bounds close
             on (default: 0.1).
-        gamma (float, optional): :math:`\kappa \in (0, 1)`, the speed at which the bounds close
+        gamma (float, optional): $\kappa \in (0, 1)$, the speed at which the bounds close
             (default: 1e-3).
-        eps (float, optional): added to :math:`\sqrt{\hat v_t}` (default: 1e-8).
-        weight_decay (float, optional): :math:`\lambda` (default: 0).
-        amsbound (bool, optional): use the running maximum of :math:`v_t` (AMSBound)
+        eps (float, optional): added to $\sqrt{\hat v_t}$ (default: 1e-8).
+        weight_decay (float, optional): $\lambda$ (default: 0).
+        amsbound (bool, optional): use the running maximum of $v_t$ (AMSBound)
             (default: False).
         decoupled_weight_decay (bool, optional): decay the weights AdamW-style,
-            :math:`\theta \leftarrow (1 - \gamma_t \lambda)\theta`, instead of adding
-            :math:`\lambda\theta` to the gradient (default: False).
+            $\theta \leftarrow (1 - \gamma_t \lambda)\theta$, instead of adding
+            $\lambda\theta$ to the gradient (default: False).
         maximize (bool, optional): maximize the objective instead of minimizing it
             (default: False).
         foreach (bool, optional): use the multi-tensor implementation (cache-blocked on CPU).

@@ -156,11 +156,11 @@ def _novograd_block(
 
 
 novograd = FunctionalStep(_single_tensor_novograd, _multi_tensor_novograd, _flat_novograd)
-"""Functional NovoGrad (see :class:`FunctionalStep` for the arguments and :class:`NovoGrad` for
+"""Functional NovoGrad (see `FunctionalStep` for the arguments and [NovoGrad][torch_lookahead.NovoGrad] for
 the update rule). ``state`` holds ``"exp_avg"`` and the 0-dim ``"exp_avg_sq"`` (and
 ``"max_exp_avg_sq"`` with ``amsgrad``). Every step blends ``v <- beta2 * v + (1 - beta2) *
 ||g||^2``: the paper's first step ``v_1 = ||g_1||^2`` is obtained by creating ``v`` equal to
-``||g_1||^2``, as :class:`NovoGrad` does, so that there is no step counter and no branch on it."""
+``||g_1||^2``, as [NovoGrad][torch_lookahead.NovoGrad] does, so that there is no step counter and no branch on it."""
 
 
 class NovoGrad(GroupwiseOptimizer):
@@ -198,36 +198,36 @@ class NovoGrad(GroupwiseOptimizer):
             &\rule{110mm}{0.4pt}                                                          \\[-1.ex]
        \end{aligned}
 
-    The second moment :math:`v` is one scalar per parameter tensor ("layer"), so the state of a
+    The second moment $v$ is one scalar per parameter tensor ("layer"), so the state of a
     parameter is one tensor its size (``exp_avg``) plus one scalar (``exp_avg_sq``; a second one,
     ``max_exp_avg_sq``, with amsgrad): about half of Adam's memory, and no step counter.
-    :math:`v` starts from the first gradient's squared norm, so there is no bias correction; a
-    gradient that is exactly zero on the first step gives :math:`u_1 = 0` (no NaN, since
-    :math:`\epsilon > 0`).
+    $v$ starts from the first gradient's squared norm, so there is no bias correction; a
+    gradient that is exactly zero on the first step gives $u_1 = 0$ (no NaN, since
+    $\epsilon > 0$).
 
     Choices where published implementations disagree (see docs/optimizers.md): ``eps`` is added
     outside the square root; the weight decay is added to the normalised gradient, inside the
     momentum (the paper's "decoupled from the normalisation"), unless
     ``decoupled_weight_decay=True`` selects AdamW-style decay; with ``grad_averaging`` the
-    factor :math:`1 - \beta_1` applies on every step, the first included (NeMo,
+    factor $1 - \beta_1$ applies on every step, the first included (NeMo,
     torch-optimizer, timm). ``p.grad`` is never modified.
 
     Args:
         params (iterable): iterable of parameters or named parameters to optimize, or of dicts
             defining parameter groups.
-        lr (float, Tensor, optional): learning rate :math:`\gamma`, a float or a 1-element
+        lr (float, Tensor, optional): learning rate $\gamma$, a float or a 1-element
             Tensor (see docs/optimizers.md) (default: 1e-3).
-        betas (tuple[float, float], optional): :math:`\beta_1` for the momentum and
-            :math:`\beta_2` for the layer-wise second moment (default: (0.95, 0.98)).
-        eps (float, optional): added to :math:`\sqrt{\hat v_t}`; must be positive (default: 1e-8).
-        weight_decay (float, optional): :math:`\lambda` (default: 0).
+        betas (tuple[float, float], optional): $\beta_1$ for the momentum and
+            $\beta_2$ for the layer-wise second moment (default: (0.95, 0.98)).
+        eps (float, optional): added to $\sqrt{\hat v_t}$; must be positive (default: 1e-8).
+        weight_decay (float, optional): $\lambda$ (default: 0).
         grad_averaging (bool, optional): scale the new term of the momentum by
-            :math:`1 - \beta_1` (default: False).
-        amsgrad (bool, optional): normalise by the running maximum of :math:`v_t`
+            $1 - \beta_1$ (default: False).
+        amsgrad (bool, optional): normalise by the running maximum of $v_t$
             (default: False).
         decoupled_weight_decay (bool, optional): decay the weights AdamW-style,
-            :math:`\theta \leftarrow (1 - \gamma\lambda)\theta`, instead of adding
-            :math:`\lambda\theta` to the normalised gradient (default: False).
+            $\theta \leftarrow (1 - \gamma\lambda)\theta$, instead of adding
+            $\lambda\theta$ to the normalised gradient (default: False).
         maximize (bool, optional): maximize the objective instead of minimizing it
             (default: False).
         foreach (bool, optional): use the multi-tensor implementation (cache-blocked on CPU).

@@ -18,7 +18,7 @@ __all__ = ["Ranger"]
 
 
 class Ranger(Lookahead):
-    r"""Ranger: :class:`~torch_lookahead.Lookahead` wrapped around ``torch.optim.RAdam``.
+    r"""Ranger: [Lookahead][torch_lookahead.Lookahead] wrapped around ``torch.optim.RAdam``.
 
     ``Ranger(params, ...)`` is exactly
     ``Lookahead(RAdam(params, lr, betas, eps, weight_decay, ...), k, alpha, ...)``: RAdam's
@@ -29,12 +29,12 @@ class Ranger(Lookahead):
 
     Being a class that takes ``params`` first, it fits every API that builds an optimizer as
     ``optimizer_class(params, **kwargs)``, and it is both a ``torch.optim.Optimizer`` and a
-    :class:`~torch_lookahead.Lookahead`: ``state_dict()`` is RAdam's, with the slow weights in
+    [Lookahead][torch_lookahead.Lookahead]: ``state_dict()`` is RAdam's, with the slow weights in
     the per-parameter state.
 
     The defaults follow the original Ranger (Wright, 2019): ``betas=(0.95, 0.999)``,
     ``eps=1e-5``, ``k=6``, ``alpha=0.5``. The RAdam steps are torch's (rectified when
-    :math:`\rho_t > 5`, an SGD-with-momentum step before); there is no gradient centralisation.
+    $\rho_t > 5$, an SGD-with-momentum step before); there is no gradient centralisation.
 
     Args:
         params (iterable): parameters or parameter groups, as for any optimizer.
@@ -47,7 +47,7 @@ class Ranger(Lookahead):
         decoupled_weight_decay (bool, optional): RAdamW-style decay (default: False).
         maximize (bool, optional): maximize the objective (default: False).
         foreach (bool, optional): multi-tensor kernels for RAdam and the sync (default: None).
-        **options: every other keyword option of :class:`~torch_lookahead.Lookahead`
+        **options: every other keyword option of [Lookahead][torch_lookahead.Lookahead]
             (``pullback_momentum`` acts on RAdam's ``exp_avg``).
 
     Example:

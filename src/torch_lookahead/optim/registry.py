@@ -49,7 +49,7 @@ _REGISTRY: dict[str, _Entry] = {
 
 
 def list_optimizers() -> list[str]:
-    """Every name :func:`create_optimizer` accepts, ``lookahead_`` variants included, sorted."""
+    """Every name [create_optimizer][torch_lookahead.create_optimizer] accepts, ``lookahead_`` variants included, sorted."""
     names = list(_REGISTRY)
     names += [LOOKAHEAD_PREFIX + n for n, e in _REGISTRY.items() if e.composes_with_lookahead]
     return sorted(names)
@@ -65,12 +65,12 @@ def create_optimizer(
     """Build the optimizer called ``name`` over ``params``.
 
     Args:
-        name: one of :func:`list_optimizers` (case-insensitive): ``"sgd"``, ``"momentum"``
+        name: one of [list_optimizers][torch_lookahead.list_optimizers] (case-insensitive): ``"sgd"``, ``"momentum"``
             (SGD, momentum 0.9), ``"nesterov"``, ``"adam"``, ``"adamw"``, ``"nadam"``,
             ``"radam"``, ``"novograd"``, ``"adabound"``, ``"amsbound"``, ``"ranger"``, or any of
             them but ``"ranger"`` prefixed with ``"lookahead_"``.
         params: parameters, parameter groups, or a module (its ``parameters()``).
-        lookahead: keyword arguments of :class:`~torch_lookahead.Lookahead` (``k``, ``alpha``,
+        lookahead: keyword arguments of [Lookahead][torch_lookahead.Lookahead] (``k``, ``alpha``,
             ``pullback_momentum``, ``slow_dtype``, ``slow_device``, ``foreach``) for a
             ``lookahead_`` name; Lookahead's defaults otherwise. Only valid with that prefix.
         **kwargs: the optimizer's own keyword arguments (``lr``, ``weight_decay``, ...); they
