@@ -4,11 +4,13 @@ DistributedLookahead on two gloo ranks, against the plainly written references o
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 
 from tests.distributed._cluster import Cluster
 from tests.distributed._reference import (
@@ -24,6 +26,7 @@ from tests.distributed._replica_utils import (
 from torch_lookahead.distributed import (
     FRAGMENT_KEY,
     DistributedLookahead,
+    DistributedLookaheadState,
     fragment_param_groups,
 )
 from torch_lookahead.distributed._exchange import INT8_BLOCK, decode, encode, start_mean
@@ -249,7 +252,7 @@ def _build(model: torch.nn.Module, sync_delay: int) -> DistributedLookahead:
 
 
 def check_checkpoint_resumes_fragments_and_pending_syncs(
-    rank: int, world_size: int, sync_delay: int
+    rank: int, world_size: int, sync_delay: int, directory: str | None
 ) -> None:
     model = _tiny_model(0)
     opt = _build(model, sync_delay)
@@ -257,17 +260,25 @@ def check_checkpoint_resumes_fragments_and_pending_syncs(
     for step in range(7):  # fragment 1 launched at step 6: pending if sync_delay > 0
         _train_step(model, opt, rank, step)
     buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    if directory is None:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    else:
+        dcp.save({"train": DistributedLookaheadState(model, opt)}, checkpoint_id=directory)
     if sync_delay:
         assert any("lookahead_launch_mean" in s for s in opt.state.values())
     for step in range(7, 15):
         _train_step(model, opt, rank, step)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
     resumed_model = _tiny_model(1)
     resumed = _build(resumed_model, sync_delay)
-    resumed_model.load_state_dict(saved["model"])
-    resumed.load_state_dict(saved["opt"])
+    if directory is None:
+        buffer.seek(0)
+        saved = torch.load(buffer, weights_only=True)
+        resumed_model.load_state_dict(saved["model"])
+        resumed.load_state_dict(saved["opt"])
+    else:
+        state = DistributedLookaheadState(resumed_model, resumed)
+        dcp.load({"train": state}, checkpoint_id=directory)
+    assert [g["lookahead_step"] for g in resumed.param_groups] == [3, 1]
     for step in range(7, 15):
         _train_step(resumed_model, resumed, rank, step)
     for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
@@ -279,10 +290,12 @@ def check_checkpoint_resumes_fragments_and_pending_syncs(
 
 
 @pytest.mark.parametrize("sync_delay", [0, 2])
+@pytest.mark.parametrize("via", ["torch.save", "dcp"])
 def test_checkpoint_resumes_fragment_phases_and_pending_syncs(
-    cluster: Cluster, sync_delay: int
+    cluster: Cluster, tmp_path: Path, sync_delay: int, via: str
 ) -> None:
-    cluster.run(check_checkpoint_resumes_fragments_and_pending_syncs, sync_delay)
+    directory = str(tmp_path / "checkpoint") if via == "dcp" else None
+    cluster.run(check_checkpoint_resumes_fragments_and_pending_syncs, sync_delay, directory)
 
 
 def check_explicit_sync_applies_pending(rank: int, world_size: int) -> None:

@@ -10,10 +10,12 @@ The shared part alone is enough to resume on another number of ranks.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.filesystem import FileSystemReader
@@ -25,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from torch_lookahead.distributed.lookahead import (
+    LAUNCH_KEY,
     MEAN_KEY,
     OUTER_MOMENTUM_KEY,
     DistributedLookahead,
@@ -33,8 +36,9 @@ from torch_lookahead.lookahead import SLOW_KEY
 
 __all__ = ["SHARED_STATE_KEYS", "DistributedLookaheadState", "saved_world_size"]
 
-SHARED_STATE_KEYS = (SLOW_KEY, OUTER_MOMENTUM_KEY, MEAN_KEY)
+SHARED_STATE_KEYS = (SLOW_KEY, OUTER_MOMENTUM_KEY)
 """Per-parameter state entries that are identical on every rank of the process group."""
+_PENDING_KEYS = (LAUNCH_KEY, MEAN_KEY)
 
 _RANK_PART = re.compile(r"(?:^|\.)rank_(\d+)\.")
 
@@ -123,13 +127,29 @@ class DistributedLookaheadState:
         optimizer_state: dict[str, Any] = dict(get_optimizer_state_dict(self.model, self.optimizer))
         shared_state: dict[str, dict[str, Any]] = {}
         own_state: dict[str, dict[str, Any]] = {}
+        pending: dict[str, dict[str, Any]] = {}
         for name, param_state in optimizer_state["state"].items():
             shared_state[name] = {k: v for k, v in param_state.items() if k in SHARED_STATE_KEYS}
-            own_state[name] = {k: v for k, v in param_state.items() if k not in SHARED_STATE_KEYS}
+            own_state[name] = {
+                k: v
+                for k, v in param_state.items()
+                if k not in SHARED_STATE_KEYS and k not in _PENDING_KEYS
+            }
+            if any(k in param_state for k in _PENDING_KEYS):
+                pending[name] = {k: param_state[k] for k in _PENDING_KEYS if k in param_state}
+        # A delayed sync pending at the save exists on some steps only, while a loading template
+        # is built from a fresh optimizer: its tensors travel as one serialised object, which the
+        # template always has.
+        blob = io.BytesIO()
+        torch.save(pending, blob)
         shared_key, own_key = self._keys()
         return {
             shared_key: {"state": shared_state, "param_groups": optimizer_state["param_groups"]},
-            own_key: {"model": get_model_state_dict(self.model), "optimizer": own_state},
+            own_key: {
+                "model": get_model_state_dict(self.model),
+                "optimizer": own_state,
+                "pending_syncs": blob.getvalue(),
+            },
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -137,8 +157,13 @@ class DistributedLookaheadState:
         shared_key, own_key = self._keys()
         shared, own = state_dict[shared_key], state_dict[own_key]
         names = set(shared["state"]) | set(own["optimizer"])
+        pending = torch.load(io.BytesIO(own["pending_syncs"]), weights_only=True)
         merged_state = {
-            name: {**own["optimizer"].get(name, {}), **shared["state"].get(name, {})}
+            name: {
+                **own["optimizer"].get(name, {}),
+                **shared["state"].get(name, {}),
+                **pending.get(name, {}),
+            }
             for name in names
         }
         set_model_state_dict(self.model, own["model"])
