@@ -3,6 +3,9 @@ collective that runs into the process group's timeout), and DCP resume on anothe
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ from torch_lookahead.distributed import (
 )
 
 pytestmark = pytest.mark.distributed
+
+FAULT_JOB = Path(__file__).resolve().parent / "_fault_job.py"
 
 
 def _tiny_model(seed: int) -> torch.nn.Module:
@@ -199,3 +204,40 @@ def test_two_rank_checkpoint_resumes_on_one_and_on_three_ranks(
         three.stop()
     assert results[0] == results[1] == results[2]
     assert results[0] != one[0]  # three ranks averaged other data than one rank alone
+
+
+# ---------------------------------------------------------------- SIGKILL under torchrun
+def _torchrun_job(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    out.mkdir(parents=True)
+    (out / "stderr.txt").touch()
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "--max-restarts=1", str(FAULT_JOB), "--out", str(out), *extra,
+    ]  # fmt: skip
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_run_restarts_from_the_checkpoint_to_the_same_weights(
+    tmp_path: Path,
+) -> None:
+    uninterrupted = _torchrun_job(tmp_path / "uninterrupted")
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-12000:]
+    killed = _torchrun_job(tmp_path / "killed", "--kill-at", "15")  # 3 steps after a checkpoint
+    assert killed.returncode == 0, killed.stderr[-12000:]
+    attempts = (tmp_path / "killed" / "attempts.txt").read_text().splitlines()
+    assert attempts == ["attempt 0 starts at step 0", "attempt 1 starts at step 12"]
+    assert "exitcode: -9" in killed.stderr  # rank 1 died of SIGKILL
+    expected = torch.load(tmp_path / "uninterrupted" / "final.pt", weights_only=True)
+    got = torch.load(tmp_path / "killed" / "final.pt", weights_only=True)
+    assert got["steps"] == expected["steps"]
+    for key in ("params", "slow"):
+        for a, b in zip(got[key], expected[key], strict=True):
+            assert torch.equal(a, b)
