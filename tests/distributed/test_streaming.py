@@ -4,13 +4,16 @@ DistributedLookahead on two gloo ranks, against the plainly written references o
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 from typing import Any
 
+import hypothesis.strategies as st
 import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from hypothesis import given, settings
 
 from tests.distributed._cluster import Cluster
 from tests.distributed._reference import (
@@ -30,6 +33,7 @@ from torch_lookahead.distributed import (
     fragment_param_groups,
 )
 from torch_lookahead.distributed._exchange import INT8_BLOCK, decode, encode, start_mean
+from torch_lookahead.distributed.fragments import _cut
 
 pytestmark = pytest.mark.distributed
 
@@ -70,8 +74,18 @@ def test_fragment_groups_are_contiguous_balanced_and_tagged() -> None:
     assert [len(g["params"]) for g in by_module] == [2, 2, 2, 2]
     by_size = fragment_param_groups(model, 8, by="size")
     assert [len(g["params"]) for g in by_size] == [1] * 8
-    with pytest.raises(ValueError, match=r"leaves fragments \[.*\] empty .*or by='size'"):
+    with pytest.raises(
+        ValueError, match=r"cannot cut 4 modules with parameters into 5 .*by='size'"
+    ):
         fragment_param_groups(model, 5)
+    # one unit larger than 1/F of the model: it stays whole, the others share the rest
+    lopsided = torch.nn.Sequential(
+        torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(40, 40), torch.nn.Linear(2, 2)
+    )
+    sizes = [sum(p.numel() for p in g["params"]) for g in fragment_param_groups(lopsided, 3)]
+    assert sizes == [12, 1640, 6]
+    sizes = [sum(p.numel() for p in g["params"]) for g in fragment_param_groups(lopsided, 4)]
+    assert sizes == [6, 6, 1640, 6]
     with pytest.raises(ValueError, match="fragments must be a positive int"):
         fragment_param_groups(model, 0)
     with pytest.raises(ValueError, match="by must be"):
@@ -330,3 +344,26 @@ def test_validates_new_arguments(
 ) -> None:
     with pytest.raises(error, match=match):
         DistributedLookahead(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1), **kwargs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 50), min_size=1, max_size=9),
+    fragments=st.integers(1, 9),
+)
+def test_cut_makes_the_largest_fragment_as_small_as_any_contiguous_cut(
+    sizes: list[int], fragments: int
+) -> None:
+    if fragments > len(sizes):
+        return
+    assignment = _cut(sizes, fragments)
+    assert assignment == sorted(assignment)  # contiguous runs, in order
+    assert set(assignment) == set(range(fragments))  # none empty
+    largest = max(
+        sum(s for s, f in zip(sizes, assignment, strict=True) if f == g) for g in range(fragments)
+    )
+    best = min(
+        max(sum(sizes[a:b]) for a, b in itertools.pairwise((0, *cuts, len(sizes))))
+        for cuts in itertools.combinations(range(1, len(sizes)), fragments - 1)
+    )
+    assert largest == best

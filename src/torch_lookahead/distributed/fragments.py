@@ -34,12 +34,12 @@ def fragment_param_groups(
 
     Returns:
         One dict per fragment, for the inner optimizer's constructor. Fragments are contiguous
-        runs of parameters, each assigned by where its middle falls in the model's cumulative
-        element count, so their sizes differ by at most one unit (module or parameter).
+        runs of units (modules or parameters) and the cut makes the largest fragment as small as
+        a contiguous cut can; a single unit larger than 1/F of the model stays whole, so the
+        bytes of the largest sync cannot drop below it.
 
     Raises:
-        ValueError: if a fragment would be empty (fewer units than fragments, or one unit larger
-            than a fragment should be); use fewer fragments or ``by="size"``.
+        ValueError: with fewer units than fragments.
     """
     if isinstance(fragments, bool) or not isinstance(fragments, int) or fragments < 1:
         raise ValueError(f"fragments must be a positive int, got {fragments!r}")
@@ -61,24 +61,50 @@ def fragment_param_groups(
             if id(p) not in seen:
                 seen.add(id(p))
                 units.append([p])
-    total = sum(p.numel() for unit in units for p in unit)
-    if not units or total == 0:
-        raise ValueError("the model has no parameters to cut into fragments")
+    if len(units) < fragments:
+        raise ValueError(
+            f"cannot cut {len(units)} {'modules with parameters' if by == 'module' else 'parameters'}"
+            f" into {fragments} non-empty fragments; use fewer fragments"
+            + (" or by='size'" if by == "module" else "")
+        )
+    sizes = [sum(p.numel() for p in unit) for unit in units]
     groups: list[dict[str, Any]] = [
         {"params": [], FRAGMENT_KEY: f, **group_options} for f in range(fragments)
     ]
-    before = 0
-    for unit in units:
-        size = sum(p.numel() for p in unit)
-        middle = before + size / 2
-        index = min(fragments - 1, int(middle * fragments / total))
-        groups[index]["params"].extend(unit)
-        before += size
-    empty = [f for f, group in enumerate(groups) if not group["params"]]
-    if empty:
-        raise ValueError(
-            f"cutting the model {by!r}-wise into {fragments} fragments leaves fragments {empty} "
-            f"empty ({len(units)} units for {total} elements); use fewer fragments"
-            + (" or by='size'" if by == "module" else "")
-        )
+    for unit, fragment in zip(units, _cut(sizes, fragments), strict=True):
+        groups[fragment]["params"].extend(unit)
     return groups
+
+
+def _count_runs(sizes: list[int], cap: int) -> int:
+    """Contiguous runs that greedy packing to at most ``cap`` elements each makes."""
+    runs, current = 1, 0
+    for size in sizes:
+        if current and current + size > cap:
+            runs, current = runs + 1, 0
+        current += size
+    return runs
+
+
+def _cut(sizes: list[int], fragments: int) -> list[int]:
+    """The fragment of each unit: ``fragments`` non-empty contiguous runs, the largest smallest.
+
+    The smallest feasible cap on a run's size is found by bisection over greedy packing; runs are
+    then packed to that cap, cutting early only where every remaining unit must start a run.
+    """
+    low, high = max(sizes), sum(sizes)
+    while low < high:
+        middle = (low + high) // 2
+        if _count_runs(sizes, middle) <= fragments:
+            high = middle
+        else:
+            low = middle + 1
+    assignment: list[int] = []
+    fragment, current = 0, 0
+    for index, size in enumerate(sizes):
+        units_left = len(sizes) - index
+        if assignment and (current + size > low or units_left <= fragments - 1 - fragment):
+            fragment, current = fragment + 1, 0
+        assignment.append(fragment)
+        current += size
+    return assignment
