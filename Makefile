@@ -29,8 +29,9 @@ $(VENV)/.bench-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 	$(PIP) install --quiet --no-deps timm==1.0.31
 	touch $@
 
+# --against: the run says where its numbers differ from the committed report, if they do.
 demo: $(VENV)/.demo-installed
-	$(VENV)/bin/torch-lookahead demo
+	$(VENV)/bin/torch-lookahead demo --against reports/demo
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+import torch_lookahead
 from torch_lookahead import cli
 from torch_lookahead.lab import experiments, runner
-from torch_lookahead.lab.report import EMBED_END, EMBED_START, embedded_section
+from torch_lookahead.lab.report import DETAILS_MARKER, EMBED_END, EMBED_START, embedded_section
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,22 +26,48 @@ def test_quick_demo_writes_the_report_and_reuses_its_runs(
             "lr_robustness.png", "k_alpha_sgd.png", "nqm.png", "runs"} <= names  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert [c["key"] for c in results["claims"]] == [
-        "nqm_variance", "lr_robustness", "k_alpha_robustness", "seed_variance", "convergence"
+        "final_default", "final_tuned", "convergence_default", "convergence_tuned",
+        "seed_variance", "lr_robustness", "k_alpha_robustness", "nqm_variance",
     ]  # fmt: skip
     assert {s["method"] for s in results["compare"]} == {
         "sgd", "lookahead(sgd)", "adamw", "lookahead(adamw)"
     }  # fmt: skip
+    assert results["provenance"]["version"] == torch_lookahead.__version__
+    assert len(results["runs"]) == len({json.dumps(r["config"]) for r in results["runs"]})
     report = (out / "report.md").read_text()
     for claim in results["claims"]:
         assert claim["paper"] in report and claim["verdict"] in report
-    assert "final metrics" in capsys.readouterr().out
+        assert claim["protocol"] in report
+    printed = capsys.readouterr().out
+    # Printed to a pipe: whole Markdown rows, whatever the width, and one line per verdict.
+    assert "| lookahead(adamw) | 0.002 | 5 | 0.5 | 2 |" in printed and "…" not in printed
+    assert "   Verdict: inconclusive at 2 seeds\n" in printed
 
     def must_not_run(config: runner.RunConfig) -> runner.RunResult:
         raise AssertionError("a run in the output folder was recomputed")
 
     monkeypatch.setattr(runner, "run", must_not_run)
-    assert cli.main(["demo", "--quick", "--out", str(out), "--workers", "1"]) == 0
+    monkeypatch.setattr(runner, "nqm_point", must_not_run)
+    assert (
+        cli.main(["demo", "--quick", "--out", str(out), "--workers", "1", "--against", str(out)])
+        == 0
+    )
     assert json.loads((out / "results.json").read_text())["claims"] == results["claims"]
+    assert "Every number matches the committed report in" in capsys.readouterr().out
+
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    results["runs"][0]["history"]["val_loss"][-1] += 1.0
+    (committed / "results.json").write_text(json.dumps(results))
+    assert (
+        cli.main(
+            ["demo", "--quick", "--out", str(out), "--workers", "1", "--against", str(committed)]
+        )
+        == 0
+    )
+    printed = " ".join(capsys.readouterr().out.split())
+    count = len(results["runs"])
+    assert f"1 of {count} runs differ from the committed report, e.g. sgd lr 0.05 seed 0" in printed
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["compare"], ["sweep"], ["nqm"]])
@@ -75,12 +103,35 @@ def test_clear_errors(
 
 
 def test_docs_embed_the_committed_demo_report() -> None:
-    """docs/lab.md carries reports/demo/report.md verbatim: no number there is typed by hand."""
+    """docs/lab.md carries the summary of reports/demo/report.md verbatim: no number there is
+    typed by hand."""
     doc = (REPO / "docs" / "lab.md").read_text()
     embedded = doc.split(EMBED_START, 1)[1].split(EMBED_END, 1)[0].strip()
     assert embedded == embedded_section(REPO / "reports" / "demo", "assets/lab").strip()
-    for figure in (REPO / "reports" / "demo").glob("*.png"):
-        assert (REPO / "docs" / "assets" / "lab" / figure.name).read_bytes() == figure.read_bytes()
+    assert "## Verdicts at a glance" in embedded
+    for figure in re.findall(r"\(assets/lab/([\w.-]+\.png)\)", embedded):
+        shown = REPO / "docs" / "assets" / "lab" / figure
+        assert shown.read_bytes() == (REPO / "reports" / "demo" / figure).read_bytes()
+
+
+def test_embed_report_replaces_the_marked_part_only(tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").write_text(
+        f"# Title\n\n## Summary\n\n![a](a.png)\n\n{DETAILS_MARKER}\n\n![b](b.png)\n"
+    )
+    (report / "a.png").write_bytes(b"a")
+    (report / "b.png").write_bytes(b"b")
+    doc = tmp_path / "docs" / "page.md"
+    doc.parent.mkdir()
+    doc.write_text(f"before\n{EMBED_START}\nold\n{EMBED_END}\nafter\n")
+    assert cli.main(["embed-report", str(report), str(doc), str(tmp_path / "docs" / "img")]) == 0
+    assert doc.read_text() == (
+        f"before\n{EMBED_START}\n## Title\n\n### Summary\n\n![a](img/a.png)\n{EMBED_END}\nafter\n"
+    )
+    assert [p.name for p in (tmp_path / "docs" / "img").iterdir()] == ["a.png"]
+    doc.write_text("no markers")
+    assert cli.main(["embed-report", str(report), str(doc), str(tmp_path)]) == 2
 
 
 @pytest.mark.parametrize("command", [["nqm", "--quick"], ["compare", "--quick", "--seeds", "1"]])
@@ -180,3 +231,29 @@ def test_sigint_to_the_parent_alone_ends_the_worker_pool(tmp_path: Path) -> None
     while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
         time.sleep(0.2)
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+
+
+def test_cifar10_files_are_checked_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.lab.test_tasks import write_fake_cifar10
+
+    write_fake_cifar10(tmp_path)
+    out = tmp_path / "out"
+    arguments = ["compare", "--task", "cifar10", "--data-dir", str(tmp_path), "--device", "cpu"]
+    assert cli.main([*arguments, "--out", str(out)]) == 2
+    printed = capsys.readouterr().out
+    assert printed.startswith("Error: ") and "is not the official CIFAR-10" in printed
+    received: list[runner.RunConfig] = []
+
+    class Handed(Exception):
+        pass
+
+    def hand_over(jobs: list[runner.RunConfig], *args: object, **kwargs: object) -> None:
+        received.extend(jobs)
+        raise Handed  # the jobs reached the runner: nothing needs to train here
+
+    monkeypatch.setattr(experiments, "run_many", hand_over)
+    with pytest.raises(Handed):
+        cli.main([*arguments, "--out", str(out), "--quick", "--unsafe-skip-checksums"])
+    assert received and all(job.unsafe_skip_checksums for job in received)

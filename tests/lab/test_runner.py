@@ -30,6 +30,14 @@ def test_same_seed_same_numbers(k: int | None) -> None:
     assert set(first.history) == {"train_loss", "val_loss", "val_accuracy"}
 
 
+def test_the_schedule_is_the_tasks_unless_asked_and_it_changes_the_run() -> None:
+    assert config().schedule == "cosine"
+    constant = config(schedule="constant")
+    assert run(constant).history != run(config()).history
+    with pytest.raises(ValueError, match="unknown schedule"):
+        make_config("digits", "sgd", seed=0, settings=TINY, schedule="linear")
+
+
 def test_another_seed_other_numbers() -> None:
     assert run(config(seed=0)).history != run(config(seed=1)).history
 
@@ -56,7 +64,8 @@ def test_the_key_covers_every_field() -> None:
     assert base.key() == config().key()
     for name, value in [("lr", 0.07), ("seed", 3), ("k", 6), ("alpha", 0.8), ("steps", 13),
                         ("eval_every", 3), ("batch_size", 8), ("inner", "adamw"),
-                        ("device", "meta"), ("data_dir", "/x")]:  # fmt: skip
+                        ("device", "meta"), ("data_dir", "/x"), ("schedule", "step"),
+                        ("unsafe_skip_checksums", True)]:  # fmt: skip
         assert dataclasses.replace(base, **{name: value}).key() != base.key(), name
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from torch_lookahead import Lookahead
+from torch_lookahead.lab import tasks
 from torch_lookahead.lab.experiments import (
     compare_configs,
     k_alpha_configs,
@@ -21,12 +23,14 @@ from torch_lookahead.lab.experiments import (
 from torch_lookahead.lab.models import ResNet18
 from torch_lookahead.lab.optimizers import available_inner_optimizers, build_optimizer
 from torch_lookahead.lab.tasks import (
+    CIFAR10_FILES,
     CharLMTask,
     Cifar10Task,
     DigitsTask,
     TaskSettings,
     augment_crop_flip,
     get_task,
+    lr_multiplier,
     stdlib_corpus,
 )
 
@@ -70,11 +74,43 @@ def write_fake_cifar10(folder: Path, per_batch: int = 20) -> None:
         (folder / name).write_bytes(pickle.dumps(entry))
 
 
-def test_cifar10_reads_the_python_batches(tmp_path: Path) -> None:
+def trust_fake_cifar10(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the fake batches in ``folder`` the "official" ones for this test."""
+    checksums = {
+        name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in CIFAR10_FILES
+    }
+    monkeypatch.setattr(tasks, "CIFAR10_MD5", checksums)
+    tasks.load_cifar10.cache_clear()
+
+
+def test_cifar10_refuses_files_that_are_not_the_official_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_fake_cifar10(tmp_path)
+    tasks.load_cifar10.cache_clear()
+    with pytest.raises(
+        ValueError, match=r"is not the official CIFAR-10 data_batch_1 .*--unsafe-skip-checksums"
+    ):
+        Cifar10Task().check_data(str(tmp_path))
+    with pytest.raises(ValueError, match="is not the official CIFAR-10"):
+        Cifar10Task().load(str(tmp_path), "cpu")
+    Cifar10Task().check_data(str(tmp_path), verify=False)  # the explicit opt-out
+    # A pickle that runs code when it is read is refused before it is read.
+    trust_fake_cifar10(tmp_path, monkeypatch)
+    marker = tmp_path / "code-ran"
+    (tmp_path / "test_batch").write_bytes(f"cos\nsystem\n(S'touch {marker}'\ntR.".encode())
+    with pytest.raises(ValueError, match="is not the official CIFAR-10 test_batch"):
+        tasks.load_cifar10(str(tmp_path))
+    assert not marker.exists()
+
+
+def test_cifar10_reads_the_python_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     write_fake_cifar10(folder)
+    trust_fake_cifar10(folder, monkeypatch)
     task = Cifar10Task()
+    task.check_data(str(tmp_path))
     data = task.load(str(tmp_path), "cpu")
     assert data.train_inputs.shape == (100, 3, 32, 32) and data.val_inputs.shape == (20, 3, 32, 32)
     assert data.train_inputs.mean(dim=(0, 2, 3)).abs().max() < 1e-5
@@ -89,11 +125,19 @@ def test_cifar10_without_its_data_says_what_to_do(tmp_path: Path) -> None:
         Cifar10Task().check_data(str(tmp_path))
 
 
-def test_cifar10_schedule_divides_by_five_at_30_60_80_percent() -> None:
-    multiplier = Cifar10Task().lr_multiplier(100)
-    assert [multiplier(s) for s in (0, 29, 30, 59, 60, 80, 99)] == pytest.approx(
+def test_schedules() -> None:
+    step = lr_multiplier("step", 100)
+    assert step is not None
+    assert [step(s) for s in (0, 29, 30, 59, 60, 80, 99)] == pytest.approx(
         [1, 1, 0.2, 0.2, 0.04, 0.008, 0.008]
     )
+    cosine = lr_multiplier("cosine", 300)
+    assert cosine is not None
+    assert [cosine(s) for s in (0, 150, 300)] == pytest.approx([1.0, 0.5, 0.0])
+    assert lr_multiplier("constant", 300) is None
+    assert (Cifar10Task.schedule, DigitsTask.schedule) == ("step", "cosine")
+    with pytest.raises(ValueError, match="unknown schedule 'linear'; accepted values: constant"):
+        lr_multiplier("linear", 10)
 
 
 def test_resnet18_shape_and_size() -> None:
@@ -203,10 +247,13 @@ def test_plans() -> None:
     assert sum(c.k is None for c in grid) == 2
 
 
-def test_a_cifar10_run_trains_resnet18_with_lookahead(tmp_path: Path) -> None:
+def test_a_cifar10_run_trains_resnet18_with_lookahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from torch_lookahead.lab.runner import make_config, run
 
     write_fake_cifar10(tmp_path, per_batch=8)
+    trust_fake_cifar10(tmp_path, monkeypatch)
     settings = TaskSettings(steps=3, eval_every=3, batch_size=4)
     config = make_config(
         "cifar10", "sgd", seed=0, settings=settings, k=2, alpha=0.5, data_dir=str(tmp_path)

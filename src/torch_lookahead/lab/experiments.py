@@ -8,6 +8,7 @@ it measured."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = [
     "DEMO_QUICK",
     "DemoPlan",
     "Experiment",
+    "RunOptions",
     "compare_configs",
     "compare_experiment",
     "default_lr_grid",
@@ -112,6 +114,34 @@ def default_lr_grid(
     return {inner: [spec.learning_rate(inner) * f for f in factors] for inner in inners}
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how the runs of an experiment train, beyond their hyper-parameters."""
+
+    data_dir: str | None = None
+    device: str = "cpu"
+    schedule: str | None = None  # None: the task's schedule
+    unsafe_skip_checksums: bool = False
+
+
+def _config(
+    task: str,
+    inner: str,
+    seed: int,
+    settings: TaskSettings,
+    options: RunOptions,
+    *,
+    lr: float | None = None,
+    k: int | None = None,
+    alpha: float | None = None,
+) -> RunConfig:
+    return make_config(
+        task, inner, seed=seed, settings=settings, lr=lr, k=k, alpha=alpha,
+        data_dir=options.data_dir, device=options.device, schedule=options.schedule,
+        unsafe_skip_checksums=options.unsafe_skip_checksums,
+    )  # fmt: skip
+
+
 def compare_configs(
     task: str,
     inners: Sequence[str],
@@ -121,8 +151,7 @@ def compare_configs(
     k: int = 5,
     alpha: float = 0.5,
     lrs: Mapping[str, float] | None = None,
-    data_dir: str | None = None,
-    device: str = "cpu",
+    options: RunOptions = RunOptions(),
 ) -> list[RunConfig]:
     """Each inner optimizer, plain and in Lookahead(k, alpha), over seeds 0..seeds-1."""
     if seeds < 1:
@@ -131,13 +160,8 @@ def compare_configs(
     for inner in inners:
         lr = (lrs or {}).get(inner)
         for seed in range(seeds):
-            for pair in ((None, None), (k, alpha)):
-                configs.append(
-                    make_config(
-                        task, inner, seed=seed, settings=settings, lr=lr, k=pair[0],
-                        alpha=pair[1], data_dir=data_dir, device=device,
-                    )
-                )  # fmt: skip
+            configs.append(_config(task, inner, seed, settings, options, lr=lr))
+            configs.append(_config(task, inner, seed, settings, options, lr=lr, k=k, alpha=alpha))
     return configs
 
 
@@ -149,17 +173,15 @@ def lr_sweep_configs(
     *,
     k: int = 5,
     alpha: float = 0.5,
-    data_dir: str | None = None,
-    device: str = "cpu",
+    options: RunOptions = RunOptions(),
 ) -> list[RunConfig]:
     """Plain and Lookahead(k, alpha) at every learning rate of every inner optimizer."""
     configs = []
     for inner, lrs in lrs_by_inner.items():
         for lr in lrs:
             configs += compare_configs(
-                task, [inner], seeds, settings, k=k, alpha=alpha, lrs={inner: lr},
-                data_dir=data_dir, device=device,
-            )  # fmt: skip
+                task, [inner], seeds, settings, k=k, alpha=alpha, lrs={inner: lr}, options=options
+            )
     return configs
 
 
@@ -172,26 +194,27 @@ def k_alpha_configs(
     settings: TaskSettings,
     *,
     lr: float | None = None,
-    data_dir: str | None = None,
-    device: str = "cpu",
+    options: RunOptions = RunOptions(),
 ) -> list[RunConfig]:
     """The inner optimizer alone, then Lookahead at every (k, alpha) of the grid."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be a positive integer, got {seeds}")
     configs = []
     for seed in range(seeds):
-        for pair in [(None, None)] + [(k, alpha) for k in ks for alpha in alphas]:
-            configs.append(
-                make_config(
-                    task, inner, seed=seed, settings=settings, lr=lr, k=pair[0], alpha=pair[1],
-                    data_dir=data_dir, device=device,
+        configs.append(_config(task, inner, seed, settings, options, lr=lr))
+        for k in ks:
+            for alpha in alphas:
+                configs.append(
+                    _config(task, inner, seed, settings, options, lr=lr, k=k, alpha=alpha)
                 )
-            )  # fmt: skip
     return configs
 
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """What ``torch-lookahead demo`` runs: the comparison, a learning-rate sweep (multiples of
-    each optimizer's default learning rate), a (k, alpha) grid and the NQM check."""
+    """What ``torch-lookahead demo`` runs: the comparison (the paper's default protocol), a
+    learning-rate sweep (multiples of each optimizer's learning rate on the task; it also gives
+    the tuned protocol), a (k, alpha) grid and the NQM check."""
 
     task: str
     inners: tuple[str, ...]
@@ -211,21 +234,22 @@ class DemoPlan:
 
 DEMO = DemoPlan(
     task="digits",
-    inners=("sgd", "adamw", "radam"),
-    seeds=3,
+    inners=("sgd", "adamw"),
+    seeds=5,
     k=5,
     alpha=0.5,
     lr_factors=DEFAULT_LR_FACTORS,
-    sweep_seeds=2,
+    sweep_seeds=3,
     grid_inner="sgd",
     grid_ks=(5, 10, 20),
-    grid_alphas=(0.3, 0.5, 0.8),
+    grid_alphas=(0.5, 0.8),
     nqm_lrs=(0.1, 0.2, 0.4, 0.8, 1.2, 1.6, 1.9),
-    nqm_chains=500,
+    nqm_chains=400,
     nqm_burn_in_steps=1000,
-    nqm_measured_steps=2000,
+    nqm_measured_steps=1500,
 )
 
+# Few steps and seeds: it checks that everything runs, and its verdicts mean nothing.
 DEMO_QUICK = DemoPlan(
     task="digits",
     inners=("sgd", "adamw"),
@@ -238,9 +262,9 @@ DEMO_QUICK = DemoPlan(
     grid_ks=(5, 10),
     grid_alphas=(0.5, 0.8),
     nqm_lrs=(0.2, 0.8, 1.6),
-    nqm_chains=200,
-    nqm_burn_in_steps=400,
-    nqm_measured_steps=400,
+    nqm_chains=100,
+    nqm_burn_in_steps=200,
+    nqm_measured_steps=200,
 )
 
 
@@ -268,39 +292,22 @@ def demo_experiment(quick: bool = False) -> Experiment:
     plan = DEMO_QUICK if quick else DEMO
     spec = get_task(plan.task)
     settings = spec.quick if quick else spec.full
-    grid = default_lr_grid(plan.task, plan.inners, plan.lr_factors)
-    return Experiment(
-        title="torch-lookahead demo" + (" (quick)" if quick else ""),
-        task=plan.task,
-        compare=tuple(
-            compare_configs(
-                plan.task, plan.inners, plan.seeds, settings, k=plan.k, alpha=plan.alpha
-            )
-        ),
-        lr_sweep=tuple(
-            lr_sweep_configs(
-                plan.task, grid, plan.sweep_seeds, settings, k=plan.k, alpha=plan.alpha
-            )
-        ),
-        k_alpha=tuple(
-            k_alpha_configs(
-                plan.task,
-                plan.grid_inner,
-                plan.grid_ks,
-                plan.grid_alphas,
-                plan.sweep_seeds,
-                settings,
-            )
-        ),
-        nqm=tuple(_demo_nqm(plan)),
+    lr_grid = default_lr_grid(plan.task, plan.inners, plan.lr_factors)
+    compare = compare_configs(
+        plan.task, plan.inners, plan.seeds, settings, k=plan.k, alpha=plan.alpha
     )
-
-
-def _demo_nqm(plan: DemoPlan) -> list[NQMConfig]:
-    return nqm_configs(
+    sweep = lr_sweep_configs(
+        plan.task, lr_grid, plan.sweep_seeds, settings, k=plan.k, alpha=plan.alpha
+    )
+    grid = k_alpha_configs(
+        plan.task, plan.grid_inner, plan.grid_ks, plan.grid_alphas, plan.sweep_seeds, settings
+    )
+    nqm = nqm_configs(
         NQMProblem.default(), plan.nqm_lrs, k=plan.k, alpha=plan.alpha, chains=plan.nqm_chains,
         burn_in_steps=plan.nqm_burn_in_steps, measured_steps=plan.nqm_measured_steps,
     )  # fmt: skip
+    title = "torch-lookahead demo" + (" (quick)" if quick else "")
+    return Experiment(title, plan.task, tuple(compare), tuple(sweep), tuple(grid), tuple(nqm))
 
 
 def compare_experiment(
@@ -311,13 +318,10 @@ def compare_experiment(
     *,
     k: int = 5,
     alpha: float = 0.5,
-    data_dir: str | None = None,
-    device: str = "cpu",
+    options: RunOptions = RunOptions(),
 ) -> Experiment:
     """Each inner optimizer plain and in Lookahead(k, alpha), over seeds."""
-    configs = compare_configs(
-        task, inners, seeds, settings, k=k, alpha=alpha, data_dir=data_dir, device=device
-    )
+    configs = compare_configs(task, inners, seeds, settings, k=k, alpha=alpha, options=options)
     return Experiment(f"torch-lookahead compare: {task}", task, compare=tuple(configs))
 
 
@@ -330,25 +334,20 @@ def sweep_experiment(
     lrs: Sequence[float] | None = None,
     ks: Sequence[int] = (5, 10, 20),
     alphas: Sequence[float] = (0.5, 0.8),
-    data_dir: str | None = None,
-    device: str = "cpu",
+    options: RunOptions = RunOptions(),
 ) -> Experiment:
     """Learning-rate curves (plain and Lookahead with the first k and alpha) over ``lrs``
     (default: ``default_lr_grid``), and every (k, alpha) at the task's learning rate."""
     if not ks or not alphas:
         raise ValueError("ks and alphas must not be empty")
-    lr_grid = (
-        default_lr_grid(task, inners) if lrs is None else {inner: list(lrs) for inner in inners}
-    )
+    lr_grid = default_lr_grid(task, inners) if lrs is None else {i: list(lrs) for i in inners}
     sweep = lr_sweep_configs(
-        task, lr_grid, seeds, settings, k=ks[0], alpha=alphas[0], data_dir=data_dir, device=device
+        task, lr_grid, seeds, settings, k=ks[0], alpha=alphas[0], options=options
     )
     grid = [
         config
         for inner in inners
-        for config in k_alpha_configs(
-            task, inner, ks, alphas, seeds, settings, data_dir=data_dir, device=device
-        )
+        for config in k_alpha_configs(task, inner, ks, alphas, seeds, settings, options=options)
     ]
     return Experiment(
         f"torch-lookahead sweep: {task}", task, lr_sweep=tuple(sweep), k_alpha=tuple(grid)
@@ -380,11 +379,12 @@ def run_experiment(
     workers: int | None = None,
     on_result: Callable[[Any, bool], None] | None = None,
 ) -> LabResults:
-    """Compute every job of ``experiment`` (see ``run_many``) and gather what it measured."""
+    """Compute every job of ``experiment`` (see ``run_many``) and gather what it measured, with
+    the wall time it took."""
+    started = time.perf_counter()
     jobs = experiment.jobs()
-    by_job = dict(
-        zip(jobs, run_many(jobs, cache_dir, workers=workers, on_result=on_result), strict=True)
-    )
+    results = run_many(jobs, cache_dir, workers=workers, on_result=on_result)
+    by_job = dict(zip(jobs, results, strict=True))
     spec = get_task(experiment.task) if experiment.task else None
     nqm = experiment.nqm
     return LabResults(
@@ -393,11 +393,11 @@ def run_experiment(
         task=experiment.task,
         headline_metric=spec.headline_metric if spec else "val_loss",
         higher_is_better=spec.higher_is_better if spec else False,
-        target_loss=spec.target_train_loss if spec else 0.0,
         compare=[by_job[c] for c in experiment.compare],
         lr_sweep=[by_job[c] for c in experiment.lr_sweep],
         k_alpha=[by_job[c] for c in experiment.k_alpha],
         nqm=[by_job[c] for c in nqm],
         nqm_k=nqm[0].k if nqm else 5,
         nqm_alpha=nqm[0].alpha if nqm else 0.5,
+        seconds=time.perf_counter() - started,
     )

@@ -1,5 +1,10 @@
-"""Summaries of runs over seeds: final metrics (mean and standard deviation), steps to a target
-loss, and curves with seed bands. Pure functions of ``RunResult`` lists."""
+"""What a run measured, as numbers the claims compare: final values, the area under the training
+loss curve, values at fixed budgets; summaries over seeds and curves with seed bands. Pure
+functions of ``RunResult`` lists.
+
+A run that diverged counts as the untrained model: every value after its divergence is the value
+the run measured at step 0 (a diverged run is not averaged away, and it is not infinitely bad).
+"""
 
 from __future__ import annotations
 
@@ -9,36 +14,74 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from scipy.integrate import trapezoid  # type: ignore[import-untyped]
+
 from torch_lookahead.lab.runner import RunConfig, RunResult
 
 __all__ = [
     "Band",
     "SettingSummary",
+    "area_under_curve",
+    "final_value",
     "group_by_setting",
     "mean_and_std",
     "seed_band",
-    "steps_to_target",
+    "setting_of",
     "summarize",
+    "value_at",
 ]
 
 
 def mean_and_std(values: Sequence[float | None]) -> tuple[float, float]:
-    """Mean and sample standard deviation (``ddof=1``; 0 for one value). A missing or
-    non-finite value makes both NaN: a diverged seed is not averaged away."""
+    """Mean and sample standard deviation (``ddof=1``; NaN for one value: no spread was
+    measured). A missing or non-finite value makes both NaN."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not values or len(finite) < len(values):
         return math.nan, math.nan
     if len(finite) == 1:
-        return finite[0], 0.0
+        return finite[0], math.nan
     return statistics.fmean(finite), statistics.stdev(finite)
 
 
-def steps_to_target(result: RunResult, target: float, metric: str = "train_loss") -> int | None:
-    """The first evaluated step at which ``metric`` is at or below ``target`` (None: never)."""
-    for step, value in zip(result.steps, result.history[metric], strict=True):
-        if value is not None and value <= target:
-            return step
-    return None
+def _curve(result: RunResult, metric: str) -> tuple[list[int], list[float]]:
+    """Evaluated steps and values of ``metric`` over the whole budget, a diverged run's values
+    replaced from its divergence on by its step-0 value (and extended to the last step)."""
+    history = result.history[metric]
+    untrained = history[0]
+    if untrained is None:
+        raise ValueError(f"{result.config.method}: {metric} was not finite at step 0")
+    steps = list(result.steps)
+    values = [untrained if v is None else v for v in history]
+    if result.diverged_at is not None:
+        values = [
+            untrained if step >= result.diverged_at else value
+            for step, value in zip(steps, values, strict=True)
+        ]
+        if steps[-1] < result.config.steps:
+            steps.append(result.config.steps)
+            values.append(untrained)
+    return steps, values
+
+
+def final_value(result: RunResult, metric: str) -> float:
+    """``metric`` at the end of training (the step-0 value for a run that diverged)."""
+    return _curve(result, metric)[1][-1]
+
+
+def value_at(result: RunResult, metric: str, step: int) -> float:
+    """``metric`` at the first evaluation at or after ``step``."""
+    steps, values = _curve(result, metric)
+    for evaluated, value in zip(steps, values, strict=True):
+        if evaluated >= step:
+            return value
+    raise ValueError(f"the run ends at step {steps[-1]}, before {step}")
+
+
+def area_under_curve(result: RunResult, metric: str = "train_loss") -> float:
+    """The mean of ``metric`` over the run: the area under its curve (trapezoids between the
+    evaluations) divided by the number of steps. Lower for a loss means faster convergence."""
+    steps, values = _curve(result, metric)
+    return float(trapezoid(values, steps)) / (steps[-1] - steps[0])
 
 
 def setting_of(config: RunConfig) -> RunConfig:
@@ -56,39 +99,38 @@ def group_by_setting(results: Iterable[RunResult]) -> dict[RunConfig, list[RunRe
 
 @dataclass(frozen=True)
 class SettingSummary:
-    """One setting over its seeds."""
+    """One setting over its seeds: the runs, and mean and standard deviation of what they
+    measured at the end (``final``) and of their mean training loss (``train_loss_area``)."""
 
     setting: RunConfig
-    seeds: tuple[int, ...]
-    final: dict[str, tuple[float, float]]  # metric -> (mean, std) at the last evaluation
-    steps_to_target: tuple[int | None, ...]  # per seed
-    target_loss: float
+    runs: tuple[RunResult, ...]
+    final: dict[str, tuple[float, float]]  # metric -> (mean, std) at the end of training
+    train_loss_area: tuple[float, float]
     diverged: int
 
     @property
     def method(self) -> str:
         return self.setting.method
 
-    def mean_steps_to_target(self) -> float | None:
-        """Mean over seeds, or None when some seed never reached the target."""
-        reached = [s for s in self.steps_to_target if s is not None]
-        if not reached or len(reached) < len(self.steps_to_target):
-            return None
-        return statistics.fmean(reached)
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(r.config.seed for r in self.runs)
+
+    def values(self, metric: str) -> dict[int, float]:
+        """Final ``metric`` per seed (diverged runs at their step-0 value)."""
+        return {r.config.seed: final_value(r, metric) for r in self.runs}
 
 
-def summarize(results: Iterable[RunResult], target_loss: float) -> list[SettingSummary]:
-    """One ``SettingSummary`` per setting."""
+def summarize(results: Iterable[RunResult]) -> list[SettingSummary]:
+    """One ``SettingSummary`` per setting, in first-seen order."""
     summaries = []
     for setting, runs in group_by_setting(results).items():
-        metrics = list(runs[0].history)
         summaries.append(
             SettingSummary(
                 setting=setting,
-                seeds=tuple(r.config.seed for r in runs),
-                final={m: mean_and_std([r.final(m) for r in runs]) for m in metrics},
-                steps_to_target=tuple(steps_to_target(r, target_loss) for r in runs),
-                target_loss=target_loss,
+                runs=tuple(runs),
+                final={m: mean_and_std([final_value(r, m) for r in runs]) for m in runs[0].history},
+                train_loss_area=mean_and_std([area_under_curve(r) for r in runs]),
                 diverged=sum(r.diverged_at is not None for r in runs),
             )
         )

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from torch_lookahead._checks import check_alpha, check_k
 from torch_lookahead.lab.provenance import job_key
+from torch_lookahead.lab.stats import difference
 
 __all__ = [
     "NQMConfig",
@@ -38,6 +39,7 @@ __all__ = [
     "nqm_configs",
     "nqm_grid",
     "nqm_point",
+    "simulate_chain_losses",
     "simulate_steady_state_loss",
     "steady_state_variance_lookahead",
     "steady_state_variance_sgd",
@@ -120,10 +122,32 @@ def simulate_steady_state_loss(
     seed: int = 0,
 ) -> float:
     """Monte-Carlo estimate of the steady-state expected loss of SGD (``k=None``) or of
-    Lookahead(SGD), from ``chains`` independent chains started at the optimum.
+    Lookahead(SGD): the mean over chains of ``simulate_chain_losses``."""
+    return float(
+        simulate_chain_losses(
+            problem, lr, k=k, alpha=alpha, chains=chains, burn_in_steps=burn_in_steps,
+            measured_steps=measured_steps, seed=seed,
+        ).mean()
+    )  # fmt: skip
+
+
+def simulate_chain_losses(
+    problem: NQMProblem,
+    lr: float,
+    *,
+    k: int | None = None,
+    alpha: float | None = None,
+    chains: int = 2000,
+    burn_in_steps: int = 2000,
+    measured_steps: int = 4000,
+    seed: int = 0,
+) -> Tensor:
+    """The steady-state expected loss of SGD (``k=None``) or of Lookahead(SGD) estimated by each
+    of ``chains`` independent chains started at the optimum (a float64 tensor, one per chain).
 
     SGD is measured after every step; Lookahead after every synchronisation (steps divisible by
-    ``k``), where the parameters equal the slow weights.
+    ``k``), where the parameters equal the slow weights. The noise depends on ``seed`` only, so
+    SGD and Lookahead with the same seed see the same noise chain by chain.
     """
     _check_lr(problem, lr)
     curvature, noise = problem.tensors()
@@ -141,7 +165,7 @@ def simulate_steady_state_loss(
         every = k
     noise_scale = noise.sqrt()
     burn_in = math.ceil(burn_in_steps / every) * every
-    total = 0.0
+    total = torch.zeros(chains, dtype=torch.float64)
     count = 0
     for step in range(1, burn_in + measured_steps + 1):
         targets = (
@@ -152,10 +176,9 @@ def simulate_steady_state_loss(
         optimizer.step()
         if step > burn_in and step % every == 0:
             with torch.no_grad():
-                total += float((curvature * position.square()).sum(dim=1).mean())
+                total += (curvature * position.square()).sum(dim=1)
             count += 1
-    second_moment_weighted = total / count
-    return 0.5 * (second_moment_weighted + float((curvature * noise).sum()))
+    return 0.5 * (total / count + (curvature * noise).sum())
 
 
 @dataclass(frozen=True)
@@ -168,6 +191,10 @@ class NQMPoint:
     lookahead_theory: float
     lookahead_simulated: float
     floor: float  # 1/2 sum a_i s_i: the loss at x = 0, which no optimizer goes below
+    chains: int = 0
+    # 95% interval of lookahead_simulated - sgd_simulated over chains (paired: same noise)
+    difference_low: float = math.nan
+    difference_high: float = math.nan
 
     def relative_errors(self, excess: bool = True) -> tuple[float, float]:
         """|simulated - theory| / theory for SGD and Lookahead; on the excess over ``floor``
@@ -228,17 +255,21 @@ def nqm_point(config: NQMConfig) -> NQMPoint:
         "seed": config.seed,
     }
     lr, k, alpha = config.lr, config.k, config.alpha
+    sgd = simulate_chain_losses(config.problem, lr, **simulate)
+    lookahead = simulate_chain_losses(config.problem, lr, k=k, alpha=alpha, **simulate)
+    interval = difference(sgd.tolist(), lookahead.tolist(), paired=True)
     return NQMPoint(
         lr=lr,
         sgd_theory=expected_loss(curvature, noise, steady_state_variance_sgd(curvature, noise, lr)),
-        sgd_simulated=simulate_steady_state_loss(config.problem, lr, **simulate),
+        sgd_simulated=float(sgd.mean()),
         lookahead_theory=expected_loss(
             curvature, noise, steady_state_variance_lookahead(curvature, noise, lr, k, alpha)
         ),
-        lookahead_simulated=simulate_steady_state_loss(
-            config.problem, lr, k=k, alpha=alpha, **simulate
-        ),
+        lookahead_simulated=float(lookahead.mean()),
         floor=expected_loss(curvature, noise, torch.zeros_like(curvature)),
+        chains=config.chains,
+        difference_low=interval.low,
+        difference_high=interval.high,
     )
 
 

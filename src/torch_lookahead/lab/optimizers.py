@@ -22,6 +22,7 @@ __all__ = [
     "LAB_DEFAULTS",
     "available_inner_optimizers",
     "build_optimizer",
+    "inner_settings",
     "validate_inner_optimizer",
 ]
 
@@ -56,6 +57,12 @@ def validate_inner_optimizer(name: str, *, lookahead: bool = False) -> str:
     return name
 
 
+def inner_settings(inner: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword arguments the lab gives ``inner`` beyond the learning rate and the registry's
+    defaults: ``LAB_DEFAULTS[inner]``, then ``overrides`` (a task's), later ones winning."""
+    return {**LAB_DEFAULTS.get(inner, {}), **(overrides or {})}
+
+
 def build_optimizer(
     params: Iterable[Tensor],
     inner: str,
@@ -77,7 +84,7 @@ def build_optimizer(
         )
     wrap = k is not None
     validate_inner_optimizer(inner, lookahead=wrap)
-    kwargs = {**LAB_DEFAULTS.get(inner, {}), **(overrides or {})}
+    kwargs = inner_settings(inner, overrides)
     if wrap:
         lookahead = {"k": k, "alpha": alpha}
         name = LOOKAHEAD_PREFIX + inner

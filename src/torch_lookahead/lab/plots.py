@@ -1,4 +1,8 @@
-"""The report's figures, drawn with matplotlib's non-interactive Agg backend into PNG files."""
+"""The report's figures, drawn with matplotlib's non-interactive Agg backend into PNG files.
+
+Blue is always the inner optimizer alone, orange Lookahead; legends sit below the axes, where
+they cover no curve.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +15,49 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogFormatter
 
 from torch_lookahead.lab.metrics import SettingSummary, group_by_setting, seed_band
 from torch_lookahead.lab.nqm import NQMPoint
 from torch_lookahead.lab.runner import RunResult
+from torch_lookahead.lab.tasks import get_task
 
 __all__ = ["plot_k_alpha", "plot_loss_curves", "plot_lr_robustness", "plot_nqm"]
 
 _PLAIN_COLOR = "tab:blue"
 _LOOKAHEAD_COLOR = "tab:orange"
-_DPI = 80
+_DPI = 110
+plt.rcParams.update({"font.size": 10, "legend.fontsize": 10, "axes.titlesize": 11})
 
 
 def _save(figure: Any, path: Path) -> Path:
-    figure.tight_layout()
-    figure.savefig(path, dpi=_DPI)
+    figure.savefig(path, dpi=_DPI, bbox_inches="tight")
     plt.close(figure)
     return path
+
+
+def _legend_below(figure: Any, handles: Sequence[Any], columns: int = 2) -> None:
+    """The legend under the whole figure (saving with a tight bounding box keeps it)."""
+    figure.tight_layout()
+    figure.legend(handles=handles, loc="upper center", ncol=columns, bbox_to_anchor=(0.5, 0.0),
+                  frameon=False)  # fmt: skip
+
+
+def _plain_log_axis(axis: Any, which: str) -> None:
+    """Tick labels of a log axis as plain numbers (0.2, 2), not powers of ten."""
+    target = axis.yaxis if which == "y" else axis.xaxis
+    target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    target.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+
+
+def _method_handles(k: int | None, alpha: float | None) -> list[Any]:
+    wrapped = f"Lookahead (k={k}, alpha={alpha})" if k is not None else "Lookahead"
+    return [
+        Line2D([], [], color=_PLAIN_COLOR, marker="o", label="inner optimizer alone"),
+        Line2D([], [], color=_LOOKAHEAD_COLOR, marker="o", label=wrapped),
+    ]
 
 
 def plot_loss_curves(
@@ -38,8 +68,9 @@ def plot_loss_curves(
     groups = group_by_setting(results)
     inners = list(dict.fromkeys(setting.inner for setting in groups))
     figure, axes = plt.subplots(
-        len(metrics), len(inners), figsize=(3.6 * len(inners), 2.8 * len(metrics)), squeeze=False
+        len(metrics), len(inners), figsize=(5.0 * len(inners), 3.6 * len(metrics)), squeeze=False
     )
+    wrapped = next((s for s in groups if s.uses_lookahead), None)
     for column, inner in enumerate(inners):
         for row, metric in enumerate(metrics):
             axis = axes[row][column]
@@ -48,113 +79,131 @@ def plot_loss_curves(
                     continue
                 band = seed_band(runs, metric)
                 color = _LOOKAHEAD_COLOR if setting.uses_lookahead else _PLAIN_COLOR
-                label = _label(setting.method, setting.k, setting.alpha, setting.lr)
-                axis.plot(band.steps, band.mean, color=color, label=label)
+                axis.plot(band.steps, band.mean, color=color, marker="o", markersize=3)
                 axis.fill_between(band.steps, band.low, band.high, color=color, alpha=0.25)
+                if row == 0:
+                    axis.set_title(f"{inner}, lr {setting.lr:.3g}")
             axis.set_yscale("log")
+            _plain_log_axis(axis, "y")
             axis.set_xlabel("step")
             axis.set_ylabel(metric.replace("_", " "))
             axis.grid(alpha=0.3)
-            if row == 0:
-                axis.set_title(inner)
-                axis.legend(fontsize=7)
+    _legend_below(figure, _method_handles(wrapped.k if wrapped else None,
+                                          wrapped.alpha if wrapped else None))  # fmt: skip
     return _save(figure, path)
 
 
-def _label(method: str, k: int | None, alpha: float | None, lr: float) -> str:
-    if k is None:
-        return f"{method}, lr {lr:.3g}"
-    return f"{method}, k {k}, alpha {alpha}, lr {lr:.3g}"
-
-
 def plot_lr_robustness(summaries: Sequence[SettingSummary], metric: str, path: Path) -> Path:
-    """Final ``metric`` (mean over seeds, error bar one standard deviation) against the inner
-    learning rate, plain and Lookahead, one panel per inner optimizer."""
+    """Final ``metric`` (mean over seeds, bars from the lowest to the highest seed) against the
+    inner learning rate, plain and Lookahead, one panel per inner optimizer; a dotted line marks
+    the task's learning rate."""
     inners = list(dict.fromkeys(s.setting.inner for s in summaries))
-    figure, axes = plt.subplots(1, len(inners), figsize=(3.6 * len(inners), 3.0), squeeze=False)
+    figure, axes = plt.subplots(1, len(inners), figsize=(5.0 * len(inners), 3.9), squeeze=False)
+    wrapped = next((s.setting for s in summaries if s.setting.uses_lookahead), None)
     for column, inner in enumerate(inners):
         axis = axes[0][column]
         for uses_lookahead, color in ((False, _PLAIN_COLOR), (True, _LOOKAHEAD_COLOR)):
-            points = sorted(
-                (s.setting.lr, *s.final[metric])
-                for s in summaries
-                if s.setting.inner == inner and s.setting.uses_lookahead == uses_lookahead
-            )
-            if not points:
+            chosen = sorted(
+                (s for s in summaries
+                 if s.setting.inner == inner and s.setting.uses_lookahead == uses_lookahead),
+                key=lambda s: s.setting.lr,
+            )  # fmt: skip
+            if not chosen:
                 continue
-            lrs = [p[0] for p in points]
-            means = [p[1] if math.isfinite(p[1]) else math.nan for p in points]
-            stds = [p[2] if math.isfinite(p[2]) else 0.0 for p in points]
-            label = "lookahead" if uses_lookahead else "plain"
-            axis.errorbar(lrs, means, yerr=stds, color=color, marker="o", capsize=3, label=label)
+            lrs = [s.setting.lr for s in chosen]
+            values = [list(s.values(metric).values()) for s in chosen]
+            means = [math.fsum(v) / len(v) for v in values]
+            # max(0, ...): the mean of equal values can round past them
+            below = [max(0.0, m - min(v)) for m, v in zip(means, values, strict=True)]
+            above = [max(0.0, max(v) - m) for m, v in zip(means, values, strict=True)]
+            axis.errorbar(lrs, means, yerr=[below, above], color=color, marker="o", capsize=3)
+        task = get_task(summaries[0].setting.task)
+        axis.axvline(task.learning_rate(inner), color="gray", linestyle=":")
         axis.set_xscale("log")
+        lrs = sorted({s.setting.lr for s in summaries if s.setting.inner == inner})
+        axis.set_xticks(lrs, [f"{lr:.3g}" for lr in lrs])
+        axis.minorticks_off()
         axis.set_xlabel(f"{inner} learning rate")
         axis.set_ylabel(f"final {metric.replace('_', ' ')}")
         axis.set_title(inner)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+    handles = _method_handles(wrapped.k if wrapped else None, wrapped.alpha if wrapped else None)
+    handles.append(Line2D([], [], color="gray", linestyle=":", label="the task's learning rate"))
+    _legend_below(figure, handles, columns=3)
     return _save(figure, path)
 
 
 def plot_k_alpha(
     summaries: Sequence[SettingSummary], metric: str, path: Path, higher_is_better: bool
 ) -> Path:
-    """Heat map of the final ``metric`` (mean over seeds) over the (k, alpha) grid of one inner
-    optimizer; the title gives the inner optimizer alone for comparison."""
+    """Heat map over the (k, alpha) grid of one inner optimizer of the final ``metric``'s
+    difference from the inner optimizer alone (mean over seeds), centred on zero; each cell
+    shows the value and the difference. The colour scale spans at least two standard
+    deviations of the inner optimizer's seed noise, so that noise does not look like an effect."""
     grid = [s for s in summaries if s.setting.uses_lookahead]
     plain = [s for s in summaries if not s.setting.uses_lookahead]
     ks = sorted({int(s.setting.k or 0) for s in grid})
     alphas = sorted({float(s.setting.alpha or 0.0) for s in grid})
+    baseline, noise = plain[0].final[metric] if plain else (math.nan, math.nan)
     values = [[math.nan for _ in alphas] for _ in ks]
     for s in grid:
         values[ks.index(int(s.setting.k or 0))][alphas.index(float(s.setting.alpha or 0.0))] = (
             s.final[metric][0]
         )
-    figure, axis = plt.subplots(figsize=(1.2 * len(alphas) + 2.4, 0.7 * len(ks) + 1.8))
-    image = axis.imshow(values, cmap="viridis" if higher_is_better else "viridis_r", aspect="auto")
-    figure.colorbar(image, ax=axis, label=f"final {metric.replace('_', ' ')}")
+    reference = baseline if math.isfinite(baseline) else 0.0
+    differences = [[v - reference for v in row] for row in values]
+    finite = [abs(d) for row in differences for d in row if math.isfinite(d)]
+    limit = max([*finite, 2 * noise if math.isfinite(noise) else 0.0, 1e-12])
+    figure, axis = plt.subplots(figsize=(1.6 * len(alphas) + 3.2, 0.9 * len(ks) + 2.2))
+    colormap = "RdBu" if higher_is_better else "RdBu_r"
+    image = axis.imshow(
+        differences, cmap=colormap, norm=TwoSlopeNorm(0.0, -limit, limit), aspect="auto"
+    )
+    label = f"final {metric.replace('_', ' ')} minus {plain[0].method if plain else 'baseline'}"
+    figure.colorbar(image, ax=axis, label=label)
     axis.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
     axis.set_yticks(range(len(ks)), [str(k) for k in ks])
     axis.set_xlabel("alpha")
     axis.set_ylabel("k")
-    for row, column_values in enumerate(values):
-        for column, value in enumerate(column_values):
-            axis.text(
-                column, row, f"{value:.4g}", ha="center", va="center", color="white", fontsize=8
-            )
+    for row, row_values in enumerate(values):
+        for column, value in enumerate(row_values):
+            axis.text(column, row, f"{value:.4g}\n({differences[row][column]:+.2g})",
+                      ha="center", va="center", fontsize=9)  # fmt: skip
     title = f"lookahead({grid[0].setting.inner})" if grid else "lookahead"
     if plain:
-        title += f"; alone: {plain[0].final[metric][0]:.4g}"
-    axis.set_title(title, fontsize=9)
+        seeds = len(plain[0].seeds)
+        spread = f" ± {noise:.2g}" if math.isfinite(noise) else ""
+        title += (
+            f"\n{plain[0].method} alone: {baseline:.4g}{spread} ({seeds} seed"
+            f"{'s' if seeds != 1 else ''})"
+        )
+    axis.set_title(title)
+    figure.tight_layout()
     return _save(figure, path)
 
 
 def plot_nqm(points: Sequence[NQMPoint], path: Path, k: int, alpha: float) -> Path:
     """Steady-state expected loss against the learning rate: closed forms (lines) and simulation
-    (markers) for SGD and Lookahead(SGD)."""
+    (markers) for SGD and Lookahead(SGD), and the noise floor."""
     lrs = [p.lr for p in points]
-    figure, axis = plt.subplots(figsize=(5.0, 3.4))
-    axis.plot(lrs, [p.sgd_theory for p in points], color=_PLAIN_COLOR, label="SGD, closed form")
-    axis.plot(
-        lrs, [p.sgd_simulated for p in points], "o", color=_PLAIN_COLOR, label="SGD, simulated"
-    )
-    axis.plot(
-        lrs,
-        [p.lookahead_theory for p in points],
-        color=_LOOKAHEAD_COLOR,
-        label=f"Lookahead (k {k}, alpha {alpha}), closed form",
-    )
-    axis.plot(
-        lrs,
-        [p.lookahead_simulated for p in points],
-        "s",
-        color=_LOOKAHEAD_COLOR,
-        label="Lookahead, simulated",
-    )
-    axis.axhline(points[0].floor, color="gray", linestyle=":", label="loss at the optimum")
+    figure, axis = plt.subplots(figsize=(7.0, 4.6))
+    axis.plot(lrs, [p.sgd_theory for p in points], color=_PLAIN_COLOR)
+    axis.plot(lrs, [p.sgd_simulated for p in points], "o", color=_PLAIN_COLOR)
+    axis.plot(lrs, [p.lookahead_theory for p in points], color=_LOOKAHEAD_COLOR)
+    axis.plot(lrs, [p.lookahead_simulated for p in points], "s", color=_LOOKAHEAD_COLOR)
+    axis.axhline(points[0].floor, color="gray", linestyle=":")
     axis.set_yscale("log")
+    _plain_log_axis(axis, "y")
     axis.set_xlabel("learning rate")
     axis.set_ylabel("steady-state expected loss")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
+    handles = [
+        Line2D([], [], color=_PLAIN_COLOR, label="SGD, closed form"),
+        Line2D([], [], color=_PLAIN_COLOR, marker="o", linestyle="", label="SGD, simulated"),
+        Line2D([], [], color=_LOOKAHEAD_COLOR, label=f"Lookahead (k={k}, alpha={alpha}), closed form"),
+        Line2D([], [], color=_LOOKAHEAD_COLOR, marker="s", linestyle="",
+               label="Lookahead, simulated"),
+        Line2D([], [], color="gray", linestyle=":", label="loss at the optimum (noise floor)"),
+    ]  # fmt: skip
+    _legend_below(figure, handles, columns=2)
     return _save(figure, path)

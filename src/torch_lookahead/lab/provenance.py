@@ -1,20 +1,73 @@
-"""What produced a result: the cache key of a job and the versions a report records."""
+"""What produced a result: the cache key of a job and the provenance a report records."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import platform
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CACHE_SCHEMA", "job_key"]
+__all__ = ["CACHE_SCHEMA", "job_key", "machine", "package_version", "source_digest"]
 
 # Bumped whenever the stored form of a result changes, so that older cache files are not read.
-CACHE_SCHEMA = 2
+CACHE_SCHEMA = 4
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+# Modules that only present results: editing them changes no number a job computes.
+_PRESENTATION = frozenset(
+    {
+        "cli.py",
+        "lab/claims.py",
+        "lab/plots.py",
+        "lab/provenance.py",
+        "lab/report.py",
+        "lab/stats.py",
+    }
+)
+
+
+@functools.lru_cache(maxsize=2)
+def source_digest(*, computing_only: bool = False) -> str:
+    """SHA-256 (first 16 hex digits) of the package's Python sources; ``computing_only`` leaves
+    out the modules that only present results, so that it names what computed the numbers."""
+    digest = hashlib.sha256()
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        relative = path.relative_to(_PACKAGE).as_posix()
+        if computing_only and relative in _PRESENTATION:
+            continue
+        digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def package_version() -> str:
+    """The version of torch-lookahead that computes (``torch_lookahead.__version__``)."""
+    import torch_lookahead
+
+    return torch_lookahead.__version__
+
+
+def machine() -> dict[str, str]:
+    """What the numbers of a run depend on beyond the code: torch, Python, the CPU kernels."""
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "platform": platform.platform(terse=True),
+    }
 
 
 def job_key(kind: str, config: dict[str, Any]) -> str:
-    """A digest of a job's whole configuration, its kind, the torch version and the cache schema."""
-    payload = {"kind": kind, "config": config, "torch": torch.__version__, "schema": CACHE_SCHEMA}
+    """A digest of a job's whole configuration and kind, the code that computes it, the torch
+    version and the cache schema: a cached result is reused only when all of them match."""
+    payload = {
+        "kind": kind,
+        "config": config,
+        "code": source_digest(computing_only=True),
+        "torch": torch.__version__,
+        "schema": CACHE_SCHEMA,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]

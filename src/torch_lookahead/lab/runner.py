@@ -26,7 +26,13 @@ from torch_lookahead._checks import check_alpha, check_k
 from torch_lookahead.lab.nqm import NQMConfig, NQMPoint, nqm_point
 from torch_lookahead.lab.optimizers import build_optimizer, validate_inner_optimizer
 from torch_lookahead.lab.provenance import job_key
-from torch_lookahead.lab.tasks import TaskSettings, corpus_fingerprint, get_task
+from torch_lookahead.lab.tasks import (
+    TaskSettings,
+    check_schedule,
+    corpus_fingerprint,
+    get_task,
+    lr_multiplier,
+)
 
 __all__ = [
     "Job",
@@ -55,6 +61,8 @@ class RunConfig:
     data_dir: str | None = None
     device: str = "cpu"
     data_fingerprint: str = ""
+    schedule: str = "constant"
+    unsafe_skip_checksums: bool = False
 
     @property
     def uses_lookahead(self) -> bool:
@@ -66,7 +74,7 @@ class RunConfig:
         return f"lookahead({self.inner})" if self.uses_lookahead else self.inner
 
     def key(self) -> str:
-        """A digest of the whole configuration, the torch version and the cache schema."""
+        """A digest of the whole configuration and of the code and torch that compute it."""
         return job_key("run", dataclasses.asdict(self))
 
 
@@ -81,9 +89,13 @@ def make_config(
     alpha: float | None = None,
     data_dir: str | None = None,
     device: str = "cpu",
+    schedule: str | None = None,
+    unsafe_skip_checksums: bool = False,
 ) -> RunConfig:
-    """Validate the names and hyper-parameters and fill in the task's defaults."""
+    """Validate the names and hyper-parameters and fill in the task's defaults (its learning
+    rate for ``inner`` and its schedule)."""
     task_spec = get_task(task)
+    schedule = check_schedule(task_spec.schedule if schedule is None else schedule)
     validate_inner_optimizer(inner, lookahead=k is not None)
     if lr is None:
         lr = task_spec.learning_rate(inner)
@@ -107,6 +119,8 @@ def make_config(
         data_dir=data_dir,
         device=device,
         data_fingerprint=fingerprint,
+        schedule=schedule,
+        unsafe_skip_checksums=unsafe_skip_checksums,
     )
 
 
@@ -122,7 +136,8 @@ class RunResult:
     steps: list[int]
     history: dict[str, list[float | None]]
     diverged_at: int | None = None
-    seconds: float = field(default=0.0, compare=False)
+    seconds: float = field(default=0.0, compare=False)  # wall time
+    cpu_seconds: float = field(default=0.0, compare=False)  # CPU time of the process running it
     threads: int = field(default=1, compare=False)  # torch threads the run computed with
 
     def final(self, metric: str) -> float | None:
@@ -135,6 +150,7 @@ class RunResult:
             "history": self.history,
             "diverged_at": self.diverged_at,
             "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
             "threads": self.threads,
         }
 
@@ -146,6 +162,7 @@ class RunResult:
             history={name: list(values) for name, values in payload["history"].items()},
             diverged_at=payload["diverged_at"],
             seconds=float(payload["seconds"]),
+            cpu_seconds=float(payload["cpu_seconds"]),
             threads=int(payload["threads"]),
         )
 
@@ -158,9 +175,10 @@ def run(config: RunConfig) -> RunResult:
     """Train ``config`` and return its evaluation history (at step 0, every ``eval_every`` steps
     and at the last step). A run whose training loss stops being finite ends there."""
     started = time.perf_counter()
+    cpu_started = time.process_time()
     task = get_task(config.task)
     torch.manual_seed(config.seed)
-    data = task.load(config.data_dir, config.device)
+    data = task.load(config.data_dir, config.device, verify=not config.unsafe_skip_checksums)
     model = task.build_model().to(config.device)
     optimizer = build_optimizer(
         model.parameters(),
@@ -171,7 +189,7 @@ def run(config: RunConfig) -> RunResult:
         overrides=task.optimizer_overrides.get(config.inner),
     )
     inner = getattr(optimizer, "optimizer", optimizer)
-    multiplier = task.lr_multiplier(config.steps)
+    multiplier = lr_multiplier(config.schedule, config.steps)
     base_lrs = [group["lr"] for group in inner.param_groups]
     generator = torch.Generator().manual_seed(config.seed)
 
@@ -214,7 +232,9 @@ def run(config: RunConfig) -> RunResult:
         if step % config.eval_every == 0 or step == config.steps:
             record(step)
     seconds = time.perf_counter() - started
-    return RunResult(config, steps, history, diverged_at, seconds, torch.get_num_threads())
+    cpu_seconds = time.process_time() - cpu_started
+    threads = torch.get_num_threads()
+    return RunResult(config, steps, history, diverged_at, seconds, cpu_seconds, threads)
 
 
 Job = RunConfig | NQMConfig

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch_lookahead.lab.models import CharLSTM, DigitsCNN, ResNet18
 
 __all__ = [
+    "SCHEDULES",
     "TASKS",
     "CharLMTask",
     "Cifar10Task",
@@ -38,7 +39,9 @@ __all__ = [
     "Task",
     "TaskData",
     "TaskSettings",
+    "check_schedule",
     "get_task",
+    "lr_multiplier",
     "stdlib_corpus",
 ]
 
@@ -89,14 +92,18 @@ class Task(ABC):
     max_grad_norm: float | None = None
     needs_data_dir: bool = False
     prefers_gpu: bool = False
+    schedule: str = "cosine"  # the learning-rate schedule of the task's default protocol
+    model_description: str = ""
+    split_description: str = ""
 
     def learning_rate(self, inner: str) -> float:
         """The default learning rate of ``inner`` on this task (3e-3 for unlisted optimizers)."""
         return self.learning_rates.get(inner, 3e-3)
 
     @abstractmethod
-    def load(self, data_dir: str | None, device: str) -> TaskData:
-        """Load the task's tensors onto ``device``."""
+    def load(self, data_dir: str | None, device: str, *, verify: bool = True) -> TaskData:
+        """Load the task's tensors onto ``device``; ``verify=False`` skips the checksums of
+        files read from ``data_dir`` (unsafe: see ``Cifar10Task``)."""
 
     @abstractmethod
     def build_model(self) -> nn.Module:
@@ -114,12 +121,9 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
         """``train_loss``, ``val_loss`` and the headline metric, under ``torch.no_grad``."""
 
-    def lr_multiplier(self, total_steps: int) -> Callable[[int], float] | None:
-        """The learning-rate schedule as a multiplier of the step (None: constant)."""
-        return None
-
-    def check_data(self, data_dir: str | None) -> None:
-        """Raise a ValueError saying what is missing when the task cannot find its data."""
+    def check_data(self, data_dir: str | None, *, verify: bool = True) -> None:
+        """Raise a ValueError saying what is missing (or, with ``verify``, which file is not the
+        official release) when the task cannot use its data."""
         return None  # tasks whose data ships with the packages have nothing to check
 
 
@@ -170,21 +174,41 @@ class _ClassificationTask(Task):
 
 class DigitsTask(_ClassificationTask):
     """scikit-learn's 8x8 digits: 1,437 training and 360 validation images (a fixed stratified
-    split), a two-layer CNN, cross-entropy; metrics on the full training and validation sets."""
+    split), a two-layer CNN, cross-entropy; the validation metrics on all 360 images, the
+    training loss on the first ``train_eval_size`` training images (a fixed random subset; all
+    of them by default). The lab's own "digits" measures it on 360, for cheaper evaluations."""
 
     name = "digits"
     description = "scikit-learn 8x8 digits (1,797 images), small CNN"
+    model_description = (
+        "a CNN of two 3x3 convolutions (16 and 32 channels), a 2x2 max-pool and a 64-unit "
+        "hidden layer, cross-entropy loss"
+    )
     target_train_loss = 0.1
-    full = TaskSettings(steps=300, eval_every=25, batch_size=64)
+    full = TaskSettings(steps=300, eval_every=50, batch_size=64)
     quick = TaskSettings(steps=60, eval_every=20, batch_size=64)
     learning_rates = MappingProxyType({"sgd": 0.05, "adam": 2e-3, "adamw": 2e-3, "radam": 2e-3})
 
-    def load(self, data_dir: str | None, device: str) -> TaskData:
+    def __init__(self, train_eval_size: int | None = None) -> None:
+        if train_eval_size is not None and not 1 <= train_eval_size <= 1437:
+            raise ValueError(f"train_eval_size must lie in [1, 1437], got {train_eval_size}")
+        self.train_eval_size = train_eval_size
+        measured = (
+            "all 1,437" if train_eval_size is None else f"a fixed subset of {train_eval_size}"
+        )
+        self.split_description = (
+            "scikit-learn's bundled 8x8 handwritten digits: a fixed stratified split of 1,437 "
+            f"training and 360 validation images; the training loss is measured on {measured}"
+        )
+
+    def load(self, data_dir: str | None, device: str, *, verify: bool = True) -> TaskData:
         train_x, train_y, val_x, val_y = _digits_split()
+        size = self.train_eval_size or train_x.shape[0]
         move = functools.partial(Tensor.to, device=device)
         return TaskData(
-            move(train_x), move(train_y), move(val_x), move(val_y), move(train_x), move(train_y)
-        )
+            move(train_x), move(train_y), move(val_x), move(val_y), move(train_x[:size]),
+            move(train_y[:size]),
+        )  # fmt: skip
 
     def build_model(self) -> nn.Module:
         return DigitsCNN()
@@ -248,6 +272,15 @@ class CharLMTask(Task):
 
     name = "charlm"
     description = "byte-level LSTM LM on 1 MB of the Python standard library's source"
+    model_description = (
+        "a byte-level language model: 32-dimensional embedding, one LSTM layer of 128 units, "
+        "a linear read-out to 256 bytes; windows of 64 bytes; gradient norm clipped at 1"
+    )
+    split_description = (
+        "the first megabyte of the Python standard library's top-level *.py files in sorted "
+        "order: the first 90% trains, the last 10% validates (non-overlapping windows); the "
+        "training loss is measured on 64 fixed training windows"
+    )
     headline_metric = "val_bpc"
     higher_is_better = False
     target_train_loss = 2.0
@@ -259,7 +292,7 @@ class CharLMTask(Task):
     window = 64
     eval_windows = 64
 
-    def load(self, data_dir: str | None, device: str) -> TaskData:
+    def load(self, data_dir: str | None, device: str, *, verify: bool = True) -> TaskData:
         text = torch.frombuffer(bytearray(stdlib_corpus()), dtype=torch.uint8).long()
         split = int(0.9 * text.numel())
         train_text, val_text = text[:split], text[split:]
@@ -321,6 +354,15 @@ class Cifar10Task(_ClassificationTask):
 
     name = "cifar10"
     description = "ResNet-18 on CIFAR-10 from --data-dir (python-pickle batches)"
+    model_description = (
+        "ResNet-18 (CIFAR form), random 4-pixel-shift crops and horizontal flips, per-channel "
+        "normalisation, weight decay 5e-4 (the recipe of the paper's base code)"
+    )
+    split_description = (
+        "the official CIFAR-10 python batches: 50,000 training images (the training loss on "
+        "the first 10,000), the 10,000 test images validate"
+    )
+    schedule = "step"
     eval_chunk = 500
     target_train_loss = 0.1
     full = TaskSettings(steps=200 * 391, eval_every=391, batch_size=128)
@@ -338,8 +380,8 @@ class Cifar10Task(_ClassificationTask):
     prefers_gpu = True
     train_eval_size = 10_000
 
-    def load(self, data_dir: str | None, device: str) -> TaskData:
-        train_x, train_y, val_x, val_y = load_cifar10(data_dir)
+    def load(self, data_dir: str | None, device: str, *, verify: bool = True) -> TaskData:
+        train_x, train_y, val_x, val_y = load_cifar10(data_dir, verify=verify)
         mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
         std = train_x.std(dim=(0, 2, 3), keepdim=True)
         train_x = (train_x - mean) / std
@@ -361,12 +403,41 @@ class Cifar10Task(_ClassificationTask):
         images, labels = _random_rows(data, generator, batch_size)
         return augment_crop_flip(images, generator), labels
 
-    def check_data(self, data_dir: str | None) -> None:
-        _cifar10_folder(data_dir)
+    def check_data(self, data_dir: str | None, *, verify: bool = True) -> None:
+        folder = _cifar10_folder(data_dir)
+        if verify:
+            for name in CIFAR10_FILES:
+                _check_md5(folder / name)
 
-    def lr_multiplier(self, total_steps: int) -> Callable[[int], float]:
-        milestones = [int(total_steps * fraction) for fraction in (0.3, 0.6, 0.8)]
-        return functools.partial(_step_decay, milestones=tuple(milestones), factor=0.2)
+
+SCHEDULES = {
+    "constant": "constant learning rate",
+    "cosine": "cosine decay from the learning rate to zero over the run",
+    "step": "learning rate divided by 5 at 30%, 60% and 80% of the run",
+}
+
+
+def check_schedule(name: str) -> str:
+    """Return ``name`` if it is one of ``SCHEDULES``; raise a ValueError listing them otherwise."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; accepted values: {', '.join(SCHEDULES)}")
+    return name
+
+
+def lr_multiplier(schedule: str, total_steps: int) -> Callable[[int], float] | None:
+    """The learning-rate multiplier of ``schedule`` at a step (0-based) of a ``total_steps`` run;
+    None for a constant learning rate."""
+    check_schedule(schedule)
+    if schedule == "cosine":
+        return functools.partial(_cosine, total_steps=total_steps)
+    if schedule == "step":
+        milestones = tuple(int(total_steps * fraction) for fraction in (0.3, 0.6, 0.8))
+        return functools.partial(_step_decay, milestones=milestones, factor=0.2)
+    return None
+
+
+def _cosine(step: int, total_steps: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
 
 
 def _step_decay(step: int, milestones: tuple[int, ...], factor: float) -> float:
@@ -388,7 +459,36 @@ def augment_crop_flip(images: Tensor, generator: torch.Generator, padding: int =
     return padded[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+# The MD5 checksums of the files in the official release (cifar-10-python.tar.gz from
+# https://www.cs.toronto.edu/~kriz/cifar.html), as torchvision also checks them.
+CIFAR10_MD5 = MappingProxyType(
+    {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+    }
+)
+CIFAR10_FILES = tuple(CIFAR10_MD5)
+
+
+def _check_md5(path: Path) -> None:
+    """Refuse a file that is not the official release's: unpickling a file runs its code."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    expected = CIFAR10_MD5[path.name]
+    if digest.hexdigest() != expected:
+        raise ValueError(
+            f"{str(path)!r} is not the official CIFAR-10 {path.name} (MD5 {digest.hexdigest()}, "
+            f"expected {expected}); the batches are pickles and unpickling runs code, so only the "
+            "official files are read. Extract them again from cifar-10-python.tar.gz "
+            "(https://www.cs.toronto.edu/~kriz/cifar.html), or pass --unsafe-skip-checksums "
+            "for a copy of your own that you trust."
+        )
 
 
 def _cifar10_folder(data_dir: str | None) -> Path:
@@ -407,14 +507,20 @@ def _cifar10_folder(data_dir: str | None) -> Path:
 
 
 @functools.lru_cache(maxsize=2)
-def load_cifar10(data_dir: str | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Training images and labels, then test images and labels, as float tensors in [0, 1]."""
+def load_cifar10(
+    data_dir: str | None, *, verify: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Training images and labels, then test images and labels, as float tensors in [0, 1].
+
+    Each file is checked against the official release's MD5 before it is unpickled, unless
+    ``verify=False`` (unsafe: a pickle can run any code when it is read).
+    """
     folder = _cifar10_folder(data_dir)
 
     def read(name: str) -> Batch:
+        if verify:
+            _check_md5(folder / name)
         with open(folder / name, "rb") as handle:
-            # The official archive is a pickle of dicts of numpy arrays; only the user's own file
-            # is read here.
             entry = pickle.load(handle, encoding="bytes")
         images = torch.as_tensor(entry[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32)
         labels = torch.as_tensor(list(entry[b"labels"]), dtype=torch.long)
@@ -430,7 +536,9 @@ def load_cifar10(data_dir: str | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     )
 
 
-TASKS: dict[str, Task] = {task.name: task for task in (DigitsTask(), CharLMTask(), Cifar10Task())}
+TASKS: dict[str, Task] = {
+    task.name: task for task in (DigitsTask(train_eval_size=360), CharLMTask(), Cifar10Task())
+}
 
 
 def get_task(name: str) -> Task:
