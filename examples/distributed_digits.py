@@ -14,11 +14,18 @@ The committed comparison (reports/distributed-digits/)::
 
     torchrun --nproc_per_node=2 examples/distributed_digits.py --compare --out reports/distributed-digits
 
+and the comparison of DistributedLookahead's options (streaming fragments, sync delay,
+compressed communication) over a simulated slow link (reports/distributed-digits/options.md)::
+
+    torchrun --nproc_per_node=2 examples/distributed_digits.py --compare-options \
+        --link-latency-ms 20 --link-mb-per-s 2 --out reports/distributed-digits
+
 Needs the ``lab`` extra (scikit-learn for the data, matplotlib for the plot). CPU and gloo by
 default; with CUDA, pass ``--backend nccl`` and each rank uses its own GPU.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,7 +33,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel
 
-from torch_lookahead.distributed import DistributedLookahead
+from torch_lookahead.distributed import DistributedLookahead, fragment_param_groups
 from torch_lookahead.lab.tasks import DigitsTask, TaskData
 
 
@@ -49,6 +56,9 @@ class Method:
     alpha: float | None = None
     outer_momentum: float = 0.0
     nesterov: bool = False
+    fragments: int = 1
+    sync_delay: int = 0
+    compression: str | None = None
 
     @property
     def label(self) -> str:
@@ -58,6 +68,12 @@ class Method:
         if self.outer_momentum:
             kind = "Nesterov" if self.nesterov else "heavy-ball"
             label += f" {kind} mu={self.outer_momentum}"
+        if self.fragments > 1:
+            label += f" F={self.fragments}"
+        if self.sync_delay:
+            label += f" delay={self.sync_delay}"
+        if self.compression:
+            label += f" {self.compression}"
         return label
 
 
@@ -68,6 +84,84 @@ COMPARISON = (
     Method("lookahead", k=20, alpha=0.7, outer_momentum=0.9, nesterov=True),
 )
 
+OPTIONS_COMPARISON = (
+    Method("ddp"),
+    Method("lookahead", k=20, alpha=1.0),
+    Method("lookahead", k=20, alpha=1.0, fragments=2),
+    Method("lookahead", k=20, alpha=1.0, fragments=4),
+    Method("lookahead", k=20, alpha=1.0, sync_delay=5),
+    Method("lookahead", k=20, alpha=1.0, compression="bfloat16"),
+    Method("lookahead", k=20, alpha=1.0, compression="int8"),
+    Method("lookahead", k=20, alpha=1.0, fragments=4, sync_delay=5, compression="int8"),
+)
+
+
+class SimulatedLink:
+    """A slow network on loopback: each collective takes at least latency + wire bytes / bandwidth.
+
+    The wire bytes are what one rank sends: 2(W-1)/W of the payload for a ring all-reduce,
+    (W-1)/W of it for an all-to-all or an all-gather. A blocking collective returns that long
+    after it started at the earliest; an asynchronous one runs at once and its ``wait()`` returns
+    that long after the launch at the earliest, so that computation in between overlaps it.
+    """
+
+    def __init__(self, latency_s: float, bytes_per_s: float) -> None:
+        self.latency_s = latency_s
+        self.bytes_per_s = bytes_per_s
+        self.all_reduce = dist.all_reduce
+        self.all_to_all_single = dist.all_to_all_single
+        self.all_gather_single = dist.all_gather_single
+
+    def seconds(self, payload_bytes: int, fraction_sent: float) -> float:
+        return self.latency_s + payload_bytes * fraction_sent / self.bytes_per_s
+
+    def _delayed(self, collective: Callable[..., Any], ring_factor: float) -> Callable[..., Any]:
+        link = self
+
+        def run(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            world_size = dist.get_world_size(kwargs.get("group"))
+            payload = tensor.numel() * tensor.element_size()
+            ready_at = time.perf_counter() + link.seconds(
+                payload, ring_factor * (world_size - 1) / world_size
+            )
+            work = collective(tensor, *args, **kwargs)
+            if not kwargs.get("async_op"):
+                _sleep_until(ready_at)
+                return work
+            return _DelayedWork(work, ready_at)
+
+        return run
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Route torch.distributed's all_reduce, all_to_all_single and all_gather_single through it."""
+        dist.all_reduce = self._delayed(self.all_reduce, 2.0)  # type: ignore[assignment]
+        dist.all_to_all_single = self._delayed(self.all_to_all_single, 1.0)  # type: ignore[assignment]
+        dist.all_gather_single = self._delayed(self.all_gather_single, 1.0)  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            dist.all_reduce = self.all_reduce  # type: ignore[assignment]
+            dist.all_to_all_single = self.all_to_all_single  # type: ignore[assignment]
+            dist.all_gather_single = self.all_gather_single  # type: ignore[assignment]
+
+
+def _sleep_until(moment: float) -> None:
+    remaining = moment - time.perf_counter()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+class _DelayedWork:
+    def __init__(self, work: Any, ready_at: float) -> None:
+        self.work = work
+        self.ready_at = ready_at
+
+    def wait(self) -> bool:
+        result = self.work.wait()
+        _sleep_until(self.ready_at)
+        return bool(result)
+
 
 TARGET_ACCURACY = 0.95
 
@@ -75,9 +169,10 @@ TARGET_ACCURACY = 0.95
 class ByteCounter:
     """A DDP communication hook state: all-reduce as DDP does, counting the payload bytes."""
 
-    def __init__(self, process_group: dist.ProcessGroup) -> None:
+    def __init__(self, process_group: dist.ProcessGroup, link: SimulatedLink | None = None) -> None:
         self.process_group = process_group
         self.bytes_all_reduced = 0
+        self.link = link
 
 
 # No ``from __future__ import annotations`` in this file: DDP checks this hook's annotations.
@@ -86,7 +181,11 @@ def counting_allreduce_hook(
     bucket: dist.GradBucket,  # type: ignore[name-defined]
 ) -> torch.futures.Future[torch.Tensor]:
     buffer = bucket.buffer()
-    state.bytes_all_reduced += buffer.numel() * buffer.element_size()
+    payload = buffer.numel() * buffer.element_size()
+    state.bytes_all_reduced += payload
+    if state.link is not None:  # the model fits one DDP bucket: nothing to overlap it with
+        world_size = dist.get_world_size(state.process_group)
+        time.sleep(state.link.seconds(payload, 2.0 * (world_size - 1) / world_size))
     return allreduce_hook(state.process_group, bucket)
 
 
@@ -109,8 +208,13 @@ def train(
     lr: float,
     eval_every: int,
     seed: int,
+    link: SimulatedLink | None = None,
 ) -> list[dict[str, float]]:
-    """Train one run; rank 0 returns the curve (step, bytes, validation metrics), others []."""
+    """Train one run; rank 0 returns the curve (step, bytes, validation metrics), others [].
+
+    Each point also carries ``train_seconds`` (the training steps' wall time so far, evaluation
+    excluded) and ``peak_step_bytes`` (the most bytes one step has exchanged so far).
+    """
     rank, world_size = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(seed)
     model = task.build_model().to(data.train_inputs.device)
@@ -121,38 +225,59 @@ def train(
     count_bytes: Callable[[], int]
     if method.name == "ddp":
         trained = DistributedDataParallel(model)
-        counter = ByteCounter(dist.group.WORLD)  # type: ignore[arg-type]
+        counter = ByteCounter(dist.group.WORLD, link)  # type: ignore[arg-type]
         trained.register_comm_hook(counter, counting_allreduce_hook)
         optimizer = torch.optim.AdamW(trained.parameters(), lr=lr)
         count_bytes = lambda: counter.bytes_all_reduced  # noqa: E731
     else:
         assert method.k is not None and method.alpha is not None
         trained = model
+        params: Any = model.parameters()
+        if method.fragments > 1:
+            params = fragment_param_groups(model, method.fragments)
         lookahead = DistributedLookahead(
-            torch.optim.AdamW(model.parameters(), lr=lr),
+            torch.optim.AdamW(params, lr=lr),
             k=method.k,
             alpha=method.alpha,
             outer_momentum=method.outer_momentum,
             nesterov=method.nesterov,
+            sync_delay=method.sync_delay,
+            compression=method.compression,  # type: ignore[arg-type]
         )
         optimizer = lookahead
         count_bytes = lambda: lookahead.bytes_all_reduced  # noqa: E731
 
     curve: list[dict[str, float]] = []
-    for step in range(1, steps + 1):
-        task.loss(trained, task.sample_batch(shard, generator, batch_size)).backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if rank == 0 and (step % eval_every == 0 or step == steps):
-            model.eval()
-            with torch.no_grad():
-                if isinstance(optimizer, DistributedLookahead):
-                    with optimizer.slow_weights():  # the same on every rank
+    # DDP's hook delays its own all-reduces; DistributedLookahead's go through torch.distributed.
+    on_link = link.installed() if link is not None and method.name != "ddp" else None
+    train_seconds, peak_step_bytes = 0.0, 0
+    dist.barrier()
+    with on_link if on_link is not None else contextlib.nullcontext():
+        for step in range(1, steps + 1):
+            started, bytes_before = time.perf_counter(), count_bytes()
+            task.loss(trained, task.sample_batch(shard, generator, batch_size)).backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            train_seconds += time.perf_counter() - started
+            peak_step_bytes = max(peak_step_bytes, count_bytes() - bytes_before)
+            if rank == 0 and (step % eval_every == 0 or step == steps):
+                model.eval()
+                with torch.no_grad():
+                    if isinstance(optimizer, DistributedLookahead):
+                        with optimizer.slow_weights():  # the same on every rank
+                            metrics = task.evaluate(model, data)
+                    else:
                         metrics = task.evaluate(model, data)
-                else:
-                    metrics = task.evaluate(model, data)
-            model.train()
-            curve.append({"step": step, "bytes_all_reduced": count_bytes(), **metrics})
+                model.train()
+                curve.append(
+                    {
+                        "step": step,
+                        "bytes_all_reduced": count_bytes(),
+                        "train_seconds": train_seconds,
+                        "peak_step_bytes": peak_step_bytes,
+                        **metrics,
+                    }
+                )
     return curve
 
 
@@ -160,11 +285,26 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def interval_95(values: list[float]) -> float:
+    """Half-width of the 95% t-interval of the mean of ``values`` (0 for a single value)."""
+    if len(values) < 2:
+        return 0.0
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
+
+
 def summarise(method: Method, curves: list[list[dict[str, float]]]) -> dict[str, Any]:
     finals = [curve[-1] for curve in curves]
     accuracy, accuracy_std = _mean_std([f["val_accuracy"] for f in finals])
     loss, loss_std = _mean_std([f["val_loss"] for f in finals])
+    seconds = [f.get("train_seconds", 0.0) for f in finals]
     return {
+        "final_val_accuracy_ci95": interval_95([f["val_accuracy"] for f in finals]),
+        "final_val_loss_ci95": interval_95([f["val_loss"] for f in finals]),
+        "train_seconds_mean": statistics.fmean(seconds),
+        "train_seconds_ci95": interval_95(seconds),
+        "peak_step_bytes": max(f.get("peak_step_bytes", 0) for f in finals),
         "method": dataclasses.asdict(method),
         "label": method.label,
         "bytes_all_reduced_per_rank": finals[0]["bytes_all_reduced"],
@@ -298,6 +438,80 @@ Raw curves: `results.json`.
     (out / "report.md").write_text(text)
 
 
+def _option_cells(method: dict[str, Any]) -> str:
+    if method["name"] == "ddp":
+        return "DDP | - | - | -"
+    return (
+        f"k={method['k']}, alpha={method['alpha']} | {method['fragments']} "
+        f"| {method['sync_delay']} | {method['compression'] or 'float32 (exact)'}"
+    )
+
+
+def write_options_report(
+    out: Path, summaries: list[dict[str, Any]], settings: dict[str, Any]
+) -> None:
+    """options.md and options.json: the options of DistributedLookahead side by side."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "options.json").write_text(
+        json.dumps({"settings": settings, "runs": summaries}, indent=1) + "\n"
+    )
+    rows = [
+        "| method | fragments F | sync delay d | communication | MB per rank | peak KB in one "
+        "step | train wall s (mean ± 95%) | final val accuracy (mean ± 95%) | final val loss "
+        "(mean ± 95%) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        rows.append(
+            f"| {_option_cells(s['method'])} "
+            f"| {s['bytes_all_reduced_per_rank'] / 1e6:.2f} | {s['peak_step_bytes'] / 1e3:.1f} "
+            f"| {s['train_seconds_mean']:.1f} ± {s['train_seconds_ci95']:.1f} "
+            f"| {s['final_val_accuracy_mean']:.4f} ± {s['final_val_accuracy_ci95']:.4f} "
+            f"| {s['final_val_loss_mean']:.4f} ± {s['final_val_loss_ci95']:.4f} |"
+        )
+    link = settings["link"]
+    text = f"""# DistributedLookahead's options on the digits task, over a simulated slow link
+
+Produced by
+
+```
+{settings["command"]}
+```
+
+in {settings["wall_seconds"]:.0f} s on {settings["machine"]} (torch {settings["torch"]}, backend
+{settings["backend"]}, {settings["world_size"]} ranks on one machine, shared with other jobs while it
+ran, so wall times are noisy).
+
+Task and training as in [report.md](report.md): the lab's `digits` task, {settings["parameters"]:,}
+parameters, each rank on its own half of the training set, {settings["steps"]} steps of AdamW
+(lr {settings["lr"]}), batches of {settings["batch_size"]} per rank, seeds {settings["seeds"]}.
+Every DistributedLookahead row uses k = 20, alpha = 1 (periodic averaging, the best alpha of
+report.md) and changes one option: streaming fragments (`fragment_param_groups(model, F)`, by
+module), the sync delay d (the mean applied d inner steps after its launch), or the communication
+(the pseudo-gradient in bfloat16, or in int8 with a float32 scale per 1,024 values); the last row
+combines them.
+
+The link: every collective takes at least {link["latency_ms"]} ms + wire bytes /
+{link["mb_per_s"]} MB/s, simulated on loopback by `SimulatedLink` in the example (wire bytes per
+rank: 2(W-1)/W of the payload for an all-reduce, (W-1)/W for each phase of the compressed
+exchange). DDP's gradient all-reduce waits for the link in its communication hook (the model
+fits one DDP bucket, so it cannot overlap the backward pass); DistributedLookahead's collectives,
+including its small per-sync agreement check, go through the wrapper, and an asynchronous one
+(sync delay) is only waited for when its result is applied.
+
+| method | fragments F | sync delay d | communication | MB per rank | peak KB in one step | train wall s (mean ± 95%) | final val accuracy (mean ± 95%) | final val loss (mean ± 95%) |
+|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows[2:])}
+
+"MB per rank": the payload bytes each rank exchanged over the run (DDP: gradients; compressed: the
+encoded bytes). "Peak KB in one step": the most bytes one training step exchanged, i.e. the
+largest burst the link must carry. "Train wall s": rank 0's time in training steps (evaluation
+excluded) over the run, link delays included. Intervals: 95% t-intervals of the mean over the
+{len(settings["seeds"])} seeds (wide with few seeds). Raw curves: `options.json`.
+"""
+    (out / "options.md").write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", choices=("ddp", "lookahead"), default="lookahead")
@@ -305,7 +519,15 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--outer-momentum", type=float, default=0.0)
     parser.add_argument("--nesterov", action="store_true")
+    parser.add_argument("--fragments", type=int, default=1)
+    parser.add_argument("--sync-delay", type=int, default=0)
+    parser.add_argument("--compression", choices=("bfloat16", "int8"), default=None)
     parser.add_argument("--compare", action="store_true", help="run the whole comparison grid")
+    parser.add_argument(
+        "--compare-options", action="store_true", help="compare DistributedLookahead's options"
+    )
+    parser.add_argument("--link-latency-ms", type=float, default=None)
+    parser.add_argument("--link-mb-per-s", type=float, default=None)
     parser.add_argument("--out", type=Path, default=Path("reports/distributed-digits"))
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -323,11 +545,26 @@ def main() -> None:
         torch.cuda.set_device(device)
     task = DigitsTask()
     data = task.load(None, device)
-    methods = (
-        COMPARISON
-        if args.compare
-        else (Method(args.method, args.k, args.alpha, args.outer_momentum, args.nesterov),)
-    )
+    link = None
+    if args.link_latency_ms is not None or args.link_mb_per_s is not None:
+        link = SimulatedLink((args.link_latency_ms or 0.0) / 1e3, (args.link_mb_per_s or 1e6) * 1e6)
+    if args.compare:
+        methods: tuple[Method, ...] = COMPARISON
+    elif args.compare_options:
+        methods = OPTIONS_COMPARISON
+    else:
+        methods = (
+            Method(
+                args.method,
+                args.k,
+                args.alpha,
+                args.outer_momentum,
+                args.nesterov,
+                args.fragments,
+                args.sync_delay,
+                args.compression,
+            ),
+        )
     started = time.perf_counter()
     summaries = []
     for method in methods:
@@ -341,6 +578,7 @@ def main() -> None:
                 lr=args.lr,
                 eval_every=args.eval_every,
                 seed=seed,
+                link=link,
             )
             for seed in args.seeds
         ]
@@ -350,10 +588,11 @@ def main() -> None:
             print(
                 f"{method.label:<62} {summary['bytes_all_reduced_per_rank'] / 1e6:8.2f} MB  "
                 f"val accuracy {summary['final_val_accuracy_mean']:.4f} "
-                f"± {summary['final_val_accuracy_std']:.4f}",
+                f"± {summary['final_val_accuracy_std']:.4f}  "
+                f"train {summary['train_seconds_mean']:.1f} s",
                 flush=True,
             )
-    if args.compare and dist.get_rank() == 0:
+    if (args.compare or args.compare_options) and dist.get_rank() == 0:
         settings = {
             "command": f"OMP_NUM_THREADS=1 torchrun --nproc_per_node={dist.get_world_size()} "
             + " ".join(["examples/distributed_digits.py", *sys.argv[1:]]),
@@ -370,9 +609,14 @@ def main() -> None:
             "lr": args.lr,
             "eval_every": args.eval_every,
             "seeds": args.seeds,
+            "link": {"latency_ms": args.link_latency_ms, "mb_per_s": args.link_mb_per_s},
         }
-        write_report(args.out, summaries, settings)
-        print(f"report: {args.out / 'report.md'}")
+        if args.compare:
+            write_report(args.out, summaries, settings)
+            print(f"report: {args.out / 'report.md'}")
+        else:
+            write_options_report(args.out, summaries, settings)
+            print(f"report: {args.out / 'options.md'}")
     dist.destroy_process_group()
 
 

@@ -68,6 +68,56 @@ def check_example(rank: int, world_size: int, out: str) -> None:
         example.write_report(Path(out), summaries, settings)
 
 
+def check_options_example(rank: int, world_size: int, out: str) -> None:
+    example = _example()
+    task = example.DigitsTask()
+    data = task.load(None, "cpu")
+    method = example.Method(
+        "lookahead", k=5, alpha=1.0, fragments=2, sync_delay=1, compression="int8"
+    )
+    link = example.SimulatedLink(latency_s=0.0, bytes_per_s=1e12)  # the wrapper, no delay
+    curves = [
+        example.train(
+            method, task, data, steps=10, batch_size=16, lr=2e-3, eval_every=5, seed=0, link=link
+        )
+    ]
+    assert example.dist.all_reduce is link.all_reduce  # the wrapper is removed after the run
+    if rank != 0:
+        return
+    summary = example.summarise(method, curves)
+    # F=2 cuts DigitsCNN into the convolutions and the first linear layer's 4,800 values and
+    # the rest, 33,482 (fragment 1 syncs at steps 2 and 7, fragment 0 at 5 and 10); int8 pads
+    # each to whole blocks of 1,024 per rank and adds a float32 scale per block, plus the 4-byte
+    # agreement flag of each of a fragment's 4 tensors.
+    fragment_bytes = [6144 + 4 * 6 + 16, 34816 + 4 * 34 + 16]
+    assert summary["bytes_all_reduced_per_rank"] == 2 * sum(fragment_bytes)
+    assert summary["peak_step_bytes"] == max(fragment_bytes)
+    settings = {
+        "command": "test",
+        "wall_seconds": 0.0,
+        "machine": "test",
+        "torch": "test",
+        "backend": "gloo",
+        "world_size": world_size,
+        "parameters": 38_282,
+        "steps": 10,
+        "batch_size": 16,
+        "lr": 2e-3,
+        "eval_every": 5,
+        "seeds": [0],
+        "link": {"latency_ms": 0.0, "mb_per_s": 1e6},
+    }
+    example.write_options_report(Path(out), [summary], settings)
+
+
+def test_options_example_counts_compressed_fragment_bytes(cluster: Cluster, tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    cluster.run(check_options_example, str(tmp_path))
+    report = (tmp_path / "options.md").read_text()
+    assert "| k=5, alpha=1.0 | 2 | 1 | int8 | 0.08 | 35.0 |" in report
+    assert (tmp_path / "options.json").exists()
+
+
 def test_example_counts_bytes_and_writes_its_report(cluster: Cluster, tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
