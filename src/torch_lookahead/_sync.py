@@ -168,14 +168,17 @@ def _cpu_blocks(
 
     A tensor longer than a block comes out as blocks of one pair of views (see ``_pieces``).
     """
-    if sum(f.numel() * f.element_size() for f in fast) <= _UNBLOCKED_BLOCKS * SYNC_BLOCK_BYTES:
+    itemsize = fast[0].element_size()
+    sizes = list(map(Tensor.numel, fast))
+    if sum(sizes) * itemsize <= _UNBLOCKED_BLOCKS * SYNC_BLOCK_BYTES:
         yield fast, slow  # small enough to stay in cache as a whole
         return
-    pieces = [piece for f, s in zip(fast, slow, strict=True) for piece in _pieces(f, s)]
-    piece_fast = [f for f, _ in pieces]
-    piece_slow = [s for _, s in pieces]
-    for block in cache_blocks(piece_fast, SYNC_BLOCK_BYTES):
-        yield piece_fast[block], piece_slow[block]
+    if max(sizes) * itemsize > SYNC_BLOCK_BYTES:
+        pieces = [piece for f, s in zip(fast, slow, strict=True) for piece in _pieces(f, s)]
+        fast = [f for f, _ in pieces]
+        slow = [s for _, s in pieces]
+    for block in cache_blocks(fast, SYNC_BLOCK_BYTES):
+        yield fast[block], slow[block]
 
 
 def lerp_(

@@ -80,16 +80,18 @@ def group_by_device_and_dtype(
 def cache_blocks(tensors: Sequence[Tensor], block_bytes: int) -> Iterator[slice]:
     """Split ``range(len(tensors))`` into consecutive slices of at most ``block_bytes`` each.
 
-    A tensor larger than a block gets a slice to itself. Meant for CPU lists, where a multi-tensor
-    kernel over a block reads what the previous kernel wrote from cache instead of memory;
-    blocking changes only the order of the same element-wise operations, never a result.
+    ``tensors`` share one dtype (a device/dtype bucket). A tensor larger than a block gets a slice
+    to itself. Meant for CPU lists, where a multi-tensor kernel over a block reads what the
+    previous kernel wrote from cache instead of memory; blocking changes only the order of the same
+    element-wise operations, never a result.
     """
+    if not tensors:
+        return
+    limit = max(1, block_bytes // tensors[0].element_size())
     start, filled = 0, 0
-    for index, tensor in enumerate(tensors):
-        size = tensor.numel() * tensor.element_size()
-        if index > start and filled + size > block_bytes:
+    for index, numel in enumerate(map(Tensor.numel, tensors)):
+        if index > start and filled + numel > limit:
             yield slice(start, index)
             start, filled = index, 0
-        filled += size
-    if start < len(tensors):
-        yield slice(start, len(tensors))
+        filled += numel
+    yield slice(start, len(tensors))

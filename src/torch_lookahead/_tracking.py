@@ -53,9 +53,18 @@ class Tracking:
     _slow_key: str
 
     def is_current(
-        self, param_groups: Sequence[dict[str, Any]], state: Mapping[Tensor, Any]
+        self,
+        param_groups: Sequence[dict[str, Any]],
+        state: Mapping[Tensor, Any],
+        *,
+        slows: bool,
     ) -> bool:
-        """Whether nothing it was computed from has been replaced, added or removed since."""
+        """Whether nothing it was computed from has been replaced, added or removed since.
+
+        With ``slows=False`` the slow-copy entries of tracked parameters are not compared: enough
+        to know which parameters lack a slow copy (what a step needs), not which copies they have
+        (what a sync needs).
+        """
         if state is not self._state or len(state) != len(self._state_dicts):
             return False
         if not all(map(_is, state.values(), self._state_dicts)):
@@ -68,11 +77,11 @@ class Tracking:
             current = group["params"]
             if len(current) != len(params) or not all(map(_is, current, params)):
                 return False
-        get_slow = operator.methodcaller("get", self._slow_key)
-        if not all(map(_is, map(get_slow, self._slow_dicts), self._slows)):
-            return False
+        key = repeat(self._slow_key)
         # A slow copy assigned by hand to a parameter that had none.
-        return all(map(_is, map(get_slow, self._untracked_dicts), repeat(None)))
+        if not all(map(_is, map(dict.get, self._untracked_dicts, key), repeat(None))):
+            return False
+        return not slows or all(map(_is, map(dict.get, self._slow_dicts, key), self._slows))
 
 
 def build_tracking(

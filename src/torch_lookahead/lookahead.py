@@ -408,13 +408,17 @@ class Lookahead(Optimizer):
                 "call optimizer.train() first"
             )
 
-    def _tracked(self) -> list[GroupTracking]:
-        """Per group (in order): the parameters with slow copies, those copies, and the others."""
+    def _tracked(self, *, slows: bool = True) -> list[GroupTracking]:
+        """Per group (in order): the parameters with slow copies, those copies, and the others.
+
+        ``slows=False`` is for the step's capture, which needs only to know which parameters lack
+        a slow copy; the sync, the exchange and everything else read the copies themselves.
+        """
         groups, state = self.param_groups, self.state
         if torch.compiler.is_compiling():
             return build_tracking(groups, state, SLOW_KEY).groups
         tracking = self._tracking
-        if tracking is None or not tracking.is_current(groups, state):
+        if tracking is None or not tracking.is_current(groups, state, slows=slows):
             tracking = self._tracking = build_tracking(groups, state, SLOW_KEY)
         return tracking.groups
 
@@ -430,7 +434,9 @@ class Lookahead(Optimizer):
         overdue = [group for group in self.param_groups if group[STEP_KEY] >= group[K_KEY]]
         if overdue:
             self._sync_groups(overdue)
-        tracked = self._tracked()
+        # The slow copies themselves are read (and checked) only when this step ends with a sync.
+        syncing = any(group[STEP_KEY] + 1 >= group[K_KEY] for group in self.param_groups)
+        tracked = self._tracked(slows=syncing)
         captured: list[tuple[Tensor, Tensor]] = []
         if closure is None:
             self._capture_initial_weights(tracked, captured)
