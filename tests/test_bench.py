@@ -3,7 +3,8 @@
 The fast tests guard what the published tables rest on: the memory promise (Lookahead's peak is
 the inner optimizer's plus exactly one copy of the weights, and it allocates nothing between
 syncs or at a sync), the instrument that measures it, the pairing of each time with its reference
-of the same round, and the verdict lines. Running the harness itself is marked ``slow``.
+of the same round, the verdict lines, and docs/benchmarks.md quoting the committed reports as
+they were written. Running the harness itself is marked ``slow``.
 """
 
 from __future__ import annotations
@@ -130,6 +131,18 @@ def test_own_slow_copies_are_the_state_tensors_not_the_parameters() -> None:
     for p, slow in zip(params, found, strict=True):
         assert slow is optimizer.state[p]["lookahead_slow"]
         assert slow.data_ptr() != p.data_ptr()
+
+
+def test_docs_page_shows_the_committed_reports_unchanged() -> None:
+    page = (REPO / "docs" / "benchmarks.md").read_text()
+    results = REPO / "benchmarks" / "results"
+    # The block between the markers is the report its --docs run wrote, and nothing else.
+    assert bench.replace_docs_block(page, (results / "sync-memory.md").read_text()) == page
+    step = (results / "step.md").read_text()
+    assert step[step.index("### Step time") :].rstrip() in page
+    for report in ("sync-memory.md", "step.md", "step-system-heap.md"):
+        command = (results / report).read_text().split("- Command: `", 1)[1].split("`", 1)[0]
+        assert command in page, f"{report}: the page does not quote its command"
 
 
 # ------------------------------------------------------------------------------------------------
