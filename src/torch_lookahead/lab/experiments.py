@@ -383,7 +383,15 @@ def run_experiment(
     the wall time it took."""
     started = time.perf_counter()
     jobs = experiment.jobs()
-    results = run_many(jobs, cache_dir, workers=workers, on_result=on_result)
+    cached = 0
+
+    def count(result: Any, from_cache: bool) -> None:
+        nonlocal cached
+        cached += from_cache
+        if on_result is not None:
+            on_result(result, from_cache)
+
+    results = run_many(jobs, cache_dir, workers=workers, on_result=count)
     by_job = dict(zip(jobs, results, strict=True))
     spec = get_task(experiment.task) if experiment.task else None
     nqm = experiment.nqm
@@ -400,4 +408,6 @@ def run_experiment(
         nqm_k=nqm[0].k if nqm else 5,
         nqm_alpha=nqm[0].alpha if nqm else 0.5,
         seconds=time.perf_counter() - started,
+        jobs=len(jobs),
+        cached_jobs=cached,
     )

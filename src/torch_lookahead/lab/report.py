@@ -69,6 +69,8 @@ class LabResults:
     nqm_k: int = 5
     nqm_alpha: float = 0.5
     seconds: float = math.nan  # wall time of the command
+    jobs: int = 0
+    cached_jobs: int = 0  # jobs read back from the cache rather than computed
 
 
 # ------------------------------------------------------------------------------------ the claims
@@ -160,14 +162,16 @@ def build_claims(lab: LabResults) -> list[Claim]:
     return claims
 
 
-READING = (
-    "How to read a verdict: each case's effect comes with a 95% confidence interval over seeds "
-    "(over simulated chains for the noisy quadratic model). The claim *holds* when the whole "
-    "interval lies on the side the paper predicts, *does not hold* when it lies on the other "
-    "side, and is *inconclusive* when it contains zero (1 for a ratio of variances): the "
-    "difference, if any, is inside the noise of this many seeds, and the report says how many "
-    "seeds would decide it if the spread stayed as measured."
-)
+def reading(simulated: bool) -> str:
+    """How to read a verdict, in a few sentences."""
+    over = "seeds (over simulated chains for the noisy quadratic model)" if simulated else "seeds"
+    return (
+        f"How to read a verdict: each case's effect comes with a 95% confidence interval over {over}. "
+        "The claim *holds* when the whole interval lies on the side the paper predicts, *does not "
+        "hold* when it lies on the other side, and is *inconclusive* when it contains zero (1 for "
+        "a ratio of variances): the difference, if any, is inside the noise of this many seeds, "
+        "and the report says how many seeds would decide it if the spread stayed as measured."
+    )
 
 
 def verdict_rows(claims: Sequence[Claim]) -> tuple[list[str], list[list[str]]]:
@@ -182,16 +186,7 @@ def verdict_rows(claims: Sequence[Claim]) -> tuple[list[str], list[list[str]]]:
 
 
 def _glance_lines(claims: Sequence[Claim]) -> list[str]:
-    return [
-        "## Verdicts at a glance",
-        "",
-        READING,
-        "",
-        *markdown_table(*verdict_rows(claims)),
-        "",
-        "Each claim is described below with its protocol, the effect measured and every case.",
-        "",
-    ]
+    return ["## Verdicts at a glance", "", *markdown_table(*verdict_rows(claims)), ""]
 
 
 def _claim_lines(claims: Sequence[Claim]) -> list[str]:
@@ -254,10 +249,15 @@ def _setup_lines(lab: LabResults) -> list[str]:
             "each (see its section)."
         )
     cpu_seconds = sum(r.cpu_seconds for r in dict((r.config, r) for r in runs).values())
+    reused = (
+        f", which read {lab.cached_jobs} of its {lab.jobs} jobs back from its cache"
+        if lab.cached_jobs
+        else f" ({lab.jobs} jobs, none from a cache)"
+    )
     lines.append(
-        f"- Time: {fmt(lab.seconds, 3)} s of wall time for the command; the training runs took "
-        f"{fmt(cpu_seconds, 3)} s of CPU time, summed over runs (runs reused from the cache "
-        "count with the time they took when computed)."
+        f"- Time: {fmt(lab.seconds, 3)} s of wall time for the command{reused}; the training "
+        f"runs took {fmt(cpu_seconds, 3)} s of CPU time when they were computed, summed over "
+        "runs."
     )
     lines.append("")
     return lines
@@ -457,7 +457,15 @@ def write_report(out_dir: Path, lab: LabResults) -> Path:
     ]
     if claims:
         lines += _glance_lines(claims)
-    lines += [DETAILS_MARKER, "", *_setup_lines(lab)]
+    lines += [DETAILS_MARKER, ""]
+    if claims:
+        lines += [
+            reading(bool(lab.nqm)),
+            "",
+            "Each claim is described below with its protocol, the effect measured and every case.",
+            "",
+        ]
+    lines += _setup_lines(lab)
     if claims:
         lines += _claim_lines(claims)
     if lab.compare:
