@@ -190,7 +190,8 @@ class DistributedLookahead(Lookahead):
     **Faults.** If a collective of a sync raises (a rank died; a collective that hangs raises
     when the process group's ``timeout`` runs out), the groups of that sync are rolled back to
     their last completed sync (parameters = slow weights, counters 0, slow weights and outer
-    momentum untouched, a pending delayed sync dropped) and :class:`SyncFailedError` is raised
+    momentum untouched, a pending delayed sync dropped; each rank's inner-optimizer state keeps
+    its local steps) and :class:`SyncFailedError` is raised
     from the collective's error. The process group is then unusable: let the launcher restart the
     job from the last checkpoint (``torchrun --max-restarts``).
 
