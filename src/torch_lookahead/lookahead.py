@@ -452,7 +452,16 @@ class Lookahead(Optimizer):
                 due.append(group)
         if due:
             self._sync_groups(due)
+        self._after_step()
         return loss
+
+    def _after_step(self) -> None:
+        """Runs at the end of every ``step()``, inside it (for subclasses).
+
+        Subclasses extend the step here rather than by overriding ``step``: torch decorates each
+        optimizer class's ``step`` with the step hooks, so a ``super().step()`` would run them
+        twice.
+        """
 
     def _capturing(
         self, closure: Closure, tracked: list[GroupTracking], captured: list[tuple[Tensor, Tensor]]
