@@ -146,18 +146,24 @@ def reference_streaming(
     offsets: Sequence[int],
     sync_delay: int = 0,
     compression: str | None = None,
+    outer_momentum: float = 0.0,
+    nesterov: bool = False,
 ) -> tuple[list[list[Tensor]], list[Tensor]]:
-    """Streaming, delayed and compressed syncs (no outer momentum); returns (fast, slow).
+    """Streaming, delayed and compressed syncs; returns (fast, slow).
 
     Tensor i syncs after the inner steps t with t % k == offsets[i] % k: the workers' mean
     (exact, or :func:`compressed_mean_reference` over the tensors due at that step, in order) is
-    taken at t; after step t + sync_delay, ``slow_i <- slow_i + alpha*(mean_i - slow_i)`` and each
-    worker's ``x_i <- slow_i + (x_i - x_i at t)``.
+    taken at t; after step t + sync_delay the slow weights take the outer step on it
+    (``slow_i <- slow_i + alpha*(mean_i - slow_i)``, or with outer momentum
+    ``u <- mu*u + (slow - mean); slow <- slow - alpha*u``, Nesterov
+    ``slow <- slow - alpha*((slow - mean) + mu*u)``) and each worker's
+    ``x_i <- slow_i + (x_i - x_i at t)``.
     """
     workers = len(grad_fns)
     slow = [x.double().clone() for x in x0]
     fast = [[x.clone() for x in slow] for _ in range(workers)]
     buffers: list[list[Tensor] | None] = [None] * workers
+    momentum = [torch.zeros_like(x) for x in slow]
     pending: dict[int, tuple[int, Tensor, list[Tensor]]] = {}  # i -> (apply at, mean, launch)
     for t in range(1, n_steps + 1):
         for r in range(workers):
@@ -184,7 +190,13 @@ def reference_streaming(
             if apply_at != t:
                 continue
             del pending[i]
-            slow[i] = slow[i] + alpha * (mean - slow[i])
+            if outer_momentum == 0.0:
+                slow[i] = slow[i] + alpha * (mean - slow[i])
+            else:
+                delta = slow[i] - mean
+                momentum[i] = outer_momentum * momentum[i] + delta
+                step = delta + outer_momentum * momentum[i] if nesterov else momentum[i]
+                slow[i] = slow[i] - alpha * step
             for r in range(workers):
                 fast[r][i] = slow[i] + (fast[r][i] - launch[r])
     return fast, slow

@@ -53,7 +53,9 @@ class _FailingWork:
         raise RuntimeError("injected: Connection closed by peer")
 
 
-def check_failed_collective_rolls_back(rank: int, world_size: int, sync_delay: int) -> None:
+def check_failed_collective_rolls_back(
+    rank: int, world_size: int, sync_delay: int, compression: str | None
+) -> None:
     model = _tiny_model(0)
     opt = DistributedLookahead(
         torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
@@ -61,20 +63,25 @@ def check_failed_collective_rolls_back(rank: int, world_size: int, sync_delay: i
         alpha=0.5,
         outer_momentum=0.5,
         sync_delay=sync_delay,
+        compression=compression,  # type: ignore[arg-type]
     )
     for step in range(3 + sync_delay):  # one completed sync
         _train_step(model, opt, rank, step)
     slow = _snapshot(opt, "lookahead_slow")
     momentum = _snapshot(opt, OUTER_MOMENTUM_KEY)
     assert momentum[0].any()
-    original = dist.all_reduce
+    original, original_all_to_all = dist.all_reduce, dist.all_to_all_single
 
     def failing_all_reduce(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("async_op"):  # the weights' exchange; the agreement check goes through
             return _FailingWork()
         return original(tensor, *args, **kwargs)
 
+    def failing_all_to_all(*args: Any, **kwargs: Any) -> Any:
+        return _FailingWork()  # the first phase of the compressed exchange
+
     dist.all_reduce = failing_all_reduce
+    dist.all_to_all_single = failing_all_to_all
     try:
         for step in range(3 + sync_delay, 5 + sync_delay):  # local steps
             _train_step(model, opt, rank, step)
@@ -82,7 +89,7 @@ def check_failed_collective_rolls_back(rank: int, world_size: int, sync_delay: i
             for step in range(5 + sync_delay, 6 + 2 * sync_delay):
                 _train_step(model, opt, rank, step)
     finally:
-        dist.all_reduce = original
+        dist.all_reduce, dist.all_to_all_single = original, original_all_to_all
     message = str(info.value)
     assert f"the sync of parameter groups [0] failed on rank {rank} of 2" in message
     assert "RuntimeError: injected: Connection closed by peer" in message
@@ -102,11 +109,13 @@ def check_failed_collective_rolls_back(rank: int, world_size: int, sync_delay: i
     assert_same_on_all_ranks(opt.slow_parameters())
 
 
-@pytest.mark.parametrize("sync_delay", [0, 1])
+@pytest.mark.parametrize(
+    ("sync_delay", "compression"), [(0, None), (1, None), (0, "int8"), (1, "bfloat16")]
+)
 def test_a_failed_collective_rolls_back_and_names_the_failure(
-    cluster: Cluster, sync_delay: int
+    cluster: Cluster, sync_delay: int, compression: str | None
 ) -> None:
-    cluster.run(check_failed_collective_rolls_back, sync_delay)
+    cluster.run(check_failed_collective_rolls_back, sync_delay, compression)
 
 
 def check_hung_collective_ends_at_the_timeout(rank: int, world_size: int) -> str:

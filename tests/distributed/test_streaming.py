@@ -126,6 +126,8 @@ def check_streaming_matches_reference(
     sync_delay: int,
     compression: str | None,
     n_steps: int,
+    outer_momentum: float = 0.0,
+    nesterov: bool = False,
 ) -> list[int]:
     workers = [quadratic_worker(200 + r, SHAPES) for r in range(world_size)]
     start, grad_fn = workers[rank]
@@ -141,6 +143,8 @@ def check_streaming_matches_reference(
         alpha=0.7,
         sync_delay=sync_delay,
         compression=compression,  # type: ignore[arg-type]
+        outer_momentum=outer_momentum,
+        nesterov=nesterov,
     )
     offsets = [((i // per_fragment) * k) // fragments for i in range(len(SHAPES))]
     bytes_per_step = []
@@ -161,6 +165,8 @@ def check_streaming_matches_reference(
         offsets=offsets,
         sync_delay=sync_delay,
         compression=compression,
+        outer_momentum=outer_momentum,
+        nesterov=nesterov,
     )
     for i, p in enumerate(params):
         torch.testing.assert_close(opt.state[p]["lookahead_slow"], slow[i], rtol=0, atol=1e-12)
@@ -301,6 +307,16 @@ def check_checkpoint_resumes_fragments_and_pending_syncs(
     assert [g["lookahead_step"] for g in opt.param_groups] == [
         g["lookahead_step"] for g in resumed.param_groups
     ]
+
+
+@pytest.mark.parametrize(
+    ("sync_delay", "compression", "nesterov"),
+    [(2, None, True), (1, "bfloat16", False)],
+)
+def test_outer_momentum_with_fragments_delay_and_compression_matches_reference(
+    cluster: Cluster, sync_delay: int, compression: str | None, nesterov: bool
+) -> None:
+    cluster.run(check_streaming_matches_reference, 4, 2, sync_delay, compression, 13, 0.6, nesterov)
 
 
 @pytest.mark.parametrize("sync_delay", [0, 2])
