@@ -1,15 +1,15 @@
 """Lookahead with torch.distributed.
 
-* :class:`DistributedLookahead`: each rank runs k inner steps on its own data without
+* [DistributedLookahead][torch_lookahead.distributed.DistributedLookahead]: each rank runs k inner steps on its own data without
   communicating, then the fast weights are averaged in one all-reduce and the slow weights take an
   outer step (Lookahead, local SGD, SlowMo and DiLoCo's outer step in one class).
-  Options: streaming fragments (:func:`fragment_param_groups`), a sync delay that overlaps the
+  Options: streaming fragments (`fragment_param_groups`), a sync delay that overlaps the
   communication with the next inner steps, bfloat16/int8 compressed communication, and a sync
-  that rolls back and raises :class:`SyncFailedError` when a collective fails.
-* :class:`DistributedLookaheadState`: exact save/resume of such a run with
+  that rolls back and raises `SyncFailedError` when a collective fails.
+* [DistributedLookaheadState][torch_lookahead.distributed.DistributedLookaheadState]: exact save/resume of such a run with
   ``torch.distributed.checkpoint`` (also on another number of ranks, from the slow weights).
 
-The plain :class:`torch_lookahead.Lookahead` needs nothing from this package under DDP, FSDP2,
+The plain [Lookahead][torch_lookahead.Lookahead] needs nothing from this package under DDP, FSDP2,
 DCP or ZeRO; docs/distributed.md gives the wrapping order for each engine.
 """
 

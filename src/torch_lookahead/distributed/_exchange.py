@@ -1,7 +1,7 @@
 """The mean of tensors across ranks, started now and collected later, exact or compressed.
 
-:func:`start_mean` launches the collectives without waiting (``async_op=True``) and returns an
-:class:`Exchange`; :meth:`Exchange.wait` returns the means. Nothing the caller owns is written
+`start_mean` launches the collectives without waiting (``async_op=True``) and returns an
+`Exchange`; `Exchange.wait` returns the means. Nothing the caller owns is written
 before ``wait`` returns, so a collective that raises (a rank died, the process group's timeout
 ran out) leaves the caller's tensors as they were.
 
@@ -21,7 +21,7 @@ float32 and every rank ends with the same bits:
 
 The mean weights are then ``reference - mean(delta)``. Each phase sends (W-1)/W of the encoded
 payload per rank, the same as a ring all-reduce of it. ``"bfloat16"`` rounds to nearest even;
-``"int8"`` scales each block of :data:`INT8_BLOCK` values by its largest magnitude / 127 (the
+``"int8"`` scales each block of `INT8_BLOCK` values by its largest magnitude / 127 (the
 scale sent as float32) and rounds to nearest, so an entry's error is at most half its block's
 scale per encoding.
 """
@@ -69,7 +69,7 @@ def encode(values: Tensor, compression: Compression) -> Tensor:
 
 
 def decode(encoded: Tensor, n: int, compression: Compression) -> Tensor:
-    """The float32 values of ``encoded`` (the output of :func:`encode` for ``n`` values)."""
+    """The float32 values of ``encoded`` (the output of `encode` for ``n`` values)."""
     if compression == "bfloat16":
         return encoded.view(torch.bfloat16).float()
     quantized = encoded[:n].view(torch.int8).view(-1, INT8_BLOCK)
@@ -78,7 +78,7 @@ def decode(encoded: Tensor, n: int, compression: Compression) -> Tensor:
 
 
 class Exchange:
-    """A mean across ranks in flight: :meth:`wait` for the result."""
+    """A mean across ranks in flight: `wait` for the result."""
 
     payload_bytes: int
     """Bytes of the payload this rank contributes: the flat buffers all-reduced, or the encoded

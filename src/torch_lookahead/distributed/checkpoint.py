@@ -3,7 +3,7 @@
 Between syncs the ranks hold different fast weights and each rank has its own inner-optimizer
 state, while the slow weights and the outer momentum are the same everywhere. A plain DCP save of
 ``model.state_dict()`` would treat the (unsharded) fast weights as replicated and keep one rank's
-copy, so a resume mid-cycle would not be exact. :class:`DistributedLookaheadState` splits the state
+copy, so a resume mid-cycle would not be exact. [DistributedLookaheadState][torch_lookahead.distributed.DistributedLookaheadState] splits the state
 into what is shared (saved once per process group) and what is each rank's own (saved per rank).
 The shared part alone is enough to resume on another number of ranks.
 """
@@ -60,7 +60,7 @@ class DistributedLookaheadState:
     ``rank_<r>`` each rank's model state (its fast weights and buffers) and inner-optimizer state.
     Resumed on the same number of ranks, the run continues bit-identical to an uninterrupted one.
 
-    On another number of ranks, pass ``checkpoint_world_size`` (:func:`saved_world_size` reads
+    On another number of ranks, pass ``checkpoint_world_size`` (`saved_world_size` reads
     it): the slow weights, outer momentum and parameter groups (their counters, so the fragments'
     phases) are loaded, rank ``r`` takes the model buffers and inner-optimizer state that rank
     ``r % checkpoint_world_size`` saved, and every rank's parameters restart from the slow weights

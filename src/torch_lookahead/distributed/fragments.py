@@ -1,6 +1,6 @@
 """Parameter groups for streaming fragments: a model cut into F contiguous pieces of similar size.
 
-:class:`~torch_lookahead.distributed.DistributedLookahead` syncs the groups of fragment ``f`` at
+[DistributedLookahead][torch_lookahead.distributed.DistributedLookahead] syncs the groups of fragment ``f`` at
 the steps ``t`` with ``(t - o_f) % k == 0`` (Streaming DiLoCo, Douillard et al., 2025), so each
 sync moves about 1/F of the weights.
 """

@@ -93,7 +93,7 @@ def _momentum_step_(
     nesterov: bool,
     foreach: bool,
 ) -> None:
-    """:func:`momentum_outer_step_` for same-placement lists; ``fast`` is scratch, then the result."""
+    """[momentum_outer_step_][torch_lookahead.distributed.momentum_outer_step_] for same-placement lists; ``fast`` is scratch, then the result."""
     if foreach:
         torch._foreach_sub_(fast, slow)
         torch._foreach_neg_(fast)  # fast now holds delta = slow - mean(fast)

@@ -1,6 +1,6 @@
 """Lookahead across workers: k local steps on each rank, then one averaged outer step.
 
-``DistributedLookahead`` is :class:`torch_lookahead.Lookahead` with the fast weights averaged over a
+``DistributedLookahead`` is [Lookahead][torch_lookahead.Lookahead] with the fast weights averaged over a
 process group at every sync. Between syncs the ranks do not communicate, so the model must *not* be
 wrapped in DistributedDataParallel (which would all-reduce gradients at every step).
 """
@@ -128,7 +128,7 @@ class DistributedLookahead(Lookahead):
             &\hspace{10mm}\theta^{(r)}_t \leftarrow \phi \text{ on every rank}
        \end{aligned}
 
-    With one rank this is exactly :class:`~torch_lookahead.Lookahead`. With ``alpha=1`` and no
+    With one rank this is exactly [Lookahead][torch_lookahead.Lookahead]. With ``alpha=1`` and no
     outer momentum it is periodic model averaging (local SGD); with outer heavy-ball momentum it
     is SlowMo (Wang et al., 2020) and with Nesterov momentum DiLoCo's outer step (Douillard et al.,
     2023). Each rank keeps its own inner-optimizer state (never communicated); the slow weights and
@@ -151,13 +151,13 @@ class DistributedLookahead(Lookahead):
             (overlap, see above); smaller than ``k``. Default: 0 (synchronous).
         compression: ``None`` (exact, default), ``"bfloat16"`` or ``"int8"`` (see above).
         process_group: the ranks to average over. Default: the default (world) group.
-        foreach: as for :class:`~torch_lookahead.Lookahead`.
-        **options: every other keyword option of :class:`~torch_lookahead.Lookahead`
+        foreach: as for [Lookahead][torch_lookahead.Lookahead].
+        **options: every other keyword option of [Lookahead][torch_lookahead.Lookahead]
             (``pullback_momentum`` acts on each rank's own inner state; ``check_finite`` checks
             the averaged weights, so that every rank raises together).
 
     **Streaming fragments** (Streaming DiLoCo, Douillard et al., 2025). Parameter groups carrying
-    ``lookahead_fragment = f`` (for ``f`` in ``0 .. F-1``; :func:`fragment_param_groups` builds
+    ``lookahead_fragment = f`` (for ``f`` in ``0 .. F-1``; `fragment_param_groups` builds
     them by module or by size) are synced at the steps ``t`` with ``(t - o_f) % k == 0``,
     ``o_f = (f * k) // F``: the constructor starts fragment ``f``'s counter at ``(k - o_f) % k``.
     Each sync then moves one fragment, about 1/F of the bytes. The phase lives in the groups'
@@ -191,12 +191,12 @@ class DistributedLookahead(Lookahead):
     when the process group's ``timeout`` runs out), the groups of that sync are rolled back to
     their last completed sync (parameters = slow weights, counters 0, slow weights and outer
     momentum untouched, a pending delayed sync dropped; each rank's inner-optimizer state keeps
-    its local steps) and :class:`SyncFailedError` is raised
+    its local steps) and `SyncFailedError` is raised
     from the collective's error. The process group is then unusable: let the launcher restart the
     job from the last checkpoint (``torchrun --max-restarts``).
 
     ``bytes_all_reduced`` counts the bytes of the payloads this rank has exchanged (a per-process
-    statistic, not checkpointed). Save and resume with :class:`DistributedLookaheadState` and
+    statistic, not checkpointed). Save and resume with [DistributedLookaheadState][torch_lookahead.distributed.DistributedLookaheadState] and
     ``torch.distributed.checkpoint``.
 
     Example (launched with ``torchrun --nproc_per_node=2``)::
@@ -292,9 +292,8 @@ class DistributedLookahead(Lookahead):
             for p, _ in captured:
                 state[p][OUTER_MOMENTUM_KEY] = torch.zeros_like(state[p][SLOW_KEY])
 
-    def step(self, closure: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        """One inner step; syncs as the class docstring says (delayed ones applied on time)."""
-        loss = super().step(closure, **kwargs)
+    def _after_step(self) -> None:
+        """Apply the delayed syncs whose ``sync_delay`` inner steps have passed."""
         if self._pending:
             due = [
                 pending
@@ -303,7 +302,6 @@ class DistributedLookahead(Lookahead):
             ]
             for pending in due:
                 self._apply_pending(pending)
-        return loss
 
     def _sync_groups(self, groups: list[dict[str, Any]]) -> None:
         """Average the due groups' fast weights over the ranks (one exchange for all of them),
