@@ -84,7 +84,6 @@ class Task(ABC):
     description: str
     headline_metric: str
     higher_is_better: bool
-    target_train_loss: float
     full: TaskSettings
     quick: TaskSettings
     learning_rates: Mapping[str, float]
@@ -184,7 +183,6 @@ class DigitsTask(_ClassificationTask):
         "a CNN of two 3x3 convolutions (16 and 32 channels), a 2x2 max-pool and a 64-unit "
         "hidden layer, cross-entropy loss"
     )
-    target_train_loss = 0.1
     full = TaskSettings(steps=300, eval_every=50, batch_size=64)
     quick = TaskSettings(steps=60, eval_every=20, batch_size=64)
     learning_rates = MappingProxyType({"sgd": 0.05, "adam": 2e-3, "adamw": 2e-3, "radam": 2e-3})
@@ -283,7 +281,6 @@ class CharLMTask(Task):
     )
     headline_metric = "val_bpc"
     higher_is_better = False
-    target_train_loss = 2.0
     full = TaskSettings(steps=2000, eval_every=200, batch_size=32)
     quick = TaskSettings(steps=40, eval_every=20, batch_size=16)
     learning_rates = MappingProxyType({"sgd": 1.0, "adam": 3e-3, "adamw": 3e-3, "radam": 3e-3})
@@ -364,7 +361,6 @@ class Cifar10Task(_ClassificationTask):
     )
     schedule = "step"
     eval_chunk = 500
-    target_train_loss = 0.1
     full = TaskSettings(steps=200 * 391, eval_every=391, batch_size=128)
     quick = TaskSettings(steps=20, eval_every=10, batch_size=32)
     learning_rates = MappingProxyType({"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "radam": 1e-3})
