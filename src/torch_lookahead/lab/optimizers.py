@@ -1,6 +1,6 @@
 """The lab's inner optimizers: the project's registry, with the lab's own defaults per name.
 
-Every optimizer is built by :func:`torch_lookahead.optim.create_optimizer`; the lab accepts its
+Every optimizer is built by `torch_lookahead.create_optimizer`; the lab accepts its
 names less the ``lookahead_`` variants, because the lab wraps in Lookahead itself when a run asks
 for ``k`` and ``alpha``. ``LAB_DEFAULTS`` is what the lab's names mean beyond the registry's: the
 lab's "sgd" has heavy-ball momentum 0.9 and its "adamw" weight decay 0.01.
