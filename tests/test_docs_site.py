@@ -48,11 +48,6 @@ def _pages(site: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docstrings outside torch_lookahead.integrations still use reST roles; "
-    "remove this mark once they are converted",
-)
 def test_no_page_shows_a_raw_rest_role(site: Path) -> None:
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
     assert "torch_lookahead.Lookahead" in api  # the reference was rendered
