@@ -11,7 +11,7 @@ import math
 import numbers
 import operator
 
-__all__ = ["check_alpha", "check_k"]
+__all__ = ["check_alpha", "check_k", "check_step_count"]
 
 
 def check_k(value: object, name: str = "k") -> int:
@@ -49,3 +49,12 @@ def check_alpha(value: object, name: str = "alpha") -> float:
     if math.isnan(number) or not 0.0 <= number <= 1.0:
         raise ValueError(f"{name} must be in [0, 1] (the slow-weights step size), got {number}")
     return number
+
+
+def check_step_count(value: object, name: str) -> int:
+    """Return ``value`` if it is a non-negative int (a group's inner steps since its sync), else raise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"{name} must be a non-negative int (inner steps since the sync), got {value!r}"
+        )
+    return value

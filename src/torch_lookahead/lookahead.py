@@ -18,10 +18,8 @@ import contextlib
 import inspect
 import signal
 import threading
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import chain
 from typing import Any, TypedDict, cast
 
 import torch
@@ -29,7 +27,22 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from torch_lookahead import _sync
-from torch_lookahead._checks import check_alpha, check_k
+from torch_lookahead._checks import check_alpha, check_k, check_step_count
+from torch_lookahead._keys import (
+    ALPHA_KEY,
+    EVAL_KEY,
+    FAST_STASH_KEY,
+    K_KEY,
+    SLOW_KEY,
+    STEP_KEY,
+    SYNCED_AT_KEY,
+)
+from torch_lookahead._loading import (
+    adopt_checkpoint_defaults,
+    check_loadable,
+    drop_stale_slow_weights,
+    mark_synced,
+)
 from torch_lookahead._tensors import local_shards, same_placement
 from torch_lookahead._tracking import GroupTracking, Tracking, build_tracking
 from torch_lookahead.pullback import (
@@ -42,15 +55,19 @@ from torch_lookahead.pullback import (
     slow_momentum_key,
 )
 
-__all__ = ["Lookahead", "LookaheadOptions", "load_slow_parameters"]
+__all__ = [
+    "ALPHA_KEY",
+    "EVAL_KEY",
+    "FAST_STASH_KEY",
+    "K_KEY",
+    "SLOW_KEY",
+    "STEP_KEY",
+    "SYNCED_AT_KEY",
+    "Lookahead",
+    "LookaheadOptions",
+    "load_slow_parameters",
+]
 
-SLOW_KEY = "lookahead_slow"
-FAST_STASH_KEY = "lookahead_fast"
-K_KEY = "lookahead_k"
-ALPHA_KEY = "lookahead_alpha"
-STEP_KEY = "lookahead_step"
-EVAL_KEY = "lookahead_eval_mode"
-SYNCED_AT_KEY = "lookahead_synced_at"
 
 Closure = Callable[[], Any]
 
@@ -114,14 +131,6 @@ def _validate_flag(name: str, value: object, *, optional: bool) -> None:
     if not isinstance(value, bool) and not (optional and value is None):
         accepted = "None or a bool" if optional else "a bool"
         raise TypeError(f"{name} must be {accepted}, got {value!r}")
-
-
-def _check_step_count(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(
-            f"{name} must be a non-negative int (inner steps since the sync), got {value!r}"
-        )
-    return value
 
 
 def _is_dtensor(t: Tensor) -> bool:
@@ -278,7 +287,7 @@ class Lookahead(Optimizer):
         # New groups, also those added straight to the inner optimizer, inherit these defaults.
         optimizer.defaults.update({K_KEY: k, ALPHA_KEY: alpha, STEP_KEY: 0, SYNCED_AT_KEY: -1})
         self._check_groups()
-        self._drop_stale_slow_weights()
+        drop_stale_slow_weights(self.param_groups, self.state)
 
     def _init_runtime(self) -> None:
         """What is not pickled: the hook dictionaries and torch's step decoration, and caches.
@@ -394,7 +403,7 @@ class Lookahead(Optimizer):
                 else:
                     update[key] = check(defaults.get(key), f"defaults[{key!r}]")
             name = f"param_groups[{index}][{STEP_KEY!r}]"
-            update[STEP_KEY] = _check_step_count(group.get(STEP_KEY, 0), name)
+            update[STEP_KEY] = check_step_count(group.get(STEP_KEY, 0), name)
             synced_at = group.get(SYNCED_AT_KEY, -1)
             update[SYNCED_AT_KEY] = synced_at if type(synced_at) is int else -1
             updates.append((group, update))
@@ -563,7 +572,7 @@ class Lookahead(Optimizer):
         _sync.sync_(params, slows, alpha, foreach=foreach)
         apply_momentum_policy_(self.pullback_momentum, params, state, keys, alpha, foreach=foreach)
         group[STEP_KEY] = 0
-        self._mark_synced(group, params)
+        mark_synced(group, params, self.state)
 
     def _require_finite(
         self, groups: Sequence[dict[str, Any]], tracked: list[GroupTracking]
@@ -580,18 +589,6 @@ class Lookahead(Optimizer):
                         "load_slow_parameters(model, opt.slow_parameters()) and lower the learning "
                         "rate, or skip the batch"
                     )
-
-    def _mark_synced(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        """Record the inner step count of the group's first parameter at this sync.
-
-        ``load_state_dict`` compares it with the loaded one to detect a state that a plain
-        optimizer stepped after it left Lookahead (its slow weights would be stale).
-        """
-        first = group["params"][0] if group["params"] else None
-        count = None
-        if first is not None and params and params[0] is first:
-            count = _inner_step_count(self.state.get(first))
-        group[SYNCED_AT_KEY] = -1 if count is None else count
 
     @torch.no_grad()
     def sync(self) -> None:
@@ -726,7 +723,7 @@ class Lookahead(Optimizer):
         if ALPHA_KEY in checked:
             checked[ALPHA_KEY] = check_alpha(checked[ALPHA_KEY], ALPHA_KEY)
         if STEP_KEY in checked:
-            checked[STEP_KEY] = _check_step_count(checked[STEP_KEY], STEP_KEY)
+            checked[STEP_KEY] = check_step_count(checked[STEP_KEY], STEP_KEY)
         param_group.update(checked)
         self.optimizer.add_param_group(param_group)
 
@@ -770,80 +767,15 @@ class Lookahead(Optimizer):
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        saved_slows = self._check_loadable(state_dict)
+        saved_slows = check_loadable(state_dict, self.param_groups)
         before = {K_KEY: self.defaults.get(K_KEY), ALPHA_KEY: self.defaults.get(ALPHA_KEY)}
         self.optimizer.load_state_dict(state_dict)
         self._place_loaded_slow_copies(saved_slows)
         self._check_groups()
-        self._adopt_checkpoint_defaults(before)
-        self._drop_stale_slow_weights()
+        adopt_checkpoint_defaults(self.param_groups, self.defaults, before)
+        drop_stale_slow_weights(self.param_groups, self.state)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
-
-    def _check_loadable(self, state_dict: dict[str, Any]) -> list[tuple[Tensor, Tensor]]:
-        """Check ``state_dict`` against the parameters; return (param, saved slow copy) pairs."""
-        saved_groups, saved_state = state_dict.get("param_groups"), state_dict.get("state")
-        if not isinstance(saved_groups, list) or not isinstance(saved_state, dict):
-            raise ValueError(
-                "state_dict must be an optimizer state dict with 'state' (a dict) and "
-                "'param_groups' (a list)"
-            )
-        groups = self.param_groups
-        if len(saved_groups) != len(groups):
-            raise ValueError(
-                f"the checkpoint has {len(saved_groups)} parameter groups, this optimizer has {len(groups)}"
-            )
-        for index, (saved, current) in enumerate(zip(saved_groups, groups, strict=True)):
-            if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
-                raise ValueError(f"parameter group {index} of the checkpoint has no 'params' list")
-            if len(saved["params"]) != len(current["params"]):
-                raise ValueError(
-                    f"parameter group {index}: the checkpoint has {len(saved['params'])} parameters, "
-                    f"this optimizer has {len(current['params'])}"
-                )
-            for key, check in ((K_KEY, check_k), (ALPHA_KEY, check_alpha)):
-                if key in saved:
-                    check(saved[key], f"checkpoint param_groups[{index}][{key!r}]")
-            if STEP_KEY in saved:
-                _check_step_count(
-                    saved[STEP_KEY], f"checkpoint param_groups[{index}][{STEP_KEY!r}]"
-                )
-            if not isinstance(saved.get(EVAL_KEY, False), bool):
-                raise TypeError(
-                    f"checkpoint param_groups[{index}][{EVAL_KEY!r}] must be a bool, "
-                    f"got {saved[EVAL_KEY]!r}"
-                )
-        id_map = dict(
-            zip(
-                chain.from_iterable(g["params"] for g in saved_groups),
-                chain.from_iterable(g["params"] for g in groups),
-                strict=True,
-            )
-        )
-        pairs: list[tuple[Tensor, Tensor]] = []
-        for key, param_state in saved_state.items():
-            p = id_map.get(key)
-            if p is None:
-                raise ValueError(
-                    f"the checkpoint has state for parameter {key!r}, which no group lists"
-                )
-            for name, value in param_state.items():
-                if not name.startswith("lookahead_"):
-                    continue
-                if not isinstance(value, Tensor):
-                    raise TypeError(
-                        f"state {name!r} of parameter {key!r} in the checkpoint must be a tensor, "
-                        f"got {type(value).__name__}"
-                    )
-                if value.shape != p.shape:
-                    raise ValueError(
-                        f"state {name!r} of parameter {key!r} has shape {tuple(value.shape)} in the "
-                        f"checkpoint, but the parameter has shape {tuple(p.shape)}"
-                    )
-            slow = param_state.get(SLOW_KEY)
-            if isinstance(slow, Tensor):
-                pairs.append((p, slow))
-        return pairs
 
     def _place_loaded_slow_copies(self, saved: Sequence[tuple[Tensor, Tensor]]) -> None:
         # Optimizer.load_state_dict casts every state tensor to its parameter's dtype and device;
@@ -854,58 +786,6 @@ class Lookahead(Optimizer):
             wanted_device = self.slow_device if self.slow_device is not None else p.device
             if current.dtype != self._slow_dtype_for(p) or current.device != wanted_device:
                 state[p][SLOW_KEY] = self._new_slow_copy(p, saved_slow)
-
-    def _adopt_checkpoint_defaults(self, before: dict[str, Any]) -> None:
-        """Make ``defaults`` report the loaded groups' k and alpha where all groups agree."""
-        groups = self.param_groups
-        for key in (K_KEY, ALPHA_KEY):
-            values = {group[key] for group in groups}
-            if len(values) != 1:
-                continue
-            (loaded,) = values
-            if loaded != before[key]:
-                warnings.warn(
-                    f"the checkpoint's {key}={loaded} replaces this optimizer's {before[key]} "
-                    "(a checkpoint's per-group values win, as its learning rates do)",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            self.defaults[key] = loaded
-
-    def _drop_stale_slow_weights(self) -> None:
-        """Drop Lookahead's state of groups whose inner state was stepped without Lookahead.
-
-        A group remembers (``lookahead_synced_at``) the inner step count of its first parameter at
-        the last sync; since then that count can have grown by at most the group's counter. If it
-        grew more, a plain optimizer stepped this state after a Lookahead checkpoint was loaded
-        into it, and the slow weights are that many steps old.
-        """
-        state = self.state
-        for index, group in enumerate(self.param_groups):
-            synced_at = group.get(SYNCED_AT_KEY)
-            if type(synced_at) is not int or synced_at < 0 or not group["params"]:
-                continue
-            count = _inner_step_count(state.get(group["params"][0]))
-            allowed = synced_at + group[STEP_KEY]
-            if count is None or count <= allowed:
-                continue
-            warnings.warn(
-                f"parameter group {index}: the inner optimizer has taken {count - synced_at} "
-                f"steps since the last Lookahead sync, but Lookahead counted {group[STEP_KEY]}: "
-                "this state was stepped by an optimizer without Lookahead, so its slow weights "
-                "are stale. They were dropped and are captured again from the current weights "
-                "at the next step",
-                UserWarning,
-                stacklevel=3,
-            )
-            for p in group["params"]:
-                param_state = state.get(p)
-                if param_state is not None:
-                    for name in [n for n in param_state if n.startswith("lookahead_")]:
-                        del param_state[name]
-            group[STEP_KEY] = 0
-            group[SYNCED_AT_KEY] = -1
-            group[EVAL_KEY] = False  # the fast weights kept in eval form went with the rest
 
     # ------------------------------------------------------------------ pickling, repr
     def __getstate__(self) -> dict[str, Any]:
@@ -941,20 +821,6 @@ class Lookahead(Optimizer):
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:
     return a is b or (_is_dtensor(a) and a.to_local() is b)  # type: ignore[attr-defined]
-
-
-def _inner_step_count(param_state: Any) -> int | None:
-    """The inner optimizer's ``step`` count of a parameter, where it is a number on the CPU."""
-    if not isinstance(param_state, dict) or SLOW_KEY not in param_state:
-        return None
-    count = param_state.get("step")
-    if isinstance(count, Tensor):
-        if count.device.type != "cpu" or count.numel() != 1:
-            return None
-        return int(count.item())
-    if isinstance(count, (int, float)) and not isinstance(count, bool):
-        return int(count)
-    return None
 
 
 @torch.no_grad()

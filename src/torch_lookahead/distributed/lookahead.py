@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from torch_lookahead._checks import check_k
+from torch_lookahead._loading import mark_synced
 from torch_lookahead._tracking import GroupTracking
 from torch_lookahead.distributed._exchange import COMPRESSIONS, Compression, start_mean
 from torch_lookahead.distributed._replicas import (
@@ -347,7 +348,7 @@ class DistributedLookahead(Lookahead):
                     state[p][LAUNCH_KEY] = p.detach().clone()
                 for group, tracking in zip(groups, tracked, strict=True):
                     group[STEP_KEY] = 0
-                    self._mark_synced(group, tracking.params)  # the cycle restarts here
+                    mark_synced(group, tracking.params, state)  # the cycle restarts here
                 self._pending.append(_Pending(groups, [t.params for t in tracked], exchange))
                 return
             self._outer_steps(groups, tracked, None if exchange is None else means)
@@ -437,7 +438,7 @@ class DistributedLookahead(Lookahead):
                     state[p].pop(MEAN_KEY, None)
         for group, group_params in zip(groups, params, strict=True):
             group[STEP_KEY] = 0
-            self._mark_synced(group, group_params)
+            mark_synced(group, group_params, state)
         self._pending = [p for p in self._pending if not _shares_a_group(p.groups, groups)]
 
     def _failure(self, groups: list[dict[str, Any]], error: BaseException) -> SyncFailedError:
