@@ -1,11 +1,13 @@
-"""The networks the lab trains: a small CNN for digits, a character LSTM, and ResNet-18 for CIFAR."""
+"""The networks the lab trains: a small CNN for digits, a character LSTM, a small causal
+Transformer for bytes, and ResNet-18 for CIFAR."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CharLSTM", "DigitsCNN", "ResNet18"]
+__all__ = ["CharLSTM", "CharTransformer", "DigitsCNN", "ResNet18"]
 
 
 class DigitsCNN(nn.Module):
@@ -46,6 +48,55 @@ class CharLSTM(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         hidden, _ = self.lstm(self.embedding(tokens))
         logits: Tensor = self.readout(hidden)
+        return logits
+
+
+class _CausalBlock(nn.Module):
+    """A pre-norm Transformer block: causal multi-head self-attention, then a 4x-wide MLP."""
+
+    def __init__(self, d_model: int, heads: int) -> None:
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"d_model ({d_model}) must be a multiple of heads ({heads})")
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.qkv(self.norm1(x)).split(width, dim=-1)
+        shape = (batch, length, self.heads, width // self.heads)
+        q, k, v = (t.reshape(shape).transpose(1, 2) for t in (q, k, v))
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(attended.transpose(1, 2).reshape(batch, length, width))
+        out: Tensor = x + self.mlp(self.norm2(x))
+        return out
+
+
+class CharTransformer(nn.Module):
+    """Byte-level causal Transformer: byte and learned position embeddings, ``layers`` pre-norm
+    blocks of ``heads``-head causal self-attention and a 4x MLP, a final layer norm and a linear
+    read-out to 256 logits. Input ``(batch, length)`` bytes with ``length <= context``."""
+
+    def __init__(
+        self, d_model: int = 64, heads: int = 4, layers: int = 2, context: int = 64
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(256, d_model)
+        self.position = nn.Embedding(context, d_model)
+        self.blocks = nn.Sequential(*(_CausalBlock(d_model, heads) for _ in range(layers)))
+        self.norm = nn.LayerNorm(d_model)
+        self.readout = nn.Linear(d_model, 256)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        hidden = self.blocks(self.embedding(tokens) + self.position(positions))
+        logits: Tensor = self.readout(self.norm(hidden))
         return logits
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -19,12 +19,15 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatter
 
-from torch_lookahead.lab.metrics import SettingSummary, group_by_setting, seed_band
+from torch_lookahead.lab.metrics import SettingSummary, final_value, group_by_setting, seed_band
 from torch_lookahead.lab.nqm import NQMPoint
 from torch_lookahead.lab.runner import RunResult
 from torch_lookahead.lab.tasks import get_task
 
-__all__ = ["plot_k_alpha", "plot_loss_curves", "plot_lr_robustness", "plot_nqm"]
+if TYPE_CHECKING:
+    from torch_lookahead.lab.stability import StabilityResults
+
+__all__ = ["plot_k_alpha", "plot_loss_curves", "plot_lr_robustness", "plot_nqm", "plot_stability"]
 
 _PLAIN_COLOR = "tab:blue"
 _LOOKAHEAD_COLOR = "tab:orange"
@@ -206,4 +209,45 @@ def plot_nqm(points: Sequence[NQMPoint], path: Path, k: int, alpha: float) -> Pa
         Line2D([], [], color="gray", linestyle=":", label="loss at the optimum (noise floor)"),
     ]  # fmt: skip
     _legend_below(figure, handles, columns=2)
+    return _save(figure, path)
+
+
+def plot_stability(lab: StabilityResults, path: Path) -> Path:
+    """Final metric (mean over seeds, bars from the lowest to the highest seed) against the
+    learning rate, the inner optimizer alone and in Lookahead, one panel per warm-up; a dashed
+    line marks the threshold below which a run trains."""
+    plan = lab.plan
+    warmups = list(plan.warmups)
+    figure, axes = plt.subplots(
+        1, len(warmups), figsize=(5.0 * len(warmups), 3.9), squeeze=False, sharey=True
+    )
+    threshold = lab.threshold
+    for column, warmup in enumerate(warmups):
+        axis = axes[0][column]
+        for lookahead, color in ((False, _PLAIN_COLOR), (True, _LOOKAHEAD_COLOR)):
+            lrs, means, below, above = [], [], [], []
+            for lr in sorted(plan.lrs):
+                values = [
+                    final_value(r, plan.metric)
+                    for r in lab.select(lookahead=lookahead, warmup=warmup, lr=lr)
+                ]
+                if not values:
+                    continue
+                mean = math.fsum(values) / len(values)
+                lrs.append(lr)
+                means.append(mean)
+                below.append(max(0.0, mean - min(values)))
+                above.append(max(0.0, max(values) - mean))
+            axis.errorbar(lrs, means, yerr=[below, above], color=color, marker="o", capsize=3)
+        axis.axhline(threshold, color="gray", linestyle="--")
+        axis.set_xscale("log")
+        axis.set_xticks(sorted(plan.lrs), [f"{lr:.3g}" for lr in sorted(plan.lrs)])
+        axis.minorticks_off()
+        axis.set_xlabel(f"{plan.inner} learning rate")
+        axis.set_ylabel(f"final {plan.metric.replace('_', ' ')}")
+        axis.set_title(f"linear warm-up over {warmup} steps" if warmup else "no warm-up")
+        axis.grid(alpha=0.3)
+    handles = _method_handles(plan.k, plan.alpha)
+    handles.append(Line2D([], [], color="gray", linestyle="--", label="trains below this line"))
+    _legend_below(figure, handles, columns=3)
     return _save(figure, path)

@@ -25,6 +25,7 @@ _PRESENTATION = frozenset(
         "lab/plots.py",
         "lab/provenance.py",
         "lab/report.py",
+        "lab/stability.py",
         "lab/stats.py",
     }
 )

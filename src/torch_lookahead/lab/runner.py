@@ -27,6 +27,7 @@ from torch_lookahead.lab.nqm import NQMConfig, NQMPoint, nqm_point
 from torch_lookahead.lab.optimizers import build_optimizer, validate_inner_optimizer
 from torch_lookahead.lab.provenance import job_key
 from torch_lookahead.lab.tasks import (
+    CharLMTask,
     TaskSettings,
     check_schedule,
     corpus_fingerprint,
@@ -63,6 +64,7 @@ class RunConfig:
     data_fingerprint: str = ""
     schedule: str = "constant"
     unsafe_skip_checksums: bool = False
+    warmup_steps: int = 0  # linear learning-rate warm-up before the schedule
 
     @property
     def uses_lookahead(self) -> bool:
@@ -91,6 +93,7 @@ def make_config(
     device: str = "cpu",
     schedule: str | None = None,
     unsafe_skip_checksums: bool = False,
+    warmup_steps: int = 0,
 ) -> RunConfig:
     """Validate the names and hyper-parameters and fill in the task's defaults (its learning
     rate for ``inner`` and its schedule)."""
@@ -105,7 +108,12 @@ def make_config(
         k = check_k(k)
     if alpha is not None:
         alpha = check_alpha(alpha)
-    fingerprint = corpus_fingerprint() if task == "charlm" else ""
+    if not 0 <= warmup_steps <= settings.steps:
+        raise ValueError(
+            f"warmup_steps must be between 0 and the run's {settings.steps} steps, "
+            f"got {warmup_steps}"
+        )
+    fingerprint = corpus_fingerprint() if isinstance(task_spec, CharLMTask) else ""
     return RunConfig(
         task=task,
         inner=inner,
@@ -121,6 +129,7 @@ def make_config(
         data_fingerprint=fingerprint,
         schedule=schedule,
         unsafe_skip_checksums=unsafe_skip_checksums,
+        warmup_steps=warmup_steps,
     )
 
 
@@ -189,7 +198,7 @@ def run(config: RunConfig) -> RunResult:
         overrides=task.optimizer_overrides.get(config.inner),
     )
     inner = getattr(optimizer, "optimizer", optimizer)
-    multiplier = lr_multiplier(config.schedule, config.steps)
+    multiplier = lr_multiplier(config.schedule, config.steps, config.warmup_steps)
     base_lrs = [group["lr"] for group in inner.param_groups]
     generator = torch.Generator().manual_seed(config.seed)
 

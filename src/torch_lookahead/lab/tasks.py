@@ -4,6 +4,8 @@ disk; nothing is downloaded.
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images), a small CNN.
 * ``charlm``: a byte-level LSTM language model on a fixed, sorted selection of the Python standard
   library's own source files (about 1 MB), measured in validation bits per character.
+* ``charlm-transformer``: the same corpus and split with a small causal Transformer (2 layers,
+  width 64, 4 heads), no gradient clipping: the task of the stability experiment.
 * ``cifar10``: ResNet-18 on CIFAR-10 read from the standard python-pickle batches in ``data_dir``.
 
 A task is a thin object over pure functions: it loads tensors, builds a fresh model, draws a batch
@@ -28,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torch_lookahead.lab.models import CharLSTM, DigitsCNN, ResNet18
+from torch_lookahead.lab.models import CharLSTM, CharTransformer, DigitsCNN, ResNet18
 
 __all__ = [
     "SCHEDULES",
     "TASKS",
     "CharLMTask",
+    "CharTransformerTask",
     "Cifar10Task",
     "DigitsTask",
     "Task",
@@ -285,7 +288,7 @@ class CharLMTask(Task):
     quick = TaskSettings(steps=40, eval_every=20, batch_size=16)
     learning_rates = MappingProxyType({"sgd": 1.0, "adam": 3e-3, "adamw": 3e-3, "radam": 3e-3})
     optimizer_overrides = MappingProxyType({"sgd": MappingProxyType({"momentum": 0.0})})
-    max_grad_norm = 1.0
+    max_grad_norm: float | None = 1.0
     window = 64
     eval_windows = 64
 
@@ -328,6 +331,28 @@ class CharLMTask(Task):
         )
         val_loss, _ = _cross_entropy_in_chunks(model, data.val_inputs, data.val_targets, chunk=64)
         return {"train_loss": train_loss, "val_loss": val_loss, "val_bpc": val_loss / math.log(2)}
+
+
+class CharTransformerTask(CharLMTask):
+    """``charlm``'s corpus, split and windows with a small causal Transformer in place of the
+    LSTM, and no gradient clipping, so that too large a learning rate shows: the task of the
+    stability experiment (``torch-lookahead stability``). Runs are short (300 steps)."""
+
+    name = "charlm-transformer"
+    description = "byte-level causal Transformer LM on 1 MB of the Python standard library's source"
+    model_description = (
+        "a byte-level causal Transformer: byte and learned position embeddings of width 64, two "
+        "pre-norm blocks of 4-head causal self-attention and a 256-unit GELU MLP, a final layer "
+        "norm and a linear read-out to 256 bytes; windows of 64 bytes; no gradient clipping"
+    )
+    full = TaskSettings(steps=300, eval_every=100, batch_size=16)
+    quick = TaskSettings(steps=20, eval_every=10, batch_size=8)
+    learning_rates = MappingProxyType({"adam": 3e-3, "adamw": 3e-3, "sgd": 0.3, "radam": 3e-3})
+    optimizer_overrides = MappingProxyType({})
+    max_grad_norm = None
+
+    def build_model(self) -> nn.Module:
+        return CharTransformer(context=self.window)
 
 
 def _windows_at(text: Tensor, starts: Tensor, window: int) -> Batch:
@@ -420,10 +445,27 @@ def check_schedule(name: str) -> str:
     return name
 
 
-def lr_multiplier(schedule: str, total_steps: int) -> Callable[[int], float] | None:
-    """The learning-rate multiplier of ``schedule`` at a step (0-based) of a ``total_steps`` run;
-    None for a constant learning rate."""
+def lr_multiplier(
+    schedule: str, total_steps: int, warmup_steps: int = 0
+) -> Callable[[int], float] | None:
+    """The learning-rate multiplier of ``schedule`` at a step (0-based) of a ``total_steps`` run,
+    times a linear warm-up over the first ``warmup_steps`` steps (``(step + 1) / warmup_steps``);
+    None for a constant learning rate without warm-up."""
     check_schedule(schedule)
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be zero or positive, got {warmup_steps}")
+    base = _schedule_multiplier(schedule, total_steps)
+    if warmup_steps == 0:
+        return base
+    return functools.partial(_warmed_up, warmup_steps=warmup_steps, base=base)
+
+
+def _warmed_up(step: int, warmup_steps: int, base: Callable[[int], float] | None) -> float:
+    factor = min(1.0, (step + 1) / warmup_steps)
+    return factor * (1.0 if base is None else base(step))
+
+
+def _schedule_multiplier(schedule: str, total_steps: int) -> Callable[[int], float] | None:
     if schedule == "cosine":
         return functools.partial(_cosine, total_steps=total_steps)
     if schedule == "step":
@@ -533,7 +575,13 @@ def load_cifar10(
 
 
 TASKS: dict[str, Task] = {
-    task.name: task for task in (DigitsTask(train_eval_size=360), CharLMTask(), Cifar10Task())
+    task.name: task
+    for task in (
+        DigitsTask(train_eval_size=360),
+        CharLMTask(),
+        CharTransformerTask(),
+        Cifar10Task(),
+    )
 }
 
 
