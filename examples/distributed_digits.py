@@ -1,10 +1,10 @@
-"""Lookahead across workers on the lab's digits task: DDP against DistributedLookahead.
+"""Lookahead across workers on the lab's digits (or charlm) task: DDP against DistributedLookahead.
 
 Each rank trains on its own shard of the training set. DDP all-reduces the gradients at every
 step; DistributedLookahead lets each rank take k AdamW steps alone and then averages the weights in
 one all-reduce (the slow weights step towards the average). The script counts the bytes each rank
-all-reduces and the validation accuracy of the model the run would ship (DDP's weights, the slow
-weights of DistributedLookahead).
+all-reduces and the validation accuracy (charlm: bits per character) of the model the run would
+ship (DDP's weights, the slow weights of DistributedLookahead).
 
 One run::
 
@@ -19,6 +19,9 @@ compressed communication) over a simulated slow link (reports/distributed-digits
 
     torchrun --nproc_per_node=2 examples/distributed_digits.py --compare-options \
         --link-latency-ms 20 --link-mb-per-s 2 --out reports/distributed-digits
+
+``--task charlm`` runs the lab's byte-level language model instead (each rank on its own
+contiguous half of the training text; reports/distributed-charlm/ holds its options comparison).
 
 Needs the ``lab`` extra (scikit-learn for the data, matplotlib for the plot). CPU and gloo by
 default; with CUDA, pass ``--backend nccl`` and each rank uses its own GPU.
@@ -44,7 +47,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from torch.nn.parallel import DistributedDataParallel
 
 from torch_lookahead.distributed import DistributedLookahead, fragment_param_groups
-from torch_lookahead.lab.tasks import DigitsTask, TaskData
+from torch_lookahead.lab.tasks import CharLMTask, DigitsTask, Task, TaskData
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +168,17 @@ class _DelayedWork:
 
 TARGET_ACCURACY = 0.95
 
+# The quality metric of each task (digits: higher is better; charlm: lower is better).
+METRICS = {"digits": "val_accuracy", "charlm": "val_bpc"}
+METRIC_NAMES = {"val_accuracy": "val accuracy", "val_bpc": "val bits per character"}
+# CharLSTM has three modules, so F = 4 has to cut between tensors rather than modules.
+FRAGMENT_BY = {"digits": "module", "charlm": "size"}
+
+
+def build_task(name: str) -> Task:
+    """The lab's task ``name`` as this example uses it."""
+    return {"digits": DigitsTask, "charlm": CharLMTask}[name]()
+
 
 class ByteCounter:
     """A DDP communication hook state: all-reduce as DDP does, counting the payload bytes."""
@@ -190,7 +204,15 @@ def counting_allreduce_hook(
 
 
 def shard_of(data: TaskData, rank: int, world_size: int) -> TaskData:
-    """This rank's disjoint share of the training rows (validation data stays whole)."""
+    """This rank's disjoint share of the training rows (validation data stays whole).
+
+    A text task (charlm: one long training text, no target rows) gets a contiguous slice of the
+    text instead, so every window it draws lies in that slice and no two ranks share one.
+    """
+    if data.train_targets.numel() == 0 and data.train_inputs.dim() == 1:
+        size = data.train_inputs.numel()
+        start, end = rank * size // world_size, (rank + 1) * size // world_size
+        return dataclasses.replace(data, train_inputs=data.train_inputs[start:end])
     return dataclasses.replace(
         data,
         train_inputs=data.train_inputs[rank::world_size],
@@ -200,7 +222,7 @@ def shard_of(data: TaskData, rank: int, world_size: int) -> TaskData:
 
 def train(
     method: Method,
-    task: DigitsTask,
+    task: Task,
     data: TaskData,
     *,
     steps: int,
@@ -209,11 +231,14 @@ def train(
     eval_every: int,
     seed: int,
     link: SimulatedLink | None = None,
+    fragment_by: str = "module",
 ) -> list[dict[str, float]]:
     """Train one run; rank 0 returns the curve (step, bytes, validation metrics), others [].
 
     Each point also carries ``train_seconds`` (the training steps' wall time so far, evaluation
-    excluded) and ``peak_step_bytes`` (the most bytes one step has exchanged so far).
+    excluded) and ``peak_step_bytes`` (the most bytes one step has exchanged so far). Gradients
+    are clipped to the task's ``max_grad_norm`` when it has one (DDP: the averaged gradient;
+    DistributedLookahead: each rank's own).
     """
     rank, world_size = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(seed)
@@ -234,7 +259,7 @@ def train(
         trained = model
         params: Any = model.parameters()
         if method.fragments > 1:
-            params = fragment_param_groups(model, method.fragments)
+            params = fragment_param_groups(model, method.fragments, by=fragment_by)  # type: ignore[arg-type]
         lookahead = DistributedLookahead(
             torch.optim.AdamW(params, lr=lr),
             k=method.k,
@@ -256,6 +281,8 @@ def train(
         for step in range(1, steps + 1):
             started, bytes_before = time.perf_counter(), count_bytes()
             task.loss(trained, task.sample_batch(shard, generator, batch_size)).backward()  # type: ignore[no-untyped-call]
+            if task.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(trained.parameters(), task.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             train_seconds += time.perf_counter() - started
@@ -294,13 +321,16 @@ def interval_95(values: list[float]) -> float:
     return float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
 
 
-def summarise(method: Method, curves: list[list[dict[str, float]]]) -> dict[str, Any]:
+def summarise(
+    method: Method, curves: list[list[dict[str, float]]], metric: str = "val_accuracy"
+) -> dict[str, Any]:
+    """Bytes, peak burst, wall time and final ``metric`` and val loss (mean, std, 95%) over seeds."""
     finals = [curve[-1] for curve in curves]
-    accuracy, accuracy_std = _mean_std([f["val_accuracy"] for f in finals])
+    quality, quality_std = _mean_std([f[metric] for f in finals])
     loss, loss_std = _mean_std([f["val_loss"] for f in finals])
     seconds = [f.get("train_seconds", 0.0) for f in finals]
     return {
-        "final_val_accuracy_ci95": interval_95([f["val_accuracy"] for f in finals]),
+        f"final_{metric}_ci95": interval_95([f[metric] for f in finals]),
         "final_val_loss_ci95": interval_95([f["val_loss"] for f in finals]),
         "train_seconds_mean": statistics.fmean(seconds),
         "train_seconds_ci95": interval_95(seconds),
@@ -308,11 +338,13 @@ def summarise(method: Method, curves: list[list[dict[str, float]]]) -> dict[str,
         "method": dataclasses.asdict(method),
         "label": method.label,
         "bytes_all_reduced_per_rank": finals[0]["bytes_all_reduced"],
-        "final_val_accuracy_mean": accuracy,
-        "final_val_accuracy_std": accuracy_std,
+        f"final_{metric}_mean": quality,
+        f"final_{metric}_std": quality_std,
         "final_val_loss_mean": loss,
         "final_val_loss_std": loss_std,
-        "megabytes_to_reach_target": megabytes_to_reach(curves, TARGET_ACCURACY),
+        "megabytes_to_reach_target": megabytes_to_reach(curves, TARGET_ACCURACY)
+        if metric == "val_accuracy"
+        else None,
         "curves": curves,
     }
 
@@ -450,27 +482,50 @@ def _option_cells(method: dict[str, Any]) -> str:
 def write_options_report(
     out: Path, summaries: list[dict[str, Any]], settings: dict[str, Any]
 ) -> None:
-    """options.md and options.json: the options of DistributedLookahead side by side."""
+    """options.md and options.json: the options of DistributedLookahead side by side.
+
+    ``settings["task"]`` (default ``"digits"``) picks the quality column and the task's paragraph.
+    """
     out.mkdir(parents=True, exist_ok=True)
     (out / "options.json").write_text(
         json.dumps({"settings": settings, "runs": summaries}, indent=1) + "\n"
     )
-    rows = [
-        "| method | fragments F | sync delay d | communication | MB per rank | peak KB in one "
-        "step | train wall s (mean ± 95%) | final val accuracy (mean ± 95%) | final val loss "
-        "(mean ± 95%) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    task = settings.get("task", "digits")
+    metric = METRICS[task]
+    rows = []
     for s in summaries:
         rows.append(
             f"| {_option_cells(s['method'])} "
             f"| {s['bytes_all_reduced_per_rank'] / 1e6:.2f} | {s['peak_step_bytes'] / 1e3:.1f} "
             f"| {s['train_seconds_mean']:.1f} ± {s['train_seconds_ci95']:.1f} "
-            f"| {s['final_val_accuracy_mean']:.4f} ± {s['final_val_accuracy_ci95']:.4f} "
+            f"| {s[f'final_{metric}_mean']:.4f} ± {s[f'final_{metric}_ci95']:.4f} "
             f"| {s['final_val_loss_mean']:.4f} ± {s['final_val_loss_ci95']:.4f} |"
         )
     link = settings["link"]
-    text = f"""# DistributedLookahead's options on the digits task, over a simulated slow link
+    if task == "digits":
+        task_text = f"""Task and training as in [report.md](report.md): the lab's `digits` task, {settings["parameters"]:,}
+parameters, each rank on its own half of the training set, {settings["steps"]} steps of AdamW
+(lr {settings["lr"]}), batches of {settings["batch_size"]} per rank, seeds {settings["seeds"]}.
+Every DistributedLookahead row uses k = 20, alpha = 1 (periodic averaging, the best alpha of
+report.md) and changes one option: streaming fragments (`fragment_param_groups(model, F)`, by
+module),"""
+    else:
+        task_text = f"""Task: the lab's `charlm` task (`CharLMTask`: a byte-level LSTM language model, `CharLSTM`,
+{settings["parameters"]:,} parameters, on the first megabyte of the Python standard library's
+top-level `*.py` files in sorted order; the first 90% trains, the last 10% validates in
+non-overlapping 64-byte windows). Each rank trains on its own contiguous half of the training
+text (random 64-byte windows inside it), {settings["steps"]} steps of AdamW at the task's learning
+rate {settings["lr"]} (constant, no schedule), batches of {settings["batch_size"]} windows per rank,
+gradient norm clipped at {settings.get("max_grad_norm")} as the task does (DDP: the averaged
+gradient; DistributedLookahead: each rank's own), seeds {settings["seeds"]}. Quality is the
+validation bits per character (val loss / ln 2, lower is better) of the weights the run would
+ship: DDP's weights, the slow weights of DistributedLookahead. Every DistributedLookahead row
+uses k = 20, alpha = 1 (periodic averaging, as on digits) and changes one option: streaming
+fragments (`fragment_param_groups(model, F, by="size")`: `CharLSTM` has only three modules, so
+the cut falls between tensors; the LSTM's hidden-to-hidden weight, about half the model, stays
+whole),"""
+    quality_column = f"final {METRIC_NAMES[metric]} (mean ± 95%)"
+    text = f"""# DistributedLookahead's options on the {task} task, over a simulated slow link
 
 Produced by
 
@@ -482,12 +537,7 @@ in {settings["wall_seconds"]:.0f} s on {settings["machine"]} (torch {settings["t
 {settings["backend"]}, {settings["world_size"]} ranks on one machine, shared with other jobs while it
 ran, so wall times are noisy).
 
-Task and training as in [report.md](report.md): the lab's `digits` task, {settings["parameters"]:,}
-parameters, each rank on its own half of the training set, {settings["steps"]} steps of AdamW
-(lr {settings["lr"]}), batches of {settings["batch_size"]} per rank, seeds {settings["seeds"]}.
-Every DistributedLookahead row uses k = 20, alpha = 1 (periodic averaging, the best alpha of
-report.md) and changes one option: streaming fragments (`fragment_param_groups(model, F)`, by
-module), the sync delay d (the mean applied d inner steps after its launch), or the communication
+{task_text} the sync delay d (the mean applied d inner steps after its launch), or the communication
 (the pseudo-gradient in bfloat16, or in int8 with a float32 scale per 1,024 values); the last row
 combines them.
 
@@ -499,9 +549,9 @@ fits one DDP bucket, so it cannot overlap the backward pass); DistributedLookahe
 including its small per-sync agreement check, go through the wrapper, and an asynchronous one
 (sync delay) is only waited for when its result is applied.
 
-| method | fragments F | sync delay d | communication | MB per rank | peak KB in one step | train wall s (mean ± 95%) | final val accuracy (mean ± 95%) | final val loss (mean ± 95%) |
+| method | fragments F | sync delay d | communication | MB per rank | peak KB in one step | train wall s (mean ± 95%) | {quality_column} | final val loss (mean ± 95%) |
 |---|---|---|---|---|---|---|---|---|
-{chr(10).join(rows[2:])}
+{chr(10).join(rows)}
 
 "MB per rank": the payload bytes each rank exchanged over the run (DDP: gradients; compressed: the
 encoded bytes). "Peak KB in one step": the most bytes one training step exchanged, i.e. the
@@ -528,14 +578,19 @@ def main() -> None:
     )
     parser.add_argument("--link-latency-ms", type=float, default=None)
     parser.add_argument("--link-mb-per-s", type=float, default=None)
-    parser.add_argument("--out", type=Path, default=Path("reports/distributed-digits"))
+    parser.add_argument("--task", choices=tuple(METRICS), default="digits")
+    parser.add_argument("--out", type=Path, default=None, help="default reports/distributed-TASK")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=None, help="default: the task's AdamW lr")
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--backend", default="gloo")
     args = parser.parse_args()
+    if args.compare and args.task != "digits":
+        parser.error("--compare (report.md) is for the digits task; use --compare-options")
+    if args.out is None:
+        args.out = Path(f"reports/distributed-{args.task}")
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     dist.init_process_group(args.backend)
@@ -543,8 +598,11 @@ def main() -> None:
     if args.backend == "nccl":
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         torch.cuda.set_device(device)
-    task = DigitsTask()
+    task = build_task(args.task)
     data = task.load(None, device)
+    metric = METRICS[args.task]
+    if args.lr is None:
+        args.lr = task.learning_rate("adamw")
     link = None
     if args.link_latency_ms is not None or args.link_mb_per_s is not None:
         link = SimulatedLink((args.link_latency_ms or 0.0) / 1e3, (args.link_mb_per_s or 1e6) * 1e6)
@@ -579,16 +637,17 @@ def main() -> None:
                 eval_every=args.eval_every,
                 seed=seed,
                 link=link,
+                fragment_by=FRAGMENT_BY[args.task],
             )
             for seed in args.seeds
         ]
         if dist.get_rank() == 0:
-            summary = summarise(method, curves)
+            summary = summarise(method, curves, metric)
             summaries.append(summary)
             print(
                 f"{method.label:<62} {summary['bytes_all_reduced_per_rank'] / 1e6:8.2f} MB  "
-                f"val accuracy {summary['final_val_accuracy_mean']:.4f} "
-                f"± {summary['final_val_accuracy_std']:.4f}  "
+                f"{METRIC_NAMES[metric]} {summary[f'final_{metric}_mean']:.4f} "
+                f"± {summary[f'final_{metric}_std']:.4f}  "
                 f"train {summary['train_seconds_mean']:.1f} s",
                 flush=True,
             )
@@ -602,6 +661,8 @@ def main() -> None:
             else torch.cuda.get_device_name(),
             "torch": torch.__version__,
             "backend": args.backend,
+            "task": args.task,
+            "max_grad_norm": task.max_grad_norm,
             "world_size": dist.get_world_size(),
             "parameters": sum(p.numel() for p in task.build_model().parameters()),
             "steps": args.steps,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -118,6 +119,90 @@ def test_options_example_counts_compressed_fragment_bytes(cluster: Cluster, tmp_
     assert (tmp_path / "options.json").exists()
 
 
+CHAR_LSTM_PARAMETERS = 124_160  # the lab's CharLSTM: embedding, one LSTM layer, read-out
+
+
+def check_charlm_example(rank: int, world_size: int, out: str) -> None:
+    example = _example()
+    task = example.build_task("charlm")
+    data = task.load(None, "cpu")
+    shards = [example.shard_of(data, r, world_size) for r in range(world_size)]
+    # Contiguous, disjoint slices of the training text that together cover it.
+    assert example.torch.equal(
+        example.torch.cat([shard.train_inputs for shard in shards]), data.train_inputs
+    )
+    assert all(shard.train_inputs.numel() >= data.train_inputs.numel() // 2 for shard in shards)
+    # A few validation windows keep the evaluation cheap; training is untouched.
+    data = example.dataclasses.replace(
+        data, val_inputs=data.val_inputs[:32], val_targets=data.val_targets[:32]
+    )
+    steps, metric = 4, example.METRICS["charlm"]
+    methods = [
+        example.Method("ddp"),
+        example.Method("lookahead", k=2, alpha=1.0, fragments=4, sync_delay=1, compression="int8"),
+    ]
+    summaries = []
+    for method in methods:
+        curves = [
+            example.train(
+                method,
+                task,
+                data,
+                steps=steps,
+                batch_size=4,
+                lr=task.learning_rate("adamw"),
+                eval_every=2,
+                seed=seed,
+                fragment_by=example.FRAGMENT_BY["charlm"],
+            )
+            for seed in (0, 1)
+        ]
+        if rank != 0:
+            assert curves == [[], []]
+            continue
+        assert [point["step"] for point in curves[0]] == [2, 4]
+        for point in curves[0]:
+            assert abs(point["val_bpc"] - point["val_loss"] / math.log(2)) < 1e-9
+            assert 0.0 < point["val_bpc"] < 8.0  # below a uniform guess over 256 bytes
+        summaries.append(example.summarise(method, curves, metric))
+    if rank != 0:
+        return
+    ddp, lookahead = summaries
+    assert ddp["bytes_all_reduced_per_rank"] == steps * CHAR_LSTM_PARAMETERS * 4
+    assert ddp["peak_step_bytes"] == CHAR_LSTM_PARAMETERS * 4
+    # int8 fragments: each sync moves about a quarter of a fragment's float32 bytes.
+    assert 0 < lookahead["peak_step_bytes"] < CHAR_LSTM_PARAMETERS
+    assert lookahead["final_val_bpc_ci95"] >= 0.0
+    settings = {
+        "command": "test",
+        "wall_seconds": 0.0,
+        "machine": "test",
+        "torch": "test",
+        "backend": "gloo",
+        "task": "charlm",
+        "max_grad_norm": task.max_grad_norm,
+        "world_size": world_size,
+        "parameters": CHAR_LSTM_PARAMETERS,
+        "steps": steps,
+        "batch_size": 4,
+        "lr": task.learning_rate("adamw"),
+        "eval_every": 2,
+        "seeds": [0, 1],
+        "link": {"latency_ms": 0.0, "mb_per_s": 1e6},
+    }
+    example.write_options_report(Path(out), summaries, settings)
+
+
+def test_example_runs_the_charlm_task(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.run(check_charlm_example, str(tmp_path))
+    report = (tmp_path / "options.md").read_text()
+    assert report.startswith("# DistributedLookahead's options on the charlm task")
+    assert "| final val bits per character (mean ± 95%) |" in report
+    assert "| DDP | - | - | - | 1.99 | 496.6 |" in report
+    assert "| k=2, alpha=1.0 | 4 | 1 | int8 |" in report
+    assert "`charlm`" in report and "`digits`" not in report
+
+
 def test_example_counts_bytes_and_writes_its_report(cluster: Cluster, tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
@@ -147,3 +232,24 @@ def test_example_runs_under_torchrun(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DistributedLookahead k=5 alpha=0.5" in result.stdout
     assert "0.31 MB" in result.stdout
+
+
+@pytest.mark.slow
+def test_example_runs_charlm_under_torchrun(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(EXAMPLE),
+        "--task", "charlm", "--method", "lookahead", "--k", "2", "--fragments", "4",
+        "--compression", "int8", "--steps", "4", "--batch-size", "4", "--eval-every", "4",
+        "--seeds", "0",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DistributedLookahead k=2 alpha=0.5 F=4 int8" in result.stdout
+    assert "val bits per character" in result.stdout
