@@ -434,7 +434,7 @@ def stability(
 
     A small causal Transformer on the charlm corpus (charlm-transformer, no gradient clipping)
     with Adam alone and in Lookahead(k=5, alpha=0.5), over learning rates from 0.003 to 1,
-    without warm-up and with 50 steps of linear warm-up, over 3 seeds. Per seed, the largest
+    without warm-up and with 50 steps of linear warm-up, over 6 seeds. Per seed, the largest
     learning rate that trains, compared in log10(lr) with a paired interval; and the final
     validation bits per character at each learning rate. Writes report.md, results.json and
     stability.png.

@@ -165,3 +165,11 @@ def test_stability_command_end_to_end(
     # a second run reuses every run
     assert cli.main(["stability", "--quick", "--out", str(out), "--workers", "1"]) == 0
     assert "4 runs, 4 from a cache" in (out / "report.md").read_text()
+
+
+def test_stability_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["stability", "--help"]) == 0
+    printed = capsys.readouterr().out
+    assert "Usage" in printed and "--quick" in printed and "warm-up" in printed
+    assert cli.main(["--help"]) == 0
+    assert "stability" in capsys.readouterr().out

@@ -240,6 +240,8 @@ def plot_stability(lab: StabilityResults, path: Path) -> Path:
                 above.append(max(0.0, max(values) - mean))
             axis.errorbar(lrs, means, yerr=[below, above], color=color, marker="o", capsize=3)
         axis.axhline(threshold, color="gray", linestyle="--")
+        axis.set_yscale("log")
+        _plain_log_axis(axis, "y")
         axis.set_xscale("log")
         axis.set_xticks(sorted(plan.lrs), [f"{lr:.3g}" for lr in sorted(plan.lrs)])
         axis.minorticks_off()

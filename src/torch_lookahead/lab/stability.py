@@ -76,7 +76,7 @@ STABILITY = StabilityPlan(
     alpha=0.5,
     lrs=(3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0),
     warmups=(0, 50),
-    seeds=3,
+    seeds=6,
     margin=0.5,
 )
 
