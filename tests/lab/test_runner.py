@@ -137,7 +137,10 @@ def test_make_config_accepts_what_lookahead_accepts(alpha: float) -> None:
 
 
 def test_make_config_rejects_unknown_names() -> None:
-    with pytest.raises(ValueError, match="unknown task 'mnist'; accepted values: charlm, cifar10"):
+    with pytest.raises(
+        ValueError,
+        match="unknown task 'mnist'; accepted values: charlm, charlm-transformer, cifar10",
+    ):
         make_config("mnist", "sgd", seed=0, settings=TINY)
     with pytest.raises(ValueError, match="unknown inner optimizer 'lion'; accepted values:"):
         make_config("digits", "lion", seed=0, settings=TINY)
