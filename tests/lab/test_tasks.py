@@ -158,7 +158,9 @@ def test_crop_flip_moves_pixels_and_keeps_shape() -> None:
 def test_unknown_and_non_training_tasks() -> None:
     with pytest.raises(ValueError, match="run `torch-lookahead nqm`"):
         get_task("nqm")
-    with pytest.raises(ValueError, match="accepted values: charlm, charlm-transformer, cifar10, digits"):
+    with pytest.raises(
+        ValueError, match="accepted values: charlm, charlm-transformer, cifar10, digits"
+    ):
         get_task("imagenet")
 
 
