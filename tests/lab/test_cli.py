@@ -10,7 +10,7 @@ import pytest
 
 import torch_lookahead
 from torch_lookahead import cli
-from torch_lookahead.lab import experiments, runner
+from torch_lookahead.lab import runner
 from torch_lookahead.lab.report import DETAILS_MARKER, EMBED_END, EMBED_START, embedded_section
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,7 +145,6 @@ def test_an_unwritable_out_fails_before_any_work(
         raise AssertionError("work started before --out was checked")
 
     monkeypatch.setattr(runner, "run_many", must_not_run)
-    monkeypatch.setattr(experiments, "run_many", must_not_run)
     a_file = tmp_path / "some_file"
     a_file.write_text("")
     for out, message in [
@@ -253,7 +252,7 @@ def test_cifar10_files_are_checked_before_any_work(
         received.extend(jobs)
         raise Handed  # the jobs reached the runner: nothing needs to train here
 
-    monkeypatch.setattr(experiments, "run_many", hand_over)
+    monkeypatch.setattr(runner, "run_many", hand_over)
     with pytest.raises(Handed):
         cli.main([*arguments, "--out", str(out), "--quick", "--unsafe-skip-checksums"])
     assert received and all(job.unsafe_skip_checksums for job in received)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from torch_lookahead.lab.metrics import SettingSummary, area_under_curve, final_value, value_at
 from torch_lookahead.lab.nqm import NQMPoint
@@ -471,3 +472,24 @@ def nqm_claim(points: Sequence[NQMPoint], k: int, alpha: float) -> Claim:
         cases=tuple(cases),
         notes=tuple(n for n in notes if n),
     )
+
+
+def claim_json(claim: Claim) -> dict[str, Any]:
+    """A claim and its cases as plain data, for a report's results.json."""
+    return {
+        "key": claim.key,
+        "paper": claim.paper,
+        "protocol": claim.protocol,
+        "effect": claim.effect,
+        "verdict": claim.verdict,
+        "cases": [
+            {
+                "label": case.label,
+                "verdict": case.verdict,
+                "interval": asdict(case.interval) if case.interval else None,
+                "sentence": case.sentence,
+            }
+            for case in claim.cases
+        ],
+        "notes": list(claim.notes),
+    }

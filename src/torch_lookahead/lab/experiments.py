@@ -16,7 +16,7 @@ from typing import Any
 
 from torch_lookahead.lab.nqm import NQMConfig, NQMProblem, nqm_configs
 from torch_lookahead.lab.report import LabResults
-from torch_lookahead.lab.runner import Job, RunConfig, make_config, run_many
+from torch_lookahead.lab.runner import Job, RunConfig, make_config, run_many_counted
 from torch_lookahead.lab.tasks import TaskSettings, get_task
 
 __all__ = [
@@ -383,15 +383,7 @@ def run_experiment(
     the wall time it took."""
     started = time.perf_counter()
     jobs = experiment.jobs()
-    cached = 0
-
-    def count(result: Any, from_cache: bool) -> None:
-        nonlocal cached
-        cached += from_cache
-        if on_result is not None:
-            on_result(result, from_cache)
-
-    results = run_many(jobs, cache_dir, workers=workers, on_result=count)
+    results, cached = run_many_counted(jobs, cache_dir, workers=workers, on_result=on_result)
     by_job = dict(zip(jobs, results, strict=True))
     spec = get_task(experiment.task) if experiment.task else None
     nqm = experiment.nqm

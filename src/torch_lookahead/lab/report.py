@@ -21,6 +21,7 @@ from typing import Any
 
 from torch_lookahead.lab.claims import (
     Claim,
+    claim_json,
     convergence_claim,
     final_quality_claim,
     fmt,
@@ -368,26 +369,6 @@ def _summary_json(summary: SettingSummary) -> dict[str, Any]:
     }
 
 
-def _claim_json(claim: Claim) -> dict[str, Any]:
-    return {
-        "key": claim.key,
-        "paper": claim.paper,
-        "protocol": claim.protocol,
-        "effect": claim.effect,
-        "verdict": claim.verdict,
-        "cases": [
-            {
-                "label": case.label,
-                "verdict": case.verdict,
-                "interval": dataclasses.asdict(case.interval) if case.interval else None,
-                "sentence": case.sentence,
-            }
-            for case in claim.cases
-        ],
-        "notes": list(claim.notes),
-    }
-
-
 def _parts(lab: LabResults) -> list[tuple[str, RunResult]]:
     return (
         [("compare", r) for r in lab.compare]
@@ -413,7 +394,7 @@ def results_json(lab: LabResults, claims: Sequence[Claim]) -> dict[str, Any]:
         "task": lab.task,
         "headline_metric": lab.headline_metric,
         "higher_is_better": lab.higher_is_better,
-        "claims": [_claim_json(c) for c in claims],
+        "claims": [claim_json(c) for c in claims],
     }
     for name in ("compare", "lr_sweep", "k_alpha"):
         part = getattr(lab, name)

@@ -356,3 +356,23 @@ def run_many(
             for index, result in pool.imap_unordered(_execute_indexed, enumerate(pending)):
                 finish(pending[index], result)
     return [results[job] for job in jobs]
+
+
+def run_many_counted(
+    jobs: Sequence[Job],
+    cache_dir: Path | None,
+    *,
+    workers: int | None,
+    on_result: ProgressCallback | None = None,
+) -> tuple[list[Any], int]:
+    """``run_many``, also returning how many of the results came from the cache."""
+    cached = 0
+
+    def count(result: Any, from_cache: bool) -> None:
+        nonlocal cached
+        cached += from_cache
+        if on_result is not None:
+            on_result(result, from_cache)
+
+    results = run_many(jobs, cache_dir, workers=workers, on_result=count)
+    return results, cached

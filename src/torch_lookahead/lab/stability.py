@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from torch_lookahead.lab.claims import Case, Claim, _case, fmt, short_interval
+from torch_lookahead.lab.claims import Case, Claim, _case, claim_json, fmt, short_interval
 from torch_lookahead.lab.metrics import final_value
 from torch_lookahead.lab.provenance import machine, package_version, source_digest
-from torch_lookahead.lab.runner import RunConfig, RunResult, make_config, run_many
+from torch_lookahead.lab.runner import RunConfig, RunResult, make_config, run_many_counted
 from torch_lookahead.lab.stats import difference
 from torch_lookahead.lab.tasks import SCHEDULES, get_task
 
@@ -336,41 +336,13 @@ def run_stability(
     """Compute every run of ``plan`` (see ``run_many``) and gather them, with the wall time."""
     started = time.perf_counter()
     configs = stability_configs(plan)
-    cached = 0
-
-    def count(result: Any, from_cache: bool) -> None:
-        nonlocal cached
-        cached += from_cache
-        if on_result is not None:
-            on_result(result, from_cache)
-
-    runs = run_many(configs, cache_dir, workers=workers, on_result=count)
+    runs, cached = run_many_counted(configs, cache_dir, workers=workers, on_result=on_result)
     return StabilityResults(
         plan, command, list(runs), time.perf_counter() - started, len(configs), cached
     )
 
 
 # -------------------------------------------------------------------------------------- the report
-
-
-def _claim_json(claim: Claim) -> dict[str, Any]:
-    return {
-        "key": claim.key,
-        "paper": claim.paper,
-        "protocol": claim.protocol,
-        "effect": claim.effect,
-        "verdict": claim.verdict,
-        "cases": [
-            {
-                "label": case.label,
-                "verdict": case.verdict,
-                "interval": asdict(case.interval) if case.interval else None,
-                "sentence": case.sentence,
-            }
-            for case in claim.cases
-        ],
-        "notes": list(claim.notes),
-    }
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -430,7 +402,7 @@ def results_payload(lab: StabilityResults, claims: Sequence[Claim]) -> dict[str,
             for warmup in lab.plan.warmups
             for lookahead in (False, True)
         },
-        "claims": [_claim_json(c) for c in claims],
+        "claims": [claim_json(c) for c in claims],
         "runs": [r.to_json() for r in lab.runs],
     }
 
