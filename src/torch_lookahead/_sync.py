@@ -206,30 +206,24 @@ def swap_(
 ) -> None:
     """Exchange the values of each pair in place (every pair shares device and dtype).
 
-    Block by block through one scratch buffer of about ``SYNC_BLOCK_BYTES`` per device and dtype,
-    kept in ``scratch`` so that repeated exchanges allocate nothing: three multi-tensor copies per
-    block.
+    Over the sync's blocks (``_cpu_blocks``) through one scratch buffer per device and dtype as
+    long as the longest block, kept in ``scratch`` so that repeated exchanges allocate nothing:
+    three multi-tensor copies per block.
     """
     if not a:
         return
     a, b = local_shards(a), local_shards(b)
     with torch.no_grad():
         for bucket_a, bucket_b in group_by_device_and_dtype([a, b]):
-            pieces = [
-                piece for x, y in zip(bucket_a, bucket_b, strict=True) for piece in _pieces(x, y)
-            ]
-            piece_a = [x for x, _ in pieces]
-            piece_b = [y for _, y in pieces]
-            sizes = [x.numel() for x in piece_a]
-            blocks = list(cache_blocks(piece_a, SYNC_BLOCK_BYTES))
-            longest = max(sum(sizes[block]) for block in blocks)
-            key = (piece_a[0].device, piece_a[0].dtype)
+            blocks = list(_cpu_blocks(bucket_a, bucket_b))  # the sync's blocks, on any device
+            longest = max(sum(map(Tensor.numel, block_a)) for block_a, _ in blocks)
+            key = (bucket_a[0].device, bucket_a[0].dtype)
             buffer = scratch.get(key)
             if buffer is None or buffer.numel() < longest:
                 buffer = scratch[key] = torch.empty(longest, device=key[0], dtype=key[1])
-            for block in blocks:
-                block_a, block_b = piece_a[block], piece_b[block]
-                flat = torch.split(buffer[: sum(sizes[block])], sizes[block])
+            for block_a, block_b in blocks:
+                sizes = list(map(Tensor.numel, block_a))
+                flat = torch.split(buffer[: sum(sizes)], sizes)
                 held = [view.view(x.shape) for view, x in zip(flat, block_a, strict=True)]
                 if foreach:
                     torch._foreach_copy_(held, block_a)
