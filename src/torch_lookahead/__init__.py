@@ -6,6 +6,7 @@ The optimizers Lookahead is usually paired with (RAdam, NovoGrad, AdaBound/AMSBo
 name registry (``create_optimizer``) come with it.
 """
 
+from torch_lookahead._checks import check_alpha, check_k
 from torch_lookahead.lookahead import Lookahead, LookaheadOptions, load_slow_parameters
 from torch_lookahead.optim import (
     AdaBound,
@@ -24,6 +25,8 @@ __all__ = [
     "NovoGrad",
     "RAdam",
     "Ranger",
+    "check_alpha",
+    "check_k",
     "create_optimizer",
     "list_optimizers",
     "load_slow_parameters",

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torch_lookahead._checks import check_alpha, check_k
+from torch_lookahead import check_alpha, check_k
 from torch_lookahead.lab.provenance import job_key
 from torch_lookahead.lab.stats import difference
 
