@@ -24,6 +24,23 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch) -> None:
     assert "lookahead_slow" in state["state"][0]
 
 
+def test_readme_opens_with_the_install_path() -> None:
+    """A user reads how to install and use the library before the repository's own set-up."""
+    text = README.read_text()
+    headings = re.findall(r"^## (.+)$", text, flags=re.M)
+    assert headings[:3] == ["Install", "Usage", "Set-up for development and the lab"]
+    setup = text.split("## Set-up for development and the lab", 1)[1]
+    assert text.index("pip install .") < text.index("make demo")
+    assert "make demo" in setup and "make test" in setup
+
+
+def test_readme_links_work_as_the_package_description() -> None:
+    """The README is the package's long description (pyproject.toml), shown away from the
+    repository: a relative link there leads nowhere."""
+    targets = re.findall(r"\]\(([^)]*)\)", README.read_text())
+    assert [target for target in targets if not target.startswith("https://")] == []
+
+
 def test_buffers_are_not_slow_weights() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     opt = Lookahead(torch.optim.SGD(model.parameters(), lr=0.1), k=3)
