@@ -1,15 +1,18 @@
-"""The README's promises: its code runs, and its behaviour notes hold."""
+"""The README's promises: its code runs, and its behaviour notes hold; CITATION.cff cites the paper
+and this version."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from torch_lookahead import Lookahead
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def test_readme_python_blocks_run(tmp_path, monkeypatch) -> None:
@@ -39,6 +42,19 @@ def test_readme_links_work_as_the_package_description() -> None:
     repository: a relative link there leads nowhere."""
     targets = re.findall(r"\]\(([^)]*)\)", README.read_text())
     assert [target for target in targets if not target.startswith("https://")] == []
+
+
+def test_citation_names_the_paper_and_this_version() -> None:
+    yaml = pytest.importorskip("yaml")
+    import torch_lookahead
+
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert citation["cff-version"] == "1.2.0"
+    assert citation["version"] == torch_lookahead.__version__
+    paper = citation["preferred-citation"]
+    assert paper["title"] == "Lookahead Optimizer: k steps forward, 1 step back"
+    assert [a["family-names"] for a in paper["authors"]] == ["Zhang", "Lucas", "Ba", "Hinton"]
+    assert paper["url"] == "https://arxiv.org/abs/1907.08610"
 
 
 def test_buffers_are_not_slow_weights() -> None:
