@@ -1,4 +1,4 @@
-"""The built documentation site: the API reference shows no raw reST role, and every page reads
+"""The built documentation site: no page shows a raw reST role or raw LaTeX, and every page reads
 offline (MathJax and everything else from the site itself, nothing from the network).
 
 Building the site takes seconds; these tests need the ``docs`` extra (in the dev environment).
@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # A reST role (:class:`X`, :math:`\alpha`, ...) left in a page: Markdown turns its backticks into
 # <code>, or leaves them.
 RAW_ROLE = re.compile(r":(class|meth|func|mod|math|attr|data|obj|exc|ref|py:\w+):(?:<code>|`)")
+# Where TeX may stand as written: math that arithmatex marked for MathJax, code, scripts.
+NOT_PROSE = re.compile(
+    r"<(code|pre|script|style|textarea)\b.*?</\1>"
+    r"|<(span|div)\b[^>]*\bclass=\"[^\"]*\barithmatex\b[^\"]*\"[^>]*>.*?</\2>",
+    flags=re.S,
+)
+TAG = re.compile(r"<[^>]*>")
+# TeX in prose: a control word (\frac, \alpha), a math delimiter \( \) \[ \] or $$.
+RAW_TEX = re.compile(r"\\(?:[A-Za-z]{2,}|[\[\]()])|\$\$")
 # A script, stylesheet, font or preconnect loaded from another host.
 REMOTE_RESOURCE = re.compile(r"<(?:script|link)\b[^>]*\b(?:src|href)=\"(?:https?:)?//[^\"]*\"")
 
@@ -62,6 +72,30 @@ def test_no_page_shows_a_raw_rest_role(site: Path) -> None:
 def test_the_role_pattern_finds_roles_as_pages_show_them() -> None:
     html = "<p>moment :math:<code>v</code>, :class:`~x.Y`, not <code>a:b</code> or :class:</p>"
     assert RAW_ROLE.findall(html) == ["math", "class"]
+
+
+def raw_tex(page_html: str) -> list[str]:
+    """The TeX a reader sees as typed: outside the math MathJax typesets and outside code."""
+    prose = unescape(TAG.sub(" ", NOT_PROSE.sub(" ", page_html)))
+    return RAW_TEX.findall(prose)
+
+
+def test_no_page_shows_raw_latex(site: Path) -> None:
+    raw = {page: sorted(set(raw_tex(text))) for page, text in _pages(site).items()}
+    assert {page: found for page, found in raw.items() if found} == {}
+
+
+def test_the_latex_pattern_finds_math_that_markdown_did_not_hand_to_mathjax() -> None:
+    # A display equation inside a list item, indented too little: Markdown ate the \[ and \].
+    broken = "<li>is\n  [\n  \\frac{V^<em>_{\\text{L}}}{V^</em>}\n  ]\n  below</li>"
+    assert raw_tex(broken) == ["\\frac", "\\text"]
+    typeset = (
+        '<p><span class="arithmatex">\\(\\alpha\\)</span></p>'
+        '<div class="arithmatex">\\[\n\\frac{a}{b}\n\\]</div>'
+        "<pre><code>x = r'\\alpha'</code></pre><p>a $5 fee, C:\\ drive</p>"
+    )
+    assert raw_tex(typeset) == []
+    assert raw_tex("<p>\\(x\\) and $$y$$</p>") == ["\\(", "\\)", "$$", "$$"]
 
 
 def test_every_page_reads_offline(site: Path) -> None:
