@@ -4,6 +4,7 @@ its pages run as written, and the figure script draws its figures."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import importlib.util
 import io
 import os
@@ -93,6 +94,21 @@ def test_every_page_with_python_examples_is_executed() -> None:
         if PYTHON_BLOCK.search(path.read_text(encoding="utf-8"))
     }
     assert with_examples - tested_elsewhere <= set(EXECUTED_PAGES)
+
+
+def test_choosing_k_alpha_states_the_grid_of_the_committed_demo_report() -> None:
+    page = (DOCS / "choosing-k-alpha.md").read_text(encoding="utf-8")
+    stated = re.search(r"demo report sweeps `k` in \{([^}]*)\} and `alpha` in \{([^}]*)\}", page)
+    assert stated, "choosing-k-alpha.md no longer states the demo's (k, alpha) grid"
+    with (ROOT / "reports" / "demo" / "runs.csv").open(newline="") as runs:
+        grid = [
+            (row["k"], row["alpha"]) for row in csv.DictReader(runs) if row["part"] == "k_alpha"
+        ]
+    assert grid, "the demo report has no (k, alpha) runs"
+    measured_k = {int(k) for k, _ in grid if k}
+    measured_alpha = {float(alpha) for _, alpha in grid if alpha}
+    assert {int(k) for k in stated.group(1).split(",")} == measured_k
+    assert {float(alpha) for alpha in stated.group(2).split(",")} == measured_alpha
 
 
 def test_docs_build_strict(tmp_path: Path) -> None:
