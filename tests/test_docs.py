@@ -87,13 +87,33 @@ def test_page_python_blocks_run(
 
 def test_every_page_with_python_examples_is_executed() -> None:
     """A new page with examples must join EXECUTED_PAGES (or be owned elsewhere and listed here)."""
-    tested_elsewhere = {"optimizers.md", "distributed.md", "benchmarks.md", "lab.md"}
+    tested_elsewhere = {
+        "optimizers.md",
+        "distributed.md",
+        "distributed-workers.md",
+        "benchmarks.md",
+        "lab.md",
+    }
     with_examples = {
         str(path.relative_to(DOCS))
         for path in DOCS.rglob("*.md")
         if PYTHON_BLOCK.search(path.read_text(encoding="utf-8"))
     }
     assert with_examples - tested_elsewhere <= set(EXECUTED_PAGES)
+
+
+# Words a page may have, counted as `wc -w` counts them (code included); the API reference,
+# generated from the docstrings, is exempt.
+PAGE_WORD_LIMIT = 1_500
+
+
+@pytest.mark.parametrize(
+    "page",
+    sorted(str(path.relative_to(DOCS)) for path in DOCS.rglob("*.md") if path.name != "api.md"),
+)
+def test_page_is_short_enough_to_read(page: str) -> None:
+    words = len((DOCS / page).read_text(encoding="utf-8").split())
+    assert words <= PAGE_WORD_LIMIT, f"{page}: {words} words, over {PAGE_WORD_LIMIT}"
 
 
 def test_choosing_k_alpha_states_the_grid_of_the_committed_demo_report() -> None:

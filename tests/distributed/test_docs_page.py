@@ -1,4 +1,5 @@
-"""docs/distributed.md: its Python examples run as written, in order, on two gloo ranks."""
+"""The distributed pages (docs/distributed.md, docs/distributed-workers.md): each page's Python
+examples run as written, in order, as one script on two gloo ranks."""
 
 from __future__ import annotations
 
@@ -12,22 +13,29 @@ from tests.distributed._cluster import Cluster
 
 pytestmark = [pytest.mark.distributed, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
-PAGE = Path(__file__).resolve().parents[2] / "docs" / "distributed.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.S | re.M)
+# Each page and the number of examples it has at least (a page that lost them fails).
+PAGES = {"distributed.md": 5, "distributed-workers.md": 7}
 
 
-def run_page_blocks(rank: int, world_size: int, blocks: list[str], directory: str) -> None:
+def run_page_blocks(
+    rank: int, world_size: int, page: str, blocks: list[str], directory: str
+) -> None:
     previous = os.getcwd()
     os.chdir(directory)  # the examples write their checkpoints under the working directory
     try:
-        namespace: dict[str, object] = {"__name__": "docs.distributed"}
+        namespace: dict[str, object] = {"__name__": f"docs.{Path(page).stem}"}
         for index, body in enumerate(blocks):
-            exec(compile(body, f"{PAGE}[python block {index}]", "exec"), namespace)
+            exec(compile(body, f"{DOCS / page}[python block {index}]", "exec"), namespace)
     finally:
         os.chdir(previous)
 
 
-def test_page_examples_run_on_two_ranks(cluster: Cluster, tmp_path: Path) -> None:
-    blocks = PYTHON_BLOCK.findall(PAGE.read_text(encoding="utf-8"))
-    assert len(blocks) >= 7
-    cluster.run(run_page_blocks, blocks, str(tmp_path))
+@pytest.mark.parametrize(("page", "examples"), PAGES.items())
+def test_page_examples_run_on_two_ranks(
+    cluster: Cluster, tmp_path: Path, page: str, examples: int
+) -> None:
+    blocks = PYTHON_BLOCK.findall((DOCS / page).read_text(encoding="utf-8"))
+    assert len(blocks) >= examples
+    cluster.run(run_page_blocks, page, blocks, str(tmp_path))
