@@ -98,6 +98,20 @@ def test_the_latex_pattern_finds_math_that_markdown_did_not_hand_to_mathjax() ->
     assert raw_tex("<p>\\(x\\) and $$y$$</p>") == ["\\(", "\\)", "$$", "$$"]
 
 
+def test_code_blocks_wrap_inside_the_content_column(site: Path) -> None:
+    """Long code lines wrap (docs/stylesheets/extra.css) instead of running past the column."""
+    css = (site / "stylesheets" / "extra.css").read_text(encoding="utf-8")
+    assert re.search(r"\.md-typeset pre > code \{[^}]*white-space: pre-wrap;", css)
+    for page, text in _pages(site).items():
+        if "<pre" not in text:
+            continue
+        assert re.search(r'<link rel="stylesheet" href="(\.\./)*stylesheets/extra\.css"', text), (
+            page
+        )
+        # one element per line, which the stylesheet indents when it wraps
+        assert '<code><span id="__span-' in text, page
+
+
 def test_every_page_reads_offline(site: Path) -> None:
     pages = _pages(site)
     assert {"index.html", "api/index.html", "algorithm/index.html"} <= set(pages)
