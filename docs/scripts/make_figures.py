@@ -1,4 +1,4 @@
-"""Draw the figures of the documentation (needs matplotlib, e.g. the ``lab`` extra).
+"""Draw the figures of the documentation (needs matplotlib, which the dev environment has).
 
     python docs/scripts/make_figures.py            # writes docs/img/*.png
 
@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from torch_lookahead import Lookahead
 
@@ -80,7 +81,13 @@ def lookahead_trajectory(out: Path) -> Path:
     ax_loss.semilogy(steps, lookahead_losses, color="tab:blue", label="Lookahead(SGD)")
     for sync in range(K, STEPS + 1, K):
         ax_loss.axvline(sync, color="tab:red", lw=0.5, alpha=0.4)
-    ax_loss.set(title="loss at the fast weights (red lines: syncs)", xlabel="inner step")
+    ax_loss.set(
+        title="loss at the fast weights (red lines: syncs)", xlabel="inner step", ylabel="loss"
+    )
+    # plain numbers (0.2, 0.5, 1, 2, 5, ...) on the log axis instead of powers of ten
+    ax_loss.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax_loss.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+    ax_loss.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax_loss.legend(fontsize=8)
     figure.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
