@@ -2,28 +2,33 @@
 
 A development tool, not part of the installed package::
 
-    python benchmarks/bench.py                    # sync, step and memory on the three lists
+    python benchmarks/bench.py                    # every section on the three lists
     python benchmarks/bench.py --quick            # tiny shapes, 2 rounds: a smoke run
+    python benchmarks/bench.py --sections step,stepwise,swap --shapes 1 --inner 3,2   # issue 21's row
     python benchmarks/bench.py --device cuda --dtype bfloat16 --inner 2   # on a GPU
 
-Every section runs on the same parameter lists (200 x 250,000 floats, 2,000 x 2,500 floats and the
-parameter list of GPT-2 small):
+Every section but ``swap`` runs on the same parameter lists (200 x 250,000 floats, 2,000 x 2,500
+floats and the parameter list of GPT-2 small):
 
-* **sync**: one outer step ``slow <- slow + alpha*(fast - slow); fast <- slow`` against the memory
-  floor, twice the time of one copy of the same bytes (the sync must read fast and slow and write
-  both, a copy reads one and writes one).
+* **sync**: one outer step ``slow <- slow + alpha*(fast - slow); fast <- slow`` of every
+  implementation against the memory floor, twice the time of one copy of the same bytes (the sync
+  must read fast and slow and write both, a copy reads one and writes one).
 * **step**: the step time of the inner optimizer alone, of ``torch_lookahead.Lookahead`` and of every
   installed peer's Lookahead (timm, pytorch_optimizer, torch-optimizer), on the same parameters and
   gradients, timed whole cycles of ``k`` steps at a time so that the sync is amortised as in
   training. The contenders take turns, one cycle each in a shuffled order; a cell is the median
   over turns of each cycle's ratio to the inner optimizer's cycle of the same turn. By default
   glibc is told to keep freed memory (``--heap``, see ``hold_freed_memory``).
+* **stepwise**: the same turns, each step of a cycle timed on its own: the steps between syncs and
+  the sync step apart.
+* **swap**: ``eval()`` + ``train()`` of ``Lookahead(SGD)`` on 20,000 one-element parameters
+  against one step.
 * **memory**: the allocator's events (``torch.profiler`` on the CPU, the caching allocator's
   statistics on CUDA): the peak of live bytes while the optimizer is built and stepped through two
   cycles, and the bytes allocated per step between syncs and by a sync step.
 
-Nothing here asserts a timing: the numbers go to a Markdown report. The committed reports are in
-benchmarks/results/, and docs/benchmarks.md reads them.
+Only the public API of torch_lookahead is used. Nothing here asserts a timing: the numbers go to a
+Markdown report. The committed reports are in benchmarks/results/; docs/benchmarks.md quotes them.
 """
 
 from __future__ import annotations
@@ -51,8 +56,6 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 COMMAND = "python benchmarks/bench.py"
-DOCS_BLOCK_START = "<!-- benchmarks/bench.py: start -->"
-DOCS_BLOCK_END = "<!-- benchmarks/bench.py: end -->"
 SECTIONS = ("sync", "step", "stepwise", "swap", "memory")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OURS = "torch_lookahead"
@@ -1111,16 +1114,6 @@ def emit_report(lines: Sequence[str], output: Path | None) -> str:
     return report
 
 
-def replace_docs_block(page: str, report: str) -> str:
-    """Put ``report`` between the bench markers of a docs page (the markers must be present)."""
-    start, end = page.find(DOCS_BLOCK_START), page.find(DOCS_BLOCK_END)
-    if start < 0 or end < start:
-        raise ValueError(
-            f"the docs page must contain {DOCS_BLOCK_START!r} followed by {DOCS_BLOCK_END!r}"
-        )
-    return page[: start + len(DOCS_BLOCK_START)] + "\n" + report.rstrip() + "\n" + page[end:]
-
-
 # ------------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------------
@@ -1211,11 +1204,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--target", type=float, default=1.15, help="sync / floor target (1.15)")
     parser.add_argument("--output", type=Path, help="also write the report to this Markdown file")
-    parser.add_argument(
-        "--docs",
-        type=Path,
-        help=f"also replace the block between {DOCS_BLOCK_START} and {DOCS_BLOCK_END} in this page",
-    )
     return parser
 
 
@@ -1232,8 +1220,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device: expected cpu or cuda[:index], got {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available to torch {torch.__version__}")
-    if args.docs is not None and not args.docs.is_file():
-        parser.error(f"--docs: no such file: {args.docs}")
     # Objects that exist now (torch, the peers' modules) are never garbage: keep them out of the
     # collections between rounds, which then take microseconds instead of a large fraction of a second.
     gc.freeze()
@@ -1340,9 +1326,7 @@ def _run(args: argparse.Namespace, argv: list[str], device: torch.device) -> int
     ]
     for section in sections:
         lines += ["", *section]
-    report = emit_report(lines, args.output)
-    if args.docs is not None:
-        args.docs.write_text(replace_docs_block(args.docs.read_text(), report))
+    emit_report(lines, args.output)
     return 0
 
 

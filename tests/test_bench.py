@@ -3,14 +3,15 @@
 The fast tests guard what the published tables rest on: the memory promise (Lookahead's peak is
 the inner optimizer's plus exactly one copy of the weights, and it allocates nothing between
 syncs or at a sync), the instrument that measures it, the pairing of each time with its reference
-of the same round, the verdict lines, and docs/benchmarks.md quoting the committed reports as
-they were written. Running the harness itself is marked ``slow``.
+of the same round, the verdict lines, the step-by-step split, and docs/benchmarks.md quoting the
+committed reports as they were written. Running the harness itself is marked ``slow``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,16 +135,21 @@ def test_own_slow_copies_are_the_state_tensors_not_the_parameters() -> None:
         torch.testing.assert_close(slow, p.detach())  # the slow copy of the weights as they are
 
 
-def test_docs_page_shows_the_committed_reports_unchanged() -> None:
+def test_docs_page_quotes_the_committed_reports_unchanged() -> None:
+    """Every table row after a ``<!-- benchmarks/results/NAME.md -->`` marker of
+    docs/benchmarks.md (up to the next heading) is a row of that report, as it was written."""
     page = (REPO / "docs" / "benchmarks.md").read_text()
-    results = REPO / "benchmarks" / "results"
-    # The block between the markers is the report its --docs run wrote, and nothing else.
-    assert bench.replace_docs_block(page, (results / "sync-memory.md").read_text()) == page
-    step = (results / "step.md").read_text()
-    assert step[step.index("### Step time") :].rstrip() in page
-    for report in ("sync-memory.md", "step.md", "step-system-heap.md"):
-        command = (results / report).read_text().split("- Command: `", 1)[1].split("`", 1)[0]
-        assert command in page, f"{report}: the page does not quote its command"
+    quoted = re.findall(r"<!-- (benchmarks/results/[\w.-]+\.md) -->\n(.*?)(?=\n#)", page, re.S)
+    assert {name for name, _ in quoted} >= {
+        "benchmarks/results/many-small-tensors.md",
+        "benchmarks/results/step.md",
+        "benchmarks/results/sync-memory.md",
+    }
+    for name, block in quoted:
+        report_rows = set((REPO / name).read_text().splitlines())
+        rows = [line for line in block.splitlines() if line.startswith("|")]
+        assert len(rows) >= 3, name
+        assert [row for row in rows if row not in report_rows] == [], name
 
 
 def test_the_sync_step_of_every_installed_implementation_is_found() -> None:
@@ -220,10 +226,8 @@ def test_swap_measurement_leaves_the_weights_as_it_found_them() -> None:
 @pytest.mark.slow
 def test_quick_run_writes_every_section_and_every_contender(tmp_path: Path) -> None:
     report_path = tmp_path / "report.md"
-    docs_path = tmp_path / "page.md"
-    docs_path.write_text(f"# Page\n\n{bench.DOCS_BLOCK_START}\nold\n{bench.DOCS_BLOCK_END}\ntail\n")
     argv = ["--quick", "--rounds", "1", "--heap", "system", "--sections", "sync,step,memory"]
-    status = bench.main([*argv, "--output", str(report_path), "--docs", str(docs_path)])
+    status = bench.main([*argv, "--output", str(report_path)])
     assert status == 0
     report = report_path.read_text()
     for heading in ("### Sync against the memory floor", "### Step time, k=5", "### Memory"):
@@ -237,8 +241,6 @@ def test_quick_run_writes_every_section_and_every_contender(tmp_path: Path) -> N
         assert contender.name in report
         if contender.wrap is None:
             assert contender.unavailable is not None and contender.unavailable in report
-    page = docs_path.read_text()
-    assert "old" not in page and report.strip() in page and page.endswith("tail\n")
 
 
 @pytest.mark.slow
@@ -328,11 +330,10 @@ def test_whole_syncs_are_divided_by_the_floor_on_their_own_slow_copies() -> None
     [
         (["--k", "0"], "--k"),
         (["--alpha", "1.5"], "--alpha"),
-        (["--sections", "sync,speed"], "sync, step, memory"),
+        (["--sections", "sync,speed"], "sync, step, stepwise, swap, memory"),
         (["--shapes", "7"], "--shapes"),
         (["--dtype", "int8"], "--dtype"),
         (["--device", "tpu"], "--device"),
-        (["--docs", "no/such/page.md"], "--docs"),
     ],
 )
 def test_bad_arguments_fail_early_naming_the_option(
@@ -342,12 +343,6 @@ def test_bad_arguments_fail_early_naming_the_option(
         bench.main(argv)
     assert exit_info.value.code == 2
     assert mentions in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_docs_block_needs_its_markers() -> None:
-    with pytest.raises(ValueError, match="must contain"):
-        bench.replace_docs_block("# no markers\n", "report")
 
 
 @pytest.mark.slow
