@@ -321,7 +321,7 @@ def test_whole_syncs_are_divided_by_the_floor_on_their_own_slow_copies() -> None
     assert set(result.own_floor_seconds) == {c.name for c in contenders}
     report = "\n".join(bench.format_sync([result], target=1.15))
     assert "Floors on each implementation's own slow copies" in report
-    assert "for the whole `Lookahead.sync()`" in report
+    assert "Target: `Lookahead.sync()` <= 1.15 x floor on every list" in report
 
 
 @pytest.mark.slow
