@@ -10,7 +10,7 @@ foreach path, torch-optimizer). Timing is never asserted anywhere: this script o
 
     .venv/bin/python benchmarks/bench_optimizers.py
 
-writes benchmarks/results/optimizers.md and the summary table of docs/optimizers.md.
+writes benchmarks/results/optimizers.md.
 
 Needs the ``bench`` extra (pytorch_optimizer==4.1.0, torch-optimizer==0.3.0).
 """
@@ -39,7 +39,6 @@ PROBLEMS: list[tuple[int, int]] = [(200, 100_000), (2_000, 1_000)]  # (tensors, 
 OURS = "torch-lookahead"
 FLOOR = "(reference) memory floor"
 COMPILED = f"{OURS} (torch.compile of the step)"
-DOCS_MARKERS = ("<!-- bench:optimizers:start -->", "<!-- bench:optimizers:end -->")
 
 
 @dataclass
@@ -163,8 +162,8 @@ def time_problem(
 
 def render(
     results: list[tuple[str, int, int, dict[str, list[float]]]], args: argparse.Namespace
-) -> tuple[str, str]:
-    """The full Markdown report, and its provenance line with the summary table (for the docs)."""
+) -> str:
+    """The full Markdown report, its summary table of speed-ups last."""
     lines = [
         "# One optimizer step on CPU: torch-lookahead vs pytorch_optimizer and torch-optimizer",
         "",
@@ -208,7 +207,7 @@ def render(
         *summary_table,
         "",
     ]
-    return "\n".join(lines), "\n".join([lines[2], "", *summary_table])
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -221,12 +220,6 @@ def main() -> None:
         type=Path,
         default=Path(__file__).parent / "results" / "optimizers.md",
         help="Markdown file to write ('-' for stdout only)",
-    )
-    parser.add_argument(
-        "--docs",
-        type=Path,
-        default=Path(__file__).parents[1] / "docs" / "optimizers.md",
-        help="docs page whose benchmark block gets the summary table (with --output; '-': none)",
     )
     parser.add_argument(
         "--compiled",
@@ -264,26 +257,11 @@ def main() -> None:
                 + ", ".join(f"{n} {statistics.median(v):.2f} ms" for n, v in timings.items()),
                 flush=True,
             )
-    text, summary = render(results, args)
+    text = render(results, args)
     print(text)
     if str(args.output) != "-":
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
-        if str(args.docs) != "-":
-            update_docs(args.docs, summary)
-
-
-def update_docs(page: Path, summary: str) -> None:
-    """Replace the block between the benchmark markers of ``page`` with ``summary``."""
-    if not page.exists():
-        return
-    text = page.read_text()
-    start, end = DOCS_MARKERS
-    if start not in text or end not in text:
-        raise SystemExit(f"{page} lacks the markers {start} ... {end}")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    page.write_text(f"{head}{start}\n{summary}\n{end}{tail}")
 
 
 if __name__ == "__main__":

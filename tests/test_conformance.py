@@ -54,7 +54,8 @@ COMPLEX = "complex"
 TENSOR_LR = "tensor_lr"
 ZERO_GRADIENTS = "zero_gradients"
 FOREACH_PARITY = "foreach_parity"
-CHECKS = frozenset({COMPLEX, TENSOR_LR, ZERO_GRADIENTS, FOREACH_PARITY})
+NUMBER_STEP = "number_step"
+CHECKS = frozenset({COMPLEX, TENSOR_LR, ZERO_GRADIENTS, FOREACH_PARITY, NUMBER_STEP})
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,7 @@ def novograd_cases() -> list[OptimizerCase]:
         ),
     )
     decay = "the weight decay moves the weights without a gradient"
+    no_step = "NovoGrad keeps no step count (its second moment starts at the first gradient's norm)"
     flags: list[tuple[str, dict[str, Any], dict[str, str]]] = [
         ("", {}, {}),
         ("-for_loop", {"foreach": False}, {}),
@@ -232,7 +234,7 @@ def novograd_cases() -> list[OptimizerCase]:
             other_hyperparameters={"lr": 0.25, "betas": (0.5, 0.75), "eps": 1e-3},
             implementations=FOREACH_PAIR,
             errors=errors,
-            unsupported=unsupported,
+            unsupported={NUMBER_STEP: no_step, **unsupported},
         )
         for suffix, kwargs, unsupported in flags
     ]
@@ -326,6 +328,9 @@ SGD_ERRORS = (
 )
 
 
+SGD_NO_STEP = "torch's SGD keeps no step count"
+
+
 def lookahead_cases() -> list[OptimizerCase]:
     cases = []
     sgd_variants = {
@@ -351,6 +356,7 @@ def lookahead_cases() -> list[OptimizerCase]:
                         other_hyperparameters={"lr": 0.25, "momentum": 0.5, "k": 3, "alpha": 0.25},
                         implementations=FOREACH_PAIR,
                         errors=SGD_ERRORS + lookahead_errors(),
+                        unsupported={NUMBER_STEP: SGD_NO_STEP},
                     )
                 )
         for implementation, flags in (
@@ -419,6 +425,7 @@ def distributed_cases() -> list[OptimizerCase]:
             other_hyperparameters={"lr": 0.25, "momentum": 0.5, "k": 3, "alpha": 0.25},
             implementations=FOREACH_PAIR,
             errors=SGD_ERRORS + lookahead_errors() + outer_errors,
+            unsupported={NUMBER_STEP: SGD_NO_STEP},
             distributed=True,
         ),
         OptimizerCase(
@@ -688,6 +695,103 @@ def test_deepcopy_continues_identically_and_shares_no_tensors(case: OptimizerCas
     drive(clone, clone_params_, steps)
     assert_same(clone_params_, params)
     assert_state_dicts_equal(clone.state_dict(), optimizer.state_dict())
+
+
+# ----------------------------------------------------------------------------- older checkpoints
+#: Group entries that versions after an optimizer's first added, which a checkpoint of that first
+#: version therefore lacks: torch's own test_optim deletes the same ones
+#: (``OptimizerInfo.not_og_supported_flags``), and NovoGrad's and AdaBound's own options.
+LATER_FLAGS = (
+    "foreach",
+    "differentiable",
+    "maximize",
+    "capturable",
+    "fused",
+    "amsgrad",
+    "decoupled_weight_decay",
+    "grad_averaging",
+)
+
+
+def resume_and_drive(
+    case: OptimizerCase, saved_params: list[torch.nn.Parameter], checkpoint: dict[str, Any]
+) -> tuple[list[torch.nn.Parameter], Optimizer]:
+    """A fresh optimizer of ``case`` on copies of ``saved_params``, loaded with ``checkpoint`` and
+    driven through the steps after the save."""
+    params = clone_params(saved_params)
+    optimizer = case.make(params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # as in the round trip above
+        optimizer.load_state_dict(copy.deepcopy(checkpoint))
+    drive(optimizer, params, range(STEPS_BEFORE_SAVE, STEPS_BEFORE_SAVE + STEPS_AFTER_SAVE))
+    return params, optimizer
+
+
+def saved_mid_run(case: OptimizerCase) -> tuple[list[torch.nn.Parameter], Optimizer]:
+    """Copies of the parameters after ``STEPS_BEFORE_SAVE`` steps, and the optimizer stepped so."""
+    params = make_params()
+    optimizer = case.make(params)
+    drive(optimizer, params, range(STEPS_BEFORE_SAVE))
+    return clone_params(params), optimizer
+
+
+@over_cases
+def test_a_group_saved_before_a_flag_existed_loads_with_the_flags_default(
+    case: OptimizerCase,
+) -> None:
+    """Each later flag deleted from every saved group (one at a time): the checkpoint loads, the
+    group gets the flag's default (the value a group built without the argument has) and the
+    run continues bit for bit as from the checkpoint with that default written in."""
+    saved_params, optimizer = saved_mid_run(case)
+    saved = optimizer.state_dict()
+    holder = inner_of(optimizer) or optimizer  # the optimizer whose groups these are
+    default_group = type(holder)(make_params(), lr=case.lr).param_groups[0]
+    flags = [flag for flag in LATER_FLAGS if flag in saved["param_groups"][0]]
+    assert flags, f"{case.id}: no later flag in {sorted(saved['param_groups'][0])}"
+    for flag in flags:
+        older = copy.deepcopy(saved)
+        explicit = copy.deepcopy(saved)
+        for older_group, explicit_group in zip(
+            older["param_groups"], explicit["param_groups"], strict=True
+        ):
+            del older_group[flag]
+            explicit_group[flag] = default_group[flag]
+        params, resumed = resume_and_drive(case, saved_params, older)
+        expected_params, expected = resume_and_drive(case, saved_params, explicit)
+        assert_same(params, expected_params)
+        if type(holder).__module__.startswith("torch_lookahead"):
+            # torch's own optimizers fill in what their __setstate__ says (SGD: fused=False for
+            # the constructor's None, the same implementation): that is torch's contract.
+            assert [g[flag] for g in hyperparameters(resumed)] == [
+                g[flag] for g in hyperparameters(expected)
+            ], flag
+        resumed_dict, expected_dict = resumed.state_dict(), expected.state_dict()
+        for group in [*resumed_dict["param_groups"], *expected_dict["param_groups"]]:
+            del group[flag]
+        assert_state_dicts_equal(resumed_dict, expected_dict, f"state_dict without {flag!r}")
+
+
+@over_cases_supporting(NUMBER_STEP)
+@pytest.mark.parametrize("number", [int, float])
+def test_a_step_count_saved_as_a_python_number_loads_and_steps_like_a_tensor(
+    case: OptimizerCase, number: type[int] | type[float]
+) -> None:
+    """The per-parameter ``step`` saved as an int or a float (older torch; torch-optimizer's
+    AdaBound): the checkpoint loads and the run continues bit for bit as from the tensor step,
+    state included."""
+    saved_params, optimizer = saved_mid_run(case)
+    saved = optimizer.state_dict()
+    older = copy.deepcopy(saved)
+    converted = 0
+    for param_state in older["state"].values():
+        if isinstance(param_state.get("step"), Tensor):
+            param_state["step"] = number(param_state["step"].item())
+            converted += 1
+    assert converted, f"{case.id}: no per-parameter step in the state (declare {NUMBER_STEP})"
+    params, resumed = resume_and_drive(case, saved_params, older)
+    expected_params, expected = resume_and_drive(case, saved_params, saved)
+    assert_same(params, expected_params)
+    assert_state_dicts_equal(resumed.state_dict(), expected.state_dict())
 
 
 # ----------------------------------------------------------------------------- hooks

@@ -134,25 +134,118 @@ def test_foreach_keeps_the_state_of_a_group_in_one_buffer_per_entry(name: str) -
     assert len({storage_of(s["exp_avg"]) for s in loop.state.values()}) == len(params)
 
 
+def replace_entry(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+    state = optimizer.state[params[1]]
+    state["exp_avg"] = torch.full_like(state["exp_avg"], 0.25)
+
+
+def replace_entry_data(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+    # The entry stays the same Python object, its storage is another one.
+    state = optimizer.state[params[1]]
+    state["exp_avg"].data = torch.full_like(state["exp_avg"], 0.25)
+
+
+def write_entry_in_place(
+    optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]
+) -> None:
+    optimizer.state[params[0]]["exp_avg"].mul_(0.5)
+
+
+def clear_state(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+    optimizer.state[params[1]].clear()
+
+
+def replace_state(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+    optimizer.state[params[2]] = {}
+
+
+def delete_state(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+    del optimizer.state[params[0]]
+
+
+def reload(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+    optimizer.load_state_dict(optimizer.state_dict())
+
+
+def add_group(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+    extra = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 5, dtype=params[0].dtype))
+    params.append(extra)
+    optimizer.add_param_group({"params": [extra], "lr": 0.03})
+
+
+def replace_parameter(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+    # A new Parameter in the old one's place (as when a layer is rebuilt): it starts afresh.
+    params[1] = torch.nn.Parameter(params[1].detach() * 0.5)
+    optimizer.param_groups[0]["params"][1] = params[1]
+
+
+def replace_parameter_data(
+    optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]
+) -> None:
+    params[0].data = params[0].detach() * 0.5
+
+
+def drop_a_gradient(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+    params[2].grad = None
+
+
+def move_parameters_between_groups(
+    optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]
+) -> None:
+    moved = optimizer.param_groups[0]["params"].pop(0)
+    optimizer.add_param_group({"params": [moved], "lr": 0.02})
+
+
+#: Every way the torch.optim API (and the tensors it holds) lets a user change groups and state
+#: between two steps; each runs after the second step.
+CHANGES = {
+    change.__name__: change
+    for change in (
+        replace_entry,
+        replace_entry_data,
+        write_entry_in_place,
+        clear_state,
+        replace_state,
+        delete_state,
+        reload,
+        add_group,
+        replace_parameter,
+        replace_parameter_data,
+        drop_a_gradient,
+        move_parameters_between_groups,
+    )
+}
+
+
 @optimizer_names
-def test_state_replaced_from_outside_is_used(name: str) -> None:
-    """The flat layout is rebuilt from the current state entries whenever they were replaced."""
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_the_flat_state_follows_every_change_of_groups_and_state(name: str, change: str) -> None:
+    """The multi-tensor step over flat buffers (foreach=True) against the for-loop step, which
+    keeps nothing between steps: after each change the two runs stay equal to float64
+    rounding, state included. A change the flat state missed would let the buffers and the
+    state entries the user sees part ways."""
     cls, kwargs = OPTIMIZERS[name]
     runs = []
     for foreach in (False, True):
         params = make_params()
         optimizer = cls(params, foreach=foreach, **kwargs)
-        for step in range(4):
-            set_grads(params, step)
-            optimizer.step()
-            if step == 1:
-                state = optimizer.state[params[1]]
-                state["exp_avg"] = torch.full_like(state["exp_avg"], 0.25)
+        for step in range(5):
             if step == 2:
-                optimizer.load_state_dict(optimizer.state_dict())
-        runs.append(params)
-    for loop_param, foreach_param in zip(*runs, strict=True):
-        torch.testing.assert_close(foreach_param, loop_param, rtol=1e-13, atol=1e-13)
+                CHANGES[change](optimizer, params)
+            for p in params:
+                p.grad = None
+            set_grads(
+                [p for p in params if not (change == "drop_a_gradient" and p is params[2])], step
+            )
+            optimizer.step()
+        runs.append((params, optimizer))
+    (loop_params, loop), (flat_params, flat) = runs
+    assert len(loop_params) == len(flat_params)
+    for p, q in zip(loop_params, flat_params, strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-13, atol=1e-13)
+        assert set(flat.state[q]) == set(loop.state[p])
+        for key, value in loop.state[p].items():
+            torch.testing.assert_close(flat.state[q][key], value, rtol=1e-13, atol=0)
 
 
 @optimizer_names

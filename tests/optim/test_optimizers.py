@@ -256,6 +256,41 @@ def test_adabound_initial_lr_survives_a_checkpoint() -> None:
     assert restored.param_groups[0]["lr"] == 0.001
 
 
+def test_adabound_loads_a_checkpoint_in_the_form_torch_optimizer_writes() -> None:
+    """torch-optimizer's (and the official) AdaBound keeps no ``initial_lr`` in its groups and an
+    int ``step``: such a checkpoint loads, the group's ``initial_lr`` is its ``lr`` (as for a
+    group added without one) and the run continues as from our own checkpoint."""
+    params = [torch.nn.Parameter(torch.randn(4, dtype=torch.float64)) for _ in range(2)]
+    optimizer = AdaBound(params, lr=0.01, gamma=0.2)
+    for param in params:
+        param.grad = torch.randn_like(param)
+    optimizer.step()
+    ours = optimizer.state_dict()
+    theirs = {
+        "state": {
+            index: {**state, "step": int(state["step"].item())}
+            for index, state in ours["state"].items()
+        },
+        "param_groups": [
+            {key: value for key, value in group.items() if key != "initial_lr"}
+            for group in ours["param_groups"]
+        ],
+    }
+    runs = []
+    for checkpoint in (ours, theirs):
+        copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        resumed = AdaBound(copies, lr=0.5)
+        resumed.load_state_dict(checkpoint)
+        assert resumed.param_groups[0]["initial_lr"] == 0.01
+        for _ in range(3):
+            for copy, param in zip(copies, params, strict=True):
+                copy.grad = param.grad
+            resumed.step()
+        runs.append(copies)
+    for mine, restored in zip(*runs, strict=True):
+        assert torch.equal(mine, restored)
+
+
 @pytest.mark.parametrize("foreach", [False, True, None])
 def test_adabound_zero_lr_or_final_lr_freezes_the_weights_but_not_the_moments(
     foreach: bool | None,

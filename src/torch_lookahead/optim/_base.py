@@ -3,6 +3,7 @@ gathering of parameters, gradients and state, the flat state, and the step loop 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar, overload
 
@@ -12,7 +13,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT, _use_grad_for_differentiable
 
 from ._flat import FlatState, flat_state
-from ._functional import FunctionalStep, default_to_foreach, raise_sparse
+from ._functional import FunctionalStep, default_to_foreach, new_step_counter, raise_sparse
 
 __all__ = ["GroupwiseOptimizer"]
 
@@ -46,6 +47,36 @@ class GroupwiseOptimizer(Optimizer):
         """Add a parameter group; its hyper-parameters are validated like the constructor's."""
         self._check_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
+
+    def _missing_group_entries(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The values that a group saved before an entry existed takes for it: every flag (a
+        constructor argument whose default is a bool or None) its constructor default, as a
+        checkpoint written before the flag existed was trained without it."""
+        signature = inspect.signature(type(self).__init__)
+        return {
+            "differentiable": False,
+            **{
+                name: parameter.default
+                for name, parameter in signature.parameters.items()
+                if parameter.default is None or isinstance(parameter.default, bool)
+            },
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore the optimizer (``load_state_dict`` and unpickling end here).
+
+        As torch.optim's own optimizers do, a checkpoint of an older version loads: entries a
+        group lacks take the values of `_missing_group_entries`, and a step count saved as a
+        Python number (older torch, torch-optimizer) becomes the tensor that a step updates.
+        """
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self._missing_group_entries(group).items():
+                group.setdefault(key, value)
+        for param_state in self.state.values():
+            step = param_state.get("step")
+            if step is not None and not isinstance(step, Tensor):
+                param_state["step"] = new_step_counter().fill_(float(step))
 
     @overload
     def step(self, closure: None = None) -> None: ...

@@ -8,9 +8,9 @@ element-wise math runs once over that buffer instead, and only the gradient gath
 Nothing changes for the user: ``optimizer.state[p]`` still holds one tensor per entry, of the
 parameter's shape (0-dim for scalars such as ``step``), which ``state_dict()`` saves and
 ``load_state_dict()`` restores as usual. The layout is an optimisation that the optimizer checks
-at every step (the state entries must be the very view objects it made) and rebuilds, copying the
-current values, whenever it does not hold, e.g. after ``load_state_dict`` or after another
-object replaced a state entry.
+at every step (the state entries must be the very view objects it made, still viewing its
+buffers) and rebuilds, copying the current values, whenever it does not hold, e.g. after
+``load_state_dict``, after another object replaced a state entry or its ``.data``.
 """
 
 from __future__ import annotations
@@ -32,12 +32,15 @@ class FlatState:
     buffers: dict[str, Tensor]
     views: dict[str, list[Tensor]]
     numels: list[int]
+    #: Where each view's elements start, by key: a view whose ``.data`` was replaced moves.
+    addresses: dict[str, list[int]]
 
     def is_current(
         self, params: Sequence[Tensor], states: Sequence[dict[str, Tensor]], keys: Sequence[str]
     ) -> bool:
-        """Whether the same parameters' state entries ``keys`` are still exactly these views
-        (and no more: an entry added since, e.g. by ``amsgrad`` turned on, needs a new one)."""
+        """Whether the same parameters' state entries ``keys`` are still exactly these views of
+        the buffers (and no more: an entry added since, e.g. by ``amsgrad`` turned on, needs a
+        new one)."""
         if (
             set(keys) != set(self.views)
             or len(params) != len(self.params)
@@ -45,7 +48,10 @@ class FlatState:
         ):
             return False
         return all(
-            all(state.get(key) is view for state, view in zip(states, views, strict=True))
+            all(
+                state.get(key) is view and view.data_ptr() == address
+                for state, view, address in zip(states, views, self.addresses[key], strict=True)
+            )
             for key, views in self.views.items()
         )
 
@@ -105,7 +111,8 @@ def flat_state(
             state[key] = view
         buffers[key] = buffer
         views[key] = key_views
-    return FlatState(list(params), buffers, views, numels)
+    addresses = {key: [view.data_ptr() for view in key_views] for key, key_views in views.items()}
+    return FlatState(list(params), buffers, views, numels, addresses)
 
 
 def flatten(tensors: Sequence[Tensor]) -> Tensor:

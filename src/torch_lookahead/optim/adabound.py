@@ -341,6 +341,13 @@ class AdaBound(GroupwiseOptimizer):
         param_group.setdefault("initial_lr", lr.clone() if isinstance(lr, Tensor) else lr)
         super().add_param_group(param_group)
 
+    def _missing_group_entries(self, group: dict[str, Any]) -> dict[str, Any]:
+        """Flags take their defaults; ``initial_lr``, which torch-optimizer's and the official
+        AdaBound's groups lack, is the group's ``lr``, as for a group added without one."""
+        lr = group["lr"]
+        initial_lr = lr.clone() if isinstance(lr, Tensor) else lr
+        return {**super()._missing_group_entries(group), "initial_lr": initial_lr}
+
     def _check_group(self, group: dict[str, Any]) -> None:
         check_lr(group)
         meaning = "the lr the group starts with, which final_lr is scaled by"
