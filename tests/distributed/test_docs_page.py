@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._torch_versions import needs_fsdp2_on_cpu
 from tests.distributed._cluster import Cluster
 
 pytestmark = [pytest.mark.distributed, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -27,6 +28,7 @@ def run_page_blocks(rank: int, world_size: int, blocks: list[str], directory: st
         os.chdir(previous)
 
 
+@needs_fsdp2_on_cpu
 def test_page_examples_run_on_two_ranks(cluster: Cluster, tmp_path: Path) -> None:
     blocks = PYTHON_BLOCK.findall(PAGE.read_text(encoding="utf-8"))
     assert len(blocks) >= 7
