@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 PIN := -c constraints.txt torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test test-slow lint typecheck docs bench clean
+.PHONY: demo test test-slow test-oldest lint typecheck docs bench clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -54,6 +54,25 @@ docs: $(VENV)/.dev-installed
 # The benchmark harness is a script of the repository, not part of the installed package.
 bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/bench.py
+
+# The oldest torch the library declares (pyproject.toml's `dependencies`), in a venv of its own:
+# the core and distributed tests, without the lab and integrations extras. Not part of `make test`
+# or CI. torch from PyPI on Linux is the CUDA build (several GB); the package goes in with
+# --no-deps so that it cannot pull another torch.
+OLDEST_VENV := .venv-oldest
+OLDEST_TORCH := torch==2.6.0
+
+$(OLDEST_VENV)/.installed: pyproject.toml
+	python3 -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install --quiet $(OLDEST_TORCH) 'pytest>=8' \
+		'pytest-xdist>=3.5' 'hypothesis>=6.100' 'numpy>=1.26'
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/pytest -n 2 -m "not slow" \
+		--ignore=tests/lab --ignore=tests/integrations
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

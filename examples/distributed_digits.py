@@ -113,7 +113,7 @@ class SimulatedLink:
         self.bytes_per_s = bytes_per_s
         self.all_reduce = dist.all_reduce
         self.all_to_all_single = dist.all_to_all_single
-        self.all_gather_single = dist.all_gather_single
+        self.all_gather_into_tensor = dist.all_gather_into_tensor
 
     def seconds(self, payload_bytes: int, fraction_sent: float) -> float:
         return self.latency_s + payload_bytes * fraction_sent / self.bytes_per_s
@@ -137,16 +137,17 @@ class SimulatedLink:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        """Route torch.distributed's all_reduce, all_to_all_single and all_gather_single through it."""
+        """Route torch.distributed's all_reduce, all_to_all_single and all_gather_into_tensor
+        through it."""
         dist.all_reduce = self._delayed(self.all_reduce, 2.0)  # type: ignore[assignment]
         dist.all_to_all_single = self._delayed(self.all_to_all_single, 1.0)  # type: ignore[assignment]
-        dist.all_gather_single = self._delayed(self.all_gather_single, 1.0)  # type: ignore[assignment]
+        dist.all_gather_into_tensor = self._delayed(self.all_gather_into_tensor, 1.0)  # type: ignore[assignment]
         try:
             yield
         finally:
             dist.all_reduce = self.all_reduce  # type: ignore[assignment]
             dist.all_to_all_single = self.all_to_all_single  # type: ignore[assignment]
-            dist.all_gather_single = self.all_gather_single  # type: ignore[assignment]
+            dist.all_gather_into_tensor = self.all_gather_into_tensor  # type: ignore[assignment]
 
 
 def _sleep_until(moment: float) -> None:

@@ -68,7 +68,11 @@ def test_page_python_blocks_run(
     blocks = FENCED_BLOCK.findall(path.read_text(encoding="utf-8"))
     assert any(language == "python" for language, _ in blocks), f"{page} has no ```python block"
     monkeypatch.chdir(tmp_path)  # examples write their checkpoints here
-    namespace: dict[str, object] = {"__name__": f"docs.{page}"}
+    # The page's examples run in a module of their own, registered in sys.modules: torch.compile
+    # imports the module a compiled function's globals belong to by name (torch 2.6 does).
+    page_module = ModuleType(f"docs.{page}")
+    monkeypatch.setitem(sys.modules, page_module.__name__, page_module)
+    namespace = page_module.__dict__
     reset_accelerate_state()  # the examples make Accelerators (the HF Trainer too) of their own
     printed = ""
     try:

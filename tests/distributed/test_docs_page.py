@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._torch_versions import needs_fsdp2_on_cpu
 from tests.distributed._cluster import Cluster
 
 pytestmark = [pytest.mark.distributed, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -32,7 +33,14 @@ def run_page_blocks(
         os.chdir(previous)
 
 
-@pytest.mark.parametrize(("page", "examples"), PAGES.items())
+@pytest.mark.parametrize(
+    ("page", "examples"),
+    [
+        # the FSDP2 example of distributed.md needs FSDP2 on CPU
+        pytest.param("distributed.md", PAGES["distributed.md"], marks=needs_fsdp2_on_cpu),
+        ("distributed-workers.md", PAGES["distributed-workers.md"]),
+    ],
+)
 def test_page_examples_run_on_two_ranks(
     cluster: Cluster, tmp_path: Path, page: str, examples: int
 ) -> None:

@@ -24,6 +24,7 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
+from tests._torch_versions import needs_fsdp2_on_cpu
 from tests.distributed._cluster import Cluster
 from tests.distributed._replica_utils import (
     assert_same_on_all_ranks,
@@ -201,6 +202,7 @@ def check_fsdp2_and_dcp(rank: int, world_size: int, directory: str) -> None:
         assert _counters(other) == [1], name
 
 
+@needs_fsdp2_on_cpu
 def test_fsdp2_shards_the_slow_weights_and_dcp_resumes_exactly(
     cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -194,6 +194,7 @@ def check_charlm_example(rank: int, world_size: int, out: str) -> None:
 
 
 def test_example_runs_the_charlm_task(cluster: Cluster, tmp_path: Path) -> None:
+    pytest.importorskip("scipy")  # the example's confidence intervals (the lab extra)
     cluster.run(check_charlm_example, str(tmp_path))
     report = (tmp_path / "options.md").read_text()
     assert report.startswith("# DistributedLookahead's options on the charlm task")

@@ -301,6 +301,11 @@ def test_compiled_step_matches_eager(name: str, backend: str) -> None:
 def test_compiled_step_with_a_tensor_lr_is_not_recompiled_when_the_lr_changes(name: str) -> None:
     """The point of a Tensor lr: a scheduler changes its value (down to 0, where AdaBound's
     bounds close) and the compiled step reads it, matching eager steps at the same lrs."""
+    if name == "AdaBound" and torch.__version__ < "2.9":
+        pytest.skip(
+            "a compiled AdaBound step with a Tensor lr needs torch 2.9 (docs/getting-started.md): "
+            "torch 2.6 to 2.8 fail in _foreach_addcdiv_ with the 0-dim step size"
+        )
     cls, kwargs = OPTIMIZERS[name]
     eager_params, compiled_params = make_params(), make_params()
     eager = cls(eager_params, **kwargs)

@@ -17,7 +17,7 @@ float32 and every rank ends with the same bits:
    ``all_to_all_single``), which decodes the W copies, sums them in float32 in rank order and
    divides by W;
 2. each rank encodes its mean chunk again and every rank gathers all of them
-   (``all_gather_single``) and decodes them.
+   (``all_gather_into_tensor``) and decodes them.
 
 The mean weights are then ``reference - mean(delta)``. Each phase sends (W-1)/W of the encoded
 payload per rank, the same as a ring all-reduce of it. ``"bfloat16"`` rounds to nearest even;
@@ -146,7 +146,7 @@ class Exchange:
             total += decode(piece, self._chunk, compression)
         mine = encode(total / self._world_size, compression)
         gathered = torch.empty_like(self._sent)
-        dist.all_gather_single(gathered, mine, group=self._group)
+        dist.all_gather_into_tensor(gathered, mine, group=self._group)
         mean_delta = torch.cat(
             [
                 decode(piece, self._chunk, compression)

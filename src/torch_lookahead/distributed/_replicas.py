@@ -82,7 +82,11 @@ def broadcast_from_first_rank_(tensors: Sequence[Tensor], group: dist.ProcessGro
     source = dist.get_global_rank(group, 0)
     for bucket in _buckets(tensors):
         flat = _flatten(bucket)
-        dist.broadcast(flat, src=source, group=group)
+        # A complex tensor travels as its real view (the same memory): gloo broadcasts no complex
+        # dtype in torch 2.6 ("Invalid scalar type").
+        dist.broadcast(
+            torch.view_as_real(flat) if flat.is_complex() else flat, src=source, group=group
+        )
         _copy_from_flat_(bucket, flat)
 
 
