@@ -277,13 +277,7 @@ def _print_differences(against: Path, out_dir: Path) -> None:
 
     committed = json.loads((against / "results.json").read_text())
     fresh = json.loads((out_dir / "results.json").read_text())
-    differences = differences_from(committed, fresh)
-    if not differences:
-        _say(f"Every number matches the committed report in {against}.")
-        return
-    _say(f"Where this run differs from the committed report in {against}:")
-    for line in differences:
-        _say(f"  - {line}")
+    _say(f"Against {against}: {differences_from(committed, fresh)}")
 
 
 def _against(against: Path | None) -> Path | None:

@@ -53,7 +53,7 @@ def test_quick_demo_writes_the_report_and_reuses_its_runs(
         == 0
     )
     assert json.loads((out / "results.json").read_text())["claims"] == results["claims"]
-    assert "Every number matches the committed report in" in capsys.readouterr().out
+    assert "Reproduced: all " in capsys.readouterr().out
 
     committed = tmp_path / "committed"
     committed.mkdir()
@@ -67,7 +67,9 @@ def test_quick_demo_writes_the_report_and_reuses_its_runs(
     )
     printed = " ".join(capsys.readouterr().out.split())
     count = len(results["runs"])
-    assert f"1 of {count} runs differ from the committed report, e.g. sgd lr 0.05 seed 0" in printed
+    verdicts = sum(len(claim["cases"]) for claim in results["claims"])
+    assert f"NOT reproduced: all {verdicts} verdicts unchanged; 1 of {count} runs differ" in printed
+    assert "(e.g. sgd lr 0.05 seed 0: val_loss at step" in printed
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["compare"], ["sweep"], ["nqm"]])

@@ -37,6 +37,7 @@ from torch_lookahead.lab.metrics import SettingSummary, area_under_curve, final_
 from torch_lookahead.lab.nqm import NQMPoint
 from torch_lookahead.lab.optimizers import inner_settings
 from torch_lookahead.lab.provenance import machine, package_version, source_digest
+from torch_lookahead.lab.reproduce import RELATIVE_TOLERANCE, compare_payloads, is_stable
 from torch_lookahead.lab.runner import RunConfig, RunResult
 from torch_lookahead.lab.tasks import SCHEDULES, get_task
 
@@ -411,7 +412,9 @@ def results_json(lab: LabResults, claims: Sequence[Claim]) -> dict[str, Any]:
     for part, result in _parts(lab):
         if result.config not in seen:
             seen.add(result.config)
-            runs.append({"part": part, **result.to_json()})
+            entry = result.to_json()
+            entry["stable"] = is_stable(entry["config"], result.diverged_at)
+            runs.append({"part": part, **entry})
     payload["runs"] = runs
     return payload
 
@@ -527,6 +530,16 @@ def write_report(out_dir: Path, lab: LabResults) -> Path:
         )
         + " and the figures.",
         "",
+        "## Reproducing it",
+        "",
+        f"The command above reproduces this report when every case gets the same verdict and "
+        f"each run that results.json marks `stable` (seed 0 at the task's learning rate, plain "
+        f"and in Lookahead(k=5, alpha=0.5)) agrees at every evaluation within "
+        f"{RELATIVE_TOLERANCE:g} relative; on the same CPU model, CPU kernels and torch, every "
+        "number is the same bit for bit. Other runs may differ between CPUs as much as between "
+        "seeds where training amplifies rounding (large learning rates); `--against` with this "
+        "folder says which.",
+        "",
     ]
     (out_dir / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
     report = out_dir / "report.md"
@@ -553,64 +566,11 @@ def check_out_dir(path: Path) -> None:
         raise ValueError(f"--out {str(path)!r}: cannot write into {str(existing)!r}")
 
 
-def _run_label(config: dict[str, Any]) -> str:
-    method = f"lookahead({config['inner']})" if config["k"] is not None else config["inner"]
-    extra = f" k {config['k']} alpha {config['alpha']}" if config["k"] is not None else ""
-    return f"{method} lr {fmt(config['lr'], 3)}{extra} seed {config['seed']}"
-
-
-def differences_from(committed: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
-    """Where two results.json payloads differ: runs of the same configuration whose histories
-    are not bit for bit the same, runs only one of them has, and verdicts that changed. Empty
-    when every number agrees."""
-    lines = []
-    before = {json.dumps(r["config"], sort_keys=True): r for r in committed.get("runs", [])}
-    after = {json.dumps(r["config"], sort_keys=True): r for r in fresh.get("runs", [])}
-    changed = []
-    for key in before.keys() & after.keys():
-        old, new = before[key], after[key]
-        if old["steps"] != new["steps"] or old["history"] != new["history"]:
-            metrics = [m for m in new["history"] if old["history"].get(m) != new["history"][m]]
-            metric = metrics[0] if metrics else "steps"
-            old_value = old["history"].get(metric, [None])[-1]
-            new_value = new["history"].get(metric, [None])[-1]
-            changed.append(
-                f"{_run_label(new['config'])}: final {metric} {old_value!r} committed, "
-                f"{new_value!r} now"
-            )
-    if changed:
-        lines.append(
-            f"{len(changed)} of {len(before.keys() & after.keys())} runs differ from the committed "
-            f"report, e.g. {sorted(changed)[0]}."
-        )
-    only_before = len(before.keys() - after.keys())
-    only_after = len(after.keys() - before.keys())
-    if only_before or only_after:
-        lines.append(
-            f"{only_after} runs here are not in the committed report, and {only_before} runs of "
-            "the committed report are not here (their configurations differ)."
-        )
-    old_points = committed.get("nqm", {}).get("points", [])
-    new_points = fresh.get("nqm", {}).get("points", [])
-    if old_points != new_points:
-        lines.append("The noisy-quadratic-model points differ from the committed report's.")
-    old_claims = {c["key"]: c["verdict"] for c in committed.get("claims", [])}
-    for claim in fresh.get("claims", []):
-        old = old_claims.get(claim["key"])
-        if old is not None and old != claim["verdict"]:
-            lines.append(f"Verdict of {claim['key']}: {old!r} committed, {claim['verdict']!r} now.")
-    if lines:
-        old_provenance = committed.get("provenance", {})
-        new_provenance = fresh.get("provenance", {})
-        lines.append(
-            "The committed report was produced by torch-lookahead "
-            f"{old_provenance.get('version', 'of an unrecorded version')} (sources "
-            f"{old_provenance.get('source_digest', 'unrecorded')}, torch "
-            f"{old_provenance.get('torch', 'unrecorded')}); this run by "
-            f"{new_provenance.get('version')} (sources {new_provenance.get('source_digest')}, "
-            f"torch {new_provenance.get('torch')})."
-        )
-    return lines
+def differences_from(committed: dict[str, Any], fresh: dict[str, Any]) -> str:
+    """One line: whether ``fresh`` reproduces ``committed`` by the rule of ``reproduce`` (the
+    same verdicts; stable runs within its tolerance; bit for bit on the same machine), whether
+    any verdict changed, and the largest relative difference with a value that differs."""
+    return compare_payloads(committed, fresh).line()
 
 
 # ------------------------------------------------------------------------------------- the docs
