@@ -13,16 +13,16 @@ import pytest
 import torch
 
 import torch_lookahead
-from torch_lookahead.lab.provenance import machine
-from torch_lookahead.lab.report import differences_from
-from torch_lookahead.lab.reproduce import (
+from torch_lookahead_lab.provenance import machine
+from torch_lookahead_lab.report import differences_from
+from torch_lookahead_lab.reproduce import (
     RELATIVE_TOLERANCE,
     compare_payloads,
     disagreements,
     is_stable,
     same_machine,
 )
-from torch_lookahead.lab.runner import RunConfig, RunResult, run
+from torch_lookahead_lab.runner import RunConfig, RunResult, run
 
 REPO = Path(__file__).resolve().parents[2]
 # The lab's reports (reports/distributed-digits/ comes from examples/, in another format).

@@ -11,36 +11,61 @@ from typing import Any
 
 import torch
 
-__all__ = ["CACHE_SCHEMA", "cpu_model", "job_key", "machine", "package_version", "source_digest"]
+__all__ = [
+    "CACHE_SCHEMA",
+    "cpu_model",
+    "job_key",
+    "lab_version",
+    "machine",
+    "package_version",
+    "record",
+    "source_digest",
+    "source_roots",
+]
 
 # Bumped whenever the stored form of a result changes, so that older cache files are not read.
 CACHE_SCHEMA = 4
 
-_PACKAGE = Path(__file__).resolve().parents[1]
 # Modules that only present results: editing them changes no number a job computes.
 _PRESENTATION = frozenset(
     {
-        "cli.py",
-        "lab/claims.py",
-        "lab/plots.py",
-        "lab/provenance.py",
-        "lab/report.py",
-        "lab/stability.py",
-        "lab/stats.py",
+        "torch_lookahead_lab/cli.py",
+        "torch_lookahead_lab/claims.py",
+        "torch_lookahead_lab/console.py",
+        "torch_lookahead_lab/plots.py",
+        "torch_lookahead_lab/provenance.py",
+        "torch_lookahead_lab/report.py",
+        "torch_lookahead_lab/reproduce.py",
+        "torch_lookahead_lab/stats.py",
     }
 )
 
 
-@functools.lru_cache(maxsize=2)
+def source_roots() -> tuple[Path, ...]:
+    """The package folders whose sources compute the lab's numbers: the library
+    (``torch_lookahead``, which trains every run) and the lab (``torch_lookahead_lab``)."""
+    import torch_lookahead
+
+    return (Path(torch_lookahead.__file__).resolve().parent, Path(__file__).resolve().parent)
+
+
 def source_digest(*, computing_only: bool = False) -> str:
-    """SHA-256 (first 16 hex digits) of the package's Python sources; ``computing_only`` leaves
-    out the modules that only present results, so that it names what computed the numbers."""
+    """SHA-256 (first 16 hex digits) of the Python sources of the library and of the lab
+    (``source_roots``); ``computing_only`` leaves out the lab's modules that only present
+    results, so that it names what computed the numbers. A change of the library's code
+    changes both."""
+    return _digest(source_roots(), computing_only)
+
+
+@functools.lru_cache(maxsize=4)
+def _digest(roots: tuple[Path, ...], computing_only: bool) -> str:
     digest = hashlib.sha256()
-    for path in sorted(_PACKAGE.rglob("*.py")):
-        relative = path.relative_to(_PACKAGE).as_posix()
-        if computing_only and relative in _PRESENTATION:
-            continue
-        digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            relative = f"{root.name}/{path.relative_to(root).as_posix()}"
+            if computing_only and relative in _PRESENTATION:
+                continue
+            digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -49,6 +74,13 @@ def package_version() -> str:
     import torch_lookahead
 
     return torch_lookahead.__version__
+
+
+def lab_version() -> str:
+    """The version of the lab (``torch_lookahead_lab.__version__``)."""
+    import torch_lookahead_lab
+
+    return torch_lookahead_lab.__version__
 
 
 @functools.cache
@@ -82,6 +114,20 @@ def machine() -> dict[str, str]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_model": cpu_model(),
         "platform": platform.platform(terse=True),
+    }
+
+
+def record(wall_seconds: float) -> dict[str, Any]:
+    """The provenance a report records: the versions of the library and the lab, digests of
+    their sources (all of them, and those that compute the numbers), ``machine()`` and the
+    command's wall time."""
+    return {
+        "version": package_version(),
+        "lab_version": lab_version(),
+        "source_digest": source_digest(),
+        "computing_source_digest": source_digest(computing_only=True),
+        **machine(),
+        "wall_seconds": wall_seconds,
     }
 
 

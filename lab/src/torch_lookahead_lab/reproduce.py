@@ -26,8 +26,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch_lookahead.lab.claims import fmt
-from torch_lookahead.lab.tasks import get_task
+from torch_lookahead_lab.claims import fmt
+from torch_lookahead_lab.tasks import get_task
 
 __all__ = [
     "ABSOLUTE_FLOOR",
