@@ -20,15 +20,23 @@ def test_annotations_contrast_with_their_cell(rgba: tuple[float, ...], color: st
     assert plots._text_color(rgba) == color
 
 
-def test_log_axes_carry_plain_numbers() -> None:
+@pytest.mark.parametrize(
+    ("values", "labelled", "unlabelled"),
+    [((1.1, 4.0), ["2", "3"], []), ((0.05, 3.0), ["0.2", "0.5"], ["0.3"]),
+     ((0.001, 3.0), [], ["0.2", "0.3"])],
+)  # fmt: skip
+def test_log_axes_carry_plain_numbers(
+    values: tuple[float, float], labelled: list[str], unlabelled: list[str]
+) -> None:
     figure, axis = plt.subplots()
-    axis.plot([0.1, 0.9], [0.15, 0.8])
+    axis.plot([0.1, 0.9], values)
     axis.set_yscale("log")
     plots._plain_log_axis(axis, "y")
     major = axis.yaxis.get_major_formatter()
     minor = axis.yaxis.get_minor_formatter()
     assert major(0.1, 0) == "0.1" and major(1.0, 0) == "1"
-    assert minor(0.2, 0) == "0.2" and minor(0.5, 0) == "0.5" and minor(0.3, 0) == ""
+    assert [minor(float(text), 0) for text in labelled] == labelled
+    assert all(minor(float(text), 0) == "" for text in unlabelled)
     plt.close(figure)
 
 

@@ -49,18 +49,19 @@ def _legend_below(figure: Any, handles: Sequence[Any], columns: int = 2) -> None
 
 
 def _plain_log_axis(axis: Any, which: str) -> None:
-    """Tick labels of a log axis as plain numbers (0.2, 2), never powers of ten: the decades,
-    and 2 and 5 times them when the axis spans less than two decades."""
+    """Tick labels of a log axis as plain numbers (0.2, 2), never powers of ten: the decades;
+    every tick between them when the axis spans less than a decade, 2 and 5 times them when
+    it spans less than two."""
     target = axis.yaxis if which == "y" else axis.xaxis
     target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     low, high = axis.get_ylim() if which == "y" else axis.get_xlim()
-    narrow = low > 0 and high / low < 100
+    span = high / low if low > 0 else math.inf
 
     def minor(value: float, _: int) -> str:
-        if not narrow or value <= 0:
+        if span >= 100 or value <= 0:
             return ""
-        mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
-        return f"{value:g}" if round(mantissa, 6) in (2.0, 5.0) else ""
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9), 6)
+        return f"{value:g}" if span < 10 or mantissa in (2.0, 5.0) else ""
 
     target.set_minor_formatter(FuncFormatter(minor))
 
@@ -75,12 +76,13 @@ def _title(figure: Any, title: str) -> None:
 def _line_label(axis: Any, text: str, *, x: float | None = None, y: float | None = None) -> None:
     """``text`` written along a reference line: a vertical one at ``x``, a horizontal one at
     ``y``."""
+    box = {"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1}
     if x is not None:
-        axis.text(x, 0.98, f" {text}", transform=axis.get_xaxis_transform(), rotation=90,
-                  ha="left", va="top", fontsize=8, color="dimgray")  # fmt: skip
+        axis.text(x, 0.98, text, transform=axis.get_xaxis_transform(), rotation=90,
+                  ha="left", va="top", fontsize=8, color="dimgray", bbox=box)  # fmt: skip
     elif y is not None:
         axis.text(0.01, y, text, transform=axis.get_yaxis_transform(), ha="left",
-                  va="bottom", fontsize=8, color="dimgray")  # fmt: skip
+                  va="bottom", fontsize=8, color="dimgray", bbox=box)  # fmt: skip
 
 
 def _text_color(rgba: Sequence[float]) -> str:
