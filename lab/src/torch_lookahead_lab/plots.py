@@ -81,7 +81,7 @@ def _line_label(axis: Any, text: str, *, x: float | None = None, y: float | None
         axis.text(x, 0.98, text, transform=axis.get_xaxis_transform(), rotation=90,
                   ha="left", va="top", fontsize=8, color="dimgray", bbox=box)  # fmt: skip
     elif y is not None:
-        axis.text(0.01, y, text, transform=axis.get_yaxis_transform(), ha="left",
+        axis.text(0.99, y, text, transform=axis.get_yaxis_transform(), ha="right",
                   va="bottom", fontsize=8, color="dimgray", bbox=box)  # fmt: skip
 
 
