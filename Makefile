@@ -1,4 +1,6 @@
 # torch-lookahead: the two commands of the quick start are `make demo` and `make test`.
+# Two packages: the library (., torch-lookahead) and its lab (lab/, torch-lookahead-lab, the
+# `torch-lookahead` command); `make demo` installs both, `make test` tests both.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,20 +9,21 @@ PIP := $(PY) -m pip
 PIN := -c constraints.txt torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test test-slow test-oldest lint typecheck docs bench clean
+.PHONY: demo test test-slow test-oldest lint typecheck docs bench dist clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-$(VENV)/.demo-installed: $(VENV)/bin/python pyproject.toml constraints.txt
-	$(PIP) install --quiet $(PIN) -e '.[lab]'
+# The library (.) and the lab (lab/, the torch-lookahead command), both editable.
+$(VENV)/.demo-installed: $(VENV)/bin/python pyproject.toml lab/pyproject.toml constraints.txt
+	$(PIP) install --quiet $(PIN) -e . -e ./lab
 	touch $@
 
 # timm's Lookahead is tested against, but timm needs torchvision, which would pull another torch:
 # its pure-Python files are enough for timm/optim/lookahead.py, so they go in without dependencies.
-$(VENV)/.dev-installed: $(VENV)/bin/python pyproject.toml constraints.txt
-	$(PIP) install --quiet $(PIN) -e '.[dev,lab,integrations,docs]'
+$(VENV)/.dev-installed: $(VENV)/bin/python pyproject.toml lab/pyproject.toml constraints.txt
+	$(PIP) install --quiet $(PIN) -e '.[dev,integrations,docs]' -e ./lab
 	$(PIP) install --quiet --no-deps timm==1.0.31
 	touch $@
 
@@ -34,8 +37,8 @@ demo: $(VENV)/.demo-installed
 	$(VENV)/bin/torch-lookahead demo --against reports/demo
 
 lint: $(VENV)/.dev-installed
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/ruff check src lab tests benchmarks examples
+	$(VENV)/bin/ruff format --check src lab tests benchmarks examples
 
 typecheck: $(VENV)/.dev-installed
 	$(VENV)/bin/mypy
@@ -74,5 +77,11 @@ test-oldest: $(OLDEST_VENV)/.installed
 	$(OLDEST_VENV)/bin/pytest -n 2 -m "not slow" \
 		--ignore=tests/lab --ignore=tests/integrations
 
+# The wheels and sdists of both packages, into dist/ (the library's wheel holds no lab code).
+dist: $(VENV)/bin/python
+	$(PIP) install --quiet build
+	$(PY) -m build --outdir dist .
+	$(PY) -m build --outdir dist lab
+
 clean:
-	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) site dist .pytest_cache .mypy_cache .ruff_cache

@@ -47,7 +47,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from torch.nn.parallel import DistributedDataParallel
 
 from torch_lookahead.distributed import DistributedLookahead, fragment_param_groups
-from torch_lookahead.lab.tasks import CharLMTask, DigitsTask, Task, TaskData
+from torch_lookahead_lab.tasks import CharLMTask, DigitsTask, Task, TaskData
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +114,7 @@ class SimulatedLink:
         self.all_reduce = dist.all_reduce
         self.all_to_all_single = dist.all_to_all_single
         self.all_gather_into_tensor = dist.all_gather_into_tensor
+        self.intercepted = 0  # collective calls routed through the link since installed()
 
     def seconds(self, payload_bytes: int, fraction_sent: float) -> float:
         return self.latency_s + payload_bytes * fraction_sent / self.bytes_per_s
@@ -122,6 +123,7 @@ class SimulatedLink:
         link = self
 
         def run(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            link.intercepted += 1
             world_size = dist.get_world_size(kwargs.get("group"))
             payload = tensor.numel() * tensor.element_size()
             ready_at = time.perf_counter() + link.seconds(
@@ -138,7 +140,8 @@ class SimulatedLink:
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         """Route torch.distributed's all_reduce, all_to_all_single and all_gather_into_tensor
-        through it."""
+        through it (it patches them by name: ``intercepted`` counts the calls it saw)."""
+        self.intercepted = 0
         dist.all_reduce = self._delayed(self.all_reduce, 2.0)  # type: ignore[assignment]
         dist.all_to_all_single = self._delayed(self.all_to_all_single, 1.0)  # type: ignore[assignment]
         dist.all_gather_into_tensor = self._delayed(self.all_gather_into_tensor, 1.0)  # type: ignore[assignment]
@@ -306,6 +309,16 @@ def train(
                         **metrics,
                     }
                 )
+    if on_link is not None:
+        # The link patches collectives by name: a library calling another one would bypass it
+        # silently. Each of the steps // k synchronisations exchanges at least once per fragment
+        # group's turn, so at least this many calls must have gone through it.
+        assert method.k is not None
+        expected = max(1, steps // method.k // max(method.fragments, 1))
+        assert link is not None and link.intercepted >= expected, (
+            f"the simulated link intercepted {link.intercepted if link else 0} collective calls "
+            f"of {method.name}, expected at least {expected}"
+        )
     return curve
 
 

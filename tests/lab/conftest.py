@@ -1,9 +1,10 @@
-"""Every test of the lab carries the ``lab`` marker and needs the ``lab`` extra."""
+"""Every test of the lab carries the ``lab`` marker and needs the lab's package (lab/)."""
 
 from __future__ import annotations
 
 import pytest
 
+pytest.importorskip("torch_lookahead_lab")
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("typer")

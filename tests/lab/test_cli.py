@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from pathlib import Path
@@ -9,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import torch_lookahead
-from torch_lookahead import cli
-from torch_lookahead.lab import runner
-from torch_lookahead.lab.report import DETAILS_MARKER, EMBED_END, EMBED_START, embedded_section
+from torch_lookahead_lab import cli, runner
+from torch_lookahead_lab.console import QUICK_NOTICE, QUICK_REPORT_NOTICE
+from torch_lookahead_lab.report import DETAILS_MARKER, EMBED_END, EMBED_START, embedded_section
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,9 +40,14 @@ def test_quick_demo_writes_the_report_and_reuses_its_runs(
         assert claim["paper"] in report and claim["verdict"] in report
         assert claim["protocol"] in report
     printed = capsys.readouterr().out
-    # Printed to a pipe: whole Markdown rows, whatever the width, and one line per verdict.
+    # Printed to a pipe: whole Markdown rows, whatever the width; a quick run says what it is
+    # (at the start and the end) and prints no verdict; the report opens with the same notice.
     assert "| lookahead(adamw) | 0.002 | 5 | 0.5 | 2 |" in printed and "…" not in printed
-    assert "   Verdict: inconclusive at 2 seeds\n" in printed
+    assert printed.count(QUICK_NOTICE) == 2
+    assert "verdict" not in printed.replace(QUICK_NOTICE, "").lower()
+    assert len(printed.splitlines()) < 60
+    assert report.splitlines()[2] == f"> {QUICK_REPORT_NOTICE}"
+    assert results["quick"] is True
 
     def must_not_run(config: runner.RunConfig) -> runner.RunResult:
         raise AssertionError("a run in the output folder was recomputed")
@@ -53,7 +59,7 @@ def test_quick_demo_writes_the_report_and_reuses_its_runs(
         == 0
     )
     assert json.loads((out / "results.json").read_text())["claims"] == results["claims"]
-    assert "Every number matches the committed report in" in capsys.readouterr().out
+    assert "Reproduced: all " in capsys.readouterr().out
 
     committed = tmp_path / "committed"
     committed.mkdir()
@@ -67,7 +73,9 @@ def test_quick_demo_writes_the_report_and_reuses_its_runs(
     )
     printed = " ".join(capsys.readouterr().out.split())
     count = len(results["runs"])
-    assert f"1 of {count} runs differ from the committed report, e.g. sgd lr 0.05 seed 0" in printed
+    verdicts = sum(len(claim["cases"]) for claim in results["claims"])
+    assert f"NOT reproduced: all {verdicts} verdicts unchanged; 1 of {count} runs differ" in printed
+    assert "(e.g. sgd lr 0.05 seed 0: val_loss at step" in printed
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["compare"], ["sweep"], ["nqm"]])
@@ -127,9 +135,10 @@ def test_embed_report_replaces_the_marked_part_only(tmp_path: Path) -> None:
     doc.write_text(f"before\n{EMBED_START}\nold\n{EMBED_END}\nafter\n")
     assert cli.main(["embed-report", str(report), str(doc), str(tmp_path / "docs" / "img")]) == 0
     assert doc.read_text() == (
-        f"before\n{EMBED_START}\n## Title\n\n### Summary\n\n![a](img/a.png)\n{EMBED_END}\nafter\n"
+        f"before\n{EMBED_START}\n## Title\n\n### Summary\n\n![a](img/a.png)\n\n"
+        f"### The report's figures\n\n![b](img/b.png)\n{EMBED_END}\nafter\n"
     )
-    assert [p.name for p in (tmp_path / "docs" / "img").iterdir()] == ["a.png"]
+    assert sorted(p.name for p in (tmp_path / "docs" / "img").iterdir()) == ["a.png", "b.png"]
     doc.write_text("no markers")
     assert cli.main(["embed-report", str(report), str(doc), str(tmp_path)]) == 2
 
@@ -200,7 +209,7 @@ def test_sigint_to_the_parent_alone_ends_the_worker_pool(tmp_path: Path) -> None
         [
             sys.executable,
             "-m",
-            "torch_lookahead.cli",
+            "torch_lookahead_lab.cli",
             "demo",
             "--out",
             str(tmp_path),
@@ -225,7 +234,7 @@ def test_sigint_to_the_parent_alone_ends_the_worker_pool(tmp_path: Path) -> None
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, output
-    assert "Interrupted." in output
+    assert "Interrupted after " in output and "reused next time" in output
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
         time.sleep(0.2)
@@ -256,3 +265,131 @@ def test_cifar10_files_are_checked_before_any_work(
     with pytest.raises(Handed):
         cli.main([*arguments, "--out", str(out), "--quick", "--unsafe-skip-checksums"])
     assert received and all(job.unsafe_skip_checksums for job in received)
+
+
+def test_version_and_short_help(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch_lookahead_lab
+
+    assert cli.main(["--version"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"torch-lookahead-lab {torch_lookahead_lab.__version__} ")
+    assert f"torch-lookahead {torch_lookahead.__version__}" in printed
+    assert cli.main(["-h"]) == 0
+    assert "Usage" in capsys.readouterr().out
+    assert cli.main(["demo", "-h"]) == 0
+    assert "--quick" in capsys.readouterr().out
+
+
+def test_nqm_refuses_alpha_zero_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def must_not_run(*args: object, **kwargs: object) -> object:
+        raise AssertionError("work started before alpha was checked")
+
+    monkeypatch.setattr(runner, "run_many", must_not_run)
+    assert cli.main(["nqm", "--alpha", "0", "--out", str(tmp_path / "nqm")]) == 2
+    printed = capsys.readouterr().out
+    assert printed.startswith("Error: alpha must be in (0, 1] for the noisy quadratic model")
+    assert printed.count("\n") == 1
+
+
+def test_a_folder_that_cannot_be_written_fails_in_one_line_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/proc passes every check of a path but takes no new folder; a read-only file system
+    (simulated: this test may run as root, whom a read-only folder does not stop) fails the
+    test file the command writes before any work."""
+
+    def must_not_run(*args: object, **kwargs: object) -> object:
+        raise AssertionError("work started before --out was written to")
+
+    monkeypatch.setattr(runner, "run_many", must_not_run)
+    assert cli.main(["nqm", "--quick", "--out", "/proc/torch-lookahead-report"]) == 2
+    printed = capsys.readouterr().out
+    assert printed.startswith("Error: --out '/proc/torch-lookahead-report': cannot write there")
+    assert printed.count("\n") == 1
+
+    def read_only(self: Path, data: bytes) -> int:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    assert cli.main(["nqm", "--quick", "--out", str(tmp_path / "out")]) == 2
+    printed = capsys.readouterr().out
+    assert printed == f"Error: --out {str(tmp_path / 'out')!r}: cannot write there " + (
+        "(Read-only file system)\n"
+    )
+
+
+def test_a_write_error_after_the_work_is_one_line_and_keeps_the_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torch_lookahead_lab import report
+
+    def disk_full(out_dir: Path, lab: object) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / "report.md"))
+
+    monkeypatch.setattr(report, "write_report", disk_full)
+    out = tmp_path / "out"
+    arguments = ["nqm", "--quick", "--lr", "0.5", "--out", str(out), "--workers", "1"]
+    assert cli.main(arguments) == 2
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"Error: cannot write {str(out / 'report.md')!r}: No space left on device"
+    assert len(list((out / "runs").glob("*.json"))) == 1  # the finished job is kept
+
+
+def test_ctrl_c_says_what_was_kept_at_every_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torch_lookahead_lab import report
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    arguments = ["nqm", "--quick", "--lr", "0.5", "--out", str(out), "--workers", "1"]
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "run_many", interrupted)
+        assert cli.main(arguments) == 130
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "Interrupted after 0 of 1 jobs: no job had finished, so none was kept."
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr(report, "write_report", interrupted)
+        assert cli.main(arguments) == 130
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[-1]
+        .startswith(
+            "Interrupted while writing the report: it is incomplete, but all 1 jobs are kept in"
+        )
+    )
+    assert len(list((out / "runs").glob("*.json"))) == 1
+
+
+def test_tables_fit_80_columns_without_folding_a_number() -> None:
+    """The demo's widest table at 80 columns: columns go, numbers stay whole."""
+    from torch_lookahead_lab.console import fit_columns, plain_table
+
+    header = ["optimizer", "lr", "k", "alpha", "seeds", "train loss", "val loss",
+              "val accuracy", "mean train loss", "diverged"]  # fmt: skip
+    rows = [
+        ["lookahead(adamw)", "0.000222", "5", "0.5", "3", "0.02308 ± 0.0031",
+         "0.08123 ± 0.012", "0.9752 ± 0.0028", "0.3127 ± 0.021", "0/3"],
+    ]  # fmt: skip
+    numbers = {cell for row in rows for cell in row if cell[0].isdigit()}
+    short_header, short_rows = fit_columns(header, rows, 80, cli._SUMMARY_DROPPABLE)
+    lines = plain_table(short_header, short_rows)
+    assert all(len(line) <= 80 for line in lines)
+    kept = {cell for row in short_rows for cell in row}
+    assert {"0.000222", "0.9752 ± 0.0028", "0.08123 ± 0.012"} <= kept
+    assert all(cell in " ".join(lines) for cell in kept & numbers)
+    assert fit_columns(header, rows, 200, cli._SUMMARY_DROPPABLE) == (header, rows)
+
+
+def test_prose_wraps_at_word_boundaries() -> None:
+    from torch_lookahead_lab.console import wrap
+
+    text = "Lookahead's final val accuracy minus the inner optimizer's, per seed " * 3
+    lines = wrap(text, 40)
+    assert all(len(line) <= 40 for line in lines)
+    assert " ".join(lines).split() == text.split()

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from torch_lookahead.lab.claims import (
+from torch_lookahead_lab.claims import (
     combined_verdict,
     convergence_claim,
     final_quality_claim,
@@ -18,7 +18,8 @@ from torch_lookahead.lab.claims import (
     seed_variance_claim,
     tuned_pairs,
 )
-from torch_lookahead.lab.metrics import (
+from torch_lookahead_lab.experiments import LabResults
+from torch_lookahead_lab.metrics import (
     area_under_curve,
     final_value,
     mean_and_std,
@@ -26,9 +27,9 @@ from torch_lookahead.lab.metrics import (
     summarize,
     value_at,
 )
-from torch_lookahead.lab.nqm import NQMPoint
-from torch_lookahead.lab.report import LabResults, build_claims, summary_rows
-from torch_lookahead.lab.runner import RunConfig, RunResult
+from torch_lookahead_lab.nqm import NQMPoint
+from torch_lookahead_lab.report import build_claims, summary_rows
+from torch_lookahead_lab.runner import RunConfig, RunResult
 
 
 def result(

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torch_lookahead.lab.experiments import DEMO
-from torch_lookahead.lab.nqm import (
+from torch_lookahead_lab.experiments import DEMO
+from torch_lookahead_lab.nqm import (
     NQMProblem,
     expected_loss,
     nqm_grid,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from torch_lookahead.lab import runner
-from torch_lookahead.lab.nqm import NQMProblem, nqm_configs, nqm_point
-from torch_lookahead.lab.runner import RunConfig, RunResult, make_config, run, run_many
-from torch_lookahead.lab.tasks import TaskSettings
+from torch_lookahead_lab import provenance, runner
+from torch_lookahead_lab.nqm import NQMProblem, nqm_configs, nqm_point
+from torch_lookahead_lab.runner import RunConfig, RunResult, make_config, run, run_many
+from torch_lookahead_lab.tasks import TaskSettings
 
 TINY = TaskSettings(steps=12, eval_every=4, batch_size=16)
 
@@ -67,6 +67,44 @@ def test_the_key_covers_every_field() -> None:
                         ("device", "meta"), ("data_dir", "/x"), ("schedule", "step"),
                         ("unsafe_skip_checksums", True)]:  # fmt: skip
         assert dataclasses.replace(base, **{name: value}).key() != base.key(), name
+
+
+def test_a_change_of_the_library_or_the_lab_invalidates_cached_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lab is its own package, but the library trains every run: the cache key hashes the
+    sources of both, and a presentation-only module of the lab changes neither number."""
+    import torch_lookahead
+    import torch_lookahead_lab
+
+    library, lab = provenance.source_roots()
+    assert library == Path(torch_lookahead.__file__).resolve().parent
+    assert lab == Path(torch_lookahead_lab.__file__).resolve().parent
+
+    def sources(name: str, **changed: str) -> tuple[Path, Path]:
+        """A copy of a few modules of both packages under tmp_path/name, ``changed`` (a module
+        name: its new text) applied."""
+        copies = (tmp_path / name / "torch_lookahead", tmp_path / name / "torch_lookahead_lab")
+        modules = (("__init__.py", "lookahead.py"), ("runner.py", "report.py"))
+        for source, copy, names in zip((library, lab), copies, modules, strict=True):
+            copy.mkdir(parents=True)
+            for module in names:
+                text = changed.get(module.removesuffix(".py"))
+                target = copy / module
+                target.write_bytes(
+                    text.encode() if text is not None else (source / module).read_bytes()
+                )
+        return copies
+
+    def key_with(roots: tuple[Path, Path]) -> str:
+        monkeypatch.setattr(provenance, "source_roots", lambda: roots)
+        return config().key()
+
+    before = key_with(sources("before"))
+    assert key_with(sources("presentation", report="# presentation only\n")) == before
+    core = key_with(sources("core", lookahead="# the core changed\n"))
+    lab_runner = key_with(sources("lab", runner="# the lab's runner changed\n"))
+    assert len({before, core, lab_runner}) == 3
 
 
 def test_results_survive_json() -> None:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from torch_lookahead import cli
-from torch_lookahead.lab import stability
-from torch_lookahead.lab.models import CharTransformer
-from torch_lookahead.lab.runner import RunConfig, RunResult, make_config
-from torch_lookahead.lab.stability import (
+from torch_lookahead_lab import cli, experiments, stability
+from torch_lookahead_lab.console import QUICK_NOTICE, QUICK_REPORT_NOTICE
+from torch_lookahead_lab.models import CharTransformer
+from torch_lookahead_lab.runner import RunConfig, RunResult, make_config
+from torch_lookahead_lab.stability import (
     STABILITY,
     StabilityPlan,
     StabilityResults,
@@ -25,7 +25,7 @@ from torch_lookahead.lab.stability import (
     training_threshold,
     trains,
 )
-from torch_lookahead.lab.tasks import get_task, lr_multiplier
+from torch_lookahead_lab.tasks import get_task, lr_multiplier
 
 GRID = (0.01, 0.1, 1.0)
 
@@ -146,7 +146,7 @@ def test_stability_command_end_to_end(
         task="charlm-transformer", inner="adam", k=2, alpha=0.5, lrs=(3e-3, 1.0),
         warmups=(3,), seeds=1, margin=0.5, quick=True,
     )  # fmt: skip
-    monkeypatch.setattr(stability, "STABILITY_QUICK", tiny)
+    monkeypatch.setattr(experiments, "STABILITY_QUICK", tiny)
     out = tmp_path / "stability"
     assert cli.main(["stability", "--quick", "--out", str(out), "--workers", "1"]) == 0
     assert {"report.md", "results.json", "stability.png", "runs"} <= {p.name for p in out.iterdir()}
@@ -161,7 +161,9 @@ def test_stability_command_end_to_end(
     for claim in results["claims"]:
         assert claim["verdict"] in report
     printed = capsys.readouterr().out
-    assert "largest learning rate that trains" in printed and "inconclusive at 1 seed" in printed
+    # A quick run says so and prints no verdict; its report opens with the same notice.
+    assert QUICK_NOTICE in printed and "inconclusive" not in printed
+    assert report.splitlines()[2] == f"> {QUICK_REPORT_NOTICE}"
     # a second run reuses every run
     assert cli.main(["stability", "--quick", "--out", str(out), "--workers", "1"]) == 0
     assert "4 runs, 4 from a cache" in (out / "report.md").read_text()

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from torch_lookahead.lab.stats import Interval, difference, variance_ratio, verdict_of
+from torch_lookahead_lab.stats import Interval, difference, variance_ratio, verdict_of
 
 
 def reference_t_interval(deltas: list[float]) -> tuple[float, float]:

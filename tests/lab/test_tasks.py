@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from torch_lookahead import Lookahead
-from torch_lookahead.lab import tasks
-from torch_lookahead.lab.experiments import (
+from torch_lookahead_lab import tasks
+from torch_lookahead_lab.experiments import (
     compare_configs,
     k_alpha_configs,
     lr_sweep_configs,
@@ -20,9 +20,9 @@ from torch_lookahead.lab.experiments import (
     parse_int_list,
     parse_lr_range,
 )
-from torch_lookahead.lab.models import ResNet18
-from torch_lookahead.lab.optimizers import available_inner_optimizers, build_optimizer
-from torch_lookahead.lab.tasks import (
+from torch_lookahead_lab.models import ResNet18
+from torch_lookahead_lab.optimizers import available_inner_optimizers, build_optimizer
+from torch_lookahead_lab.tasks import (
     CIFAR10_FILES,
     CharLMTask,
     Cifar10Task,
@@ -252,7 +252,7 @@ def test_plans() -> None:
 def test_a_cifar10_run_trains_resnet18_with_lookahead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from torch_lookahead.lab.runner import make_config, run
+    from torch_lookahead_lab.runner import make_config, run
 
     write_fake_cifar10(tmp_path, per_batch=8)
     trust_fake_cifar10(tmp_path, monkeypatch)

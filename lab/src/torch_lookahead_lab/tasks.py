@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torch_lookahead.lab.models import CharLSTM, CharTransformer, DigitsCNN, ResNet18
+from torch_lookahead_lab.models import CharLSTM, CharTransformer, DigitsCNN, ResNet18
 
 __all__ = [
     "SCHEDULES",

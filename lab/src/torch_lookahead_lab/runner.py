@@ -23,10 +23,10 @@ from typing import Any
 import torch
 
 from torch_lookahead import check_alpha, check_k
-from torch_lookahead.lab.nqm import NQMConfig, NQMPoint, nqm_point
-from torch_lookahead.lab.optimizers import build_optimizer, validate_inner_optimizer
-from torch_lookahead.lab.provenance import job_key
-from torch_lookahead.lab.tasks import (
+from torch_lookahead_lab.nqm import NQMConfig, NQMPoint, nqm_point
+from torch_lookahead_lab.optimizers import build_optimizer, validate_inner_optimizer
+from torch_lookahead_lab.provenance import job_key
+from torch_lookahead_lab.tasks import (
     CharLMTask,
     TaskSettings,
     check_schedule,

@@ -14,12 +14,12 @@ import math
 import os
 import re
 import shutil
+import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch_lookahead.lab.claims import (
+from torch_lookahead_lab.claims import (
     Claim,
     claim_json,
     convergence_claim,
@@ -33,45 +33,37 @@ from torch_lookahead.lab.claims import (
     short_interval,
     tuned_pairs,
 )
-from torch_lookahead.lab.metrics import SettingSummary, area_under_curve, final_value, summarize
-from torch_lookahead.lab.nqm import NQMPoint
-from torch_lookahead.lab.optimizers import inner_settings
-from torch_lookahead.lab.provenance import machine, package_version, source_digest
-from torch_lookahead.lab.runner import RunConfig, RunResult
-from torch_lookahead.lab.tasks import SCHEDULES, get_task
+from torch_lookahead_lab.console import QUICK_REPORT_NOTICE
+from torch_lookahead_lab.experiments import LabResults
+from torch_lookahead_lab.metrics import SettingSummary, area_under_curve, final_value, summarize
+from torch_lookahead_lab.nqm import NQMPoint
+from torch_lookahead_lab.optimizers import inner_settings
+from torch_lookahead_lab.provenance import record
+from torch_lookahead_lab.reproduce import RELATIVE_TOLERANCE, compare_payloads, is_stable
+from torch_lookahead_lab.runner import RunConfig, RunResult
+from torch_lookahead_lab.stability import (
+    PAPER_STABILITY,
+    StabilityResults,
+    method_label,
+    protocol_text,
+    stability_claims,
+    trains,
+)
+from torch_lookahead_lab.tasks import SCHEDULES, get_task
 
 __all__ = [
     "DETAILS_MARKER",
-    "LabResults",
     "build_claims",
     "check_out_dir",
     "differences_from",
     "embed_report",
     "results_json",
+    "stability_headline_rows",
+    "stability_payload",
     "summary_rows",
     "verdict_rows",
     "write_report",
 ]
-
-
-@dataclass
-class LabResults:
-    """What one command measured; any part may be empty."""
-
-    title: str
-    command: str
-    task: str = ""
-    headline_metric: str = "val_loss"
-    higher_is_better: bool = False
-    compare: list[RunResult] = field(default_factory=list)
-    lr_sweep: list[RunResult] = field(default_factory=list)
-    k_alpha: list[RunResult] = field(default_factory=list)
-    nqm: list[NQMPoint] = field(default_factory=list)
-    nqm_k: int = 5
-    nqm_alpha: float = 0.5
-    seconds: float = math.nan  # wall time of the command
-    jobs: int = 0
-    cached_jobs: int = 0  # jobs read back from the cache rather than computed
 
 
 # ------------------------------------------------------------------------------------ the claims
@@ -293,6 +285,10 @@ def summary_rows(
     return header, rows
 
 
+def _mean_or_nan(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values) if values else math.nan
+
+
 def _mean_std(value: tuple[float, float]) -> str:
     mean, std = value
     if math.isnan(std):
@@ -384,16 +380,11 @@ def results_json(lab: LabResults, claims: Sequence[Claim]) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "title": lab.title,
         "command": lab.command,
-        "provenance": {
-            "version": package_version(),
-            "source_digest": source_digest(),
-            "computing_source_digest": source_digest(computing_only=True),
-            **machine(),
-            "wall_seconds": lab.seconds,
-        },
+        "provenance": record(lab.seconds),
         "task": lab.task,
         "headline_metric": lab.headline_metric,
         "higher_is_better": lab.higher_is_better,
+        "quick": lab.quick,
         "claims": [claim_json(c) for c in claims],
     }
     for name in ("compare", "lr_sweep", "k_alpha"):
@@ -411,7 +402,9 @@ def results_json(lab: LabResults, claims: Sequence[Claim]) -> dict[str, Any]:
     for part, result in _parts(lab):
         if result.config not in seen:
             seen.add(result.config)
-            runs.append({"part": part, **result.to_json()})
+            entry = result.to_json()
+            entry["stable"] = is_stable(entry["config"], result.diverged_at)
+            runs.append({"part": part, **entry})
     payload["runs"] = runs
     return payload
 
@@ -420,9 +413,49 @@ def results_json(lab: LabResults, claims: Sequence[Claim]) -> dict[str, Any]:
 DETAILS_MARKER = "<!-- details -->"
 
 
-def write_report(out_dir: Path, lab: LabResults) -> Path:
-    """Write the report folder for ``lab`` into ``out_dir`` and return the path of report.md."""
-    from torch_lookahead.lab import plots
+def write_report(out_dir: Path, lab: LabResults | StabilityResults) -> Path:
+    """Write the report folder of what an experiment measured into ``out_dir`` and return the
+    path of report.md."""
+    if isinstance(lab, StabilityResults):
+        return _write_stability_report(out_dir, lab)
+    return _write_lab_report(out_dir, lab)
+
+
+def _produced_by(command: str, provenance: dict[str, Any]) -> str:
+    return (
+        f"Produced by `{command}` with torch-lookahead {provenance['version']} (sources "
+        f"{provenance['source_digest']}), torch {provenance['torch']} on Python "
+        f"{provenance['python']} ({provenance['cpu_capability']} CPU kernels)."
+    )
+
+
+def _figure_title(lab: LabResults, runs: Sequence[RunResult]) -> str:
+    """``digits, 5 seeds`` (and ``, quick run: no evidence``)."""
+    title = f"{lab.task}, {_seeds_text(runs)}"
+    return title + (", quick run: no evidence" if lab.quick else "")
+
+
+def _quick_lines(quick: bool) -> list[str]:
+    return [f"> {QUICK_REPORT_NOTICE}", ""] if quick else []
+
+
+def _reproducing_lines() -> list[str]:
+    return [
+        "## Reproducing it",
+        "",
+        "The command above reproduces this report when every case gets the same verdict and "
+        "each run that results.json marks `stable` (seed 0 at the task's learning rate, plain "
+        "and in Lookahead(k=5, alpha=0.5)) agrees at every evaluation within "
+        f"{RELATIVE_TOLERANCE:g} relative; on the same CPU model, CPU kernels and torch, every "
+        "number is the same bit for bit. Other runs may differ between CPUs as much as between "
+        "seeds where training amplifies rounding (large learning rates); `--against` with this "
+        "folder says which.",
+        "",
+    ]
+
+
+def _write_lab_report(out_dir: Path, lab: LabResults) -> Path:
+    from torch_lookahead_lab import plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
     claims = build_claims(lab)
@@ -431,9 +464,8 @@ def write_report(out_dir: Path, lab: LabResults) -> Path:
     lines = [
         f"# {lab.title}",
         "",
-        f"Produced by `{lab.command}` with torch-lookahead {provenance['version']} (sources "
-        f"{provenance['source_digest']}), torch {provenance['torch']} on Python "
-        f"{provenance['python']} ({provenance['cpu_capability']} CPU kernels).",
+        *_quick_lines(lab.quick),
+        _produced_by(lab.command, provenance),
         "",
     ]
     if claims:
@@ -451,7 +483,9 @@ def write_report(out_dir: Path, lab: LabResults) -> Path:
         lines += _claim_lines(claims)
     if lab.compare:
         summaries = summarize(lab.compare)
-        plots.plot_loss_curves(lab.compare, out_dir / "loss_curves.png")
+        plots.plot_loss_curves(
+            lab.compare, out_dir / "loss_curves.png", title=_figure_title(lab, lab.compare)
+        )
         lines += [
             f"## Final metrics ({lab.task}, default protocol, mean ± standard deviation over seeds)",
             "",
@@ -469,7 +503,12 @@ def write_report(out_dir: Path, lab: LabResults) -> Path:
         ]
     if lab.lr_sweep:
         summaries = summarize(lab.lr_sweep)
-        plots.plot_lr_robustness(summaries, lab.headline_metric, out_dir / "lr_robustness.png")
+        plots.plot_lr_robustness(
+            summaries,
+            lab.headline_metric,
+            out_dir / "lr_robustness.png",
+            title=_figure_title(lab, lab.lr_sweep),
+        )
         lines += [
             "## Learning-rate robustness",
             "",
@@ -491,11 +530,15 @@ def write_report(out_dir: Path, lab: LabResults) -> Path:
                 lab.headline_metric,
                 out_dir / name,
                 lab.higher_is_better,
+                title=_figure_title(lab, lab.k_alpha),
             )
             lines += [f"![k and alpha heat map, {inner}]({name})", ""]
         lines += [*markdown_table(*summary_rows(summaries, lab.headline_metric)), ""]
     if lab.nqm:
-        plots.plot_nqm(lab.nqm, out_dir / "nqm.png", lab.nqm_k, lab.nqm_alpha)
+        nqm_title = f"noisy quadratic model, {lab.nqm[0].chains} chains" + (
+            ", quick run: no evidence" if lab.quick else ""
+        )
+        plots.plot_nqm(lab.nqm, out_dir / "nqm.png", lab.nqm_k, lab.nqm_alpha, title=nqm_title)
         lines += [
             "## Noisy quadratic model",
             "",
@@ -527,11 +570,144 @@ def write_report(out_dir: Path, lab: LabResults) -> Path:
         )
         + " and the figures.",
         "",
+        *_reproducing_lines(),
     ]
     (out_dir / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
     report = out_dir / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+# ------------------------------------------------------------------------ the stability report
+
+
+def _stability_grid_rows(lab: StabilityResults) -> tuple[list[str], list[list[str]]]:
+    plan = lab.plan
+    threshold = lab.threshold
+    header = ["warm-up", "lr"]
+    for lookahead in (False, True):
+        method = method_label(plan, lookahead)
+        header += [f"{method}: final {plan.metric.replace('_', ' ')}", f"{method}: trained"]
+    rows = []
+    for warmup in plan.warmups:
+        for lr in plan.lrs:
+            row = [str(warmup), fmt(lr, 3)]
+            for lookahead in (False, True):
+                runs = lab.select(lookahead=lookahead, warmup=warmup, lr=lr)
+                values = [final_value(r, plan.metric) for r in runs]
+                spread = (
+                    f" ± {fmt(statistics.stdev(values), 2)}" if len(values) > 1 else ""
+                )  # sample standard deviation over seeds
+                trained = sum(trains(r, plan.metric, threshold) for r in runs)
+                row += [f"{fmt(_mean_or_nan(values))}{spread}", f"{trained}/{len(runs)}"]
+            rows.append(row)
+    return header, rows
+
+
+def stability_payload(lab: StabilityResults, claims: Sequence[Claim]) -> dict[str, Any]:
+    """Everything the stability report states, with its provenance and every run's history
+    (each marked ``stable`` or not, see ``reproduce``)."""
+    runs = []
+    for result in lab.runs:
+        entry = result.to_json()
+        entry["stable"] = is_stable(entry["config"], result.diverged_at)
+        runs.append(entry)
+    return {
+        "title": "torch-lookahead stability",
+        "command": lab.command,
+        "provenance": record(lab.seconds),
+        "task": lab.plan.task,
+        "headline_metric": lab.plan.metric,
+        "higher_is_better": False,
+        "quick": lab.quick,
+        "plan": dataclasses.asdict(lab.plan),
+        "threshold": lab.threshold,
+        "largest_log10_lr": {
+            f"{'lookahead' if lookahead else 'plain'}/warmup{warmup}": dict(
+                zip(lab.seeds(), lab.largest(lookahead=lookahead, warmup=warmup), strict=True)
+            )
+            for warmup in lab.plan.warmups
+            for lookahead in (False, True)
+        },
+        "claims": [claim_json(c) for c in claims],
+        "runs": runs,
+    }
+
+
+def _write_stability_report(out_dir: Path, lab: StabilityResults) -> Path:
+    """Write report.md, results.json and stability.png into ``out_dir``; return report.md."""
+    from torch_lookahead_lab import plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = lab.plan
+    claims = stability_claims(lab)
+    spec = get_task(plan.task)
+    payload = stability_payload(lab, claims)
+    provenance = payload["provenance"]
+    stability_title = f"{plan.task}, {len(lab.seeds())} seed" + (
+        "s" if len(lab.seeds()) != 1 else ""
+    )
+    if plan.quick:
+        stability_title += ", quick run: no evidence"
+    plots.plot_stability(lab, out_dir / "stability.png", title=stability_title)
+    cpu = math.fsum(r.cpu_seconds for r in lab.runs)
+    lines = [
+        f"# {lab.title}",
+        "",
+        *_quick_lines(lab.quick),
+        _produced_by(lab.command, provenance),
+        "",
+        "## Verdicts at a glance",
+        "",
+        *markdown_table(*verdict_rows(claims)),
+        "",
+        "## Setup",
+        "",
+        f"- The paper: {PAPER_STABILITY}",
+        f"- Task: **{plan.task}**, {spec.model_description}.",
+        f"- Data: {spec.split_description}.",
+        f"- Protocol: {protocol_text(lab)}",
+        f"- Time: {lab.seconds:.0f} s of wall time for the command ({lab.jobs} runs, "
+        f"{lab.cached_jobs} from a cache); the runs took {cpu:.0f} s of CPU time when they were "
+        "computed, summed over runs.",
+        "",
+        "![final validation bits per character against the learning rate](stability.png)",
+        "",
+        "## Final results per learning rate",
+        "",
+        f"Mean ± standard deviation over seeds of the final {plan.metric.replace('_', ' ')} (a "
+        "run that produced a non-finite loss counts as the untrained model), and how many seeds "
+        "trained.",
+        "",
+        *markdown_table(*_stability_grid_rows(lab)),
+        "",
+        "## The claim, as measured here",
+        "",
+    ]
+    for number, claim in enumerate(claims, 1):
+        lines += [
+            f"### {number}. {claim.title[0].upper()}{claim.title[1:]}",
+            "",
+            f"The paper: {claim.paper}",
+            "",
+            f"- Effect: {claim.effect}",
+            f"- **Verdict: {claim.verdict}.**",
+            *(f"    - {sentence}" for sentence in claim.measured),
+            "",
+        ]
+    lines += _reproducing_lines()
+    (out_dir / "report.md").write_text("\n".join(lines))
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=1))
+    return out_dir / "report.md"
+
+
+def stability_headline_rows(lab: StabilityResults) -> list[list[str]]:
+    """One row per case of the learning-rate-range claim: label, effect [CI], verdict."""
+    edge = stability_claims(lab)[0]
+    return [
+        [case.label, short_interval(case.interval) if case.interval else "", case.verdict]
+        for case in edge.cases
+    ]
 
 
 # ------------------------------------------------------------------------- checks and comparisons
@@ -553,64 +729,11 @@ def check_out_dir(path: Path) -> None:
         raise ValueError(f"--out {str(path)!r}: cannot write into {str(existing)!r}")
 
 
-def _run_label(config: dict[str, Any]) -> str:
-    method = f"lookahead({config['inner']})" if config["k"] is not None else config["inner"]
-    extra = f" k {config['k']} alpha {config['alpha']}" if config["k"] is not None else ""
-    return f"{method} lr {fmt(config['lr'], 3)}{extra} seed {config['seed']}"
-
-
-def differences_from(committed: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
-    """Where two results.json payloads differ: runs of the same configuration whose histories
-    are not bit for bit the same, runs only one of them has, and verdicts that changed. Empty
-    when every number agrees."""
-    lines = []
-    before = {json.dumps(r["config"], sort_keys=True): r for r in committed.get("runs", [])}
-    after = {json.dumps(r["config"], sort_keys=True): r for r in fresh.get("runs", [])}
-    changed = []
-    for key in before.keys() & after.keys():
-        old, new = before[key], after[key]
-        if old["steps"] != new["steps"] or old["history"] != new["history"]:
-            metrics = [m for m in new["history"] if old["history"].get(m) != new["history"][m]]
-            metric = metrics[0] if metrics else "steps"
-            old_value = old["history"].get(metric, [None])[-1]
-            new_value = new["history"].get(metric, [None])[-1]
-            changed.append(
-                f"{_run_label(new['config'])}: final {metric} {old_value!r} committed, "
-                f"{new_value!r} now"
-            )
-    if changed:
-        lines.append(
-            f"{len(changed)} of {len(before.keys() & after.keys())} runs differ from the committed "
-            f"report, e.g. {sorted(changed)[0]}."
-        )
-    only_before = len(before.keys() - after.keys())
-    only_after = len(after.keys() - before.keys())
-    if only_before or only_after:
-        lines.append(
-            f"{only_after} runs here are not in the committed report, and {only_before} runs of "
-            "the committed report are not here (their configurations differ)."
-        )
-    old_points = committed.get("nqm", {}).get("points", [])
-    new_points = fresh.get("nqm", {}).get("points", [])
-    if old_points != new_points:
-        lines.append("The noisy-quadratic-model points differ from the committed report's.")
-    old_claims = {c["key"]: c["verdict"] for c in committed.get("claims", [])}
-    for claim in fresh.get("claims", []):
-        old = old_claims.get(claim["key"])
-        if old is not None and old != claim["verdict"]:
-            lines.append(f"Verdict of {claim['key']}: {old!r} committed, {claim['verdict']!r} now.")
-    if lines:
-        old_provenance = committed.get("provenance", {})
-        new_provenance = fresh.get("provenance", {})
-        lines.append(
-            "The committed report was produced by torch-lookahead "
-            f"{old_provenance.get('version', 'of an unrecorded version')} (sources "
-            f"{old_provenance.get('source_digest', 'unrecorded')}, torch "
-            f"{old_provenance.get('torch', 'unrecorded')}); this run by "
-            f"{new_provenance.get('version')} (sources {new_provenance.get('source_digest')}, "
-            f"torch {new_provenance.get('torch')})."
-        )
-    return lines
+def differences_from(committed: dict[str, Any], fresh: dict[str, Any]) -> str:
+    """One line: whether ``fresh`` reproduces ``committed`` by the rule of ``reproduce`` (the
+    same verdicts; stable runs within its tolerance; bit for bit on the same machine), whether
+    any verdict changed, and the largest relative difference with a value that differs."""
+    return compare_payloads(committed, fresh).line()
 
 
 # ------------------------------------------------------------------------------------- the docs
@@ -621,9 +744,14 @@ EMBED_END = "<!-- lab-report:end -->"
 
 def embedded_section(report_dir: Path, assets: str) -> str:
     """The summary part of ``report.md`` of ``report_dir`` (up to ``DETAILS_MARKER``) as a docs
-    section: headings one level down, figure links pointing into ``assets`` (a path relative to
-    the docs page)."""
-    text = (report_dir / "report.md").read_text().split(DETAILS_MARKER, 1)[0]
+    section, followed by every figure of the report: headings one level down, figure links
+    pointing into ``assets`` (a path relative to the docs page)."""
+    summary, _, details = (report_dir / "report.md").read_text().partition(DETAILS_MARKER)
+    shown = re.findall(r"!\[[^\]]*\]\([\w.-]+\.png\)", summary)
+    more = [f for f in re.findall(r"!\[[^\]]*\]\([\w.-]+\.png\)", details) if f not in shown]
+    text = summary.strip() + "\n"
+    if more:
+        text += "\n## The report's figures\n\n" + "\n\n".join(more) + "\n"
     text = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.MULTILINE)
     text = re.sub(r"\]\(([\w.-]+\.png)\)", rf"]({assets}/\1)", text)
     return text.strip() + "\n"

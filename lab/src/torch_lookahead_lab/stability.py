@@ -13,20 +13,15 @@ rate and warm-up, the final validation bits per character of both methods.
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from torch_lookahead.lab.claims import Case, Claim, _case, claim_json, fmt, short_interval
-from torch_lookahead.lab.metrics import final_value
-from torch_lookahead.lab.provenance import machine, package_version, source_digest
-from torch_lookahead.lab.runner import RunConfig, RunResult, make_config, run_many_counted
-from torch_lookahead.lab.stats import difference
-from torch_lookahead.lab.tasks import SCHEDULES, get_task
+from torch_lookahead_lab.claims import Case, Claim, _case, fmt
+from torch_lookahead_lab.metrics import final_value
+from torch_lookahead_lab.runner import RunConfig, RunResult, make_config
+from torch_lookahead_lab.stats import difference
+from torch_lookahead_lab.tasks import SCHEDULES, get_task
 
 __all__ = [
     "PAPER_STABILITY",
@@ -34,15 +29,13 @@ __all__ = [
     "STABILITY_QUICK",
     "StabilityPlan",
     "StabilityResults",
-    "headline_rows",
     "largest_lr_that_trains",
-    "results_payload",
-    "run_stability",
+    "method_label",
+    "protocol_text",
     "stability_claims",
     "stability_configs",
     "training_threshold",
     "trains",
-    "write_stability_report",
 ]
 
 # The paper's own words (Zhang, Lucas, Ba & Hinton 2019, abstract).
@@ -175,6 +168,14 @@ class StabilityResults:
     cached_jobs: int = 0
 
     @property
+    def title(self) -> str:
+        return "torch-lookahead stability" + (" (quick)" if self.plan.quick else "")
+
+    @property
+    def quick(self) -> bool:
+        return self.plan.quick
+
+    @property
     def threshold(self) -> float:
         return training_threshold(self.runs, self.plan.metric, self.plan.margin)
 
@@ -207,7 +208,7 @@ class StabilityResults:
         ]
 
 
-def _method(plan: StabilityPlan, lookahead: bool) -> str:
+def method_label(plan: StabilityPlan, lookahead: bool) -> str:
     return f"Lookahead({plan.inner}, k={plan.k}, alpha={plan.alpha})" if lookahead else plan.inner
 
 
@@ -215,7 +216,7 @@ def _warmup_label(warmup: int) -> str:
     return f"warm-up {warmup}" if warmup else "no warm-up"
 
 
-def _protocol(lab: StabilityResults) -> str:
+def protocol_text(lab: StabilityResults) -> str:
     plan = lab.plan
     spec = get_task(plan.task)
     settings = spec.quick if plan.quick else spec.full
@@ -238,7 +239,7 @@ def stability_claims(lab: StabilityResults) -> list[Claim]:
     plan = lab.plan
     metric = plan.metric
     name = metric.replace("_", " ")
-    protocol = _protocol(lab)
+    protocol = protocol_text(lab)
     edge_cases: list[Case] = []
     notes: list[str] = []
     threshold = lab.threshold
@@ -256,7 +257,7 @@ def stability_claims(lab: StabilityResults) -> list[Claim]:
             trained = sum(trains(r, metric, threshold) for r in runs)
             diverged = sum(r.diverged_at is not None for r in runs)
             notes.append(
-                f"{_method(plan, lookahead)}, {_warmup_label(warmup)}: {trained} of {len(runs)} "
+                f"{method_label(plan, lookahead)}, {_warmup_label(warmup)}: {trained} of {len(runs)} "
                 f"runs train, {diverged} produced a non-finite loss."
             )
     ordered = sorted(plan.lrs)
@@ -320,159 +321,3 @@ def _mean(values: Sequence[float]) -> float:
 
 def _lr_list(log_lrs: Sequence[float]) -> str:
     return "(" + ", ".join(fmt(10**v, 3) for v in log_lrs) + ")"
-
-
-# -------------------------------------------------------------------------------------- running it
-
-
-def run_stability(
-    plan: StabilityPlan,
-    cache_dir: Path | None,
-    *,
-    command: str,
-    workers: int | None = None,
-    on_result: Callable[[Any, bool], None] | None = None,
-) -> StabilityResults:
-    """Compute every run of ``plan`` (see ``run_many``) and gather them, with the wall time."""
-    started = time.perf_counter()
-    configs = stability_configs(plan)
-    runs, cached = run_many_counted(configs, cache_dir, workers=workers, on_result=on_result)
-    return StabilityResults(
-        plan, command, list(runs), time.perf_counter() - started, len(configs), cached
-    )
-
-
-# -------------------------------------------------------------------------------------- the report
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
-def _grid_rows(lab: StabilityResults) -> tuple[list[str], list[list[str]]]:
-    plan = lab.plan
-    threshold = lab.threshold
-    header = ["warm-up", "lr"]
-    for lookahead in (False, True):
-        method = _method(plan, lookahead)
-        header += [f"{method}: final {plan.metric.replace('_', ' ')}", f"{method}: trained"]
-    rows = []
-    for warmup in plan.warmups:
-        for lr in plan.lrs:
-            row = [str(warmup), fmt(lr, 3)]
-            for lookahead in (False, True):
-                runs = lab.select(lookahead=lookahead, warmup=warmup, lr=lr)
-                values = [final_value(r, plan.metric) for r in runs]
-                spread = (
-                    f" ± {fmt(_std(values), 2)}" if len(values) > 1 else ""
-                )  # sample standard deviation over seeds
-                trained = sum(trains(r, plan.metric, threshold) for r in runs)
-                row += [f"{fmt(_mean(values))}{spread}", f"{trained}/{len(runs)}"]
-            rows.append(row)
-    return header, rows
-
-
-def _std(values: Sequence[float]) -> float:
-    mean = _mean(values)
-    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
-def results_payload(lab: StabilityResults, claims: Sequence[Claim]) -> dict[str, Any]:
-    """Everything the report states, with its provenance and every run's whole history."""
-    return {
-        "title": "torch-lookahead stability",
-        "command": lab.command,
-        "provenance": {
-            "version": package_version(),
-            "source_digest": source_digest(),
-            "computing_source_digest": source_digest(computing_only=True),
-            **machine(),
-            "wall_seconds": lab.seconds,
-        },
-        "task": lab.plan.task,
-        "headline_metric": lab.plan.metric,
-        "higher_is_better": False,
-        "plan": asdict(lab.plan),
-        "threshold": lab.threshold,
-        "largest_log10_lr": {
-            f"{'lookahead' if lookahead else 'plain'}/warmup{warmup}": dict(
-                zip(lab.seeds(), lab.largest(lookahead=lookahead, warmup=warmup), strict=True)
-            )
-            for warmup in lab.plan.warmups
-            for lookahead in (False, True)
-        },
-        "claims": [claim_json(c) for c in claims],
-        "runs": [r.to_json() for r in lab.runs],
-    }
-
-
-def write_stability_report(out_dir: Path, lab: StabilityResults) -> Path:
-    """Write report.md, results.json and stability.png into ``out_dir``; return report.md."""
-    from torch_lookahead.lab.plots import plot_stability
-    from torch_lookahead.lab.report import verdict_rows
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan = lab.plan
-    claims = stability_claims(lab)
-    spec = get_task(plan.task)
-    provenance = machine()
-    plot_stability(lab, out_dir / "stability.png")
-    cpu = math.fsum(r.cpu_seconds for r in lab.runs)
-    lines = [
-        "# torch-lookahead stability" + (" (quick)" if plan.quick else ""),
-        "",
-        f"Produced by `{lab.command}` with torch-lookahead {package_version()} (sources "
-        f"{source_digest()}), torch {provenance['torch']} on Python {provenance['python']} "
-        f"({provenance['cpu_capability']} CPU kernels).",
-        "",
-        "## Verdicts at a glance",
-        "",
-        *_table(*verdict_rows(claims)),
-        "",
-        "## Setup",
-        "",
-        f"- The paper: {PAPER_STABILITY}",
-        f"- Task: **{plan.task}**, {spec.model_description}.",
-        f"- Data: {spec.split_description}.",
-        f"- Protocol: {_protocol(lab)}",
-        f"- Time: {lab.seconds:.0f} s of wall time for the command ({lab.jobs} runs, "
-        f"{lab.cached_jobs} from a cache); the runs took {cpu:.0f} s of CPU time when they were "
-        "computed, summed over runs.",
-        "",
-        "![final validation bits per character against the learning rate](stability.png)",
-        "",
-        "## Final results per learning rate",
-        "",
-        f"Mean ± standard deviation over seeds of the final {plan.metric.replace('_', ' ')} (a "
-        "run that produced a non-finite loss counts as the untrained model), and how many seeds "
-        "trained.",
-        "",
-        *_table(*_grid_rows(lab)),
-        "",
-        "## The claim, as measured here",
-        "",
-    ]
-    for number, claim in enumerate(claims, 1):
-        lines += [
-            f"### {number}. {claim.title[0].upper()}{claim.title[1:]}",
-            "",
-            f"The paper: {claim.paper}",
-            "",
-            f"- Effect: {claim.effect}",
-            f"- **Verdict: {claim.verdict}.**",
-            *(f"    - {sentence}" for sentence in claim.measured),
-            "",
-        ]
-    (out_dir / "report.md").write_text("\n".join(lines))
-    (out_dir / "results.json").write_text(json.dumps(results_payload(lab, claims), indent=1))
-    return out_dir / "report.md"
-
-
-def headline_rows(lab: StabilityResults) -> list[list[str]]:
-    """One row per case of the learning-rate-range claim: label, effect [CI], verdict."""
-    edge = stability_claims(lab)[0]
-    return [
-        [case.label, short_interval(case.interval) if case.interval else "", case.verdict]
-        for case in edge.cases
-    ]

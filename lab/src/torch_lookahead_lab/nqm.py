@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from torch_lookahead import check_alpha, check_k
-from torch_lookahead.lab.provenance import job_key
-from torch_lookahead.lab.stats import difference
+from torch_lookahead_lab.provenance import job_key
+from torch_lookahead_lab.stats import difference
 
 __all__ = [
     "NQMConfig",
@@ -234,7 +234,11 @@ class NQMConfig:
 
     def __post_init__(self) -> None:
         check_k(self.k)
-        check_alpha(self.alpha)
+        if check_alpha(self.alpha) == 0:
+            raise ValueError(
+                "alpha must be in (0, 1] for the noisy quadratic model: with alpha = 0 the slow "
+                "weights never leave the optimum and there is no steady state to compare, got 0"
+            )
         _check_lr(self.problem, self.lr)
         for name in ("chains", "burn_in_steps", "measured_steps"):
             if getattr(self, name) < 1:

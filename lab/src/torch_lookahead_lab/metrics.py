@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from scipy.integrate import trapezoid  # type: ignore[import-untyped]
 
-from torch_lookahead.lab.runner import RunConfig, RunResult
+from torch_lookahead_lab.runner import RunConfig, RunResult
 
 __all__ = [
     "Band",

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from torch_lookahead.lab.metrics import SettingSummary, area_under_curve, final_value, value_at
-from torch_lookahead.lab.nqm import NQMPoint
-from torch_lookahead.lab.runner import RunResult
-from torch_lookahead.lab.stats import Favours, Interval, difference, variance_ratio, verdict_of
+from torch_lookahead_lab.metrics import SettingSummary, area_under_curve, final_value, value_at
+from torch_lookahead_lab.nqm import NQMPoint
+from torch_lookahead_lab.runner import RunResult
+from torch_lookahead_lab.stats import Favours, Interval, difference, variance_ratio, verdict_of
 
 __all__ = [
     "Case",

@@ -10,14 +10,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch_lookahead.lab.nqm import NQMConfig, NQMProblem, nqm_configs
-from torch_lookahead.lab.report import LabResults
-from torch_lookahead.lab.runner import Job, RunConfig, make_config, run_many_counted
-from torch_lookahead.lab.tasks import TaskSettings, get_task
+from torch_lookahead_lab.nqm import NQMConfig, NQMPoint, NQMProblem, nqm_configs
+from torch_lookahead_lab.runner import Job, RunConfig, RunResult, make_config, run_many_counted
+from torch_lookahead_lab.stability import (
+    STABILITY,
+    STABILITY_QUICK,
+    StabilityPlan,
+    StabilityResults,
+    stability_configs,
+)
+from torch_lookahead_lab.tasks import TaskSettings, get_task
 
 __all__ = [
     "DEFAULT_LR_FACTORS",
@@ -25,7 +31,9 @@ __all__ = [
     "DEMO_QUICK",
     "DemoPlan",
     "Experiment",
+    "LabResults",
     "RunOptions",
+    "StabilityExperiment",
     "compare_configs",
     "compare_experiment",
     "default_lr_grid",
@@ -38,6 +46,7 @@ __all__ = [
     "parse_lr_range",
     "parse_name_list",
     "run_experiment",
+    "stability_experiment",
     "sweep_experiment",
 ]
 
@@ -112,6 +121,27 @@ def default_lr_grid(
     """Each inner optimizer's learning rate on ``task`` times each of ``factors``."""
     spec = get_task(task)
     return {inner: [spec.learning_rate(inner) * f for f in factors] for inner in inners}
+
+
+@dataclass
+class LabResults:
+    """What one command measured; any part may be empty."""
+
+    title: str
+    command: str
+    task: str = ""
+    headline_metric: str = "val_loss"
+    higher_is_better: bool = False
+    compare: list[RunResult] = field(default_factory=list)
+    lr_sweep: list[RunResult] = field(default_factory=list)
+    k_alpha: list[RunResult] = field(default_factory=list)
+    nqm: list[NQMPoint] = field(default_factory=list)
+    nqm_k: int = 5
+    nqm_alpha: float = 0.5
+    seconds: float = math.nan  # wall time of the command
+    jobs: int = 0
+    cached_jobs: int = 0  # jobs read back from the cache rather than computed
+    quick: bool = False  # a --quick run: it checks the pipeline and is no evidence
 
 
 @dataclass(frozen=True)
@@ -278,12 +308,36 @@ class Experiment:
     lr_sweep: tuple[RunConfig, ...] = ()
     k_alpha: tuple[RunConfig, ...] = ()
     nqm: tuple[NQMConfig, ...] = ()
+    quick: bool = False  # a --quick run: it checks the pipeline and is no evidence
 
     def jobs(self) -> list[Job]:
         """Every distinct job, the NQM points first (each is longer than a training run, so the
         pool's workers finish together)."""
         ordered: list[Job] = [*self.nqm, *self.compare, *self.lr_sweep, *self.k_alpha]
         return list(dict.fromkeys(ordered))
+
+
+@dataclass(frozen=True)
+class StabilityExperiment:
+    """The jobs of ``torch-lookahead stability``: every run of ``plan``."""
+
+    plan: StabilityPlan
+
+    @property
+    def title(self) -> str:
+        return "torch-lookahead stability" + (" (quick)" if self.plan.quick else "")
+
+    @property
+    def quick(self) -> bool:
+        return self.plan.quick
+
+    def jobs(self) -> list[Job]:
+        return list(dict.fromkeys(stability_configs(self.plan)))
+
+
+def stability_experiment(quick: bool = False) -> StabilityExperiment:
+    """The stability experiment (``STABILITY``, or ``STABILITY_QUICK``)."""
+    return StabilityExperiment(STABILITY_QUICK if quick else STABILITY)
 
 
 def demo_experiment(quick: bool = False) -> Experiment:
@@ -307,7 +361,9 @@ def demo_experiment(quick: bool = False) -> Experiment:
         burn_in_steps=plan.nqm_burn_in_steps, measured_steps=plan.nqm_measured_steps,
     )  # fmt: skip
     title = "torch-lookahead demo" + (" (quick)" if quick else "")
-    return Experiment(title, plan.task, tuple(compare), tuple(sweep), tuple(grid), tuple(nqm))
+    return Experiment(
+        title, plan.task, tuple(compare), tuple(sweep), tuple(grid), tuple(nqm), quick=quick
+    )
 
 
 def compare_experiment(
@@ -319,10 +375,12 @@ def compare_experiment(
     k: int = 5,
     alpha: float = 0.5,
     options: RunOptions = RunOptions(),
+    quick: bool = False,
 ) -> Experiment:
     """Each inner optimizer plain and in Lookahead(k, alpha), over seeds."""
     configs = compare_configs(task, inners, seeds, settings, k=k, alpha=alpha, options=options)
-    return Experiment(f"torch-lookahead compare: {task}", task, compare=tuple(configs))
+    title = f"torch-lookahead compare: {task}" + (" (quick)" if quick else "")
+    return Experiment(title, task, compare=tuple(configs), quick=quick)
 
 
 def sweep_experiment(
@@ -335,6 +393,7 @@ def sweep_experiment(
     ks: Sequence[int] = (5, 10, 20),
     alphas: Sequence[float] = (0.5, 0.8),
     options: RunOptions = RunOptions(),
+    quick: bool = False,
 ) -> Experiment:
     """Learning-rate curves (plain and Lookahead with the first k and alpha) over ``lrs``
     (default: ``default_lr_grid``), and every (k, alpha) at the task's learning rate."""
@@ -349,9 +408,8 @@ def sweep_experiment(
         for inner in inners
         for config in k_alpha_configs(task, inner, ks, alphas, seeds, settings, options=options)
     ]
-    return Experiment(
-        f"torch-lookahead sweep: {task}", task, lr_sweep=tuple(sweep), k_alpha=tuple(grid)
-    )
+    title = f"torch-lookahead sweep: {task}" + (" (quick)" if quick else "")
+    return Experiment(title, task, lr_sweep=tuple(sweep), k_alpha=tuple(grid), quick=quick)
 
 
 def nqm_experiment(
@@ -362,28 +420,33 @@ def nqm_experiment(
     chains: int = 2000,
     burn_in_steps: int = 2000,
     measured_steps: int = 4000,
+    quick: bool = False,
 ) -> Experiment:
     """The noisy quadratic model at each learning rate of ``lrs``."""
     configs = nqm_configs(
         NQMProblem.default(), lrs, k=k, alpha=alpha, chains=chains, burn_in_steps=burn_in_steps,
         measured_steps=measured_steps,
     )  # fmt: skip
-    return Experiment("torch-lookahead nqm", nqm=tuple(configs))
+    title = "torch-lookahead nqm" + (" (quick)" if quick else "")
+    return Experiment(title, nqm=tuple(configs), quick=quick)
 
 
 def run_experiment(
-    experiment: Experiment,
+    experiment: Experiment | StabilityExperiment,
     cache_dir: Path | None,
     *,
     command: str,
     workers: int | None = None,
     on_result: Callable[[Any, bool], None] | None = None,
-) -> LabResults:
+) -> LabResults | StabilityResults:
     """Compute every job of ``experiment`` (see ``run_many``) and gather what it measured, with
-    the wall time it took."""
+    the wall time it took: the results a report renders (``report.write_report``)."""
     started = time.perf_counter()
     jobs = experiment.jobs()
     results, cached = run_many_counted(jobs, cache_dir, workers=workers, on_result=on_result)
+    seconds = time.perf_counter() - started
+    if isinstance(experiment, StabilityExperiment):
+        return StabilityResults(experiment.plan, command, list(results), seconds, len(jobs), cached)
     by_job = dict(zip(jobs, results, strict=True))
     spec = get_task(experiment.task) if experiment.task else None
     nqm = experiment.nqm
@@ -399,7 +462,8 @@ def run_experiment(
         nqm=[by_job[c] for c in nqm],
         nqm_k=nqm[0].k if nqm else 5,
         nqm_alpha=nqm[0].alpha if nqm else 0.5,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         jobs=len(jobs),
         cached_jobs=cached,
+        quick=experiment.quick,
     )

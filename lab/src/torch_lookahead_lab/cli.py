@@ -1,11 +1,14 @@
 """The ``torch-lookahead`` command: the lab (demo, compare, sweep, stability, nqm).
 
-Thin by design: it parses the flags, hands the lab an experiment to run, and prints what came
-back. Needs the ``lab`` extra (from a clone: ``pip install -c constraints.txt '.[lab]'``).
+Thin by design: it parses the flags, hands the lab an experiment to run, has the report written
+and prints its short form: the final metrics and the verdicts (none for a ``--quick`` run), in
+tables that fit the terminal, Markdown rows when piped. Every error a user can cause is one line
+``Error: ...`` and exit status 2, before any work where it can be known.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 import time
@@ -17,13 +20,21 @@ from typing import Annotated, Any
 try:
     import typer
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-except ImportError as error:  # pragma: no cover - exercised only without the extra
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+except ImportError as error:  # pragma: no cover - exercised only without the dependencies
     raise SystemExit(
-        f"torch-lookahead's command line needs the 'lab' extra ({error.name} is missing): "
-        "from a clone of the repository, pip install -c constraints.txt '.[lab]'"
+        f"torch-lookahead needs {error.name}, a dependency of torch-lookahead-lab: "
+        "pip install -c constraints.txt ./lab (from the repository root)"
     ) from error
+
+from torch_lookahead_lab.console import QUICK_NOTICE, eta_text, fit_columns, plain_table, wrap
 
 __all__ = ["app", "main"]
 
@@ -34,45 +45,101 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain click help: rich markup would swallow "[default: ...]"
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console()
 
 
+def _version(show: bool) -> None:
+    if show:
+        import torch
+
+        import torch_lookahead
+        import torch_lookahead_lab
+
+        _say(
+            f"torch-lookahead-lab {torch_lookahead_lab.__version__} (torch-lookahead "
+            f"{torch_lookahead.__version__}, torch {torch.__version__})"
+        )
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Show the versions and exit.", callback=_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Lookahead for PyTorch: see what it does (demo, compare, sweep, stability, nqm)."""
+
+
+def _error(message: str) -> typer.Exit:
+    """Print ``Error: message`` on one line; the exit (status 2) for the caller to raise."""
+    console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Bad input (ValueError) becomes a one-line message and exit status 2."""
+    """Bad input (ValueError) and a folder or file that cannot be written (OSError) become a
+    one-line message and exit status 2."""
     try:
         yield
     except ValueError as error:
-        console.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise _error(str(error)) from None
+    except OSError as error:
+        where = f" {error.filename!r}" if error.filename else ""
+        raise _error(f"cannot write{where}: {error.strerror or error}") from None
+
+
+def _job_label(result: Any) -> str:
+    from torch_lookahead_lab.nqm import NQMPoint
+    from torch_lookahead_lab.reproduce import run_label
+
+    if isinstance(result, NQMPoint):
+        return f"noisy quadratic model lr {result.lr:g}"
+    return f"{result.config.task} {run_label(dataclasses.asdict(result.config))}"
 
 
 @contextmanager
-def _progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
-    """A progress bar on a terminal, a line every tenth of the jobs in a log; yields the
-    callback to call as each job completes."""
+def _progress_bar(total: int, finished: list[int]) -> Iterator[Callable[..., None]]:
+    """A progress bar on a terminal (the job that finished last, the count, the elapsed time
+    and an estimate of the time left); in a log, a line every tenth of the jobs with the time
+    left. Yields the callback to call as each job completes; ``finished[0]`` counts them."""
+    started = time.perf_counter()
     if not console.is_terminal:
-        done = 0
-        started = time.perf_counter()
 
-        def count(*_: object) -> None:
-            nonlocal done
-            done += 1
+        def count(result: Any, from_cache: bool) -> None:
+            finished[0] += 1
+            done = finished[0]
             if done == total or done * 10 // total > (done - 1) * 10 // total:
-                _say(f"{description}: {done}/{total} ({time.perf_counter() - started:.0f} s)")
+                elapsed = time.perf_counter() - started
+                left = eta_text(done, total, elapsed)
+                _say(f"jobs: {done}/{total} ({elapsed:.0f} s{', ' + left if left else ''})")
 
         yield count
         return
     columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
+        TextColumn("{task.description}", style="dim"),
+        BarColumn(bar_width=20),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task_id = progress.add_task(description, total=total)
-        yield lambda *_: progress.advance(task_id)
+    with Progress(*columns, console=console, transient=True) as progress:
+        task_id = progress.add_task("starting", total=total)
+
+        def advance(result: Any, from_cache: bool) -> None:
+            finished[0] += 1
+            label = _job_label(result)[: max(10, console.width - 50)]
+            progress.update(task_id, advance=1, description=label)
+
+        yield advance
+    _say(f"jobs: {finished[0]}/{total} in {time.perf_counter() - started:.0f} s")
 
 
 def _command_line() -> str:
@@ -138,18 +205,32 @@ AlphaOption = Annotated[float, typer.Option("--alpha", help="Lookahead's slow st
 
 
 def _out_dir(out: Path | None, command: str) -> Path:
-    """The report folder, checked before any work: a folder this process can write."""
-    from torch_lookahead.lab.report import check_out_dir
+    """The report folder, checked (not yet made) with the other arguments."""
+    from torch_lookahead_lab.report import check_out_dir
 
     path = out if out is not None else Path("runs") / command
     check_out_dir(path)
     return path
 
 
+def _make_writable(path: Path) -> None:
+    """Make the report folder and write a test file into it before any work: the check that
+    holds on any file system (a read-only mount, /proc, a full disk)."""
+    try:
+        (path / "runs").mkdir(parents=True, exist_ok=True)
+        probe = path / ".torch-lookahead-write-test"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(
+            f"--out {str(path)!r}: cannot write there ({error.strerror or error})"
+        ) from None
+
+
 def _device(device: str, task_name: str) -> str:
     import torch
 
-    from torch_lookahead.lab.tasks import get_task
+    from torch_lookahead_lab.tasks import get_task
 
     if device == "auto":
         return "cuda" if get_task(task_name).prefers_gpu and torch.cuda.is_available() else "cpu"
@@ -173,8 +254,8 @@ def _prepare_task(
 ) -> tuple[Any, Any, int | None]:
     """Validate the task and its data; pick the settings, the run options and the worker
     count."""
-    from torch_lookahead.lab.experiments import RunOptions
-    from torch_lookahead.lab.tasks import check_schedule, get_task
+    from torch_lookahead_lab.experiments import RunOptions
+    from torch_lookahead_lab.tasks import check_schedule, get_task
 
     task = get_task(task_name)
     if schedule is not None:
@@ -193,97 +274,163 @@ def _prepare_task(
 
 
 def _execute(
-    experiment: Any, out_dir: Path, workers: int | None, against: Path | None = None
+    experiment: Any,
+    out_dir: Path,
+    workers: int | None,
+    against: Path | None = None,
 ) -> None:
-    """Run ``experiment``, write its report into ``out_dir`` and print what it measured (and,
-    with ``against``, where its numbers differ from the report there)."""
-    from torch_lookahead.lab.experiments import run_experiment
-    from torch_lookahead.lab.report import write_report
+    """Run ``experiment``, write its report into ``out_dir`` and print its short form (and,
+    with ``against``, whether it reproduced the report there). Ctrl-C at any stage says what
+    was kept; a write error is one line and exit status 2."""
+    import os
 
+    from torch_lookahead_lab.experiments import run_experiment
+    from torch_lookahead_lab.report import write_report
+
+    with _user_errors():
+        _make_writable(out_dir)
     jobs = experiment.jobs()
-    _say(f"{experiment.title}: {len(jobs)} jobs (runs already in {out_dir / 'runs'} are reused)")
+    cache = out_dir / "runs"
+    quick = experiment.quick
+    if quick:
+        _say(QUICK_NOTICE)
+    pool = min(workers or os.cpu_count() or 1, len(jobs))
+    starting = f"; starting {pool} worker processes" if pool > 1 else ""
+    _say(f"{experiment.title}: {len(jobs)} jobs (finished ones in {cache} are reused){starting}")
+    finished = [0]
     try:
-        with _progress_bar("jobs", len(jobs)) as advance:
+        with _user_errors(), _progress_bar(len(jobs), finished) as advance:
             lab = run_experiment(
-                experiment,
-                out_dir / "runs",
-                command=_command_line(),
-                workers=workers,
-                on_result=advance,
+                experiment, cache, command=_command_line(), workers=workers, on_result=advance
             )
     except KeyboardInterrupt:
         # run_many has already terminated its workers on the way out.
-        _say(f"Interrupted. Finished jobs are kept in {out_dir / 'runs'} and reused next time.")
+        kept = (
+            f"the {finished[0]} finished jobs are kept in {cache} and reused next time"
+            if finished[0]
+            else "no job had finished, so none was kept"
+        )
+        _say(f"Interrupted after {finished[0]} of {len(jobs)} jobs: {kept}.")
         raise typer.Exit(130) from None
-    report = write_report(out_dir, lab)
+    try:
+        with _user_errors():
+            report = write_report(out_dir, lab)
+    except KeyboardInterrupt:
+        _say(
+            f"Interrupted while writing the report: it is incomplete, but all {len(jobs)} jobs "
+            f"are kept in {cache}; run the command again to write it without recomputing them."
+        )
+        raise typer.Exit(130) from None
     _print_results(lab)
     if against is not None:
         _print_differences(against, out_dir)
+    if quick:
+        _say(QUICK_NOTICE)
     _say(f"Report: {report}  ({lab.seconds:.0f} s)")
 
 
 def _say(text: str) -> None:
-    """One line, never wrapped or cut in a log (a terminal wraps it itself)."""
-    console.print(text, highlight=False, markup=False, soft_wrap=True)
+    """One line in a log, never wrapped or cut; on a terminal, wrapped at spaces to its width
+    (a word longer than the width, such as a path, stays whole)."""
+    lines = (
+        wrap(text, console.width) if console.is_terminal and len(text) > console.width else [text]
+    )
+    for line in lines:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    """A rich table on a terminal (cells fold rather than being cut); Markdown rows otherwise,
-    so that a log or a pipe of any width keeps every number whole."""
-    from torch_lookahead.lab.report import markdown_table
+def _print_table(
+    title: str,
+    header: list[str],
+    rows: list[list[str]],
+    *,
+    droppable: tuple[int, ...] = (),
+    shortenable: tuple[int, ...] = (),
+) -> None:
+    """On a terminal, aligned columns that fit its width: ``droppable`` columns go first, then
+    ``shortenable`` text is cut, and no number is ever folded; otherwise (a pipe, a log) whole
+    Markdown rows, whatever the width."""
+    from torch_lookahead_lab.report import markdown_table
 
     if console.is_terminal:
-        table = Table(title=title)
-        for column in header:
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-        return
-    _say(title)
-    for line in markdown_table(header, rows):
+        header, rows = fit_columns(header, rows, console.width, droppable, shortenable)
+        lines = [*wrap(title, console.width), *plain_table(header, rows)]
+    else:
+        lines = [title, *markdown_table(header, rows)]
+    for line in lines:
         _say(line)
+    _say("")
+
+
+# Columns of report.summary_rows, least needed first on a narrow terminal.
+_SUMMARY_DROPPABLE = (8, 9, 5, 3, 2)
+
+
+def _print_verdicts(claims: list[Any]) -> None:
+    """The verdict table of the report: one row per case, the claim's title as a heading on a
+    terminal (its full statement, protocol and numbers are in the report)."""
+    from torch_lookahead_lab.report import verdict_rows
+
+    header, rows = verdict_rows(claims)
+    title = "Verdicts (effect: Lookahead minus the inner optimizer, 95% CI; details in the report)"
+    if not console.is_terminal:
+        _print_table(title, header, rows)
+        return
+    short_header, short_rows = fit_columns(
+        ["case", "effect [95% CI]", "verdict"],
+        [row[2:] for row in rows],
+        console.width - 4,
+        shortenable=(0, 2),
+    )
+    table = plain_table(short_header, short_rows)
+    for line in wrap(title, console.width):
+        _say(line)
+    _say("    " + table[0])
+    _say("    " + table[1])
+    previous = ""
+    for row, line in zip(rows, table[2:], strict=True):
+        if row[0] != previous:
+            previous = row[0]
+            for heading in wrap(f"{row[0]}. {row[1]}", console.width, indent="   "):
+                _say(heading)
+        _say("    " + line)
+    _say("")
 
 
 def _print_results(lab: Any) -> None:
-    from torch_lookahead.lab.metrics import summarize
-    from torch_lookahead.lab.report import build_claims, nqm_rows, summary_rows
+    from torch_lookahead_lab.metrics import summarize
+    from torch_lookahead_lab.report import build_claims, nqm_rows, summary_rows
+    from torch_lookahead_lab.stability import StabilityResults, stability_claims
 
-    for part, title in (
-        (lab.compare, "final metrics, mean ± std over seeds"),
-        (lab.lr_sweep, "learning-rate sweep, final metrics, mean ± std over seeds"),
-        (lab.k_alpha, "(k, alpha) grid, final metrics, mean ± std over seeds"),
-    ):
+    if isinstance(lab, StabilityResults):
+        claims = stability_claims(lab)
+    else:
+        claims = build_claims(lab)
+        part, name = (lab.compare, "final metrics") if lab.compare else (lab.lr_sweep, "sweep")
         if part:
             _print_table(
-                f"{lab.task}: {title}", *summary_rows(summarize(part), lab.headline_metric)
+                f"{lab.task}: {name}, mean ± std over seeds (every table is in the report)",
+                *summary_rows(summarize(part), lab.headline_metric),
+                droppable=_SUMMARY_DROPPABLE,
             )
-    if lab.nqm:
-        _print_table("noisy quadratic model: steady-state expected loss", *nqm_rows(lab.nqm))
-    for number, claim in enumerate(build_claims(lab), 1):
-        _say("")
-        _say(f"{number}. {claim.paper}")
-        _say(f"   Protocol: {claim.protocol}")
-        _say(f"   Verdict: {claim.verdict}")
-        for sentence in claim.measured:
-            _say(f"   - {sentence}")
-    _say("")
+        if lab.nqm:
+            _print_table(
+                "noisy quadratic model: steady-state expected loss",
+                *nqm_rows(lab.nqm),
+                droppable=(6, 1, 3),
+            )
+    if not lab.quick:
+        _print_verdicts(claims)
 
 
 def _print_differences(against: Path, out_dir: Path) -> None:
     import json
 
-    from torch_lookahead.lab.report import differences_from
+    from torch_lookahead_lab.report import differences_from
 
     committed = json.loads((against / "results.json").read_text())
     fresh = json.loads((out_dir / "results.json").read_text())
-    differences = differences_from(committed, fresh)
-    if not differences:
-        _say(f"Every number matches the committed report in {against}.")
-        return
-    _say(f"Where this run differs from the committed report in {against}:")
-    for line in differences:
-        _say(f"  - {line}")
+    _say(f"Against {against}: {differences_from(committed, fresh)}")
 
 
 def _against(against: Path | None) -> Path | None:
@@ -320,7 +467,7 @@ def demo(
     a (k, alpha) grid for SGD; the noisy-quadratic check. Prints every claim with its interval
     and verdict and writes a report folder (report.md, results.json, CSV, PNG).
     """
-    from torch_lookahead.lab.experiments import demo_experiment
+    from torch_lookahead_lab.experiments import demo_experiment
 
     with _user_errors():
         out_dir = _out_dir(out, "demo")
@@ -352,7 +499,7 @@ def compare(
     training. Prints the final metrics (mean ± std over seeds) and the claims these runs can
     speak to, each with its interval and verdict.
     """
-    from torch_lookahead.lab.experiments import compare_experiment, parse_name_list
+    from torch_lookahead_lab.experiments import compare_experiment, parse_name_list
 
     with _user_errors():
         out_dir = _out_dir(out, f"compare-{task}")
@@ -361,7 +508,7 @@ def compare(
             task, data_dir, device, workers, quick, schedule, unsafe_skip_checksums
         )
         experiment = compare_experiment(
-            task, inners, seeds, settings, k=k, alpha=alpha, options=options
+            task, inners, seeds, settings, k=k, alpha=alpha, options=options, quick=quick
         )
     _execute(experiment, out_dir, workers)
 
@@ -401,7 +548,7 @@ def sweep(
     gives the paper's tuned protocol: each method at its own best learning rate); the heat map
     covers every (k, alpha) at the task's learning rate.
     """
-    from torch_lookahead.lab.experiments import (
+    from torch_lookahead_lab.experiments import (
         parse_float_list,
         parse_int_list,
         parse_lr_range,
@@ -419,7 +566,15 @@ def sweep(
             task, data_dir, device, workers, quick, schedule, unsafe_skip_checksums
         )
         experiment = sweep_experiment(
-            task, inners, seeds, settings, lrs=lrs, ks=ks, alphas=alphas, options=options
+            task,
+            inners,
+            seeds,
+            settings,
+            lrs=lrs,
+            ks=ks,
+            alphas=alphas,
+            options=options,
+            quick=quick,
         )
     _execute(experiment, out_dir, workers)
 
@@ -439,37 +594,11 @@ def stability(
     validation bits per character at each learning rate. Writes report.md, results.json and
     stability.png.
     """
-    from torch_lookahead.lab.stability import (
-        STABILITY,
-        STABILITY_QUICK,
-        headline_rows,
-        run_stability,
-        stability_configs,
-        write_stability_report,
-    )
+    from torch_lookahead_lab.experiments import stability_experiment
 
-    plan = STABILITY_QUICK if quick else STABILITY
     with _user_errors():
         out_dir = _out_dir(out, "stability")
-        total = len(stability_configs(plan))
-    _say(f"torch-lookahead stability: {total} runs (runs already in {out_dir / 'runs'} are reused)")
-    try:
-        with _progress_bar("runs", total) as advance:
-            lab = run_stability(
-                plan, out_dir / "runs", command=_command_line(), workers=workers,
-                on_result=advance,
-            )  # fmt: skip
-    except KeyboardInterrupt:
-        _say(f"Interrupted. Finished runs are kept in {out_dir / 'runs'} and reused next time.")
-        raise typer.Exit(130) from None
-    with _user_errors():
-        report = write_stability_report(out_dir, lab)
-    _print_table(
-        "largest learning rate that trains, Lookahead minus alone, log10(lr)",
-        ["warm-up", "effect [95% CI]", "verdict"],
-        headline_rows(lab),
-    )
-    _say(f"Report: {report}  ({lab.seconds:.0f} s)")
+    _execute(stability_experiment(quick), out_dir, workers)
 
 
 @app.command()
@@ -489,7 +618,7 @@ def nqm(
     Steady-state expected loss of SGD and Lookahead(SGD), simulated with the real optimizers,
     against the closed forms of the paper's Proposition 2, over a grid of learning rates.
     """
-    from torch_lookahead.lab.experiments import DEMO, DEMO_QUICK, nqm_experiment, parse_lr_range
+    from torch_lookahead_lab.experiments import DEMO, DEMO_QUICK, nqm_experiment, parse_lr_range
 
     plan = DEMO_QUICK if quick else DEMO
     with _user_errors():
@@ -497,6 +626,7 @@ def nqm(
         experiment = nqm_experiment(
             parse_lr_range(lr), k=k, alpha=alpha, chains=plan.nqm_chains if quick else chains,
             burn_in_steps=plan.nqm_burn_in_steps, measured_steps=plan.nqm_measured_steps,
+            quick=quick,
         )  # fmt: skip
     _execute(experiment, out_dir, workers)
 
@@ -508,7 +638,7 @@ def embed_report_command(
     assets: Annotated[Path, typer.Argument(help="Where the figures are copied.")],
 ) -> None:
     """Copy a report into a docs page between its lab-report markers (for docs/lab.md)."""
-    from torch_lookahead.lab.report import embed_report
+    from torch_lookahead_lab.report import embed_report
 
     with _user_errors():
         embed_report(report_dir, doc, assets)

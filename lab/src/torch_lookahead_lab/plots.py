@@ -1,7 +1,8 @@
 """The report's figures, drawn with matplotlib's non-interactive Agg backend into PNG files.
 
 Blue is always the inner optimizer alone, orange Lookahead; legends sit below the axes, where
-they cover no curve.
+they cover no curve. Each figure's title names the task, the seeds and a quick run (``title``,
+written by the report); log axes carry plain numbers; every reference line says what it is.
 """
 
 from __future__ import annotations
@@ -9,23 +10,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogFormatter
+from matplotlib.ticker import FuncFormatter
 
-from torch_lookahead.lab.metrics import SettingSummary, final_value, group_by_setting, seed_band
-from torch_lookahead.lab.nqm import NQMPoint
-from torch_lookahead.lab.runner import RunResult
-from torch_lookahead.lab.tasks import get_task
-
-if TYPE_CHECKING:
-    from torch_lookahead.lab.stability import StabilityResults
+from torch_lookahead_lab.metrics import SettingSummary, final_value, group_by_setting, seed_band
+from torch_lookahead_lab.nqm import NQMPoint
+from torch_lookahead_lab.runner import RunResult
+from torch_lookahead_lab.stability import StabilityResults
+from torch_lookahead_lab.tasks import get_task
 
 __all__ = ["plot_k_alpha", "plot_loss_curves", "plot_lr_robustness", "plot_nqm", "plot_stability"]
 
@@ -49,10 +49,46 @@ def _legend_below(figure: Any, handles: Sequence[Any], columns: int = 2) -> None
 
 
 def _plain_log_axis(axis: Any, which: str) -> None:
-    """Tick labels of a log axis as plain numbers (0.2, 2), not powers of ten."""
+    """Tick labels of a log axis as plain numbers (0.2, 2), never powers of ten: the decades;
+    every tick between them when the axis spans less than a decade, 2 and 5 times them when
+    it spans less than two."""
     target = axis.yaxis if which == "y" else axis.xaxis
     target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    target.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+    low, high = axis.get_ylim() if which == "y" else axis.get_xlim()
+    span = high / low if low > 0 else math.inf
+
+    def minor(value: float, _: int) -> str:
+        if span >= 100 or value <= 0:
+            return ""
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9), 6)
+        return f"{value:g}" if span < 10 or mantissa in (2.0, 5.0) else ""
+
+    target.set_minor_formatter(FuncFormatter(minor))
+
+
+def _title(figure: Any, title: str) -> None:
+    """The figure's title above all its panels (the task, the seeds, a quick run)."""
+    if title:
+        figure.suptitle(title, fontsize=11)
+        figure.tight_layout()
+
+
+def _line_label(axis: Any, text: str, *, x: float | None = None, y: float | None = None) -> None:
+    """``text`` written along a reference line: a vertical one at ``x``, a horizontal one at
+    ``y``."""
+    box = {"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1}
+    if x is not None:
+        axis.text(x, 0.98, text, transform=axis.get_xaxis_transform(), rotation=90,
+                  ha="left", va="top", fontsize=8, color="dimgray", bbox=box)  # fmt: skip
+    elif y is not None:
+        axis.text(0.99, y, text, transform=axis.get_yaxis_transform(), ha="right",
+                  va="bottom", fontsize=8, color="dimgray", bbox=box)  # fmt: skip
+
+
+def _text_color(rgba: Sequence[float]) -> str:
+    """Black on a light cell, white on a dark one (relative luminance, ITU-R BT.601)."""
+    red, green, blue = rgba[:3]
+    return "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
 
 
 def _method_handles(k: int | None, alpha: float | None) -> list[Any]:
@@ -64,7 +100,10 @@ def _method_handles(k: int | None, alpha: float | None) -> list[Any]:
 
 
 def plot_loss_curves(
-    results: Sequence[RunResult], path: Path, metrics: Sequence[str] = ("train_loss", "val_loss")
+    results: Sequence[RunResult],
+    path: Path,
+    metrics: Sequence[str] = ("train_loss", "val_loss"),
+    title: str = "",
 ) -> Path:
     """One column per inner optimizer, one row per metric: the mean over seeds of the plain and
     the Lookahead runs with a band from the lowest to the highest seed."""
@@ -91,12 +130,15 @@ def plot_loss_curves(
             axis.set_xlabel("step")
             axis.set_ylabel(metric.replace("_", " "))
             axis.grid(alpha=0.3)
+    _title(figure, title)
     _legend_below(figure, _method_handles(wrapped.k if wrapped else None,
                                           wrapped.alpha if wrapped else None))  # fmt: skip
     return _save(figure, path)
 
 
-def plot_lr_robustness(summaries: Sequence[SettingSummary], metric: str, path: Path) -> Path:
+def plot_lr_robustness(
+    summaries: Sequence[SettingSummary], metric: str, path: Path, title: str = ""
+) -> Path:
     """Final ``metric`` (mean over seeds, bars from the lowest to the highest seed) against the
     inner learning rate, plain and Lookahead, one panel per inner optimizer; a dotted line marks
     the task's learning rate."""
@@ -122,6 +164,7 @@ def plot_lr_robustness(summaries: Sequence[SettingSummary], metric: str, path: P
             axis.errorbar(lrs, means, yerr=[below, above], color=color, marker="o", capsize=3)
         task = get_task(summaries[0].setting.task)
         axis.axvline(task.learning_rate(inner), color="gray", linestyle=":")
+        _line_label(axis, "task's lr", x=task.learning_rate(inner))
         axis.set_xscale("log")
         lrs = sorted({s.setting.lr for s in summaries if s.setting.inner == inner})
         axis.set_xticks(lrs, [f"{lr:.3g}" for lr in lrs])
@@ -132,12 +175,17 @@ def plot_lr_robustness(summaries: Sequence[SettingSummary], metric: str, path: P
         axis.grid(alpha=0.3)
     handles = _method_handles(wrapped.k if wrapped else None, wrapped.alpha if wrapped else None)
     handles.append(Line2D([], [], color="gray", linestyle=":", label="the task's learning rate"))
+    _title(figure, title)
     _legend_below(figure, handles, columns=3)
     return _save(figure, path)
 
 
 def plot_k_alpha(
-    summaries: Sequence[SettingSummary], metric: str, path: Path, higher_is_better: bool
+    summaries: Sequence[SettingSummary],
+    metric: str,
+    path: Path,
+    higher_is_better: bool,
+    title: str = "",
 ) -> Path:
     """Heat map over the (k, alpha) grid of one inner optimizer of the final ``metric``'s
     difference from the inner optimizer alone (mean over seeds), centred on zero; each cell
@@ -170,22 +218,27 @@ def plot_k_alpha(
     axis.set_ylabel("k")
     for row, row_values in enumerate(values):
         for column, value in enumerate(row_values):
-            axis.text(column, row, f"{value:.4g}\n({differences[row][column]:+.2g})",
-                      ha="center", va="center", fontsize=9)  # fmt: skip
-    title = f"lookahead({grid[0].setting.inner})" if grid else "lookahead"
+            difference = differences[row][column]
+            shade: Any = (1.0, 1.0, 1.0)  # an empty (NaN) cell is drawn white
+            if math.isfinite(difference):
+                shade = image.cmap(float(np.asarray(image.norm(np.array([difference]))).item()))
+            axis.text(column, row, f"{value:.4g}\n({difference:+.2g})", ha="center",
+                      va="center", fontsize=9, color=_text_color(shade))  # fmt: skip
+    heading = f"lookahead({grid[0].setting.inner})" if grid else "lookahead"
     if plain:
         seeds = len(plain[0].seeds)
         spread = f" ± {noise:.2g}" if math.isfinite(noise) else ""
-        title += (
+        heading += (
             f"\n{plain[0].method} alone: {baseline:.4g}{spread} ({seeds} seed"
             f"{'s' if seeds != 1 else ''})"
         )
-    axis.set_title(title)
+    axis.set_title(heading)
     figure.tight_layout()
+    _title(figure, title)
     return _save(figure, path)
 
 
-def plot_nqm(points: Sequence[NQMPoint], path: Path, k: int, alpha: float) -> Path:
+def plot_nqm(points: Sequence[NQMPoint], path: Path, k: int, alpha: float, title: str = "") -> Path:
     """Steady-state expected loss against the learning rate: closed forms (lines) and simulation
     (markers) for SGD and Lookahead(SGD), and the noise floor."""
     lrs = [p.lr for p in points]
@@ -196,6 +249,7 @@ def plot_nqm(points: Sequence[NQMPoint], path: Path, k: int, alpha: float) -> Pa
     axis.plot(lrs, [p.lookahead_simulated for p in points], "s", color=_LOOKAHEAD_COLOR)
     axis.axhline(points[0].floor, color="gray", linestyle=":")
     axis.set_yscale("log")
+    _line_label(axis, "noise floor", y=points[0].floor)
     _plain_log_axis(axis, "y")
     axis.set_xlabel("learning rate")
     axis.set_ylabel("steady-state expected loss")
@@ -208,11 +262,12 @@ def plot_nqm(points: Sequence[NQMPoint], path: Path, k: int, alpha: float) -> Pa
                label="Lookahead, simulated"),
         Line2D([], [], color="gray", linestyle=":", label="loss at the optimum (noise floor)"),
     ]  # fmt: skip
+    _title(figure, title)
     _legend_below(figure, handles, columns=2)
     return _save(figure, path)
 
 
-def plot_stability(lab: StabilityResults, path: Path) -> Path:
+def plot_stability(lab: StabilityResults, path: Path, title: str = "") -> Path:
     """Final metric (mean over seeds, bars from the lowest to the highest seed) against the
     learning rate, the inner optimizer alone and in Lookahead, one panel per warm-up; a dashed
     line marks the threshold below which a run trains."""
@@ -241,6 +296,7 @@ def plot_stability(lab: StabilityResults, path: Path) -> Path:
             axis.errorbar(lrs, means, yerr=[below, above], color=color, marker="o", capsize=3)
         axis.axhline(threshold, color="gray", linestyle="--")
         axis.set_yscale("log")
+        _line_label(axis, f"trains below {threshold:.3g}", y=threshold)
         _plain_log_axis(axis, "y")
         axis.set_xscale("log")
         axis.set_xticks(sorted(plan.lrs), [f"{lr:.3g}" for lr in sorted(plan.lrs)])
@@ -251,5 +307,6 @@ def plot_stability(lab: StabilityResults, path: Path) -> Path:
         axis.grid(alpha=0.3)
     handles = _method_handles(plan.k, plan.alpha)
     handles.append(Line2D([], [], color="gray", linestyle="--", label="trains below this line"))
+    _title(figure, title)
     _legend_below(figure, handles, columns=3)
     return _save(figure, path)
