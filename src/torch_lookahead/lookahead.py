@@ -124,7 +124,7 @@ def _validate_slow_device(device: object) -> torch.device | None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError) as error:
-        raise ValueError(f"slow_device must name a device such as 'cpu', got {device!r}") from error
+        raise ValueError(f"slow_device={device!r} does not name a device here: {error}") from None
     if parsed.type == "meta":
         raise ValueError(
             "slow_device='meta' cannot hold the slow weights' values; use a real device"
@@ -163,9 +163,9 @@ def _require_tensors_like(
 ) -> None:
     """Raise ``ValueError`` before anything changes unless every entry is a tensor of its
     parameter's shape (a parameter resized through ``.data``, a value assigned by hand)."""
-    if all(map(isinstance, held, repeat(Tensor))) and list(map(_shape, held)) == list(
-        map(_shape, params)
-    ):
+    if all(isinstance(h, Tensor) for h in held) and [h.shape for h in held] == [
+        p.shape for p in params
+    ]:
         return
     for p, value in zip(params, held, strict=True):
         if not isinstance(value, Tensor) or value.shape != p.shape:
@@ -566,7 +566,9 @@ class Lookahead(Optimizer):
         """Slow copies placed where this optimizer wants them (after ``model.double()``, or a
         checkpoint of another ``slow_dtype``), allocated now, and the step that stores them."""
         unconfigured = self.slow_dtype is None and self.slow_device is None
-        if unconfigured and list(map(_placement, params)) == list(map(_placement, slows)):
+        if unconfigured and [(p.device, p.dtype) for p in params] == [
+            (s.device, s.dtype) for s in slows
+        ]:
             return slows, []
         moved = [
             i
