@@ -38,8 +38,8 @@ __all__ = ["DEVICE_BLOCK_BYTES", "Plan", "Scratch", "swap_", "swap_steps", "sync
 
 #: Bytes of fast weights per block on accelerators.
 DEVICE_BLOCK_BYTES = 4 * 1024 * 1024
-# On the CPU a bucket of at most this many blocks stays in cache as a whole: it is not cut.
-_UNBLOCKED_BLOCKS = 4
+# On the CPU a bucket of at most this many blocks is not cut (its scratch is then that large).
+_UNBLOCKED_BLOCKS = 1
 
 Step = Callable[[], object]
 Scratch = dict[tuple[torch.device, torch.dtype, int], Tensor]

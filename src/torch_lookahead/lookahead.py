@@ -71,8 +71,6 @@ __all__ = [
     "load_slow_parameters",
 ]
 
-FAST_STASH_KEY = FAST_KEY  # the name of earlier releases
-
 Closure = Callable[[], Any]
 _NO_STATE: dict[str, Any] = {}  # stands for a parameter without state; never written
 _placement = operator.attrgetter("device", "dtype")
@@ -805,7 +803,14 @@ class Lookahead(Optimizer):
             held += group_held
             states += group_states
         if to_eval:  # swapped where the slow copy has the parameter's placement
-            swapped = list(map(operator.eq, map(_placement, params), map(_placement, held)))
+            placements = [(p.device, p.dtype) for p in params]
+            held_placements = [(h.device, h.dtype) for h in held]
+            same = placements == held_placements  # the usual case, compared as whole lists
+            swapped = (
+                [True] * len(params)
+                if same
+                else list(map(operator.eq, placements, held_placements))
+            )
         else:  # swapped where the slow weights are in the parameter (no lookahead_slow kept)
             swapped = [SLOW_KEY not in param_state for param_state in states]
         copied = list(map(operator.not_, swapped))
