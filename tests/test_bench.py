@@ -20,7 +20,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from torch_lookahead import Lookahead
+from torch_lookahead import Lookahead, _sync
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "benchmarks" / "bench.py"
@@ -60,7 +60,8 @@ def test_lookahead_memory_is_inner_plus_one_slow_copy_and_nothing_between_syncs(
     inner = bench.INNER_OPTIMIZERS[inner_name]
     alone = bench.measure_memory(params, inner, None, k=3, alpha=0.5)
     wrapped = bench.measure_memory(params, inner, bench.find_contenders()[0].wrap, k=3, alpha=0.5)
-    assert wrapped.peak_bytes - alone.peak_bytes == slow_bytes
+    # Plus the sync's reused scratch block (src/torch_lookahead/_sync.py): at most one CPU block.
+    assert 0 <= wrapped.peak_bytes - alone.peak_bytes - slow_bytes <= _sync.SYNC_BLOCK_BYTES
     assert wrapped.between_syncs_bytes == alone.between_syncs_bytes
     assert wrapped.sync_step_bytes == alone.sync_step_bytes
 
@@ -253,10 +254,11 @@ def test_low_precision_run_adds_float32_slow_copies(tmp_path: Path) -> None:
     ours_fp32 = bench.find_contenders(torch.bfloat16)[1]
     assert ours_fp32.name == "torch_lookahead (float32 slow)" and ours_fp32.name in report
     memory_row = report.splitlines()[-1].split(" | ")
-    # bf16 slow copies are one copy of the parameters; float32 ones are two (and the scratch of
-    # a sync in float32, at most one block).
-    assert memory_row[3] == "1.00 / +0 B / +0 B"
-    assert 2.0 <= float(memory_row[4].split(" / ")[0]) < 2.05
+    # bf16 slow copies are one copy of the parameters, float32 ones two; the sync's scratch (at
+    # most one block per dtype, here the whole 100 kB model: the lerp's result and, for float32
+    # slow copies, the parameters in float32) adds one copy in bf16, four bf16-sized in float32.
+    assert memory_row[3] == "2.00 / +0 B / +0 B"
+    assert 6.0 <= float(memory_row[4].split(" / ")[0]) < 6.05
 
 
 @pytest.mark.slow

@@ -99,7 +99,7 @@ def test_cache_blocks_cover_every_element_once_in_order() -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)  # 64 floats per block
         patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 0)
-        blocks = list(_sync._cpu_blocks(fast, slow))
+        blocks = list(_sync._blocks(fast, slow))
     flat_fast = torch.cat([t.reshape(-1) for block_fast, _ in blocks for t in block_fast])
     flat_slow = torch.cat([t.reshape(-1) for _, block_slow in blocks for t in block_slow])
     assert torch.equal(flat_fast, torch.cat([f.reshape(-1) for f in fast]))
@@ -116,20 +116,21 @@ def test_small_buckets_are_not_blocked() -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", 400)  # 100 floats; the bucket holds 300: 3 blocks
         patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 3)
-        assert len(list(_sync._cpu_blocks(fast, slow))) == 1
+        assert len(list(_sync._blocks(fast, slow))) == 1
         patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 2)
-        sizes = [len(block_fast) for block_fast, _ in _sync._cpu_blocks(fast, slow)]
+        sizes = [len(block_fast) for block_fast, _ in _sync._blocks(fast, slow)]
         assert sizes == [3, 3, 3, 1]
 
 
-def test_cpu_sync_allocates_nothing() -> None:
+def test_cpu_sync_allocates_nothing_after_its_scratch() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     fast, slow = random_pairs(3, [(70_000,)] * 3 + [(300,)] * 50, torch.float32, torch.float32)
-    _sync.sync_(fast, slow, 0.5, foreach=True)  # warm-up
+    scratch: _sync.Scratch = {}
+    _sync.sync_(fast, slow, 0.5, foreach=True, scratch=scratch)  # warm-up: allocates the scratch
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as recorded:
-        _sync.sync_(fast, slow, 0.5, foreach=True)
-        _sync.sync_(fast, slow, 0.5, foreach=False)
+        _sync.sync_(fast, slow, 0.5, foreach=True, scratch=scratch)
+        _sync.sync_(fast, slow, 0.5, foreach=False, scratch=scratch)
     events = recorded.profiler.kineto_results.events()  # type: ignore[union-attr]
     allocated = [e.nbytes() for e in events if e.name() == "[memory]" and e.nbytes() > 0]
     assert allocated == []
@@ -213,9 +214,9 @@ def test_swap_exchanges_values_exactly_through_a_reused_buffer() -> None:
         for foreach in (True, False):
             _sync.swap_(a, b, scratch, foreach=foreach)
             assert all(torch.equal(x, y) for x, y in zip(a + b, b0 + a0, strict=True))
-            buffer = scratch[(torch.device("cpu"), torch.float32)]
+            buffer = scratch[(torch.device("cpu"), torch.float32, 0)]
             _sync.swap_(a, b, scratch, foreach=foreach)
-            assert scratch[(torch.device("cpu"), torch.float32)] is buffer
+            assert scratch[(torch.device("cpu"), torch.float32, 0)] is buffer
             assert all(torch.equal(x, y) for x, y in zip(a + b, a0 + b0, strict=True))
 
 

@@ -52,9 +52,14 @@ def check_alpha(value: object, name: str = "alpha") -> float:
 
 
 def check_step_count(value: object, name: str) -> int:
-    """Return ``value`` if it is a non-negative int (a group's inner steps since its sync), else raise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    """Return ``value`` as an int if it is a non-negative integer (a group's inner steps since its
+    sync; numpy integers included, as for ``k``), else raise ``ValueError``."""
+    try:
+        number = -1 if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = -1
+    if number < 0:
         raise ValueError(
             f"{name} must be a non-negative int (inner steps since the sync), got {value!r}"
         )
-    return value
+    return int(number)

@@ -1,236 +1,217 @@
-"""Lookahead's outer step over lists of tensors, and the exchange used by ``eval()``/``train()``.
+"""Lookahead's outer step and the ``eval()`` swap over lists of tensors, as resumable plans.
 
-``sync_`` applies Algorithm 1's outer step in place::
+The outer step of Algorithm 1 (Zhang et al., 2019) for every (fast, slow) pair::
 
     slow <- slow + alpha * (fast - slow)
     fast <- slow
 
-Pairs that share device and dtype go through the multi-tensor ``torch._foreach_*`` kernels; pairs
-that differ (fp32 slow copies of bf16 parameters, slow copies kept on the CPU for CUDA parameters)
-are computed one at a time in the slow copy's precision on the parameter's device.
+An operation is a `Plan`: a list of steps run in order, ``done`` counting the completed ones. A
+step writes only tensors it does not read, and no step of its block has written what it reads
+before it runs, so running a step again after an exception (KeyboardInterrupt between two calls,
+out of memory, an error from torch, also after a step that completed but was not yet counted)
+writes the same values. ``Plan.run()`` after any exception therefore finishes the operation with
+the result of one uninterrupted call. Per block of pairs::
 
-On the CPU the pairs are visited in blocks of about ``SYNC_BLOCK_BYTES`` (longer tensors as views
-of that length), so that the copy reads what the lerp has just written from cache rather than from
-memory; blocking changes the order of the same element-wise operations, never a result. The
-measured effect is on ``docs/benchmarks.md``. Accelerators take whole buckets, and so does a sync
-traced by ``torch.compile``, whose generated code fuses the lerp and the copy on its own.
+    sync:  work <- slow; work <- lerp(work, fast, alpha)  |  slow <- work  |  fast <- work
+    swap:  work <- a  |  a <- b  |  b <- work
 
-Every temporary a call needs is allocated before it changes the first tensor, so a call that runs
-out of memory leaves every pair as it was.
+``work`` views a scratch buffer as long as the longest block, allocated (outside inference mode)
+before the plan's first write and reused by the next plans. Blocks hold about ``SYNC_BLOCK_BYTES``
+of fast weights on the CPU (the copies then read ``work`` from cache) and ``DEVICE_BLOCK_BYTES`` on
+accelerators (a bounded scratch, not a second model). Pairs whose slow copy has another dtype or
+device are computed in the slow copy's dtype on the fast weights' device. The measured cost is on
+``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor
 
-from torch_lookahead._tensors import (
-    SYNC_BLOCK_BYTES,
-    cache_blocks,
-    group_by_device_and_dtype,
-    local_shards,
-    same_placement,
-)
+from torch_lookahead._tensors import SYNC_BLOCK_BYTES, cache_blocks, local_shards
 
-__all__ = ["lerp_", "swap_", "sync_"]
+__all__ = ["DEVICE_BLOCK_BYTES", "Plan", "Scratch", "swap_", "swap_steps", "sync_", "sync_steps"]
 
-# A bucket of at most this many blocks stays in cache as a whole: it is not cut into blocks.
-_UNBLOCKED_BLOCKS = 4
+#: Bytes of fast weights per block on accelerators.
+DEVICE_BLOCK_BYTES = 4 * 1024 * 1024
+# On the CPU a bucket of at most this many blocks is not cut (its scratch is then that large).
+_UNBLOCKED_BLOCKS = 1
 
-_Pairs = list[tuple[Tensor, Tensor]]
-_dtype_of = operator.attrgetter("dtype")
-_device_of = operator.attrgetter("device")
-_is_cpu = operator.attrgetter("is_cpu")
+Step = Callable[[], object]
+Scratch = dict[tuple[torch.device, torch.dtype, int], Tensor]
+_placement = operator.attrgetter("device", "dtype")
 
 
-def sync_(fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, *, foreach: bool) -> None:
-    """Outer Lookahead step, in place: ``slow <- slow + alpha*(fast - slow); fast <- slow``.
+class Plan:
+    """Steps run in order; ``done`` counts those completed, so ``run()`` resumes where it stopped."""
 
-    Args:
-        fast: the parameters (fast weights).
-        slow: their slow copies, same shapes; device and dtype may differ from ``fast``.
-        alpha: the slow-weights step size in [0, 1].
-        foreach: use the multi-tensor ``torch._foreach_*`` kernels for pairs of one placement.
-    """
-    if not fast:
-        return
-    fast, slow = local_shards(fast), local_shards(slow)
-    matched_fast, matched_slow, mismatched = _split_by_placement(fast, slow)
-    blocked = not torch.compiler.is_compiling()
-    with torch.no_grad():
-        if matched_fast:
-            for bucket_fast, bucket_slow in group_by_device_and_dtype([matched_fast, matched_slow]):
-                on_cpu = blocked and bucket_fast[0].device.type == "cpu"
-                blocks = (
-                    _cpu_blocks(bucket_fast, bucket_slow)
-                    if on_cpu
-                    else [(bucket_fast, bucket_slow)]
-                )
-                for block_fast, block_slow in blocks:
-                    _lerp_then_copy_(block_fast, block_slow, alpha, foreach=foreach)
-        if mismatched:
-            _sync_mismatched_(mismatched, alpha, blocked=blocked)
+    def __init__(self, steps: list[Step]) -> None:
+        self.steps = steps
+        self.done = 0
+
+    def run(self) -> None:
+        with torch.no_grad():
+            while self.done < len(self.steps):
+                self.steps[self.done]()
+                self.done += 1
 
 
-def _split_by_placement(
-    fast: list[Tensor], slow: list[Tensor]
-) -> tuple[list[Tensor], list[Tensor], _Pairs]:
-    """The pairs that share device and dtype (two parallel lists), and the others."""
-    # The usual case, every pair matched, is recognised with C-level maps.
-    if list(map(_dtype_of, fast)) == list(map(_dtype_of, slow)) and (
-        (all(map(_is_cpu, fast)) and all(map(_is_cpu, slow)))
-        or list(map(_device_of, fast)) == list(map(_device_of, slow))
-    ):
-        return fast, slow, []
-    matched_fast: list[Tensor] = []
-    matched_slow: list[Tensor] = []
-    mismatched: _Pairs = []
-    for f, s in zip(fast, slow, strict=True):
-        if same_placement(f, s):
-            matched_fast.append(f)
-            matched_slow.append(s)
-        else:
-            mismatched.append((f, s))
-    return matched_fast, matched_slow, mismatched
-
-
-def _lerp_then_copy_(
-    fast: list[Tensor], slow: list[Tensor], alpha: float, *, foreach: bool
-) -> None:
-    if foreach and len(fast) > 1:
-        torch._foreach_lerp_(slow, fast, alpha)
-        torch._foreach_copy_(fast, slow)
+def _copy(targets: list[Tensor], sources: list[Tensor], foreach: bool) -> None:
+    if foreach:
+        torch._foreach_copy_(targets, sources)
     else:
-        for f, s in zip(fast, slow, strict=True):
-            s.lerp_(f, alpha)
-            f.copy_(s)
+        for t, s in zip(targets, sources, strict=True):
+            t.copy_(s)
 
 
-def _sync_mismatched_(pairs: _Pairs, alpha: float, *, blocked: bool) -> None:
-    """The outer step for pairs of different dtype or device, in the slow copy's precision.
-
-    Two scratch buffers per (parameter device, slow dtype), as long as the longest piece, hold the
-    slow copy brought to the parameter's device and the parameter in the slow dtype.
-    """
-    pieces: _Pairs = []
-    for f, s in pairs:
-        both_cpu = f.device.type == "cpu" and s.device.type == "cpu"
-        pieces.extend(_pieces(f, s) if blocked and both_cpu else [(f, s)])
-    longest: dict[tuple[torch.device, torch.dtype, bool], int] = {}
-    for f, s in pieces:
-        for moved, needed in ((False, f.dtype != s.dtype), (True, f.device != s.device)):
-            if needed:
-                key = (f.device, s.dtype, moved)
-                longest[key] = max(longest.get(key, 0), f.numel())
-    scratch = {
-        key: torch.empty(numel, device=key[0], dtype=key[1]) for key, numel in longest.items()
-    }
-    offloaded_from: set[torch.device] = set()
-    for f, s in pieces:
-        numel = f.numel()
-        work = s
-        if f.device != s.device:
-            work = scratch[(f.device, s.dtype, True)][:numel].view(s.shape)
-            work.copy_(s, non_blocking=True)
-        end = f
-        if f.dtype != s.dtype:
-            end = scratch[(f.device, s.dtype, False)][:numel].view(f.shape)
-            end.copy_(f)
-        work.lerp_(end, alpha)
-        f.copy_(work)
-        if work is not s:
-            # Same stream: the next piece's copy into `work` waits for this one.
-            s.copy_(work, non_blocking=True)
-            offloaded_from.add(f.device)
-    for device in offloaded_from:
-        # Slow copies in (pinned) host memory must be complete before anyone reads them.
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-
-def _pieces(fast: Tensor, slow: Tensor) -> _Pairs:
-    """The pair itself, or matching flat views of at most one block each when it is longer."""
-    block_numel = max(1, SYNC_BLOCK_BYTES // fast.element_size())
-    if fast.numel() <= block_numel or not (fast.is_contiguous() and slow.is_contiguous()):
-        return [(fast, slow)]
-    fast_views = torch.split(fast.view(-1), block_numel)
-    slow_views = torch.split(slow.view(-1), block_numel)
-    return list(zip(fast_views, slow_views, strict=True))
-
-
-def _cpu_blocks(
-    fast: list[Tensor], slow: list[Tensor]
-) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
-    """Consecutive runs of pairs holding about one block of fast weights each, in order.
-
-    A tensor longer than a block comes out as blocks of one pair of views (see ``_pieces``).
-    """
-    itemsize = fast[0].element_size()
-    sizes = list(map(Tensor.numel, fast))
-    if sum(sizes) * itemsize <= _UNBLOCKED_BLOCKS * SYNC_BLOCK_BYTES:
-        yield fast, slow  # small enough to stay in cache as a whole
-        return
-    if max(sizes) * itemsize > SYNC_BLOCK_BYTES:
-        pieces = [piece for f, s in zip(fast, slow, strict=True) for piece in _pieces(f, s)]
-        fast = [f for f, _ in pieces]
-        slow = [s for _, s in pieces]
-    for block in cache_blocks(fast, SYNC_BLOCK_BYTES):
-        yield fast[block], slow[block]
-
-
-def lerp_(
-    targets: Sequence[Tensor], ends: Sequence[Tensor], weight: float, *, foreach: bool
-) -> None:
-    """``target <- target + weight*(end - target)`` for every pair (same device and dtype)."""
-    if not targets:
-        return
-    targets, ends = local_shards(targets), local_shards(ends)
-    with torch.no_grad():
-        if foreach:
-            for bucket_targets, bucket_ends in group_by_device_and_dtype([targets, ends]):
-                torch._foreach_lerp_(bucket_targets, bucket_ends, weight)
-        else:
-            for t, e in zip(targets, ends, strict=True):
-                t.lerp_(e, weight)
-
-
-def swap_(
-    a: Sequence[Tensor],
-    b: Sequence[Tensor],
-    scratch: dict[tuple[torch.device, torch.dtype], Tensor],
-    *,
+def _lerp_into(
+    work: list[Tensor],
+    slow: list[Tensor],
+    end: list[Tensor],
+    fast: list[Tensor],
+    alpha: float,
     foreach: bool,
 ) -> None:
-    """Exchange the values of each pair in place (every pair shares device and dtype).
+    _copy(work, slow, foreach)
+    if end is not fast:
+        _copy(end, fast, foreach)  # the fast weights in the slow copy's dtype
+    if foreach:
+        torch._foreach_lerp_(work, end, alpha)
+    else:
+        for w, e in zip(work, end, strict=True):
+            w.lerp_(e, alpha)
 
-    Over the sync's blocks (``_cpu_blocks``) through one scratch buffer per device and dtype as
-    long as the longest block, kept in ``scratch`` so that repeated exchanges allocate nothing:
-    three multi-tensor copies per block.
-    """
-    if not a:
+
+def _buckets(a: list[Tensor], b: list[Tensor]) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
+    """The pairs grouped by (placement of ``a``, placement of ``b``), in order of appearance."""
+    placements_a, placements_b = list(map(_placement, a)), list(map(_placement, b))
+    if placements_a.count(placements_a[0]) == len(a) and placements_b.count(placements_b[0]) == len(
+        b
+    ):
+        yield a, b  # one placement, the usual case, recognised at C speed
         return
-    a, b = local_shards(a), local_shards(b)
-    with torch.no_grad():
-        for bucket_a, bucket_b in group_by_device_and_dtype([a, b]):
-            blocks = list(_cpu_blocks(bucket_a, bucket_b))  # the sync's blocks, on any device
-            longest = max(sum(map(Tensor.numel, block_a)) for block_a, _ in blocks)
-            key = (bucket_a[0].device, bucket_a[0].dtype)
-            buffer = scratch.get(key)
-            if buffer is None or buffer.numel() < longest:
-                buffer = scratch[key] = torch.empty(longest, device=key[0], dtype=key[1])
-            for block_a, block_b in blocks:
-                sizes = list(map(Tensor.numel, block_a))
-                flat = torch.split(buffer[: sum(sizes)], sizes)
-                held = [view.view(x.shape) for view, x in zip(flat, block_a, strict=True)]
-                if foreach:
-                    torch._foreach_copy_(held, block_a)
-                    torch._foreach_copy_(block_a, block_b)
-                    torch._foreach_copy_(block_b, held)
-                else:
-                    for h, x, y in zip(held, block_a, block_b, strict=True):
-                        h.copy_(x)
-                        x.copy_(y)
-                        y.copy_(h)
+    buckets: dict[tuple[object, object], tuple[list[Tensor], list[Tensor]]] = {}
+    for x, y, key in zip(a, b, zip(placements_a, placements_b, strict=True), strict=True):
+        bucket = buckets.setdefault(key, ([], []))
+        bucket[0].append(x)
+        bucket[1].append(y)
+    yield from buckets.values()
+
+
+def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[Tensor]]]:
+    """Consecutive runs of pairs of about one block of ``a`` each; longer contiguous tensors come
+    as flat views of one block. Blocking changes the order of the same element-wise operations,
+    never a result."""
+    on_cpu = a[0].device.type == "cpu"
+    block_bytes = SYNC_BLOCK_BYTES if on_cpu else DEVICE_BLOCK_BYTES
+    itemsize = a[0].element_size()
+    sizes = list(map(Tensor.numel, a))
+    whole = _UNBLOCKED_BLOCKS * block_bytes if on_cpu else block_bytes
+    if sum(sizes) * itemsize <= whole:
+        return [(a, b)]
+    block_numel = max(1, block_bytes // itemsize)
+    if max(sizes) > block_numel:
+        cut_a: list[Tensor] = []
+        cut_b: list[Tensor] = []
+        for x, y, numel in zip(a, b, sizes, strict=True):
+            if numel > block_numel and x.is_contiguous() and y.is_contiguous():
+                cut_a.extend(torch.split(x.view(-1), block_numel))
+                cut_b.extend(torch.split(y.view(-1), block_numel))
+            else:
+                cut_a.append(x)
+                cut_b.append(y)
+        a, b = cut_a, cut_b
+    return [(a[block], b[block]) for block in cache_blocks(a, block_bytes)]
+
+
+def _views(
+    scratch: Scratch,
+    like: list[Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
+    slot: int,
+    numel: int,
+) -> list[Tensor]:
+    """Views of the scratch buffer ``(device, dtype, slot)``, shaped like ``like``."""
+    key = (device, dtype, slot)
+    buffer = scratch.get(key)
+    if buffer is None or buffer.numel() < numel:
+        # Created outside inference mode, so that later plans outside it may write into it.
+        with torch.inference_mode(False):
+            buffer = scratch[key] = torch.empty(numel, device=device, dtype=dtype)
+    return list(torch._C._nn.unflatten_dense_tensors(buffer[:numel], like))
+
+
+def _plan_blocks(
+    a: Sequence[Tensor], b: Sequence[Tensor]
+) -> list[tuple[list[Tensor], list[Tensor], int]]:
+    blocks = [
+        (block_a, block_b, sum(map(Tensor.numel, block_a)))
+        for bucket_a, bucket_b in _buckets(local_shards(a), local_shards(b))
+        for block_a, block_b in _blocks(bucket_a, bucket_b)
+    ]
+    return blocks
+
+
+def sync_steps(
+    fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, scratch: Scratch, *, foreach: bool
+) -> list[Step]:
+    """The steps of the outer step over the pairs; every allocation is made here, none in a step."""
+    if not fast:
+        return []
+    if torch.compiler.is_compiling():
+        # A traced sync is one graph; the compiler fuses the lerp and the copy.
+        return [partial(_compiled_sync_, local_shards(fast), local_shards(slow), alpha)]
+    steps: list[Step] = []
+    for block_fast, block_slow, numel in _plan_blocks(fast, slow):
+        device, dtype = block_fast[0].device, block_slow[0].dtype
+        work = _views(scratch, block_fast, device, dtype, 0, numel)
+        end = block_fast
+        if block_fast[0].dtype != dtype:
+            end = _views(scratch, block_fast, device, dtype, 1, numel)
+        steps.append(partial(_lerp_into, work, block_slow, end, block_fast, alpha, foreach))
+        steps.append(partial(_copy, block_slow, work, foreach))
+        steps.append(partial(_copy, block_fast, work, foreach))
+    return steps
+
+
+def _compiled_sync_(fast: list[Tensor], slow: list[Tensor], alpha: float) -> None:
+    for f, s in zip(fast, slow, strict=True):
+        s.lerp_(f.to(s), alpha)
+        f.copy_(s)
+
+
+def swap_steps(
+    a: Sequence[Tensor], b: Sequence[Tensor], scratch: Scratch, *, foreach: bool
+) -> list[Step]:
+    """The steps that exchange the values of each pair (each pair shares device and dtype)."""
+    if not a:
+        return []
+    steps: list[Step] = []
+    for block_a, block_b, numel in _plan_blocks(a, b):
+        held = _views(scratch, block_a, block_a[0].device, block_a[0].dtype, 0, numel)
+        steps.append(partial(_copy, held, block_a, foreach))
+        steps.append(partial(_copy, block_a, block_b, foreach))
+        steps.append(partial(_copy, block_b, held, foreach))
+    return steps
+
+
+def sync_(
+    fast: Sequence[Tensor],
+    slow: Sequence[Tensor],
+    alpha: float,
+    *,
+    foreach: bool,
+    scratch: Scratch | None = None,
+) -> None:
+    """One uninterrupted outer step, in place: ``slow <- slow + alpha*(fast - slow); fast <- slow``."""
+    Plan(sync_steps(fast, slow, alpha, {} if scratch is None else scratch, foreach=foreach)).run()
+
+
+def swap_(a: Sequence[Tensor], b: Sequence[Tensor], scratch: Scratch, *, foreach: bool) -> None:
+    """Exchange the values of each pair in place, through the reused ``scratch`` buffers."""
+    Plan(swap_steps(a, b, scratch, foreach=foreach)).run()

@@ -1,8 +1,7 @@
 """Tensor plumbing shared by the sync, the optimizers and the distributed code.
 
-One place for each of: the local shards of DTensors, whether two tensors share device and dtype,
-grouping parallel lists by device and dtype, and cutting a list of CPU tensors into cache-sized
-blocks.
+One place for each of: the local shards of DTensors, grouping parallel lists by device and
+dtype, and cutting a list of CPU tensors into cache-sized blocks.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ __all__ = [
     "cache_blocks",
     "group_by_device_and_dtype",
     "local_shards",
-    "same_placement",
 ]
 
 #: Bytes of one tensor list per block of the CPU sync: a block of fast and slow weights fits in a
@@ -45,11 +43,6 @@ def local_shards(tensors: Sequence[Tensor]) -> list[Tensor]:
     if set(map(type, tensors)) <= _PLAIN_TENSOR_TYPES:  # the usual case, at C speed
         return list(tensors)
     return [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
-
-
-def same_placement(a: Tensor, b: Tensor) -> bool:
-    """Whether ``a`` and ``b`` share device and dtype (so one kernel can take both)."""
-    return a.dtype == b.dtype and a.device == b.device
 
 
 def group_by_device_and_dtype(

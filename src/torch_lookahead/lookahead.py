@@ -1,55 +1,58 @@
-"""The Lookahead wrapper: bookkeeping, state and the ``torch.optim.Optimizer`` contract.
+"""The Lookahead wrapper: its states, its operations and the ``torch.optim.Optimizer`` contract.
 
-Everything the wrapper keeps lives in the inner optimizer's own structures, so every tool that
-saves, moves, shards or proxies an optimizer sees it:
+docs/design.md has the state table: what every public operation does in every state. Everything
+the wrapper keeps lives in the inner optimizer's own structures, so every tool that saves, moves,
+shards or proxies an optimizer sees it; each tensor is named by what it holds:
 
-* per parameter group: ``lookahead_k``, ``lookahead_alpha``, ``lookahead_step`` (inner steps since
-  the last sync), ``lookahead_synced_at`` (the inner step count of the group's first parameter at
-  the last sync, where the inner optimizer counts steps on the CPU; -1 where it does not) and, while evaluating,
-  ``lookahead_eval_mode``;
-* per parameter, in ``optimizer.state[p]``: ``lookahead_slow`` (the slow weights), the slow momentum
-  copies of the ``"pullback"`` policy and, for mixed-precision slow copies in eval mode,
-  ``lookahead_fast``.
+* per parameter group: ``lookahead_k``, ``lookahead_alpha``, ``lookahead_step`` (the position in
+  the k-cycle) and ``lookahead_eval_mode`` (whether the parameters hold the slow weights);
+* per parameter, in ``optimizer.state[p]``: in train mode ``lookahead_slow`` (the slow weights,
+  once captured); in eval mode ``lookahead_fast`` (the fast weights), and ``lookahead_slow`` only
+  where its dtype or device differs from the parameter's (the parameter then holds them rounded);
+  the slow momentum copies of the ``"pullback"`` policy.
+
+Nothing is derived from that state between calls: every operation scans the groups, as
+``torch.optim``'s ``_init_group`` does. Not saved: an operation an exception interrupted
+(``_plan``, see ``torch_lookahead._sync``), which every public operation finishes first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import signal
-import threading
+import operator
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
+from itertools import compress, repeat
 from typing import Any, TypedDict, cast
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from torch_lookahead import _sync
 from torch_lookahead._checks import check_alpha, check_k, check_step_count
 from torch_lookahead._keys import (
     ALPHA_KEY,
     EVAL_KEY,
-    FAST_STASH_KEY,
+    FAST_KEY,
     K_KEY,
     SLOW_KEY,
     STEP_KEY,
     SYNCED_AT_KEY,
 )
 from torch_lookahead._loading import (
-    adopt_checkpoint_defaults,
     check_loadable,
-    drop_stale_slow_weights,
-    mark_synced,
+    inner_step_count,
+    warn_if_stepped_without_lookahead,
 )
-from torch_lookahead._tensors import local_shards, same_placement
-from torch_lookahead._tracking import GroupTracking, Tracking, build_tracking
+from torch_lookahead._sync import Plan, Scratch, Step, swap_steps, sync_steps
+from torch_lookahead._tensors import local_shards
 from torch_lookahead.pullback import (
     PULLBACK_MODES,
     PullbackMode,
-    apply_momentum_policy_,
-    ensure_slow_momentum_,
+    momentum_buffers,
     momentum_keys_for,
     registered_momentum_classes,
     slow_momentum_key,
@@ -58,7 +61,7 @@ from torch_lookahead.pullback import (
 __all__ = [
     "ALPHA_KEY",
     "EVAL_KEY",
-    "FAST_STASH_KEY",
+    "FAST_KEY",
     "K_KEY",
     "SLOW_KEY",
     "STEP_KEY",
@@ -68,8 +71,10 @@ __all__ = [
     "load_slow_parameters",
 ]
 
-
 Closure = Callable[[], Any]
+_NO_STATE: dict[str, Any] = {}  # stands for a parameter without state; never written
+_placement = operator.attrgetter("device", "dtype")
+_shape = operator.attrgetter("shape")
 
 
 class LookaheadOptions(TypedDict, total=False):
@@ -110,12 +115,14 @@ def _validate_slow_dtype(dtype: object) -> torch.dtype | None:
 def _validate_slow_device(device: object) -> torch.device | None:
     if device is None:
         return None
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"slow_device must be None, a str or a torch.device, got {device!r}")
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise TypeError(
+            f"slow_device must be None, a str, a device index or a torch.device, got {device!r}"
+        )
     try:
         parsed = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"slow_device must name a device such as 'cpu', got {device!r}") from error
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"slow_device={device!r} does not name a device here: {error}") from None
     if parsed.type == "meta":
         raise ValueError(
             "slow_device='meta' cannot hold the slow weights' values; use a real device"
@@ -133,49 +140,105 @@ def _validate_flag(name: str, value: object, *, optional: bool) -> None:
         raise TypeError(f"{name} must be {accepted}, got {value!r}")
 
 
-def _is_dtensor(t: Tensor) -> bool:
-    return hasattr(t, "to_local")
+def _held(
+    params: Sequence[Tensor], state: Any, key: str
+) -> tuple[list[Tensor], list[Any], list[dict[str, Any]]]:
+    """The parameters whose state holds ``key``, those entries and the state dicts (C-level scan)."""
+    states = list(map(state.get, params, repeat(_NO_STATE)))
+    held = list(map(dict.get, states, repeat(key)))
+    present = list(map(operator.is_not, held, repeat(None)))
+    if all(present):
+        return list(params), held, states
+    return (
+        list(compress(params, present)),
+        list(compress(held, present)),
+        list(compress(states, present)),
+    )
 
 
-@contextlib.contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Hold back Ctrl-C (SIGINT) until the block has finished, then deliver it.
-
-    A sync changes the fast weights, the slow weights and the momentum of many tensors; an
-    interrupt between two of those changes would leave a half-applied outer step. Only the main
-    thread receives signals, so elsewhere (and while ``torch.compile`` traces) this does nothing.
-    """
-    if torch.compiler.is_compiling() or threading.current_thread() is not threading.main_thread():
-        yield
+def _require_tensors_like(
+    group: dict[str, Any], where: int, params: list[Tensor], held: list[Any], key: str
+) -> None:
+    """Raise ``ValueError`` before anything changes unless every entry is a tensor of its
+    parameter's shape (a parameter resized through ``.data``, a value assigned by hand)."""
+    if all(isinstance(h, Tensor) for h in held) and [h.shape for h in held] == [
+        p.shape for p in params
+    ]:
         return
-    received: list[tuple[int, Any]] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append((number, frame)))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received and callable(previous):
-            previous(*received[0])
+    for p, value in zip(params, held, strict=True):
+        if not isinstance(value, Tensor) or value.shape != p.shape:
+            found = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else repr(value)
+            index = next(i for i, q in enumerate(group["params"]) if q is p)
+            raise ValueError(
+                f"state[{key!r}] of parameter {index} in parameter group {where} must be a tensor "
+                f"of the parameter's shape {tuple(p.shape)}, got {found}; after changing a "
+                "parameter's shape, call reset_slow()"
+            )
 
 
-def _inner_step_without_global_hooks(
-    optimizer: Optimizer, closure: Closure | None, kwargs: dict[str, Any]
+def _store(states: list[dict[str, Any]], key: str, values: list[Tensor]) -> None:
+    for param_state, value in zip(states, values, strict=True):
+        param_state[key] = value
+
+
+def _rename(states: list[dict[str, Any]], old: str, new: str) -> None:
+    """Move each ``state[old]`` to ``state[new]`` (idempotent: a second run finds nothing to move)."""
+    for param_state in states:
+        value = param_state.get(old)
+        if value is not None:
+            param_state[new] = value
+            del param_state[old]
+
+
+def _drop(states: list[dict[str, Any]], key: str) -> None:
+    for param_state in states:
+        param_state.pop(key, None)
+
+
+def _copy_pairs(targets: list[Tensor], sources: list[Tensor]) -> None:
+    if targets:
+        torch._foreach_copy_(local_shards(targets), local_shards(sources))
+
+
+def _zero(tensors: list[Tensor]) -> None:
+    if tensors:
+        torch._foreach_zero_(local_shards(tensors))
+
+
+def _set(groups: list[dict[str, Any]], key: str, values: list[Any]) -> None:
+    for group, value in zip(groups, values, strict=True):
+        group[key] = value
+
+
+def _inner_step(
+    optimizer: Optimizer,
+    closure: Closure | None,
+    kwargs: dict[str, Any],
+    stepped: Callable[[], None],
 ) -> Any:
-    """``optimizer.step(closure, **kwargs)`` with its own step hooks but not the global ones.
+    """``optimizer.step(closure, **kwargs)`` with its own step hooks but not the global ones, and
+    ``stepped()`` called as soon as the inner step has returned, before its post-hooks.
 
     ``torch.optim`` wraps every optimizer class's ``step`` so that it runs the global step hooks
-    (``register_optimizer_step_pre_hook``/``_post_hook``) and the instance's hooks. The wrapper's
-    own ``step`` already ran the global hooks once for this user step, so the inner step is called
-    through the undecorated function, with the inner optimizer's instance hooks run around it in
-    torch's order. Where the decoration is not there (or ``step`` was replaced on the instance,
-    e.g. by an LR scheduler built on the inner optimizer), the plain call is made.
+    and the instance's hooks. The wrapper's own ``step`` already ran the global hooks for this
+    user step, so the inner step is called through the undecorated function, with the inner
+    optimizer's instance hooks around it in torch's order. An LR scheduler built on the inner
+    optimizer wraps its ``step`` on the instance only to record that it was called; that record is
+    made here. Where the decoration is not there, or ``step`` was replaced on the instance in
+    another way, the plain call is made.
     """
     if closure is not None:
         kwargs = {"closure": closure, **kwargs}
     step = type(optimizer).step
     undecorated = getattr(step, "__wrapped__", None)
-    if undecorated is None or not getattr(step, "hooked", False) or "step" in vars(optimizer):
-        return optimizer.step(**kwargs)
+    replaced = vars(optimizer).get("step")
+    if replaced is not None and getattr(replaced, "_wrapped_by_lr_sched", False):
+        optimizer._opt_called = True  # type: ignore[attr-defined]  # what its wrapper records
+        replaced = None
+    if undecorated is None or not getattr(step, "hooked", False) or replaced is not None:
+        out = optimizer.step(**kwargs)
+        stepped()
+        return out
     args: tuple[Any, ...] = (optimizer,)
     for pre_hook in optimizer._optimizer_step_pre_hooks.values():
         result = pre_hook(optimizer, args, kwargs)
@@ -183,6 +246,7 @@ def _inner_step_without_global_hooks(
             args, kwargs = result
     with torch.autograd.profiler.record_function(f"Optimizer.step#{type(optimizer).__name__}.step"):
         out = undecorated(*args, **kwargs)
+    stepped()
     optimizer._optimizer_step_code()
     for post_hook in optimizer._optimizer_step_post_hooks.values():
         post_hook(optimizer, args, kwargs)
@@ -212,12 +276,19 @@ class Lookahead(Optimizer):
     inner optimizer's own (live views with setters), so LR schedulers, GradScaler, checkpoints,
     Lightning, Accelerate, the HF Trainer, DCP and ZeRO see one optimizer, and one ``step()`` is one
     step to every step hook, global or not. The slow weights are kept in
-    ``optimizer.state[p]["lookahead_slow"]``; ``k``, ``alpha`` and the step counter live in each
+    ``optimizer.state[p]["lookahead_slow"]`` (docs/design.md has the state table); ``k``,
+    ``alpha`` and the step counter live in each
     parameter group (``lookahead_k``, ``lookahead_alpha``, ``lookahead_step``), so a group may carry
     its own values and a scheduler may change them: every ``step()`` checks them first, as the
     constructor does, and raises before anything changes. A group whose counter has reached its
     ``k`` when a step begins (k was lowered below the steps already taken, or an exception
-    interrupted the previous sync) is synced first.
+    stopped the previous step between its inner step and its sync) is synced first.
+
+    An operation that changes tensors (the sync, ``eval()``/``train()``, ``reset_slow()``) that
+    an exception interrupts (Ctrl-C, out of memory, an error from torch or a hook) is finished by
+    the next call of any operation, with the result of one uninterrupted call: nothing is applied
+    twice or lost. A gradient computed before a sync that completes at the next ``step()`` is then
+    one sync stale, unless the step takes a closure.
 
     Args:
         optimizer: the inner ("fast") optimizer, any ``torch.optim.Optimizer``.
@@ -232,7 +303,10 @@ class Lookahead(Optimizer):
             accelerator, in pinned memory; they are moved only at the sync). Default: the
             parameter's device.
         foreach: use the multi-tensor ``torch._foreach_*`` kernels for the sync and the exchange
-            of ``eval()``/``train()``. Default (None): yes.
+            of ``eval()``/``train()``. Default (None): yes, on every device. Unlike
+            ``torch.optim``, whose ``None`` takes the per-tensor loop on the CPU, because on
+            the CPU the multi-tensor kernels are the faster ones for this update
+            (docs/benchmarks.md).
         check_finite: at every sync, before anything changes, check that the fast weights are
             finite and raise ``FloatingPointError`` naming the first parameter that is not, so
             that NaN or inf never reach the slow weights. Costs one pass over the weights per
@@ -285,18 +359,24 @@ class Lookahead(Optimizer):
         self.check_finite = check_finite
         self._init_runtime()
         # New groups, also those added straight to the inner optimizer, inherit these defaults.
-        optimizer.defaults.update({K_KEY: k, ALPHA_KEY: alpha, STEP_KEY: 0, SYNCED_AT_KEY: -1})
+        optimizer.defaults.update({K_KEY: k, ALPHA_KEY: alpha, STEP_KEY: 0})
         self._check_groups()
-        drop_stale_slow_weights(self.param_groups, self.state)
+        # Groups that carry values of their own (set by the user, or left by an earlier Lookahead
+        # or a loaded checkpoint) keep them, as a checkpoint's do: said, not silent.
+        self._adopt_group_values({K_KEY: k, ALPHA_KEY: alpha}, "the parameter groups'")
+        warn_if_stepped_without_lookahead(self.param_groups, self.state)
+        for group in self.param_groups:
+            group.pop(SYNCED_AT_KEY, None)
 
     def _init_runtime(self) -> None:
-        """What is not pickled: the hook dictionaries and torch's step decoration, and caches.
+        """What is not pickled: the hook dictionaries, torch's step decoration, the scratch
+        buffers and an interrupted operation.
 
         ``Optimizer.__init__`` would build a second list of parameter groups, so the wrapper runs
         what ``Optimizer.__setstate__`` runs for an unpickled optimizer instead.
         """
-        self._tracking: Tracking | None = None
-        self._swap_scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._plan: Plan | None = None
+        self._scratch: Scratch = {}
         Optimizer.__setstate__(self, {})
 
     # ------------------------------------------------------------------ live views of the inner
@@ -328,6 +408,13 @@ class Lookahead(Optimizer):
     def is_second_order(self) -> bool:
         """Forwarded from the inner optimizer (timm's train loop asks, e.g. for AdaHessian)."""
         return bool(getattr(self.optimizer, "is_second_order", False))
+
+    @property
+    def in_eval_mode(self) -> bool:
+        """Whether the parameters of any group hold the slow weights (``eval()`` without
+        ``train()``, or an eval-form checkpoint loaded). ``step()``, ``sync()``, ``reset_slow()``
+        and ``load_state_dict()`` raise while it is true; a group added since is in train mode."""
+        return any(group.get(EVAL_KEY, False) for group in self.param_groups)
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -374,7 +461,7 @@ class Lookahead(Optimizer):
         }
         return type(name, (cls,), namespace)
 
-    # ------------------------------------------------------------------ checks at every step
+    # ------------------------------------------------------------------ checks and bookkeeping
     def _check_groups(self) -> None:
         """Validate every group's ``k``, ``alpha`` and counter, and give groups the keys they lack.
 
@@ -393,7 +480,6 @@ class Lookahead(Optimizer):
                 and 0.0 <= alpha <= 1.0
                 and type(steps) is int
                 and steps >= 0
-                and SYNCED_AT_KEY in group
             ):
                 continue
             update: dict[str, Any] = {}
@@ -404,191 +490,244 @@ class Lookahead(Optimizer):
                     update[key] = check(defaults.get(key), f"defaults[{key!r}]")
             name = f"param_groups[{index}][{STEP_KEY!r}]"
             update[STEP_KEY] = check_step_count(group.get(STEP_KEY, 0), name)
-            synced_at = group.get(SYNCED_AT_KEY, -1)
-            update[SYNCED_AT_KEY] = synced_at if type(synced_at) is int else -1
             updates.append((group, update))
         for group, update in updates:
             group.update(update)
 
+    def _adopt_group_values(self, before: dict[str, Any], whose: str) -> None:
+        """Make ``defaults`` report the groups' k and alpha where all groups agree, with a warning
+        where they differ from ``before`` (the constructor's, or those in place before a load)."""
+        groups = self.param_groups
+        for key in (K_KEY, ALPHA_KEY):
+            values = {group[key] for group in groups}
+            if len(values) != 1:
+                continue
+            (value,) = values
+            if value != before[key]:
+                warnings.warn(
+                    f"{whose} {key}={value} replaces this optimizer's {before[key]} (values "
+                    "in the parameter groups win, as their learning rates do)",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            self.defaults[key] = value
+
     def _require_train_mode(self, what: str) -> None:
-        if any(group.get(EVAL_KEY, False) for group in self.param_groups):
+        if self.in_eval_mode:
             raise RuntimeError(
                 f"Lookahead.{what} was called in eval mode (the parameters hold the slow weights); "
                 "call optimizer.train() first"
             )
 
-    def _tracked(self, *, slows: bool = True) -> list[GroupTracking]:
-        """Per group (in order): the parameters with slow copies, those copies, and the others.
+    def _finish(self) -> None:
+        """Finish the operation an exception interrupted, if any (see ``torch_lookahead._sync``)."""
+        if self._plan is not None:
+            self._plan.run()
+            self._plan = None
 
-        ``slows=False`` is for the step's capture, which needs only to know which parameters lack
-        a slow copy; the sync, the exchange and everything else read the copies themselves.
-        """
-        groups, state = self.param_groups, self.state
-        if torch.compiler.is_compiling():
-            return build_tracking(groups, state, SLOW_KEY).groups
-        tracking = self._tracking
-        if tracking is None or not tracking.is_current(groups, state, slows=slows):
-            tracking = self._tracking = build_tracking(groups, state, SLOW_KEY)
-        return tracking.groups
+    def _run(self, steps: list[Step]) -> None:
+        """Run an operation's steps; kept as the pending operation until they have all run."""
+        self._finish()
+        self._plan = Plan(steps)
+        self._finish()
+
+    def _use_foreach(self) -> bool:
+        return True if self.foreach is None else self.foreach
+
+    def _index(self, group: dict[str, Any]) -> int:
+        return next(i for i, g in enumerate(self.param_groups) if g is group)
+
+    def _slow_placement(self, p: Tensor) -> tuple[torch.device, torch.dtype]:
+        wanted = self.slow_dtype
+        dtype = p.dtype
+        if wanted is not None and p.is_floating_point() and dtype.itemsize < wanted.itemsize:
+            dtype = wanted
+        return (self.slow_device if self.slow_device is not None else p.device), dtype
+
+    def _new_slow_copy(self, p: Tensor, source: Tensor) -> Tensor:
+        """A fresh slow copy for parameter ``p`` holding ``source``, placed as configured."""
+        device, dtype = self._slow_placement(p)
+        source = source.detach()
+        with torch.inference_mode(False), torch.no_grad():
+            if hasattr(p, "to_local"):  # a DTensor (FSDP2)
+                if self.slow_device is not None:
+                    raise ValueError("slow_device is not supported for DTensor (FSDP2) parameters")
+                return source.to(dtype=dtype, copy=True)
+            pin = device.type == "cpu" and p.device.type == "cuda"
+            slow = torch.empty_like(p, dtype=dtype, device=device, pin_memory=pin)
+            slow.copy_(source)
+            return slow
+
+    def _replaced_slow_copies(
+        self, params: list[Tensor], slows: list[Tensor], states: list[dict[str, Any]]
+    ) -> tuple[list[Tensor], list[Step]]:
+        """Slow copies placed where this optimizer wants them (after ``model.double()``, or a
+        checkpoint of another ``slow_dtype``), allocated now, and the step that stores them."""
+        unconfigured = self.slow_dtype is None and self.slow_device is None
+        if unconfigured and [(p.device, p.dtype) for p in params] == [
+            (s.device, s.dtype) for s in slows
+        ]:
+            return slows, []
+        moved = [
+            i
+            for i, (p, s) in enumerate(zip(params, slows, strict=True))
+            if _placement(s) != self._slow_placement(p)
+        ]
+        if not moved:
+            return slows, []
+        slows = list(slows)
+        for i in moved:
+            slows[i] = self._new_slow_copy(params[i], slows[i])
+        step = partial(_store, [states[i] for i in moved], SLOW_KEY, [slows[i] for i in moved])
+        return slows, [step]
 
     # ------------------------------------------------------------------ the step
     def step(self, closure: Closure | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
         """One inner step; after every ``lookahead_k``-th inner step of a group, sync that group.
 
         The closure, if any, runs exactly once per inner evaluation (through the inner optimizer)
-        and the inner step's return value (the loss) is returned.
+        and the inner step's return value (the loss) is returned. The inner step is counted as
+        soon as it returns, so an exception from a step post-hook or from the sync leaves a
+        counter that the next ``step()`` completes (it syncs first, without a second inner step).
         """
+        self._finish()
         self._require_train_mode("step()")
         self._check_groups()
-        overdue = [group for group in self.param_groups if group[STEP_KEY] >= group[K_KEY]]
+        groups = self.param_groups
+        overdue = [group for group in groups if group[STEP_KEY] >= group[K_KEY]]
         if overdue:
-            self._sync_groups(overdue)
-        # The slow copies themselves are read (and checked) only when this step ends with a sync.
-        syncing = any(group[STEP_KEY] + 1 >= group[K_KEY] for group in self.param_groups)
-        tracked = self._tracked(slows=syncing)
+            self.outer_step(overdue)
+        for group in groups:
+            if group[STEP_KEY] + 1 >= group[K_KEY]:
+                self.slow_pairs(
+                    group
+                )  # a slow copy that cannot sync raises before anything changes
+        state = self.state
+        missing: list[Tensor] = []
+        for group in groups:
+            params = group["params"]
+            slows = map(dict.get, map(state.get, params, repeat(_NO_STATE)), repeat(SLOW_KEY))
+            missing.extend(compress(params, map(operator.is_, slows, repeat(None))))
         captured: list[tuple[Tensor, Tensor]] = []
+
+        def capture() -> None:
+            # phi_0: the weights before their first update, once it is known which will change.
+            captured.extend((p, self._new_slow_copy(p, p)) for p in missing if p.grad is not None)
+
+        def stepped() -> None:
+            # Stored only now: some inner optimizers create their state only if state[p] is empty.
+            for p, slow in captured:
+                state[p][SLOW_KEY] = slow
+            for group in groups:
+                group[STEP_KEY] += 1
+
         if closure is None:
-            self._capture_initial_weights(tracked, captured)
-            loss = _inner_step_without_global_hooks(self.optimizer, None, kwargs)
+            capture()
+            loss = _inner_step(self.optimizer, None, kwargs, stepped)
         else:
-            capturing = self._capturing(closure, tracked, captured)
-            loss = _inner_step_without_global_hooks(self.optimizer, capturing, kwargs)
-        self._store_initial_weights(captured)
-        due = []
-        for group in self.param_groups:
-            group[STEP_KEY] += 1
-            if group[STEP_KEY] >= group[K_KEY]:
-                due.append(group)
+            first_call = [True]
+
+            def capturing_closure() -> Any:
+                loss = closure()
+                if first_call[0]:  # evaluated before the inner optimizer changes a parameter
+                    first_call[0] = False
+                    capture()
+                return loss
+
+            loss = _inner_step(self.optimizer, capturing_closure, kwargs, stepped)
+        due = [group for group in groups if group[STEP_KEY] >= group[K_KEY]]
         if due:
-            self._sync_groups(due)
-        self._after_step()
+            self.outer_step(due)
+        self.after_step()
         return loss
 
-    def _after_step(self) -> None:
-        """Runs at the end of every ``step()``, inside it (for subclasses).
+    # ------------------------------------------------------------------ extension surface
+    def after_step(self) -> None:
+        """Called at the end of every ``step()``, inside it (for subclasses; does nothing here).
 
         Subclasses extend the step here rather than by overriding ``step``: torch decorates each
         optimizer class's ``step`` with the step hooks, so a ``super().step()`` would run them
         twice.
         """
 
-    def _capturing(
-        self, closure: Closure, tracked: list[GroupTracking], captured: list[tuple[Tensor, Tensor]]
-    ) -> Closure:
-        """Wrap ``closure`` so the first evaluation records the weights it was computed at.
+    def cycle_start(self, group: dict[str, Any]) -> int:
+        """The counter ``group`` gets after ``sync()`` or ``reset_slow()``: 0 here. Subclasses
+        return another phase (streaming fragments keep theirs)."""
+        return 0
 
-        The inner optimizer evaluates the closure before it changes any parameter, and only then
-        is it known which parameters have gradients (LBFGS, for one, computes them inside step).
-        """
-        first_call = [True]
+    def slow_pairs(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+        """The group's parameters that have slow copies, and those copies, in group order (train
+        mode). Raises ``ValueError`` for a slow copy that is not a tensor of its parameter's shape."""
+        params, slows, _ = _held(group["params"], self.state, SLOW_KEY)
+        _require_tensors_like(group, self._index(group), params, slows, SLOW_KEY)
+        return params, slows
 
-        def capturing_closure() -> Any:
-            loss = closure()
-            if first_call[0]:
-                first_call[0] = False
-                self._capture_initial_weights(tracked, captured)
-            return loss
-
-        return capturing_closure
-
-    def _capture_initial_weights(
-        self, tracked: list[GroupTracking], captured: list[tuple[Tensor, Tensor]]
-    ) -> None:
-        """Copy, before they are first updated, the parameters that have a gradient but no slow copy."""
-        with torch.no_grad():
-            for group in tracked:
-                for p in group.untracked:
-                    if p.grad is not None:
-                        captured.append((p, self._new_slow_copy(p, p)))
-
-    def _store_initial_weights(self, captured: list[tuple[Tensor, Tensor]]) -> None:
-        """Insert the captured slow copies, after the inner step created its own state.
-
-        Inserted only now because some inner optimizers create their per-parameter state on the
-        first step only if ``state[p]`` is empty.
-        """
-        state = self.state
-        for p, slow in captured:
-            state[p][SLOW_KEY] = slow
-        if captured and self.pullback_momentum == "pullback":
-            ensure_slow_momentum_([p for p, _ in captured], state, self._momentum_keys())
-
-    def _slow_dtype_for(self, p: Tensor) -> torch.dtype:
-        wanted = self.slow_dtype
-        if wanted is not None and p.is_floating_point() and p.dtype.itemsize < wanted.itemsize:
-            return wanted
-        return p.dtype
-
-    def _new_slow_copy(self, p: Tensor, source: Tensor) -> Tensor:
-        """A fresh slow copy for parameter ``p`` holding ``source``, placed as configured."""
-        dtype = self._slow_dtype_for(p)
-        device = self.slow_device if self.slow_device is not None else p.device
-        source = source.detach()
-        if _is_dtensor(p):
-            if self.slow_device is not None:
-                raise ValueError("slow_device is not supported for DTensor (FSDP2) parameters")
-            return source.to(dtype=dtype, copy=True)
-        pin = device.type == "cpu" and p.device.type == "cuda"
-        slow = torch.empty_like(p, dtype=dtype, device=device, pin_memory=pin)
-        slow.copy_(source)
-        return slow
-
-    # ------------------------------------------------------------------ the sync
-    def _momentum_keys(self) -> tuple[str, ...]:
-        return momentum_keys_for(self.optimizer) or ()
-
-    def _use_foreach(self) -> bool:
-        return True if self.foreach is None else self.foreach
-
-    def _tracking_of(self, groups: Sequence[dict[str, Any]]) -> list[GroupTracking]:
-        by_group = {id(g): t for g, t in zip(self.param_groups, self._tracked(), strict=True)}
-        return [by_group[id(group)] for group in groups]
-
-    def _sync_groups(self, groups: list[dict[str, Any]]) -> None:
-        """Outer step for the groups whose cycle has ended (one call per step, so that subclasses
-        can batch what the groups share, such as communication). Either every group is synced, or
-        an exception leaves the failed groups as they were (their counters at ``k``, so that the
-        next step syncs them first)."""
-        tracked = self._tracking_of(groups)
-        if self.check_finite:
-            self._require_finite(groups, tracked)
-        with torch.no_grad(), _interrupts_deferred():
-            for group, tracking in zip(groups, tracked, strict=True):
-                self._sync_group(group, tracking)
-
-    def _sync_group(self, group: dict[str, Any], tracking: GroupTracking) -> None:
-        """Outer step for one group: slow <- slow + alpha*(fast - slow); fast <- slow; momentum policy.
-
-        Everything it allocates (slow momentum copies, scratch space) is allocated before the
-        first tensor changes.
-        """
-        alpha = group[ALPHA_KEY]
-        params, slows = tracking.params, tracking.slows
-        state = self.state
-        keys = self._momentum_keys()
-        if self.pullback_momentum == "pullback":
-            ensure_slow_momentum_(params, state, keys)
-        foreach = self._use_foreach()
-        _sync.sync_(params, slows, alpha, foreach=foreach)
-        apply_momentum_policy_(self.pullback_momentum, params, state, keys, alpha, foreach=foreach)
-        group[STEP_KEY] = 0
-        mark_synced(group, params, self.state)
-
-    def _require_finite(
-        self, groups: Sequence[dict[str, Any]], tracked: list[GroupTracking]
-    ) -> None:
-        group_index = {id(g): i for i, g in enumerate(self.param_groups)}
-        for group, tracking in zip(groups, tracked, strict=True):
-            for p in local_shards(tracking.params):
-                if not bool(torch.isfinite(p).all()):
-                    index = next(i for i, q in enumerate(group["params"]) if _same_tensor(q, p))
+    def require_finite(self, groups: Sequence[dict[str, Any]]) -> None:
+        """Raise ``FloatingPointError`` naming the first parameter of ``groups`` with a slow copy
+        that holds NaN or inf (the check of ``check_finite=True``, run before a sync changes
+        anything)."""
+        for group in groups:
+            params, _ = self.slow_pairs(group)
+            for p in params:
+                if not bool(torch.isfinite(local_shards([p])[0]).all()):
+                    index = next(i for i, q in enumerate(group["params"]) if q is p)
                     raise FloatingPointError(
-                        f"parameter {index} of parameter group {group_index[id(group)]} holds NaN "
-                        "or inf at a Lookahead sync (check_finite=True); the sync was not applied and "
+                        f"parameter {index} of parameter group {self._index(group)} holds NaN or "
+                        "inf at a Lookahead sync (check_finite=True); the sync was not applied and "
                         "the slow weights still hold the last finite point. Restore it with "
                         "load_slow_parameters(model, opt.slow_parameters()) and lower the learning "
                         "rate, or skip the batch"
                     )
+
+    def outer_step(
+        self, groups: list[dict[str, Any]], restart: Callable[[dict[str, Any]], int] | None = None
+    ) -> None:
+        """The outer step of ``groups`` (the paper's rule, in ``torch_lookahead._sync``)::
+
+            slow <- slow + alpha * (fast - slow);  fast <- slow;  the momentum policy
+
+        then each group's counter restarts (at 0, or at ``restart(group)``). ``step()`` calls it
+        for the groups whose cycle has ended, ``sync()`` for all; subclasses override it to replace
+        the local rule (e.g. by an exchange across workers) and call it for the local part. It is
+        resumable: every check and allocation comes first, and after an exception the next
+        operation finishes it.
+        """
+        if self.check_finite:
+            self.require_finite(groups)
+        self._run(self._outer_step_steps(groups, restart))
+
+    def _outer_step_steps(
+        self, groups: list[dict[str, Any]], restart: Callable[[dict[str, Any]], int] | None
+    ) -> list[Step]:
+        state, foreach = self.state, self._use_foreach()
+        keys = (momentum_keys_for(self.optimizer) or ()) if self.pullback_momentum != "none" else ()
+        steps: list[Step] = []
+        for group in groups:
+            params, slows, states = _held(group["params"], state, SLOW_KEY)
+            _require_tensors_like(group, self._index(group), params, slows, SLOW_KEY)
+            slows, moved = self._replaced_slow_copies(params, slows, states)
+            steps += moved
+            fast, slow = list(params), list(slows)
+            dicts, buffers, names = momentum_buffers(params, state, keys)
+            if self.pullback_momentum == "pullback":
+                # The pullback is the outer step with the momentum as fast and its slow copy
+                # (zeros at first, allocated here) as slow.
+                slow_keys = list(map(slow_momentum_key, names))
+                held: list[Any] = list(map(dict.get, dicts, slow_keys))
+                new = [i for i, h in enumerate(held) if not isinstance(h, Tensor)]
+                with torch.inference_mode(False):
+                    for i in new:
+                        held[i] = torch.zeros_like(buffers[i])
+                for i in new:
+                    steps.append(partial(dicts[i].__setitem__, slow_keys[i], held[i]))
+                fast += buffers
+                slow += held
+            steps += sync_steps(fast, slow, group[ALPHA_KEY], self._scratch, foreach=foreach)
+            if self.pullback_momentum == "reset":
+                steps.append(partial(_zero, buffers))
+        counters = [0 if restart is None else restart(group) for group in groups]
+        steps.append(partial(_set, groups, STEP_KEY, counters))
+        return steps
 
     @torch.no_grad()
     def sync(self) -> None:
@@ -597,9 +736,10 @@ class Lookahead(Optimizer):
         This changes the training trajectory (it is an extra outer step); use it, for example,
         to end training on a sync before a final evaluation or export.
         """
+        self._finish()
         self._require_train_mode("sync()")
         self._check_groups()
-        self._sync_groups(self.param_groups)
+        self.outer_step(self.param_groups, self.cycle_start)
 
     @torch.no_grad()
     def reset_slow(self) -> None:
@@ -608,92 +748,137 @@ class Lookahead(Optimizer):
         Use it after model surgery or after loading new weights into a model mid-training.
         Slow momentum copies of the ``"pullback"`` policy restart at zero.
         """
+        self._finish()
         self._require_train_mode("reset_slow()")
+        self._check_groups()
         state = self.state
-        keys = self._momentum_keys()
-        for group, tracking in zip(self.param_groups, self._tracked(), strict=True):
-            for p, slow in zip(
-                local_shards(tracking.params), local_shards(tracking.slows), strict=True
-            ):
-                slow.copy_(p)
-            for p in tracking.params:
-                for key in keys:
-                    slow_buffer = state[p].get(slow_momentum_key(key))
-                    if isinstance(slow_buffer, Tensor):
-                        slow_buffer.zero_()
-            group[STEP_KEY] = 0
+        keys = momentum_keys_for(self.optimizer) or ()
+        steps: list[Step] = []
+        for group in self.param_groups:
+            params, slows, states = _held(group["params"], state, SLOW_KEY)
+            fresh = [
+                i
+                for i, (p, s) in enumerate(zip(params, slows, strict=True))
+                if not isinstance(s, Tensor)
+                or s.shape != p.shape
+                or _placement(s) != self._slow_placement(p)
+            ]
+            if fresh:  # resized or misplaced: a new copy
+                new = [self._new_slow_copy(params[i], params[i]) for i in fresh]
+                steps.append(partial(_store, [states[i] for i in fresh], SLOW_KEY, new))
+            kept = sorted(set(range(len(params))) - set(fresh))
+            steps.append(partial(_copy_pairs, [slows[i] for i in kept], [params[i] for i in kept]))
+            slow_buffers = [
+                param_state[slow_momentum_key(key)]
+                for param_state in states
+                for key in keys
+                if isinstance(param_state.get(slow_momentum_key(key)), Tensor)
+            ]
+            steps.append(partial(_zero, slow_buffers))
+        groups = self.param_groups
+        steps.append(partial(_set, groups, STEP_KEY, [self.cycle_start(g) for g in groups]))
+        self._run(steps)
 
     # ------------------------------------------------------------------ slow weights in eval mode
-    def _exchange(self, to_eval: bool) -> None:
-        """Move the slow weights into the parameters (``to_eval``) or the fast weights back."""
-        state = self.state
-        for group, tracking in zip(self.param_groups, self._tracked(), strict=True):
-            if group.get(EVAL_KEY, False) == to_eval:
-                continue
-            swapped_params: list[Tensor] = []
-            swapped_slows: list[Tensor] = []
-            stashed: list[Tensor] = []
-            for p, slow in zip(tracking.params, tracking.slows, strict=True):
-                if same_placement(p, slow):
-                    swapped_params.append(p)
-                    swapped_slows.append(slow)
-                else:
-                    stashed.append(p)
-            # Slow copies of another dtype/device cannot hold the fast weights without losing
-            # bits: the fast weights wait in a buffer of their own, allocated once and reused.
-            for p in stashed:
-                if to_eval and not isinstance(state[p].get(FAST_STASH_KEY), Tensor):
-                    state[p][FAST_STASH_KEY] = torch.empty_like(p)
-            _sync.swap_(
-                swapped_params, swapped_slows, self._swap_scratch, foreach=self._use_foreach()
+    def _switch(self, to_eval: bool, groups: list[dict[str, Any]]) -> None:
+        """Put the slow weights into the parameters of ``groups`` (``to_eval``) or the fast ones back.
+
+        A slow copy of the parameter's dtype and device trades values with it through the scratch
+        buffer and is renamed ``lookahead_fast``; one of another placement stays, and the fast
+        weights go to a new ``lookahead_fast`` of the parameter's (docs/design.md).
+        """
+        self._finish()
+        groups = [group for group in groups if group.get(EVAL_KEY, False) != to_eval]
+        if not groups:
+            return
+        state, foreach = self.state, self._use_foreach()
+        key = SLOW_KEY if to_eval else FAST_KEY
+        params: list[Tensor] = []
+        held: list[Tensor] = []
+        states: list[dict[str, Any]] = []
+        for group in groups:
+            group_params, group_held, group_states = _held(group["params"], state, key)
+            _require_tensors_like(group, self._index(group), group_params, group_held, key)
+            params += group_params
+            held += group_held
+            states += group_states
+        if to_eval:  # swapped where the slow copy has the parameter's placement
+            placements = [(p.device, p.dtype) for p in params]
+            held_placements = [(h.device, h.dtype) for h in held]
+            same = placements == held_placements  # the usual case, compared as whole lists
+            swapped = (
+                [True] * len(params)
+                if same
+                else list(map(operator.eq, placements, held_placements))
             )
-            if stashed:
-                stashes = [state[p][FAST_STASH_KEY] for p in stashed]
-                slow_of = [state[p][SLOW_KEY] for p in stashed]
-                if to_eval:
-                    torch._foreach_copy_(local_shards(stashes), local_shards(stashed))
-                    torch._foreach_copy_(local_shards(stashed), local_shards(slow_of))
-                else:
-                    torch._foreach_copy_(local_shards(stashed), local_shards(stashes))
-            group[EVAL_KEY] = to_eval
+        else:  # swapped where the slow weights are in the parameter (no lookahead_slow kept)
+            swapped = [SLOW_KEY not in param_state for param_state in states]
+        copied = list(map(operator.not_, swapped))
+        copied_params = list(compress(params, copied))
+        copied_states = list(compress(states, copied))
+        swapped_states = list(compress(states, swapped))
+        steps: list[Step] = []
+        if to_eval:
+            with torch.inference_mode(False):
+                stashes = [torch.empty_like(p) for p in copied_params]
+            steps.append(partial(_copy_pairs, stashes, copied_params))
+            steps.append(partial(_copy_pairs, copied_params, list(compress(held, copied))))
+        else:
+            steps.append(partial(_copy_pairs, copied_params, list(compress(held, copied))))
+        steps += swap_steps(
+            list(compress(params, swapped)),
+            list(compress(held, swapped)),
+            self._scratch,
+            foreach=foreach,
+        )
+        if to_eval:
+            steps.append(partial(_store, copied_states, FAST_KEY, stashes))
+            steps.append(partial(_rename, swapped_states, SLOW_KEY, FAST_KEY))
+        else:
+            steps.append(partial(_drop, copied_states, FAST_KEY))
+            steps.append(partial(_rename, swapped_states, FAST_KEY, SLOW_KEY))
+            steps.append(
+                partial(self._place_slow_copies, list(compress(params, swapped)), swapped_states)
+            )
+        steps.append(partial(_set, groups, EVAL_KEY, [to_eval] * len(groups)))
+        self._run(steps)
+
+    def _place_slow_copies(self, params: list[Tensor], states: list[dict[str, Any]]) -> None:
+        slows = [param_state[SLOW_KEY] for param_state in states]
+        _, moved = self._replaced_slow_copies(params, slows, states)
+        for step in moved:
+            step()
 
     @torch.no_grad()
     def eval(self) -> None:
         """Put the slow weights into the parameters (idempotent). ``step()`` raises until ``train()``.
 
-        The exchange is in place: parameter and slow copy swap values through a small scratch
-        buffer, so nothing is allocated after the first call. The HF Trainer and Accelerate call
-        ``eval()``/``train()`` on their own.
+        Resumable like the sync; nothing is allocated after the first call except for slow copies
+        of another dtype or device. The HF Trainer and Accelerate call ``eval()``/``train()`` on
+        their own.
         """
-        self._exchange(to_eval=True)
+        self._switch(True, self.param_groups)
 
     @torch.no_grad()
     def train(self) -> None:
         """Put the fast weights back into the parameters (idempotent)."""
-        self._exchange(to_eval=False)
+        self._switch(False, self.param_groups)
 
     @contextlib.contextmanager
     def slow_weights(self) -> Iterator[None]:
         """Context manager: the parameters hold the slow weights inside, the fast weights after.
 
-        Safe to nest, and the fast weights come back also when the body raises.
+        Safe to nest; the groups it switched (and only those) switch back, also when the body
+        raises.
         """
-        already_eval = all(group.get(EVAL_KEY, False) for group in self.param_groups)
-        self.eval()
+        switched = [group for group in self.param_groups if not group.get(EVAL_KEY, False)]
+        with torch.no_grad():
+            self._switch(True, switched)
         try:
             yield
         finally:
-            if not already_eval:
-                self.train()
-
-    def _slow_value(self, p: Tensor, group: dict[str, Any]) -> Tensor:
-        param_state = self.state.get(p)
-        slow = None if param_state is None else param_state.get(SLOW_KEY)
-        if not isinstance(slow, Tensor):
-            return p  # not updated yet: its slow weights are its current value
-        if group.get(EVAL_KEY, False) and same_placement(p, slow):
-            return p  # swapped: the parameter holds the slow weights
-        return slow
+            with torch.no_grad():
+                self._switch(False, switched)
 
     @torch.no_grad()
     def slow_parameters(self) -> list[Tensor]:
@@ -702,11 +887,50 @@ class Lookahead(Optimizer):
         ``[p for g in opt.param_groups for p in g["params"]]`` is the matching parameter order;
         [load_slow_parameters][torch_lookahead.load_slow_parameters] copies them into a model (e.g. to ship the slow model).
         """
-        return [
-            self._slow_value(p, group).detach().to(dtype=p.dtype, device=p.device, copy=True)
-            for group in self.param_groups
-            for p in group["params"]
-        ]
+        self._finish()
+        state = self.state
+        values = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                slow = state.get(p, _NO_STATE).get(SLOW_KEY)
+                # No lookahead_slow: not updated yet, or (eval mode) the parameter holds them.
+                source = slow if isinstance(slow, Tensor) else p
+                values.append(source.detach().to(dtype=p.dtype, device=p.device, copy=True))
+        return values
+
+    def eval_state_dict(
+        self, state_dict: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], list[tuple[Tensor, Tensor]]]:
+        """A state dict as ``eval()`` would have written it, and the slow weights for the model.
+
+        ``state_dict`` (default: ``self.state_dict()``) is this optimizer's, taken now. Returned:
+        a new state dict in the eval form (docs/design.md: groups flagged
+        ``lookahead_eval_mode``, the fast weights under ``lookahead_fast`` (the parameter itself,
+        not a copy), ``lookahead_slow`` only where its dtype or device differs from the
+        parameter's), and the (parameter, slow weights) pairs that the model's saved state must
+        hold instead of the parameters. Nothing live changes; groups already in eval mode are
+        left as they are. Integrations use it to write an eval-form checkpoint without swapping.
+        """
+        self._finish()
+        saved = self.state_dict() if state_dict is None else state_dict
+        saved_state = dict(saved["state"])
+        pairs: list[tuple[Tensor, Tensor]] = []
+        for group, saved_group in zip(self.param_groups, saved["param_groups"], strict=True):
+            if group.get(EVAL_KEY, False):
+                continue
+            for p, key in zip(group["params"], saved_group["params"], strict=True):
+                slow = self.state.get(p, _NO_STATE).get(SLOW_KEY)
+                if not isinstance(slow, Tensor) or key not in saved_state:
+                    continue
+                entry = {**saved_state[key], FAST_KEY: p.detach()}
+                if _placement(slow) == _placement(p):
+                    del entry[SLOW_KEY]
+                    pairs.append((p, slow))
+                else:
+                    pairs.append((p, slow.to(device=p.device, dtype=p.dtype)))
+                saved_state[key] = entry
+        groups = [{**g, EVAL_KEY: True} for g in saved["param_groups"]]
+        return {**saved, "state": saved_state, "param_groups": groups}, pairs
 
     # ------------------------------------------------------------------ torch.optim contract
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -718,25 +942,32 @@ class Lookahead(Optimizer):
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         checked = dict(param_group)
-        if K_KEY in checked:
-            checked[K_KEY] = check_k(checked[K_KEY], K_KEY)
-        if ALPHA_KEY in checked:
-            checked[ALPHA_KEY] = check_alpha(checked[ALPHA_KEY], ALPHA_KEY)
-        if STEP_KEY in checked:
-            checked[STEP_KEY] = check_step_count(checked[STEP_KEY], STEP_KEY)
+        for key, check in (
+            (K_KEY, check_k),
+            (ALPHA_KEY, check_alpha),
+            (STEP_KEY, check_step_count),
+        ):
+            if key in checked:
+                checked[key] = check(checked[key], key)
         param_group.update(checked)
         self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state dict (standard format; slow weights in per-parameter state).
 
-        The inner optimizer's own ``state_dict`` makes it (it may be overridden, and runs the
-        inner optimizer's hooks); the state-dict hooks registered on the wrapper run around it,
-        as ``torch.optim.Optimizer.state_dict`` runs them.
+        Each saved group also records ``lookahead_synced_at`` (the inner step count of its first
+        parameter with slow weights at its last sync), so that a load can warn about a detour
+        through a plain optimizer. The inner optimizer's own ``state_dict`` makes it (it may be
+        overridden, and runs the inner optimizer's hooks); the state-dict hooks registered on the
+        wrapper run around it, as ``torch.optim.Optimizer.state_dict`` runs them.
         """
+        self._finish()
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         state_dict = self.optimizer.state_dict()
+        for saved, group in zip(state_dict["param_groups"], self.param_groups, strict=True):
+            count = inner_step_count(group["params"], self.state)
+            saved[SYNCED_AT_KEY] = -1 if count is None else count - group.get(STEP_KEY, 0)
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state_dict)
             if result is not None:
@@ -749,18 +980,19 @@ class Lookahead(Optimizer):
         The checkpoint's per-group ``lookahead_k``, ``lookahead_alpha`` and counter win over the
         constructor's (as the checkpoint's learning rates do); ``defaults`` then reports them (a
         warning says when they differ from the constructor's). A plain inner-optimizer checkpoint
-        starts the slow weights from the current weights at the next step. Slow weights that a
-        plain optimizer carried on while it stepped without Lookahead are detected where the
-        inner optimizer counts its steps, dropped with a warning, and captured again.
+        starts the slow weights from the current weights at the next step. A Lookahead checkpoint
+        that a plain optimizer stepped on is warned about (docs/checkpoints.md); its slow weights
+        are kept. Slow copies keep this optimizer's ``slow_dtype``/``slow_device``.
 
         Everything is checked before anything is loaded: a checkpoint that does not fit raises
         ``ValueError`` or ``TypeError`` and leaves the optimizer as it was. Loading in eval mode
-        raises (call ``train()`` first).
+        raises (call ``train()`` first); an eval-form checkpoint loads into eval mode.
         """
         if not isinstance(state_dict, dict):
             raise TypeError(
                 f"state_dict must be an optimizer state dict (a dict), got {type(state_dict).__name__}"
             )
+        self._finish()
         self._require_train_mode("load_state_dict()")
         state_dict = state_dict.copy()
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -768,29 +1000,27 @@ class Lookahead(Optimizer):
             if result is not None:
                 state_dict = result
         saved_slows = check_loadable(state_dict, self.param_groups)
+        warn_if_stepped_without_lookahead(state_dict["param_groups"], state_dict["state"])
         before = {K_KEY: self.defaults.get(K_KEY), ALPHA_KEY: self.defaults.get(ALPHA_KEY)}
         self.optimizer.load_state_dict(state_dict)
-        self._place_loaded_slow_copies(saved_slows)
-        self._check_groups()
-        adopt_checkpoint_defaults(self.param_groups, self.defaults, before)
-        drop_stale_slow_weights(self.param_groups, self.state)
-        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
-            post_hook(self)
-
-    def _place_loaded_slow_copies(self, saved: Sequence[tuple[Tensor, Tensor]]) -> None:
-        # Optimizer.load_state_dict casts every state tensor to its parameter's dtype and device;
+        # Optimizer.load_state_dict cast every state tensor to its parameter's dtype and device;
         # slow copies follow this wrapper's slow_dtype/slow_device instead (fp32 stays fp32).
         state = self.state
-        for p, saved_slow in saved:
-            current = state[p][SLOW_KEY]
-            wanted_device = self.slow_device if self.slow_device is not None else p.device
-            if current.dtype != self._slow_dtype_for(p) or current.device != wanted_device:
+        for p, saved_slow in saved_slows:
+            if _placement(state[p][SLOW_KEY]) != self._slow_placement(p):
                 state[p][SLOW_KEY] = self._new_slow_copy(p, saved_slow)
+        for group in self.param_groups:
+            group.pop(SYNCED_AT_KEY, None)
+        self._check_groups()
+        self._adopt_group_values(before, "the checkpoint's")
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     # ------------------------------------------------------------------ pickling, repr
     def __getstate__(self) -> dict[str, Any]:
         # Like Optimizer.__getstate__, hooks are not pickled; nor is the decorated `step` a
-        # scheduler may have put on the instance, nor the caches.
+        # scheduler may have put on the instance, nor the scratch buffers.
+        self._finish()
         return {
             "optimizer": self.optimizer,
             "pullback_momentum": self.pullback_momentum,
@@ -817,10 +1047,6 @@ class Lookahead(Optimizer):
             f"Lookahead(k={k_text}, alpha={alpha_text}, pullback_momentum={self.pullback_momentum!r},\n"
             f"  optimizer=\n{inner}\n)"
         )
-
-
-def _same_tensor(a: Tensor, b: Tensor) -> bool:
-    return a is b or (_is_dtensor(a) and a.to_local() is b)  # type: ignore[attr-defined]
 
 
 @torch.no_grad()

@@ -1,7 +1,6 @@
 """What happens to the inner optimizer's momentum at a Lookahead sync (``pullback_momentum``).
 
-Three policies, applied to the momentum buffers of each synced parameter right after
-``fast <- slow``:
+Three policies, applied to the momentum buffers of each synced parameter as part of the sync:
 
 * ``"none"``: keep the inner state as it is (the paper's and the official code's default).
 * ``"reset"``: ``buf <- 0``.
@@ -10,6 +9,9 @@ Three policies, applied to the momentum buffers of each synced parameter right a
 
       buf      <- alpha * buf + (1 - alpha) * slow_buf
       slow_buf <- buf            (a copy, never an alias)
+
+  which is the outer step itself with ``buf`` as the fast and ``slow_buf`` as the slow weights, so
+  the sync runs both pairs through the same resumable kernel (``torch_lookahead._sync``).
 
 Which state entries are "momentum" depends on the optimizer class; the table below knows torch's
 own optimizers, and [register_momentum_keys][torch_lookahead.register_momentum_keys] teaches it any other class.
@@ -24,14 +26,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from torch_lookahead import _sync
-from torch_lookahead._tensors import local_shards
-
 __all__ = [
     "PULLBACK_MODES",
     "PullbackMode",
-    "apply_momentum_policy_",
-    "ensure_slow_momentum_",
+    "momentum_buffers",
     "momentum_keys_for",
     "register_momentum_keys",
     "registered_momentum_classes",
@@ -90,51 +88,19 @@ def slow_momentum_key(key: str) -> str:
     return f"lookahead_slow_{key}"
 
 
-def ensure_slow_momentum_(
+def momentum_buffers(
     params: Sequence[Tensor], state: Mapping[Tensor, Any], keys: Sequence[str]
-) -> None:
-    """Give every momentum buffer of ``params`` a slow copy (zeros) where it has none yet.
-
-    Called before a sync changes anything, so that the sync itself allocates nothing.
-    """
+) -> tuple[list[dict[str, Any]], list[Tensor], list[str]]:
+    """The momentum buffers ``state[p][key]`` of ``params``: their state dicts, the buffers and keys."""
+    dicts: list[dict[str, Any]] = []
+    buffers: list[Tensor] = []
+    names: list[str] = []
     for p in params:
         param_state = state[p]
         for key in keys:
             buffer = param_state.get(key)
-            slow_key = slow_momentum_key(key)
-            if isinstance(buffer, Tensor) and slow_key not in param_state:
-                param_state[slow_key] = torch.zeros_like(buffer)
-
-
-def apply_momentum_policy_(
-    mode: PullbackMode,
-    params: Sequence[Tensor],
-    state: Mapping[Tensor, Any],
-    keys: Sequence[str],
-    alpha: float,
-    *,
-    foreach: bool,
-) -> None:
-    """Apply ``mode`` to the momentum buffers ``state[p][key]`` of the synced ``params``.
-
-    ``"reset"`` zeroes them; ``"pullback"`` computes ``buf <- alpha*buf + (1-alpha)*slow_buf``
-    and then ``slow_buf <- buf`` (a copy), with ``slow_buf`` from `ensure_slow_momentum_`.
-    Both leave a buffer that was already synced unchanged, so applying them twice is applying
-    them once.
-    """
-    if mode == "none":
-        return
-    with torch.no_grad():
-        for key in keys:
-            with_buffer = [p for p in params if isinstance(state[p].get(key), Tensor)]
-            buffers = [state[p][key] for p in with_buffer]
-            if mode == "reset":
-                for buffer in local_shards(buffers):
-                    buffer.zero_()
-                continue
-            slow_buffers = [state[p][slow_momentum_key(key)] for p in with_buffer]
-            _sync.lerp_(buffers, slow_buffers, 1.0 - alpha, foreach=foreach)
-            for slow_buffer, buffer in zip(
-                local_shards(slow_buffers), local_shards(buffers), strict=True
-            ):
-                slow_buffer.copy_(buffer)
+            if isinstance(buffer, Tensor):
+                dicts.append(param_state)
+                buffers.append(buffer)
+                names.append(key)
+    return dicts, buffers, names

@@ -159,10 +159,10 @@ def _model_file(folder: Path, model: nn.Module) -> list[Tensor]:
 
 
 def _saved_fast(folder: Path) -> list[Tensor]:
-    """The fast weights in a state folder written in eval mode: in the slow slots."""
+    """The fast weights in a state folder written in eval mode: named ``lookahead_fast``."""
     state = torch.load(folder / "optimizer.bin", weights_only=True)
     assert all(group["lookahead_eval_mode"] for group in state["param_groups"])
-    return [state["state"][i]["lookahead_slow"] for i in sorted(state["state"])]
+    return [state["state"][i]["lookahead_fast"] for i in sorted(state["state"])]
 
 
 @pytest.fixture(scope="module")

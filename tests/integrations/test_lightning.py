@@ -234,8 +234,8 @@ def _model_tensors(checkpoint: dict[str, Any]) -> list[Tensor]:
 
 
 def _saved_fast(optimizer_state: dict[str, Any]) -> list[Tensor]:
-    """The fast weights of a checkpoint written in eval mode: the slow slots hold them."""
-    return [optimizer_state["state"][i]["lookahead_slow"] for i in sorted(optimizer_state["state"])]
+    """The fast weights of a checkpoint written in eval mode: named ``lookahead_fast``."""
+    return [optimizer_state["state"][i]["lookahead_fast"] for i in sorted(optimizer_state["state"])]
 
 
 def test_checkpoint_written_in_train_mode_holds_the_slow_weights_in_the_model_state(
@@ -276,7 +276,8 @@ def test_fit_from_checkpoint_continues_exactly(fitted: LightningRun, tmp_path: P
 
     saved = torch.load(checkpoint, weights_only=True)
     (optimizer_state,) = saved["optimizer_states"]
-    assert all("lookahead_slow" in s for s in optimizer_state["state"].values())
+    # written in eval form: the fast weights under lookahead_fast, the slow ones in the model
+    assert all("lookahead_fast" in s for s in optimizer_state["state"].values())
     assert optimizer_state["param_groups"][0]["lookahead_step"] == STEPS_PER_EPOCH % K
 
     resumed = Regression()

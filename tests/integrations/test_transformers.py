@@ -193,7 +193,7 @@ def test_resume_from_checkpoint_folder_continues_exactly(
     checkpoint = with_evaluation.output_dir / f"checkpoint-{EVAL_EVERY}"
     # The Trainer saved right after evaluating: optimizer.pt is written in eval mode.
     optimizer_state = torch.load(checkpoint / "optimizer.pt", weights_only=True)
-    assert all("lookahead_slow" in s for s in optimizer_state["state"].values())
+    assert all("lookahead_fast" in s for s in optimizer_state["state"].values())
     assert all(group["lookahead_eval_mode"] for group in optimizer_state["param_groups"])
 
     resumed = _run(tmp_path, evaluate=True, resume_from=checkpoint)
@@ -284,7 +284,7 @@ def test_checkpoints_without_evaluation_hold_the_slow_weights(
         optimizer_state = torch.load(folder / "optimizer.pt", weights_only=True)
         assert all(group["lookahead_eval_mode"] for group in optimizer_state["param_groups"])
         saved_fast = [
-            optimizer_state["state"][i]["lookahead_slow"]
+            optimizer_state["state"][i]["lookahead_fast"]
             for i in range(len(recorder.fast_after_step[step]))
         ]
         assert_same(saved_fast, recorder.fast_after_step[step])

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from torch_lookahead._tensors import group_by_device_and_dtype
+from torch_lookahead.distributed._replicas import buckets
 
 __all__ = ["COMPRESSIONS", "INT8_BLOCK", "Compression", "Exchange", "encoded_bytes", "start_mean"]
 
@@ -96,7 +96,7 @@ class Exchange:
         self._compression = compression
         self._world_size = dist.get_world_size(group)
         if compression is None:
-            self._buckets = [b for (b,) in group_by_device_and_dtype([self._tensors])]
+            self._buckets = [b for (b,) in buckets(self._tensors)]
             self._flats = [torch.cat([t.detach().reshape(-1) for t in b]) for b in self._buckets]
             self._works = [
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group, async_op=True)

@@ -12,14 +12,21 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from torch_lookahead._tensors import group_by_device_and_dtype
-
 __all__ = [
     "average_",
     "broadcast_from_first_rank_",
+    "buckets",
     "check_same_shapes",
     "require_process_group",
 ]
+
+
+def buckets(*tensorlists: Sequence[Tensor]) -> list[list[list[Tensor]]]:
+    """The parallel lists split by the (device, dtype) of the first one, in order of appearance."""
+    positions: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for index, tensor in enumerate(tensorlists[0]):
+        positions.setdefault((tensor.device, tensor.dtype), []).append(index)
+    return [[[tensors[i] for i in kept] for tensors in tensorlists] for kept in positions.values()]
 
 
 def require_process_group(process_group: dist.ProcessGroup | None) -> dist.ProcessGroup:
@@ -45,7 +52,7 @@ def require_process_group(process_group: dist.ProcessGroup | None) -> dist.Proce
 
 def _buckets(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
     """Tensors grouped by (device, dtype), groups in first-appearance order (the same on every rank)."""
-    return [bucket for (bucket,) in group_by_device_and_dtype([tensors])]
+    return [bucket for (bucket,) in buckets(tensors)]
 
 
 def _flatten(bucket: Sequence[Tensor]) -> Tensor:

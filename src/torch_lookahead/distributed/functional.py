@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from torch_lookahead._tensors import group_by_device_and_dtype, same_placement
+from torch_lookahead.distributed._replicas import buckets
 
 __all__ = ["momentum_outer_step_"]
 
@@ -49,14 +49,16 @@ def momentum_outer_step_(
         foreach: use the vectorised ``torch._foreach_*`` kernels where devices and dtypes match.
     """
     fast, slow, momentum_buffers = list(fast), list(slow), list(momentum_buffers)
-    matched = [i for i, (f, s) in enumerate(zip(fast, slow, strict=True)) if same_placement(f, s)]
+    matched = [
+        i
+        for i, (f, s) in enumerate(zip(fast, slow, strict=True))
+        if (f.device, f.dtype) == (s.device, s.dtype)
+    ]
     if matched:
-        grouped = group_by_device_and_dtype(
-            [
-                [fast[i] for i in matched],
-                [slow[i] for i in matched],
-                [momentum_buffers[i] for i in matched],
-            ]
+        grouped = buckets(
+            [fast[i] for i in matched],
+            [slow[i] for i in matched],
+            [momentum_buffers[i] for i in matched],
         )
         for bucket_fast, bucket_slow, bucket_buffers in grouped:
             _momentum_step_(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from typing import TYPE_CHECKING, Any
@@ -18,9 +20,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from torch_lookahead._checks import check_k
-from torch_lookahead._loading import mark_synced
-from torch_lookahead._tracking import GroupTracking
+from torch_lookahead import check_k
 from torch_lookahead.distributed._exchange import COMPRESSIONS, Compression, start_mean
 from torch_lookahead.distributed._replicas import (
     average_,
@@ -34,9 +34,7 @@ from torch_lookahead.lookahead import (
     K_KEY,
     SLOW_KEY,
     STEP_KEY,
-    SYNCED_AT_KEY,
     Lookahead,
-    _interrupts_deferred,
 )
 
 if TYPE_CHECKING:
@@ -60,6 +58,10 @@ LAUNCH_KEY = "lookahead_launch"
 """Per-parameter state while a delayed sync is pending: this rank's weights when it was launched."""
 MEAN_KEY = "lookahead_launch_mean"
 """Per-parameter state while a delayed sync is pending: the mean it computed, once received."""
+
+
+_Pairs = tuple[list[Tensor], list[Tensor]]
+"""A group's parameters with slow copies and those copies (``Lookahead.slow_pairs``)."""
 
 
 class SyncFailedError(RuntimeError):
@@ -233,6 +235,8 @@ class DistributedLookahead(Lookahead):
         sync_delay = _validate_sync_delay(sync_delay, check_k(k))
         compression = _validate_compression(compression)
         group = require_process_group(process_group)
+        self._pending: list[_Pending] = []
+        self._blocking = False
         super().__init__(optimizer, k, alpha, foreach=foreach, **options)
         self.outer_momentum = momentum
         self.nesterov = nesterov
@@ -258,11 +262,6 @@ class DistributedLookahead(Lookahead):
         with torch.no_grad():
             broadcast_from_first_rank_(params, self.process_group)
 
-    def _init_runtime(self) -> None:
-        super()._init_runtime()
-        self._pending: list[_Pending] = []
-        self._blocking = False
-
     def _start_fragment_phases(self) -> None:
         """Start each fragment's counter at its offset, in groups that have not stepped yet."""
         fragments = [g[FRAGMENT_KEY] for g in self.param_groups if FRAGMENT_KEY in g]
@@ -274,7 +273,6 @@ class DistributedLookahead(Lookahead):
                 )
         if not fragments:
             return
-        count = max(fragments) + 1
         state = self.state
         for group in self.param_groups:
             fragment = group.get(FRAGMENT_KEY)
@@ -282,19 +280,20 @@ class DistributedLookahead(Lookahead):
                 continue
             if any(SLOW_KEY in state.get(p, {}) for p in group["params"]):
                 continue  # already stepping: its counter is its phase
-            k = group[K_KEY]
-            group[STEP_KEY] = (k - (fragment * k) // count) % k
+            group[STEP_KEY] = self.cycle_start(group)
 
-    # ------------------------------------------------------------------ hooks into the core
-    def _store_initial_weights(self, captured: list[tuple[Tensor, Tensor]]) -> None:
-        super()._store_initial_weights(captured)
+    def cycle_start(self, group: dict[str, Any]) -> int:
+        """Fragment ``f`` of ``F`` restarts at ``(k - (f * k) // F) % k``: its phase."""
+        fragments = [g.get(FRAGMENT_KEY, 0) for g in self.param_groups]
+        k, fragment = group[K_KEY], group.get(FRAGMENT_KEY, 0)
+        return int((k - (fragment * k) // (max(fragments) + 1)) % k)
+
+    # ------------------------------------------------------------------ the core's extension surface
+    def after_step(self) -> None:
+        """Give new slow copies their outer momentum; apply the delayed syncs whose
+        ``sync_delay`` inner steps have passed."""
         if self.outer_momentum > 0.0:
-            state = self.state
-            for p, _ in captured:
-                state[p][OUTER_MOMENTUM_KEY] = torch.zeros_like(state[p][SLOW_KEY])
-
-    def _after_step(self) -> None:
-        """Apply the delayed syncs whose ``sync_delay`` inner steps have passed."""
+            self._add_outer_momentum([self.slow_pairs(group) for group in self.param_groups])
         if self._pending:
             due = [
                 pending
@@ -304,22 +303,28 @@ class DistributedLookahead(Lookahead):
             for pending in due:
                 self._apply_pending(pending)
 
-    def _sync_groups(self, groups: list[dict[str, Any]]) -> None:
+    def _add_outer_momentum(self, tracked: list[_Pairs]) -> None:
+        state = self.state
+        for group_params, group_slows in tracked:
+            for p, slow in zip(group_params, group_slows, strict=True):
+                if OUTER_MOMENTUM_KEY not in state[p]:
+                    state[p][OUTER_MOMENTUM_KEY] = torch.zeros_like(slow)
+
+    def outer_step(
+        self, groups: list[dict[str, Any]], restart: Callable[[dict[str, Any]], int] | None = None
+    ) -> None:
         """Average the due groups' fast weights over the ranks (one exchange for all of them),
         then take each group's outer step, now or ``sync_delay`` inner steps later."""
         for pending in [p for p in self._pending if _shares_a_group(p.groups, groups)]:
             self._apply_pending(pending)  # k was lowered to sync_delay or below
-        tracked = self._tracking_of(groups)
+        tracked = [self.slow_pairs(group) for group in groups]
         state = self.state
         if self.outer_momentum > 0.0:
-            for tracking in tracked:
-                for p, slow in zip(tracking.params, tracking.slows, strict=True):
-                    if OUTER_MOMENTUM_KEY not in state[p]:
-                        state[p][OUTER_MOMENTUM_KEY] = torch.zeros_like(slow)
-        params = list(chain.from_iterable(t.params for t in tracked))
-        slows = list(chain.from_iterable(t.slows for t in tracked))
+            self._add_outer_momentum(tracked)
+        params = list(chain.from_iterable(t[0] for t in tracked))
+        slows = list(chain.from_iterable(t[1] for t in tracked))
         delayed = self.sync_delay > 0 and not self._blocking
-        with torch.no_grad(), _interrupts_deferred():
+        with torch.no_grad():
             try:
                 partial = self._count_replicas(groups, tracked)
                 exchange = None
@@ -333,7 +338,7 @@ class DistributedLookahead(Lookahead):
                     self.bytes_all_reduced += exchange.payload_bytes
                     means = None if delayed else exchange.wait()
             except Exception as error:
-                self._roll_back(groups, [t.params for t in tracked])
+                self._roll_back(groups, [t[0] for t in tracked])
                 raise self._failure(groups, error) from error
             if partial:
                 raise ValueError(
@@ -346,53 +351,53 @@ class DistributedLookahead(Lookahead):
             if delayed:
                 for p in params:
                     state[p][LAUNCH_KEY] = p.detach().clone()
-                for group, tracking in zip(groups, tracked, strict=True):
-                    group[STEP_KEY] = 0
-                    mark_synced(group, tracking.params, state)  # the cycle restarts here
-                self._pending.append(_Pending(groups, [t.params for t in tracked], exchange))
+                for group in groups:
+                    group[STEP_KEY] = 0 if restart is None else restart(group)  # restarts here
+                self._pending.append(_Pending(groups, [t[0] for t in tracked], exchange))
                 return
-            self._outer_steps(groups, tracked, None if exchange is None else means)
+            self._outer_steps(groups, tracked, None if exchange is None else means, restart)
 
     def _outer_steps(
         self,
         groups: list[dict[str, Any]],
-        tracked: list[GroupTracking],
+        tracked: list[_Pairs],
         means: list[Tensor] | None,
+        restart: Callable[[dict[str, Any]], int] | None,
     ) -> None:
         """Put the means into the parameters and take every group's outer step."""
-        params = list(chain.from_iterable(t.params for t in tracked))
+        params = list(chain.from_iterable(t[0] for t in tracked))
         if means is not None:
             for p, mean in zip(params, means, strict=True):
                 p.detach().copy_(mean)
         if self.check_finite:
             try:
-                self._require_finite(groups, tracked)
+                self.require_finite(groups)
             except FloatingPointError:
-                self._roll_back(groups, [t.params for t in tracked])
+                self._roll_back(groups, [t[0] for t in tracked])
                 raise
         state = self.state
-        for group, tracking in zip(groups, tracked, strict=True):
+        for group, (group_params, group_slows) in zip(groups, tracked, strict=True):
             if self.outer_momentum > 0.0:
                 momentum_outer_step_(
-                    tracking.params,
-                    tracking.slows,
-                    [state[p][OUTER_MOMENTUM_KEY] for p in tracking.params],
+                    group_params,
+                    group_slows,
+                    [state[p][OUTER_MOMENTUM_KEY] for p in group_params],
                     alpha=group[ALPHA_KEY],
                     outer_momentum=self.outer_momentum,
                     nesterov=self.nesterov,
-                    foreach=self._use_foreach(),
+                    foreach=self.foreach is not False,
                 )
             # With mu = 0 this is Lookahead's own sync on the averaged weights. With mu > 0
             # the fast weights already equal the slow ones, so its lerp and copy change
             # nothing (lerp between equal tensors is exact) and it only restarts the cycle
             # and applies pullback_momentum.
-            self._sync_group(group, tracking)
+        super().outer_step(groups, restart)
 
     def _apply_pending(self, pending: _Pending) -> None:
         """Apply a delayed sync: outer step on the launched mean, then the local progress since."""
         self._pending.remove(pending)
         state = self.state
-        with torch.no_grad(), _interrupts_deferred():
+        with torch.no_grad():
             try:
                 self._receive(pending)
             except Exception as error:
@@ -404,17 +409,11 @@ class DistributedLookahead(Lookahead):
                 launched = state[p].pop(LAUNCH_KEY)
                 progress.append(launched.sub_(p.detach()).neg_())  # theta_now - theta_launch
             means = [state[p].pop(MEAN_KEY) for p in params]
-            # The cycle restarted at the launch: the counters and the inner step count recorded
-            # then stay (the outer step below would restart them).
-            counters = [(group[STEP_KEY], group[SYNCED_AT_KEY]) for group in pending.groups]
-            tracked = [
-                GroupTracking(ps, [state[p][SLOW_KEY] for p in ps], []) for ps in pending.params
-            ]
-            self._outer_steps(pending.groups, tracked, means)
+            tracked = [(ps, [state[p][SLOW_KEY] for p in ps]) for ps in pending.params]
+            # The cycle restarted at the launch: the counters stay.
+            self._outer_steps(pending.groups, tracked, means, operator.itemgetter(STEP_KEY))
             for p, change in zip(params, progress, strict=True):
                 p.detach().add_(change)
-            for group, (counter, synced_at) in zip(pending.groups, counters, strict=True):
-                group[STEP_KEY], group[SYNCED_AT_KEY] = counter, synced_at
 
     def _receive(self, pending: _Pending) -> None:
         """Wait for a pending sync's mean and keep it in the state (``MEAN_KEY``)."""
@@ -436,9 +435,8 @@ class DistributedLookahead(Lookahead):
                     p.detach().copy_(state[p][SLOW_KEY])
                     state[p].pop(LAUNCH_KEY, None)
                     state[p].pop(MEAN_KEY, None)
-        for group, group_params in zip(groups, params, strict=True):
+        for group in groups:
             group[STEP_KEY] = 0
-            mark_synced(group, group_params, state)
         self._pending = [p for p in self._pending if not _shares_a_group(p.groups, groups)]
 
     def _failure(self, groups: list[dict[str, Any]], error: BaseException) -> SyncFailedError:
@@ -453,16 +451,14 @@ class DistributedLookahead(Lookahead):
             "checkpoint, e.g. with torchrun --max-restarts"
         )
 
-    def _count_replicas(
-        self, groups: list[dict[str, Any]], tracked: list[GroupTracking]
-    ) -> list[int]:
+    def _count_replicas(self, groups: list[dict[str, Any]], tracked: list[_Pairs]) -> list[int]:
         """Positions (across ``groups``) of parameters with slow copies on some ranks only.
 
         One small all-reduce of a flag per parameter, so that the ranks agree on what to exchange.
         """
         has_slow: list[bool] = []
         for group, tracking in zip(groups, tracked, strict=True):
-            with_slow = set(map(id, tracking.params))
+            with_slow = set(map(id, tracking[0]))
             has_slow.extend(id(p) in with_slow for p in group["params"])
         if not has_slow:
             return []
@@ -503,8 +499,8 @@ class DistributedLookahead(Lookahead):
         """Parameters <- slow weights and no delayed sync pending (a resume on another world size)."""
         state = self.state
         self._pending = []
-        for tracking in self._tracked():
-            for p, slow in zip(tracking.params, tracking.slows, strict=True):
+        for group in self.param_groups:
+            for p, slow in zip(*self.slow_pairs(group), strict=True):
                 p.detach().copy_(slow)
                 state[p].pop(LAUNCH_KEY, None)
                 state[p].pop(MEAN_KEY, None)
@@ -513,7 +509,8 @@ class DistributedLookahead(Lookahead):
     @torch.no_grad()
     def sync(self) -> None:
         """Apply every pending delayed sync, then take an outer step now in every group (collective)."""
-        self._require_train_mode("sync()")
+        if self.in_eval_mode:
+            super().sync()  # raises
         for pending in list(self._pending):
             self._apply_pending(pending)
         self._blocking = True
@@ -528,7 +525,8 @@ class DistributedLookahead(Lookahead):
 
         A pending delayed sync is dropped.
         """
-        self._require_train_mode("reset_slow()")
+        if self.in_eval_mode:
+            super().reset_slow()  # raises
         self._receive_all()
         for pending in list(self._pending):
             for p in chain.from_iterable(pending.params):
@@ -536,14 +534,14 @@ class DistributedLookahead(Lookahead):
                 self.state[p].pop(MEAN_KEY, None)
         self._pending = []
         groups = self.param_groups
-        tracked = self._tracking_of(groups)
+        tracked = [self.slow_pairs(group) for group in groups]
         partial = self._count_replicas(groups, tracked)
         if partial:
             raise ValueError(
                 f"parameters {partial[:10]} have been updated on some ranks but not on others"
             )
         self.bytes_all_reduced += average_(
-            list(chain.from_iterable(t.params for t in tracked)), self.process_group
+            list(chain.from_iterable(t[0] for t in tracked)), self.process_group
         )
         super().reset_slow()
         for param_state in self.state.values():
@@ -601,6 +599,7 @@ class DistributedLookahead(Lookahead):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = {"sync_delay": 0, "compression": None, **state}
+        self._blocking = False
         super().__setstate__(state)
         self.process_group = require_process_group(None)
         self.bytes_all_reduced = 0

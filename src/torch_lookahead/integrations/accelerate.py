@@ -24,7 +24,7 @@ from accelerate.utils import DistributedType
 from torch import Tensor, nn
 
 from torch_lookahead.integrations.unwrap import unwrap_lookahead
-from torch_lookahead.lookahead import EVAL_KEY, Lookahead
+from torch_lookahead.lookahead import Lookahead
 
 __all__ = ["SlowWeightsState"]
 
@@ -86,9 +86,7 @@ class SlowWeightsState:
         self, models: list[nn.Module], weights: list[dict[str, Any]], _: str
     ) -> None:
         """Accelerate's pre-save hook: the model states are collected, nothing is written yet."""
-        in_train_mode = [
-            la for la in self.lookaheads if not any(g.get(EVAL_KEY, False) for g in la.param_groups)
-        ]
+        in_train_mode = [la for la in self.lookaheads if not la.in_eval_mode]
         # The collected model states must be views of the parameters for the swap to reach them.
         swapped = {id(p) for la in in_train_mode for g in la.param_groups for p in g["params"]}
         for model, state in zip(models, weights, strict=False):

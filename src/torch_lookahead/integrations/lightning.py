@@ -23,8 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
-from torch_lookahead._tensors import same_placement
-from torch_lookahead.lookahead import EVAL_KEY, FAST_STASH_KEY, SLOW_KEY, Lookahead
+from torch_lookahead.lookahead import Lookahead
 
 __all__ = ["SlowWeightsCallback"]
 
@@ -35,17 +34,14 @@ def _lookahead_optimizers(trainer: Trainer) -> list[Lookahead]:
     return [opt for opt in trainer.optimizers if isinstance(opt, Lookahead)]
 
 
-def _in_eval_mode(optimizer: Lookahead) -> bool:
-    return any(group.get(EVAL_KEY, False) for group in optimizer.param_groups)
-
-
 def _aliases(entry: object, p: Tensor) -> bool:
     """Whether a model state-dict entry is a view of the parameter itself (not a copy)."""
     return (
         isinstance(entry, Tensor)
         and entry.data_ptr() == p.data_ptr()
         and entry.shape == p.shape
-        and same_placement(entry, p)
+        and entry.dtype == p.dtype
+        and entry.device == p.device
     )
 
 
@@ -54,11 +50,10 @@ def _write_eval_form(
 ) -> None:
     """Rewrite a checkpoint taken in train mode as ``optimizer.eval()`` would have written it.
 
-    The model entries of the parameters become the slow weights and the optimizer state holds the
-    fast weights where ``eval()`` keeps them (the slow slot, or ``lookahead_fast`` for slow copies
-    of another dtype or device), with the groups flagged ``lookahead_eval_mode``. Tensors are
-    referenced, not copied (except slow copies of another dtype or device, cast to the
-    parameter's), and the live optimizer and model are left as they are.
+    ``Lookahead.eval_state_dict`` gives the optimizer state in the eval form (docs/design.md) and
+    the slow weights, which replace the parameters' model entries. Tensors are referenced, not
+    copied (except slow copies of another dtype or device, cast to the parameter's), and the live
+    optimizer and model are left as they are.
     """
     model_state = checkpoint.get("state_dict")
     optimizer_states = checkpoint.get("optimizer_states")
@@ -67,7 +62,7 @@ def _write_eval_form(
     pending = [
         (index, opt)
         for index, opt in enumerate(trainer.optimizers)
-        if isinstance(opt, Lookahead) and not _in_eval_mode(opt)
+        if isinstance(opt, Lookahead) and not opt.in_eval_mode
     ]
     if not pending:
         return
@@ -77,42 +72,24 @@ def _write_eval_form(
 
     # Plan every change first: the checkpoint is rewritten completely or not at all.
     model_updates: dict[str, Tensor] = {}
-    state_updates: list[tuple[dict[str, Any], Any, dict[str, Any]]] = []
+    rewritten: list[tuple[int, dict[str, Any]]] = []
     for index, optimizer in pending:
         saved = optimizer_states[index]
-        saved_groups = saved.get("param_groups", [])
-        if len(saved_groups) != len(optimizer.param_groups):
-            _leave_fast(f"optimizer {index}'s saved groups do not match its groups")
+        try:
+            eval_form, slow_weights = optimizer.eval_state_dict(saved)
+        except (ValueError, KeyError):
+            _leave_fast(f"optimizer {index}'s saved state does not match its groups")
             return
-        for group, saved_group in zip(optimizer.param_groups, saved_groups, strict=True):
-            if len(saved_group["params"]) != len(group["params"]):
-                _leave_fast(f"optimizer {index}'s saved parameters do not match")
+        for p, slow in slow_weights:
+            entries = names.get(id(p), [])
+            if not entries or not all(_aliases(model_state.get(n), p) for n in entries):
+                _leave_fast("the strategy's model state is not the module's parameters")
                 return
-            for p, key in zip(group["params"], saved_group["params"], strict=True):
-                param_state = optimizer.state.get(p)
-                if param_state is None or SLOW_KEY not in param_state:
-                    continue  # never updated: its slow weights are its value, nothing to swap
-                entries = names.get(id(p), [])
-                if not entries or not all(_aliases(model_state.get(n), p) for n in entries):
-                    _leave_fast("the strategy's model state is not the module's parameters")
-                    return
-                slow = param_state[SLOW_KEY]
-                fast = model_state[entries[0]]
-                saved_state = dict(saved["state"][key])  # the live per-parameter dict: copy it
-                if same_placement(p, slow):
-                    value = slow
-                    saved_state[SLOW_KEY] = fast
-                else:
-                    value = slow.to(device=p.device, dtype=p.dtype)
-                    saved_state[FAST_STASH_KEY] = fast
-                model_updates.update(dict.fromkeys(entries, value))
-                state_updates.append((saved["state"], key, saved_state))
+            model_updates.update(dict.fromkeys(entries, slow))
+        rewritten.append((index, eval_form))
     model_state.update(model_updates)
-    for states, key, saved_state in state_updates:
-        states[key] = saved_state
-    for index, _ in pending:
-        saved = optimizer_states[index]
-        saved["param_groups"] = [{**g, EVAL_KEY: True} for g in saved["param_groups"]]
+    for index, eval_form in rewritten:
+        optimizer_states[index] = eval_form
 
 
 def _leave_fast(reason: str) -> None:

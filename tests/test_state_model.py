@@ -1,0 +1,471 @@
+"""The state model of docs/design.md: one regression test per defect of issue 21.
+
+Each operation that changes tensors completes or is finished by the next call with the result of
+one uninterrupted call; tensors are named by what they hold; no heuristic drops state.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from torch_lookahead import Lookahead
+from torch_lookahead.integrations.migrate import convert_timm_state_dict
+
+K = 3
+ALPHA = 0.5
+
+
+def params_of(seed: int = 0, dtypes: tuple[torch.dtype, ...] = (torch.float32,) * 3) -> list[Any]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(5, generator=gen).to(d)) for d in dtypes]
+
+
+def grads(params: list[torch.nn.Parameter], step: int) -> None:
+    gen = torch.Generator().manual_seed(1000 + step)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+
+
+def run(params: list[Any], opt: torch.optim.Optimizer, steps: range) -> None:
+    for step in steps:
+        grads(params, step)
+        opt.step()
+
+
+def values(tensors: list[Tensor]) -> list[Tensor]:
+    return [t.detach().clone() for t in tensors]
+
+
+def assert_equal(a: list[Tensor], b: list[Tensor]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y), (x, y)
+
+
+def failing_after(real: Callable[..., Any], at: int, error: BaseException) -> Callable[..., Any]:
+    """``real``, raising ``error`` right after its ``at``-th call (0-based) has completed."""
+    calls = [0]
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == at + 1:
+            raise error
+        return out
+
+    return call
+
+
+def adamw(params: list[Any], **kwargs: Any) -> Lookahead:
+    return Lookahead(torch.optim.AdamW(params, lr=0.05), k=K, alpha=ALPHA, **kwargs)
+
+
+def sgd(params: list[Any], **kwargs: Any) -> Lookahead:
+    return Lookahead(torch.optim.SGD(params, lr=0.1, momentum=0.9), k=K, alpha=ALPHA, **kwargs)
+
+
+# ---------------------------------------------------------------- defect 1
+def test_a_checkpoint_after_reset_slow_resumes_with_its_slow_weights(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    params = params_of()
+    opt = adamw(params)
+    run(params, opt, range(2 * K + 1))
+    opt.reset_slow()
+    run(params, opt, range(2 * K + 1, 2 * K + 3))  # within k steps of the reset
+    saved = opt.state_dict()
+    slow = values([opt.state[p]["lookahead_slow"] for p in params])
+    fresh = adamw(params)
+    fresh.load_state_dict(saved)
+    assert not [w for w in recwarn if "Lookahead" in str(w.message)]
+    assert_equal([fresh.state[p]["lookahead_slow"] for p in params], slow)
+
+
+# ---------------------------------------------------------------- defects 2 and 6
+@pytest.mark.parametrize("failing_call", range(3))
+@pytest.mark.parametrize("how", ["eval", "slow_weights"])
+def test_ctrl_c_during_the_swap_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch, failing_call: int, how: str
+) -> None:
+    params = params_of()
+    opt = sgd(params)
+    run(params, opt, range(K + 1))  # mid-cycle: fast and slow differ
+    fast = values(params)
+    slow = values([opt.state[p]["lookahead_slow"] for p in params])
+    monkeypatch.setattr(
+        torch,
+        "_foreach_copy_",
+        failing_after(torch._foreach_copy_, failing_call, KeyboardInterrupt()),
+    )
+    with pytest.raises(KeyboardInterrupt):
+        if how == "eval":
+            opt.eval()
+        else:
+            with opt.slow_weights():
+                pass
+    monkeypatch.undo()
+    opt.eval()  # finishes the interrupted swap
+    assert_equal(values(params), slow)
+    assert_equal(opt.slow_parameters(), slow)
+    opt.train()
+    assert_equal(values(params), fast)
+    assert_equal(opt.slow_parameters(), slow)
+
+
+def test_eval_that_runs_out_of_memory_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = params_of(dtypes=(torch.float32, torch.float64, torch.float32))  # two buckets
+    reference_params = params_of(dtypes=(torch.float32, torch.float64, torch.float32))
+    opt, reference = sgd(params), sgd(reference_params)
+    run(params, opt, range(K - 1))  # before the first sync: no scratch allocated yet
+    run(reference_params, reference, range(K))
+    fast = values(params)
+    real_empty = torch.empty
+    calls: list[int] = []
+
+    def empty(*args: Any, **kwargs: Any) -> Tensor:
+        calls.append(1)
+        if len(calls) == 2:  # the second bucket's scratch
+            raise torch.OutOfMemoryError("simulated")
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    with pytest.raises(torch.OutOfMemoryError):
+        opt.eval()
+    monkeypatch.undo()
+    assert not opt.in_eval_mode
+    assert_equal(values(params), fast)
+    grads(params, K - 1)
+    opt.step()  # trains the fast weights, as the uninterrupted reference did
+    assert_equal(values(params), values(reference_params))
+
+
+# ---------------------------------------------------------------- defect 3
+@pytest.mark.parametrize(
+    ("saved_dtype", "loaded_dtype"), [(torch.float32, None), (None, torch.float32)]
+)
+def test_an_eval_form_checkpoint_resumes_under_another_slow_dtype(
+    saved_dtype: torch.dtype | None, loaded_dtype: torch.dtype | None
+) -> None:
+    params = params_of(dtypes=(torch.bfloat16,) * 3)
+    opt = sgd(params, slow_dtype=saved_dtype)
+    run(params, opt, range(K + 1))
+    fast = values(params)
+    opt.eval()
+    slow_in_model = values(params)
+    saved = opt.state_dict()
+    assert all("lookahead_fast" in s for s in saved["state"].values())
+
+    model = [torch.nn.Parameter(t.clone()) for t in slow_in_model]  # the model file
+    loaded = sgd(model, slow_dtype=loaded_dtype)
+    loaded.load_state_dict(saved)
+    assert loaded.in_eval_mode
+    loaded.train()
+    assert_equal(values(model), fast)
+    expected = torch.float32 if loaded_dtype is torch.float32 else torch.bfloat16
+    assert all(loaded.state[p]["lookahead_slow"].dtype == expected for p in model)
+    assert_equal([s.to(torch.bfloat16) for s in loaded.slow_parameters()], slow_in_model)
+
+
+# ---------------------------------------------------------------- defect 4
+def test_a_detour_from_a_checkpoint_written_before_the_first_sync_is_warned_about() -> None:
+    params = params_of()
+    opt = adamw(params)
+    run(params, opt, range(K - 1))  # no sync yet
+    plain = torch.optim.AdamW(params, lr=0.05)
+    plain.load_state_dict(opt.state_dict())
+    run(params, plain, range(K - 1, K + 199))
+    back = adamw(params)
+    with pytest.warns(UserWarning, match="without Lookahead"):
+        back.load_state_dict(plain.state_dict())
+
+
+# ---------------------------------------------------------------- defect 5
+@pytest.mark.parametrize("failing_step", [0, K - 1])
+def test_a_step_post_hook_that_raises_does_not_shift_the_cycle(failing_step: int) -> None:
+    params, reference_params = params_of(), params_of()
+    opt, reference = sgd(params), sgd(reference_params)
+    first = values(params)
+    fail = [True]
+
+    def hook(*_: Any) -> None:
+        if fail[0] and opt.param_groups[0]["lookahead_step"] == failing_step + 1:
+            fail[0] = False  # raised once, after the inner step has been counted
+            raise RuntimeError("a hook")
+
+    opt.optimizer.register_step_post_hook(hook)
+    for step in range(3 * K):
+        grads(params, step)
+        if step == failing_step:
+            with pytest.raises(RuntimeError, match="a hook"):
+                opt.step()
+            if step == 0:  # the first-step capture is kept
+                assert_equal([opt.state[p]["lookahead_slow"] for p in params], first)
+        else:
+            opt.step()
+    run(reference_params, reference, range(3 * K))
+    assert_equal(values(params), values(reference_params))
+
+
+# ---------------------------------------------------------------- defect 7
+@pytest.mark.parametrize("failing_call", range(3))
+def test_a_sync_that_fails_after_its_lerp_is_not_applied_twice(
+    monkeypatch: pytest.MonkeyPatch, failing_call: int
+) -> None:
+    params, reference_params = params_of(), params_of()
+    opt, reference = sgd(params), sgd(reference_params)
+    run(params, opt, range(K - 1))
+    run(reference_params, reference, range(K))
+    monkeypatch.setattr(
+        torch,
+        "_foreach_copy_",
+        failing_after(torch._foreach_copy_, failing_call, RuntimeError("injected")),
+    )
+    grads(params, K - 1)
+    with pytest.raises(RuntimeError, match="injected"):
+        opt.step()
+    monkeypatch.undo()
+    opt.sync()  # finishes the interrupted sync: not a second outer step
+    reference.param_groups[0]["lookahead_step"] = 0
+    assert_equal(values(params), values(reference_params))
+    assert_equal(
+        [opt.state[p]["lookahead_slow"] for p in params],
+        [reference.state[p]["lookahead_slow"] for p in reference_params],
+    )
+
+
+def test_a_parameter_resized_through_data_is_refused_before_anything_changes() -> None:
+    params = params_of()
+    opt = sgd(params)
+    run(params, opt, range(K - 1))
+    params[1].data = torch.zeros(7)
+    others = [params[0], params[2]]
+    slow = values([opt.state[p]["lookahead_slow"] for p in others])
+    for _ in range(3):  # every retry is refused the same way
+        grads(params, K)
+        with pytest.raises(ValueError, match="shape"):
+            opt.step()
+        assert_equal([opt.state[p]["lookahead_slow"] for p in others], slow)
+    opt.reset_slow()  # the documented way out
+    assert opt.state[params[1]]["lookahead_slow"].shape == (7,)
+
+
+# ---------------------------------------------------------------- defect 8
+def test_a_cleared_state_is_noticed_at_the_next_step_like_a_replaced_one() -> None:
+    finals = []
+    for how in ("clear", "replace"):
+        params = params_of()
+        opt = sgd(params)
+        run(params, opt, range(K + 1))
+        if how == "clear":
+            opt.state[params[0]].clear()
+        else:
+            opt.state[params[0]] = {}
+        run(params, opt, range(K + 1, 3 * K))
+        finals.append(values(params))
+    assert_equal(finals[0], finals[1])
+
+
+# ---------------------------------------------------------------- defect 9
+def test_a_sync_leaves_the_sigint_handler_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = params_of()
+    opt = sgd(params)
+    seen: list[Any] = []
+    real = torch._foreach_lerp_
+
+    def lerp(*args: Any, **kwargs: Any) -> Any:
+        seen.append(signal.getsignal(signal.SIGINT))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_foreach_lerp_", lerp)
+    run(params, opt, range(K))
+    assert seen == [signal.getsignal(signal.SIGINT)]
+
+
+def test_ctrl_c_during_a_sync_with_sig_dfl_stops_the_process(tmp_path: Any) -> None:
+    script = textwrap.dedent(
+        """
+        import signal, torch
+        from torch_lookahead import Lookahead
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = Lookahead(torch.optim.SGD([p], lr=0.1), k=1)
+        real = torch._foreach_lerp_
+        def lerp(*args, **kwargs):
+            signal.raise_signal(signal.SIGINT)
+            return real(*args, **kwargs)
+        torch._foreach_lerp_ = lerp
+        p.grad = torch.ones(3)
+        opt.step()
+        print("training went on")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert "training went on" not in result.stdout
+    assert result.returncode == -signal.SIGINT
+
+
+# ---------------------------------------------------------------- defect 10
+@pytest.mark.parametrize("slow_dtype", [None, torch.float32])
+def test_a_first_swap_under_inference_mode_does_not_poison_the_optimizer(
+    slow_dtype: torch.dtype | None,
+) -> None:
+    params = params_of(dtypes=(torch.bfloat16,) * 3)
+    opt = sgd(params, slow_dtype=slow_dtype)
+    run(params, opt, range(K + 1))
+    fast = values(params)
+    with torch.inference_mode():
+        opt.eval()
+        opt.train()
+        with opt.slow_weights():
+            pass
+    opt.eval()
+    opt.train()
+    assert_equal(values(params), fast)
+    opt.state_dict()
+    run(params, opt, range(K + 1, 2 * K))
+
+
+# ---------------------------------------------------------------- defect 11
+def test_rewrapping_says_which_k_and_alpha_the_groups_keep() -> None:
+    params = params_of()
+    inner = torch.optim.SGD(params, lr=0.1)
+    first = Lookahead(inner, k=5, alpha=0.8)
+    run(params, first, range(2))
+    with pytest.warns(UserWarning, match="lookahead_k=5"):
+        second = Lookahead(inner, k=3, alpha=0.8)
+    assert second.defaults["lookahead_k"] == second.param_groups[0]["lookahead_k"] == 5
+
+
+# ---------------------------------------------------------------- defect 12
+def test_a_timm_state_dict_without_the_converter_is_refused() -> None:
+    params = params_of()
+    opt = sgd(params)
+    run(params, opt, range(K + 1))
+    saved = opt.state_dict()
+    timm_like = {
+        "state": {
+            key: {("lookahead_slow_buff" if n == "lookahead_slow" else n): v for n, v in s.items()}
+            for key, s in saved["state"].items()
+        },
+        "param_groups": saved["param_groups"],
+    }
+    before = values(params)
+    with pytest.raises(ValueError, match="convert_timm_state_dict"):
+        sgd(params).load_state_dict(timm_like)
+    assert_equal(values(params), before)
+    assert convert_timm_state_dict  # the converter named in the error exists
+
+
+# ---------------------------------------------------------------- the "lower" list
+def test_global_step_hooks_fire_once_with_a_scheduler_on_the_inner_optimizer() -> None:
+    params = params_of()
+    inner = torch.optim.SGD(params, lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(inner, step_size=1)
+    opt = Lookahead(inner, k=K)
+    calls: list[str] = []
+    handle = register_optimizer_step_pre_hook(lambda o, *_: calls.append(type(o).__name__))
+    try:
+        grads(params, 0)
+        opt.step()
+    finally:
+        handle.remove()
+    assert calls == ["Lookahead"]
+    scheduler.step()  # no warning that optimizer.step() was not called: it was recorded
+
+
+def test_slow_weights_inside_eval_switches_back_only_the_groups_it_switched() -> None:
+    params = params_of()
+    opt = sgd(params[:2])
+    run(params[:2], opt, range(K + 1))
+    opt.eval()
+    slow = values(params[:2])
+    opt.add_param_group({"params": [params[2]]})
+    with opt.slow_weights():
+        pass
+    assert opt.param_groups[0]["lookahead_eval_mode"]
+    assert_equal(values(params[:2]), slow)
+
+
+def test_after_model_double_the_sync_keeps_float64() -> None:
+    params = params_of()
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=K, alpha=ALPHA)
+    run(params, opt, range(K + 1))
+    for p in params:
+        p.data = p.data.double()
+    run(params, opt, range(K + 1, 2 * K - 1))
+    slow = [opt.state[p]["lookahead_slow"].double() for p in params]
+    grads(params, 2 * K - 1)
+    with torch.no_grad():
+        expected = [p - 0.1 * p.grad for p in params]
+    opt.step()  # the sync
+    for p, s, e in zip(params, slow, expected, strict=True):
+        assert opt.state[p]["lookahead_slow"].dtype == torch.float64
+        torch.testing.assert_close(p.detach(), s.lerp(e, ALPHA), rtol=1e-15, atol=1e-15)
+
+
+def test_numpy_integers_are_accepted_for_the_counter_as_for_k() -> None:
+    params = params_of()
+    opt = sgd(params)
+    opt.param_groups[0]["lookahead_k"] = np.int64(4)
+    opt.param_groups[0]["lookahead_step"] = np.int64(2)
+    run(params, opt, range(2))
+    assert opt.param_groups[0]["lookahead_step"] == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of a missing device")
+def test_slow_device_may_be_a_device_index() -> None:
+    with pytest.raises(ValueError, match="slow_device=0"):  # a device index, but no device here
+        sgd(params_of(), slow_device=0)
+
+
+# ---------------------------------------------------------------- torch.compile
+def test_a_compiled_step_with_a_sync_has_no_graph_break_in_our_code() -> None:
+    """Graph breaks come from the inner optimizer only (docs/compile.md)."""
+    breaks: list[str] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found = re.search(r"Graph break .*in user code at (\S+):\d+", record.getMessage())
+            if found:
+                breaks.append(found.group(1))
+
+    torch._dynamo.reset()
+    params = params_of()
+    opt = Lookahead(torch.optim.Adam(params, lr=0.1), k=1, alpha=ALPHA)  # every step syncs
+    grads(params, 0)
+    opt.step()  # the first step captures the slow weights
+
+    @torch.compile(backend="eager")
+    def step() -> None:
+        opt.step()
+
+    recorder = Recorder()
+    loggers = [logging.getLogger(name) for name in ("torch.__graph_breaks", "torch._dynamo")]
+    torch._logging.set_logs(graph_breaks=True)
+    for logger in loggers:
+        logger.addHandler(recorder)
+    try:
+        grads(params, 1)
+        step()
+    finally:
+        for logger in loggers:
+            logger.removeHandler(recorder)
+        torch._logging.set_logs()
+    assert breaks, "the inner optimizer's own graph break was not seen: the test sees nothing"
+    assert [b for b in breaks if "torch_lookahead" in b] == []
+    assert opt.param_groups[0]["lookahead_step"] == 0
