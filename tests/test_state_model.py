@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from tests._torch_versions import traces_the_core_without_breaks
 from torch_lookahead import Lookahead
 from torch_lookahead.integrations.migrate import convert_timm_state_dict
 
@@ -434,6 +435,7 @@ def test_slow_device_may_be_a_device_index() -> None:
 
 
 # ---------------------------------------------------------------- torch.compile
+@traces_the_core_without_breaks
 def test_a_compiled_step_with_a_sync_has_no_graph_break_in_our_code() -> None:
     """Graph breaks come from the inner optimizer only (docs/compile.md)."""
     breaks: list[str] = []
