@@ -693,7 +693,7 @@ def _settings(examples: int, steps: int) -> settings:
 
 @pytest.mark.parametrize("dtypes", ["float64", "low-precision"])
 def test_every_sequence_of_operations_keeps_the_training_state(dtypes: str) -> None:
-    run_state_machine_as_test(MACHINES[dtypes], settings=_settings(examples=150, steps=30))
+    run_state_machine_as_test(MACHINES[dtypes], settings=_settings(examples=100, steps=30))
 
 
 @pytest.mark.slow
