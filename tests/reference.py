@@ -96,3 +96,141 @@ def numpy_lookahead_sgd(
             phi = phi + alpha * (theta - phi)
             theta = phi.copy()
     return theta, phi
+
+
+class Algorithm1:
+    """Algorithm 1 in float64, with the operations a user applies between steps.
+
+    The state is what the paper and README.md ("The algorithm") describe: per parameter group a
+    period ``k``, a step size ``alpha`` and the number of inner steps since the group's last sync;
+    per parameter the fast weights ``theta`` (updated by an independent instance of the inner
+    optimizer class, on the model's own copies) and the slow weights ``phi``, which start at the
+    parameter's value before its first update (``None`` until then). ``momentum_key`` names the
+    inner momentum entry the ``"reset"`` and ``"pullback"`` modes act on; the slow momentum of
+    ``"pullback"`` starts at zero.
+
+    Documented edges it follows: a group whose counter has reached its ``k`` when a step begins
+    (``k`` was lowered mid-cycle) is synced first (README.md, behaviour notes); ``reset_slow()``
+    re-captures the slow weights of the parameters that have them and restarts every cycle, with
+    the slow momentum at zero; clearing a parameter's state drops its inner state and its slow
+    weights, captured again at its next update.
+    """
+
+    def __init__(
+        self,
+        make_inner: Callable[[list[dict[str, object]]], torch.optim.Optimizer],
+        mode: str = "none",
+        momentum_key: str | None = None,
+    ) -> None:
+        self.theta: list[list[Tensor]] = []
+        self.phi: list[list[Tensor | None]] = []
+        self.slow_momentum: list[list[Tensor | None]] = []
+        self.k: list[int] = []
+        self.alpha: list[float] = []
+        self.count: list[int] = []
+        self.mode = mode
+        self.momentum_key = momentum_key
+        self._make_inner = make_inner
+        self.inner: torch.optim.Optimizer | None = None
+
+    def add_group(self, values: Sequence[Tensor], k: int, alpha: float) -> None:
+        theta = [v.detach().to(torch.float64).clone().requires_grad_(True) for v in values]
+        if self.inner is None:
+            self.inner = self._make_inner([{"params": theta}])
+        else:
+            self.inner.add_param_group({"params": theta})
+        self.theta.append(theta)
+        self.phi.append([None] * len(theta))
+        self.slow_momentum.append([None] * len(theta))
+        self.k.append(k)
+        self.alpha.append(alpha)
+        self.count.append(0)
+
+    def set_grads(self, grads: Sequence[Sequence[Tensor | None]]) -> None:
+        for thetas, group_grads in zip(self.theta, grads, strict=True):
+            for theta, grad in zip(thetas, group_grads, strict=True):
+                theta.grad = None if grad is None else grad.to(torch.float64).clone()
+
+    def zero_grad(self, set_to_none: bool) -> None:
+        for theta in (t for thetas in self.theta for t in thetas):
+            if set_to_none:
+                theta.grad = None
+            elif theta.grad is not None:
+                theta.grad.zero_()
+
+    def step(self) -> list[int]:
+        """One inner step on the gradients set; returns the groups synced at its end."""
+        assert self.inner is not None
+        for g in range(len(self.theta)):
+            if self.count[g] >= self.k[g]:
+                self.sync(g)
+        for g, thetas in enumerate(self.theta):
+            for i, theta in enumerate(thetas):
+                if theta.grad is not None and self.phi[g][i] is None:
+                    self.phi[g][i] = theta.detach().clone()
+        self.inner.step()
+        due = []
+        for g in range(len(self.theta)):
+            self.count[g] += 1
+            if self.count[g] >= self.k[g]:
+                self.sync(g)
+                due.append(g)
+        return due
+
+    def sync(self, g: int) -> None:
+        """phi <- phi + alpha*(theta - phi); theta <- phi; then the momentum policy."""
+        assert self.inner is not None
+        alpha = self.alpha[g]
+        with torch.no_grad():
+            for i, theta in enumerate(self.theta[g]):
+                phi = self.phi[g][i]
+                if phi is None:
+                    continue
+                phi = phi + alpha * (theta.detach() - phi)
+                self.phi[g][i] = phi
+                theta.copy_(phi)
+                if self.mode == "none":
+                    continue
+                assert self.momentum_key is not None
+                buffer = self.inner.state[theta].get(self.momentum_key)
+                if not isinstance(buffer, Tensor):
+                    continue
+                if self.mode == "reset":
+                    buffer.zero_()
+                    continue
+                slow = self.slow_momentum[g][i]
+                if slow is None:
+                    slow = torch.zeros_like(buffer)
+                buffer.copy_(alpha * buffer + (1 - alpha) * slow)
+                self.slow_momentum[g][i] = buffer.clone()
+        self.count[g] = 0
+
+    def sync_all(self) -> None:
+        for g in range(len(self.theta)):
+            self.sync(g)
+
+    def reset_slow(self) -> None:
+        for g, thetas in enumerate(self.theta):
+            for i, theta in enumerate(thetas):
+                if self.phi[g][i] is not None:
+                    self.phi[g][i] = theta.detach().clone()
+                self.slow_momentum[g][i] = None
+            self.count[g] = 0
+
+    def clear_state(self, g: int, i: int) -> None:
+        assert self.inner is not None
+        self.inner.state[self.theta[g][i]].clear()
+        self.phi[g][i] = None
+        self.slow_momentum[g][i] = None
+
+    def fast(self, g: int, i: int) -> Tensor:
+        return self.theta[g][i].detach()
+
+    def slow(self, g: int, i: int) -> Tensor:
+        """The slow weights; a parameter never updated is its own slow weights."""
+        phi = self.phi[g][i]
+        return self.theta[g][i].detach() if phi is None else phi
+
+    def inner_state(self, g: int, i: int) -> dict[str, object]:
+        assert self.inner is not None
+        return dict(self.inner.state.get(self.theta[g][i], {}))
