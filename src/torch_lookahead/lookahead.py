@@ -739,6 +739,12 @@ class Lookahead(Optimizer):
         self._finish()
         self._require_train_mode("sync()")
         self._check_groups()
+        # What is pending is finished first, as by every operation: a group whose step() was
+        # stopped between its inner step and its sync completes that sync, as the next step()
+        # would, so sync() after such a step is step(); sync().
+        overdue = [group for group in self.param_groups if group[STEP_KEY] >= group[K_KEY]]
+        if overdue:
+            self.outer_step(overdue)
         self.outer_step(self.param_groups, self.cycle_start)
 
     @torch.no_grad()
@@ -1002,13 +1008,19 @@ class Lookahead(Optimizer):
         saved_slows = check_loadable(state_dict, self.param_groups)
         warn_if_stepped_without_lookahead(state_dict["param_groups"], state_dict["state"])
         before = {K_KEY: self.defaults.get(K_KEY), ALPHA_KEY: self.defaults.get(ALPHA_KEY)}
-        self.optimizer.load_state_dict(state_dict)
-        # Optimizer.load_state_dict cast every state tensor to its parameter's dtype and device;
+        # Optimizer.load_state_dict casts every state tensor to its parameter's dtype and device;
         # slow copies follow this wrapper's slow_dtype/slow_device instead (fp32 stays fp32).
+        # They are made from the saved values before anything is loaded, so that an error here
+        # leaves the optimizer as it was.
+        placed = [
+            (p, self._new_slow_copy(p, saved_slow))
+            for p, saved_slow in saved_slows
+            if _placement(p) != self._slow_placement(p)
+        ]
+        self.optimizer.load_state_dict(state_dict)
         state = self.state
-        for p, saved_slow in saved_slows:
-            if _placement(state[p][SLOW_KEY]) != self._slow_placement(p):
-                state[p][SLOW_KEY] = self._new_slow_copy(p, saved_slow)
+        for p, slow in placed:
+            state[p][SLOW_KEY] = slow
         for group in self.param_groups:
             group.pop(SYNCED_AT_KEY, None)
         self._check_groups()
