@@ -226,3 +226,25 @@ def test_sync_enters_no_grad_itself() -> None:
     _sync.sync_(params, slow, 0.25, foreach=True)  # called with grad mode on: still a plain update
     assert all(p.grad_fn is None and s.grad_fn is None for p, s in zip(params, slow, strict=True))
     assert all(torch.equal(p.detach(), s) for p, s in zip(params, slow, strict=True))
+
+
+def test_swap_views_follow_the_shapes_of_each_call() -> None:
+    """The scratch views kept for a count and length of tensors are rebuilt when the shapes
+    differ (same total, other layout), so every swap still exchanges exactly."""
+    scratch: dict = {}
+    for shapes in ([(6,), (2, 3)], [(2, 3), (6,)], [(3, 2), (1, 6)], [(6,), (2, 3)]):
+        a, b = random_pairs(7, shapes, torch.float32, torch.float32)
+        a0, b0 = [t.clone() for t in a], [t.clone() for t in b]
+        _sync.swap_(a, b, scratch, foreach=True)
+        assert all(torch.equal(x, y) for x, y in zip(a + b, b0 + a0, strict=True))
+
+
+def test_same_shapes_compares_every_dimension() -> None:
+    from torch_lookahead._tensors import same_shapes
+
+    t = torch.zeros
+    assert same_shapes([t(2, 3), t(4), t(())], [t(2, 3), t(4), t(())])
+    assert not same_shapes([t(2, 3)], [t(3, 2)])
+    assert not same_shapes([t(6)], [t(1, 6)])
+    assert not same_shapes([t(2, 3), t(4)], [t(2, 3)])
+    assert not same_shapes([t(4), t(2, 3, 5)], [t(4), t(2, 3, 4)])

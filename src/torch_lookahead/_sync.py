@@ -28,11 +28,18 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from torch_lookahead._tensors import SYNC_BLOCK_BYTES, cache_blocks, local_shards
+from torch_lookahead._tensors import (
+    SYNC_BLOCK_BYTES,
+    cache_blocks,
+    local_shards,
+    one_placement,
+    same_shapes,
+)
 
 __all__ = ["DEVICE_BLOCK_BYTES", "Plan", "Scratch", "swap_", "swap_steps", "sync_", "sync_steps"]
 
@@ -42,7 +49,8 @@ DEVICE_BLOCK_BYTES = 4 * 1024 * 1024
 _UNBLOCKED_BLOCKS = 1
 
 Step = Callable[[], object]
-Scratch = dict[tuple[torch.device, torch.dtype, int], Tensor]
+# Buffers under (device, dtype, slot), views of them under (device, dtype, slot, numel, count).
+Scratch = dict[tuple[Any, ...], Any]
 _placement = operator.attrgetter("device", "dtype")
 
 
@@ -88,15 +96,12 @@ def _lerp_into(
 
 def _buckets(a: list[Tensor], b: list[Tensor]) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
     """The pairs grouped by (placement of ``a``, placement of ``b``), in order of appearance."""
-    placements_a, placements_b = list(map(_placement, a)), list(map(_placement, b))
-    if placements_a.count(placements_a[0]) == len(a) and placements_b.count(placements_b[0]) == len(
-        b
-    ):
+    if one_placement(a) and one_placement(b):
         yield a, b  # one placement, the usual case, recognised at C speed
         return
     buckets: dict[tuple[object, object], tuple[list[Tensor], list[Tensor]]] = {}
-    for x, y, key in zip(a, b, zip(placements_a, placements_b, strict=True), strict=True):
-        bucket = buckets.setdefault(key, ([], []))
+    for x, y in zip(a, b, strict=True):
+        bucket = buckets.setdefault((_placement(x), _placement(y)), ([], []))
         bucket[0].append(x)
         bucket[1].append(y)
     yield from buckets.values()
@@ -136,14 +141,24 @@ def _views(
     slot: int,
     numel: int,
 ) -> list[Tensor]:
-    """Views of the scratch buffer ``(device, dtype, slot)``, shaped like ``like``."""
+    """Views of the scratch buffer ``(device, dtype, slot)``, shaped like ``like``.
+
+    The last views made for a given count and length of tensors are kept with the buffer and
+    reused when their shapes match (a check at C speed); a grown buffer drops them."""
     key = (device, dtype, slot)
     buffer = scratch.get(key)
     if buffer is None or buffer.numel() < numel:
         # Created outside inference mode, so that later plans outside it may write into it.
         with torch.inference_mode(False):
             buffer = scratch[key] = torch.empty(numel, device=device, dtype=dtype)
-    return list(torch._C._nn.unflatten_dense_tensors(buffer[:numel], like))
+        for stale in [k for k in scratch if len(k) == 5 and k[:3] == key]:
+            del scratch[stale]
+    views_key = (*key, numel, len(like))
+    views = scratch.get(views_key)
+    if views is None or not same_shapes(views, like):
+        with torch.inference_mode(False):
+            views = scratch[views_key] = torch._C._nn.unflatten_dense_tensors(buffer[:numel], like)
+    return list(views)
 
 
 def _plan_blocks(
