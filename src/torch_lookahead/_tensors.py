@@ -92,20 +92,19 @@ def same_placements(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
 
 
 def same_shapes(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
-    """Whether ``a[i]`` and ``b[i]`` have the same shape for every ``i`` (one pass per dimension)."""
+    """Whether ``a[i]`` and ``b[i]`` have the same shape for every ``i``.
+
+    Counts of dimensions and elements first: they settle tensors of at most one dimension."""
     if torch.compiler.is_compiling():
         return [x.shape for x in a] == [y.shape for y in b]
     dims = list(map(Tensor.dim, a))
-    if len(a) != len(b) or dims != list(map(Tensor.dim, b)):
+    if dims != list(map(Tensor.dim, b)) or list(map(Tensor.numel, a)) != list(map(Tensor.numel, b)):
         return False
-    for d in range(max(dims, default=0)):
-        has = list(map(operator.lt, repeat(d), dims))
-        size = Tensor.size
-        if list(map(size, compress(a, has), repeat(d))) != list(
-            map(size, compress(b, has), repeat(d))
-        ):
-            return False
-    return True
+    several = list(map(operator.lt, repeat(1), dims))
+    if not any(several):
+        return True
+    size = Tensor.size
+    return list(map(size, compress(a, several))) == list(map(size, compress(b, several)))
 
 
 def cache_blocks(tensors: Sequence[Tensor], block_bytes: int) -> Iterator[slice]:
