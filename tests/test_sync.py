@@ -100,13 +100,14 @@ def test_cache_blocks_cover_every_element_once_in_order() -> None:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)  # 64 floats per block
         patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 0)
         blocks = list(_sync._blocks(fast, slow))
-    flat_fast = torch.cat([t.reshape(-1) for block_fast, _ in blocks for t in block_fast])
-    flat_slow = torch.cat([t.reshape(-1) for _, block_slow in blocks for t in block_slow])
+    flat_fast = torch.cat([t.reshape(-1) for block_fast, _, _ in blocks for t in block_fast])
+    flat_slow = torch.cat([t.reshape(-1) for _, block_slow, _ in blocks for t in block_slow])
     assert torch.equal(flat_fast, torch.cat([f.reshape(-1) for f in fast]))
     assert torch.equal(flat_slow, torch.cat([s.reshape(-1) for s in slow]))
-    for block_fast, block_slow in blocks:
+    for block_fast, block_slow, numel in blocks:
         # Either one view of at most a block, or whole tensors that together fit in one.
         assert len(block_fast) == len(block_slow)
+        assert numel == sum(t.numel() for t in block_fast)
         if len(block_fast) > 1:
             assert sum(t.numel() for t in block_fast) <= 64
 
@@ -118,7 +119,7 @@ def test_small_buckets_are_not_blocked() -> None:
         patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 3)
         assert len(list(_sync._blocks(fast, slow))) == 1
         patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 2)
-        sizes = [len(block_fast) for block_fast, _ in _sync._blocks(fast, slow)]
+        sizes = [len(block_fast) for block_fast, _, _ in _sync._blocks(fast, slow)]
         assert sizes == [3, 3, 3, 1]
 
 

@@ -107,17 +107,18 @@ def _buckets(a: list[Tensor], b: list[Tensor]) -> Iterator[tuple[list[Tensor], l
     yield from buckets.values()
 
 
-def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[Tensor]]]:
-    """Consecutive runs of pairs of about one block of ``a`` each; longer contiguous tensors come
-    as flat views of one block. Blocking changes the order of the same element-wise operations,
+def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[Tensor], int]]:
+    """Consecutive runs of pairs of about one block of ``a`` each, and their element counts;
+    longer contiguous tensors come as flat views of one block. Blocking changes the order of the same element-wise operations,
     never a result."""
     on_cpu = a[0].device.type == "cpu"
     block_bytes = SYNC_BLOCK_BYTES if on_cpu else DEVICE_BLOCK_BYTES
     itemsize = a[0].element_size()
     sizes = list(map(Tensor.numel, a))
     whole = _UNBLOCKED_BLOCKS * block_bytes if on_cpu else block_bytes
-    if sum(sizes) * itemsize <= whole:
-        return [(a, b)]
+    total = sum(sizes)
+    if total * itemsize <= whole:
+        return [(a, b, total)]
     block_numel = max(1, block_bytes // itemsize)
     if max(sizes) > block_numel:
         cut_a: list[Tensor] = []
@@ -130,7 +131,10 @@ def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[T
                 cut_a.append(x)
                 cut_b.append(y)
         a, b = cut_a, cut_b
-    return [(a[block], b[block]) for block in cache_blocks(a, block_bytes)]
+    return [
+        (a[block], b[block], sum(map(Tensor.numel, a[block])))
+        for block in cache_blocks(a, block_bytes)
+    ]
 
 
 def _views(
@@ -164,12 +168,11 @@ def _views(
 def _plan_blocks(
     a: Sequence[Tensor], b: Sequence[Tensor]
 ) -> list[tuple[list[Tensor], list[Tensor], int]]:
-    blocks = [
-        (block_a, block_b, sum(map(Tensor.numel, block_a)))
+    return [
+        block
         for bucket_a, bucket_b in _buckets(local_shards(a), local_shards(b))
-        for block_a, block_b in _blocks(bucket_a, bucket_b)
+        for block in _blocks(bucket_a, bucket_b)
     ]
-    return blocks
 
 
 def sync_steps(
