@@ -100,13 +100,14 @@ def test_cache_blocks_cover_every_element_once_in_order() -> None:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)  # 64 floats per block
         patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 0)
         blocks = list(_sync._blocks(fast, slow))
-    flat_fast = torch.cat([t.reshape(-1) for block_fast, _ in blocks for t in block_fast])
-    flat_slow = torch.cat([t.reshape(-1) for _, block_slow in blocks for t in block_slow])
+    flat_fast = torch.cat([t.reshape(-1) for block_fast, _, _ in blocks for t in block_fast])
+    flat_slow = torch.cat([t.reshape(-1) for _, block_slow, _ in blocks for t in block_slow])
     assert torch.equal(flat_fast, torch.cat([f.reshape(-1) for f in fast]))
     assert torch.equal(flat_slow, torch.cat([s.reshape(-1) for s in slow]))
-    for block_fast, block_slow in blocks:
+    for block_fast, block_slow, numel in blocks:
         # Either one view of at most a block, or whole tensors that together fit in one.
         assert len(block_fast) == len(block_slow)
+        assert numel == sum(t.numel() for t in block_fast)
         if len(block_fast) > 1:
             assert sum(t.numel() for t in block_fast) <= 64
 
@@ -118,7 +119,7 @@ def test_small_buckets_are_not_blocked() -> None:
         patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 3)
         assert len(list(_sync._blocks(fast, slow))) == 1
         patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 2)
-        sizes = [len(block_fast) for block_fast, _ in _sync._blocks(fast, slow)]
+        sizes = [len(block_fast) for block_fast, _, _ in _sync._blocks(fast, slow)]
         assert sizes == [3, 3, 3, 1]
 
 
@@ -226,3 +227,25 @@ def test_sync_enters_no_grad_itself() -> None:
     _sync.sync_(params, slow, 0.25, foreach=True)  # called with grad mode on: still a plain update
     assert all(p.grad_fn is None and s.grad_fn is None for p, s in zip(params, slow, strict=True))
     assert all(torch.equal(p.detach(), s) for p, s in zip(params, slow, strict=True))
+
+
+def test_swap_views_follow_the_shapes_of_each_call() -> None:
+    """The scratch views kept for a count and length of tensors are rebuilt when the shapes
+    differ (same total, other layout), so every swap still exchanges exactly."""
+    scratch: dict = {}
+    for shapes in ([(6,), (2, 3)], [(2, 3), (6,)], [(3, 2), (1, 6)], [(6,), (2, 3)]):
+        a, b = random_pairs(7, shapes, torch.float32, torch.float32)
+        a0, b0 = [t.clone() for t in a], [t.clone() for t in b]
+        _sync.swap_(a, b, scratch, foreach=True)
+        assert all(torch.equal(x, y) for x, y in zip(a + b, b0 + a0, strict=True))
+
+
+def test_same_shapes_compares_every_dimension() -> None:
+    from torch_lookahead._tensors import same_shapes
+
+    t = torch.zeros
+    assert same_shapes([t(2, 3), t(4), t(())], [t(2, 3), t(4), t(())])
+    assert not same_shapes([t(2, 3)], [t(3, 2)])
+    assert not same_shapes([t(6)], [t(1, 6)])
+    assert not same_shapes([t(2, 3), t(4)], [t(2, 3)])
+    assert not same_shapes([t(4), t(2, 3, 5)], [t(4), t(2, 3, 4)])

@@ -28,11 +28,18 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from torch_lookahead._tensors import SYNC_BLOCK_BYTES, cache_blocks, local_shards
+from torch_lookahead._tensors import (
+    SYNC_BLOCK_BYTES,
+    cache_blocks,
+    local_shards,
+    one_placement,
+    same_shapes,
+)
 
 __all__ = ["DEVICE_BLOCK_BYTES", "Plan", "Scratch", "swap_", "swap_steps", "sync_", "sync_steps"]
 
@@ -42,7 +49,8 @@ DEVICE_BLOCK_BYTES = 4 * 1024 * 1024
 _UNBLOCKED_BLOCKS = 1
 
 Step = Callable[[], object]
-Scratch = dict[tuple[torch.device, torch.dtype, int], Tensor]
+# Buffers under (device, dtype, slot), views of them under (device, dtype, slot, numel, count).
+Scratch = dict[tuple[Any, ...], Any]
 _placement = operator.attrgetter("device", "dtype")
 
 
@@ -88,31 +96,29 @@ def _lerp_into(
 
 def _buckets(a: list[Tensor], b: list[Tensor]) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
     """The pairs grouped by (placement of ``a``, placement of ``b``), in order of appearance."""
-    placements_a, placements_b = list(map(_placement, a)), list(map(_placement, b))
-    if placements_a.count(placements_a[0]) == len(a) and placements_b.count(placements_b[0]) == len(
-        b
-    ):
+    if one_placement(a) and one_placement(b):
         yield a, b  # one placement, the usual case, recognised at C speed
         return
     buckets: dict[tuple[object, object], tuple[list[Tensor], list[Tensor]]] = {}
-    for x, y, key in zip(a, b, zip(placements_a, placements_b, strict=True), strict=True):
-        bucket = buckets.setdefault(key, ([], []))
+    for x, y in zip(a, b, strict=True):
+        bucket = buckets.setdefault((_placement(x), _placement(y)), ([], []))
         bucket[0].append(x)
         bucket[1].append(y)
     yield from buckets.values()
 
 
-def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[Tensor]]]:
-    """Consecutive runs of pairs of about one block of ``a`` each; longer contiguous tensors come
-    as flat views of one block. Blocking changes the order of the same element-wise operations,
+def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[Tensor], int]]:
+    """Consecutive runs of pairs of about one block of ``a`` each, and their element counts;
+    longer contiguous tensors come as flat views of one block. Blocking changes the order of the same element-wise operations,
     never a result."""
     on_cpu = a[0].device.type == "cpu"
     block_bytes = SYNC_BLOCK_BYTES if on_cpu else DEVICE_BLOCK_BYTES
     itemsize = a[0].element_size()
     sizes = list(map(Tensor.numel, a))
     whole = _UNBLOCKED_BLOCKS * block_bytes if on_cpu else block_bytes
-    if sum(sizes) * itemsize <= whole:
-        return [(a, b)]
+    total = sum(sizes)
+    if total * itemsize <= whole:
+        return [(a, b, total)]
     block_numel = max(1, block_bytes // itemsize)
     if max(sizes) > block_numel:
         cut_a: list[Tensor] = []
@@ -125,7 +131,10 @@ def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[T
                 cut_a.append(x)
                 cut_b.append(y)
         a, b = cut_a, cut_b
-    return [(a[block], b[block]) for block in cache_blocks(a, block_bytes)]
+    return [
+        (a[block], b[block], sum(map(Tensor.numel, a[block])))
+        for block in cache_blocks(a, block_bytes)
+    ]
 
 
 def _views(
@@ -136,25 +145,34 @@ def _views(
     slot: int,
     numel: int,
 ) -> list[Tensor]:
-    """Views of the scratch buffer ``(device, dtype, slot)``, shaped like ``like``."""
+    """Views of the scratch buffer ``(device, dtype, slot)``, shaped like ``like``.
+
+    The last views made for a given count and length of tensors are kept with the buffer and
+    reused when their shapes match (a check at C speed); a grown buffer drops them."""
     key = (device, dtype, slot)
     buffer = scratch.get(key)
     if buffer is None or buffer.numel() < numel:
         # Created outside inference mode, so that later plans outside it may write into it.
         with torch.inference_mode(False):
             buffer = scratch[key] = torch.empty(numel, device=device, dtype=dtype)
-    return list(torch._C._nn.unflatten_dense_tensors(buffer[:numel], like))
+        for stale in [k for k in scratch if len(k) == 5 and k[:3] == key]:
+            del scratch[stale]
+    views_key = (*key, numel, len(like))
+    views = scratch.get(views_key)
+    if views is None or not same_shapes(views, like):
+        with torch.inference_mode(False):
+            views = scratch[views_key] = torch._C._nn.unflatten_dense_tensors(buffer[:numel], like)
+    return list(views)
 
 
 def _plan_blocks(
     a: Sequence[Tensor], b: Sequence[Tensor]
 ) -> list[tuple[list[Tensor], list[Tensor], int]]:
-    blocks = [
-        (block_a, block_b, sum(map(Tensor.numel, block_a)))
+    return [
+        block
         for bucket_a, bucket_b in _buckets(local_shards(a), local_shards(b))
-        for block_a, block_b in _blocks(bucket_a, bucket_b)
+        for block in _blocks(bucket_a, bucket_b)
     ]
-    return blocks
 
 
 def sync_steps(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterator, Sequence
+from itertools import compress, repeat
 
 import torch
 from torch import Tensor
@@ -18,6 +19,9 @@ __all__ = [
     "cache_blocks",
     "group_by_device_and_dtype",
     "local_shards",
+    "one_placement",
+    "same_placements",
+    "same_shapes",
 ]
 
 #: Bytes of one tensor list per block of the CPU sync: a block of fast and slow weights fits in a
@@ -57,10 +61,7 @@ def group_by_device_and_dtype(
     first = tensorlists[0]
     if not first:
         return
-    # One placement, the usual case, is recognised with C-level maps.
-    if len(set(map(_dtype_of, first))) == 1 and (
-        all(map(_is_cpu, first)) or len(set(map(_device_of, first))) == 1
-    ):
+    if one_placement(first):
         yield [list(tensors) for tensors in tensorlists]
         return
     indices: dict[tuple[torch.device, torch.dtype], list[int]] = {}
@@ -68,6 +69,42 @@ def group_by_device_and_dtype(
         indices.setdefault((tensor.device, tensor.dtype), []).append(index)
     for positions in indices.values():
         yield [[tensors[i] for i in positions] for tensors in tensorlists]
+
+
+# The checks below run at C speed through ``map`` and create no container per tensor (a list of
+# 20,000 tuples or sizes costs more in garbage collection than in building it).
+def one_placement(tensors: Sequence[Tensor]) -> bool:
+    """Whether the (non-empty) ``tensors`` share one device and one dtype."""
+    return len(set(map(_dtype_of, tensors))) == 1 and (
+        all(map(_is_cpu, tensors)) or len(set(map(_device_of, tensors))) == 1
+    )
+
+
+def same_placements(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
+    """Whether ``a[i]`` and ``b[i]`` have the same device and dtype for every ``i``."""
+    if torch.compiler.is_compiling():  # dynamo traces no attrgetter
+        return [(x.device, x.dtype) for x in a] == [(y.device, y.dtype) for y in b]
+    if list(map(_dtype_of, a)) != list(map(_dtype_of, b)):
+        return False
+    return (all(map(_is_cpu, a)) and all(map(_is_cpu, b))) or list(map(_device_of, a)) == list(
+        map(_device_of, b)
+    )
+
+
+def same_shapes(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
+    """Whether ``a[i]`` and ``b[i]`` have the same shape for every ``i``.
+
+    Counts of dimensions and elements first: they settle tensors of at most one dimension."""
+    if torch.compiler.is_compiling():
+        return [x.shape for x in a] == [y.shape for y in b]
+    dims = list(map(Tensor.dim, a))
+    if dims != list(map(Tensor.dim, b)) or list(map(Tensor.numel, a)) != list(map(Tensor.numel, b)):
+        return False
+    several = list(map(operator.lt, repeat(1), dims))
+    if not any(several):
+        return True
+    size = Tensor.size
+    return list(map(size, compress(a, several))) == list(map(size, compress(b, several)))
 
 
 def cache_blocks(tensors: Sequence[Tensor], block_bytes: int) -> Iterator[slice]:

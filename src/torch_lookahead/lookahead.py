@@ -48,7 +48,7 @@ from torch_lookahead._loading import (
     warn_if_stepped_without_lookahead,
 )
 from torch_lookahead._sync import Plan, Scratch, Step, swap_steps, sync_steps
-from torch_lookahead._tensors import local_shards
+from torch_lookahead._tensors import local_shards, same_placements, same_shapes
 from torch_lookahead.pullback import (
     PULLBACK_MODES,
     PullbackMode,
@@ -161,9 +161,7 @@ def _require_tensors_like(
 ) -> None:
     """Raise ``ValueError`` before anything changes unless every entry is a tensor of its
     parameter's shape (a parameter resized through ``.data``, a value assigned by hand)."""
-    if all(isinstance(h, Tensor) for h in held) and [h.shape for h in held] == [
-        p.shape for p in params
-    ]:
+    if all(map(isinstance, held, repeat(Tensor))) and same_shapes(held, params):
         return
     for p, value in zip(params, held, strict=True):
         if not isinstance(value, Tensor) or value.shape != p.shape:
@@ -564,9 +562,7 @@ class Lookahead(Optimizer):
         """Slow copies placed where this optimizer wants them (after ``model.double()``, or a
         checkpoint of another ``slow_dtype``), allocated now, and the step that stores them."""
         unconfigured = self.slow_dtype is None and self.slow_device is None
-        if unconfigured and [(p.device, p.dtype) for p in params] == [
-            (s.device, s.dtype) for s in slows
-        ]:
+        if unconfigured and same_placements(params, slows):
             return slows, []
         moved = [
             i
@@ -809,13 +805,10 @@ class Lookahead(Optimizer):
             held += group_held
             states += group_states
         if to_eval:  # swapped where the slow copy has the parameter's placement
-            placements = [(p.device, p.dtype) for p in params]
-            held_placements = [(h.device, h.dtype) for h in held]
-            same = placements == held_placements  # the usual case, compared as whole lists
             swapped = (
                 [True] * len(params)
-                if same
-                else list(map(operator.eq, placements, held_placements))
+                if same_placements(params, held)  # the usual case, at C speed
+                else list(map(operator.eq, map(_placement, params), map(_placement, held)))
             )
         else:  # swapped where the slow weights are in the parameter (no lookahead_slow kept)
             swapped = [SLOW_KEY not in param_state for param_state in states]
