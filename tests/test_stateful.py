@@ -148,7 +148,9 @@ class Injector(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         name = getattr(func, "__name__", "")
-        if self.armed and name not in ("__get__", "__set__"):
+        # autograd's mode switches are not failure points (a no_grad() that could not restore the
+        # mode would be torch's fault, not an operation's): they are neither counted nor failed
+        if self.armed and name not in ("__get__", "__set__", "_set_grad_enabled"):
             self.calls += 1
             if self.calls == self.fail_at and (self.kind == "interrupt" or name not in _METADATA):
                 self._fail(name)
@@ -268,6 +270,7 @@ class LookaheadMachine(RuleBasedStateMachine):
             known = self.calls.get(name) or 20
             injector = Injector(1 + fault.at % known, fault.kind)
         self.injector = injector
+        grad_mode = torch.is_grad_enabled()
         try:
             with injector:
                 operation()
@@ -279,6 +282,8 @@ class LookaheadMachine(RuleBasedStateMachine):
             self.injector = None
             if fault is None:
                 self.calls[name] = max(self.calls.get(name, 0), injector.calls)
+            # an interrupted operation leaves the caller's autograd mode as it was
+            assert torch.is_grad_enabled() == grad_mode, f"{name} changed the grad mode"
         return False
 
     def _call_and_finish(
