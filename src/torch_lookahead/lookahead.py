@@ -529,6 +529,14 @@ class Lookahead(Optimizer):
         self._plan = Plan(steps)
         self._finish()
 
+    def _sync_overdue(self) -> None:
+        """Complete the sync of every group at k or more: a step stopped between its inner step
+        and its sync (or a lowered ``lookahead_k``). Every operation that steps or syncs runs this
+        first, as it finishes a pending plan first."""
+        overdue = [group for group in self.param_groups if group[STEP_KEY] >= group[K_KEY]]
+        if overdue:
+            self.outer_step(overdue)
+
     def _use_foreach(self) -> bool:
         return True if self.foreach is None else self.foreach
 
@@ -590,9 +598,7 @@ class Lookahead(Optimizer):
         self._require_train_mode("step()")
         self._check_groups()
         groups = self.param_groups
-        overdue = [group for group in groups if group[STEP_KEY] >= group[K_KEY]]
-        if overdue:
-            self.outer_step(overdue)
+        self._sync_overdue()
         for group in groups:
             if group[STEP_KEY] + 1 >= group[K_KEY]:
                 self.slow_pairs(
@@ -735,12 +741,7 @@ class Lookahead(Optimizer):
         self._finish()
         self._require_train_mode("sync()")
         self._check_groups()
-        # What is pending is finished first, as by every operation: a group whose step() was
-        # stopped between its inner step and its sync completes that sync, as the next step()
-        # would, so sync() after such a step is step(); sync().
-        overdue = [group for group in self.param_groups if group[STEP_KEY] >= group[K_KEY]]
-        if overdue:
-            self.outer_step(overdue)
+        self._sync_overdue()  # so sync() after a step stopped before its sync is step(); sync()
         self.outer_step(self.param_groups, self.cycle_start)
 
     @torch.no_grad()
