@@ -1,7 +1,8 @@
 """Lookahead under Accelerate: ``accelerator.prepare``, gradient accumulation, the LR schedule
 after ``prepare`` (which round-trips the optimizer's state_dict), ``train()``/``eval()`` through
 the AcceleratedOptimizer, exact resume through ``save_state``/``load_state`` in either mode, and
-through SlowWeightsState: state folders whose model files hold the slow weights."""
+through SlowWeightsState: state folders whose model files hold the slow weights, saved without
+switching the optimizer's mode (a failed save changes nothing)."""
 
 from __future__ import annotations
 
@@ -147,6 +148,12 @@ def test_save_state_load_state_resumes_exactly(tmp_path: Path) -> None:
     assert_same(resumed.lookahead.slow_parameters(), uninterrupted.lookahead.slow_parameters())
     assert _inner_lr(resumed) == pytest.approx(_inner_lr(uninterrupted), rel=1e-12)
 
+    # A run that registers SlowWeightsState before load_state cannot load this folder: it says why.
+    one_sided = _accelerator()
+    SlowWeightsState(one_sided, _setup(one_sided).optimizer)
+    with pytest.raises(RuntimeError, match=r"saved without SlowWeightsState.*before creating"):
+        one_sided.load_state(str(tmp_path / "state"))
+
 
 # ---------------------------------------------------------------------- the slow-weights policy
 def _in_eval_mode(lookahead: Lookahead) -> bool:
@@ -163,6 +170,13 @@ def _saved_fast(folder: Path) -> list[Tensor]:
     state = torch.load(folder / "optimizer.bin", weights_only=True)
     assert all(group["lookahead_eval_mode"] for group in state["param_groups"])
     return [state["state"][i]["lookahead_fast"] for i in sorted(state["state"])]
+
+
+def _fast_of_slow_weights_state(folder: Path) -> list[Tensor]:
+    """The fast weights SlowWeightsState saved for a run in train mode: in its own file."""
+    saved = torch.load(folder / "custom_checkpoint_0.pkl", weights_only=True)
+    ((group,),) = saved["fast_weights"]  # one optimizer, one group
+    return list(group)
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +203,13 @@ def test_slow_weights_state_saves_the_slow_weights_and_resumes_exactly(
     first_accelerator.save_state(str(tmp_path / "state"))
 
     assert_same(_model_file(tmp_path / "state", first.model), slow)
-    assert_same(_saved_fast(tmp_path / "state"), fast)
+    if mode == "eval":
+        assert_same(_saved_fast(tmp_path / "state"), fast)
+    else:  # the optimizer state as it is (slow weights under lookahead_slow), θ beside it
+        assert_same(_fast_of_slow_weights_state(tmp_path / "state"), fast)
+        optimizer_state = torch.load(tmp_path / "state" / "optimizer.bin", weights_only=True)
+        saved_slow = [optimizer_state["state"][i]["lookahead_slow"] for i in range(len(slow))]
+        assert_same(saved_slow, slow)
     # Saving leaves the run in the mode it was in.
     assert _in_eval_mode(first.lookahead) == (mode == "eval")
     assert_same(parameters_of(first.model), slow if mode == "eval" else fast)
@@ -252,3 +272,31 @@ def test_slow_weights_state_needs_a_lookahead() -> None:
         SlowWeightsState(accelerator, sgd)
     with pytest.raises(ValueError, match="needs the optimizers"):
         SlowWeightsState(accelerator)
+
+
+@pytest.mark.parametrize(
+    "failing_file", ["model.safetensors", "optimizer.bin", "custom_checkpoint"]
+)
+def test_a_save_that_fails_part_way_leaves_the_run_as_it_was(
+    failing_file: str, uninterrupted: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    accelerator = _accelerator()
+    run = _setup(accelerator)
+    SlowWeightsState(accelerator, run.optimizer)
+    _accelerated_epoch(accelerator, run)  # ends mid-cycle: slow != fast
+    fast, slow = parameters_of(run.model), run.lookahead.slow_parameters()
+    write = accelerate.checkpointing.save
+
+    def failing_save(obj: Any, path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).name.startswith(failing_file):
+            raise OSError(28, "No space left on device")
+        write(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(accelerate.checkpointing, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        accelerator.save_state(str(tmp_path / "state"))
+    assert not _in_eval_mode(run.lookahead)
+    assert_same(parameters_of(run.model), fast)
+    assert_same(run.lookahead.slow_parameters(), slow)
+    _accelerated_epoch(accelerator, run)  # training goes on: step() does not refuse
+    assert_same(parameters_of(run.model), parameters_of(uninterrupted.model))

@@ -1,7 +1,8 @@
 """Lookahead under lightning.pytorch.Trainer: configure_optimizers, schedules, and through
-SlowWeightsCallback: validation, test and predict on the slow weights, checkpoints whose model
-state holds the slow weights (so that ModelCheckpoint saves the model it ranked), and exact resume
-through ``fit(ckpt_path=...)``.
+LightningSlowWeightsCallback: validation, test and predict on the slow weights, checkpoints whose
+model state holds the slow weights (so that ModelCheckpoint saves the model it ranked), a module
+that holds the slow weights after ``fit`` and after loading a checkpoint for a test, and exact
+resume through ``fit(ckpt_path=...)``.
 
 Every run is compared with the same training written as a plain PyTorch loop.
 """
@@ -25,7 +26,7 @@ L = pytest.importorskip("lightning.pytorch")
 from tests.integrations._tensors import assert_same, parameters_of  # noqa: E402
 from torch_lookahead import Lookahead, load_slow_parameters  # noqa: E402
 from torch_lookahead.integrations import unwrap_lookahead  # noqa: E402
-from torch_lookahead.integrations.lightning import SlowWeightsCallback  # noqa: E402
+from torch_lookahead.integrations.lightning import LightningSlowWeightsCallback  # noqa: E402
 
 pytestmark = [
     pytest.mark.integrations,
@@ -116,9 +117,17 @@ def _trainer(
         enable_checkpointing=bool(checkpoints),
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[SlowWeightsCallback()] * slow_weights_callback + list(checkpoints),
+        callbacks=[LightningSlowWeightsCallback()] * slow_weights_callback + list(checkpoints),
         **kwargs,
     )
+
+
+def _fast_weights(optimizer: Lookahead) -> list[Tensor]:
+    """θ: the parameters in train mode, ``lookahead_fast`` in eval mode (docs/design.md)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not optimizer.in_eval_mode:
+        return [p.detach().clone() for p in params]
+    return [optimizer.state[p]["lookahead_fast"].clone() for p in params]
 
 
 @dataclass
@@ -179,8 +188,11 @@ def test_configure_optimizers_lookahead_trains_like_the_plain_loop(
     (optimizer,) = fitted.trainer.optimizers
     assert isinstance(optimizer, Lookahead)
     assert fitted.trainer.global_step == EPOCHS * STEPS_PER_EPOCH
-    assert_same(parameters_of(fitted.module), plain.fast)
+    assert_same(_fast_weights(optimizer), plain.fast)
     assert_same(optimizer.slow_parameters(), plain.slow_per_epoch[-1])
+    # fit ends on the slow weights: the module is the slow model.
+    assert optimizer.in_eval_mode
+    assert_same(parameters_of(fitted.module), plain.slow_per_epoch[-1])
 
 
 def test_step_schedule_built_on_lookahead_reaches_the_inner_optimizer(
@@ -238,32 +250,32 @@ def _saved_fast(optimizer_state: dict[str, Any]) -> list[Tensor]:
     return [optimizer_state["state"][i]["lookahead_fast"] for i in sorted(optimizer_state["state"])]
 
 
-def test_checkpoint_written_in_train_mode_holds_the_slow_weights_in_the_model_state(
-    tmp_path: Path,
-) -> None:
+def test_every_export_after_fit_holds_the_slow_weights(tmp_path: Path) -> None:
+    """save_checkpoint with and without weights_only, and torch.save of the module's state."""
     module = Regression()
     trainer = _trainer(1, num_sanity_val_steps=0)
     trainer.fit(module, _loader(), _loader())
     (optimizer,) = trainer.optimizers
-    fast, slow = parameters_of(module), optimizer.slow_parameters()
-    assert not any(group["lookahead_eval_mode"] for group in optimizer.param_groups)
+    fast, slow = _fast_weights(optimizer), optimizer.slow_parameters()
     assert any(not torch.equal(f, s) for f, s in zip(fast, slow, strict=True))  # mid-cycle
 
     trainer.save_checkpoint(tmp_path / "after-fit.ckpt")
-    saved = torch.load(tmp_path / "after-fit.ckpt", weights_only=True)
+    trainer.save_checkpoint(tmp_path / "weights-only.ckpt", weights_only=True)
+    torch.save(module.state_dict(), tmp_path / "state-dict.pt")
 
-    # The model state holds the slow weights, the optimizer state the fast ones, as eval() does.
+    saved = torch.load(tmp_path / "after-fit.ckpt", weights_only=True)
+    # The model state holds the slow weights, the optimizer state the fast ones.
     assert_same(_model_tensors(saved), slow)
     (optimizer_state,) = saved["optimizer_states"]
     assert all(group["lookahead_eval_mode"] for group in optimizer_state["param_groups"])
     assert_same(_saved_fast(optimizer_state), fast)
-    with optimizer.slow_weights():  # what eval() itself would have saved
-        assert_same(_saved_fast(optimizer.state_dict()), _saved_fast(optimizer_state))
-        assert_same(list(module.state_dict().values()), list(saved["state_dict"].values()))
+    weights_only = torch.load(tmp_path / "weights-only.ckpt", weights_only=True)
+    assert "optimizer_states" not in weights_only
+    assert_same(_model_tensors(weights_only), slow)
+    assert_same(_model_tensors({"state_dict": torch.load(tmp_path / "state-dict.pt")}), slow)
     # ...and saving changed nothing in the training objects.
-    assert_same(parameters_of(module), fast)
+    assert_same(_fast_weights(optimizer), fast)
     assert_same(optimizer.slow_parameters(), slow)
-    assert not any(group["lookahead_eval_mode"] for group in optimizer.param_groups)
 
 
 def test_fit_from_checkpoint_continues_exactly(fitted: LightningRun, tmp_path: Path) -> None:
@@ -286,12 +298,12 @@ def test_fit_from_checkpoint_continues_exactly(fitted: LightningRun, tmp_path: P
 
     (optimizer,) = trainer.optimizers
     (uninterrupted,) = fitted.trainer.optimizers
-    assert_same(parameters_of(resumed), parameters_of(fitted.module))
+    assert_same(_fast_weights(optimizer), _fast_weights(uninterrupted))
     assert_same(optimizer.slow_parameters(), uninterrupted.slow_parameters())
+    assert_same(parameters_of(resumed), parameters_of(fitted.module))
     assert (
         optimizer.optimizer.param_groups[0]["lr"] == uninterrupted.optimizer.param_groups[0]["lr"]
     )
-    assert not any(group["lookahead_eval_mode"] for group in optimizer.param_groups)
 
 
 RANKED_EPOCHS = 3
@@ -389,13 +401,13 @@ def test_checkpoints_between_validations_hold_the_slow_weights(
         )
 
 
-def test_ranked_run_ends_in_train_mode_like_the_plain_loop(
+def test_ranked_run_ends_on_the_slow_weights_like_the_plain_loop(
     ranked: RankedRun, plain_ranked: PlainRun
 ) -> None:
     (optimizer,) = ranked.trainer.optimizers
-    assert not any(group["lookahead_eval_mode"] for group in optimizer.param_groups)
-    assert_same(parameters_of(ranked.module), plain_ranked.fast)
+    assert_same(_fast_weights(optimizer), plain_ranked.fast)
     assert_same(optimizer.slow_parameters(), plain_ranked.slow_per_step[-1])
+    assert_same(parameters_of(ranked.module), plain_ranked.slow_per_step[-1])
 
 
 # The resumed run needs no ModelCheckpoint: Lightning warns that it had some.
@@ -410,29 +422,48 @@ def test_resume_from_a_ranked_checkpoint_continues_exactly(
     trainer.fit(resumed, _loader(), _loader(), ckpt_path=first)
 
     (optimizer,) = trainer.optimizers
-    assert_same(parameters_of(resumed), plain_ranked.fast)
+    assert_same(_fast_weights(optimizer), plain_ranked.fast)
     assert_same(optimizer.slow_parameters(), plain_ranked.slow_per_step[-1])
     assert_same(parameters_of(resumed), parameters_of(ranked.module))
 
 
-@pytest.mark.filterwarnings("ignore:.*multiple `ModelCheckpoint` callbacks.*")
-def test_test_with_the_best_checkpoint_evaluates_it_as_saved(ranked: RankedRun) -> None:
-    """Weights loaded from a checkpoint are the slow weights already: nothing is swapped."""
-    (optimizer,) = ranked.trainer.optimizers
-    fast, slow = parameters_of(ranked.module), optimizer.slow_parameters()
-    best = Path(ranked.ranked.best_model_path)
-    assert best.name != f"epoch={RANKED_EPOCHS - 1}.ckpt"  # not the last slow weights
-    try:
-        (metrics,) = ranked.trainer.test(ranked.module, _loader(), ckpt_path="best", verbose=False)
-        assert metrics["test_loss"] == float(ranked.ranked.best_model_score)
-        assert_same(optimizer.slow_parameters(), slow)
-        assert_same(
-            parameters_of(ranked.module), _model_tensors(torch.load(best, weights_only=True))
-        )
-    finally:
-        with torch.no_grad():  # the fixture's module is shared: give it its weights back
-            for p, value in zip(ranked.module.parameters(), fast, strict=True):
-                p.copy_(value)
+def test_a_checkpoint_loaded_for_a_test_is_what_later_runs_evaluate_and_save(
+    tmp_path: Path,
+) -> None:
+    """After test(ckpt_path="best") the Lookahead takes the loaded weights on as θ and φ: a later
+    predict or validate without a checkpoint, and save_checkpoint, give the best model too."""
+    # mode="max" ranks the highest loss first, so that the best checkpoint is not the last one.
+    best = L.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, monitor="val_loss", mode="max", save_top_k=1, filename="{epoch}"
+    )
+    module = Regression()
+    trainer = _trainer(RANKED_EPOCHS, num_sanity_val_steps=0, checkpoints=(best,))
+    trainer.fit(module, _loader(), _loader())
+    (optimizer,) = trainer.optimizers
+    best_weights = _model_tensors(torch.load(best.best_model_path, weights_only=True))
+    assert Path(best.best_model_path).name != f"epoch={RANKED_EPOCHS - 1}.ckpt"
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(best_weights, optimizer.slow_parameters(), strict=True)
+    )
+
+    (tested,) = trainer.test(module, _loader(), ckpt_path="best", verbose=False)
+    assert tested["test_loss"] == float(best.best_model_score)
+    predictions = trainer.predict(module, _loader())
+    (validated,) = trainer.validate(module, _loader(), verbose=False)
+    trainer.save_checkpoint(tmp_path / "after-test.ckpt")
+
+    assert validated["val_loss"] == tested["test_loss"]
+    best_net = _net()
+    load_slow_parameters(best_net, best_weights)
+    with torch.no_grad():
+        assert_same(predictions or [], [best_net(x) for x, _ in _loader()])
+    saved = torch.load(tmp_path / "after-test.ckpt", weights_only=True)
+    assert_same(_model_tensors(saved), best_weights)
+    assert_same(_saved_fast(saved["optimizer_states"][0]), best_weights)
+    assert_same(optimizer.slow_parameters(), best_weights)
+    assert_same(_fast_weights(optimizer), best_weights)
+    assert_same(parameters_of(module), best_weights)
 
 
 @pytest.fixture
@@ -447,15 +478,16 @@ def test_validate_test_and_predict_after_fit_agree_on_the_slow_weights(
     fresh_fit: LightningRun, plain: PlainRun
 ) -> None:
     trainer, module = fresh_fit.trainer, fresh_fit.module
+    slow = plain.slow_per_epoch[-1]
     (validated,) = trainer.validate(module, _loader(), verbose=False)
-    assert_same(parameters_of(module), plain.fast)  # train mode again after validate
+    assert_same(parameters_of(module), slow)  # still the slow model afterwards
     (tested,) = trainer.test(module, _loader(), verbose=False)
-    assert_same(parameters_of(module), plain.fast)
+    assert_same(parameters_of(module), slow)
     predictions = trainer.predict(module, _loader())
-    assert_same(parameters_of(module), plain.fast)
+    assert_same(parameters_of(module), slow)
 
     slow_net = _net()
-    load_slow_parameters(slow_net, plain.slow_per_epoch[-1])
+    load_slow_parameters(slow_net, slow)
     with torch.no_grad():
         expected = [slow_net(x) for x, _ in _loader()]
         slow_loss = torch.stack([F.mse_loss(slow_net(x), y) for x, y in _loader()]).mean()
@@ -463,9 +495,36 @@ def test_validate_test_and_predict_after_fit_agree_on_the_slow_weights(
     assert tested["test_loss"] == pytest.approx(float(slow_loss), rel=1e-6)
     assert predictions is not None
     assert_same(predictions, expected)
+    fast_net = _net()
+    load_slow_parameters(fast_net, plain.fast)
     with torch.no_grad():
-        fast_loss = torch.stack([F.mse_loss(module.net(x), y) for x, y in _loader()]).mean()
+        fast_loss = torch.stack([F.mse_loss(fast_net(x), y) for x, y in _loader()]).mean()
     assert float(fast_loss) != pytest.approx(float(slow_loss), rel=1e-6)  # not vacuous
+
+
+def test_a_second_trainer_without_the_optimizer_evaluates_the_slow_weights(
+    fresh_fit: LightningRun, plain: PlainRun
+) -> None:
+    """The Trainer(devices=1) Lightning recommends for testing has no optimizer to swap."""
+    tester = _trainer(1, slow_weights_callback=False)
+    (tested,) = tester.test(fresh_fit.module, _loader(), verbose=False)
+    (reference,) = fresh_fit.trainer.test(fresh_fit.module, _loader(), verbose=False)
+    assert tested["test_loss"] == reference["test_loss"]
+    assert_same(parameters_of(fresh_fit.module), plain.slow_per_epoch[-1])
+
+
+def test_resuming_without_the_callback_names_it(tmp_path: Path) -> None:
+    """The checkpoint holds the fast weights in its optimizer state, flagged: without the
+    callback nothing swaps them back, and Lightning's warning names the callback to add."""
+    trainer = _trainer(1, num_sanity_val_steps=0)
+    trainer.fit(Regression(), _loader(), _loader())
+    trainer.save_checkpoint(tmp_path / "epoch1.ckpt")
+    resumed = _trainer(EPOCHS, slow_weights_callback=False)
+    with (
+        pytest.warns(UserWarning, match="LightningSlowWeightsCallback"),
+        pytest.raises(RuntimeError, match="eval mode"),
+    ):
+        resumed.fit(Regression(), _loader(), _loader(), ckpt_path=tmp_path / "epoch1.ckpt")
 
 
 def test_unwrap_lookahead_reaches_it_through_the_lightning_proxy(fresh_fit: LightningRun) -> None:
@@ -524,7 +583,7 @@ def test_checkpoint_with_slow_copies_of_another_dtype_resumes_exactly(tmp_path: 
     trainer = _trainer(1, num_sanity_val_steps=0)
     trainer.fit(first, _loader(), _loader())
     (optimizer,) = trainer.optimizers
-    fast, slow = parameters_of(first), optimizer.slow_parameters()
+    fast, slow = _fast_weights(optimizer), optimizer.slow_parameters()
     trainer.save_checkpoint(tmp_path / "epoch1.ckpt")
     saved = torch.load(tmp_path / "epoch1.ckpt", weights_only=True)
 
@@ -551,7 +610,7 @@ def test_checkpoint_with_slow_copies_of_another_dtype_resumes_exactly(tmp_path: 
     resumed = Float64SlowWeights()
     trainer = _trainer(EPOCHS, num_sanity_val_steps=0)
     trainer.fit(resumed, _loader(), _loader(), ckpt_path=tmp_path / "epoch1.ckpt")
-    assert_same(parameters_of(resumed), parameters_of(uninterrupted))
+    assert_same(_fast_weights(trainer.optimizers[0]), _fast_weights(reference.optimizers[0]))
     assert_same(_float64_slow(trainer, resumed), _float64_slow(reference, uninterrupted))
 
 

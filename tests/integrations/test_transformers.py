@@ -1,8 +1,9 @@
 """Lookahead under transformers.Trainer, on a tiny BERT built from a config (nothing downloaded):
 ``optimizers=(Lookahead(...), scheduler)``, ``optimizer_cls_and_kwargs``, evaluation on the slow
 weights through the optimizer's ``eval()``/``train()``, exact resume from a checkpoint folder
-(the Trainer reloads ``optimizer.pt`` with ``weights_only=True``), and through SlowWeightsCallback
-and LookaheadTrainer: checkpoints, ``save_model`` and the best model holding the slow weights."""
+(the Trainer reloads ``optimizer.pt`` with ``weights_only=True``), and through
+TransformersSlowWeightsCallback and LookaheadTrainer: checkpoints, every export after training
+(``save_model``, ``save_pretrained``, ``torch.save``) and the best model holding the slow weights."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from torch_lookahead import Lookahead  # noqa: E402
 from torch_lookahead.integrations import unwrap_lookahead  # noqa: E402
 from torch_lookahead.integrations.transformers import (  # noqa: E402
     LookaheadTrainer,
-    SlowWeightsCallback,
+    TransformersSlowWeightsCallback,
 )
 
 pytestmark = pytest.mark.integrations
@@ -262,6 +263,14 @@ def _in_eval_mode(optimizer: Lookahead) -> bool:
     return any(group.get("lookahead_eval_mode", False) for group in optimizer.param_groups)
 
 
+def _fast_weights(optimizer: Lookahead) -> list[Tensor]:
+    """θ: the parameters in train mode, ``lookahead_fast`` in eval mode (docs/design.md)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not optimizer.in_eval_mode:
+        return [p.detach().clone() for p in params]
+    return [optimizer.state[p]["lookahead_fast"].clone() for p in params]
+
+
 @pytest.fixture(scope="module")
 def slow_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> TrainerRun:
     """Checkpoints every EVAL_EVERY steps, no evaluation, with the callback on a plain Trainer."""
@@ -269,7 +278,7 @@ def slow_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> TrainerRun:
         tmp_path_factory.mktemp("slow-checkpoints"),
         evaluate=False,
         save=True,
-        callbacks=(SlowWeightsCallback(),),
+        callbacks=(TransformersSlowWeightsCallback(),),
     )
 
 
@@ -296,14 +305,14 @@ def test_checkpoints_without_evaluation_hold_the_slow_weights(
     )
 
 
-def test_saving_slow_checkpoints_leaves_training_unchanged_and_ends_in_train_mode(
+def test_saving_slow_checkpoints_leaves_training_unchanged_and_ends_on_the_slow_weights(
     slow_checkpoints: TrainerRun, without_evaluation: TrainerRun
 ) -> None:
-    assert_same(parameters_of(slow_checkpoints.model), parameters_of(without_evaluation.model))
-    assert_same(
-        slow_checkpoints.optimizer.slow_parameters(), without_evaluation.optimizer.slow_parameters()
-    )
-    assert not _in_eval_mode(slow_checkpoints.optimizer)
+    assert_same(_fast_weights(slow_checkpoints.optimizer), parameters_of(without_evaluation.model))
+    slow = without_evaluation.optimizer.slow_parameters()
+    assert_same(slow_checkpoints.optimizer.slow_parameters(), slow)
+    assert _in_eval_mode(slow_checkpoints.optimizer)
+    assert_same(parameters_of(slow_checkpoints.model), slow)
 
 
 def test_resume_from_a_slow_checkpoint_continues_exactly(
@@ -315,35 +324,72 @@ def test_resume_from_a_slow_checkpoint_continues_exactly(
         evaluate=False,
         save=True,
         resume_from=checkpoint,
-        callbacks=(SlowWeightsCallback(),),
+        callbacks=(TransformersSlowWeightsCallback(),),
     )
     assert resumed.trainer.state.global_step == MAX_STEPS
     assert_same(parameters_of(resumed.model), parameters_of(without_evaluation.model))
     assert_same(resumed.optimizer.slow_parameters(), without_evaluation.optimizer.slow_parameters())
 
 
-def test_training_that_ends_with_an_evaluation_ends_in_train_mode(
+def test_training_that_ends_with_an_evaluation_ends_on_the_slow_weights(
     with_evaluation: TrainerRun, tmp_path: Path
 ) -> None:
-    assert _in_eval_mode(with_evaluation.optimizer)  # the plain Trainer leaves it evaluating
-    run = _run(tmp_path, evaluate=True, callbacks=(SlowWeightsCallback(),))
-    assert not _in_eval_mode(run.optimizer)
-    assert_same(parameters_of(run.model), parameters_of(with_evaluation.model))
+    run = _run(tmp_path, evaluate=True, callbacks=(TransformersSlowWeightsCallback(),))
+    assert _in_eval_mode(run.optimizer)
+    assert_same(parameters_of(run.model), with_evaluation.optimizer.slow_parameters())
+    assert_same(_fast_weights(run.optimizer), _fast_weights(with_evaluation.optimizer))
 
 
 MID_CYCLE_END = MAX_STEPS - 1  # with k=2, training that stops here ends mid-cycle
+
+
+def test_every_export_after_training_with_the_callback_holds_the_slow_weights(
+    tmp_path: Path,
+) -> None:
+    """A plain Trainer with the callback: save_model, save_pretrained and torch.save."""
+    run = _run(
+        tmp_path / "run",
+        evaluate=False,
+        callbacks=(TransformersSlowWeightsCallback(),),
+        max_steps=MID_CYCLE_END,
+    )
+    slow = run.optimizer.slow_parameters()
+    assert any(
+        not torch.equal(a, b) for a, b in zip(slow, _fast_weights(run.optimizer), strict=True)
+    )
+    run.trainer.save_model(str(tmp_path / "save-model"))
+    run.model.save_pretrained(tmp_path / "save-pretrained")
+    torch.save(run.model.state_dict(), tmp_path / "state-dict.pt")
+    assert_same(_model_file(tmp_path / "save-model", run.model), slow)
+    assert_same(_model_file(tmp_path / "save-pretrained", run.model), slow)
+    state = torch.load(tmp_path / "state-dict.pt", weights_only=True)
+    assert_same([state[name] for name, _ in run.model.named_parameters()], slow)
+
+
+def test_a_plain_trainer_exports_the_parameters_as_they_are(tmp_path: Path) -> None:
+    """Without the callback, save_model writes the fast weights after training that ended on a
+    training step, the slow ones after an evaluation (the documentation says: use the callback)."""
+    run = _run(tmp_path / "run", evaluate=False, max_steps=MID_CYCLE_END)
+    fast, slow = parameters_of(run.model), run.optimizer.slow_parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(slow, fast, strict=True))
+    run.trainer.save_model(str(tmp_path / "after-training"))
+    run.trainer.evaluate()
+    run.trainer.save_model(str(tmp_path / "after-evaluation"))
+    assert_same(_model_file(tmp_path / "after-training", run.model), fast)
+    assert_same(_model_file(tmp_path / "after-evaluation", run.model), slow)
 
 
 def test_lookahead_trainer_save_model_writes_the_slow_weights(tmp_path: Path) -> None:
     run = _run(
         tmp_path / "run", evaluate=False, trainer_cls=LookaheadTrainer, max_steps=MID_CYCLE_END
     )
-    slow, fast = run.optimizer.slow_parameters(), parameters_of(run.model)
+    slow, fast = run.optimizer.slow_parameters(), _fast_weights(run.optimizer)
     assert any(not torch.equal(a, b) for a, b in zip(slow, fast, strict=True))
 
+    run.optimizer.train()  # save_model writes the slow weights in either mode
     run.trainer.save_model(str(tmp_path / "export"))
     assert_same(_model_file(tmp_path / "export", run.model), slow)
-    assert_same(parameters_of(run.model), fast)  # the model is back on the fast weights
+    assert_same(parameters_of(run.model), fast)  # ...and leaves the mode as it was
     assert not _in_eval_mode(run.optimizer)
     # The exported folder loads as a plain model: the slow one.
     exported = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "export")
@@ -355,7 +401,7 @@ def test_lookahead_trainer_save_model_writes_the_slow_weights(tmp_path: Path) ->
 
 def test_evaluate_and_predict_agree_on_the_slow_weights(tmp_path: Path) -> None:
     run = _run(tmp_path, evaluate=False, trainer_cls=LookaheadTrainer, max_steps=MID_CYCLE_END)
-    slow, fast = run.optimizer.slow_parameters(), parameters_of(run.model)
+    slow, fast = run.optimizer.slow_parameters(), _fast_weights(run.optimizer)
     evaluated = run.trainer.evaluate()["eval_loss"]
     predicted = run.trainer.predict(TinyTextDataset(seed=2)).metrics["test_loss"]
     assert evaluated == predicted
@@ -381,8 +427,22 @@ def test_load_best_model_at_end_gives_the_best_checkpoint_and_its_score(tmp_path
     assert best.name != f"checkpoint-{MAX_STEPS}"
     best_weights = _model_file(best, run.model)
     assert_same(parameters_of(run.model), best_weights)
-    assert not _in_eval_mode(run.optimizer)
     assert_same(run.optimizer.slow_parameters(), best_weights)
+    assert_same(_fast_weights(run.optimizer), best_weights)
     assert run.trainer.evaluate()["eval_loss"] == state.best_metric
     run.trainer.save_model(str(tmp_path / "export"))
     assert_same(_model_file(tmp_path / "export", run.model), best_weights)
+    run.optimizer.train()  # the last fast weights are gone: the best model stays
+    assert_same(parameters_of(run.model), best_weights)
+
+
+def test_lookahead_trainer_resumes_again_after_training(
+    without_evaluation: TrainerRun, tmp_path: Path
+) -> None:
+    """Training ends on the slow weights; a second train(resume_from_checkpoint=...) of the same
+    Trainer loads its optimizer state all the same."""
+    run = _run(tmp_path, evaluate=False, save=True, trainer_cls=LookaheadTrainer)
+    assert _in_eval_mode(run.optimizer)
+    run.trainer.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{EVAL_EVERY}"))
+    assert_same(_fast_weights(run.optimizer), parameters_of(without_evaluation.model))
+    assert_same(run.optimizer.slow_parameters(), without_evaluation.optimizer.slow_parameters())

@@ -4,16 +4,17 @@ The package itself needs only torch: [unwrap_lookahead][torch_lookahead.integrat
 finds the Lookahead inside a framework's optimizer wrapper. Each submodule imports its framework,
 so none is imported by ``import torch_lookahead`` (install the ``integrations`` extra):
 
-* ``torch_lookahead.integrations.lightning``: ``SlowWeightsCallback`` for ``lightning.pytorch``;
-* ``torch_lookahead.integrations.transformers``: ``SlowWeightsCallback`` and ``LookaheadTrainer``
-  for the Hugging Face ``Trainer``;
+* ``torch_lookahead.integrations.lightning``: ``LightningSlowWeightsCallback`` for
+  ``lightning.pytorch``;
+* ``torch_lookahead.integrations.transformers``: ``TransformersSlowWeightsCallback`` and
+  ``LookaheadTrainer`` for the Hugging Face ``Trainer``;
 * ``torch_lookahead.integrations.accelerate``: ``SlowWeightsState`` for ``save_state`` and
   ``load_state``;
 * ``torch_lookahead.integrations.migrate``: convert timm and pytorch_optimizer Lookahead
   checkpoints into torch-lookahead's standard ``state_dict`` (needs only torch).
 
 In every framework the model weights that are evaluated, checkpointed and exported are the slow
-weights, and the fast weights travel in the optimizer state so that resuming is exact; the
+weights, and the fast weights travel in the same checkpoint so that resuming is exact; the
 documentation page "Saving, selecting and shipping" states the policy.
 """
 

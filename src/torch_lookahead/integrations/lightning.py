@@ -3,12 +3,13 @@
 Lightning never calls an optimizer's ``train()`` / ``eval()`` by itself (unlike the Hugging Face
 ``Trainer`` and Accelerate), so this module provides a callback that does::
 
-    trainer = lightning.pytorch.Trainer(callbacks=[SlowWeightsCallback()])
+    trainer = lightning.pytorch.Trainer(callbacks=[LightningSlowWeightsCallback()])
 
-With it, validation, ``trainer.test()`` and ``trainer.predict()`` run on the slow weights φ, and
-the model weights of every checkpoint the trainer writes are the slow weights, while the fast
-weights θ travel in the optimizer state, so that resuming is exact. The policy is the same in every
-integration; the documentation page "Saving, selecting and shipping" states it.
+With it, validation, ``trainer.test()`` and ``trainer.predict()`` run on the slow weights φ, the
+model weights of every checkpoint the trainer writes are the slow weights, while the fast weights
+θ travel in the optimizer state, so that resuming is exact, and after ``fit`` the module holds the
+slow weights. The policy is the same in every integration; the documentation page "Saving,
+selecting and shipping" states it.
 
 Importing this module imports ``lightning``; install the ``integrations`` extra.
 """
@@ -23,9 +24,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
+from torch_lookahead.integrations._adopt import adopt_parameters
 from torch_lookahead.lookahead import Lookahead
 
-__all__ = ["SlowWeightsCallback"]
+__all__ = ["LightningSlowWeightsCallback"]
 
 
 def _lookahead_optimizers(trainer: Trainer) -> list[Lookahead]:
@@ -94,97 +96,111 @@ def _write_eval_form(
 
 def _leave_fast(reason: str) -> None:
     warnings.warn(
-        f"SlowWeightsCallback: this checkpoint keeps the fast weights in its model state ({reason})",
+        f"LightningSlowWeightsCallback: this checkpoint keeps the fast weights in its model state ({reason})",
         RuntimeWarning,
         stacklevel=3,
     )
 
 
-class SlowWeightsCallback(Callback):  # type: ignore[misc]
+class LightningSlowWeightsCallback(Callback):  # type: ignore[misc]
     """Evaluate, checkpoint and export Lookahead's slow weights under ``lightning.pytorch``.
 
-    For every [Lookahead][torch_lookahead.Lookahead] among ``trainer.optimizers``:
+    For every [Lookahead][torch_lookahead.Lookahead] among ``trainer.optimizers`` whose parameters
+    are the module's: outside a training batch the module holds the slow weights φ, inside one the
+    fast weights θ.
 
     * **Evaluation.** ``optimizer.eval()`` at the start of validation, of ``trainer.test()`` and of
-      ``trainer.predict()`` swaps the slow weights φ into the parameters. ``optimizer.train()``
-      swaps the fast weights θ back at the end of a test, a prediction or a validation outside
-      ``fit``. Inside ``fit`` the slow weights stay in place until the next training batch, so that
-      the checkpoints ``ModelCheckpoint`` writes after validation (it ranks them by the validation
+      ``trainer.predict()`` swaps φ into the parameters, where it stays until the next training
+      batch: the checkpoints ``ModelCheckpoint`` writes after validation (ranked by the validation
       metrics) hold the weights that were evaluated.
-    * **Checkpoints.** A checkpoint written while the parameters hold the fast weights (a
-      ``ModelCheckpoint`` saving on training steps, ``trainer.save_checkpoint`` after ``fit``) is
-      rewritten on the fly into the form ``optimizer.eval()`` gives it: the model state holds the
-      slow weights, the optimizer state the fast ones. The training objects are not touched.
-    * **Resuming.** ``optimizer.train()`` at the start of training and before every training batch
-      swaps the fast weights back in, also after loading a checkpoint written in eval mode, so
-      ``fit(ckpt_path=...)`` continues exactly. Training ends in train mode (fast weights in the
-      parameters); ``on_exception`` restores train mode as well.
+    * **Training.** ``optimizer.train()`` at the start of training and before every training batch
+      swaps θ back, also after loading a checkpoint written in eval mode, so ``fit(ckpt_path=...)``
+      continues exactly. At the end of ``fit`` (and on an exception) ``optimizer.eval()``: the
+      module is the slow model, for ``trainer.save_checkpoint`` with or without
+      ``weights_only``, ``torch.save(model.state_dict())``, and a second ``Trainer`` that has no
+      optimizer. The next ``fit`` swaps θ back (or starts a new optimizer from φ).
+    * **Checkpoints.** A checkpoint written while the parameters hold θ (``ModelCheckpoint`` on
+      training steps) is rewritten on the fly into the form ``optimizer.eval()`` gives it: φ in the
+      model state, θ in the optimizer state. The training objects are not touched. The callback's
+      own state in the checkpoint makes Lightning name it when a run resumes without it.
+    * **Loaded checkpoints.** When a test, prediction or validation run loads its weights from a
+      checkpoint (``trainer.test(ckpt_path="best")``), those weights become both θ and φ of the
+      Lookahead (its counters restart), so that later evaluations, checkpoints and exports give
+      the loaded model, not the end of training.
 
-    A test, prediction or validation run that loads its weights from a checkpoint
-    (``trainer.test(ckpt_path="best")``) evaluates those weights as they are: they are the slow
-    weights already. Optimizers that are not Lookahead, and Lookaheads over parameters of another
-    module, are left alone.
-
-    Lightning does not call callbacks for ``save_weights_only`` checkpoints: those hold the
-    parameters as they are, which are the slow weights when written after validation (the usual
-    ``ModelCheckpoint(monitor=...)`` case) and the fast ones otherwise.
+    Optimizers that are not Lookahead, and Lookaheads over parameters of another module, are left
+    alone. Lightning calls no callback for ``save_weights_only`` checkpoints: those hold the
+    parameters as they are (φ after validation or ``fit``, θ on training steps).
 
     Example:
-        >>> trainer = Trainer(callbacks=[SlowWeightsCallback()])  # doctest: +SKIP
+        >>> trainer = Trainer(callbacks=[LightningSlowWeightsCallback()])  # doctest: +SKIP
     """
 
-    # ------------------------------------------------------------------ evaluation
-    def _evaluate_on_slow_weights(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.state.fn != TrainerFn.FITTING and trainer.ckpt_path is not None:
-            return  # the weights were just loaded from a checkpoint: they are the slow weights
+    def _own_lookaheads(self, trainer: Trainer, pl_module: LightningModule) -> list[Lookahead]:
         module_parameters = {id(p) for p in pl_module.parameters()}
-        for optimizer in _lookahead_optimizers(trainer):
-            if all(id(p) in module_parameters for g in optimizer.param_groups for p in g["params"]):
-                optimizer.eval()
+        return [
+            optimizer
+            for optimizer in _lookahead_optimizers(trainer)
+            if all(id(p) in module_parameters for g in optimizer.param_groups for p in g["params"])
+        ]
 
-    def _back_to_fast_weights(self, trainer: Trainer) -> None:
-        for optimizer in _lookahead_optimizers(trainer):
-            optimizer.train()
+    # ------------------------------------------------------------------ the slow weights
+    def _to_slow_weights(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        loaded = trainer.state.fn != TrainerFn.FITTING and trainer.ckpt_path is not None
+        for optimizer in self._own_lookaheads(trainer, pl_module):
+            if loaded:  # the module holds the checkpoint's weights: the Lookahead takes them on
+                adopt_parameters(optimizer)
+            optimizer.eval()
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._evaluate_on_slow_weights(trainer, pl_module)
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.state.fn != TrainerFn.FITTING:
-            self._back_to_fast_weights(trainer)
-        # During fit: ModelCheckpoint saves after this hook; the next training batch swaps back.
+        self._to_slow_weights(trainer, pl_module)
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._evaluate_on_slow_weights(trainer, pl_module)
-
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._back_to_fast_weights(trainer)
+        self._to_slow_weights(trainer, pl_module)
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._evaluate_on_slow_weights(trainer, pl_module)
-
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._back_to_fast_weights(trainer)
-
-    # ------------------------------------------------------------------ training
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._back_to_fast_weights(trainer)
-
-    def on_train_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self._back_to_fast_weights(trainer)
+        self._to_slow_weights(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._back_to_fast_weights(trainer)
+        self._to_slow_weights(trainer, pl_module)
 
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
-        self._back_to_fast_weights(trainer)
+        self._to_slow_weights(trainer, pl_module)
+
+    # ------------------------------------------------------------------ the fast weights
+    def _to_fast_weights(self, trainer: Trainer) -> None:
+        for optimizer in _lookahead_optimizers(trainer):
+            optimizer.train()
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._to_fast_weights(trainer)
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._to_fast_weights(trainer)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         _write_eval_form(trainer, pl_module, checkpoint)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the checkpoints hold; being non-empty, it makes Lightning warn, naming this
+        callback, when a run resumes from one of them without it (and so without the
+        ``optimizer.train()`` that swaps θ back before the first step)."""
+        return {"model_state": "slow weights", "optimizer_state": "fast weights (lookahead_fast)"}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the optimizer state records the mode."""
+
+    # ------------------------------------------------------------------ the wrong framework
+    def on_init_end(self, *args: Any, **kwargs: Any) -> None:
+        """The Hugging Face Trainer's first call to its callbacks: refuse clearly."""
+        raise TypeError(
+            "LightningSlowWeightsCallback is a Lightning callback; the Hugging Face Trainer takes "
+            "torch_lookahead.integrations.transformers.TransformersSlowWeightsCallback"
+        )

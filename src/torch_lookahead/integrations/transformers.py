@@ -4,12 +4,14 @@ The ``Trainer`` evaluates on the slow weights by itself: it calls ``optimizer.ev
 evaluation and prediction, and ``optimizer.train()`` before every training step. What it saves is
 whatever the parameters hold at that moment. This module makes it save the slow weights φ:
 
-* [SlowWeightsCallback][torch_lookahead.integrations.transformers.SlowWeightsCallback], for any
-  ``Trainer``: every checkpoint folder holds the slow weights in its model files (the fast weights
-  θ in ``optimizer.pt``, so that ``resume_from_checkpoint`` continues exactly), whether or not an
-  evaluation ran just before, and training ends in train mode;
+* [TransformersSlowWeightsCallback][torch_lookahead.integrations.transformers.TransformersSlowWeightsCallback],
+  for any ``Trainer``: every checkpoint folder holds the slow weights in its model files (the fast
+  weights θ in ``optimizer.pt``, so that ``resume_from_checkpoint`` continues exactly), whether or
+  not an evaluation ran just before, and training ends with the slow weights in the model (the
+  best model's with ``load_best_model_at_end``), for ``save_model()``, ``save_pretrained()`` and
+  ``push_to_hub()``;
 * [LookaheadTrainer][torch_lookahead.integrations.transformers.LookaheadTrainer], a ``Trainer``
-  with that callback whose ``save_model()`` (and so ``push_to_hub()``) writes the slow weights.
+  with that callback whose ``save_model()`` writes the slow weights at any time.
 
 Importing this module imports ``transformers``; install the ``integrations`` extra.
 """
@@ -20,27 +22,15 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from torch_lookahead.integrations._adopt import adopt_parameters
 from torch_lookahead.integrations.unwrap import find_lookahead
-from torch_lookahead.lookahead import Lookahead
 
-__all__ = ["LookaheadTrainer", "SlowWeightsCallback"]
-
-
-@torch.no_grad()
-def _adopt_parameters(lookahead: Lookahead) -> None:
-    """Make the parameters' current values both the fast and the slow weights, in train mode."""
-    params = [p for group in lookahead.param_groups for p in group["params"]]
-    current = [p.detach().clone() for p in params]
-    lookahead.train()
-    for p, value in zip(params, current, strict=True):
-        p.copy_(value)
-    lookahead.reset_slow()
+__all__ = ["LookaheadTrainer", "TransformersSlowWeightsCallback"]
 
 
-class SlowWeightsCallback(TrainerCallback):  # type: ignore[misc]
+class TransformersSlowWeightsCallback(TrainerCallback):  # type: ignore[misc]
     """Put the slow weights into the checkpoints of a ``transformers.Trainer``.
 
     For the [Lookahead][torch_lookahead.Lookahead] inside ``trainer.optimizer``:
@@ -51,14 +41,16 @@ class SlowWeightsCallback(TrainerCallback):  # type: ignore[misc]
       the fast weights in ``optimizer.pt`` (flagged ``lookahead_eval_mode``); the Trainer's
       ``optimizer.train()`` before the next step swaps them back, in this run and in a run resumed
       from that folder, so resuming is exact.
-    * **End of training.** ``optimizer.train()``: the model holds the fast weights, and the
-      optimizer is ready for more steps. With ``load_best_model_at_end``, the Trainer has just
-      loaded the best checkpoint's model files (slow weights) into the model; they become both the
-      fast and the slow weights, so the model, ``save_model()`` and later evaluations all give the
-      best model.
+    * **End of training.** ``optimizer.eval()``: the model holds the slow weights, so
+      ``trainer.save_model()``, ``model.save_pretrained()``, ``push_to_hub()`` and later
+      evaluations give the slow model; the Trainer's ``optimizer.train()`` before its next training
+      step swaps the fast weights back. With ``load_best_model_at_end``, the Trainer has just loaded
+      the best checkpoint's model files (slow weights) into the model; they first become both the
+      fast and the slow weights, so that no later ``optimizer.train()`` can put the last fast
+      weights over the best model.
 
     Example:
-        >>> trainer = Trainer(..., callbacks=[SlowWeightsCallback()])  # doctest: +SKIP
+        >>> trainer = Trainer(..., callbacks=[TransformersSlowWeightsCallback()])  # doctest: +SKIP
     """
 
     def _before_saving(self, control: TrainerControl, optimizer: object) -> None:
@@ -98,19 +90,32 @@ class SlowWeightsCallback(TrainerCallback):  # type: ignore[misc]
         if lookahead is None:
             return
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
-            _adopt_parameters(lookahead)
-        else:
-            lookahead.train()
+            adopt_parameters(lookahead)
+        lookahead.eval()
+
+    # ------------------------------------------------------------------ the wrong framework
+    @property
+    def state_key(self) -> str:
+        """Lightning reads it before its first call to a callback: refuse clearly."""
+        raise TypeError(
+            "TransformersSlowWeightsCallback is a Hugging Face Trainer callback; a Lightning Trainer "
+            "takes torch_lookahead.integrations.lightning.LightningSlowWeightsCallback"
+        )
+
+    def on_exception(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning calls it after the error above; it lets that error through unchanged."""
 
 
 class LookaheadTrainer(Trainer):  # type: ignore[misc]
     """A ``transformers.Trainer`` that checkpoints and exports Lookahead's slow weights.
 
-    It adds a [SlowWeightsCallback][torch_lookahead.integrations.transformers.SlowWeightsCallback]
-    (unless one was given) and writes every checkpoint, ``save_model()`` and ``push_to_hub()``
-    with the slow weights in the model files: ``save_model()`` after training writes the slow
-    weights whether or not an evaluation ran last, and the model is back on the fast weights
-    afterwards. Without a Lookahead in ``trainer.optimizer`` it is a plain ``Trainer``.
+    It adds a
+    [TransformersSlowWeightsCallback][torch_lookahead.integrations.transformers.TransformersSlowWeightsCallback]
+    (unless one was given), writes every checkpoint, ``save_model()`` and ``push_to_hub()`` with
+    the slow weights in the model files at any time (the model is left in the mode it was in), and
+    puts the fast weights back before ``train()``, so that a second ``train(resume_from_checkpoint=...)``
+    can load its optimizer state. Without a Lookahead in ``trainer.optimizer`` it is a plain
+    ``Trainer``.
 
     It takes the ``Trainer``'s arguments. To add the same behaviour to another subclass of
     ``Trainer``, list both: ``class MyTrainer(LookaheadTrainer, OtherTrainer): pass``.
@@ -124,8 +129,17 @@ class LookaheadTrainer(Trainer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not any(isinstance(cb, SlowWeightsCallback) for cb in self.callback_handler.callbacks):
-            self.add_callback(SlowWeightsCallback())
+        callbacks = self.callback_handler.callbacks
+        if not any(isinstance(cb, TransformersSlowWeightsCallback) for cb in callbacks):
+            self.add_callback(TransformersSlowWeightsCallback())
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``, from train mode: training ended on the slow weights (eval mode), and
+        ``resume_from_checkpoint`` loads the optimizer state before the first training step."""
+        lookahead = find_lookahead(self.optimizer)
+        if lookahead is not None:
+            lookahead.train()
+        return super().train(*args, **kwargs)
 
     @contextlib.contextmanager
     def _on_slow_weights(self) -> Iterator[None]:
