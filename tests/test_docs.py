@@ -56,6 +56,8 @@ def _page_params() -> list[object]:
 # Deprecated torch APIs used by Lightning (pytree LeafSpec) and by torch.compile's own imports.
 @pytest.mark.filterwarnings("ignore:.*LeafSpec.*")
 @pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*")
+# A resume example that leaves out a callback which wrote the checkpoint is wrong.
+@pytest.mark.filterwarnings("error:.*callbacks used to create the checkpoint.*")
 def test_page_python_blocks_run(
     page: str, modules: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

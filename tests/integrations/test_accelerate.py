@@ -257,7 +257,10 @@ def test_save_model_inside_slow_weights_exports_the_slow_model(tmp_path: Path) -
 
     with unwrap_lookahead(run.optimizer).slow_weights():
         accelerator.save_model(run.model, str(tmp_path / "export"))
+        torch.save(accelerator.unwrap_model(run.model).state_dict(), tmp_path / "state-dict.pt")
     assert_same(_model_file(tmp_path / "export", run.model), slow)
+    state = torch.load(tmp_path / "state-dict.pt", weights_only=True)
+    assert_same([state[name] for name, _ in run.model.named_parameters()], slow)
     assert_same(parameters_of(run.model), fast)
     # Outside it, save_model writes the parameters as they are: the fast weights.
     accelerator.save_model(run.model, str(tmp_path / "plain"))
