@@ -278,6 +278,31 @@ def test_every_export_after_fit_holds_the_slow_weights(tmp_path: Path) -> None:
     assert_same(optimizer.slow_parameters(), slow)
 
 
+def test_a_save_checkpoint_that_fails_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In either mode (train mode: the checkpoint is rewritten on the fly into the eval form)."""
+    module = Regression()
+    trainer = _trainer(1, num_sanity_val_steps=0)
+    trainer.fit(module, _loader(), _loader())
+    (optimizer,) = trainer.optimizers
+
+    def failing_save(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer.strategy.checkpoint_io, "save_checkpoint", failing_save)
+    for to_mode in (optimizer.train, optimizer.eval):
+        to_mode()
+        mode, parameters = optimizer.in_eval_mode, parameters_of(module)
+        fast, slow = _fast_weights(optimizer), optimizer.slow_parameters()
+        with pytest.raises(OSError, match="No space left"):
+            trainer.save_checkpoint(tmp_path / "full-disk.ckpt")
+        assert optimizer.in_eval_mode == mode
+        assert_same(parameters_of(module), parameters)
+        assert_same(_fast_weights(optimizer), fast)
+        assert_same(optimizer.slow_parameters(), slow)
+
+
 def test_fit_from_checkpoint_continues_exactly(fitted: LightningRun, tmp_path: Path) -> None:
     """A checkpoint written after fit (train mode, mid-cycle), resumed in a new Trainer."""
     first_half = Regression()
