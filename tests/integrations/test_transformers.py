@@ -399,6 +399,24 @@ def test_lookahead_trainer_save_model_writes_the_slow_weights(tmp_path: Path) ->
     assert_same(_model_file(tmp_path / "plain", run.model), fast)
 
 
+def test_a_lookahead_trainer_save_model_that_fails_leaves_the_mode_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _run(tmp_path / "run", evaluate=False, trainer_cls=LookaheadTrainer, max_steps=K + 1)
+
+    def failing_save(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(transformers.Trainer, "_save", failing_save)
+    for to_mode in (run.optimizer.train, run.optimizer.eval):
+        to_mode()
+        mode, parameters = _in_eval_mode(run.optimizer), parameters_of(run.model)
+        with pytest.raises(OSError, match="No space left"):
+            run.trainer.save_model(str(tmp_path / "full-disk"))
+        assert _in_eval_mode(run.optimizer) == mode
+        assert_same(parameters_of(run.model), parameters)
+
+
 def test_evaluate_and_predict_agree_on_the_slow_weights(tmp_path: Path) -> None:
     run = _run(tmp_path, evaluate=False, trainer_cls=LookaheadTrainer, max_steps=MID_CYCLE_END)
     slow, fast = run.optimizer.slow_parameters(), _fast_weights(run.optimizer)
