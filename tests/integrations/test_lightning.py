@@ -491,8 +491,9 @@ def test_a_checkpoint_loaded_for_a_test_is_what_later_runs_evaluate_and_save(
     assert_same(parameters_of(module), best_weights)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fresh_fit() -> LightningRun:
+    """A fit whose module only evaluations use (they leave the slow weights in place)."""
     module = Regression()
     trainer = _trainer(EPOCHS, num_sanity_val_steps=0)
     trainer.fit(module, _loader(), _loader())
