@@ -289,6 +289,11 @@ def train(
                 torch.nn.utils.clip_grad_norm_(trained.parameters(), task.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if step == steps and isinstance(optimizer, DistributedLookahead):
+                # End on a completed sync (collective, every rank): the sync a delayed run
+                # launched at its last cycle end is still in flight, and fragments are mid-cycle,
+                # so the slow weights would be older than the run's last steps.
+                optimizer.sync()
             train_seconds += time.perf_counter() - started
             peak_step_bytes = max(peak_step_bytes, count_bytes() - bytes_before)
             if rank == 0 and (step % eval_every == 0 or step == steps):
