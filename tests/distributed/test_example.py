@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.distributed._cluster import Cluster
+from torch_lookahead.distributed._exchange import INT8_BLOCK
 
 pytestmark = pytest.mark.distributed
 
@@ -53,8 +54,11 @@ def check_example(rank: int, world_size: int, out: str) -> None:
     if rank == 0:
         ddp, lookahead = (s["bytes_all_reduced_per_rank"] for s in summaries)
         assert ddp == steps * DIGITS_CNN_BYTES  # the gradients, every step
-        # steps // k syncs, and the sync that ends the run
-        assert lookahead == (steps // k + 1) * (DIGITS_CNN_BYTES + 4 * DIGITS_CNN_TENSORS)
+        # steps // k syncs, and the sync that ends the run: the weights (an even number of
+        # float32 values) and the verdict's int64 sums (a flag, a flag per tensor, a count and
+        # its square for the one group)
+        per_sync = DIGITS_CNN_BYTES + 8 * (1 + DIGITS_CNN_TENSORS + 2)
+        assert lookahead == (steps // k + 1) * per_sync
         settings = {
             "command": "test",
             "wall_seconds": 0.0,
@@ -89,13 +93,18 @@ def check_options_example(rank: int, world_size: int, out: str) -> None:
     if rank != 0:
         return
     summary = example.summarise(method, curves)
-    # F=2 cuts DigitsCNN into the convolutions and the first linear layer's 4,800 values and
-    # the rest, 33,482 (fragment 1 syncs at steps 2 and 7, fragment 0 at 5 and 10); int8 pads
-    # each to whole blocks of 1,024 per rank and adds a float32 scale per block, plus the 4-byte
-    # agreement flag of each of a fragment's 4 tensors.
-    fragment_bytes = [6144 + 4 * 6 + 16, 34816 + 4 * 34 + 16]
-    # The run ends on a sync of the whole model (38,282 values, 38 blocks per rank), in step 10.
-    final_sync = 38912 + 4 * 38 + 32
+
+    # F=2 cuts DigitsCNN into the convolutions and the first linear layer (tensors of 144, 16,
+    # 4,608 and 32 values) and the rest (32,768, 64, 640, 10); fragment 1 syncs at steps 2 and
+    # 7, fragment 0 at 5 and 10. int8 starts each tensor on a new block of 1,024 values (8 and
+    # 35 blocks), pads to an even number of blocks (2 ranks) and adds a float32 scale per block,
+    # plus the verdict's int64 sums (a flag, a flag per tensor, a count and its square).
+    def int8_bytes(blocks: int, tensors: int, groups: int) -> int:
+        blocks += blocks % 2
+        return blocks * INT8_BLOCK + 4 * blocks + 8 * (1 + tensors + 2 * groups)
+
+    fragment_bytes = [int8_bytes(8, 4, 1), int8_bytes(35, 4, 1)]
+    final_sync = int8_bytes(43, 8, 2)  # the sync that ends the run: the whole model, in step 10
     assert summary["bytes_all_reduced_per_rank"] == 2 * sum(fragment_bytes) + final_sync
     assert summary["peak_step_bytes"] == fragment_bytes[0] + final_sync  # fragment 0 at 10
     settings = {
