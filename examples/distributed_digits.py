@@ -472,8 +472,8 @@ DiLoCo-style Nesterov outer momentum). Accuracy is measured on the weights the r
 DDP's weights, the slow weights of DistributedLookahead.
 
 Bytes are the payload each rank hands to all-reduce, counted in the run (a DDP communication
-hook; `DistributedLookahead.bytes_all_reduced`, which includes its 4-byte-per-tensor agreement
-check). A ring all-reduce sends about 2(W-1)/W times the payload per rank for both. The initial
+hook; `DistributedLookahead.bytes_all_reduced`, which includes the int64 sums of its verdict,
+8 bytes per tensor and 16 per group, sent with the data). A ring all-reduce sends about 2(W-1)/W times the payload per rank for both. The initial
 broadcast of rank 0's weights (done by both) is not counted.
 
 {chr(10).join(rows)}
@@ -557,15 +557,16 @@ in {settings["wall_seconds"]:.0f} s on {settings["machine"]} (torch {settings["t
 ran, so wall times are noisy).
 
 {task_text} the sync delay d (the mean applied d inner steps after its launch), or the communication
-(the pseudo-gradient in bfloat16, or in int8 with a float32 scale per 1,024 values); the last row
-combines them.
+(the pseudo-gradient in bfloat16, or in int8 with a float32 scale per block of 1,024 values of
+one tensor); the last row combines them.
 
 The link: every collective takes at least {link["latency_ms"]} ms + wire bytes /
 {link["mb_per_s"]} MB/s, simulated on loopback by `SimulatedLink` in the example (wire bytes per
 rank: 2(W-1)/W of the payload for an all-reduce, (W-1)/W for each phase of the compressed
 exchange). DDP's gradient all-reduce waits for the link in its communication hook (the model
 fits one DDP bucket, so it cannot overlap the backward pass); DistributedLookahead's collectives,
-including its small per-sync agreement check, go through the wrapper, and an asynchronous one
+including the small all-reduce of its verdict launched with the data, go through the wrapper,
+and an asynchronous one
 (sync delay) is only waited for when its result is applied.
 
 | method | fragments F | sync delay d | communication | MB per rank | peak KB in one step | train wall s (mean ± 95%) | {quality_column} | final val loss (mean ± 95%) |
