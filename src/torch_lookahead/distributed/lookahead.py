@@ -97,10 +97,13 @@ def _require_received(entries: Iterable[dict[str, Any]]) -> None:
             )
 
 
-def _refuse_if_unusable(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-    """Step pre-hook: a DistributedLookahead that refuses to go on raises before the inner step."""
+def _before_step(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    """Step pre-hook: a DistributedLookahead that refuses to go on raises before the inner step;
+    delayed syncs that an interrupted step left due are applied before it."""
     assert isinstance(optimizer, DistributedLookahead)
     optimizer._require_usable()
+    if not optimizer.in_eval_mode:  # else step() raises
+        optimizer._apply_due()
 
 
 def _validate_outer_momentum(value: object) -> float:
@@ -275,7 +278,7 @@ class DistributedLookahead(Lookahead):
         self._blocking = False
         self._refusal: str | None = None
         super().__init__(optimizer, k, alpha, foreach=foreach, **options)
-        self.register_step_pre_hook(_refuse_if_unusable)
+        self.register_step_pre_hook(_before_step)
         self.outer_momentum = momentum
         self.nesterov = nesterov
         self.sync_delay = sync_delay
@@ -332,14 +335,15 @@ class DistributedLookahead(Lookahead):
         ``sync_delay`` inner steps have passed."""
         if self.outer_momentum > 0.0:
             self._add_outer_momentum([self.slow_pairs(group) for group in self.param_groups])
-        if self._pending:
-            due = [
-                pending
-                for pending in self._pending
-                if pending.groups[0][STEP_KEY] >= self.sync_delay
-            ]
-            for pending in due:
-                self._apply_pending(pending)
+        self._apply_due()
+
+    def _apply_due(self) -> None:
+        """Apply the delayed syncs whose ``sync_delay`` inner steps have passed. The end of every
+        step does; so does the start of the next one, for a step that an exception stopped
+        before its end (as ``step()`` completes an overdue sync first)."""
+        due = [p for p in self._pending if p.groups[0][STEP_KEY] >= self.sync_delay]
+        for pending in due:
+            self._apply_pending(pending)
 
     def _add_outer_momentum(self, tracked: list[_Pairs]) -> None:
         state = self.state
@@ -639,6 +643,13 @@ class DistributedLookahead(Lookahead):
         self._require_usable()
         if self.in_eval_mode:
             super().reset_slow()  # raises
+        # A step stopped between its inner step and its end: its sync and the delayed syncs due
+        # at it come first, as in step(); sync() (Lookahead.reset_slow would re-capture the
+        # weights without them).
+        overdue = [group for group in self.param_groups if group[STEP_KEY] >= group[K_KEY]]
+        if overdue:
+            self.outer_step(overdue)
+        self._apply_due()
         self._receive_all()
         for pending in self._pending:
             self._drop_launch(chain.from_iterable(pending.params))
@@ -736,7 +747,7 @@ class DistributedLookahead(Lookahead):
         self._blocking = False
         self._refusal = None
         super().__setstate__(state)
-        self.register_step_pre_hook(_refuse_if_unusable)
+        self.register_step_pre_hook(_before_step)
         self.process_group = require_process_group(None)
         self.bytes_all_reduced = 0
         self._rebuild_pending()
