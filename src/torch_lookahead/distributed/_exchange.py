@@ -174,7 +174,7 @@ class Exchange:
         control = torch.tensor(
             flags + counts + [c * c for c in counts],
             dtype=torch.int64,
-            device=tensors[0].device if tensors else "cpu",
+            device=tensors[0].device if tensors else _group_device(group),
         )
         self._control = control
         self._sent = sent
@@ -245,6 +245,13 @@ def _layout(
         _Bucket(kept, [tensors[i].shape for i in kept], wire, world)
         for (_, wire), kept in positions.items()
     ]
+
+
+def _group_device(group: dist.ProcessGroup) -> torch.device:
+    """Where a collective of ``group`` without tensors of its own runs (NCCL: this rank's GPU)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _encoded_length(bucket: _Bucket) -> int:
