@@ -114,6 +114,7 @@ class SimulatedLink:
         self.all_reduce = dist.all_reduce
         self.all_to_all_single = dist.all_to_all_single
         self.all_gather_into_tensor = dist.all_gather_into_tensor
+        self.all_gather_single = getattr(dist, "all_gather_single", None)
         self.intercepted = 0  # collective calls routed through the link since installed()
 
     def seconds(self, payload_bytes: int, fraction_sent: float) -> float:
@@ -139,18 +140,22 @@ class SimulatedLink:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        """Route torch.distributed's all_reduce, all_to_all_single and all_gather_into_tensor
-        through it (it patches them by name: ``intercepted`` counts the calls it saw)."""
+        """Route torch.distributed's all_reduce, all_to_all_single, all_gather_into_tensor and
+        all_gather_single through it (it patches them by name: ``intercepted`` counts the calls it saw)."""
         self.intercepted = 0
         dist.all_reduce = self._delayed(self.all_reduce, 2.0)  # type: ignore[assignment]
         dist.all_to_all_single = self._delayed(self.all_to_all_single, 1.0)  # type: ignore[assignment]
         dist.all_gather_into_tensor = self._delayed(self.all_gather_into_tensor, 1.0)  # type: ignore[assignment]
+        if self.all_gather_single is not None:  # torch >= 2.13
+            dist.all_gather_single = self._delayed(self.all_gather_single, 1.0)
         try:
             yield
         finally:
             dist.all_reduce = self.all_reduce  # type: ignore[assignment]
             dist.all_to_all_single = self.all_to_all_single  # type: ignore[assignment]
             dist.all_gather_into_tensor = self.all_gather_into_tensor  # type: ignore[assignment]
+            if self.all_gather_single is not None:
+                dist.all_gather_single = self.all_gather_single
 
 
 def _sleep_until(moment: float) -> None:

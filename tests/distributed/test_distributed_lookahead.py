@@ -370,6 +370,9 @@ def test_float32_slow_state_of_a_bfloat16_model(cluster: Cluster) -> None:
     cluster.run(check_float32_slow_state_of_bfloat16_model)
 
 
+GATHER = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
+
+
 def check_one_exchange_per_sync(rank: int, world_size: int) -> None:
     model = _tiny_model(seed=rank)
     params = list(model.parameters())
@@ -380,7 +383,7 @@ def check_one_exchange_per_sync(rank: int, world_size: int) -> None:
     calls: list[tuple[str, int]] = []
     originals = {
         name: getattr(dist, name)
-        for name in ("all_reduce", "all_to_all_single", "all_gather_into_tensor", "broadcast")
+        for name in ("all_reduce", "all_to_all_single", GATHER, "broadcast")
     }
 
     def counting(name: str):  # type: ignore[no-untyped-def]
@@ -406,7 +409,7 @@ def check_one_exchange_per_sync(rank: int, world_size: int) -> None:
     assert calls == [
         ("all_reduce", 1 + len(params) + 2 * 2),
         ("all_to_all_single", 4 * n),
-        ("all_gather_into_tensor", 4 * n),
+        (GATHER, 4 * n),
     ]
 
 

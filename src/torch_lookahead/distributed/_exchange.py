@@ -16,7 +16,8 @@ two phases, the sum accumulated in float32 (float64 for float64 tensors) whateve
 1. chunk j of every rank is sent to rank j (one ``all_to_all_single``), which decodes the W
    copies, sums them in rank order and divides by W;
 2. each rank encodes its mean chunk again (exact: rounds it to the tensors' dtype) and every
-   rank gathers all of them (``all_gather_into_tensor``) and decodes them.
+   rank gathers all of them (``all_gather_single``, ``all_gather_into_tensor`` before torch
+   2.13) and decodes them.
 
 Every rank decodes the same bytes, so the results are bit-identical everywhere. Each phase sends
 (W-1)/W of the encoded payload per rank, the same as a ring all-reduce of it. Exact float32 is
@@ -227,7 +228,7 @@ class Exchange:
         pieces = list(received.view(self._world, encoded_chunk))
         mine = encode(mean_of_pieces(pieces, chunk, wire), wire)
         gathered = torch.empty_like(sent)
-        dist.all_gather_into_tensor(gathered, mine, group=self._group)
+        _all_gather(gathered, mine, self._group)
         return torch.cat(
             [decode(piece, chunk, wire) for piece in gathered.view(self._world, encoded_chunk)]
         )
@@ -245,6 +246,15 @@ def _layout(
         _Bucket(kept, [tensors[i].shape for i in kept], wire, world)
         for (_, wire), kept in positions.items()
     ]
+
+
+def _all_gather(output: Tensor, mine: Tensor, group: dist.ProcessGroup) -> None:
+    """Every rank's ``mine`` into ``output``, in rank order: ``all_gather_single`` where torch
+    has it (2.13 deprecates ``all_gather_into_tensor``), else ``all_gather_into_tensor``."""
+    gather = getattr(dist, "all_gather_single", None)
+    if gather is None:
+        gather = dist.all_gather_into_tensor
+    gather(output, mine, group=group)
 
 
 def _group_device(group: dist.ProcessGroup) -> torch.device:
