@@ -146,7 +146,7 @@ def run_sequences(rank: int, world_size: int, seeds: list[int], length: int) -> 
 
 
 def test_random_sequences_match_an_uninterrupted_run(cluster: Cluster) -> None:
-    cluster.run(run_sequences, list(range(8)), 30)
+    cluster.run(run_sequences, list(range(16)), 40)
 
 
 @pytest.mark.slow
