@@ -114,6 +114,7 @@ class SimulatedLink:
         self.all_reduce = dist.all_reduce
         self.all_to_all_single = dist.all_to_all_single
         self.all_gather_into_tensor = dist.all_gather_into_tensor
+        self.all_gather_single = getattr(dist, "all_gather_single", None)
         self.intercepted = 0  # collective calls routed through the link since installed()
 
     def seconds(self, payload_bytes: int, fraction_sent: float) -> float:
@@ -139,18 +140,22 @@ class SimulatedLink:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        """Route torch.distributed's all_reduce, all_to_all_single and all_gather_into_tensor
-        through it (it patches them by name: ``intercepted`` counts the calls it saw)."""
+        """Route torch.distributed's all_reduce, all_to_all_single, all_gather_into_tensor and
+        all_gather_single through it (it patches them by name: ``intercepted`` counts the calls it saw)."""
         self.intercepted = 0
         dist.all_reduce = self._delayed(self.all_reduce, 2.0)  # type: ignore[assignment]
         dist.all_to_all_single = self._delayed(self.all_to_all_single, 1.0)  # type: ignore[assignment]
         dist.all_gather_into_tensor = self._delayed(self.all_gather_into_tensor, 1.0)  # type: ignore[assignment]
+        if self.all_gather_single is not None:  # torch >= 2.13
+            dist.all_gather_single = self._delayed(self.all_gather_single, 1.0)
         try:
             yield
         finally:
             dist.all_reduce = self.all_reduce  # type: ignore[assignment]
             dist.all_to_all_single = self.all_to_all_single  # type: ignore[assignment]
             dist.all_gather_into_tensor = self.all_gather_into_tensor  # type: ignore[assignment]
+            if self.all_gather_single is not None:
+                dist.all_gather_single = self.all_gather_single
 
 
 def _sleep_until(moment: float) -> None:
@@ -289,6 +294,11 @@ def train(
                 torch.nn.utils.clip_grad_norm_(trained.parameters(), task.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if step == steps and isinstance(optimizer, DistributedLookahead):
+                # End on a completed sync (collective, every rank): the sync a delayed run
+                # launched at its last cycle end is still in flight, and fragments are mid-cycle,
+                # so the slow weights would be older than the run's last steps.
+                optimizer.sync()
             train_seconds += time.perf_counter() - started
             peak_step_bytes = max(peak_step_bytes, count_bytes() - bytes_before)
             if rank == 0 and (step % eval_every == 0 or step == steps):
@@ -467,8 +477,8 @@ DiLoCo-style Nesterov outer momentum). Accuracy is measured on the weights the r
 DDP's weights, the slow weights of DistributedLookahead.
 
 Bytes are the payload each rank hands to all-reduce, counted in the run (a DDP communication
-hook; `DistributedLookahead.bytes_all_reduced`, which includes its 4-byte-per-tensor agreement
-check). A ring all-reduce sends about 2(W-1)/W times the payload per rank for both. The initial
+hook; `DistributedLookahead.bytes_all_reduced`, which includes the int64 sums of its verdict,
+8 bytes per tensor and 16 per group, sent with the data). A ring all-reduce sends about 2(W-1)/W times the payload per rank for both. The initial
 broadcast of rank 0's weights (done by both) is not counted.
 
 {chr(10).join(rows)}
@@ -552,15 +562,16 @@ in {settings["wall_seconds"]:.0f} s on {settings["machine"]} (torch {settings["t
 ran, so wall times are noisy).
 
 {task_text} the sync delay d (the mean applied d inner steps after its launch), or the communication
-(the pseudo-gradient in bfloat16, or in int8 with a float32 scale per 1,024 values); the last row
-combines them.
+(the pseudo-gradient in bfloat16, or in int8 with a float32 scale per block of 1,024 values of
+one tensor); the last row combines them.
 
 The link: every collective takes at least {link["latency_ms"]} ms + wire bytes /
 {link["mb_per_s"]} MB/s, simulated on loopback by `SimulatedLink` in the example (wire bytes per
 rank: 2(W-1)/W of the payload for an all-reduce, (W-1)/W for each phase of the compressed
 exchange). DDP's gradient all-reduce waits for the link in its communication hook (the model
 fits one DDP bucket, so it cannot overlap the backward pass); DistributedLookahead's collectives,
-including its small per-sync agreement check, go through the wrapper, and an asynchronous one
+including the small all-reduce of its verdict launched with the data, go through the wrapper,
+and an asynchronous one
 (sync delay) is only waited for when its result is applied.
 
 | method | fragments F | sync delay d | communication | MB per rank | peak KB in one step | train wall s (mean ± 95%) | {quality_column} | final val loss (mean ± 95%) |

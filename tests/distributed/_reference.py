@@ -106,20 +106,25 @@ def compressed_mean_reference(
 ) -> list[Tensor]:
     """The mean of the workers' weights as the compressed exchange defines it, written plainly.
 
-    Each worker's delta ``slow - fast`` (rounded to float32, flattened, zero-padded so that it cuts
-    into W equal chunks, for int8 of whole blocks) is encoded; chunk j of the mean is the float32
-    sum over the workers, in order, of their decoded chunk j, divided by W and encoded again.
-    The mean weights are ``slow - decoded mean``.
+    Each worker's delta ``slow - fast`` (rounded to float32, flattened; for int8 each tensor
+    zero-padded to whole blocks of 1024 so that no block holds two tensors; the whole zero-padded
+    so that it cuts into W equal chunks, for int8 of whole blocks) is encoded; chunk j of the mean
+    is the float32 sum over the workers, in order, of their decoded chunk j, divided by W and
+    encoded again. The mean weights are ``slow - decoded mean``.
     """
     workers = len(fasts)
-    unit = workers * (1024 if compression == "int8" else 1)
-    n = sum(s.numel() for s in slow)
-    padded = -(-n // unit) * unit
+    block = 1024 if compression == "int8" else 1
+    unit = workers * block
+    sizes = [s.numel() for s in slow]
+    spans = [-(-n // block) * block for n in sizes]
+    starts = [sum(spans[:i]) for i in range(len(spans))]
+    padded = max(unit, -(-sum(spans) // unit) * unit)
     chunk = padded // workers
     deltas = []
     for fast in fasts:
         flat = torch.zeros(padded, dtype=torch.float32)
-        flat[:n] = torch.cat([(s - f).reshape(-1) for s, f in zip(slow, fast, strict=True)]).float()
+        for s, f, start in zip(slow, fast, starts, strict=True):
+            flat[start : start + s.numel()] = (s - f).reshape(-1).float()
         deltas.append(flat)
     mean = torch.zeros(padded, dtype=torch.float32)
     for j in range(workers):
@@ -127,11 +132,10 @@ def compressed_mean_reference(
         for flat in deltas:
             total = total + quantize_reference(flat[j * chunk : (j + 1) * chunk], compression)
         mean[j * chunk : (j + 1) * chunk] = quantize_reference(total / workers, compression)
-    out, offset = [], 0
-    for s in slow:
-        out.append(s - mean[offset : offset + s.numel()].reshape(s.shape).to(s.dtype))
-        offset += s.numel()
-    return out
+    return [
+        s - mean[start : start + s.numel()].reshape(s.shape).to(s.dtype)
+        for s, start in zip(slow, starts, strict=True)
+    ]
 
 
 def reference_streaming(

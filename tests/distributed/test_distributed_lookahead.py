@@ -104,8 +104,10 @@ def test_matches_float64_reference(
         check_matches_reference, k, alpha, outer_momentum, nesterov, foreach
     )
     n_elements, n_tensors = sum(torch.Size(s).numel() for s in SHAPES), len(SHAPES)
-    # Per sync: the weights (float64) plus the one int32 flag a parameter that checks agreement.
-    expected = (N_STEPS // k) * (8 * n_elements + 4 * n_tensors)
+    padded = n_elements + n_elements % 2  # cut into 2 equal chunks
+    # Per sync: the weights (float64) and the verdict's int64 sums: a preparation flag, a
+    # presence flag a parameter, a committed-sync count and its square a group (2 groups).
+    expected = (N_STEPS // k) * (8 * padded + 8 * (1 + n_tensors + 2 * 2))
     assert bytes_per_rank == [expected, expected]
 
 
@@ -368,30 +370,48 @@ def test_float32_slow_state_of_a_bfloat16_model(cluster: Cluster) -> None:
     cluster.run(check_float32_slow_state_of_bfloat16_model)
 
 
-def check_one_weight_all_reduce_per_sync(rank: int, world_size: int) -> None:
+GATHER = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
+
+
+def check_one_exchange_per_sync(rank: int, world_size: int) -> None:
     model = _tiny_model(seed=rank)
     params = list(model.parameters())
     inner = torch.optim.SGD(
         [{"params": params[:2]}, {"params": params[2:], "lr": 0.05}], lr=0.1, momentum=0.9
     )
     opt = DistributedLookahead(inner, k=2, alpha=0.5)
-    sizes: list[int] = []
-    original = dist.all_reduce
+    calls: list[tuple[str, int]] = []
+    originals = {
+        name: getattr(dist, name)
+        for name in ("all_reduce", "all_to_all_single", GATHER, "broadcast")
+    }
 
-    def counting_all_reduce(tensor, *args, **kwargs):  # type: ignore[no-untyped-def]
-        sizes.append(tensor.numel())
-        return original(tensor, *args, **kwargs)
+    def counting(name: str):  # type: ignore[no-untyped-def]
+        def collective(tensor, *args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append((name, tensor.numel()))
+            return originals[name](tensor, *args, **kwargs)
 
-    dist.all_reduce = counting_all_reduce
+        return collective
+
+    for name in originals:
+        setattr(dist, name, counting(name))
     try:
         _train_step(model, opt, rank, 0)
-        assert sizes == []  # no communication between syncs
+        assert calls == []  # no communication between syncs
         _train_step(model, opt, rank, 1)  # both groups sync at this step
     finally:
-        dist.all_reduce = original
-    # one all-reduce of every group's weights together, one of the per-parameter update check
-    assert sorted(sizes) == sorted([len(params), sum(p.numel() for p in params)])
+        for name, original in originals.items():
+            setattr(dist, name, original)
+    n = sum(p.numel() for p in params)  # float32, even: no padding
+    # No round trip before the data: the verdict's sums (a preparation flag, a presence flag a
+    # parameter, a count and its square a group) travel beside the first phase; then the
+    # second phase gathers the mean.
+    assert calls == [
+        ("all_reduce", 1 + len(params) + 2 * 2),
+        ("all_to_all_single", 4 * n),
+        (GATHER, 4 * n),
+    ]
 
 
-def test_all_groups_share_one_all_reduce_per_sync(cluster: Cluster) -> None:
-    cluster.run(check_one_weight_all_reduce_per_sync)
+def test_all_groups_share_one_exchange_per_sync(cluster: Cluster) -> None:
+    cluster.run(check_one_exchange_per_sync)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 from tests.distributed._cluster import Cluster
+from torch_lookahead.distributed._exchange import INT8_BLOCK
 
 pytestmark = pytest.mark.distributed
 
@@ -51,7 +54,11 @@ def check_example(rank: int, world_size: int, out: str) -> None:
     if rank == 0:
         ddp, lookahead = (s["bytes_all_reduced_per_rank"] for s in summaries)
         assert ddp == steps * DIGITS_CNN_BYTES  # the gradients, every step
-        assert lookahead == (steps // k) * (DIGITS_CNN_BYTES + 4 * DIGITS_CNN_TENSORS)
+        # steps // k syncs, and the sync that ends the run: the weights (an even number of
+        # float32 values) and the verdict's int64 sums (a flag, a flag per tensor, a count and
+        # its square for the one group)
+        per_sync = DIGITS_CNN_BYTES + 8 * (1 + DIGITS_CNN_TENSORS + 2)
+        assert lookahead == (steps // k + 1) * per_sync
         settings = {
             "command": "test",
             "wall_seconds": 0.0,
@@ -86,13 +93,20 @@ def check_options_example(rank: int, world_size: int, out: str) -> None:
     if rank != 0:
         return
     summary = example.summarise(method, curves)
-    # F=2 cuts DigitsCNN into the convolutions and the first linear layer's 4,800 values and
-    # the rest, 33,482 (fragment 1 syncs at steps 2 and 7, fragment 0 at 5 and 10); int8 pads
-    # each to whole blocks of 1,024 per rank and adds a float32 scale per block, plus the 4-byte
-    # agreement flag of each of a fragment's 4 tensors.
-    fragment_bytes = [6144 + 4 * 6 + 16, 34816 + 4 * 34 + 16]
-    assert summary["bytes_all_reduced_per_rank"] == 2 * sum(fragment_bytes)
-    assert summary["peak_step_bytes"] == max(fragment_bytes)
+
+    # F=2 cuts DigitsCNN into the convolutions and the first linear layer (tensors of 144, 16,
+    # 4,608 and 32 values) and the rest (32,768, 64, 640, 10); fragment 1 syncs at steps 2 and
+    # 7, fragment 0 at 5 and 10. int8 starts each tensor on a new block of 1,024 values (8 and
+    # 35 blocks), pads to an even number of blocks (2 ranks) and adds a float32 scale per block,
+    # plus the verdict's int64 sums (a flag, a flag per tensor, a count and its square).
+    def int8_bytes(blocks: int, tensors: int, groups: int) -> int:
+        blocks += blocks % 2
+        return blocks * INT8_BLOCK + 4 * blocks + 8 * (1 + tensors + 2 * groups)
+
+    fragment_bytes = [int8_bytes(8, 4, 1), int8_bytes(35, 4, 1)]
+    final_sync = int8_bytes(43, 8, 2)  # the sync that ends the run: the whole model, in step 10
+    assert summary["bytes_all_reduced_per_rank"] == 2 * sum(fragment_bytes) + final_sync
+    assert summary["peak_step_bytes"] == fragment_bytes[0] + final_sync  # fragment 0 at 10
     settings = {
         "command": "test",
         "wall_seconds": 0.0,
@@ -111,11 +125,48 @@ def check_options_example(rank: int, world_size: int, out: str) -> None:
     example.write_options_report(Path(out), [summary], settings)
 
 
+def check_final_evaluation_is_flushed(rank: int, world_size: int) -> list[torch.Tensor]:
+    example = _example()
+    task = example.DigitsTask()
+    data = task.load(None, "cpu")
+    built: list[torch.nn.Module] = []
+    evaluated: list[list[torch.Tensor]] = []
+    build_model, evaluate = task.build_model, task.evaluate
+
+    def recording_build() -> torch.nn.Module:
+        built.append(build_model())
+        return built[-1]
+
+    def recording_evaluate(model: torch.nn.Module, data: object) -> dict[str, float]:
+        evaluated.append([p.detach().clone() for p in model.parameters()])
+        return evaluate(model, data)  # type: ignore[no-any-return]
+
+    task.build_model, task.evaluate = recording_build, recording_evaluate
+    # The last step (10) ends a cycle and launches a sync that sync_delay=2 applies two steps
+    # later, i.e. never: the final evaluation must not see the slow weights of step 5.
+    method = example.Method("lookahead", k=5, alpha=0.5, sync_delay=2)
+    example.train(method, task, data, steps=10, batch_size=16, lr=2e-3, eval_every=10, seed=0)
+    final = [p.detach().clone() for p in built[-1].parameters()]
+    if rank == 0:
+        (shipped,) = evaluated
+        for evaluated_weight, final_weight in zip(shipped, final, strict=True):
+            assert torch.equal(evaluated_weight, final_weight)
+    return final
+
+
+def test_final_evaluation_sees_the_completed_sync(cluster: Cluster) -> None:
+    pytest.importorskip("sklearn")
+    first, second = cluster.run(check_final_evaluation_is_flushed)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)  # the run ends on a completed sync: one model, every rank
+
+
 def test_options_example_counts_compressed_fragment_bytes(cluster: Cluster, tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     cluster.run(check_options_example, str(tmp_path))
     report = (tmp_path / "options.md").read_text()
-    assert "| k=5, alpha=1.0 | 2 | 1 | int8 | 0.08 | 35.0 |" in report
+    # The bytes themselves are checked exactly in check_options_example.
+    assert re.search(r"\| k=5, alpha=1\.0 \| 2 \| 1 \| int8 \| [0-9.]+ \| [0-9.]+ \|", report)
     assert (tmp_path / "options.json").exists()
 
 
@@ -170,8 +221,9 @@ def check_charlm_example(rank: int, world_size: int, out: str) -> None:
     ddp, lookahead = summaries
     assert ddp["bytes_all_reduced_per_rank"] == steps * CHAR_LSTM_PARAMETERS * 4
     assert ddp["peak_step_bytes"] == CHAR_LSTM_PARAMETERS * 4
-    # int8 fragments: each sync moves about a quarter of a fragment's float32 bytes.
-    assert 0 < lookahead["peak_step_bytes"] < CHAR_LSTM_PARAMETERS
+    # int8: about a byte per value; the last step moves a fragment and the whole model (the sync
+    # that ends the run), under a quarter of the float32 bytes each.
+    assert CHAR_LSTM_PARAMETERS < lookahead["peak_step_bytes"] < 2 * CHAR_LSTM_PARAMETERS
     assert lookahead["final_val_bpc_ci95"] >= 0.0
     settings = {
         "command": "test",
@@ -210,7 +262,7 @@ def test_example_counts_bytes_and_writes_its_report(cluster: Cluster, tmp_path: 
     cluster.run(check_example, str(tmp_path))
     report = (tmp_path / "report.md").read_text()
     assert "| DDP | 1 | - | - | 1.53 | 1.000 |" in report
-    assert "| DistributedLookahead | 5 | 0.5 | - | 0.31 | 0.200 |" in report
+    assert "| DistributedLookahead | 5 | 0.5 | - | 0.46 | 0.300 |" in report
     assert (tmp_path / "bytes_vs_accuracy.png").stat().st_size > 10_000
     assert (tmp_path / "results.json").exists()
 
@@ -232,7 +284,7 @@ def test_example_runs_under_torchrun(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DistributedLookahead k=5 alpha=0.5" in result.stdout
-    assert "0.31 MB" in result.stdout
+    assert "0.46 MB" in result.stdout
 
 
 @pytest.mark.slow

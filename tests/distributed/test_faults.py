@@ -3,6 +3,7 @@ collective that runs into the process group's timeout), and DCP resume on anothe
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -48,6 +49,11 @@ def _snapshot(opt: DistributedLookahead, key: str) -> list[torch.Tensor]:
     return [opt.state[p][key].clone() for g in opt.param_groups for p in g["params"]]
 
 
+def _restore(model: torch.nn.Module, opt: DistributedLookahead, checkpoint: Any) -> None:
+    model.load_state_dict(checkpoint[0])
+    opt.load_state_dict(checkpoint[1])
+
+
 class _FailingWork:
     def wait(self) -> None:
         raise RuntimeError("injected: Connection closed by peer")
@@ -70,15 +76,14 @@ def check_failed_collective_rolls_back(
     slow = _snapshot(opt, "lookahead_slow")
     momentum = _snapshot(opt, OUTER_MOMENTUM_KEY)
     assert momentum[0].any()
+    checkpoint = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
     original, original_all_to_all = dist.all_reduce, dist.all_to_all_single
 
     def failing_all_reduce(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("async_op"):  # the weights' exchange; the agreement check goes through
-            return _FailingWork()
-        return original(tensor, *args, **kwargs)
+        return _FailingWork()  # the verdict's sums
 
     def failing_all_to_all(*args: Any, **kwargs: Any) -> Any:
-        return _FailingWork()  # the first phase of the compressed exchange
+        return _FailingWork()  # the first phase
 
     dist.all_reduce = failing_all_reduce
     dist.all_to_all_single = failing_all_to_all
@@ -104,7 +109,14 @@ def check_failed_collective_rolls_back(
         assert torch.equal(now, before)
     assert opt.param_groups[0]["lookahead_step"] == 0
     assert_same_on_all_ranks(model.parameters())
-    for step in range(20, 23 + sync_delay):  # training goes on once the links work again
+    # The other ranks may have committed the sync: this rank refuses to go on...
+    with pytest.raises(SyncFailedError, match="refuses to step or sync"):
+        _train_step(model, opt, rank, 20)
+    with pytest.raises(SyncFailedError, match="refuses to step or sync"):
+        opt.sync()
+    # ...until every rank restarts from the same checkpoint.
+    _restore(model, opt, checkpoint)
+    for step in range(20, 23 + sync_delay):
         _train_step(model, opt, rank, step)
     assert_same_on_all_ranks(opt.slow_parameters())
 
@@ -116,6 +128,101 @@ def test_a_failed_collective_rolls_back_and_names_the_failure(
     cluster: Cluster, sync_delay: int, compression: str | None
 ) -> None:
     cluster.run(check_failed_collective_rolls_back, sync_delay, compression)
+
+
+def check_one_rank_failing_never_leaves_the_ranks_diverged(rank: int, world_size: int) -> None:
+    from torch_lookahead.distributed import _exchange
+
+    model = _tiny_model(0)
+    opt = DistributedLookahead(
+        torch.optim.SGD(model.parameters(), lr=0.1), k=3, alpha=0.5, outer_momentum=0.5
+    )
+    for step in range(3):  # one completed sync, then a checkpoint
+        _train_step(model, opt, rank, step)
+    checkpoint = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
+    original = _exchange.Exchange.wait
+
+    def fails_after_the_collectives(self: Any) -> Any:
+        original(self)  # rank 1 completes and commits; rank 0 hears of an error
+        raise RuntimeError("injected: error reported on one rank only")
+
+    if rank == 0:
+        _exchange.Exchange.wait = fails_after_the_collectives  # type: ignore[method-assign]
+    try:
+        for step in range(3, 5):
+            _train_step(model, opt, rank, step)
+        if rank == 0:
+            with pytest.raises(SyncFailedError, match="failed on rank 0"):
+                _train_step(model, opt, rank, 5)
+        else:
+            _train_step(model, opt, rank, 5)  # committed here
+    finally:
+        _exchange.Exchange.wait = original  # type: ignore[method-assign]
+    if rank == 0:
+        with pytest.raises(SyncFailedError, match="refuses to step or sync"):
+            _train_step(model, opt, rank, 6)
+        # Restarted alone from the checkpoint (its peer was not): the next sync finds that the
+        # ranks count different syncs, and every rank refuses.
+        _restore(model, opt, checkpoint)
+    for step in range(6, 8):
+        _train_step(model, opt, rank, step)
+    with pytest.raises(SyncFailedError, match="disagree on how many syncs"):
+        _train_step(model, opt, rank, 8)
+    with pytest.raises(SyncFailedError, match="refuses to step or sync"):
+        _train_step(model, opt, rank, 9)
+    # Every rank restarts from the same checkpoint: the replicas agree again.
+    _restore(model, opt, checkpoint)
+    for step in range(3, 9):
+        _train_step(model, opt, rank, step)
+    assert_same_on_all_ranks(opt.slow_parameters())
+    assert_same_on_all_ranks([opt.state[p][OUTER_MOMENTUM_KEY] for p in model.parameters()])
+
+
+def test_one_rank_failing_ends_in_agreement_or_refusal_on_every_rank(cluster: Cluster) -> None:
+    cluster.run(check_one_rank_failing_never_leaves_the_ranks_diverged)
+
+
+def check_a_rank_that_cannot_prepare_fails_the_sync_everywhere(
+    rank: int, world_size: int, sync_delay: int
+) -> None:
+    from torch_lookahead.distributed import _exchange
+
+    model = _tiny_model(0)
+    opt = DistributedLookahead(
+        torch.optim.SGD(model.parameters(), lr=0.1), k=3, alpha=0.5, sync_delay=sync_delay
+    )
+    for step in range(3 + sync_delay):
+        _train_step(model, opt, rank, step)
+    slow = _snapshot(opt, "lookahead_slow")
+    original = _exchange._payload
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected: out of memory")
+
+    if rank == 1:
+        _exchange._payload = out_of_memory
+    try:
+        for step in range(3 + sync_delay, 5 + sync_delay):
+            _train_step(model, opt, rank, step)
+        with pytest.raises(SyncFailedError, match="1 of 2 ranks could not prepare") as info:
+            for step in range(5 + sync_delay, 6 + 2 * sync_delay):
+                _train_step(model, opt, rank, step)
+    finally:
+        _exchange._payload = original
+    if rank == 1:
+        assert "this rank: RuntimeError: injected: out of memory" in str(info.value)
+    for p, before in zip(model.parameters(), slow, strict=True):
+        assert torch.equal(p.detach(), before)  # rolled back on every rank
+    for step in range(20, 26):  # the process group works: training goes on
+        _train_step(model, opt, rank, step)
+    assert_same_on_all_ranks(opt.slow_parameters())
+
+
+@pytest.mark.parametrize("sync_delay", [0, 1])
+def test_a_rank_that_cannot_prepare_its_part_fails_the_sync_on_every_rank(
+    cluster: Cluster, sync_delay: int
+) -> None:
+    cluster.run(check_a_rank_that_cannot_prepare_fails_the_sync_everywhere, sync_delay)
 
 
 def check_hung_collective_ends_at_the_timeout(rank: int, world_size: int) -> str:

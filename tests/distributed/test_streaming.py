@@ -3,6 +3,7 @@ DistributedLookahead on two gloo ranks, against the plainly written references o
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 from pathlib import Path
@@ -28,11 +29,18 @@ from tests.distributed._replica_utils import (
 )
 from torch_lookahead.distributed import (
     FRAGMENT_KEY,
+    OUTER_MOMENTUM_KEY,
     DistributedLookahead,
     DistributedLookaheadState,
     fragment_param_groups,
 )
-from torch_lookahead.distributed._exchange import INT8_BLOCK, decode, encode, start_mean
+from torch_lookahead.distributed._exchange import (
+    INT8_BLOCK,
+    decode,
+    encode,
+    mean_of_pieces,
+    start_mean,
+)
 from torch_lookahead.distributed.fragments import _cut
 
 pytestmark = pytest.mark.distributed
@@ -207,31 +215,36 @@ def test_streaming_overlap_and_compression_match_reference(
     if compression is None and fragments == 2:
         sizes = {sum(torch.Size(s).numel() for s in SHAPES[f * per_fragment :][:per_fragment])
                  for f in range(fragments)}  # fmt: skip
-        # each sync moves one fragment's float64 weights (plus a 4-byte flag per tensor)
-        assert set(per_rank[0]) - {0} == {8 * n + 4 * per_fragment for n in sizes}
+        # each sync moves one fragment's float64 weights (padded to 2 equal chunks) and the
+        # verdict's int64 sums (a preparation flag, a flag per tensor, a count and its square)
+        verdict = 8 * (1 + per_fragment + 2)
+        assert set(per_rank[0]) - {0} == {8 * (n + n % 2) + verdict for n in sizes}
 
 
 # ---------------------------------------------------------------- the compressed exchange
 def check_compressed_mean(rank: int, world_size: int, compression: str) -> None:
     generator = torch.Generator().manual_seed(7)
-    shapes = [(40, 60), (333,), (5, 7)]  # 2,768 values: int8 pads to 2 x 2 blocks
+    shapes = [(40, 60), (333,), (5, 7)]  # int8: 3 + 1 + 1 blocks, padded to 2 x 3 blocks
     slow = [torch.randn(s, generator=generator) for s in shapes]
     fasts = [[s + 0.01 * torch.randn(s.shape, generator=generator) for s in slow] for _ in "ab"]
     fasts[0][0][0, 0] = 5.0  # an outlier in one block
     exchange = start_mean(
         fasts[rank],
         dist.group.WORLD,
-        compression=compression,
-        references=slow,  # type: ignore[arg-type]
+        compression=compression,  # type: ignore[arg-type]
+        references=slow,
     )
-    means = exchange.wait()
+    verdict, deltas = exchange.wait()
+    assert verdict.committed
+    means = [s - d for s, d in zip(slow, deltas, strict=True)]  # type: ignore[operator]
     expected = compressed_mean_reference(slow, fasts, compression)
     for got, want in zip(means, expected, strict=True):
         assert torch.equal(got, want)
     assert_same_on_all_ranks(means)
     n = sum(torch.Size(s).numel() for s in shapes)
-    padded = 2 * INT8_BLOCK * 2 if compression == "int8" else n + n % 2
-    assert exchange.payload_bytes == (
+    padded = 6 * INT8_BLOCK if compression == "int8" else n + n % 2
+    verdict_bytes = 8 * (1 + len(shapes))
+    assert exchange.payload_bytes == verdict_bytes + (
         2 * padded if compression == "bfloat16" else padded + 4 * padded // INT8_BLOCK
     )
     exact = [(a + b) / 2 for a, b in zip(*fasts, strict=True)]
@@ -242,6 +255,55 @@ def check_compressed_mean(rank: int, world_size: int, compression: str) -> None:
 @pytest.mark.parametrize("compression", ["bfloat16", "int8"])
 def test_compressed_mean_matches_reference_bit_for_bit(cluster: Cluster, compression: str) -> None:
     cluster.run(check_compressed_mean, compression)
+
+
+def check_int8_scales_stay_inside_a_tensor(rank: int, world_size: int) -> None:
+    # A large-update tensor and a small one that would share a block if scales spanned tensors.
+    large = torch.full((1000,), 1.0 + rank)
+    small = torch.full((6,), 1e-4 * (1 + rank))
+    references = [torch.zeros(1000), torch.zeros(6)]
+    _, deltas = start_mean(
+        [large, small], dist.group.WORLD, compression="int8", references=references
+    ).wait()
+    exact = -(1e-4 * 1.5)  # the mean pseudo-gradient of the small tensor: 0 - mean(small)
+    step = 2e-4 / 127  # the quantisation step of the small tensor's own scale
+    assert deltas[1] is not None
+    assert (deltas[1] - exact).abs().max().item() <= step
+
+
+def test_int8_moves_a_small_tensor_next_to_a_large_one_as_the_exact_mean(
+    cluster: Cluster,
+) -> None:
+    cluster.run(check_int8_scales_stay_inside_a_tensor)
+
+
+def check_bfloat16_weights_travel_in_bfloat16(rank: int, world_size: int) -> int:
+    weights = torch.tensor([1.0, 3.0, 256.0]).add(rank / 64).to(torch.bfloat16)
+    exchange = start_mean([weights], dist.group.WORLD)
+    _, (mean,) = exchange.wait()
+    assert mean is not None and mean.dtype == torch.bfloat16
+    both = [torch.tensor([1.0, 3.0, 256.0]).add(r / 64).to(torch.bfloat16) for r in range(2)]
+    assert torch.equal(mean, ((both[0].float() + both[1].float()) / 2).to(torch.bfloat16))
+    return exchange.payload_bytes
+
+
+def test_exact_mode_sends_bfloat16_weights_in_bfloat16(cluster: Cluster) -> None:
+    sent = cluster.run(check_bfloat16_weights_travel_in_bfloat16)
+    assert sent == [2 * 4 + 8 * 2] * 2  # 3 values padded to 4, 2 bytes each; the verdict's sums
+
+
+def test_exact_mean_of_many_bfloat16_replicas_is_rounded_once() -> None:
+    # 512 workers' bfloat16 weights near 1: summed in bfloat16 the error would grow with the
+    # number of workers; summed in float32 the mean is the exact mean rounded once to bfloat16.
+    generator = torch.Generator().manual_seed(0)
+    replicas = (1 + 0.01 * torch.randn(512, 256, generator=generator)).to(torch.bfloat16)
+    pieces = [encode(r, torch.bfloat16) for r in replicas]
+    mean = mean_of_pieces(pieces, 256, torch.bfloat16)
+    assert mean.dtype == torch.float32
+    exact = replicas.double().mean(0)
+    assert (mean.double() - exact).abs().max().item() < 1e-6  # float32 accumulation error
+    rounded = mean.to(torch.bfloat16).double()
+    assert torch.equal(rounded, exact.to(torch.bfloat16).double())
 
 
 def test_encodings_round_trip_within_half_a_step() -> None:
@@ -383,3 +445,106 @@ def test_cut_makes_the_largest_fragment_as_small_as_any_contiguous_cut(
         for cuts in itertools.combinations(range(1, len(sizes)), fragments - 1)
     )
     assert largest == best
+
+
+# ---------------------------------------------------------------- phases, eval-form saves, loads
+def check_fragment_phases_survive_sync_reset_and_plain_loads(rank: int, world_size: int) -> None:
+    model = torch.nn.Sequential(*(torch.nn.Linear(3, 3) for _ in range(4)))
+    opt = DistributedLookahead(
+        torch.optim.SGD(fragment_param_groups(model, 4), lr=0.1), k=8, alpha=0.5
+    )
+    phases = [0, 6, 4, 2]  # fragment f starts at (k - f * k // F) % k
+    assert [g["lookahead_step"] for g in opt.param_groups] == phases
+    for step in range(2):
+        _train_step_on(model, opt, rank, step, inputs=3)
+    assert [g["lookahead_step"] for g in opt.param_groups] == [2, 0, 6, 4]
+    opt.sync()  # every fragment synced now: each restarts at its phase, not all at 0
+    assert [g["lookahead_step"] for g in opt.param_groups] == phases
+    _train_step_on(model, opt, rank, 2, inputs=3)
+    opt.reset_slow()
+    assert [g["lookahead_step"] for g in opt.param_groups] == phases
+    # A checkpoint of the plain inner optimizer (no counters) starts each fragment at its phase.
+    plain = torch.optim.SGD(fragment_param_groups(model, 4), lr=0.1)
+    opt.load_state_dict(plain.state_dict())
+    assert [g["lookahead_step"] for g in opt.param_groups] == phases
+
+
+def test_fragment_phases_survive_sync_reset_slow_and_plain_checkpoints(cluster: Cluster) -> None:
+    cluster.run(check_fragment_phases_survive_sync_reset_and_plain_loads)
+
+
+def _train_step_on(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int, step: int, inputs: int
+) -> None:
+    generator = torch.Generator().manual_seed(1000 * rank + step)
+    x = torch.randn(8, inputs, generator=generator)
+    model(x).pow(2).mean().backward()
+    opt.step()
+    opt.zero_grad()
+
+
+@pytest.mark.parametrize("compression", [None, "bfloat16", "int8"])
+def test_saving_in_eval_form_while_a_sync_is_in_flight_changes_nothing(
+    cluster: Cluster, compression: str | None
+) -> None:
+    cluster.run(check_eval_form_save_while_pending, compression)
+
+
+def check_eval_form_save_while_pending(rank: int, world_size: int, compression: str | None) -> None:
+    def build() -> tuple[torch.nn.Module, DistributedLookahead]:
+        model = _tiny_model(0)
+        opt = DistributedLookahead(
+            torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+            k=4,
+            alpha=0.5,
+            sync_delay=2,
+            compression=compression,  # type: ignore[arg-type]
+        )
+        return model, opt
+
+    (model, opt), (twin, twin_opt) = build(), build()
+    for step in range(5):  # the sync launched at step 4 is in flight
+        _train_step(model, opt, rank, step)
+        _train_step(twin, twin_opt, rank, step)
+    assert "lookahead_launch" in opt.state[next(model.parameters())]
+    with opt.slow_weights():  # what every integration does to save the slow weights
+        saved = copy.deepcopy(opt.state_dict())
+    result = "lookahead_launch_mean" if compression is None else "lookahead_launch_mean_delta"
+    assert all(result in entry for entry in saved["state"].values())  # received, not in flight
+    assert all(g["lookahead_eval_mode"] is True for g in saved["param_groups"])  # eval form
+    for step in range(5, 12):
+        _train_step(model, opt, rank, step)
+        _train_step(twin, twin_opt, rank, step)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(opt.slow_parameters(), twin_opt.slow_parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert_same_on_all_ranks(opt.slow_parameters())
+
+
+def check_load_without_slow_weights_drops_their_outer_momentum(rank: int, world_size: int) -> None:
+    model = _tiny_model(0)
+    opt = DistributedLookahead(
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), k=2, outer_momentum=0.9
+    )
+    for step in range(4):  # saved at a sync: the weights, so a new slow copy, agree on all ranks
+        _train_step(model, opt, rank, step)
+    saved = copy.deepcopy(opt.state_dict())
+    first, second = saved["param_groups"][0]["params"][:2]
+    del saved["state"][first]["lookahead_slow"]  # stale slow weights dropped from the checkpoint
+    saved["param_groups"][0]["lr"] = 0.05
+    opt.load_state_dict(saved)  # no KeyError half-way: the whole checkpoint is in
+    params = list(model.parameters())
+    assert opt.param_groups[0]["lr"] == 0.05
+    assert OUTER_MOMENTUM_KEY not in opt.state[params[0]]  # restarts with new slow weights
+    assert torch.equal(
+        opt.state[params[1]][OUTER_MOMENTUM_KEY], saved["state"][second][OUTER_MOMENTUM_KEY]
+    )
+    for step in range(4, 8):
+        _train_step(model, opt, rank, step)
+    assert not opt.state[params[0]][OUTER_MOMENTUM_KEY].isnan().any()
+    assert_same_on_all_ranks(opt.slow_parameters())
+
+
+def test_a_load_that_drops_slow_weights_is_all_or_nothing(cluster: Cluster) -> None:
+    cluster.run(check_load_without_slow_weights_drops_their_outer_momentum)

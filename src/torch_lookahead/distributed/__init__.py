@@ -5,7 +5,9 @@
   outer step (Lookahead, local SGD, SlowMo and DiLoCo's outer step in one class).
   Options: streaming fragments (`fragment_param_groups`), a sync delay that overlaps the
   communication with the next inner steps, bfloat16/int8 compressed communication, and a sync
-  that rolls back and raises `SyncFailedError` when a collective fails.
+  whose verdict every rank shares: it commits everywhere or rolls back everywhere and raises
+  `SyncFailedError`, and a rank whose collective failed refuses to go on until a checkpoint is
+  loaded.
 * [DistributedLookaheadState][torch_lookahead.distributed.DistributedLookaheadState]: exact save/resume of such a run with
   ``torch.distributed.checkpoint`` (also on another number of ranks, from the slow weights).
 

@@ -1,65 +1,77 @@
-"""The mean of tensors across ranks, started now and collected later, exact or compressed.
+"""The mean of tensors across ranks, started now and collected later, with the ranks' verdict.
 
-`start_mean` launches the collectives without waiting (``async_op=True``) and returns an
-`Exchange`; `Exchange.wait` returns the means. Nothing the caller owns is written
-before ``wait`` returns, so a collective that raises (a rank died, the process group's timeout
-ran out) leaves the caller's tensors as they were.
+One algorithm serves every exchange of DistributedLookahead (the syncs, exact or compressed, and
+``reset_slow``). `start_mean` launches it without waiting (``async_op=True``) and returns an
+`Exchange`; `Exchange.wait` returns the `Verdict` and, if the ranks committed, the means.
+Nothing the caller owns is written, so a collective that raises (a rank died, the process
+group's timeout ran out) leaves the caller's tensors as they were.
 
-Exact (``compression=None``): one all-reduce (sum) per (device, dtype) bucket of the tensors
-themselves, divided by the world size, as ``average_`` does.
+What travels: exact (``compression=None``), the tensors themselves in their own dtype; compressed
+(``"bfloat16"`` or ``"int8"``), the pseudo-gradient ``delta = reference - tensor`` (reference:
+the slow weights) rounded to float32 and then encoded. Per (device, wire format) bucket the values
+are laid out flat (int8: each tensor starts a new block of `INT8_BLOCK` values, so a scale never
+spans two tensors), zero-padded so that they cut into W equal chunks, and the mean is formed in
+two phases, the sum accumulated in float32 (float64 for float64 tensors) whatever the wire dtype:
 
-Compressed (``"bfloat16"`` or ``"int8"``): the ranks exchange the pseudo-gradient
-``delta = reference - tensor`` (reference: the slow weights) instead of the weights, rounded to
-float32 and then encoded. The mean is formed in two phases, so that the sum is accumulated in
-float32 and every rank ends with the same bits:
+1. chunk j of every rank is sent to rank j (one ``all_to_all_single``), which decodes the W
+   copies, sums them in rank order and divides by W;
+2. each rank encodes its mean chunk again (exact: rounds it to the tensors' dtype) and every
+   rank gathers all of them (``all_gather_single``, ``all_gather_into_tensor`` before torch
+   2.13) and decodes them.
 
-1. the flat delta is cut into W chunks; chunk j of every rank is sent to rank j (one
-   ``all_to_all_single``), which decodes the W copies, sums them in float32 in rank order and
-   divides by W;
-2. each rank encodes its mean chunk again and every rank gathers all of them
-   (``all_gather_into_tensor``) and decodes them.
+Every rank decodes the same bytes, so the results are bit-identical everywhere. Each phase sends
+(W-1)/W of the encoded payload per rank, the same as a ring all-reduce of it. Exact float32 is
+exact; a bfloat16 model's weights travel in bfloat16 (2 bytes a value) but are summed in float32,
+so the only error is the final rounding of the mean to bfloat16, whatever W. ``"bfloat16"`` rounds
+to nearest even; ``"int8"`` scales each block by its largest magnitude / 127 (the scale sent as
+float32) and rounds to nearest, so an entry's error is at most half its block's scale per encoding.
 
-The mean weights are then ``reference - mean(delta)``. Each phase sends (W-1)/W of the encoded
-payload per rank, the same as a ring all-reduce of it. ``"bfloat16"`` rounds to nearest even;
-``"int8"`` scales each block of `INT8_BLOCK` values by its largest magnitude / 127 (the
-scale sent as float32) and rounds to nearest, so an entry's error is at most half its block's
-scale per encoding.
+**The verdict travels with the data.** Launched with the first phase, one small int64 all-reduce
+sums, over the ranks: whether the rank could prepare its payload (a rank that failed sends zeros
+and says so), a presence flag per tensor (whether it has slow weights on that rank) and, per
+synced group, the number of syncs the rank has committed and its square. After the first phase,
+every rank holds the same sums, so every rank takes the same decision: commit only if every rank
+prepared its payload, every tensor is present on all ranks or on none, and all ranks count the
+same syncs (``W * sum(c^2) == sum(c)^2`` exactly when all counts are equal). Otherwise no rank
+runs the second phase. No round trip precedes the exchange.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from torch_lookahead.distributed._replicas import buckets
-
-__all__ = ["COMPRESSIONS", "INT8_BLOCK", "Compression", "Exchange", "encoded_bytes", "start_mean"]
+__all__ = [
+    "COMPRESSIONS",
+    "INT8_BLOCK",
+    "Compression",
+    "Exchange",
+    "Verdict",
+    "decode",
+    "encode",
+    "mean_of_pieces",
+    "start_mean",
+]
 
 Compression = Literal["bfloat16", "int8"]
 COMPRESSIONS: tuple[Compression, ...] = ("bfloat16", "int8")
 INT8_BLOCK = 1024
-"""Values that share one float32 scale in the int8 encoding."""
+"""Values that share one float32 scale in the int8 encoding (never across two tensors)."""
+
+Wire = Compression | torch.dtype
+"""How values travel: encoded (``"bfloat16"``, ``"int8"``) or as they are, in a dtype."""
 
 
-def _padded_length(n: int, world_size: int, compression: Compression) -> int:
-    unit = world_size * (INT8_BLOCK if compression == "int8" else 1)
-    return -(-n // unit) * unit
-
-
-def encoded_bytes(n: int, compression: Compression) -> int:
-    """Bytes of the encoding of ``n`` float32 values (``n`` a multiple of the block for int8)."""
-    if compression == "bfloat16":
-        return 2 * n
-    return n + 4 * (n // INT8_BLOCK)
-
-
-def encode(values: Tensor, compression: Compression) -> Tensor:
-    """Encode float32 ``values`` (1-D; for int8 a whole number of blocks) as bytes."""
-    if compression == "bfloat16":
+def encode(values: Tensor, wire: Wire) -> Tensor:
+    """Encode 1-D ``values`` as bytes (int8: a whole number of blocks of float32 values)."""
+    if isinstance(wire, torch.dtype):
+        return values.to(wire).contiguous().view(torch.uint8)
+    if wire == "bfloat16":
         return values.to(torch.bfloat16).view(torch.uint8)
     blocks = values.view(-1, INT8_BLOCK)
     scales = blocks.abs().amax(dim=1) / 127.0
@@ -68,99 +80,227 @@ def encode(values: Tensor, compression: Compression) -> Tensor:
     return torch.cat([quantized.view(-1).view(torch.uint8), scales.view(torch.uint8)])
 
 
-def decode(encoded: Tensor, n: int, compression: Compression) -> Tensor:
-    """The float32 values of ``encoded`` (the output of `encode` for ``n`` values)."""
-    if compression == "bfloat16":
+def decode(encoded: Tensor, n: int, wire: Wire) -> Tensor:
+    """The values of ``encoded`` (the output of `encode` for ``n`` values): float32 for the
+    compressions, the wire dtype otherwise."""
+    if isinstance(wire, torch.dtype):
+        return encoded.view(wire)
+    if wire == "bfloat16":
         return encoded.view(torch.bfloat16).float()
     quantized = encoded[:n].view(torch.int8).view(-1, INT8_BLOCK)
     scales = encoded[n:].view(torch.float32)
     return (quantized.float() * scales[:, None]).view(-1)
 
 
+def _accumulation_dtype(wire: Wire) -> torch.dtype:
+    if isinstance(wire, torch.dtype):
+        return torch.promote_types(wire, torch.float32)
+    return torch.float32
+
+
+def mean_of_pieces(pieces: Sequence[Tensor], n: int, wire: Wire) -> Tensor:
+    """The mean of the encoded ``pieces`` (``n`` values each): decoded, summed in rank order in
+    float32 (float64 for float64 values), divided by their number. Not rounded to the wire."""
+    total = torch.zeros(n, dtype=_accumulation_dtype(wire), device=pieces[0].device)
+    for piece in pieces:
+        total += decode(piece, n, wire)
+    return total / len(pieces)
+
+
+@dataclass
+class Verdict:
+    """What every rank decided about an exchange, from the same sums."""
+
+    world_size: int
+    prepared: int
+    """Ranks that prepared their payload."""
+    partial: list[int] = field(default_factory=list)
+    """Positions of tensors present on some ranks only."""
+    history_agrees: bool = True
+    """Whether all ranks count the same committed syncs in every exchanged group."""
+
+    @property
+    def committed(self) -> bool:
+        return self.prepared == self.world_size and not self.partial and self.history_agrees
+
+
+class _Bucket:
+    """The tensors of one (device, wire format), laid out flat and cut into W chunks."""
+
+    def __init__(self, positions: list[int], shapes: list[torch.Size], wire: Wire, world: int):
+        self.positions, self.shapes, self.wire = positions, shapes, wire
+        self.offsets: list[int] = []
+        offset = 0
+        for shape in shapes:
+            self.offsets.append(offset)
+            size = shape.numel()
+            offset += -(-size // INT8_BLOCK) * INT8_BLOCK if wire == "int8" else size
+        unit = world * (INT8_BLOCK if wire == "int8" else 1)
+        self.length = max(unit, -(-offset // unit) * unit)
+        self.chunk = self.length // world
+
+
 class Exchange:
-    """A mean across ranks in flight: `wait` for the result."""
+    """A mean across ranks in flight: `wait` for the verdict and the means."""
 
     payload_bytes: int
-    """Bytes of the payload this rank contributes: the flat buffers all-reduced, or the encoded
-    deltas (a ring all-reduce of that payload sends as much per rank as the two phases)."""
+    """Bytes this rank contributes: the encoded payload of the first phase (a ring all-reduce of
+    it sends as much per rank as the two phases) and the verdict's int64 sums."""
 
     def __init__(
         self,
         tensors: Sequence[Tensor],
-        references: Sequence[Tensor] | None,
+        references: Sequence[Tensor | None],
+        present: Sequence[bool],
+        history: Sequence[int],
         group: dist.ProcessGroup,
         compression: Compression | None,
     ) -> None:
-        self._tensors = list(tensors)
         self._group = group
-        self._compression = compression
-        self._world_size = dist.get_world_size(group)
-        if compression is None:
-            self._buckets = [b for (b,) in buckets(self._tensors)]
-            self._flats = [torch.cat([t.detach().reshape(-1) for t in b]) for b in self._buckets]
-            self._works = [
-                dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group, async_op=True)
-                for flat in self._flats
+        self._world = dist.get_world_size(group)
+        self._count = len(tensors)
+        self._history = len(history)
+        self._buckets = _layout(tensors, compression, self._world)
+        self.error: Exception | None = None
+        try:
+            sent = [_payload(b, tensors, references, present, compression) for b in self._buckets]
+        except Exception as error:  # this rank takes part with zeros and says it failed
+            self.error = error
+            sent = [
+                torch.zeros(_encoded_length(b), dtype=torch.uint8, device=_device(tensors, b))
+                for b in self._buckets
             ]
-            self.payload_bytes = sum(f.numel() * f.element_size() for f in self._flats)
-            return
-        assert references is not None
-        self._references = list(references)
-        self._n = sum(t.numel() for t in self._tensors)
-        padded = _padded_length(self._n, self._world_size, compression)
-        delta = torch.zeros(padded, dtype=torch.float32, device=self._tensors[0].device)
-        offset = 0
-        for t, reference in zip(self._tensors, self._references, strict=True):
-            size = t.numel()
-            difference = reference.detach().to(t.device) - t.detach().to(reference.dtype)
-            delta[offset : offset + size].copy_(difference.reshape(-1))
-            offset += size
-        self._chunk = padded // self._world_size
-        chunks = delta.view(self._world_size, self._chunk)
-        self._sent = torch.cat([encode(chunk, compression) for chunk in chunks])
-        self._received = torch.empty_like(self._sent)
-        self._works = [
-            dist.all_to_all_single(self._received, self._sent, group=group, async_op=True)
+        flags = [0 if self.error is not None else 1, *map(int, present)]
+        counts = list(history)
+        control = torch.tensor(
+            flags + counts + [c * c for c in counts],
+            dtype=torch.int64,
+            device=tensors[0].device if tensors else _group_device(group),
+        )
+        self._control = control
+        self._sent = sent
+        self._received = [torch.empty_like(s) for s in sent]
+        self._works = [dist.all_reduce(control, op=dist.ReduceOp.SUM, group=group, async_op=True)]
+        self._works += [
+            dist.all_to_all_single(received, buffer, group=group, async_op=True)
+            for received, buffer in zip(self._received, sent, strict=True)
         ]
-        self.payload_bytes = self._sent.numel()
+        self.payload_bytes = sum(s.numel() for s in sent) + control.numel() * 8
 
-    def wait(self) -> list[Tensor]:
-        """The mean of every tensor across the ranks, in order (raises if a collective failed).
-
-        Exact: in the tensors' dtypes. Compressed: in the references' dtypes.
-        """
+    def verdict(self) -> Verdict:
+        """Wait for the first phase and read the sums (raises if a collective failed)."""
         for work in self._works:
             work.wait()
-        if self._compression is None:
-            means: dict[int, Tensor] = {}
-            for bucket, flat in zip(self._buckets, self._flats, strict=True):
-                flat.div_(self._world_size)
-                pieces = torch.split(flat, [t.numel() for t in bucket])
-                for t, piece in zip(bucket, pieces, strict=True):
-                    means[id(t)] = piece.view(t.shape)
-            return [means[id(t)] for t in self._tensors]
-        compression = self._compression
-        encoded_chunk = self._received.numel() // self._world_size
-        total = torch.zeros(self._chunk, dtype=torch.float32, device=self._received.device)
-        for piece in self._received.view(self._world_size, encoded_chunk):
-            total += decode(piece, self._chunk, compression)
-        mine = encode(total / self._world_size, compression)
-        gathered = torch.empty_like(self._sent)
-        dist.all_gather_into_tensor(gathered, mine, group=self._group)
-        mean_delta = torch.cat(
-            [
-                decode(piece, self._chunk, compression)
-                for piece in gathered.view(self._world_size, encoded_chunk)
-            ]
+        self._works = []
+        sums = self._control.tolist()
+        n, g = self._count, self._history
+        presence = sums[1 : 1 + n]
+        counts, squares = sums[1 + n : 1 + n + g], sums[1 + n + g :]
+        return Verdict(
+            world_size=self._world,
+            prepared=sums[0],
+            partial=[i for i, c in enumerate(presence) if 0 < c < self._world],
+            history_agrees=all(
+                self._world * q == c * c for c, q in zip(counts, squares, strict=True)
+            ),
         )
-        out: list[Tensor] = []
-        offset = 0
-        for t, reference in zip(self._tensors, self._references, strict=True):
-            size = t.numel()
-            piece = mean_delta[offset : offset + size].view(t.shape)
-            out.append(reference.detach() - piece.to(reference.device, reference.dtype))
-            offset += size
-        return out
+
+    def wait(self) -> tuple[Verdict, list[Tensor | None]]:
+        """The verdict and, if committed, the mean of every tensor present on all ranks, in order
+        (None for the others): exact, in the tensors' dtypes; compressed, the mean pseudo-gradient
+        in float32. Raises if a collective failed."""
+        verdict = self.verdict()
+        out: list[Tensor | None] = [None] * self._count
+        if not verdict.committed:
+            return verdict, out
+        for bucket, received, sent in zip(self._buckets, self._received, self._sent, strict=True):
+            flat = self._second_phase(bucket, received, sent)
+            for position, shape, offset in zip(
+                bucket.positions, bucket.shapes, bucket.offsets, strict=True
+            ):
+                out[position] = flat[offset : offset + shape.numel()].view(shape)
+        present = self._control.tolist()[1 : 1 + self._count]
+        return verdict, [t if c else None for t, c in zip(out, present, strict=True)]
+
+    def _second_phase(self, bucket: _Bucket, received: Tensor, sent: Tensor) -> Tensor:
+        wire, chunk = bucket.wire, bucket.chunk
+        encoded_chunk = received.numel() // self._world
+        pieces = list(received.view(self._world, encoded_chunk))
+        mine = encode(mean_of_pieces(pieces, chunk, wire), wire)
+        gathered = torch.empty_like(sent)
+        _all_gather(gathered, mine, self._group)
+        return torch.cat(
+            [decode(piece, chunk, wire) for piece in gathered.view(self._world, encoded_chunk)]
+        )
+
+
+def _layout(
+    tensors: Sequence[Tensor], compression: Compression | None, world: int
+) -> list[_Bucket]:
+    """Buckets by (device, wire format), in order of first appearance (the same on every rank)."""
+    positions: dict[tuple[torch.device, Wire], list[int]] = {}
+    for index, t in enumerate(tensors):
+        wire: Wire = t.dtype if compression is None else compression
+        positions.setdefault((t.device, wire), []).append(index)
+    return [
+        _Bucket(kept, [tensors[i].shape for i in kept], wire, world)
+        for (_, wire), kept in positions.items()
+    ]
+
+
+def _all_gather(output: Tensor, mine: Tensor, group: dist.ProcessGroup) -> None:
+    """Every rank's ``mine`` into ``output``, in rank order: ``all_gather_single`` where torch
+    has it (2.13 deprecates ``all_gather_into_tensor``), else ``all_gather_into_tensor``."""
+    gather = getattr(dist, "all_gather_single", None)
+    if gather is None:
+        gather = dist.all_gather_into_tensor
+    gather(output, mine, group=group)
+
+
+def _group_device(group: dist.ProcessGroup) -> torch.device:
+    """Where a collective of ``group`` without tensors of its own runs (NCCL: this rank's GPU)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _encoded_length(bucket: _Bucket) -> int:
+    if isinstance(bucket.wire, torch.dtype):
+        return bucket.length * bucket.wire.itemsize
+    if bucket.wire == "bfloat16":
+        return 2 * bucket.length
+    return bucket.length + 4 * (bucket.length // INT8_BLOCK)
+
+
+def _device(tensors: Sequence[Tensor], bucket: _Bucket) -> torch.device:
+    return tensors[bucket.positions[0]].device
+
+
+def _payload(
+    bucket: _Bucket,
+    tensors: Sequence[Tensor],
+    references: Sequence[Tensor | None],
+    present: Sequence[bool],
+    compression: Compression | None,
+) -> Tensor:
+    """This rank's encoded first-phase buffer for ``bucket`` (absent tensors send zeros)."""
+    device = _device(tensors, bucket)
+    dtype = bucket.wire if isinstance(bucket.wire, torch.dtype) else torch.float32
+    flat = torch.zeros(bucket.length, dtype=dtype, device=device)
+    for position, offset in zip(bucket.positions, bucket.offsets, strict=True):
+        if not present[position]:
+            continue
+        t = tensors[position].detach()
+        target = flat[offset : offset + t.numel()]
+        if compression is None:
+            target.copy_(t.reshape(-1))
+        else:
+            reference = references[position]
+            assert reference is not None
+            difference = reference.detach().to(t.device) - t.to(reference.dtype)
+            target.copy_(difference.reshape(-1))
+    chunks = flat.view(-1, bucket.chunk)
+    return torch.cat([encode(chunk, bucket.wire) for chunk in chunks])
 
 
 def start_mean(
@@ -168,13 +308,23 @@ def start_mean(
     group: dist.ProcessGroup,
     *,
     compression: Compression | None = None,
-    references: Sequence[Tensor] | None = None,
+    references: Sequence[Tensor | None] | None = None,
+    present: Sequence[bool] | None = None,
+    history: Sequence[int] = (),
 ) -> Exchange:
     """Launch the mean of ``tensors`` over ``group`` (collective; see the module docstring).
 
     ``references`` (same shapes; the slow weights) are needed with compression: the ranks then
-    exchange ``references - tensors``, and must hold identical references.
+    exchange ``references - tensors``, and must hold identical references. ``present`` (default:
+    all) flags the tensors this rank contributes; ``history`` is the committed-sync count of each
+    exchanged group, which the ranks must agree on.
     """
-    if compression is not None and references is None:
-        raise ValueError("compressed exchanges need the references (slow weights)")
-    return Exchange(tensors, references, group, compression)
+    if present is None:
+        present = [True] * len(tensors)
+    if references is None:
+        if compression is not None:
+            raise ValueError("compressed exchanges need the references (slow weights)")
+        references = [None] * len(tensors)
+    if not (len(tensors) == len(references) == len(present)):
+        raise ValueError("tensors, references and present must have the same length")
+    return Exchange(tensors, references, present, history, group, compression)

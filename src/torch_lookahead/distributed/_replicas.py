@@ -1,4 +1,5 @@
-"""Collectives over whole parameter replicas: check, broadcast and average them across ranks.
+"""Collectives over whole parameter replicas: check them and broadcast them across ranks (their
+mean is ``_exchange``'s).
 
 Every function here is collective: all ranks of the group must call it with the same tensors (same
 shapes and dtypes, in the same order).
@@ -13,7 +14,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
-    "average_",
     "broadcast_from_first_rank_",
     "buckets",
     "check_same_shapes",
@@ -65,23 +65,6 @@ def _copy_from_flat_(bucket: Sequence[Tensor], flat: Tensor) -> None:
         [t.detach() for t in bucket],
         [piece.view(t.shape) for piece, t in zip(pieces, bucket, strict=True)],
     )
-
-
-def average_(tensors: Sequence[Tensor], group: dist.ProcessGroup) -> int:
-    """Replace every tensor by its mean over the ranks of ``group``, in place.
-
-    One all-reduce per (device, dtype) bucket, over a flat copy of the bucket. Returns the number of
-    bytes all-reduced by this rank (the flat buffers' sizes).
-    """
-    world_size = dist.get_world_size(group)
-    payload_bytes = 0
-    for bucket in _buckets(tensors):
-        flat = _flatten(bucket)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        flat.div_(world_size)
-        _copy_from_flat_(bucket, flat)
-        payload_bytes += flat.numel() * flat.element_size()
-    return payload_bytes
 
 
 def broadcast_from_first_rank_(tensors: Sequence[Tensor], group: dist.ProcessGroup) -> None:

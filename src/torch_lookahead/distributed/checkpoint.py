@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from torch_lookahead.distributed.lookahead import (
     LAUNCH_KEY,
+    MEAN_DELTA_KEY,
     MEAN_KEY,
     OUTER_MOMENTUM_KEY,
     DistributedLookahead,
@@ -38,7 +39,7 @@ __all__ = ["SHARED_STATE_KEYS", "DistributedLookaheadState", "saved_world_size"]
 
 SHARED_STATE_KEYS = (SLOW_KEY, OUTER_MOMENTUM_KEY)
 """Per-parameter state entries that are identical on every rank of the process group."""
-_PENDING_KEYS = (LAUNCH_KEY, MEAN_KEY)
+_PENDING_KEYS = (LAUNCH_KEY, MEAN_KEY, MEAN_DELTA_KEY)
 
 _RANK_PART = re.compile(r"(?:^|\.)rank_(\d+)\.")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import chain
 from typing import TYPE_CHECKING, Any
@@ -21,9 +21,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from torch_lookahead import check_k
-from torch_lookahead.distributed._exchange import COMPRESSIONS, Compression, start_mean
+from torch_lookahead.distributed._exchange import COMPRESSIONS, Compression, Exchange, start_mean
 from torch_lookahead.distributed._replicas import (
-    average_,
     broadcast_from_first_rank_,
     check_same_shapes,
     require_process_group,
@@ -31,6 +30,7 @@ from torch_lookahead.distributed._replicas import (
 from torch_lookahead.distributed.functional import momentum_outer_step_
 from torch_lookahead.lookahead import (
     ALPHA_KEY,
+    FAST_KEY,
     K_KEY,
     SLOW_KEY,
     STEP_KEY,
@@ -45,8 +45,10 @@ if TYPE_CHECKING:
 __all__ = [
     "FRAGMENT_KEY",
     "LAUNCH_KEY",
+    "MEAN_DELTA_KEY",
     "MEAN_KEY",
     "OUTER_MOMENTUM_KEY",
+    "SYNCS_KEY",
     "DistributedLookahead",
     "SyncFailedError",
 ]
@@ -57,7 +59,14 @@ FRAGMENT_KEY = "lookahead_fragment"
 LAUNCH_KEY = "lookahead_launch"
 """Per-parameter state while a delayed sync is pending: this rank's weights when it was launched."""
 MEAN_KEY = "lookahead_launch_mean"
-"""Per-parameter state while a delayed sync is pending: the mean it computed, once received."""
+"""Per-parameter state while a delayed exact sync is pending: the mean weights, once received."""
+MEAN_DELTA_KEY = "lookahead_launch_mean_delta"
+"""Per-parameter state while a delayed compressed sync is pending: the mean pseudo-gradient
+(float32), once received; the mean weights are the slow weights minus it."""
+SYNCS_KEY = "lookahead_syncs"
+"""Parameter-group key: the syncs of the group that this rank has committed. Every exchange
+carries it, so ranks with different histories (one restarted alone from a checkpoint) are found."""
+_PENDING_KEYS = (LAUNCH_KEY, MEAN_KEY, MEAN_DELTA_KEY)
 
 
 _Pairs = tuple[list[Tensor], list[Tensor]]
@@ -65,7 +74,8 @@ _Pairs = tuple[list[Tensor], list[Tensor]]
 
 
 class SyncFailedError(RuntimeError):
-    """A collective of a DistributedLookahead sync failed; the synced groups were rolled back."""
+    """A DistributedLookahead sync failed and its groups were rolled back, or the optimizer
+    refuses to go on until a checkpoint is loaded (the message says which)."""
 
 
 @dataclass
@@ -74,7 +84,26 @@ class _Pending:
 
     groups: list[dict[str, Any]]
     params: list[list[Tensor]]
-    exchange: Any  # an Exchange still in flight, or None once its means are in the state
+    exchange: Exchange | None  # in flight, or None once its results are in the state
+
+
+def _require_received(entries: Iterable[dict[str, Any]]) -> None:
+    """Raise ``ValueError`` for a delayed sync saved without its result (while it was in flight)."""
+    for entry in entries:
+        if LAUNCH_KEY in entry and MEAN_KEY not in entry and MEAN_DELTA_KEY not in entry:
+            raise ValueError(
+                f"a delayed sync has {LAUNCH_KEY!r} without {MEAN_KEY!r} or {MEAN_DELTA_KEY!r} "
+                "in its state: the state was saved while its mean was in flight"
+            )
+
+
+def _before_step(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    """Step pre-hook: a DistributedLookahead that refuses to go on raises before the inner step;
+    delayed syncs that an interrupted step left due are applied before it."""
+    assert isinstance(optimizer, DistributedLookahead)
+    optimizer._require_usable()
+    if not optimizer.in_eval_mode:  # else step() raises
+        optimizer._apply_due()
 
 
 def _validate_outer_momentum(value: object) -> float:
@@ -181,22 +210,32 @@ class DistributedLookahead(Lookahead):
 
     so the correction a sync makes arrives ``d`` steps late and each rank keeps the local progress
     of those steps. ``d = 0`` is the synchronous sync. The launch copy and, once received, the
-    mean live in ``optimizer.state[p]`` (``lookahead_launch``, ``lookahead_launch_mean``) until
-    applied, so a checkpoint taken in between resumes exactly (``state_dict()`` waits for the mean).
+    result live in ``optimizer.state[p]`` (``lookahead_launch``; ``lookahead_launch_mean``, or with
+    compression the mean pseudo-gradient ``lookahead_launch_mean_delta``) until applied, so a
+    checkpoint taken in between resumes exactly (``state_dict()`` waits for the result, also in
+    eval mode: it does not depend on where the slow weights are).
 
     **Compression** (``compression="bfloat16"`` or ``"int8"``). The ranks exchange the
     pseudo-gradient ``delta = phi - theta^(r)`` encoded in bfloat16 or in int8 with one float32
-    scale per block of 1024 values, sum it in float32 and take ``theta_bar = phi - mean(delta)``;
-    every rank decodes the same bytes, so the replicas stay identical. ``None`` (default) averages
-    the weights exactly in their own dtype.
+    scale per block of 1024 values of one tensor (a block never spans two tensors), sum it in
+    float32 and take ``theta_bar = phi - mean(delta)``; every rank decodes the same bytes, so the
+    replicas stay identical. ``None`` (default) averages the weights exactly: they travel in their
+    own dtype and are summed in float32 (float64 for float64 weights), so a bfloat16 model's mean
+    is rounded once, whatever the number of ranks.
 
-    **Faults.** If a collective of a sync raises (a rank died; a collective that hangs raises
-    when the process group's ``timeout`` runs out), the groups of that sync are rolled back to
-    their last completed sync (parameters = slow weights, counters 0, slow weights and outer
-    momentum untouched, a pending delayed sync dropped; each rank's inner-optimizer state keeps
-    its local steps) and `SyncFailedError` is raised
-    from the collective's error. The process group is then unusable: let the launcher restart the
-    job from the last checkpoint (``torchrun --max-restarts``).
+    **Faults.** Every sync ends with the same verdict on every rank: beside the data, each rank
+    sends (in the same launch, no extra round trip) whether it could prepare its part, which
+    parameters have slow copies, and how many syncs of each group it has committed
+    (``lookahead_syncs`` in the group). A rank that could not prepare its part takes part with
+    zeros: every rank rolls the groups of that sync back to their last completed sync (parameters
+    = slow weights, counters 0, slow weights and outer momentum untouched, a pending delayed sync
+    dropped; each rank's inner-optimizer state keeps its local steps) and raises
+    `SyncFailedError`. A parameter updated on some ranks only raises ``ValueError`` on every rank.
+    If a collective raises on a rank (a rank died; a collective that hangs raises when the process
+    group's ``timeout`` runs out), that rank rolls back, raises `SyncFailedError` and then refuses
+    to step or sync until a checkpoint is loaded, since other ranks may have committed; ranks whose
+    committed-sync counts differ (one restarted alone) all refuse at their next sync. Let the
+    launcher restart the job from the last checkpoint (``torchrun --max-restarts``).
 
     ``bytes_all_reduced`` counts the bytes of the payloads this rank has exchanged (a per-process
     statistic, not checkpointed). Save and resume with [DistributedLookaheadState][torch_lookahead.distributed.DistributedLookaheadState] and
@@ -237,7 +276,9 @@ class DistributedLookahead(Lookahead):
         group = require_process_group(process_group)
         self._pending: list[_Pending] = []
         self._blocking = False
+        self._refusal: str | None = None
         super().__init__(optimizer, k, alpha, foreach=foreach, **options)
+        self.register_step_pre_hook(_before_step)
         self.outer_momentum = momentum
         self.nesterov = nesterov
         self.sync_delay = sync_delay
@@ -294,14 +335,15 @@ class DistributedLookahead(Lookahead):
         ``sync_delay`` inner steps have passed."""
         if self.outer_momentum > 0.0:
             self._add_outer_momentum([self.slow_pairs(group) for group in self.param_groups])
-        if self._pending:
-            due = [
-                pending
-                for pending in self._pending
-                if pending.groups[0][STEP_KEY] >= self.sync_delay
-            ]
-            for pending in due:
-                self._apply_pending(pending)
+        self._apply_due()
+
+    def _apply_due(self) -> None:
+        """Apply the delayed syncs whose ``sync_delay`` inner steps have passed. The end of every
+        step does; so does the start of the next one, for a step that an exception stopped
+        before its end (as ``step()`` completes an overdue sync first)."""
+        due = [p for p in self._pending if p.groups[0][STEP_KEY] >= self.sync_delay]
+        for pending in due:
+            self._apply_pending(pending)
 
     def _add_outer_momentum(self, tracked: list[_Pairs]) -> None:
         state = self.state
@@ -315,60 +357,115 @@ class DistributedLookahead(Lookahead):
     ) -> None:
         """Average the due groups' fast weights over the ranks (one exchange for all of them),
         then take each group's outer step, now or ``sync_delay`` inner steps later."""
+        self._require_usable()
         for pending in [p for p in self._pending if _shares_a_group(p.groups, groups)]:
             self._apply_pending(pending)  # k was lowered to sync_delay or below
         tracked = [self.slow_pairs(group) for group in groups]
-        state = self.state
         if self.outer_momentum > 0.0:
             self._add_outer_momentum(tracked)
-        params = list(chain.from_iterable(t[0] for t in tracked))
-        slows = list(chain.from_iterable(t[1] for t in tracked))
-        delayed = self.sync_delay > 0 and not self._blocking
+        params = [t[0] for t in tracked]
         with torch.no_grad():
-            try:
-                partial = self._count_replicas(groups, tracked)
-                exchange = None
-                if not partial and params:
-                    exchange = start_mean(
-                        params,
-                        self.process_group,
-                        compression=self.compression,
-                        references=slows,
-                    )
-                    self.bytes_all_reduced += exchange.payload_bytes
-                    means = None if delayed else exchange.wait()
-            except Exception as error:
-                self._roll_back(groups, [t[0] for t in tracked])
-                raise self._failure(groups, error) from error
-            if partial:
-                raise ValueError(
-                    f"parameters {partial[:10]} (counted across the synced parameter groups) have "
-                    "been updated on some ranks but not on others, so their replicas would "
-                    "diverge. Every rank must update the same parameters: make unused parameters "
-                    "take part in the loss (e.g. + 0 * p.sum()) or put them in a group of their "
-                    "own that all ranks leave unused"
-                )
-            if delayed:
-                for p in params:
+            exchange = self._launch(groups, tracked, self.compression)
+            if self.sync_delay > 0 and not self._blocking:
+                state = self.state
+                for p in chain.from_iterable(params):
                     state[p][LAUNCH_KEY] = p.detach().clone()
                 for group in groups:
                     group[STEP_KEY] = 0 if restart is None else restart(group)  # restarts here
-                self._pending.append(_Pending(groups, [t[0] for t in tracked], exchange))
+                self._pending.append(_Pending(groups, params, exchange))
                 return
-            self._outer_steps(groups, tracked, None if exchange is None else means, restart)
+            results = self._collect(groups, params, exchange)
+            slows = list(chain.from_iterable(t[1] for t in tracked))
+            means = [self._mean(result, slow) for result, slow in zip(results, slows, strict=True)]
+            self._outer_steps(groups, tracked, means, restart)
+
+    def _mean(self, result: Tensor, slow: Tensor) -> Tensor:
+        """The mean weights from an exchange's result: itself (exact), or the slow weights minus
+        the mean pseudo-gradient (compressed)."""
+        if self.compression is None:
+            return result
+        return slow.detach() - result.to(slow.device, slow.dtype)
+
+    def _launch(
+        self, groups: list[dict[str, Any]], tracked: list[_Pairs], compression: Compression | None
+    ) -> Exchange:
+        """Start the exchange of every parameter of ``groups``; those without slow copies on this
+        rank take part as absent (the verdict says whether all ranks agree)."""
+        slow_of = {id(p): s for ps, ss in tracked for p, s in zip(ps, ss, strict=True)}
+        params = list(chain.from_iterable(g["params"] for g in groups))
+        try:
+            exchange = start_mean(
+                params,
+                self.process_group,
+                compression=compression,
+                references=[slow_of.get(id(p)) for p in params],
+                present=[id(p) in slow_of for p in params],
+                history=[g.get(SYNCS_KEY, 0) for g in groups],
+            )
+        except BaseException as error:
+            self._refuse(groups, [t[0] for t in tracked], error)
+            raise self._failure(groups, error) from error
+        self.bytes_all_reduced += exchange.payload_bytes
+        return exchange
+
+    def _collect(
+        self, groups: list[dict[str, Any]], params: list[list[Tensor]], exchange: Exchange
+    ) -> list[Tensor]:
+        """Wait for ``exchange`` and return the results of ``params`` (those with slow copies, per
+        group), or raise: every rank reaches the same verdict from the same sums."""
+        try:
+            verdict, results = exchange.wait()
+        except BaseException as error:
+            self._refuse(groups, params, error)
+            if isinstance(error, Exception):
+                raise self._failure(groups, error) from error
+            raise
+        if verdict.committed:
+            for group in groups:
+                group[SYNCS_KEY] = group.get(SYNCS_KEY, 0) + 1
+            position = {
+                id(p): i for i, p in enumerate(chain.from_iterable(g["params"] for g in groups))
+            }
+            out = [results[position[id(p)]] for p in chain.from_iterable(params)]
+            return [result for result in out if result is not None]
+        if verdict.partial:
+            self._drop_launch(chain.from_iterable(params))
+            raise ValueError(
+                f"parameters {verdict.partial[:10]} (counted across the synced parameter groups) "
+                "have been updated on some ranks but not on others, so their replicas would "
+                "diverge. Every rank must update the same parameters: make unused parameters "
+                "take part in the loss (e.g. + 0 * p.sum()) or put them in a group of their "
+                "own that all ranks leave unused"
+            )
+        self._roll_back(groups, params)
+        if not verdict.history_agrees:
+            self._refusal = (
+                "the ranks disagree on how many syncs they have committed (a rank was restarted "
+                "from another checkpoint than the others, or a sync committed on some ranks only)"
+            )
+            raise SyncFailedError(self._refusal_message())
+        unprepared = verdict.world_size - verdict.prepared
+        cause = exchange.error
+        raise SyncFailedError(
+            f"{unprepared} of {verdict.world_size} ranks could not prepare their part of the sync "
+            f"of parameter groups {self._indices(groups)}"
+            + (f" (this rank: {type(cause).__name__}: {cause})" if cause is not None else "")
+            + ": every rank rolled those groups back to their last completed sync (parameters = "
+            "slow weights, counters 0; slow weights and outer momentum unchanged), and training "
+            "may go on"
+        ) from cause
 
     def _outer_steps(
         self,
         groups: list[dict[str, Any]],
         tracked: list[_Pairs],
-        means: list[Tensor] | None,
+        means: list[Tensor],
         restart: Callable[[dict[str, Any]], int] | None,
     ) -> None:
         """Put the means into the parameters and take every group's outer step."""
         params = list(chain.from_iterable(t[0] for t in tracked))
-        if means is not None:
-            for p, mean in zip(params, means, strict=True):
-                p.detach().copy_(mean)
+        for p, mean in zip(params, means, strict=True):
+            p.detach().copy_(mean)
         if self.check_finite:
             try:
                 self.require_finite(groups)
@@ -395,20 +492,23 @@ class DistributedLookahead(Lookahead):
 
     def _apply_pending(self, pending: _Pending) -> None:
         """Apply a delayed sync: outer step on the launched mean, then the local progress since."""
-        self._pending.remove(pending)
-        state = self.state
         with torch.no_grad():
-            try:
-                self._receive(pending)
-            except Exception as error:
-                self._roll_back(pending.groups, pending.params)
-                raise self._failure(pending.groups, error) from error
+            self._receive(pending)
+            self._pending.remove(pending)
+            state = self.state
             params = list(chain.from_iterable(pending.params))
             progress = []
             for p in params:
                 launched = state[p].pop(LAUNCH_KEY)
                 progress.append(launched.sub_(p.detach()).neg_())  # theta_now - theta_launch
-            means = [state[p].pop(MEAN_KEY) for p in params]
+            means = []
+            for p in params:
+                entry = state[p]
+                result = entry.pop(MEAN_KEY, None)
+                if result is None:  # a compressed sync: the mean pseudo-gradient
+                    slow = entry[SLOW_KEY]
+                    result = slow - entry.pop(MEAN_DELTA_KEY).to(slow.device, slow.dtype)
+                means.append(result)
             tracked = [(ps, [state[p][SLOW_KEY] for p in ps]) for ps in pending.params]
             # The cycle restarted at the launch: the counters stay.
             self._outer_steps(pending.groups, tracked, means, operator.itemgetter(STEP_KEY))
@@ -416,15 +516,31 @@ class DistributedLookahead(Lookahead):
                 p.detach().add_(change)
 
     def _receive(self, pending: _Pending) -> None:
-        """Wait for a pending sync's mean and keep it in the state (``MEAN_KEY``)."""
-        if pending.exchange is None:
+        """Wait for a pending sync and keep its result in the state: the mean weights
+        (``MEAN_KEY``, exact) or the mean pseudo-gradient in float32 (``MEAN_DELTA_KEY``). Neither
+        depends on where the slow weights are, so ``eval()`` may swap them while it is in flight."""
+        exchange = pending.exchange
+        if exchange is None:
             return
-        params = list(chain.from_iterable(pending.params))
-        means = pending.exchange.wait()
+        try:
+            results = self._collect(pending.groups, pending.params, exchange)
+        except BaseException:
+            if pending in self._pending:
+                self._pending.remove(pending)
+            raise
         pending.exchange = None
         state = self.state
-        for p, mean in zip(params, means, strict=True):
-            state[p][MEAN_KEY] = mean.to(dtype=p.dtype, device=p.device, copy=True)
+        for p, result in zip(chain.from_iterable(pending.params), results, strict=True):
+            if self.compression is None:
+                state[p][MEAN_KEY] = result.to(dtype=p.dtype, device=p.device, copy=True)
+            else:
+                state[p][MEAN_DELTA_KEY] = result.to(device=p.device, copy=True)
+
+    def _drop_launch(self, params: Iterable[Tensor]) -> None:
+        state = self.state
+        for p in params:
+            for key in _PENDING_KEYS:
+                state[p].pop(key, None)
 
     def _roll_back(self, groups: list[dict[str, Any]], params: list[list[Tensor]]) -> None:
         """Return ``groups`` to their last completed sync: weights = slow weights, counters 0."""
@@ -433,41 +549,48 @@ class DistributedLookahead(Lookahead):
             for group_params in params:
                 for p in group_params:
                     p.detach().copy_(state[p][SLOW_KEY])
-                    state[p].pop(LAUNCH_KEY, None)
-                    state[p].pop(MEAN_KEY, None)
+            self._drop_launch(chain.from_iterable(params))
         for group in groups:
             group[STEP_KEY] = 0
         self._pending = [p for p in self._pending if not _shares_a_group(p.groups, groups)]
 
+    def _refuse(
+        self, groups: list[dict[str, Any]], params: list[list[Tensor]], error: BaseException
+    ) -> None:
+        """A collective raised on this rank: roll back, and refuse to go on until a checkpoint is
+        loaded, since the other ranks may have committed the sync."""
+        self._roll_back(groups, params)
+        self._refusal = (
+            f"a collective of the sync of parameter groups {self._indices(groups)} failed on this "
+            f"rank ({type(error).__name__}: {error}), and the other ranks may have committed it"
+        )
+
+    def _refusal_message(self) -> str:
+        return (
+            f"DistributedLookahead on rank {dist.get_rank(self.process_group)} refuses to step or "
+            f"sync: {self._refusal}. The replicas could diverge silently from here. Restart every "
+            "rank from the same checkpoint (load_state_dict, or DistributedLookaheadState with "
+            "torch.distributed.checkpoint), e.g. with torchrun --max-restarts"
+        )
+
+    def _require_usable(self) -> None:
+        if self._refusal is not None:
+            raise SyncFailedError(self._refusal_message())
+
+    def _indices(self, groups: list[dict[str, Any]]) -> list[int]:
+        return [i for i, g in enumerate(self.param_groups) if any(g is h for h in groups)]
+
     def _failure(self, groups: list[dict[str, Any]], error: BaseException) -> SyncFailedError:
-        indices = [i for i, g in enumerate(self.param_groups) if any(g is h for h in groups)]
         return SyncFailedError(
-            f"the sync of parameter groups {indices} failed on rank "
+            f"the sync of parameter groups {self._indices(groups)} failed on rank "
             f"{dist.get_rank(self.process_group)} of {dist.get_world_size(self.process_group)}: "
             f"{type(error).__name__}: {error}. Those groups were rolled back to their last "
             "completed sync (parameters = slow weights, counters 0; slow weights and outer "
-            "momentum unchanged). The process group is most likely broken (a rank died, or a "
-            "collective ran past the process group's timeout): restart the job from the last "
-            "checkpoint, e.g. with torchrun --max-restarts"
+            "momentum unchanged). This rank now refuses to step until a checkpoint is loaded: the "
+            "process group is most likely broken (a rank died, or a collective ran past the "
+            "process group's timeout), and other ranks may have committed the sync. Restart the "
+            "job from the last checkpoint, e.g. with torchrun --max-restarts"
         )
-
-    def _count_replicas(self, groups: list[dict[str, Any]], tracked: list[_Pairs]) -> list[int]:
-        """Positions (across ``groups``) of parameters with slow copies on some ranks only.
-
-        One small all-reduce of a flag per parameter, so that the ranks agree on what to exchange.
-        """
-        has_slow: list[bool] = []
-        for group, tracking in zip(groups, tracked, strict=True):
-            with_slow = set(map(id, tracking[0]))
-            has_slow.extend(id(p) in with_slow for p in group["params"])
-        if not has_slow:
-            return []
-        device = next(chain.from_iterable(g["params"] for g in groups)).device
-        counts = torch.tensor(has_slow, dtype=torch.int32, device=device)
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=self.process_group)
-        self.bytes_all_reduced += counts.numel() * counts.element_size()
-        world_size = dist.get_world_size(self.process_group)
-        return [i for i, count in enumerate(counts.tolist()) if 0 < count < world_size]
 
     def _rebuild_pending(self) -> None:
         """Pending delayed syncs from the state (after loading or unpickling): one per group."""
@@ -477,38 +600,30 @@ class DistributedLookahead(Lookahead):
             params = [p for p in group["params"] if LAUNCH_KEY in state.get(p, {})]
             if not params:
                 continue
-            if not all(MEAN_KEY in state[p] for p in params):
-                raise ValueError(
-                    f"a delayed sync of a parameter group has {LAUNCH_KEY!r} without "
-                    f"{MEAN_KEY!r} in its state: the state was saved while its mean was in flight"
-                )
+            _require_received(state[p] for p in params)
             self._pending.append(_Pending([group], [params], None))
 
     def _receive_all(self) -> None:
-        """Wait for every delayed sync in flight and keep its mean in the state."""
-        for pending in list(self._pending):
-            try:
-                with torch.no_grad():
-                    self._receive(pending)
-            except Exception as error:
-                self._roll_back(pending.groups, pending.params)
-                raise self._failure(pending.groups, error) from error
+        """Wait for every delayed sync in flight and keep its result in the state."""
+        with torch.no_grad():
+            for pending in list(self._pending):
+                self._receive(pending)
 
     @torch.no_grad()
     def _restart_from_slow_weights(self) -> None:
         """Parameters <- slow weights and no delayed sync pending (a resume on another world size)."""
-        state = self.state
         self._pending = []
         for group in self.param_groups:
-            for p, slow in zip(*self.slow_pairs(group), strict=True):
+            params, slows = self.slow_pairs(group)
+            for p, slow in zip(params, slows, strict=True):
                 p.detach().copy_(slow)
-                state[p].pop(LAUNCH_KEY, None)
-                state[p].pop(MEAN_KEY, None)
+            self._drop_launch(params)
 
     # ------------------------------------------------------------------ collective variants
     @torch.no_grad()
     def sync(self) -> None:
         """Apply every pending delayed sync, then take an outer step now in every group (collective)."""
+        self._require_usable()
         if self.in_eval_mode:
             super().sync()  # raises
         for pending in list(self._pending):
@@ -523,26 +638,28 @@ class DistributedLookahead(Lookahead):
     def reset_slow(self) -> None:
         """Average the parameters over the ranks and restart the slow weights (and momentum) there.
 
-        A pending delayed sync is dropped.
+        A pending delayed sync is dropped. The average is exact (``compression`` is not used).
         """
+        self._require_usable()
         if self.in_eval_mode:
             super().reset_slow()  # raises
+        # A step stopped between its inner step and its end: its sync and the delayed syncs due
+        # at it come first, as in step(); sync() (Lookahead.reset_slow would re-capture the
+        # weights without them).
+        overdue = [group for group in self.param_groups if group[STEP_KEY] >= group[K_KEY]]
+        if overdue:
+            self.outer_step(overdue)
+        self._apply_due()
         self._receive_all()
-        for pending in list(self._pending):
-            for p in chain.from_iterable(pending.params):
-                self.state[p].pop(LAUNCH_KEY, None)
-                self.state[p].pop(MEAN_KEY, None)
+        for pending in self._pending:
+            self._drop_launch(chain.from_iterable(pending.params))
         self._pending = []
         groups = self.param_groups
         tracked = [self.slow_pairs(group) for group in groups]
-        partial = self._count_replicas(groups, tracked)
-        if partial:
-            raise ValueError(
-                f"parameters {partial[:10]} have been updated on some ranks but not on others"
-            )
-        self.bytes_all_reduced += average_(
-            list(chain.from_iterable(t[0] for t in tracked)), self.process_group
-        )
+        params = [t[0] for t in tracked]
+        results = self._collect(groups, params, self._launch(groups, tracked, None))
+        for p, mean in zip(chain.from_iterable(params), results, strict=True):
+            p.detach().copy_(mean)
         super().reset_slow()
         for param_state in self.state.values():
             buffer = param_state.get(OUTER_MOMENTUM_KEY)
@@ -557,28 +674,56 @@ class DistributedLookahead(Lookahead):
 
     def state_dict(self) -> dict[str, Any]:
         """The state dict (see Lookahead); a delayed sync in flight is waited for first, so that
-        its mean is saved (``lookahead_launch_mean``) and the resume is exact."""
+        its result is saved (``lookahead_launch_mean`` or ``lookahead_launch_mean_delta``) and the
+        resume is exact. Also in eval mode: the result does not depend on the swapped slots."""
         self._receive_all()
         return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load this rank's state dict; outer momentum buffers keep the slow copies' dtype/device.
+        """Load this rank's state dict; outer momentum keeps the slow copies' dtype and device.
 
-        Delayed syncs in flight here are dropped; those saved in the checkpoint are resumed.
+        All or nothing: everything that can fail is checked before anything is loaded. Delayed
+        syncs in flight here are dropped; those saved in the checkpoint are resumed. A plain
+        inner-optimizer checkpoint (no ``lookahead_step``) starts each streaming fragment at its
+        phase (``cycle_start``). Outer momentum whose slow weights the checkpoint lacks is dropped
+        with them (it restarts at zero with the new slow weights). Loading ends a refusal to step
+        after a failed sync (every rank must load the same checkpoint).
         """
+        saved_state = state_dict.get("state") if isinstance(state_dict, dict) else None
+        saved_groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if isinstance(saved_state, dict):
+            _require_received(e for e in saved_state.values() if isinstance(e, dict))
+        plain = [
+            isinstance(g, dict) and STEP_KEY not in g
+            for g in (saved_groups if isinstance(saved_groups, list) else [])
+        ]
         super().load_state_dict(state_dict)
+        self._refusal = None
+        for group, without_counter in zip(self.param_groups, plain, strict=False):
+            if without_counter:
+                group[STEP_KEY] = self.cycle_start(group)
         # Optimizer.load_state_dict cast every state tensor to its parameter's dtype (bf16 for a
-        # bf16 model); the buffers are placed again from the caller's untouched tensors.
+        # bf16 model); the float32 buffers are placed again from the caller's untouched tensors.
         saved_params = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         state = self.state
         for saved_key, p in zip(saved_params, params, strict=True):
-            saved = state_dict["state"].get(saved_key, {}).get(OUTER_MOMENTUM_KEY)
-            if isinstance(saved, Tensor):
-                slow = state[p][SLOW_KEY]
-                state[p][OUTER_MOMENTUM_KEY] = saved.to(
-                    device=slow.device, dtype=slow.dtype, copy=True
-                )
+            saved_entry = state_dict["state"].get(saved_key, {})
+            entry = state.get(p)
+            if entry is None:
+                continue
+            holder = entry.get(SLOW_KEY, p if FAST_KEY in entry else None)
+            momentum = saved_entry.get(OUTER_MOMENTUM_KEY)
+            if isinstance(momentum, Tensor):
+                if holder is None:  # its slow weights were dropped: it restarts with new ones
+                    entry.pop(OUTER_MOMENTUM_KEY, None)
+                else:
+                    entry[OUTER_MOMENTUM_KEY] = momentum.to(
+                        device=holder.device, dtype=holder.dtype, copy=True
+                    )
+            delta = saved_entry.get(MEAN_DELTA_KEY)
+            if isinstance(delta, Tensor):
+                entry[MEAN_DELTA_KEY] = delta.to(device=p.device, dtype=torch.float32, copy=True)
         self._rebuild_pending()
 
     # ------------------------------------------------------------------ pickling, repr
@@ -600,7 +745,9 @@ class DistributedLookahead(Lookahead):
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = {"sync_delay": 0, "compression": None, **state}
         self._blocking = False
+        self._refusal = None
         super().__setstate__(state)
+        self.register_step_pre_hook(_before_step)
         self.process_group = require_process_group(None)
         self.bytes_all_reduced = 0
         self._rebuild_pending()
