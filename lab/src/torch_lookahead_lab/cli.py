@@ -414,12 +414,15 @@ def _print_verdicts(claims: list[Any]) -> None:
 
 
 def _print_results(lab: Any) -> None:
+    from torch_lookahead_lab.confirmatory import ConfirmatoryResults, confirmatory_claims
     from torch_lookahead_lab.metrics import summarize
     from torch_lookahead_lab.report import build_claims, nqm_rows, summary_rows
     from torch_lookahead_lab.stability import StabilityResults, stability_claims
 
     if isinstance(lab, StabilityResults):
         claims = stability_claims(lab)
+    elif isinstance(lab, ConfirmatoryResults):
+        claims = confirmatory_claims(lab)
     else:
         claims = build_claims(lab)
         part, name = (lab.compare, "final metrics") if lab.compare else (lab.lr_sweep, "sweep")
@@ -437,7 +440,7 @@ def _print_results(lab: Any) -> None:
             )
     if not lab.quick:
         _print_verdicts(claims)
-        if not isinstance(lab, StabilityResults):
+        if not isinstance(lab, StabilityResults | ConfirmatoryResults):
             from torch_lookahead_lab.report import _scope, summary_sentences
 
             for sentence in summary_sentences(claims, _scope(lab)):
@@ -615,21 +618,37 @@ def stability(
     out: OutOption = None,
     workers: WorkersOption = None,
     quick: QuickOption = False,
+    confirmatory: Annotated[
+        bool,
+        typer.Option(
+            "--confirmatory",
+            help="The confirmatory study of the committed plan (plans/stability.json): hours "
+            "of CPU.",
+        ),
+    ] = False,
+    seed_offset: SeedOffsetOption = 0,
 ) -> None:
     """Learning stability: the range of learning rates, with and without warm-up, that train.
 
-    A small causal Transformer on the charlm corpus (charlm-transformer, no gradient clipping)
-    with Adam alone and in Lookahead(k=5, alpha=0.5), over learning rates from 0.003 to 1,
-    without warm-up and with 50 steps of linear warm-up, over 6 seeds. Per seed, the largest
-    learning rate that trains, compared in log10(lr) with a paired interval; and the final
-    validation bits per character at each learning rate. Writes report.md, results.json and
-    stability.png.
+    The pilot (default): a small causal Transformer on the charlm corpus (charlm-transformer,
+    no gradient clipping) with Adam alone and in Lookahead(k=5, alpha=0.5), over learning rates
+    from 0.003 to 1, without warm-up and with 50 steps of linear warm-up, over 6 seeds; per
+    seed, the largest learning rate that trains. Writes report.md, results.json and
+    stability.png. --confirmatory: the study of the committed plan, on fresh seeds: pre-LN and
+    post-LN Transformers, Adam, Lookahead(Adam) and Adam at alpha x lr over 11 learning rates,
+    a run unstable by its per-step training loss.
     """
-    from torch_lookahead_lab.experiments import stability_experiment
+    from torch_lookahead_lab.experiments import confirmatory_experiment, stability_experiment
 
     with _user_errors():
-        out_dir = _out_dir(out, "stability")
-    _execute(stability_experiment(quick), out_dir, workers)
+        out_dir = _out_dir(out, "stability-confirmatory" if confirmatory else "stability")
+        if confirmatory:
+            experiment: Any = confirmatory_experiment(quick, seed_offset)
+        elif seed_offset:
+            raise ValueError("--seed-offset is for --confirmatory (the pilot is not rerun)")
+        else:
+            experiment = stability_experiment(quick)
+    _execute(experiment, out_dir, workers)
 
 
 @app.command()

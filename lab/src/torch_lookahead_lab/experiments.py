@@ -16,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from torch_lookahead_lab.claims import best_lr
+from torch_lookahead_lab.confirmatory import (
+    ConfirmatoryPlan,
+    ConfirmatoryResults,
+    confirmatory_configs,
+    confirmatory_plan,
+)
 from torch_lookahead_lab.metrics import summarize
 from torch_lookahead_lab.nqm import NQMConfig, NQMPoint, NQMProblem, nqm_configs
 from torch_lookahead_lab.plans import Plan, load_plan, plan_from_mapping
@@ -31,6 +37,7 @@ from torch_lookahead_lab.tasks import TaskSettings, get_task
 
 __all__ = [
     "DEFAULT_LR_FACTORS",
+    "ConfirmatoryExperiment",
     "DemoPlan",
     "Experiment",
     "LabResults",
@@ -38,6 +45,7 @@ __all__ = [
     "StabilityExperiment",
     "compare_configs",
     "compare_experiment",
+    "confirmatory_experiment",
     "default_lr_grid",
     "demo_experiment",
     "demo_plan",
@@ -402,8 +410,31 @@ class StabilityExperiment:
 
 
 def stability_experiment(quick: bool = False) -> StabilityExperiment:
-    """The stability experiment (``STABILITY``, or ``STABILITY_QUICK``)."""
+    """The stability pilot (``STABILITY``, or ``STABILITY_QUICK``)."""
     return StabilityExperiment(STABILITY_QUICK if quick else STABILITY)
+
+
+@dataclass(frozen=True)
+class ConfirmatoryExperiment:
+    """The jobs of ``torch-lookahead stability --confirmatory``: every run of its plan."""
+
+    plan: ConfirmatoryPlan
+
+    @property
+    def title(self) -> str:
+        return "torch-lookahead stability --confirmatory" + (" (quick)" if self.quick else "")
+
+    @property
+    def quick(self) -> bool:
+        return self.plan.quick
+
+    def jobs(self) -> list[Job]:
+        return list(dict.fromkeys(confirmatory_configs(self.plan)))
+
+
+def confirmatory_experiment(quick: bool = False, seed_offset: int = 0) -> ConfirmatoryExperiment:
+    """The confirmatory stability study of its committed plan (``plans/stability.json``)."""
+    return ConfirmatoryExperiment(confirmatory_plan(quick, seed_offset))
 
 
 def demo_experiment(quick: bool = False, seed_offset: int = 0) -> Experiment:
@@ -550,13 +581,13 @@ def nqm_experiment(
 
 
 def run_experiment(
-    experiment: Experiment | StabilityExperiment,
+    experiment: Experiment | StabilityExperiment | ConfirmatoryExperiment,
     cache_dir: Path | None,
     *,
     command: str,
     workers: int | None = None,
     on_result: Callable[[Any, bool], None] | None = None,
-) -> LabResults | StabilityResults:
+) -> LabResults | StabilityResults | ConfirmatoryResults:
     """Compute every job of ``experiment`` (see ``run_many``), then its tuned stage, and gather
     what it measured, with the wall time it took: the results a report renders
     (``report.write_report``)."""
@@ -566,6 +597,11 @@ def run_experiment(
     if isinstance(experiment, StabilityExperiment):
         seconds = time.perf_counter() - started
         return StabilityResults(experiment.plan, command, list(results), seconds, len(jobs), cached)
+    if isinstance(experiment, ConfirmatoryExperiment):
+        seconds = time.perf_counter() - started
+        return ConfirmatoryResults(
+            experiment.plan, command, list(results), seconds, len(jobs), cached
+        )
     by_job = dict(zip(jobs, results, strict=True))
     tuned: list[RunResult] = []
     if experiment.tuned_seeds and experiment.lr_sweep:

@@ -36,6 +36,13 @@ from torch_lookahead_lab.claims import (
     short_interval,
     tuned_pairs,
 )
+from torch_lookahead_lab.confirmatory import (
+    ARMS,
+    ConfirmatoryResults,
+    arm_config,
+    confirmatory_claims,
+    unstable,
+)
 from torch_lookahead_lab.console import QUICK_REPORT_NOTICE
 from torch_lookahead_lab.experiments import LabResults
 from torch_lookahead_lab.metrics import SettingSummary, area_under_curve, final_value, summarize
@@ -136,9 +143,9 @@ def sweep_protocol(lab: LabResults, runs: Sequence[RunResult]) -> str:
 def endpoint_of(lab: LabResults) -> str:
     """The metric comparisons are reported on: the task's test metric where it has a test
     split, else its headline (validation) metric."""
-    if not lab.task:
-        return lab.headline_metric
-    return get_task(lab.task).test_metric or lab.headline_metric
+    test = get_task(lab.task).test_metric if lab.task else None
+    runs = lab.compare or lab.lr_sweep or lab.k_alpha
+    return test if test and runs and test in runs[0].history else lab.headline_metric
 
 
 def _plan_of(lab: LabResults) -> Plan:
@@ -628,11 +635,13 @@ def results_json(
 DETAILS_MARKER = "<!-- details -->"
 
 
-def write_report(out_dir: Path, lab: LabResults | StabilityResults) -> Path:
+def write_report(out_dir: Path, lab: LabResults | StabilityResults | ConfirmatoryResults) -> Path:
     """Write the report folder of what an experiment measured into ``out_dir`` and return the
     path of report.md."""
     if isinstance(lab, StabilityResults):
         return _write_stability_report(out_dir, lab)
+    if isinstance(lab, ConfirmatoryResults):
+        return _write_confirmatory_report(out_dir, lab)
     return _write_lab_report(out_dir, lab)
 
 
@@ -880,9 +889,27 @@ def _write_stability_report(out_dir: Path, lab: StabilityResults) -> Path:
         *_quick_lines(lab.quick),
         _produced_by(lab.command, provenance),
         "",
+        "**This is the pilot** of the stability study: run before any plan was written, its "
+        "seeds were raised from 3 to 6 after a first look, and its training rule (a margin of "
+        f"{fmt(plan.margin, 3)} above the best run) and its smallest effects of interest were "
+        "chosen after its data were seen. It is exploratory: it suggests what a confirmatory "
+        "study should test, and it decides nothing.",
+        "",
+        "## In short",
+        "",
+        *(f"- {s}" for s in summary_sentences(claims, _stability_scope(lab))),
+        "",
         "## Verdicts at a glance",
         "",
         *markdown_table(*verdict_rows(claims)),
+        "",
+        "## What this pilot cannot test",
+        "",
+        "- Instability that happens and recovers: the endpoint is the final validation bits per "
+        "character of 4 evaluations, not the per-step training loss.",
+        "- Whether Lookahead widens the range or only shifts it: without an Adam-at-alpha x lr "
+        "arm, a larger edge fits Lookahead moving like Adam at about alpha x lr.",
+        "- The variant that needs warm-up most: only the pre-LN Transformer was run.",
         "",
         "## Setup",
         "",
@@ -904,31 +931,107 @@ def _write_stability_report(out_dir: Path, lab: StabilityResults) -> Path:
         "",
         *markdown_table(*_stability_grid_rows(lab)),
         "",
-        "## The claim, as measured here",
+        reading(),
         "",
     ]
-    for number, claim in enumerate(claims, 1):
-        lines += [
-            f"### {number}. {claim.title[0].upper()}{claim.title[1:]}",
-            "",
-            f"The paper: {claim.paper}",
-            "",
-            f"- Effect: {claim.effect}",
-            f"- **Verdict: {claim.verdict}.**",
-            *(f"    - {sentence}" for sentence in claim.measured),
-            "",
-        ]
+    lines += _claim_lines(claims)
     lines += _reproducing_lines()
     (out_dir / "report.md").write_text("\n".join(lines))
     (out_dir / "results.json").write_text(json.dumps(payload, indent=1))
     return out_dir / "report.md"
 
 
+def _confirmatory_rows(lab: ConfirmatoryResults) -> tuple[list[str], list[list[str]]]:
+    """Per task, warm-up and learning rate: how many seeds of each arm were stable."""
+    plan = lab.plan
+    header = ["model", "warm-up", "lr", *(f"{arm}: stable" for arm, _, _ in ARMS)]
+    by_config = {r.config: r for r in lab.runs}
+    rows = []
+    for task in plan.tasks:
+        for warmup in plan.warmups:
+            for lr in plan.lrs:
+                row = [task, str(warmup), fmt(lr, 3)]
+                for arm, _, _ in ARMS:
+                    runs = [
+                        by_config[arm_config(plan, task, arm, lr, warmup, s)] for s in plan.seeds
+                    ]
+                    row.append(
+                        f"{sum(not unstable(r, plan.grace_steps) for r in runs)}/{len(runs)}"
+                    )
+                rows.append(row)
+    return header, rows
+
+
+def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
+    """Write report.md, results.json and plan.json of the confirmatory stability study."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = lab.plan
+    claims = confirmatory_claims(lab)
+    earlier_path = out_dir / "results.json"
+    earlier = json.loads(earlier_path.read_text()) if earlier_path.is_file() else None
+    status = plan_status(plan.plan, earlier)
+    (out_dir / "plan.json").write_text(plan.plan.text)
+    provenance = record(lab.seconds)
+    scope = (
+        f"Scope: a 2-layer byte-level Transformer (pre-LN and post-LN), "
+        f"{len(plan.seeds)} fresh seeds, {len(plan.lrs)} learning rates: toy scale, one CPU task."
+    )
+    lines = [
+        f"# {lab.title}",
+        "",
+        *_quick_lines(lab.quick),
+        _produced_by(lab.command, provenance),
+        "",
+        f"Plan: the committed `lab/src/torch_lookahead_lab/plans/{plan.plan.name}.json`, digest "
+        f"`{plan.plan.digest}`; this report is **{status[0]}** ({status[1]}). Instability rule: "
+        f"{plan.plan.data['instability']['rule']}.",
+        "",
+        "## In short",
+        "",
+        *(f"- {sentence}" for sentence in summary_sentences(claims, scope)),
+        "",
+        "## Verdicts at a glance",
+        "",
+        *markdown_table(*verdict_rows(claims)),
+        "",
+        "## Stable runs per learning rate",
+        "",
+        *markdown_table(*_confirmatory_rows(lab)),
+        "",
+        reading(),
+        "",
+        *_claim_lines(claims),
+    ]
+    runs = [{**r.to_json(), "stable": False} for r in lab.runs]
+    payload = {
+        "title": lab.title,
+        "command": lab.command,
+        "provenance": provenance,
+        "plan": {**plan.plan.json(), "status_of_report": status[0], "why_exploratory": status[1]},
+        "quick": lab.quick,
+        "claims": [claim_json(c) for c in claims],
+        "runs": runs,
+    }
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=1))
+    (out_dir / "report.md").write_text("\n".join(lines))
+    return out_dir / "report.md"
+
+
+def _stability_scope(lab: StabilityResults) -> str:
+    spec = get_task(lab.plan.task)
+    config = lab.runs[0].config if lab.runs else None
+    steps = f"{config.steps} steps, " if config else ""
+    return (
+        f"Scope: {spec.name} ({spec.description}), {steps}{len(lab.seeds())} seeds, "
+        f"{len(lab.plan.lrs)} learning rates: toy scale, one CPU task; a pilot."
+    )
+
+
 def stability_headline_rows(lab: StabilityResults) -> list[list[str]]:
     """One row per case of the learning-rate-range claim: label, effect [CI], verdict."""
     edge = stability_claims(lab)[0]
     return [
-        [case.label, short_interval(case.interval) if case.interval else "", case.verdict]
+        [case.label, short_interval(case.estimate) if case.estimate else "", case.verdict]
         for case in edge.cases
     ]
 

@@ -39,6 +39,7 @@ __all__ = [
     "CharTransformerTask",
     "Cifar10Task",
     "DigitsTask",
+    "PostNormCharTransformerTask",
     "Task",
     "TaskData",
     "TaskSettings",
@@ -103,6 +104,8 @@ class Task(ABC):
     # The headline metric on a held-out test split, for tasks that have one: comparisons are
     # reported there, choices (a learning rate) are made on the validation split.
     test_metric: str | None = None
+    # Keep every step's training loss (the stability study's instability endpoint).
+    records_step_losses: bool = False
 
     def learning_rate(self, inner: str) -> float:
         """The default learning rate of ``inner`` on this task (3e-3 for unlisted optimizers)."""
@@ -236,8 +239,11 @@ class DigitsTask(_ClassificationTask):
         train_x, train_y = parts[0], parts[1]
         size = self.train_eval_size or train_x.shape[0]
         moved = [tensor.to(device) for tensor in parts]
-        test = (moved[4], moved[5]) if self.held_out else (None, None)
-        return TaskData(*moved[:4], train_x[:size].to(device), train_y[:size].to(device), *test)
+        test = moved[4:6] if self.held_out else [None, None]
+        return TaskData(
+            moved[0], moved[1], moved[2], moved[3], train_x[:size].to(device),
+            train_y[:size].to(device), test[0], test[1],
+        )  # fmt: skip
 
     def build_model(self) -> nn.Module:
         return DigitsCNN()
@@ -389,9 +395,26 @@ class CharTransformerTask(CharLMTask):
     learning_rates = MappingProxyType({"adam": 3e-3, "adamw": 3e-3, "sgd": 0.3, "radam": 3e-3})
     optimizer_overrides = MappingProxyType({})
     max_grad_norm = None
+    records_step_losses = True
 
     def build_model(self) -> nn.Module:
         return CharTransformer(context=self.window)
+
+
+class PostNormCharTransformerTask(CharTransformerTask):
+    """``charlm-transformer`` with post-norm blocks (the original Transformer's
+    ``norm(x + f(x))``): the variant that needs learning-rate warm-up most, for the stability
+    study beside the pre-norm one."""
+
+    name = "charlm-transformer-postln"
+    model_description = (
+        "a byte-level causal Transformer: byte and learned position embeddings of width 64, two "
+        "post-norm blocks of 4-head causal self-attention and a 256-unit GELU MLP, a linear "
+        "read-out to 256 bytes; windows of 64 bytes; no gradient clipping"
+    )
+
+    def build_model(self) -> nn.Module:
+        return CharTransformer(context=self.window, norm_first=False)
 
 
 def _windows_at(text: Tensor, starts: Tensor, window: int) -> Batch:
@@ -619,6 +642,7 @@ TASKS: dict[str, Task] = {
         DigitsTask(train_eval_size=360, held_out=True),
         CharLMTask(),
         CharTransformerTask(),
+        PostNormCharTransformerTask(),
         Cifar10Task(),
     )
 }
