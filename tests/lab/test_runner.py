@@ -27,7 +27,9 @@ def test_same_seed_same_numbers(k: int | None) -> None:
     second = run(config(k=k, alpha=0.5 if k else None))
     assert first.steps == second.steps == [0, 4, 8, 12]
     assert first.history == second.history
-    assert set(first.history) == {"train_loss", "val_loss", "val_accuracy"}
+    assert set(first.history) == {
+        "train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy"
+    }  # fmt: skip
 
 
 def test_the_schedule_is_the_tasks_unless_asked_and_it_changes_the_run() -> None:
@@ -177,7 +179,8 @@ def test_make_config_accepts_what_lookahead_accepts(alpha: float) -> None:
 def test_make_config_rejects_unknown_names() -> None:
     with pytest.raises(
         ValueError,
-        match="unknown task 'mnist'; accepted values: charlm, charlm-transformer, cifar10",
+        match="unknown task 'mnist'; accepted values: charlm, charlm-transformer, "
+        "charlm-transformer-postln, cifar10",
     ):
         make_config("mnist", "sgd", seed=0, settings=TINY)
     with pytest.raises(ValueError, match="unknown inner optimizer 'lion'; accepted values:"):

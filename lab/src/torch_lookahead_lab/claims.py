@@ -81,8 +81,8 @@ class Case:
 
     @property
     def sentence(self) -> str:
-        effect = format_estimate(self.estimate, self.adjusted) if self.estimate else ""
-        return f"{self.label}: {self.what} {effect}: {self.verdict}.".replace("  ", " ")
+        effect = f" {format_estimate(self.estimate, self.adjusted)}" if self.estimate else ""
+        return f"{self.label}: {self.what}{effect}: {self.verdict}."
 
     @property
     def favours_text(self) -> str:
@@ -116,7 +116,7 @@ def fmt(value: float | None, digits: int = 4) -> str:
         return "n/a"
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
-    return f"{value:.{digits}g}"
+    return f"{value + 0.0:.{digits}g}"  # + 0.0: no "-0"
 
 
 def _p(value: float) -> str:

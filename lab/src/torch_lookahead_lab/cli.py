@@ -681,6 +681,18 @@ def nqm(
     _execute(experiment, out_dir, workers)
 
 
+@app.command("rerender", hidden=True)
+def rerender_command(
+    report_dir: Annotated[Path, typer.Argument(help="A committed report folder.")],
+) -> None:
+    """Write a stability pilot or compare report again from its recorded runs, with today's
+    claims and verdicts (the runs are not recomputed)."""
+    from torch_lookahead_lab.report import rerender
+
+    with _user_errors():
+        _say(f"Report: {rerender(report_dir)}")
+
+
 @app.command("embed-report", hidden=True)
 def embed_report_command(
     report_dir: Annotated[Path, typer.Argument(help="A report folder (reports/demo).")],

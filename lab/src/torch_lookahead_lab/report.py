@@ -44,7 +44,7 @@ from torch_lookahead_lab.confirmatory import (
     unstable,
 )
 from torch_lookahead_lab.console import QUICK_REPORT_NOTICE
-from torch_lookahead_lab.experiments import LabResults
+from torch_lookahead_lab.experiments import LabResults, compare_experiment
 from torch_lookahead_lab.metrics import SettingSummary, area_under_curve, final_value, summarize
 from torch_lookahead_lab.nqm import NQMPoint
 from torch_lookahead_lab.optimizers import inner_settings
@@ -54,6 +54,7 @@ from torch_lookahead_lab.reproduce import RELATIVE_TOLERANCE, compare_payloads, 
 from torch_lookahead_lab.runner import RunConfig, RunResult
 from torch_lookahead_lab.stability import (
     PAPER_STABILITY,
+    StabilityPlan,
     StabilityResults,
     method_label,
     protocol_text,
@@ -70,6 +71,7 @@ __all__ = [
     "check_out_dir",
     "differences_from",
     "embed_report",
+    "rerender",
     "results_json",
     "stability_headline_rows",
     "stability_payload",
@@ -282,8 +284,8 @@ def verdict_rows(claims: Sequence[Claim]) -> tuple[list[str], list[list[str]]]:
 
 
 def _verdict_phrase(claim: Claim, cases: Sequence[Case]) -> str:
-    labels = ", ".join(case.label for case in cases)
-    return f"{claim.title} ({labels}; {claim.role})"
+    labels = " | ".join(case.label for case in cases)
+    return f"{claim.title} [{labels}] ({claim.role})"
 
 
 def summary_sentences(claims: Sequence[Claim], scope: str) -> list[str]:
@@ -322,9 +324,11 @@ CANNOT_TEST = (
     "character model; an effect at this scale need not carry over, in either direction.",
     "Wall-clock claims (computation and memory cost): seconds depend on the machine, so no "
     "verdict uses them (benchmarks/ measures the optimizer's cost).",
-    "Test-set sampling error: the seeds vary the training, not the 360 test images, so the "
-    "intervals speak for this split; a per-example bootstrap over the images is not included.",
-    "The schedule as a factor: every run here uses the task's schedule (cosine for digits).",
+    "Sampling error of the evaluation data: the seeds vary the training, not the evaluated "
+    "examples (360 test images for digits), so the intervals speak for this split; a "
+    "per-example bootstrap is not included.",
+    "The schedule as a factor: every run here uses the task's schedule (cosine for digits and "
+    "charlm).",
     "A tuned protocol over Lookahead's own (k, alpha): the tuned protocol tunes the learning "
     "rate alone, at the paper's k=5, alpha=0.5.",
 )
@@ -361,7 +365,8 @@ def _glance_lines(claims: Sequence[Claim], lab: LabResults) -> list[str]:
 def _claim_lines(claims: Sequence[Claim]) -> list[str]:
     lines = ["## The paper's claims, as measured here", ""]
     for number, claim in enumerate(claims, 1):
-        margin = f"; smallest effect of interest {fmt(claim.sesoi)}" if claim.sesoi else ""
+        name = "tolerance" if claim.role == "check" else "smallest effect of interest"
+        margin = f"; {name} {fmt(claim.sesoi)}" if claim.sesoi else ""
         lines += [
             f"### {number}. {claim.title[0].upper()}{claim.title[1:]}",
             "",
@@ -396,11 +401,18 @@ def _plan_lines(lab: LabResults, status: tuple[str, str]) -> list[str]:
     ]
 
 
-def _cannot_test_lines() -> list[str]:
+def _cannot_test_lines(lab: LabResults) -> list[str]:
+    extra = []
+    if lab.task and get_task(lab.task).test_metric is None:
+        extra.append(
+            f"A held-out test split: {lab.task} has training and validation data only, so its "
+            "comparisons are reported on the validation split (this report chooses nothing on "
+            "it, but a tuned protocol here would select and report on the same data)."
+        )
     return [
         "## What this lab cannot test here",
         "",
-        *(f"- {item}" for item in CANNOT_TEST),
+        *(f"- {item}" for item in (*CANNOT_TEST, *extra)),
         "",
     ]
 
@@ -458,7 +470,7 @@ def _setup_lines(lab: LabResults) -> list[str]:
         else f" ({lab.jobs} jobs, none from a cache)"
     )
     lines.append(
-        f"- Time: {fmt(lab.seconds, 3)} s of wall time for the command{reused}; the training "
+        f"- Time: {lab.seconds:.0f} s of wall time for the command{reused}; the training "
         f"runs took {fmt(cpu_seconds, 3)} s of CPU time when they were computed, summed over "
         "runs."
     )
@@ -701,7 +713,7 @@ def _write_lab_report(out_dir: Path, lab: LabResults) -> Path:
     ]
     if claims:
         lines += _glance_lines(claims, lab)
-    lines += _cannot_test_lines()
+    lines += _cannot_test_lines(lab)
     lines += [DETAILS_MARKER, ""]
     if claims:
         lines += [
@@ -1034,6 +1046,61 @@ def stability_headline_rows(lab: StabilityResults) -> list[list[str]]:
         [case.label, short_interval(case.estimate) if case.estimate else "", case.verdict]
         for case in edge.cases
     ]
+
+
+# ------------------------------------------------------------------------------ re-rendering
+
+
+def rerender(report_dir: Path) -> Path:
+    """Write the report of ``report_dir`` again from the runs its results.json records, with
+    today's claims, tests and verdicts (the runs are not recomputed: the reproduction test
+    reruns their reference run with today's code). The report says so. For a stability pilot or
+    a ``compare`` report."""
+    payload = json.loads((report_dir / "results.json").read_text())
+    runs = [RunResult.from_json(entry) for entry in payload["runs"]]
+    old = payload["provenance"]
+    seconds = float(old.get("wall_seconds", math.nan))
+    lab: LabResults | StabilityResults
+    if payload["title"].startswith("torch-lookahead stability"):
+        fields = dict(payload["plan"])
+        fields["lrs"] = tuple(fields["lrs"])
+        fields["warmups"] = tuple(fields["warmups"])
+        lab = StabilityResults(
+            StabilityPlan(**fields), payload["command"], runs, seconds, len(runs)
+        )
+    elif payload["title"].startswith("torch-lookahead compare") and {
+        entry.get("part") for entry in payload["runs"]
+    } == {"compare"}:
+        first = runs[0].config
+        inners = list(dict.fromkeys(r.config.inner for r in runs))
+        seeds = sorted({r.config.seed for r in runs})
+        spec = get_task(first.task)
+        experiment = compare_experiment(
+            first.task, inners, len(seeds), spec.full, k=next(r.config.k for r in runs if r.config.k),
+            alpha=next(r.config.alpha for r in runs if r.config.alpha), seed_offset=seeds[0],
+        )  # fmt: skip
+        lab = LabResults(
+            payload["title"], payload["command"], first.task, payload["headline_metric"],
+            payload["higher_is_better"], compare=runs, seconds=seconds, jobs=len(runs),
+            plan=experiment.plan,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"{report_dir}: only stability pilots and compare reports re-render")
+    report = write_report(report_dir, lab)
+    note = (
+        f"Re-rendered by `torch-lookahead rerender {report_dir}` from the runs that `"
+        f"{payload['command']}` computed with torch-lookahead {old['version']} (sources "
+        f"{old['source_digest']}) and results.json records: the runs are those runs, the claims, "
+        "tests and verdicts are today's code's."
+    )
+    lines = report.read_text().split("\n")
+    produced = next(i for i, line in enumerate(lines) if line.startswith("Produced by"))
+    lines[produced + 1 : produced + 1] = ["", note]
+    report.write_text("\n".join(lines))
+    fresh = json.loads((report_dir / "results.json").read_text())
+    fresh["rerendered_from"] = {"command": payload["command"], "provenance": old}
+    (report_dir / "results.json").write_text(json.dumps(fresh, indent=1) + "\n")
+    return report
 
 
 # ------------------------------------------------------------------------- checks and comparisons
