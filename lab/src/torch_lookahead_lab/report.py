@@ -935,6 +935,9 @@ def _write_stability_report(out_dir: Path, lab: StabilityResults) -> Path:
         "",
         "![final validation bits per character against the learning rate](stability.png)",
         "",
+        "Points: the mean over seeds; bars: from the lowest to the highest seed; dashed line: the "
+        "pilot's training threshold (a run trains at or below it).",
+        "",
         "## Final results per learning rate",
         "",
         f"Mean ± standard deviation over seeds of the final {plan.metric.replace('_', ' ')} (a "
