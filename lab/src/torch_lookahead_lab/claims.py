@@ -388,7 +388,8 @@ def _width(summaries: Sequence[SettingSummary], metric: str, seed: int, delta: f
     values = {s.setting.lr: sign * s.values(metric)[seed] for s in summaries}
     best = max(values.values())
     near = [lr for lr, v in values.items() if v >= best - delta]
-    return math.log10(max(near) / min(near))
+    # 4 decimals: grids are written to 6 significant digits, so equal steps differ at 1e-7
+    return round(math.log10(max(near) / min(near)), 4)
 
 
 def lr_robustness_claim(
