@@ -176,7 +176,8 @@ def test_rerender_writes_todays_verdicts_from_the_recorded_runs(tmp_path: Path) 
             history = {"train_loss": [2.0, final], "val_loss": [2.0, final],
                        "val_accuracy": [0.1, 0.9]}  # fmt: skip
             runs.append({"part": "compare", **RunResult(config, [0, 10], history).to_json()})
-    old = {"version": "0.0.1", "source_digest": "0123", "wall_seconds": 5.0}
+    old = {"version": "0.0.1", "source_digest": "0123", "torch": "2", "python": "3",
+           "cpu_capability": "AVX2", "wall_seconds": 5.0}  # fmt: skip
     payload = {
         "title": "torch-lookahead compare: digits", "command": "torch-lookahead compare",
         "provenance": old, "headline_metric": "val_accuracy", "higher_is_better": True,
@@ -185,9 +186,9 @@ def test_rerender_writes_todays_verdicts_from_the_recorded_runs(tmp_path: Path) 
     (tmp_path / "results.json").write_text(json.dumps(payload))
     report = rerender(tmp_path).read_text()
     assert "Re-rendered by `torch-lookahead rerender" in report
-    assert "computed with torch-lookahead 0.0.1 (sources 0123)" in report
+    assert "with torch-lookahead 0.0.1 (sources 0123)" in report  # what computed the runs
     fresh = json.loads((tmp_path / "results.json").read_text())
-    assert fresh["rerendered_from"]["provenance"] == old
+    assert fresh["provenance"] == old and fresh["rerendered_with"]["version"]
     assert [r["history"] for r in fresh["runs"]] == [r["history"] for r in runs]
     assert fresh["claims"][0]["cases"][0]["verdict"] == "inconclusive: cannot decide at 3 seeds"
     with pytest.raises(ValueError, match="only stability pilots and compare"):

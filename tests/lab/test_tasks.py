@@ -175,7 +175,9 @@ def test_unknown_and_non_training_tasks() -> None:
     with pytest.raises(ValueError, match="run `torch-lookahead nqm`"):
         get_task("nqm")
     with pytest.raises(
-        ValueError, match="accepted values: charlm, charlm-transformer, cifar10, digits"
+        ValueError,
+        match="accepted values: charlm, charlm-transformer, charlm-transformer-postln, cifar10, "
+        "digits",
     ):
         get_task("imagenet")
 

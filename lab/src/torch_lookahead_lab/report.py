@@ -1090,18 +1090,22 @@ def rerender(report_dir: Path) -> Path:
     else:
         raise ValueError(f"{report_dir}: only stability pilots and compare reports re-render")
     report = write_report(report_dir, lab)
+    now = record(math.nan)
     note = (
-        f"Re-rendered by `torch-lookahead rerender {report_dir}` from the runs that `"
-        f"{payload['command']}` computed with torch-lookahead {old['version']} (sources "
-        f"{old['source_digest']}) and results.json records: the runs are those runs, the claims, "
-        "tests and verdicts are today's code's."
+        f"Re-rendered by `torch-lookahead rerender {report_dir}` with torch-lookahead "
+        f"{now['version']} (sources {now['source_digest']}) from the runs that the command above "
+        "computed and results.json records: the runs are those runs, the claims, tests and "
+        "verdicts are today's code's."
     )
+    # The runs' provenance stays what computed them (the reproduction rule compares against
+    # that machine); what re-rendered them is recorded beside it.
     lines = report.read_text().split("\n")
     produced = next(i for i, line in enumerate(lines) if line.startswith("Produced by"))
-    lines[produced + 1 : produced + 1] = ["", note]
+    lines[produced : produced + 1] = [_produced_by(payload["command"], old), "", note]
     report.write_text("\n".join(lines))
     fresh = json.loads((report_dir / "results.json").read_text())
-    fresh["rerendered_from"] = {"command": payload["command"], "provenance": old}
+    fresh["rerendered_with"] = fresh["provenance"]
+    fresh["provenance"] = old
     (report_dir / "results.json").write_text(json.dumps(fresh, indent=1) + "\n")
     return report
 
