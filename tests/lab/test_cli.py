@@ -133,7 +133,7 @@ def test_docs_embed_the_committed_demo_report() -> None:
     doc = (REPO / "docs" / "lab.md").read_text()
     embedded = doc.split(EMBED_START, 1)[1].split(EMBED_END, 1)[0].strip()
     assert embedded == embedded_section(REPO / "reports" / "demo", "assets/lab").strip()
-    assert "## Verdicts at a glance" in embedded
+    assert "## In short" in embedded and "Scope:" in embedded
     for figure in re.findall(r"\(assets/lab/([\w.-]+\.png)\)", embedded):
         shown = REPO / "docs" / "assets" / "lab" / figure
         assert shown.read_bytes() == (REPO / "reports" / "demo" / figure).read_bytes()
