@@ -251,7 +251,10 @@ def test_sigint_to_the_parent_alone_ends_the_worker_pool(tmp_path: Path) -> None
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, output
-    assert "Interrupted after " in output and "reused next time" in output
+    # Whether a job finished before the signal depends on the machine's speed: either way the
+    # line says what was kept.
+    assert "Interrupted after " in output
+    assert "reused next time" in output or "no job had finished, so none was kept" in output
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
         time.sleep(0.2)
