@@ -7,10 +7,12 @@ import math
 import pytest
 
 from torch_lookahead_lab.claims import (
-    combined_verdict,
+    Claim,
+    best_lr,
     convergence_claim,
     final_quality_claim,
     fmt,
+    holm_primary,
     k_alpha_claim,
     lr_robustness_claim,
     nqm_claim,
@@ -24,10 +26,12 @@ from torch_lookahead_lab.metrics import (
     final_value,
     mean_and_std,
     seed_band,
+    steps_to_target,
     summarize,
     value_at,
 )
 from torch_lookahead_lab.nqm import NQMPoint
+from torch_lookahead_lab.plans import ClaimPlan
 from torch_lookahead_lab.report import build_claims, summary_rows
 from torch_lookahead_lab.runner import RunConfig, RunResult
 
@@ -67,6 +71,8 @@ def test_run_values_count_a_diverged_run_as_untrained() -> None:
     assert value_at(run, "train_loss", 15) == 0.5
     # trapezoids: (2+1)/2 + (1+0.5)/2 + (0.5+0.25)/2 = 2.625 over 30 steps of 10
     assert area_under_curve(run) == pytest.approx(2.625 * 10 / 30)
+    blown_up = result(0, [2.0, 1.0, 7.5])  # finite but worse than the untrained model
+    assert final_value(blown_up, "train_loss") == 2.0
     diverged = result(0, [2.0, 1.0, None], diverged_at=20)
     diverged.config = RunConfig("digits", "sgd", 0.1, 0, 40, 10, 8)
     assert final_value(diverged, "train_loss") == 2.0
@@ -101,20 +107,50 @@ def paired(plain: list[float], lookahead: list[float], **kwargs: object) -> list
     ]
 
 
-def claim_of(runs: list[RunResult]):  # type: ignore[no-untyped-def]
+PRIMARY = ClaimPlan("primary", "val_loss", 0.01)
+
+
+def claim_of(runs: list[RunResult], plan: ClaimPlan = PRIMARY) -> Claim:
     pairs = pair_by_inner(summarize(runs))
-    return final_quality_claim(pairs, "val_loss", False, protocol="default: test", key="k")
+    return final_quality_claim(
+        pairs, "val_loss", protocol="default: test", key="k", title="t", plan=plan
+    )
 
 
-def test_final_quality_verdicts_follow_the_interval() -> None:
-    better = claim_of(paired([0.30, 0.40, 0.35], [0.20, 0.31, 0.24]))
-    assert better.verdict == "holds"
-    assert "95% CI" in better.measured[0] and "paired t-interval, 3 seeds" in better.measured[0]
-    worse = claim_of(paired([0.20, 0.31, 0.24], [0.30, 0.40, 0.35]))
-    assert worse.verdict == "does not hold"
-    noisy = claim_of(paired([0.30, 0.20, 0.35], [0.20, 0.31, 0.30]))
-    assert noisy.verdict == "inconclusive at 3 seeds"
-    assert "seeds would decide it at this spread" in noisy.measured[0]
+def verdicts(claim: Claim) -> list[str]:
+    return [case.verdict for case in claim.cases]
+
+
+def test_final_quality_verdicts_follow_the_exact_test() -> None:
+    plain = [0.30, 0.40, 0.35, 0.33, 0.38, 0.31, 0.36]
+    better = claim_of(paired(plain, [v - 0.1 - i / 100 for i, v in enumerate(plain)]))
+    assert verdicts(better) == ["supports"]
+    assert "exact sign-flip test (paired), 7 seeds" in better.measured[0]
+    assert better.cases[0].favours_text == "< 0"  # a lower loss favours Lookahead
+    worse = claim_of(paired(plain, [v + 0.1 + i / 100 for i, v in enumerate(plain)]))
+    assert verdicts(worse) == ["contradicts"]
+    same = claim_of(paired(plain, [v + 0.001 for v in plain]))
+    assert verdicts(same) == ["equivalent within ±0.01"]
+    few = claim_of(paired([0.30, 0.40, 0.35], [0.20, 0.31, 0.24]))
+    assert verdicts(few) == ["inconclusive: cannot decide at 3 seeds"]
+
+
+def test_holm_across_the_primary_endpoints() -> None:
+    """Six pairs on one side decide one endpoint (p = 2/64) but not two after Holm."""
+    plain = [0.30, 0.40, 0.35, 0.33, 0.38, 0.31]
+    runs = paired(plain, [v - 0.1 for v in plain])
+    runs += paired(plain, [v - 0.1 for v in plain], inner="adamw")
+    claim = claim_of(runs, ClaimPlan("primary", "val_loss"))  # no SESOI: no equivalence test
+    assert verdicts(claim) == ["supports", "supports"]
+    (adjusted,) = holm_primary([claim])
+    assert verdicts(adjusted) == ["inconclusive: cannot decide at 6 seeds"] * 2
+    assert adjusted.cases[0].adjusted == pytest.approx((4 / 64, 1.0))
+    assert "Holm-adjusted 0.062" in adjusted.measured[0]
+    # with a SESOI, 6 pairs could still show equivalence (one-sided floor 1/64): undecided
+    (with_margin,) = holm_primary([claim_of(runs)])
+    assert verdicts(with_margin) == ["inconclusive at 6 seeds"] * 2
+    descriptive = claim_of(runs, ClaimPlan("descriptive", "val_loss", 0.01))
+    assert verdicts(holm_primary([descriptive])[0]) == ["supports", "supports"]
 
 
 def test_one_seed_gives_no_interval_and_no_verdict() -> None:
@@ -125,70 +161,98 @@ def test_one_seed_gives_no_interval_and_no_verdict() -> None:
     claims = build_claims(lab)
     assert {c.key for c in claims} >= {"final_default", "final_tuned", "seed_variance"}
     for claim in claims:
-        assert claim.verdict == "inconclusive at 1 seed", claim
+        for case in claim.cases:
+            assert case.verdict == "inconclusive: cannot decide at 1 seed", claim
         assert all("± 0" not in sentence for sentence in claim.measured)
 
 
-def test_convergence_reads_the_area_under_the_training_loss() -> None:
-    fast = [result(s, [2.0, 0.5 + s / 10, 0.1]) for s in range(3)]
-    slow = [result(s, [2.0, 1.5 + s / 20, 0.1], k=5, alpha=0.5) for s in range(3)]
-    claim = convergence_claim(pair_by_inner(summarize(fast + slow)), protocol="p", key="c")
-    assert claim.verdict == "does not hold"  # same final loss, slower on the way
-    assert "training loss, Lookahead minus plain, at step 6" in claim.notes[0]
+def test_convergence_counts_steps_to_the_target_with_censoring() -> None:
+    fast = [result(s, [2.0, 0.5, 0.1, 0.1]) for s in range(6)]
+    slow = [
+        result(s, [2.0, 1.5, 0.4, 0.3] if s else [2.0, 1.5, 0.9, 0.6], k=5, alpha=0.5)
+        for s in range(6)
+    ]
+    assert steps_to_target(fast[0], "val_loss", 0.5) == 10
+    assert steps_to_target(slow[1], "val_loss", 0.5) == 20
+    assert steps_to_target(slow[0], "val_loss", 0.5) == 40  # censored: never reached
+    claim = convergence_claim(
+        pair_by_inner(summarize(fast + slow)), metric="val_loss", target=0.5, protocol="p",
+        plan=ClaimPlan("descriptive", "steps", 5.0),
+    )  # fmt: skip
+    assert verdicts(claim) == ["contradicts"]
+    assert "1 of 12 runs never reached it" in claim.measured[0]
 
 
 def test_seed_variance_needs_three_pairs_and_reads_the_ratio() -> None:
+    plan = ClaimPlan("descriptive", "val_loss", 2.0)
     few = seed_variance_claim(
-        pair_by_inner(summarize(paired([0.1, 0.3], [0.2, 0.21]))), protocol="p"
-    )
-    assert few.verdict == "inconclusive at 2 seeds"
+        pair_by_inner(summarize(paired([0.1, 0.3], [0.2, 0.21]))), metric="val_loss",
+        protocol="p", plan=plan,
+    )  # fmt: skip
+    assert verdicts(few) == ["inconclusive: cannot decide at 2 seeds"]
     plain = [0.1, 0.5, 0.2, 0.6, 0.3, 0.45, 0.15, 0.55]
     quiet = [0.3 + (v - 0.35) / 20 for v in plain]
-    claim = seed_variance_claim(pair_by_inner(summarize(paired(plain, quiet))), protocol="p")
-    assert claim.verdict == "holds"
+    claim = seed_variance_claim(
+        pair_by_inner(summarize(paired(plain, quiet))), metric="val_loss", protocol="p", plan=plan
+    )
+    assert verdicts(claim) == ["supports"]
     assert "Pitman-Morgan" in claim.measured[0]
 
 
-def test_lr_robustness_averages_over_the_grid_per_seed() -> None:
+def test_lr_robustness_is_the_width_within_delta_of_each_methods_best() -> None:
     runs = []
-    for lr, plain_acc, lookahead_acc in [(0.01, 0.9, 0.92), (0.1, 0.97, 0.96), (1.0, 0.1, 0.8)]:
-        for seed, shift in enumerate((0.0, 0.01, -0.01)):
+    for lr, plain_acc, lookahead_acc in [(0.01, 0.9, 0.955), (0.1, 0.97, 0.96), (1.0, 0.1, 0.8)]:
+        for seed, shift in enumerate((0.0, 0.001, -0.001, 0.002, 0.0, 0.001)):
             runs.append(result(seed, [2.0, 1.0], lr=lr, accuracy=plain_acc + shift))
             runs.append(result(seed, [2.0, 1.0], lr=lr, k=5, alpha=0.5, accuracy=lookahead_acc))
-    claim = lr_robustness_claim(summarize(runs), "val_accuracy", True, protocol="p")
-    assert claim.verdict == "holds"
-    assert "averaged over 3 learning rates from 0.01 to 1" in claim.measured[0]
-    flipped = lr_robustness_claim(summarize(runs), "val_accuracy", False, protocol="p")
-    assert flipped.verdict == "does not hold"
-    tuned = tuned_pairs(summarize(runs), "val_accuracy", True)
-    assert [(p.setting.lr, la.setting.lr) for p, la in tuned] == [(0.1, 0.1)]
+    plan = ClaimPlan("descriptive", "log10_lr_width", 0.5)
+    claim = lr_robustness_claim(
+        summarize(runs), "val_accuracy", delta=0.01, protocol="p", plan=plan
+    )
+    # plain: only lr 0.1 within 0.01 of its best (width 0); Lookahead: 0.01 and 0.1 (width 1)
+    assert claim.cases[0].estimate is not None and claim.cases[0].estimate.effect == 1.0
+    assert verdicts(claim) == ["supports"]
 
 
-def test_k_alpha_spread_is_compared_with_the_learning_rate_spread() -> None:
-    sweep, grid = [], []
-    for seed in range(3):
-        for lr, accuracy in [(0.01, 0.5), (0.1, 0.97), (1.0, 0.2)]:
-            sweep.append(result(seed, [2.0, 1.0], lr=lr, accuracy=accuracy + seed / 100))
-        grid.append(result(seed, [2.0, 1.0], accuracy=0.97))
-        for k, accuracy in [(5, 0.96), (10, 0.965), (20, 0.95 + seed / 100)]:
-            grid.append(result(seed, [2.0, 1.0], k=k, alpha=0.5, accuracy=accuracy))
-    claim = k_alpha_claim(summarize(grid), summarize(sweep), "val_accuracy", protocol="p")
-    assert claim.verdict == "holds"
-    assert "over 3 (k, alpha) settings" in claim.measured[0]
-    assert "seed noise for scale" in claim.measured[1]
-    alone = k_alpha_claim(summarize(grid), [], "val_accuracy", protocol="p")
-    assert alone.verdict == "not measured" and "no learning-rate sweep" in alone.notes[0]
+def test_the_tuned_choice_breaks_near_ties_by_a_declared_rule() -> None:
+    runs = []
+    for lr, accuracy, loss in [(0.01, 0.970, 0.2), (0.1, 0.9705, 0.3), (1.0, 0.5, 1.0)]:
+        runs += [result(s, [2.0, loss], lr=lr, accuracy=accuracy) for s in range(3)]
+    summaries = summarize(runs)
+    assert best_lr(summaries, "val_accuracy").setting.lr == 0.1  # strictly the best
+    # within the tie band, the lower validation loss wins: no rounding can flip it
+    assert best_lr(summaries, "val_accuracy", tie=0.002).setting.lr == 0.01
+    assert tuned_pairs([summaries[0], *summarize(paired([0.3], [0.2]))[1:]])
 
 
-def test_nqm_claim_reads_the_interval_over_chains() -> None:
+def test_k_alpha_settings_each_against_plain_with_holm() -> None:
+    grid = []
+    for seed in range(10):
+        grid.append(result(seed, [2.0, 1.0], accuracy=0.97 + seed / 1000))
+        for alpha, shift in [(0.3, -0.05), (0.5, 0.0005), (0.8, 0.002 * (seed % 3 - 1))]:
+            grid.append(
+                result(seed, [2.0, 1.0], k=5, alpha=alpha, accuracy=0.97 + seed / 1000 + shift)
+            )
+    plan = ClaimPlan("descriptive", "val_accuracy", 0.01)
+    claim = k_alpha_claim(summarize(grid), "val_accuracy", protocol="p", plan=plan)
+    assert [case.label for case in claim.cases] == [
+        "sgd k=5 alpha=0.3", "sgd k=5 alpha=0.5", "sgd k=5 alpha=0.8",
+    ]  # fmt: skip
+    assert verdicts(claim) == ["contradicts", "equivalent within ±0.01", "equivalent within ±0.01"]
+    assert all(case.family == 3 for case in claim.cases)
+    assert "2 of 3 settings are at least equivalent" in claim.notes[0]
+
+
+def test_the_nqm_is_one_implementation_check() -> None:
     good = NQMPoint(0.5, 2.0, 2.02, 1.5, 1.49, 1.0, 100, -0.6, -0.46)
     unclear = NQMPoint(0.6, 2.0, 2.0, 1.9, 1.99, 1.0, 100, -0.05, 0.03)
-    assert nqm_claim([good], 5, 0.5).verdict == "holds"
-    claim = nqm_claim([good, unclear], 5, 0.5)
-    assert claim.verdict == "holds for lr 0.5; inconclusive at 100 chains for lr 0.6"
-    assert "largest relative error of the excess loss over the noise floor 10%" in claim.notes[0]
+    passed = nqm_claim([good], 5, 0.5, tolerance=0.05)
+    assert passed.role == "check" and len(passed.cases) == 1
+    assert verdicts(passed) == ["check passed"]
+    assert verdicts(nqm_claim([good, unclear], 5, 0.5, tolerance=0.05)) == ["check FAILED"]
+    assert verdicts(nqm_claim([good], 5, 0.5, tolerance=0.001)) == ["check FAILED"]
 
 
-def test_combined_verdicts_and_numbers() -> None:
-    assert combined_verdict([]) == "not measured"
+def test_numbers() -> None:
     assert fmt(None) == "n/a" and fmt(math.nan) == "n/a" and fmt(0.123456) == "0.1235"
+    assert fmt(math.inf) == "inf"

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torch_lookahead_lab.experiments import DEMO
+from torch_lookahead_lab.experiments import demo_plan
 from torch_lookahead_lab.nqm import (
     NQMProblem,
     expected_loss,
@@ -18,6 +18,8 @@ from torch_lookahead_lab.nqm import (
     steady_state_variance_lookahead,
     steady_state_variance_sgd,
 )
+
+DEMO = demo_plan()
 
 
 def reference_variance_sgd(a: float, s2: float, lr: float) -> float:

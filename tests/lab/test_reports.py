@@ -14,7 +14,7 @@ import torch
 
 import torch_lookahead
 from torch_lookahead_lab.provenance import machine
-from torch_lookahead_lab.report import differences_from
+from torch_lookahead_lab.report import differences_from, rerender
 from torch_lookahead_lab.reproduce import (
     RELATIVE_TOLERANCE,
     compare_payloads,
@@ -165,3 +165,32 @@ def test_a_report_without_a_cpu_model_is_another_machine() -> None:
     here = machine()
     assert same_machine(here, dict(here))
     assert not same_machine({k: v for k, v in here.items() if k != "cpu_model"}, here)
+
+
+def test_rerender_writes_todays_verdicts_from_the_recorded_runs(tmp_path: Path) -> None:
+    """A compare report re-rendered: the same runs, today's claims, and it says so."""
+    runs = []
+    for seed in range(3):
+        for k, final in ((None, 0.30 + seed / 100), (5, 0.20 + seed / 100)):
+            config = RunConfig("digits", "sgd", 0.05, seed, 10, 10, 8, k, 0.5 if k else None)
+            history = {"train_loss": [2.0, final], "val_loss": [2.0, final],
+                       "val_accuracy": [0.1, 0.9]}  # fmt: skip
+            runs.append({"part": "compare", **RunResult(config, [0, 10], history).to_json()})
+    old = {"version": "0.0.1", "source_digest": "0123", "torch": "2", "python": "3",
+           "cpu_capability": "AVX2", "wall_seconds": 5.0}  # fmt: skip
+    payload = {
+        "title": "torch-lookahead compare: digits", "command": "torch-lookahead compare",
+        "provenance": old, "headline_metric": "val_accuracy", "higher_is_better": True,
+        "claims": [], "runs": runs,
+    }  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps(payload))
+    report = rerender(tmp_path).read_text()
+    assert "Re-rendered by `torch-lookahead rerender" in report
+    assert "with torch-lookahead 0.0.1 (sources 0123)" in report  # what computed the runs
+    fresh = json.loads((tmp_path / "results.json").read_text())
+    assert fresh["provenance"] == old and fresh["rerendered_with"]["version"]
+    assert [r["history"] for r in fresh["runs"]] == [r["history"] for r in runs]
+    assert fresh["claims"][0]["cases"][0]["verdict"] == "inconclusive: cannot decide at 3 seeds"
+    with pytest.raises(ValueError, match="only stability pilots and compare"):
+        (tmp_path / "results.json").write_text(json.dumps({**payload, "title": "demo"}))
+        rerender(tmp_path)

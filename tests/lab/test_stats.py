@@ -1,7 +1,9 @@
-"""Intervals and verdicts against plainly written references (numpy, Student's t quantiles)."""
+"""Exact tests, intervals, Holm and the four verdicts, against plainly written references
+(every sign pattern enumerated by hand, Student's t quantiles, the correlation test)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -10,105 +12,196 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from torch_lookahead_lab.stats import Interval, difference, variance_ratio, verdict_of
+from torch_lookahead_lab.stats import (
+    Estimate,
+    holm,
+    paired_difference,
+    pairs_needed,
+    smallest_p,
+    t_difference,
+    variance_ratio,
+    verdict_kind,
+    verdict_of,
+)
 
 
-def reference_t_interval(deltas: list[float]) -> tuple[float, float]:
-    n = len(deltas)
-    mean = sum(deltas) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in deltas) / (n - 1))
-    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    return mean - half, mean + half
+def reference_sign_flip_p(deltas: list[float]) -> float:
+    """Two-sided: the share of the 2^n sign patterns whose |mean| reaches the observed one."""
+    observed = abs(sum(deltas)) / len(deltas)
+    patterns = list(itertools.product((1, -1), repeat=len(deltas)))
+    extreme = sum(
+        abs(sum(s * d for s, d in zip(signs, deltas, strict=True))) / len(deltas)
+        >= observed * (1 - 1e-12)
+        for signs in patterns
+    )
+    return extreme / len(patterns)
 
 
-def test_paired_difference_is_students_interval_of_the_per_seed_differences() -> None:
-    interval = difference([1.0, 2.0, 3.0], [1.5, 2.4, 3.6])
-    assert interval.effect == pytest.approx(0.5)
-    assert (interval.low, interval.high) == pytest.approx(reference_t_interval([0.5, 0.4, 0.6]))
-    assert interval.n == 3 and interval.method == "paired t-interval"
-    assert interval.seeds_needed is None  # decided: the interval excludes 0
-    assert verdict_of(interval, "above") == "holds"
-    assert verdict_of(interval, "below") == "does not hold"
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-5, 5).map(lambda v: v / 4), min_size=2, max_size=9))
+def test_the_p_value_is_the_exact_sign_flip_one(deltas: list[float]) -> None:
+    estimate = paired_difference([0.0] * len(deltas), deltas)
+    assert estimate.p_value == pytest.approx(reference_sign_flip_p(deltas))
+    assert estimate.p_value >= smallest_p(len(deltas)) * (1 - 1e-12)
 
 
-def test_welch_interval_without_pairs() -> None:
-    base, cand = np.array([1.0, 2.0, 4.0, 3.0]), np.array([2.0, 2.5, 6.0])
-    interval = difference(base, cand, paired=False)
-    v1, v2 = base.var(ddof=1) / 4, cand.var(ddof=1) / 3
-    dof = (v1 + v2) ** 2 / (v1**2 / 3 + v2**2 / 2)
-    half = stats.t.ppf(0.975, dof) * math.sqrt(v1 + v2)
-    effect = cand.mean() - base.mean()
-    assert (interval.low, interval.high) == pytest.approx((effect - half, effect + half))
-    assert interval.method == "Welch t-interval"
+def test_zero_spread_gives_no_decisive_verdict_at_two_seeds() -> None:
+    """The issue's example: two identical differences used to make a point interval that
+    'held'. The exact test gives p = 0.5 and no bounded interval: no data of 2 pairs decide."""
+    estimate = paired_difference([0.0, 0.0], [0.5, 0.5])
+    assert estimate.p_value == 0.5
+    assert (estimate.low, estimate.high) == (-math.inf, math.inf)
+    assert verdict_of(estimate, "above") == "inconclusive: cannot decide at 2 seeds"
 
 
-def test_inconclusive_says_how_many_seeds_would_decide_at_this_spread() -> None:
-    deltas = [0.3, -0.1, 0.4, 0.2]
-    interval = difference([0.0] * 4, deltas)
-    assert interval.low < 0 < interval.high
-    assert verdict_of(interval, "above") == "inconclusive at 4 seeds"
-    needed = interval.seeds_needed
-    assert needed is not None and needed > 4
-    mean, sd = np.mean(deltas), np.std(deltas, ddof=1)
-
-    def half_width(n: int) -> float:
-        return float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
-
-    assert half_width(needed) < mean <= half_width(needed - 1)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_below_six_pairs_no_difference_is_decided_whatever_the_data(n: int) -> None:
+    estimate = paired_difference([0.0] * n, [1.0 + i for i in range(n)])
+    assert estimate.p_value > 0.05
+    assert verdict_kind(verdict_of(estimate, "above")) == "inconclusive"
+    assert verdict_of(estimate, "above") == f"inconclusive: cannot decide at {estimate.samples}"
 
 
-@pytest.mark.parametrize("values", [[0.7], []])
-def test_no_spread_no_interval_and_no_verdict(values: list[float]) -> None:
-    interval = difference(values, [v + 1 for v in values])
-    assert not interval.estimated and interval.seeds_needed is None
-    assert verdict_of(interval, "above") == f"inconclusive at {len(values)} seed" + (
-        "" if len(values) == 1 else "s"
+def test_six_pairs_on_one_side_decide_and_the_interval_excludes_zero() -> None:
+    estimate = paired_difference([0.0] * 6, [0.3, 0.5, 0.2, 0.6, 0.4, 0.1])
+    assert estimate.p_value == pytest.approx(2 / 64)
+    assert 0 < estimate.low <= estimate.effect <= estimate.high
+    assert verdict_of(estimate, "above") == "supports"
+    assert verdict_of(estimate, "below") == "contradicts"
+
+
+def test_one_seed_against_makes_six_pairs_inconclusive() -> None:
+    """The stability pilot: five differences of 0.523 and one of 0 (exact p = 0.0625)."""
+    estimate = paired_difference([0.0] * 6, [0.523] * 5 + [0.0])
+    assert estimate.p_value == pytest.approx(0.0625)
+    assert estimate.low <= 0 <= estimate.high
+    assert verdict_of(estimate, "above") == "inconclusive at 6 seeds"
+
+
+def test_the_interval_bounds_are_where_the_test_starts_to_reject() -> None:
+    deltas = [0.5, 0.4, 0.6, 0.3, 0.5, 0.45, 0.2, -0.1, 0.3, 0.4]
+    estimate = paired_difference([0.0] * 10, deltas)
+    step = 1e-6
+    for bound, outward in ((estimate.low, -step), (estimate.high, step)):
+        assert reference_sign_flip_p([d - bound + outward for d in deltas]) <= 0.05 or (
+            reference_sign_flip_p([d - (bound + outward) for d in deltas]) <= 0.05
+        )
+        assert reference_sign_flip_p([d - (bound - outward) for d in deltas]) > 0.05
+
+
+def test_equivalence_when_the_differences_are_tight_around_zero() -> None:
+    """All six differences exactly 0 (the no-warm-up case of the stability pilot) are
+    'equivalent', not lumped with 'too few seeds'."""
+    estimate = paired_difference([1.0] * 6, [1.0] * 6, sesoi=0.1)
+    assert estimate.p_value == 1.0
+    assert estimate.p_equivalence == pytest.approx(1 / 64)
+    assert verdict_of(estimate, "above") == "equivalent within ±0.1"
+    without_margin = paired_difference([1.0] * 6, [1.0] * 6)
+    assert verdict_of(without_margin, "above") == "inconclusive at 6 seeds"
+
+
+def test_a_detectable_but_trivial_difference_is_equivalent() -> None:
+    deltas = [0.01, 0.012, 0.009, 0.011, 0.01, 0.013, 0.008, 0.01]
+    estimate = paired_difference([0.0] * 8, deltas, sesoi=0.05)
+    assert estimate.p_value <= 0.05 and estimate.p_equivalence <= 0.05
+    assert verdict_of(estimate, "above") == "equivalent within ±0.05"
+    assert verdict_of(paired_difference([0.0] * 8, deltas, sesoi=0.005), "above") == "supports"
+
+
+def test_the_four_verdicts() -> None:
+    base = [0.0] * 8
+    assert verdict_of(paired_difference(base, [1.0 + i / 10 for i in range(8)]), "above") == (
+        "supports"
+    )
+    assert verdict_of(paired_difference(base, [-1.0 - i / 10 for i in range(8)]), "above") == (
+        "contradicts"
+    )
+    assert verdict_kind(verdict_of(paired_difference(base, [0.0] * 8, sesoi=1.0), "above")) == (
+        "equivalent"
+    )
+    mixed = paired_difference(base, [1.0, -1.0, 2.0, -2.0, 0.5, -0.4, 0.3, -0.3], sesoi=0.01)
+    assert verdict_of(mixed, "above") == "inconclusive at 8 seeds"
+
+
+def test_holm_against_its_definition() -> None:
+    p = [0.01, 0.04, 0.03, 0.2]
+    # sorted: 0.01*4, 0.03*3, 0.04*2, 0.2*1, then made non-decreasing
+    assert holm(p) == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    with pytest.raises(ValueError, match="p-values"):
+        holm([1.5])
+
+
+def test_holm_family_raises_the_seeds_an_exact_test_needs() -> None:
+    assert pairs_needed() == 6
+    assert pairs_needed(family=2) == 7
+    assert pairs_needed(family=4) == 8
+    assert pairs_needed(family=7) == 9
+    assert pairs_needed(family=1, sided=1) == 5
+
+
+def test_an_adjusted_p_value_and_the_family_decide_the_verdict() -> None:
+    estimate = paired_difference([0.0] * 6, [0.3, 0.5, 0.2, 0.6, 0.4, 0.1])
+    assert verdict_of(estimate, "above") == "supports"
+    adjusted = holm([estimate.p_value, 0.5])[0]
+    # two primary endpoints: 6 pairs can no longer reach p <= 0.05 after Holm
+    assert verdict_of(estimate, "above", p_value=adjusted, family=2) == (
+        "inconclusive: cannot decide at 6 seeds"
     )
 
 
-@settings(max_examples=50, deadline=None)
-@given(
-    st.lists(st.floats(-10, 10), min_size=2, max_size=8),
-    st.lists(st.floats(-10, 10), min_size=8, max_size=8),
-)
-def test_paired_interval_contains_its_estimate(base: list[float], noise: list[float]) -> None:
-    candidate = [b + n for b, n in zip(base, noise, strict=False)]
-    interval = difference(base, candidate)
-    assert interval.low <= interval.effect <= interval.high
+def test_the_t_interval_of_many_chains_is_students() -> None:
+    rng = np.random.default_rng(0)
+    deltas = rng.normal(0.2, 1.0, size=400)
+    estimate = t_difference(np.zeros(400), deltas)
+    half = stats.t.ppf(0.975, 399) * deltas.std(ddof=1) / math.sqrt(400)
+    assert (estimate.low, estimate.high) == pytest.approx(
+        (deltas.mean() - half, deltas.mean() + half)
+    )
+    assert estimate.p_value == pytest.approx(stats.ttest_1samp(deltas, 0.0).pvalue)
+    flat = t_difference([0.0] * 5, [1.0] * 5)  # no spread: no interval, no verdict
+    assert not flat.estimated
+    assert verdict_kind(verdict_of(flat, "above")) == "inconclusive"
 
 
 def test_pitman_morgan_bounds_are_where_the_correlation_test_rejects_at_5_percent() -> None:
     rng = np.random.default_rng(0)
     base = rng.normal(size=8)
     candidate = 0.5 * base + rng.normal(scale=0.3, size=8)
-    interval = variance_ratio(base, candidate)
-    assert interval.effect == pytest.approx(candidate.var(ddof=1) / base.var(ddof=1))
-    assert interval.low < interval.effect < interval.high
-    for theta in (interval.low, interval.high):
-        # Variances in ratio theta <=> candidate +- sqrt(theta) base are uncorrelated.
+    estimate = variance_ratio(base, candidate)
+    assert estimate.effect == pytest.approx(candidate.var(ddof=1) / base.var(ddof=1))
+    assert estimate.low < estimate.effect < estimate.high
+    for theta in (estimate.low, estimate.high):
         u = candidate + math.sqrt(theta) * base
         v = candidate - math.sqrt(theta) * base
         assert stats.pearsonr(u, v).pvalue == pytest.approx(0.05, rel=1e-6)
 
 
-def test_variance_ratio_verdicts_and_seeds_needed() -> None:
+def test_variance_ratio_verdicts() -> None:
     rng = np.random.default_rng(1)
     base = rng.normal(size=30)
-    quieter = variance_ratio(base, 0.2 * base + rng.normal(scale=0.05, size=30))
-    assert quieter.high < 1 and verdict_of(quieter, "below") == "holds"
-    few = variance_ratio(base[:4], 0.8 * base[:4] + rng.normal(scale=0.1, size=4))
-    assert verdict_of(few, "below") == "inconclusive at 4 seeds"
-    assert few.seeds_needed is not None and few.seeds_needed > 4
-    assert not variance_ratio([1.0, 2.0], [2.0, 1.0]).estimated  # needs 3 pairs
+    quieter = variance_ratio(base, 0.2 * base + rng.normal(scale=0.05, size=30), sesoi=2.0)
+    assert quieter.high < 1 and verdict_of(quieter, "below") == "supports"
+    same = variance_ratio(base, base + rng.normal(scale=0.01, size=30), sesoi=2.0)
+    assert verdict_of(same, "below") == "equivalent within x/2"
+    assert verdict_kind(verdict_of(variance_ratio([1.0, 2.0], [2.0, 1.0]), "below")) == (
+        "inconclusive"
+    )
+    flat = variance_ratio([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])  # no spread in one sample
+    assert verdict_of(flat, "below") == "inconclusive: cannot decide at 3 seeds"
 
 
 def test_verdicts_count_chains_for_a_simulation() -> None:
-    interval = Interval(0.1, -0.2, 0.4, 500, "paired t-interval", unit="chain")
-    assert verdict_of(interval, "below") == "inconclusive at 500 chains"
+    estimate = Estimate(0.1, -0.2, 0.4, 500, "paired t-interval", p_value=0.4, unit="chain")
+    assert verdict_of(estimate, "below") == "inconclusive at 500 chains"
 
 
 def test_bad_samples_are_rejected() -> None:
     with pytest.raises(ValueError, match="finite numbers"):
-        difference([1.0, math.nan], [1.0, 2.0])
+        paired_difference([1.0, math.nan], [1.0, 2.0])
     with pytest.raises(ValueError, match="equal sizes"):
-        difference([1.0, 2.0], [1.0])
+        paired_difference([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="sesoi"):
+        paired_difference([1.0], [1.0], sesoi=0.0)
+    with pytest.raises(ValueError, match="sesoi"):
+        variance_ratio([1.0, 2.0, 3.0], [1.0, 2.0, 4.0], sesoi=0.5)

@@ -48,6 +48,22 @@ def test_digits_split_is_fixed_stratified_and_disjoint() -> None:
     assert float(data.train_inputs.max()) == 1.0 and float(data.train_inputs.min()) == 0.0
 
 
+def test_the_labs_digits_hold_out_a_stratified_test_split() -> None:
+    """The lab's digits: the same 360 validation images, and 360 of the old training images
+    set aside for testing, stratified; no image index in two splits."""
+    lab = get_task("digits").load(None, "cpu")
+    plain = DigitsTask().load(None, "cpu")
+    assert lab.test_inputs is not None and lab.test_targets is not None
+    assert lab.train_inputs.shape[0] == 1077 and lab.test_inputs.shape[0] == 360
+    assert torch.equal(lab.val_inputs, plain.val_inputs)
+    counts = torch.bincount(lab.test_targets, minlength=10)
+    assert int(counts.min()) >= 34 and int(counts.max()) <= 38
+    train_rows = {tuple(x.flatten().tolist()) for x in lab.train_inputs}
+    assert sum(tuple(x.flatten().tolist()) in train_rows for x in lab.test_inputs) < 5
+    assert plain.test_inputs is None  # the examples' digits keep their two splits
+    assert get_task("digits").test_metric == "test_accuracy"
+
+
 def test_charlm_corpus_is_a_fixed_megabyte_of_the_standard_library() -> None:
     corpus = stdlib_corpus()
     assert len(corpus) == 1_000_000 and corpus == stdlib_corpus()
@@ -159,7 +175,9 @@ def test_unknown_and_non_training_tasks() -> None:
     with pytest.raises(ValueError, match="run `torch-lookahead nqm`"):
         get_task("nqm")
     with pytest.raises(
-        ValueError, match="accepted values: charlm, charlm-transformer, cifar10, digits"
+        ValueError,
+        match="accepted values: charlm, charlm-transformer, charlm-transformer-postln, cifar10, "
+        "digits",
     ):
         get_task("imagenet")
 

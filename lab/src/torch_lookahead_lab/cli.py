@@ -202,6 +202,14 @@ UnsafeOption = Annotated[
     ),
 ]
 AlphaOption = Annotated[float, typer.Option("--alpha", help="Lookahead's slow step size.")]
+SeedOffsetOption = Annotated[
+    int,
+    typer.Option(
+        "--seed-offset",
+        help="Add this to every seed: a confirmatory rerun on fresh seeds.",
+        min=0,
+    ),
+]
 
 
 def _out_dir(out: Path | None, command: str) -> Path:
@@ -290,16 +298,21 @@ def _execute(
     with _user_errors():
         _make_writable(out_dir)
     jobs = experiment.jobs()
+    later = getattr(experiment, "later_jobs", 0)
     cache = out_dir / "runs"
     quick = experiment.quick
     if quick:
         _say(QUICK_NOTICE)
     pool = min(workers or os.cpu_count() or 1, len(jobs))
     starting = f"; starting {pool} worker processes" if pool > 1 else ""
-    _say(f"{experiment.title}: {len(jobs)} jobs (finished ones in {cache} are reused){starting}")
+    then = f", then up to {later} for the tuned protocol" if later else ""
+    _say(
+        f"{experiment.title}: {len(jobs)} jobs{then} (finished ones in {cache} are reused)"
+        f"{starting}"
+    )
     finished = [0]
     try:
-        with _user_errors(), _progress_bar(len(jobs), finished) as advance:
+        with _user_errors(), _progress_bar(len(jobs) + later, finished) as advance:
             lab = run_experiment(
                 experiment, cache, command=_command_line(), workers=workers, on_result=advance
             )
@@ -310,7 +323,7 @@ def _execute(
             if finished[0]
             else "no job had finished, so none was kept"
         )
-        _say(f"Interrupted after {finished[0]} of {len(jobs)} jobs: {kept}.")
+        _say(f"Interrupted after {finished[0]} of {len(jobs) + later} jobs: {kept}.")
         raise typer.Exit(130) from None
     try:
         with _user_errors():
@@ -372,15 +385,18 @@ def _print_verdicts(claims: list[Any]) -> None:
     from torch_lookahead_lab.report import verdict_rows
 
     header, rows = verdict_rows(claims)
-    title = "Verdicts (effect: Lookahead minus the inner optimizer, 95% CI; details in the report)"
+    title = (
+        "Verdicts (effect: Lookahead minus the baseline, 95% CI; the column 'if' says which "
+        "side favours Lookahead; details in the report)"
+    )
     if not console.is_terminal:
         _print_table(title, header, rows)
         return
     short_header, short_rows = fit_columns(
-        ["case", "effect [95% CI]", "verdict"],
-        [row[2:] for row in rows],
+        ["case", "if", "effect [95% CI]", "verdict"],
+        [row[3:] for row in rows],
         console.width - 4,
-        shortenable=(0, 2),
+        shortenable=(0, 3),
     )
     table = plain_table(short_header, short_rows)
     for line in wrap(title, console.width):
@@ -391,19 +407,22 @@ def _print_verdicts(claims: list[Any]) -> None:
     for row, line in zip(rows, table[2:], strict=True):
         if row[0] != previous:
             previous = row[0]
-            for heading in wrap(f"{row[0]}. {row[1]}", console.width, indent="   "):
+            for heading in wrap(f"{row[0]}. {row[1]} ({row[2]})", console.width, indent="   "):
                 _say(heading)
         _say("    " + line)
     _say("")
 
 
 def _print_results(lab: Any) -> None:
+    from torch_lookahead_lab.confirmatory import ConfirmatoryResults, confirmatory_claims
     from torch_lookahead_lab.metrics import summarize
     from torch_lookahead_lab.report import build_claims, nqm_rows, summary_rows
     from torch_lookahead_lab.stability import StabilityResults, stability_claims
 
     if isinstance(lab, StabilityResults):
         claims = stability_claims(lab)
+    elif isinstance(lab, ConfirmatoryResults):
+        claims = confirmatory_claims(lab)
     else:
         claims = build_claims(lab)
         part, name = (lab.compare, "final metrics") if lab.compare else (lab.lr_sweep, "sweep")
@@ -421,6 +440,12 @@ def _print_results(lab: Any) -> None:
             )
     if not lab.quick:
         _print_verdicts(claims)
+        if not isinstance(lab, StabilityResults | ConfirmatoryResults):
+            from torch_lookahead_lab.report import _scope, summary_sentences
+
+            for sentence in summary_sentences(claims, _scope(lab)):
+                _say(sentence)
+            _say("")
 
 
 def _print_differences(against: Path, out_dir: Path) -> None:
@@ -458,21 +483,26 @@ def demo(
     workers: WorkersOption = None,
     quick: QuickOption = False,
     against: AgainstOption = None,
+    seed_offset: SeedOffsetOption = 0,
 ) -> None:
     """The main job: the paper's claims put to the test on digits and the noisy quadratic model.
 
-    Digits with SGD+momentum and AdamW, each plain and in Lookahead(k=5, alpha=0.5), at the
-    task's learning rate and cosine schedule over 5 seeds (the paper's default protocol); a
-    learning-rate sweep over 3 seeds (robustness, and each method at its best learning rate);
-    a (k, alpha) grid for SGD; the noisy-quadratic check. Prints every claim with its interval
-    and verdict and writes a report folder (report.md, results.json, CSV, PNG).
+    Run by its committed plan (plans/demo.json). Two primary claims on digits' held-out test
+    split over 10 seeds, Holm-adjusted: SGD+momentum and AdamW, each plain and in
+    Lookahead(k=5, alpha=0.5) at the task's learning rate (the paper's default protocol), and
+    Lookahead against its inner optimizer at alpha x lr (the effective-learning-rate control).
+    Descriptive: the tuned protocol (learning rates selected on the validation split over 3
+    other seeds), convergence, the variance over seeds, learning-rate robustness, every
+    (k, alpha) of a 3x3 grid against plain SGD; and the noisy-quadratic implementation check.
+    Prints every claim with its verdict and writes a report folder (report.md, results.json,
+    plan.json, CSV, PNG).
     """
     from torch_lookahead_lab.experiments import demo_experiment
 
     with _user_errors():
         out_dir = _out_dir(out, "demo")
         against = _against(against)
-        experiment = demo_experiment(quick)
+        experiment = demo_experiment(quick, seed_offset)
     _execute(experiment, out_dir, workers, against)
 
 
@@ -492,6 +522,7 @@ def compare(
     data_dir: DataDirOption = None,
     device: DeviceOption = "auto",
     unsafe_skip_checksums: UnsafeOption = False,
+    seed_offset: SeedOffsetOption = 0,
 ) -> None:
     """Each inner optimizer plain and wrapped in Lookahead(k, alpha), over seeds.
 
@@ -508,8 +539,9 @@ def compare(
             task, data_dir, device, workers, quick, schedule, unsafe_skip_checksums
         )
         experiment = compare_experiment(
-            task, inners, seeds, settings, k=k, alpha=alpha, options=options, quick=quick
-        )
+            task, inners, seeds, settings, k=k, alpha=alpha, options=options, quick=quick,
+            seed_offset=seed_offset,
+        )  # fmt: skip
     _execute(experiment, out_dir, workers)
 
 
@@ -532,7 +564,7 @@ def sweep(
     ] = "5,10,20",
     alpha: Annotated[
         str, typer.Option("--alpha", help="Comma-separated alpha values of the heat map.")
-    ] = "0.5,0.8",
+    ] = "0.3,0.5,0.8",
     seeds: SeedsOption = 3,
     out: OutOption = None,
     workers: WorkersOption = None,
@@ -541,6 +573,7 @@ def sweep(
     data_dir: DataDirOption = None,
     device: DeviceOption = "auto",
     unsafe_skip_checksums: UnsafeOption = False,
+    seed_offset: SeedOffsetOption = 0,
 ) -> None:
     """Learning-rate robustness, each method at its best learning rate, and a (k, alpha) map.
 
@@ -575,6 +608,7 @@ def sweep(
             alphas=alphas,
             options=options,
             quick=quick,
+            seed_offset=seed_offset,
         )
     _execute(experiment, out_dir, workers)
 
@@ -584,21 +618,37 @@ def stability(
     out: OutOption = None,
     workers: WorkersOption = None,
     quick: QuickOption = False,
+    confirmatory: Annotated[
+        bool,
+        typer.Option(
+            "--confirmatory",
+            help="The confirmatory study of the committed plan (plans/stability.json): hours "
+            "of CPU.",
+        ),
+    ] = False,
+    seed_offset: SeedOffsetOption = 0,
 ) -> None:
     """Learning stability: the range of learning rates, with and without warm-up, that train.
 
-    A small causal Transformer on the charlm corpus (charlm-transformer, no gradient clipping)
-    with Adam alone and in Lookahead(k=5, alpha=0.5), over learning rates from 0.003 to 1,
-    without warm-up and with 50 steps of linear warm-up, over 6 seeds. Per seed, the largest
-    learning rate that trains, compared in log10(lr) with a paired interval; and the final
-    validation bits per character at each learning rate. Writes report.md, results.json and
-    stability.png.
+    The pilot (default): a small causal Transformer on the charlm corpus (charlm-transformer,
+    no gradient clipping) with Adam alone and in Lookahead(k=5, alpha=0.5), over learning rates
+    from 0.003 to 1, without warm-up and with 50 steps of linear warm-up, over 6 seeds; per
+    seed, the largest learning rate that trains. Writes report.md, results.json and
+    stability.png. --confirmatory: the study of the committed plan, on fresh seeds: pre-LN and
+    post-LN Transformers, Adam, Lookahead(Adam) and Adam at alpha x lr over 11 learning rates,
+    a run unstable by its per-step training loss.
     """
-    from torch_lookahead_lab.experiments import stability_experiment
+    from torch_lookahead_lab.experiments import confirmatory_experiment, stability_experiment
 
     with _user_errors():
-        out_dir = _out_dir(out, "stability")
-    _execute(stability_experiment(quick), out_dir, workers)
+        out_dir = _out_dir(out, "stability-confirmatory" if confirmatory else "stability")
+        if confirmatory:
+            experiment: Any = confirmatory_experiment(quick, seed_offset)
+        elif seed_offset:
+            raise ValueError("--seed-offset is for --confirmatory (the pilot is not rerun)")
+        else:
+            experiment = stability_experiment(quick)
+    _execute(experiment, out_dir, workers)
 
 
 @app.command()
@@ -618,9 +668,9 @@ def nqm(
     Steady-state expected loss of SGD and Lookahead(SGD), simulated with the real optimizers,
     against the closed forms of the paper's Proposition 2, over a grid of learning rates.
     """
-    from torch_lookahead_lab.experiments import DEMO, DEMO_QUICK, nqm_experiment, parse_lr_range
+    from torch_lookahead_lab.experiments import demo_plan, nqm_experiment, parse_lr_range
 
-    plan = DEMO_QUICK if quick else DEMO
+    plan = demo_plan(quick)
     with _user_errors():
         out_dir = _out_dir(out, "nqm")
         experiment = nqm_experiment(
@@ -629,6 +679,18 @@ def nqm(
             quick=quick,
         )  # fmt: skip
     _execute(experiment, out_dir, workers)
+
+
+@app.command("rerender", hidden=True)
+def rerender_command(
+    report_dir: Annotated[Path, typer.Argument(help="A committed report folder.")],
+) -> None:
+    """Write a stability pilot or compare report again from its recorded runs, with today's
+    claims and verdicts (the runs are not recomputed)."""
+    from torch_lookahead_lab.report import rerender
+
+    with _user_errors():
+        _say(f"Report: {rerender(report_dir)}")
 
 
 @app.command("embed-report", hidden=True)

@@ -7,6 +7,7 @@ it measured."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -14,7 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch_lookahead_lab.claims import best_lr
+from torch_lookahead_lab.confirmatory import (
+    ConfirmatoryPlan,
+    ConfirmatoryResults,
+    confirmatory_configs,
+    confirmatory_plan,
+)
+from torch_lookahead_lab.metrics import summarize
 from torch_lookahead_lab.nqm import NQMConfig, NQMPoint, NQMProblem, nqm_configs
+from torch_lookahead_lab.plans import Plan, load_plan, plan_from_mapping
 from torch_lookahead_lab.runner import Job, RunConfig, RunResult, make_config, run_many_counted
 from torch_lookahead_lab.stability import (
     STABILITY,
@@ -27,8 +37,7 @@ from torch_lookahead_lab.tasks import TaskSettings, get_task
 
 __all__ = [
     "DEFAULT_LR_FACTORS",
-    "DEMO",
-    "DEMO_QUICK",
+    "ConfirmatoryExperiment",
     "DemoPlan",
     "Experiment",
     "LabResults",
@@ -36,8 +45,10 @@ __all__ = [
     "StabilityExperiment",
     "compare_configs",
     "compare_experiment",
+    "confirmatory_experiment",
     "default_lr_grid",
     "demo_experiment",
+    "demo_plan",
     "k_alpha_configs",
     "lr_sweep_configs",
     "nqm_experiment",
@@ -125,7 +136,13 @@ def default_lr_grid(
 
 @dataclass
 class LabResults:
-    """What one command measured; any part may be empty."""
+    """What one command measured; any part may be empty.
+
+    ``compare``: each inner optimizer plain and in Lookahead at the task's learning rate;
+    ``rescaled``: each inner optimizer plain at alpha x its learning rate; ``lr_sweep``: the
+    learning-rate sweep (on the selection seeds, when the plan has them); ``tuned``: each
+    method at the learning rate the sweep selected, on the comparison seeds; ``k_alpha``: the
+    (k, alpha) grid."""
 
     title: str
     command: str
@@ -133,7 +150,9 @@ class LabResults:
     headline_metric: str = "val_loss"
     higher_is_better: bool = False
     compare: list[RunResult] = field(default_factory=list)
+    rescaled: list[RunResult] = field(default_factory=list)
     lr_sweep: list[RunResult] = field(default_factory=list)
+    tuned: list[RunResult] = field(default_factory=list)
     k_alpha: list[RunResult] = field(default_factory=list)
     nqm: list[NQMPoint] = field(default_factory=list)
     nqm_k: int = 5
@@ -142,6 +161,8 @@ class LabResults:
     jobs: int = 0
     cached_jobs: int = 0  # jobs read back from the cache rather than computed
     quick: bool = False  # a --quick run: it checks the pipeline and is no evidence
+    plan: Plan | None = None
+    seed_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -172,10 +193,21 @@ def _config(
     )  # fmt: skip
 
 
+def seed_list(seeds: int | Sequence[int]) -> tuple[int, ...]:
+    """``n`` -> seeds 0..n-1; a sequence of seeds as it is."""
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"seeds must be a positive integer, got {seeds}")
+        return tuple(range(seeds))
+    if not seeds or any(seed < 0 for seed in seeds):
+        raise ValueError(f"seeds must be non-negative integers, got {seeds!r}")
+    return tuple(seeds)
+
+
 def compare_configs(
     task: str,
     inners: Sequence[str],
-    seeds: int,
+    seeds: int | Sequence[int],
     settings: TaskSettings,
     *,
     k: int = 5,
@@ -184,12 +216,10 @@ def compare_configs(
     options: RunOptions = RunOptions(),
 ) -> list[RunConfig]:
     """Each inner optimizer, plain and in Lookahead(k, alpha), over seeds 0..seeds-1."""
-    if seeds < 1:
-        raise ValueError(f"seeds must be a positive integer, got {seeds}")
     configs = []
     for inner in inners:
         lr = (lrs or {}).get(inner)
-        for seed in range(seeds):
+        for seed in seed_list(seeds):
             configs.append(_config(task, inner, seed, settings, options, lr=lr))
             configs.append(_config(task, inner, seed, settings, options, lr=lr, k=k, alpha=alpha))
     return configs
@@ -198,7 +228,7 @@ def compare_configs(
 def lr_sweep_configs(
     task: str,
     lrs_by_inner: Mapping[str, Sequence[float]],
-    seeds: int,
+    seeds: int | Sequence[int],
     settings: TaskSettings,
     *,
     k: int = 5,
@@ -220,17 +250,15 @@ def k_alpha_configs(
     inner: str,
     ks: Sequence[int],
     alphas: Sequence[float],
-    seeds: int,
+    seeds: int | Sequence[int],
     settings: TaskSettings,
     *,
     lr: float | None = None,
     options: RunOptions = RunOptions(),
 ) -> list[RunConfig]:
     """The inner optimizer alone, then Lookahead at every (k, alpha) of the grid."""
-    if seeds < 1:
-        raise ValueError(f"seeds must be a positive integer, got {seeds}")
     configs = []
-    for seed in range(seeds):
+    for seed in seed_list(seeds):
         configs.append(_config(task, inner, seed, settings, options, lr=lr))
         for k in ks:
             for alpha in alphas:
@@ -242,17 +270,22 @@ def k_alpha_configs(
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """What ``torch-lookahead demo`` runs: the comparison (the paper's default protocol), a
-    learning-rate sweep (multiples of each optimizer's learning rate on the task; it also gives
-    the tuned protocol), a (k, alpha) grid and the NQM check."""
+    """What ``torch-lookahead demo`` runs, read from its committed plan (``plans/demo.json``):
+    on the comparison seeds, each inner optimizer plain, in Lookahead(k, alpha) and plain at
+    alpha x lr (the effective-learning-rate arm), every (k, alpha) of the grid; on the
+    selection seeds, a learning-rate sweep that picks each method's learning rate on the
+    validation split (the tuned protocol then compares them on the comparison seeds, on the
+    test split); and the NQM check."""
 
     task: str
     inners: tuple[str, ...]
-    seeds: int
     k: int
     alpha: float
+    comparison_seeds: tuple[int, ...]
+    selection_seeds: tuple[int, ...]
     lr_factors: tuple[float, ...]
-    sweep_seeds: int
+    selection_metric: str
+    selection_tie: float
     grid_inner: str
     grid_ks: tuple[int, ...]
     grid_alphas: tuple[float, ...]
@@ -260,61 +293,102 @@ class DemoPlan:
     nqm_chains: int
     nqm_burn_in_steps: int
     nqm_measured_steps: int
+    plan: Plan
+    quick: bool = False
+    seed_offset: int = 0
+
+    @property
+    def seeds(self) -> int:
+        return len(self.comparison_seeds)
 
 
-DEMO = DemoPlan(
-    task="digits",
-    inners=("sgd", "adamw"),
-    seeds=5,
-    k=5,
-    alpha=0.5,
-    lr_factors=DEFAULT_LR_FACTORS,
-    sweep_seeds=3,
-    grid_inner="sgd",
-    grid_ks=(5, 10, 20),
-    grid_alphas=(0.5, 0.8),
-    nqm_lrs=(0.1, 0.2, 0.4, 0.8, 1.2, 1.6, 1.9),
-    nqm_chains=400,
-    nqm_burn_in_steps=1000,
-    nqm_measured_steps=1500,
-)
+def _seed_range(entry: Mapping[str, int], offset: int) -> tuple[int, ...]:
+    return tuple(range(entry["first"] + offset, entry["first"] + offset + entry["count"]))
 
-# Few steps and seeds: it checks that everything runs, and its verdicts mean nothing.
-DEMO_QUICK = DemoPlan(
-    task="digits",
-    inners=("sgd", "adamw"),
-    seeds=2,
-    k=5,
-    alpha=0.5,
-    lr_factors=(1 / 3, 1.0, 3.0),
-    sweep_seeds=1,
-    grid_inner="sgd",
-    grid_ks=(5, 10),
-    grid_alphas=(0.5, 0.8),
-    nqm_lrs=(0.2, 0.8, 1.6),
-    nqm_chains=100,
-    nqm_burn_in_steps=200,
-    nqm_measured_steps=200,
-)
+
+def demo_plan(quick: bool = False, seed_offset: int = 0) -> DemoPlan:
+    """The demo's committed plan (its ``quick`` part over it for a quick run), every seed
+    moved by ``seed_offset`` (a confirmatory rerun on fresh seeds)."""
+    if seed_offset < 0:
+        raise ValueError(f"seed_offset must be a non-negative integer, got {seed_offset}")
+    plan = load_plan("demo")
+    data: dict[str, Any] = {**plan.data, **(plan.data["quick"] if quick else {})}
+    grid, nqm = data["grid"], data["nqm"]
+    return DemoPlan(
+        task=data["task"],
+        inners=tuple(data["inners"]),
+        k=int(data["k"]),
+        alpha=float(data["alpha"]),
+        comparison_seeds=_seed_range(data["comparison_seeds"], seed_offset),
+        selection_seeds=_seed_range(data["selection_seeds"], seed_offset),
+        lr_factors=tuple(float(f) for f in data["lr_factors"]),
+        selection_metric=data["selection"]["metric"],
+        selection_tie=float(data["selection"]["tie"]),
+        grid_inner=grid["inner"],
+        grid_ks=tuple(int(k) for k in grid["ks"]),
+        grid_alphas=tuple(float(a) for a in grid["alphas"]),
+        nqm_lrs=tuple(float(lr) for lr in nqm["lrs"]),
+        nqm_chains=int(nqm["chains"]),
+        nqm_burn_in_steps=int(nqm["burn_in_steps"]),
+        nqm_measured_steps=int(nqm["measured_steps"]),
+        plan=plan,
+        quick=quick,
+        seed_offset=seed_offset,
+    )
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """The jobs of one command, by the part of the report they feed."""
+    """The jobs of one command, by the part of the report they feed. ``tuned_seeds``: after
+    the other jobs, each method is run again at the learning rate the sweep selected
+    (``tuned_configs``), on these seeds."""
 
     title: str
     task: str = ""
     compare: tuple[RunConfig, ...] = ()
+    rescaled: tuple[RunConfig, ...] = ()
     lr_sweep: tuple[RunConfig, ...] = ()
     k_alpha: tuple[RunConfig, ...] = ()
     nqm: tuple[NQMConfig, ...] = ()
     quick: bool = False  # a --quick run: it checks the pipeline and is no evidence
+    plan: Plan | None = None
+    seed_offset: int = 0
+    tuned_seeds: tuple[int, ...] = ()
+    selection_metric: str = ""
+    selection_tie: float = 0.0
 
     def jobs(self) -> list[Job]:
-        """Every distinct job, the NQM points first (each is longer than a training run, so the
-        pool's workers finish together)."""
-        ordered: list[Job] = [*self.nqm, *self.compare, *self.lr_sweep, *self.k_alpha]
+        """Every distinct job of the first stage, the NQM points first (each is longer than a
+        training run, so the pool's workers finish together)."""
+        ordered: list[Job] = [
+            *self.nqm, *self.compare, *self.rescaled, *self.lr_sweep, *self.k_alpha
+        ]  # fmt: skip
         return list(dict.fromkeys(ordered))
+
+    @property
+    def later_jobs(self) -> int:
+        """The most jobs the tuned stage can add: two methods per inner optimizer."""
+        if not self.tuned_seeds:
+            return 0
+        inners = dict.fromkeys(c.inner for c in self.lr_sweep)
+        return 2 * len(inners) * len(self.tuned_seeds)
+
+    def tuned_configs(self, sweep: Sequence[RunResult]) -> list[RunConfig]:
+        """Each method at the learning rate the sweep selected (``claims.best_lr`` with the
+        plan's metric and tie rule), on ``tuned_seeds``."""
+        configs = []
+        summaries = summarize(sweep)
+        for inner in dict.fromkeys(s.setting.inner for s in summaries):
+            for lookahead in (False, True):
+                candidates = [
+                    s for s in summaries
+                    if s.setting.inner == inner and s.setting.uses_lookahead == lookahead
+                ]  # fmt: skip
+                chosen = best_lr(candidates, self.selection_metric, tie=self.selection_tie)
+                configs += [
+                    dataclasses.replace(chosen.setting, seed=seed) for seed in self.tuned_seeds
+                ]
+        return configs
 
 
 @dataclass(frozen=True)
@@ -336,25 +410,55 @@ class StabilityExperiment:
 
 
 def stability_experiment(quick: bool = False) -> StabilityExperiment:
-    """The stability experiment (``STABILITY``, or ``STABILITY_QUICK``)."""
+    """The stability pilot (``STABILITY``, or ``STABILITY_QUICK``)."""
     return StabilityExperiment(STABILITY_QUICK if quick else STABILITY)
 
 
-def demo_experiment(quick: bool = False) -> Experiment:
-    """The demo (``DEMO``, or ``DEMO_QUICK`` with the task's quick settings): the comparison, the
-    learning-rate sweep, the (k, alpha) grid and the NQM check."""
-    plan = DEMO_QUICK if quick else DEMO
+@dataclass(frozen=True)
+class ConfirmatoryExperiment:
+    """The jobs of ``torch-lookahead stability --confirmatory``: every run of its plan."""
+
+    plan: ConfirmatoryPlan
+
+    @property
+    def title(self) -> str:
+        return "torch-lookahead stability --confirmatory" + (" (quick)" if self.quick else "")
+
+    @property
+    def quick(self) -> bool:
+        return self.plan.quick
+
+    def jobs(self) -> list[Job]:
+        return list(dict.fromkeys(confirmatory_configs(self.plan)))
+
+
+def confirmatory_experiment(quick: bool = False, seed_offset: int = 0) -> ConfirmatoryExperiment:
+    """The confirmatory stability study of its committed plan (``plans/stability.json``)."""
+    return ConfirmatoryExperiment(confirmatory_plan(quick, seed_offset))
+
+
+def demo_experiment(quick: bool = False, seed_offset: int = 0) -> Experiment:
+    """The demo of its committed plan (``demo_plan``)."""
+    plan = demo_plan(quick, seed_offset)
     spec = get_task(plan.task)
     settings = spec.quick if quick else spec.full
+    seeds = plan.comparison_seeds
+    compare = compare_configs(plan.task, plan.inners, seeds, settings, k=plan.k, alpha=plan.alpha)
+    rescaled = [
+        config
+        for inner in plan.inners
+        for config in compare_configs(
+            plan.task, [inner], seeds, settings, k=plan.k, alpha=plan.alpha,
+            lrs={inner: plan.alpha * spec.learning_rate(inner)},
+        )
+        if not config.uses_lookahead
+    ]  # fmt: skip
     lr_grid = default_lr_grid(plan.task, plan.inners, plan.lr_factors)
-    compare = compare_configs(
-        plan.task, plan.inners, plan.seeds, settings, k=plan.k, alpha=plan.alpha
-    )
     sweep = lr_sweep_configs(
-        plan.task, lr_grid, plan.sweep_seeds, settings, k=plan.k, alpha=plan.alpha
+        plan.task, lr_grid, plan.selection_seeds, settings, k=plan.k, alpha=plan.alpha
     )
     grid = k_alpha_configs(
-        plan.task, plan.grid_inner, plan.grid_ks, plan.grid_alphas, plan.sweep_seeds, settings
+        plan.task, plan.grid_inner, plan.grid_ks, plan.grid_alphas, seeds, settings
     )
     nqm = nqm_configs(
         NQMProblem.default(), plan.nqm_lrs, k=plan.k, alpha=plan.alpha, chains=plan.nqm_chains,
@@ -362,8 +466,15 @@ def demo_experiment(quick: bool = False) -> Experiment:
     )  # fmt: skip
     title = "torch-lookahead demo" + (" (quick)" if quick else "")
     return Experiment(
-        title, plan.task, tuple(compare), tuple(sweep), tuple(grid), tuple(nqm), quick=quick
-    )
+        title, plan.task, tuple(compare), tuple(rescaled), tuple(sweep), tuple(grid),
+        tuple(nqm), quick=quick, plan=plan.plan, seed_offset=seed_offset, tuned_seeds=seeds,
+        selection_metric=plan.selection_metric, selection_tie=plan.selection_tie,
+    )  # fmt: skip
+
+
+def _flag_plan(name: str, flags: Mapping[str, Any], claims: Mapping[str, Any]) -> Plan:
+    """The plan a command's flags make: exploratory (written with the run, not before it)."""
+    return plan_from_mapping(name, {"status": "exploratory", **flags, "claims": dict(claims)})
 
 
 def compare_experiment(
@@ -376,11 +487,31 @@ def compare_experiment(
     alpha: float = 0.5,
     options: RunOptions = RunOptions(),
     quick: bool = False,
+    seed_offset: int = 0,
 ) -> Experiment:
-    """Each inner optimizer plain and in Lookahead(k, alpha), over seeds."""
-    configs = compare_configs(task, inners, seeds, settings, k=k, alpha=alpha, options=options)
+    """Each inner optimizer plain and in Lookahead(k, alpha), over ``seeds`` seeds from
+    ``seed_offset``."""
+    seed_tuple = tuple(range(seed_offset, seed_offset + seeds))
+    configs = compare_configs(task, inners, seed_tuple, settings, k=k, alpha=alpha, options=options)
+    spec = get_task(task)
+    endpoint = spec.test_metric or spec.headline_metric
+    plan = _flag_plan(
+        "compare",
+        {"task": task, "inners": list(inners), "seeds": list(seed_tuple), "k": k, "alpha": alpha,
+         "steps": settings.steps, "schedule": options.schedule or spec.schedule},
+        {"final_default": {"role": "primary", "endpoint": endpoint,
+                           "sesoi": _default_sesoi(endpoint)},
+         "seed_variance": {"role": "descriptive", "endpoint": endpoint, "sesoi": 2.0}},
+    )  # fmt: skip
     title = f"torch-lookahead compare: {task}" + (" (quick)" if quick else "")
-    return Experiment(title, task, compare=tuple(configs), quick=quick)
+    return Experiment(
+        title, task, compare=tuple(configs), quick=quick, plan=plan, seed_offset=seed_offset
+    )
+
+
+def _default_sesoi(metric: str) -> float:
+    """The SESOI a flag-made plan declares: 0.01 of accuracy, 0.02 bits or nats of a loss."""
+    return 0.01 if metric.endswith("accuracy") else 0.02
 
 
 def sweep_experiment(
@@ -391,25 +522,43 @@ def sweep_experiment(
     *,
     lrs: Sequence[float] | None = None,
     ks: Sequence[int] = (5, 10, 20),
-    alphas: Sequence[float] = (0.5, 0.8),
+    alphas: Sequence[float] = (0.3, 0.5, 0.8),
     options: RunOptions = RunOptions(),
     quick: bool = False,
+    seed_offset: int = 0,
 ) -> Experiment:
     """Learning-rate curves (plain and Lookahead with the first k and alpha) over ``lrs``
     (default: ``default_lr_grid``), and every (k, alpha) at the task's learning rate."""
     if not ks or not alphas:
         raise ValueError("ks and alphas must not be empty")
+    seed_tuple = tuple(range(seed_offset, seed_offset + seeds))
     lr_grid = default_lr_grid(task, inners) if lrs is None else {i: list(lrs) for i in inners}
     sweep = lr_sweep_configs(
-        task, lr_grid, seeds, settings, k=ks[0], alpha=alphas[0], options=options
+        task, lr_grid, seed_tuple, settings, k=ks[0], alpha=alphas[0], options=options
     )
     grid = [
         config
         for inner in inners
-        for config in k_alpha_configs(task, inner, ks, alphas, seeds, settings, options=options)
+        for config in k_alpha_configs(
+            task, inner, ks, alphas, seed_tuple, settings, options=options
+        )
     ]
+    spec = get_task(task)
+    endpoint = spec.test_metric or spec.headline_metric
+    sesoi = _default_sesoi(endpoint)
+    plan = _flag_plan(
+        "sweep",
+        {"task": task, "inners": list(inners), "seeds": list(seed_tuple), "lrs": lr_grid,
+         "ks": list(ks), "alphas": list(alphas), "steps": settings.steps},
+        {"final_tuned": {"role": "descriptive", "endpoint": endpoint, "sesoi": sesoi},
+         "lr_robustness": {"role": "descriptive", "endpoint": "log10_lr_width", "sesoi": 0.477},
+         "k_alpha_robustness": {"role": "descriptive", "endpoint": endpoint, "sesoi": sesoi}},
+    )  # fmt: skip
     title = f"torch-lookahead sweep: {task}" + (" (quick)" if quick else "")
-    return Experiment(title, task, lr_sweep=tuple(sweep), k_alpha=tuple(grid), quick=quick)
+    return Experiment(
+        title, task, lr_sweep=tuple(sweep), k_alpha=tuple(grid), quick=quick, plan=plan,
+        seed_offset=seed_offset,
+    )  # fmt: skip
 
 
 def nqm_experiment(
@@ -432,22 +581,38 @@ def nqm_experiment(
 
 
 def run_experiment(
-    experiment: Experiment | StabilityExperiment,
+    experiment: Experiment | StabilityExperiment | ConfirmatoryExperiment,
     cache_dir: Path | None,
     *,
     command: str,
     workers: int | None = None,
     on_result: Callable[[Any, bool], None] | None = None,
-) -> LabResults | StabilityResults:
-    """Compute every job of ``experiment`` (see ``run_many``) and gather what it measured, with
-    the wall time it took: the results a report renders (``report.write_report``)."""
+) -> LabResults | StabilityResults | ConfirmatoryResults:
+    """Compute every job of ``experiment`` (see ``run_many``), then its tuned stage, and gather
+    what it measured, with the wall time it took: the results a report renders
+    (``report.write_report``)."""
     started = time.perf_counter()
     jobs = experiment.jobs()
     results, cached = run_many_counted(jobs, cache_dir, workers=workers, on_result=on_result)
-    seconds = time.perf_counter() - started
     if isinstance(experiment, StabilityExperiment):
+        seconds = time.perf_counter() - started
         return StabilityResults(experiment.plan, command, list(results), seconds, len(jobs), cached)
+    if isinstance(experiment, ConfirmatoryExperiment):
+        seconds = time.perf_counter() - started
+        return ConfirmatoryResults(
+            experiment.plan, command, list(results), seconds, len(jobs), cached
+        )
     by_job = dict(zip(jobs, results, strict=True))
+    tuned: list[RunResult] = []
+    if experiment.tuned_seeds and experiment.lr_sweep:
+        configs = experiment.tuned_configs([by_job[c] for c in experiment.lr_sweep])
+        new = [c for c in dict.fromkeys(configs) if c not in by_job]
+        more, more_cached = run_many_counted(new, cache_dir, workers=workers, on_result=on_result)
+        by_job |= dict(zip(new, more, strict=True))
+        jobs += new
+        cached += more_cached
+        tuned = [by_job[c] for c in configs]
+    seconds = time.perf_counter() - started
     spec = get_task(experiment.task) if experiment.task else None
     nqm = experiment.nqm
     return LabResults(
@@ -457,7 +622,9 @@ def run_experiment(
         headline_metric=spec.headline_metric if spec else "val_loss",
         higher_is_better=spec.higher_is_better if spec else False,
         compare=[by_job[c] for c in experiment.compare],
+        rescaled=[by_job[c] for c in experiment.rescaled],
         lr_sweep=[by_job[c] for c in experiment.lr_sweep],
+        tuned=tuned,
         k_alpha=[by_job[c] for c in experiment.k_alpha],
         nqm=[by_job[c] for c in nqm],
         nqm_k=nqm[0].k if nqm else 5,
@@ -466,4 +633,6 @@ def run_experiment(
         jobs=len(jobs),
         cached_jobs=cached,
         quick=experiment.quick,
+        plan=experiment.plan,
+        seed_offset=experiment.seed_offset,
     )

@@ -2,8 +2,10 @@
 loss curve, values at fixed budgets; summaries over seeds and curves with seed bands. Pure
 functions of ``RunResult`` lists.
 
-A run that diverged counts as the untrained model: every value after its divergence is the value
-the run measured at step 0 (a diverged run is not averaged away, and it is not infinitely bad).
+A run that diverged counts as the untrained model: every value after its divergence, and every
+finite value worse than the untrained model's (a run that blew up and stayed finite), is the
+value the run measured at step 0. A diverged run is not averaged away, it is not infinitely
+bad, and one that reached NaN scores no better than one that blew up and stayed finite.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ __all__ = [
     "area_under_curve",
     "final_value",
     "group_by_setting",
+    "higher_is_better",
     "mean_and_std",
     "seed_band",
     "setting_of",
+    "steps_to_target",
     "summarize",
     "value_at",
 ]
@@ -43,15 +47,22 @@ def mean_and_std(values: Sequence[float | None]) -> tuple[float, float]:
     return statistics.fmean(finite), statistics.stdev(finite)
 
 
+def higher_is_better(metric: str) -> bool:
+    """Accuracies are better high; losses and bits per character low."""
+    return metric.endswith("accuracy")
+
+
 def _curve(result: RunResult, metric: str) -> tuple[list[int], list[float]]:
     """Evaluated steps and values of ``metric`` over the whole budget, a diverged run's values
-    replaced from its divergence on by its step-0 value (and extended to the last step)."""
+    replaced from its divergence on by its step-0 value (and extended to the last step), and
+    any value worse than the step-0 value by the step-0 value."""
     history = result.history[metric]
     untrained = history[0]
     if untrained is None:
         raise ValueError(f"{result.config.method}: {metric} was not finite at step 0")
     steps = list(result.steps)
-    values = [untrained if v is None else v for v in history]
+    no_worse = max if higher_is_better(metric) else min
+    values = [untrained if v is None else no_worse(v, untrained) for v in history]
     if result.diverged_at is not None:
         values = [
             untrained if step >= result.diverged_at else value
@@ -75,6 +86,18 @@ def value_at(result: RunResult, metric: str, step: int) -> float:
         if evaluated >= step:
             return value
     raise ValueError(f"the run ends at step {steps[-1]}, before {step}")
+
+
+def steps_to_target(result: RunResult, metric: str, target: float) -> int:
+    """The first evaluated step at which ``metric`` reaches ``target`` (at or above it for an
+    accuracy, at or below it otherwise); a run that never does is censored at one evaluation
+    interval past its last step."""
+    steps, values = _curve(result, metric)
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    for step, value in zip(steps, values, strict=True):
+        if sign * value >= sign * target:
+            return step
+    return result.config.steps + result.config.eval_every
 
 
 def area_under_curve(result: RunResult, metric: str = "train_loss") -> float:

@@ -52,13 +52,16 @@ class CharLSTM(nn.Module):
 
 
 class _CausalBlock(nn.Module):
-    """A pre-norm Transformer block: causal multi-head self-attention, then a 4x-wide MLP."""
+    """A Transformer block: causal multi-head self-attention, then a 4x-wide MLP, each a residual
+    branch. Pre-norm (``norm_first``): ``x + f(norm(x))``; post-norm (the original Transformer,
+    the variant that needs warm-up most): ``norm(x + f(x))``."""
 
-    def __init__(self, d_model: int, heads: int) -> None:
+    def __init__(self, d_model: int, heads: int, norm_first: bool = True) -> None:
         super().__init__()
         if d_model % heads:
             raise ValueError(f"d_model ({d_model}) must be a multiple of heads ({heads})")
         self.heads = heads
+        self.norm_first = norm_first
         self.norm1 = nn.LayerNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
@@ -67,30 +70,46 @@ class _CausalBlock(nn.Module):
             nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _attend(self, x: Tensor) -> Tensor:
         batch, length, width = x.shape
-        q, k, v = self.qkv(self.norm1(x)).split(width, dim=-1)
+        q, k, v = self.qkv(x).split(width, dim=-1)
         shape = (batch, length, self.heads, width // self.heads)
         q, k, v = (t.reshape(shape).transpose(1, 2) for t in (q, k, v))
         attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(attended.transpose(1, 2).reshape(batch, length, width))
-        out: Tensor = x + self.mlp(self.norm2(x))
+        out: Tensor = self.proj(attended.transpose(1, 2).reshape(batch, length, width))
         return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.norm_first:
+            x = x + self._attend(self.norm1(x))
+            out: Tensor = x + self.mlp(self.norm2(x))
+            return out
+        x = self.norm1(x + self._attend(x))
+        post: Tensor = self.norm2(x + self.mlp(x))
+        return post
 
 
 class CharTransformer(nn.Module):
     """Byte-level causal Transformer: byte and learned position embeddings, ``layers`` pre-norm
-    blocks of ``heads``-head causal self-attention and a 4x MLP, a final layer norm and a linear
+    (or, ``norm_first=False``, post-norm) blocks of ``heads``-head causal self-attention and a
+    4x MLP, a final layer norm (pre-norm only: a post-norm block ends normalised) and a linear
     read-out to 256 logits. Input ``(batch, length)`` bytes with ``length <= context``."""
 
     def __init__(
-        self, d_model: int = 64, heads: int = 4, layers: int = 2, context: int = 64
+        self,
+        d_model: int = 64,
+        heads: int = 4,
+        layers: int = 2,
+        context: int = 64,
+        norm_first: bool = True,
     ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(256, d_model)
         self.position = nn.Embedding(context, d_model)
-        self.blocks = nn.Sequential(*(_CausalBlock(d_model, heads) for _ in range(layers)))
-        self.norm = nn.LayerNorm(d_model)
+        self.blocks = nn.Sequential(
+            *(_CausalBlock(d_model, heads, norm_first) for _ in range(layers))
+        )
+        self.norm: nn.Module = nn.LayerNorm(d_model) if norm_first else nn.Identity()
         self.readout = nn.Linear(d_model, 256)
 
     def forward(self, tokens: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from torch_lookahead import check_alpha, check_k
 from torch_lookahead_lab.provenance import job_key
-from torch_lookahead_lab.stats import difference
+from torch_lookahead_lab.stats import t_difference
 
 __all__ = [
     "NQMConfig",
@@ -261,7 +261,7 @@ def nqm_point(config: NQMConfig) -> NQMPoint:
     lr, k, alpha = config.lr, config.k, config.alpha
     sgd = simulate_chain_losses(config.problem, lr, **simulate)
     lookahead = simulate_chain_losses(config.problem, lr, k=k, alpha=alpha, **simulate)
-    interval = difference(sgd.tolist(), lookahead.tolist(), paired=True)
+    interval = t_difference(sgd.tolist(), lookahead.tolist())
     return NQMPoint(
         lr=lr,
         sgd_theory=expected_loss(curvature, noise, steady_state_variance_sgd(curvature, noise, lr)),

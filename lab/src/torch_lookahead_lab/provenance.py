@@ -26,16 +26,22 @@ __all__ = [
 # Bumped whenever the stored form of a result changes, so that older cache files are not read.
 CACHE_SCHEMA = 4
 
-# Modules that only present results: editing them changes no number a job computes.
+# Modules that only choose jobs (whose every choice is in the job's configuration, hence its
+# key), score or present results: editing them changes no number a job computes.
 _PRESENTATION = frozenset(
     {
         "torch_lookahead_lab/cli.py",
         "torch_lookahead_lab/claims.py",
+        "torch_lookahead_lab/confirmatory.py",
         "torch_lookahead_lab/console.py",
+        "torch_lookahead_lab/experiments.py",
+        "torch_lookahead_lab/metrics.py",
+        "torch_lookahead_lab/plans.py",
         "torch_lookahead_lab/plots.py",
         "torch_lookahead_lab/provenance.py",
         "torch_lookahead_lab/report.py",
         "torch_lookahead_lab/reproduce.py",
+        "torch_lookahead_lab/stability.py",
         "torch_lookahead_lab/stats.py",
     }
 )

@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from torch_lookahead_lab.claims import (
+    Case,
     Claim,
+    best_lr,
     claim_json,
     convergence_claim,
     final_quality_claim,
     fmt,
+    holm_primary,
     k_alpha_claim,
     lr_robustness_claim,
     nqm_claim,
@@ -33,34 +36,47 @@ from torch_lookahead_lab.claims import (
     short_interval,
     tuned_pairs,
 )
+from torch_lookahead_lab.confirmatory import (
+    ARMS,
+    ConfirmatoryResults,
+    arm_config,
+    confirmatory_claims,
+    unstable,
+)
 from torch_lookahead_lab.console import QUICK_REPORT_NOTICE
-from torch_lookahead_lab.experiments import LabResults
+from torch_lookahead_lab.experiments import LabResults, compare_experiment
 from torch_lookahead_lab.metrics import SettingSummary, area_under_curve, final_value, summarize
 from torch_lookahead_lab.nqm import NQMPoint
 from torch_lookahead_lab.optimizers import inner_settings
+from torch_lookahead_lab.plans import Plan, plan_from_mapping, plan_status
 from torch_lookahead_lab.provenance import record
 from torch_lookahead_lab.reproduce import RELATIVE_TOLERANCE, compare_payloads, is_stable
 from torch_lookahead_lab.runner import RunConfig, RunResult
 from torch_lookahead_lab.stability import (
     PAPER_STABILITY,
+    StabilityPlan,
     StabilityResults,
     method_label,
     protocol_text,
     stability_claims,
     trains,
 )
+from torch_lookahead_lab.stats import verdict_kind
 from torch_lookahead_lab.tasks import SCHEDULES, get_task
 
 __all__ = [
+    "CANNOT_TEST",
     "DETAILS_MARKER",
     "build_claims",
     "check_out_dir",
     "differences_from",
     "embed_report",
+    "rerender",
     "results_json",
     "stability_headline_rows",
     "stability_payload",
     "summary_rows",
+    "summary_sentences",
     "verdict_rows",
     "write_report",
 ]
@@ -94,88 +110,251 @@ def default_protocol(lab: LabResults) -> str:
     )
 
 
+def _seed_span(runs: Sequence[RunResult]) -> str:
+    seeds = sorted({r.config.seed for r in runs})
+    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"seeds {seeds[0]}-{seeds[-1]}"
+    return "seeds " + ", ".join(map(str, seeds))
+
+
 def tuned_protocol(lab: LabResults) -> str:
     wrapped = next(r.config for r in lab.lr_sweep if r.config.uses_lookahead)
+    plan = lab.plan.data if lab.plan else {}
+    rule = plan.get("selection", {}).get("rule", "the best mean final validation metric")
+    if lab.tuned:
+        where = (
+            f"selected on the validation split over the sweep's {_seed_span(lab.lr_sweep)}, then "
+            f"run again and compared on {_seed_span(lab.tuned)} (fresh seeds)"
+        )
+    else:
+        where = (
+            f"selected and compared on the same {_seed_span(lab.lr_sweep)} (no fresh seeds: "
+            "the selection's luck is in the comparison)"
+        )
     return (
-        f"tuned: each method at its own best learning rate of the sweep (the best mean final "
-        f"{lab.headline_metric.replace('_', ' ')} over the sweep's {_seeds_text(lab.lr_sweep)}, "
-        "the same seeds it is compared on, which favours each method alike), "
-        f"{_training_text(lab.lr_sweep)}; Lookahead(k={wrapped.k}, alpha={wrapped.alpha}); "
-        "paired by seed."
+        f"tuned: each method at its own learning rate of the sweep, by the rule: {rule}; "
+        f"{where}; {_training_text(lab.lr_sweep)}; Lookahead(k={wrapped.k}, "
+        f"alpha={wrapped.alpha}); paired by seed."
     )
 
 
 def sweep_protocol(lab: LabResults, runs: Sequence[RunResult]) -> str:
-    return f"{_training_text(runs)}, over {_seeds_text(runs)}, paired by seed."
+    return f"{_training_text(runs)}, over {_seed_span(runs)}, paired by seed."
+
+
+def endpoint_of(lab: LabResults) -> str:
+    """The metric comparisons are reported on: the task's test metric where it has a test
+    split, else its headline (validation) metric."""
+    test = get_task(lab.task).test_metric if lab.task else None
+    runs = lab.compare or lab.lr_sweep or lab.k_alpha
+    return test if test and runs and test in runs[0].history else lab.headline_metric
+
+
+def _plan_of(lab: LabResults) -> Plan:
+    return lab.plan if lab.plan is not None else plan_from_mapping("none", {})
+
+
+def _rescaled_pairs(lab: LabResults) -> list[tuple[SettingSummary, SettingSummary]]:
+    """(inner at alpha x lr, Lookahead at lr) per inner optimizer."""
+    rescaled = {s.setting.inner: s for s in summarize(lab.rescaled)}
+    return [
+        (rescaled[la.setting.inner], la)
+        for _, la in pair_by_inner(summarize(lab.compare))
+        if la.setting.inner in rescaled
+    ]
 
 
 def build_claims(lab: LabResults) -> list[Claim]:
-    """The claims this lab's measurements can speak to."""
-    metric, higher = lab.headline_metric, lab.higher_is_better
+    """The claims this lab's measurements can speak to, judged by its plan (primary endpoints
+    Holm-adjusted together)."""
+    plan = _plan_of(lab)
+    endpoint = endpoint_of(lab)
+    selection = lab.headline_metric
     claims = []
     compare_pairs = pair_by_inner(summarize(lab.compare)) if lab.compare else []
     sweep = summarize(lab.lr_sweep) if lab.lr_sweep else []
-    tuned = tuned_pairs(sweep, metric, higher)
+    if lab.tuned:
+        tuned = tuned_pairs(summarize(lab.tuned))
+    else:
+        tie = float(plan.data.get("selection", {}).get("tie", 0.0))
+        chosen = []
+        for inner in dict.fromkeys(s.setting.inner for s in sweep):
+            for lookahead in (False, True):
+                group = [
+                    s for s in sweep
+                    if s.setting.inner == inner and s.setting.uses_lookahead == lookahead
+                ]  # fmt: skip
+                if len(group) >= 2:
+                    chosen.append(best_lr(group, selection, tie=tie))
+        tuned = tuned_pairs(chosen)
+    name = endpoint.replace("_", " ")
     if compare_pairs:
         claims.append(
             final_quality_claim(
-                compare_pairs, metric, higher, protocol=default_protocol(lab), key="final_default"
+                compare_pairs, endpoint, protocol=default_protocol(lab), key="final_default",
+                title=f"final {name}, default protocol", plan=plan.claim("final_default"),
             )
-        )
+        )  # fmt: skip
+    if lab.rescaled and compare_pairs:
+        alpha = next(la.setting.alpha for _, la in compare_pairs)
+        claims.append(
+            final_quality_claim(
+                _rescaled_pairs(lab), endpoint, key="rescaled_lr",
+                title=f"final {name}, Lookahead against its inner optimizer at alpha x lr",
+                plan=plan.claim("rescaled_lr"),
+                paper="Lookahead improves its inner optimizer. To first order, Lookahead(alpha) "
+                "moves like its inner optimizer at alpha x lr (here: is it more than that?).",
+                protocol=f"Lookahead(lr) at the task's learning rate against the plain inner "
+                f"optimizer at {fmt(alpha)} x that learning rate (the effective-learning-rate "
+                f"control), {_training_text(lab.rescaled)}, over {_seed_span(lab.rescaled)}, "
+                "paired by seed.",
+            )
+        )  # fmt: skip
     if tuned:
         claims.append(
             final_quality_claim(
-                tuned, metric, higher, protocol=tuned_protocol(lab), key="final_tuned", grid=sweep
+                tuned, endpoint, protocol=tuned_protocol(lab), key="final_tuned",
+                title=f"final {name}, tuned protocol", plan=plan.claim("final_tuned"), grid=sweep,
             )
-        )
-    if compare_pairs:
+        )  # fmt: skip
+    convergence = plan.data.get("convergence")
+    if compare_pairs and convergence:
         claims.append(
             convergence_claim(
-                compare_pairs, protocol=default_protocol(lab), key="convergence_default"
+                compare_pairs, metric=convergence["metric"], target=float(convergence["target"]),
+                protocol=default_protocol(lab), plan=plan.claim("convergence"),
             )
-        )
-    if tuned:
-        claims.append(
-            convergence_claim(tuned, protocol=tuned_protocol(lab), key="convergence_tuned")
-        )
+        )  # fmt: skip
     if compare_pairs:
-        claims.append(seed_variance_claim(compare_pairs, protocol=default_protocol(lab)))
-    if sweep:
         claims.append(
-            lr_robustness_claim(sweep, metric, higher, protocol=sweep_protocol(lab, lab.lr_sweep))
-        )
+            seed_variance_claim(
+                compare_pairs, metric=endpoint, protocol=default_protocol(lab),
+                plan=plan.claim("seed_variance"),
+            )
+        )  # fmt: skip
+    if sweep:
+        delta = float(plan.data.get("robustness_delta", 0.01))
+        claims.append(
+            lr_robustness_claim(
+                sweep, selection, delta=delta, protocol=sweep_protocol(lab, lab.lr_sweep),
+                plan=plan.claim("lr_robustness"),
+            )
+        )  # fmt: skip
     if lab.k_alpha:
         claims.append(
             k_alpha_claim(
-                summarize(lab.k_alpha), sweep, metric, protocol=sweep_protocol(lab, lab.k_alpha)
+                summarize(lab.k_alpha), endpoint, protocol=sweep_protocol(lab, lab.k_alpha),
+                plan=plan.claim("k_alpha_robustness"),
             )
-        )
+        )  # fmt: skip
     if lab.nqm:
-        claims.append(nqm_claim(lab.nqm, lab.nqm_k, lab.nqm_alpha))
-    return claims
+        check = plan.claim("nqm_variance")
+        claims.append(nqm_claim(lab.nqm, lab.nqm_k, lab.nqm_alpha, tolerance=check.sesoi or 0.05))
+    return holm_primary(claims)
 
 
-def reading(simulated: bool) -> str:
+def reading() -> str:
     """How to read a verdict, in a few sentences."""
-    over = "seeds (over simulated chains for the noisy quadratic model)" if simulated else "seeds"
     return (
-        f"How to read a verdict: each case's effect comes with a 95% confidence interval over {over}. "
-        "The claim *holds* when the whole interval lies on the side the paper predicts, *does not "
-        "hold* when it lies on the other side, and is *inconclusive* when it contains zero (1 for "
-        "a ratio of variances): the difference, if any, is inside the noise of this many seeds, "
-        "and the report says how many seeds would decide it if the spread stayed as measured."
+        "How to read a verdict: each case compares Lookahead with a baseline on the same seeds "
+        "(a seed fixes the initialisation and the minibatch order) with an exact sign-flip "
+        "test, and each claim declares in its plan a smallest effect of interest (SESOI). "
+        "*supports*: the difference is significant at 5% and favours Lookahead; *contradicts*: "
+        "significant and against it; *equivalent within ±SESOI*: both one-sided tests against "
+        "the SESOI reject (any difference is smaller than matters); *inconclusive*: neither, "
+        "and *cannot decide at n seeds* when no result of n seeds could reach 5% (the exact "
+        "test needs 6 pairs, more after Holm). Primary claims are confirmatory: Holm-adjusted "
+        "together across the report. Descriptive claims are tested at the unadjusted 5% and "
+        "carry no confirmatory weight."
     )
 
 
 def verdict_rows(claims: Sequence[Claim]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the verdicts at a glance: one row per case."""
-    header = ["#", "claim", "case", "effect [95% CI]", "verdict"]
+    header = ["#", "claim", "role", "case", "favours Lookahead if", "effect [95% CI]", "verdict"]
     rows = []
     for number, claim in enumerate(claims, 1):
         for case in claim.cases:
-            effect = short_interval(case.interval) if case.interval else ""
-            rows.append([str(number), claim.title, case.label, effect, case.verdict])
+            effect = short_interval(case.estimate) if case.estimate else ""
+            favours = case.favours_text if case.estimate else ""
+            rows.append(
+                [str(number), claim.title, claim.role, case.label, favours, effect, case.verdict]
+            )
     return header, rows
+
+
+def _verdict_phrase(claim: Claim, cases: Sequence[Case]) -> str:
+    """``title [sgd | adamw] (role)``; beyond 3 cases, how many of them (the table has each)."""
+    if len(claim.cases) > 3:
+        labels = f"{len(cases)} of {len(claim.cases)} cases"
+    else:
+        labels = " | ".join(case.label for case in cases)
+    return f"{claim.title} [{labels}] ({claim.role})"
+
+
+def summary_sentences(claims: Sequence[Claim], scope: str) -> list[str]:
+    """3-5 plain sentences: the scope, then what was supported, contradicted, equivalent and
+    undecided, each claim with its cases and role."""
+    by_kind: dict[str, list[str]] = {}
+    for claim in claims:
+        if claim.role == "check":
+            continue
+        groups: dict[str, list[Case]] = {}
+        for case in claim.cases:
+            groups.setdefault(verdict_kind(case.verdict), []).append(case)
+        for kind, cases in groups.items():
+            by_kind.setdefault(kind, []).append(_verdict_phrase(claim, cases))
+    sentences = [scope]
+    words = {
+        "supports": "Held (Lookahead better, significant at 5%)",
+        "contradicts": "Did not hold (Lookahead worse, significant at 5%)",
+        "equivalent": "Equivalent within the declared smallest effect of interest",
+        "inconclusive": "Undecided at these seeds",
+    }
+    for kind in ("supports", "contradicts", "equivalent", "inconclusive"):
+        if kind in by_kind:
+            sentences.append(f"{words[kind]}: {'; '.join(by_kind[kind])}.")
+        elif kind != "inconclusive":
+            sentences.append(f"{words[kind]}: none.")
+    checks = [c for c in claims if c.role == "check"]
+    for check in checks:
+        sentences.append(f"{check.title[0].upper()}{check.title[1:]}: {check.cases[0].verdict}.")
+    return sentences
+
+
+CANNOT_TEST = (
+    "The paper's scale: ImageNet, CIFAR-10/100 with ResNets over hundreds of epochs, Penn "
+    "Treebank LSTMs and WMT Transformers. Here: a 300-step CNN on 8x8 digits and a CPU-sized "
+    "character model; an effect at this scale need not carry over, in either direction.",
+    "Wall-clock claims (computation and memory cost): seconds depend on the machine, so no "
+    "verdict uses them (benchmarks/ measures the optimizer's cost).",
+    "Sampling error of the evaluation data: the seeds vary the training, not the evaluated "
+    "examples (360 test images for digits), so the intervals speak for this split; a "
+    "per-example bootstrap is not included.",
+    "The schedule as a factor: every run here uses the task's schedule (cosine for digits and "
+    "charlm).",
+    "A tuned protocol over Lookahead's own (k, alpha): the tuned protocol tunes the learning "
+    "rate alone, at the paper's k=5, alpha=0.5.",
+)
+
+
+def _scope(lab: LabResults) -> str:
+    runs = lab.compare or lab.lr_sweep or lab.k_alpha
+    if not runs:
+        return "Scope: the noisy quadratic model only (a theorem's implementation check)."
+    spec = get_task(lab.task)
+    config = runs[0].config
+    return (
+        f"Scope: {spec.name} ({spec.description}), {config.steps} steps of batch "
+        f"{config.batch_size}, comparisons over {_seeds_text(runs)} on "
+        f"{'the held-out test split' if spec.test_metric else 'the validation split'}: toy "
+        "scale, one CPU task, not the paper's benchmarks."
+    )
+
+
+def _short_lines(claims: Sequence[Claim], lab: LabResults) -> list[str]:
+    sentences = summary_sentences(claims, _scope(lab))
+    return ["## In short", "", *(f"- {sentence}" for sentence in sentences), ""]
 
 
 def _glance_lines(claims: Sequence[Claim]) -> list[str]:
@@ -185,25 +364,63 @@ def _glance_lines(claims: Sequence[Claim]) -> list[str]:
 def _claim_lines(claims: Sequence[Claim]) -> list[str]:
     lines = ["## The paper's claims, as measured here", ""]
     for number, claim in enumerate(claims, 1):
+        name = "tolerance" if claim.role == "check" else "smallest effect of interest"
+        margin = f"; {name} {fmt(claim.sesoi)}" if claim.sesoi else ""
         lines += [
             f"### {number}. {claim.title[0].upper()}{claim.title[1:]}",
             "",
             f"The paper: {claim.paper}",
             "",
+            f"- Role: {claim.role}{margin}.",
             f"- Protocol: {claim.protocol}",
             f"- Effect: {claim.effect}",
-            f"- **Verdict: {claim.verdict}.**",
+            "- Verdicts:",
         ]
+        lines += [f"    - {case.label}: **{case.verdict}**" for case in claim.cases]
+        lines += ["- Measured:"]
         lines += [f"    - {sentence}" for sentence in claim.measured]
         lines.append("")
     return lines
+
+
+def _plan_lines(lab: LabResults, status: tuple[str, str]) -> list[str]:
+    if lab.plan is None:
+        return []
+    plan = lab.plan
+    where = (
+        f"the committed `lab/src/torch_lookahead_lab/plans/{plan.name}.json`"
+        if plan.name == "demo"
+        else "`plan.json` in this folder (made from the command's flags)"
+    )
+    offset = f" Seeds offset by {lab.seed_offset}." if lab.seed_offset else ""
+    return [
+        f"Plan: {where}, digest `{plan.digest}`; this report is **{status[0]}** "
+        f"({status[1]}).{offset}",
+        "",
+    ]
+
+
+def _cannot_test_lines(lab: LabResults) -> list[str]:
+    extra = []
+    if lab.task and get_task(lab.task).test_metric is None:
+        extra.append(
+            f"A held-out test split: {lab.task} has training and validation data only, so its "
+            "comparisons are reported on the validation split (this report chooses nothing on "
+            "it, but a tuned protocol here would select and report on the same data)."
+        )
+    return [
+        "## What this lab cannot test here",
+        "",
+        *(f"- {item}" for item in (*CANNOT_TEST, *extra)),
+        "",
+    ]
 
 
 # ------------------------------------------------------------------------------------ the setup
 
 
 def _setup_lines(lab: LabResults) -> list[str]:
-    runs = lab.compare + lab.lr_sweep + lab.k_alpha
+    runs = lab.compare + lab.rescaled + lab.lr_sweep + lab.tuned + lab.k_alpha
     lines = ["## Setup", ""]
     if runs:
         spec = get_task(lab.task)
@@ -212,8 +429,10 @@ def _setup_lines(lab: LabResults) -> list[str]:
             f"- Task: **{spec.name}**, {spec.model_description}.",
             f"- Data: {spec.split_description}.",
             f"- Training: {_training_text(runs)}, evaluated every {config.eval_every} steps; "
-            f"headline metric {lab.headline_metric.replace('_', ' ')}. Lookahead runs are "
-            "evaluated on their slow weights.",
+            f"choices on {lab.headline_metric.replace('_', ' ')}, comparisons on "
+            f"{endpoint_of(lab).replace('_', ' ')}. Lookahead runs are evaluated on their slow "
+            "weights. A run that diverges (a non-finite loss, or values worse than the untrained "
+            "model's) is scored at the untrained model's values.",
         ]
         inners = dict.fromkeys(r.config.inner for r in runs)
         described = []
@@ -229,7 +448,9 @@ def _setup_lines(lab: LabResults) -> list[str]:
         )
         parts = [
             ("comparison", lab.compare),
+            ("alpha x lr control", lab.rescaled),
             ("learning-rate sweep", lab.lr_sweep),
+            ("tuned comparison", lab.tuned),
             ("(k, alpha) grid", lab.k_alpha),
         ]
         counts = ", ".join(
@@ -248,7 +469,7 @@ def _setup_lines(lab: LabResults) -> list[str]:
         else f" ({lab.jobs} jobs, none from a cache)"
     )
     lines.append(
-        f"- Time: {fmt(lab.seconds, 3)} s of wall time for the command{reused}; the training "
+        f"- Time: {lab.seconds:.0f} s of wall time for the command{reused}; the training "
         f"runs took {fmt(cpu_seconds, 3)} s of CPU time when they were computed, summed over "
         "runs."
     )
@@ -264,9 +485,11 @@ def summary_rows(
 ) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the final-metrics table (shared by report.md and the console): mean ±
     standard deviation over seeds, the mean alone for one seed."""
+    tests = [m for m in ("test_accuracy",) if summaries and all(m in s.final for s in summaries)]
     header = [
         "optimizer", "lr", "k", "alpha", "seeds", "train loss", "val loss",
         headline.replace("_", " "), "mean train loss", "diverged",
+        *(m.replace("_", " ") for m in tests),
     ]  # fmt: skip
     rows = []
     for s in summaries:
@@ -280,6 +503,7 @@ def summary_rows(
                 *(_mean_std(s.final[m]) for m in ("train_loss", "val_loss", headline)),
                 _mean_std(s.train_loss_area),
                 f"{s.diverged}/{len(s.seeds)}",
+                *(_mean_std(s.final[m]) for m in tests),
             ]
         )
     return header, rows
@@ -365,29 +589,38 @@ def _summary_json(summary: SettingSummary) -> dict[str, Any]:
     }
 
 
+_PARTS = ("compare", "rescaled", "lr_sweep", "tuned", "k_alpha")
+
+
 def _parts(lab: LabResults) -> list[tuple[str, RunResult]]:
-    return (
-        [("compare", r) for r in lab.compare]
-        + [("lr_sweep", r) for r in lab.lr_sweep]
-        + [("k_alpha", r) for r in lab.k_alpha]
-    )
+    return [(name, r) for name in _PARTS for r in getattr(lab, name)]
 
 
-def results_json(lab: LabResults, claims: Sequence[Claim]) -> dict[str, Any]:
+def results_json(
+    lab: LabResults, claims: Sequence[Claim], status: tuple[str, str] = ("exploratory", "")
+) -> dict[str, Any]:
     """Everything the report states, with what produced it: the package version and digests
     of its sources (all of them, and those that compute the numbers), torch, Python and the CPU
-    kernels; every claim; every summary; every run's whole history."""
+    kernels; the plan and its digest, and whether the report is confirmatory; every claim;
+    every summary; every run's whole history."""
+    plan = (
+        {**lab.plan.json(), "status_of_report": status[0], "why_exploratory": status[1]}
+        if lab.plan
+        else None
+    )
     payload: dict[str, Any] = {
         "title": lab.title,
         "command": lab.command,
         "provenance": record(lab.seconds),
+        "plan": plan,
+        "seed_offset": lab.seed_offset,
         "task": lab.task,
         "headline_metric": lab.headline_metric,
         "higher_is_better": lab.higher_is_better,
         "quick": lab.quick,
         "claims": [claim_json(c) for c in claims],
     }
-    for name in ("compare", "lr_sweep", "k_alpha"):
+    for name in _PARTS:
         part = getattr(lab, name)
         if part:
             payload[name] = [_summary_json(s) for s in summarize(part)]
@@ -413,11 +646,13 @@ def results_json(lab: LabResults, claims: Sequence[Claim]) -> dict[str, Any]:
 DETAILS_MARKER = "<!-- details -->"
 
 
-def write_report(out_dir: Path, lab: LabResults | StabilityResults) -> Path:
+def write_report(out_dir: Path, lab: LabResults | StabilityResults | ConfirmatoryResults) -> Path:
     """Write the report folder of what an experiment measured into ``out_dir`` and return the
     path of report.md."""
     if isinstance(lab, StabilityResults):
         return _write_stability_report(out_dir, lab)
+    if isinstance(lab, ConfirmatoryResults):
+        return _write_confirmatory_report(out_dir, lab)
     return _write_lab_report(out_dir, lab)
 
 
@@ -459,7 +694,13 @@ def _write_lab_report(out_dir: Path, lab: LabResults) -> Path:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     claims = build_claims(lab)
-    payload = results_json(lab, claims)
+    status = ("exploratory", "no plan")
+    if lab.plan is not None:
+        earlier_path = out_dir / "results.json"
+        earlier = json.loads(earlier_path.read_text()) if earlier_path.is_file() else None
+        status = plan_status(lab.plan, earlier)
+        (out_dir / "plan.json").write_text(lab.plan.text)
+    payload = results_json(lab, claims, status)
     provenance = payload["provenance"]
     lines = [
         f"# {lab.title}",
@@ -467,13 +708,18 @@ def _write_lab_report(out_dir: Path, lab: LabResults) -> Path:
         *_quick_lines(lab.quick),
         _produced_by(lab.command, provenance),
         "",
+        *_plan_lines(lab, status),
     ]
     if claims:
-        lines += _glance_lines(claims)
+        lines += _short_lines(claims, lab)
+    # The docs copy the report up to here (their page must stay short); the table follows.
     lines += [DETAILS_MARKER, ""]
     if claims:
+        lines += _glance_lines(claims)
+    lines += _cannot_test_lines(lab)
+    if claims:
         lines += [
-            reading(bool(lab.nqm)),
+            reading(),
             "",
             "Each claim is described below with its protocol, the effect measured and every case.",
             "",
@@ -482,12 +728,12 @@ def _write_lab_report(out_dir: Path, lab: LabResults) -> Path:
     if claims:
         lines += _claim_lines(claims)
     if lab.compare:
-        summaries = summarize(lab.compare)
+        summaries = summarize(lab.compare + lab.rescaled + lab.tuned)
         plots.plot_loss_curves(
             lab.compare, out_dir / "loss_curves.png", title=_figure_title(lab, lab.compare)
         )
         lines += [
-            f"## Final metrics ({lab.task}, default protocol, mean ± standard deviation over seeds)",
+            f"## Final metrics ({lab.task}, the comparisons, mean ± standard deviation over seeds)",
             "",
             "`mean train loss` is the mean training loss over the run (the area under its curve "
             "divided by the steps): lower means faster convergence.",
@@ -657,9 +903,27 @@ def _write_stability_report(out_dir: Path, lab: StabilityResults) -> Path:
         *_quick_lines(lab.quick),
         _produced_by(lab.command, provenance),
         "",
+        "**This is the pilot** of the stability study: run before any plan was written, its "
+        "seeds were raised from 3 to 6 after a first look, and its training rule (a margin of "
+        f"{fmt(plan.margin, 3)} above the best run) and its smallest effects of interest were "
+        "chosen after its data were seen. It is exploratory: it suggests what a confirmatory "
+        "study should test, and it decides nothing.",
+        "",
+        "## In short",
+        "",
+        *(f"- {s}" for s in summary_sentences(claims, _stability_scope(lab))),
+        "",
         "## Verdicts at a glance",
         "",
         *markdown_table(*verdict_rows(claims)),
+        "",
+        "## What this pilot cannot test",
+        "",
+        "- Instability that happens and recovers: the endpoint is the final validation bits per "
+        "character of 4 evaluations, not the per-step training loss.",
+        "- Whether Lookahead widens the range or only shifts it: without an Adam-at-alpha x lr "
+        "arm, a larger edge fits Lookahead moving like Adam at about alpha x lr.",
+        "- The variant that needs warm-up most: only the pre-LN Transformer was run.",
         "",
         "## Setup",
         "",
@@ -673,6 +937,9 @@ def _write_stability_report(out_dir: Path, lab: StabilityResults) -> Path:
         "",
         "![final validation bits per character against the learning rate](stability.png)",
         "",
+        "Points: the mean over seeds; bars: from the lowest to the highest seed; dashed line: the "
+        "pilot's training threshold (a run trains at or below it).",
+        "",
         "## Final results per learning rate",
         "",
         f"Mean ± standard deviation over seeds of the final {plan.metric.replace('_', ' ')} (a "
@@ -681,33 +948,168 @@ def _write_stability_report(out_dir: Path, lab: StabilityResults) -> Path:
         "",
         *markdown_table(*_stability_grid_rows(lab)),
         "",
-        "## The claim, as measured here",
+        reading(),
         "",
     ]
-    for number, claim in enumerate(claims, 1):
-        lines += [
-            f"### {number}. {claim.title[0].upper()}{claim.title[1:]}",
-            "",
-            f"The paper: {claim.paper}",
-            "",
-            f"- Effect: {claim.effect}",
-            f"- **Verdict: {claim.verdict}.**",
-            *(f"    - {sentence}" for sentence in claim.measured),
-            "",
-        ]
+    lines += _claim_lines(claims)
     lines += _reproducing_lines()
     (out_dir / "report.md").write_text("\n".join(lines))
     (out_dir / "results.json").write_text(json.dumps(payload, indent=1))
     return out_dir / "report.md"
 
 
+def _confirmatory_rows(lab: ConfirmatoryResults) -> tuple[list[str], list[list[str]]]:
+    """Per task, warm-up and learning rate: how many seeds of each arm were stable."""
+    plan = lab.plan
+    header = ["model", "warm-up", "lr", *(f"{arm}: stable" for arm, _, _ in ARMS)]
+    by_config = {r.config: r for r in lab.runs}
+    rows = []
+    for task in plan.tasks:
+        for warmup in plan.warmups:
+            for lr in plan.lrs:
+                row = [task, str(warmup), fmt(lr, 3)]
+                for arm, _, _ in ARMS:
+                    runs = [
+                        by_config[arm_config(plan, task, arm, lr, warmup, s)] for s in plan.seeds
+                    ]
+                    row.append(
+                        f"{sum(not unstable(r, plan.grace_steps) for r in runs)}/{len(runs)}"
+                    )
+                rows.append(row)
+    return header, rows
+
+
+def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
+    """Write report.md, results.json and plan.json of the confirmatory stability study."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = lab.plan
+    claims = confirmatory_claims(lab)
+    earlier_path = out_dir / "results.json"
+    earlier = json.loads(earlier_path.read_text()) if earlier_path.is_file() else None
+    status = plan_status(plan.plan, earlier)
+    (out_dir / "plan.json").write_text(plan.plan.text)
+    provenance = record(lab.seconds)
+    scope = (
+        f"Scope: a 2-layer byte-level Transformer (pre-LN and post-LN), "
+        f"{len(plan.seeds)} fresh seeds, {len(plan.lrs)} learning rates: toy scale, one CPU task."
+    )
+    lines = [
+        f"# {lab.title}",
+        "",
+        *_quick_lines(lab.quick),
+        _produced_by(lab.command, provenance),
+        "",
+        f"Plan: the committed `lab/src/torch_lookahead_lab/plans/{plan.plan.name}.json`, digest "
+        f"`{plan.plan.digest}`; this report is **{status[0]}** ({status[1]}). Instability rule: "
+        f"{plan.plan.data['instability']['rule']}.",
+        "",
+        "## In short",
+        "",
+        *(f"- {sentence}" for sentence in summary_sentences(claims, scope)),
+        "",
+        "## Verdicts at a glance",
+        "",
+        *markdown_table(*verdict_rows(claims)),
+        "",
+        "## Stable runs per learning rate",
+        "",
+        *markdown_table(*_confirmatory_rows(lab)),
+        "",
+        reading(),
+        "",
+        *_claim_lines(claims),
+    ]
+    runs = [{**r.to_json(), "stable": False} for r in lab.runs]
+    payload = {
+        "title": lab.title,
+        "command": lab.command,
+        "provenance": provenance,
+        "plan": {**plan.plan.json(), "status_of_report": status[0], "why_exploratory": status[1]},
+        "quick": lab.quick,
+        "claims": [claim_json(c) for c in claims],
+        "runs": runs,
+    }
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=1))
+    (out_dir / "report.md").write_text("\n".join(lines))
+    return out_dir / "report.md"
+
+
+def _stability_scope(lab: StabilityResults) -> str:
+    spec = get_task(lab.plan.task)
+    config = lab.runs[0].config if lab.runs else None
+    steps = f"{config.steps} steps, " if config else ""
+    return (
+        f"Scope: {spec.name} ({spec.description}), {steps}{len(lab.seeds())} seeds, "
+        f"{len(lab.plan.lrs)} learning rates: toy scale, one CPU task; a pilot."
+    )
+
+
 def stability_headline_rows(lab: StabilityResults) -> list[list[str]]:
     """One row per case of the learning-rate-range claim: label, effect [CI], verdict."""
     edge = stability_claims(lab)[0]
     return [
-        [case.label, short_interval(case.interval) if case.interval else "", case.verdict]
+        [case.label, short_interval(case.estimate) if case.estimate else "", case.verdict]
         for case in edge.cases
     ]
+
+
+# ------------------------------------------------------------------------------ re-rendering
+
+
+def rerender(report_dir: Path) -> Path:
+    """Write the report of ``report_dir`` again from the runs its results.json records, with
+    today's claims, tests and verdicts (the runs are not recomputed: the reproduction test
+    reruns their reference run with today's code). The report says so. For a stability pilot or
+    a ``compare`` report."""
+    payload = json.loads((report_dir / "results.json").read_text())
+    runs = [RunResult.from_json(entry) for entry in payload["runs"]]
+    old = payload["provenance"]
+    seconds = float(old.get("wall_seconds", math.nan))
+    lab: LabResults | StabilityResults
+    if payload["title"].startswith("torch-lookahead stability"):
+        fields = dict(payload["plan"])
+        fields["lrs"] = tuple(fields["lrs"])
+        fields["warmups"] = tuple(fields["warmups"])
+        lab = StabilityResults(
+            StabilityPlan(**fields), payload["command"], runs, seconds, len(runs)
+        )
+    elif payload["title"].startswith("torch-lookahead compare") and {
+        entry.get("part") for entry in payload["runs"]
+    } == {"compare"}:
+        first = runs[0].config
+        inners = list(dict.fromkeys(r.config.inner for r in runs))
+        seeds = sorted({r.config.seed for r in runs})
+        spec = get_task(first.task)
+        experiment = compare_experiment(
+            first.task, inners, len(seeds), spec.full, k=next(r.config.k for r in runs if r.config.k),
+            alpha=next(r.config.alpha for r in runs if r.config.alpha), seed_offset=seeds[0],
+        )  # fmt: skip
+        lab = LabResults(
+            payload["title"], payload["command"], first.task, payload["headline_metric"],
+            payload["higher_is_better"], compare=runs, seconds=seconds, jobs=len(runs),
+            plan=experiment.plan,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"{report_dir}: only stability pilots and compare reports re-render")
+    report = write_report(report_dir, lab)
+    now = record(math.nan)
+    note = (
+        f"Re-rendered by `torch-lookahead rerender {report_dir}` with torch-lookahead "
+        f"{now['version']} (sources {now['source_digest']}) from the runs that the command above "
+        "computed and results.json records: the runs are those runs, the claims, tests and "
+        "verdicts are today's code's."
+    )
+    # The runs' provenance stays what computed them (the reproduction rule compares against
+    # that machine); what re-rendered them is recorded beside it.
+    lines = report.read_text().split("\n")
+    produced = next(i for i, line in enumerate(lines) if line.startswith("Produced by"))
+    lines[produced : produced + 1] = [_produced_by(payload["command"], old), "", note]
+    report.write_text("\n".join(lines))
+    fresh = json.loads((report_dir / "results.json").read_text())
+    fresh["rerendered_with"] = fresh["provenance"]
+    fresh["provenance"] = old
+    (report_dir / "results.json").write_text(json.dumps(fresh, indent=1) + "\n")
+    return report
 
 
 # ------------------------------------------------------------------------- checks and comparisons

@@ -139,6 +139,8 @@ class RunResult:
 
     ``history[name][i]`` is metric ``name`` after ``steps[i]`` optimizer steps; ``None`` where the
     value was not finite. ``diverged_at`` is the first step whose training loss was not finite.
+    ``step_losses`` (tasks that record them): the minibatch training loss of every step, the
+    first before any update, ``None`` where not finite.
     """
 
     config: RunConfig
@@ -148,6 +150,7 @@ class RunResult:
     seconds: float = field(default=0.0, compare=False)  # wall time
     cpu_seconds: float = field(default=0.0, compare=False)  # CPU time of the process running it
     threads: int = field(default=1, compare=False)  # torch threads the run computed with
+    step_losses: list[float | None] | None = None
 
     def final(self, metric: str) -> float | None:
         return self.history[metric][-1]
@@ -161,6 +164,7 @@ class RunResult:
             "seconds": self.seconds,
             "cpu_seconds": self.cpu_seconds,
             "threads": self.threads,
+            **({"step_losses": self.step_losses} if self.step_losses is not None else {}),
         }
 
     @classmethod
@@ -173,6 +177,7 @@ class RunResult:
             seconds=float(payload["seconds"]),
             cpu_seconds=float(payload["cpu_seconds"]),
             threads=int(payload["threads"]),
+            step_losses=payload.get("step_losses"),
         )
 
 
@@ -222,6 +227,7 @@ def run(config: RunConfig) -> RunResult:
             history.setdefault(name, []).append(_finite_or_none(value))
 
     record(0)
+    step_losses: list[float | None] | None = [] if task.records_step_losses else None
     diverged_at: int | None = None
     for step in range(1, config.steps + 1):
         if multiplier is not None:
@@ -229,6 +235,8 @@ def run(config: RunConfig) -> RunResult:
                 group["lr"] = base_lr * multiplier(step - 1)
         batch = task.sample_batch(data, generator, config.batch_size)
         loss = task.loss(model, batch)
+        if step_losses is not None:
+            step_losses.append(_finite_or_none(float(loss.detach())))
         if not torch.isfinite(loss):
             diverged_at = step
             record(step)
@@ -243,7 +251,9 @@ def run(config: RunConfig) -> RunResult:
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started
     threads = torch.get_num_threads()
-    return RunResult(config, steps, history, diverged_at, seconds, cpu_seconds, threads)
+    return RunResult(
+        config, steps, history, diverged_at, seconds, cpu_seconds, threads, step_losses
+    )
 
 
 Job = RunConfig | NQMConfig

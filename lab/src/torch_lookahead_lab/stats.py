@@ -1,28 +1,48 @@
-"""Effect sizes with 95% confidence intervals over seeds, and the verdicts read from them.
+"""Effects, exact tests and the four verdicts of the lab.
 
 Runs of the lab that share a seed share the model initialisation and the minibatch order, so a
-plain run and a Lookahead run of the same seed form a pair:
+plain run and a Lookahead run of the same seed form a pair. The outcomes are few (3 to 10 seeds)
+and often discrete (an accuracy moves in steps of one image), so the lab does not lean on
+normal approximations:
 
-* a difference of means is estimated from the per-seed differences with Student's t-interval;
-  without pairs, with Welch's t-interval (Welch-Satterthwaite degrees of freedom); the quantiles
-  are ``scipy.stats.t``'s;
-* a ratio of variances of paired samples uses the Pitman-Morgan interval: the variances of
-  ``x`` and ``y`` are in ratio ``theta`` exactly when ``x + sqrt(theta) y`` and
-  ``x - sqrt(theta) y`` are uncorrelated, and inverting the t-test of that correlation gives
-  ``F (K -+ sqrt(K^2 - 1))`` with ``F`` the ratio of sample variances, ``r`` the sample
-  correlation and ``K = 1 + 2 (1 - r^2) t^2 / (n - 2)`` (``t`` the 97.5% quantile of Student's
-  t with ``n - 2`` degrees of freedom).
+* a difference of paired values is tested with the **exact paired sign-flip (permutation)
+  test** of the mean per-seed difference (``scipy.stats.permutation_test`` with
+  ``permutation_type="samples"``: each of the ``2^n`` sign patterns of the differences is
+  equally likely when the methods do not differ). Its 95% interval is the set of shifts ``d``
+  the two-sided test of ``mean(delta - d) = 0`` does not reject (found by bisection). With ``n``
+  pairs the smallest attainable two-sided p-value is ``2^(1-n)``: below 6 pairs no difference
+  can reach p < 0.05, whatever the data, and a sample with zero spread gets no shortcut (two
+  identical differences give p = 0.5 and an unbounded interval);
+* a ratio of the variances of paired samples uses the Pitman-Morgan test: the variances of ``x``
+  and ``y`` are in ratio ``theta`` exactly when ``y + sqrt(theta) x`` and ``y - sqrt(theta) x``
+  are uncorrelated (``scipy.stats.pearsonr``), and inverting it gives the interval
+  ``F (K -+ sqrt(K^2 - 1))`` (``F`` the ratio of sample variances, ``r`` the sample correlation,
+  ``K = 1 + 2 (1 - r^2) t^2 / (n - 2)``, ``t`` the 97.5% quantile of Student's t with ``n - 2``
+  degrees of freedom);
+* a paired t-interval, for the simulated chains of the noisy quadratic model (hundreds of
+  continuous samples);
+* Holm's step-down adjustment across a report's primary endpoints.
 
-A verdict is "holds" when the interval lies entirely on the side the claim predicts (beyond its
-margin), "does not hold" when it lies entirely on the other side, and "inconclusive at n seeds"
-otherwise; ``seeds_needed`` says how many seeds would decide it if the observed mean and spread
-stayed as they are.
+Every claim declares a smallest effect of interest (SESOI): ``+-sesoi`` around no effect for a
+difference, a factor ``[1/sesoi, sesoi]`` around 1 for a ratio. Equivalence is the two one-sided
+tests (TOST) against those bounds. The verdict of a case is one of four:
+
+* **supports**: the test of no effect rejects at the level and the effect lies on the side the
+  paper predicts;
+* **contradicts**: it rejects, and the effect lies on the other side;
+* **equivalent within +-SESOI**: both one-sided tests reject (checked first: a difference that
+  is detectable but smaller than the SESOI is a trivial one);
+* **inconclusive**: neither; "cannot decide at n seeds" when no data of this size could reach
+  the level (the test's smallest attainable p-value is above it).
+
+No observed-power "seeds needed" figure is given: the number of seeds is a plan's decision,
+made before the data (``pairs_needed``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,25 +51,38 @@ from scipy import stats  # type: ignore[import-untyped]
 
 __all__ = [
     "CONFIDENCE",
-    "Interval",
-    "difference",
+    "LEVEL",
+    "Estimate",
+    "Favours",
+    "holm",
+    "paired_difference",
+    "pairs_needed",
+    "smallest_p",
+    "t_difference",
     "variance_ratio",
+    "verdict_kind",
     "verdict_of",
 ]
 
-CONFIDENCE = 0.95
-_MAX_SEEDS = 10_000  # beyond this, "seeds needed" is reported as more than this
+LEVEL = 0.05
+CONFIDENCE = 1 - LEVEL
+# Beyond this many pairs the sign-flip distribution is sampled (fixed generator) not enumerated.
+_EXACT_PAIRS = 16
+_SAMPLED_FLIPS = 20_000
 
 Favours = Literal["above", "below"]
 
 
 @dataclass(frozen=True)
-class Interval:
-    """An effect estimated over ``n`` seeds, with its 95% confidence interval.
+class Estimate:
+    """An effect over ``n`` pairs with its 95% interval and the p-values of its tests.
 
-    ``low``/``high`` are NaN when ``n`` is too small to estimate the spread. ``seeds_needed`` is
-    the number of seeds at which an interval of the observed spread around the observed effect
-    would exclude the claim's margin (None: already decided, or no finite number would).
+    ``null`` is "no effect" (0 for a difference, 1 for a ratio). ``p_value``: the two-sided
+    test of ``effect == null``; ``p_equivalence``: the larger p-value of the two one-sided tests
+    against ``null -+ sesoi`` (a difference) or ``1/sesoi`` and ``sesoi`` (a ratio), NaN
+    without a SESOI. ``low``/``high`` are infinite when no data of size ``n`` could exclude a
+    value, NaN when nothing could be estimated. ``smallest_p``: the smallest two-sided p-value
+    the test can give at this ``n`` (0 when it is not discrete).
     """
 
     effect: float
@@ -57,8 +90,11 @@ class Interval:
     high: float
     n: int
     method: str
-    margin: float = 0.0
-    seeds_needed: int | None = None
+    null: float = 0.0
+    sesoi: float | None = None
+    p_value: float = math.nan
+    p_equivalence: float = math.nan
+    smallest_p: float = 0.0
     unit: str = "seed"  # what the n samples are: seeds, or chains of a simulation
 
     @property
@@ -70,122 +106,229 @@ class Interval:
         """``5 seeds``, ``1 seed``."""
         return f"{self.n} {self.unit}{'s' if self.n != 1 else ''}"
 
+    def equivalence_text(self) -> str:
+        """``+-0.01`` for a difference, ``x/2`` for a ratio."""
+        if self.sesoi is None:
+            return ""
+        return f"x/{self.sesoi:g}" if self.null == 1.0 else f"±{self.sesoi:g}"
 
-def _clean(values: Sequence[float]) -> np.ndarray:
+
+def _clean(values: Sequence[float], name: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or not np.isfinite(array).all():
-        raise ValueError(f"values must be a flat sequence of finite numbers, got {values!r}")
+        raise ValueError(f"{name} must be a flat sequence of finite numbers, got {values!r}")
     return array
 
 
-def _t_seeds_needed(effect: float, spread: float, margin: float, start: int) -> int | None:
-    """Smallest n >= start with t_{0.975, n-1} * spread / sqrt(n) < |effect - margin|."""
-    distance = abs(effect - margin)
-    if distance == 0.0 or not math.isfinite(spread):
-        return None
-    if spread == 0.0:
-        return start
-    n = np.arange(max(start, 2), _MAX_SEEDS + 1)
-    half_widths = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * spread / np.sqrt(n)
-    below = np.nonzero(half_widths < distance)[0]
-    return int(n[below[0]]) if below.size else _MAX_SEEDS + 1
-
-
-def difference(
-    baseline: Sequence[float],
-    candidate: Sequence[float],
-    *,
-    paired: bool = True,
-    margin: float = 0.0,
-) -> Interval:
-    """``mean(candidate) - mean(baseline)`` with its 95% t-interval.
-
-    ``paired``: the i-th values of both come from the same seed (same initialisation and data
-    order); the interval is then Student's over the per-seed differences, else Welch's.
-    """
-    base = _clean(baseline)
-    cand = _clean(candidate)
-    if paired:
-        if base.size != cand.size:
-            raise ValueError(f"paired samples need equal sizes, got {base.size} and {cand.size}")
-        deltas = cand - base
-        n = int(deltas.size)
-        method = "paired t-interval"
-        effect = float(deltas.mean()) if n else math.nan
-        if n < 2:
-            return Interval(effect, math.nan, math.nan, n, method, margin)
-        spread = float(deltas.std(ddof=1))
-        scale, dof = spread / math.sqrt(n), n - 1.0
-    else:
-        n = int(min(base.size, cand.size))
-        method = "Welch t-interval"
-        effect = float(cand.mean() - base.mean()) if n else math.nan
-        if n < 2:
-            return Interval(effect, math.nan, math.nan, n, method, margin)
-        base_term = base.var(ddof=1) / base.size
-        cand_term = cand.var(ddof=1) / cand.size
-        spread = math.sqrt(base.var(ddof=1) + cand.var(ddof=1))
-        scale = math.sqrt(base_term + cand_term)
-        # Welch-Satterthwaite degrees of freedom
-        dof = (base_term + cand_term) ** 2 / (
-            base_term**2 / (base.size - 1) + cand_term**2 / (cand.size - 1)
-        ) if scale > 0 else n - 1.0  # fmt: skip
-    if scale == 0.0:
-        low = high = effect
-    else:
-        low, high = stats.t.interval(CONFIDENCE, dof, loc=effect, scale=scale)
-    interval = Interval(effect, float(low), float(high), n, method, margin)
-    decided = interval.low > margin or interval.high < margin
-    needed = None if decided else _t_seeds_needed(effect, spread, margin, n + 1)
-    return Interval(effect, float(low), float(high), n, method, margin, needed)
-
-
-def _pitman_morgan_factor(n: np.ndarray, correlation: float) -> np.ndarray:
-    """``K + sqrt(K^2 - 1)`` for each sample size: the interval is ``[F / factor, F * factor]``."""
-    t = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 2)
-    k = 1.0 + 2.0 * (1.0 - correlation**2) * t**2 / (n - 2)
-    return np.asarray(k + np.sqrt(k * k - 1.0))
-
-
-def variance_ratio(baseline: Sequence[float], candidate: Sequence[float]) -> Interval:
-    """``var(candidate) / var(baseline)`` of paired samples with the Pitman-Morgan 95% interval.
-
-    The margin is 1 (equal variances); it needs at least 3 pairs.
-    """
-    base = _clean(baseline)
-    cand = _clean(candidate)
+def _pairs(baseline: Sequence[float], candidate: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    base = _clean(baseline, "baseline")
+    cand = _clean(candidate, "candidate")
     if base.size != cand.size:
         raise ValueError(f"paired samples need equal sizes, got {base.size} and {cand.size}")
-    n = int(base.size)
-    method = "Pitman-Morgan interval (paired)"
+    return base, cand
+
+
+def smallest_p(n: int, sided: int = 2) -> float:
+    """The smallest p-value the exact sign-flip test can give with ``n`` pairs: ``2^(1-n)``
+    two-sided, ``2^-n`` one-sided (every difference on one side)."""
+    if sided not in (1, 2):
+        raise ValueError(f"sided must be 1 or 2, got {sided}")
+    return min(1.0, sided * 0.5**n) if n > 0 else 1.0
+
+
+def pairs_needed(level: float = LEVEL, family: int = 1, sided: int = 2) -> int:
+    """The fewest pairs at which the exact sign-flip test can reject at ``level`` after Holm
+    over ``family`` endpoints (the first step tests at ``level / family``)."""
+    if not 0 < level < 1 or family < 1:
+        raise ValueError(f"need 0 < level < 1 and family >= 1, got {level} and {family}")
+    n = 1
+    while smallest_p(n, sided) > level / family:
+        n += 1
+    return n
+
+
+def _sign_flip_p(deltas: np.ndarray, alternative: str) -> float:
+    """The exact sign-flip p-value of ``mean(deltas) == 0`` (sampled beyond 16 pairs; 1 for
+    fewer than 2 pairs, which scipy does not test: no decision is possible there anyway)."""
+    if deltas.size < 2:
+        return 1.0
+    exact = deltas.size <= _EXACT_PAIRS
+    result = stats.permutation_test(
+        (deltas,),
+        lambda x, axis: np.mean(x, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=np.inf if exact else _SAMPLED_FLIPS,
+        alternative=alternative,
+        rng=None if exact else np.random.default_rng(0),
+    )
+    return float(result.pvalue)
+
+
+def _boundary(rejects: Callable[[float], bool], inside: float, outside: float) -> float:
+    """Bisect between a value the test keeps (``inside``) and one it rejects (``outside``)."""
+    for _ in range(60):
+        middle = 0.5 * (inside + outside)
+        if middle in (inside, outside):
+            break
+        if rejects(middle):
+            outside = middle
+        else:
+            inside = middle
+    return inside
+
+
+def paired_difference(
+    baseline: Sequence[float], candidate: Sequence[float], *, sesoi: float | None = None
+) -> Estimate:
+    """``mean(candidate - baseline)`` over pairs, with the exact sign-flip test, its 95%
+    interval and, with a ``sesoi``, the equivalence test against ``+-sesoi``."""
+    if sesoi is not None and not (math.isfinite(sesoi) and sesoi > 0):
+        raise ValueError(f"sesoi must be a positive finite number or None, got {sesoi}")
+    base, cand = _pairs(baseline, candidate)
+    deltas = cand - base
+    n = int(deltas.size)
+    method = "exact sign-flip test (paired)"
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, method, sesoi=sesoi, smallest_p=1.0)
+    effect = float(deltas.mean())
+    p_value = _sign_flip_p(deltas, "two-sided")
+    p_equivalence = math.nan
+    if sesoi is not None:
+        p_equivalence = max(
+            _sign_flip_p(deltas + sesoi, "greater"), _sign_flip_p(deltas - sesoi, "less")
+        )
+    floor = smallest_p(n) if n <= _EXACT_PAIRS else 0.0
+    if floor > LEVEL:
+        low, high = -math.inf, math.inf
+    else:
+        scale = float(np.ptp(deltas)) + abs(effect) + 1.0
+
+        def rejects(shift: float) -> bool:
+            return _sign_flip_p(deltas - shift, "two-sided") <= LEVEL
+
+        # Bisection stops within rounding of the boundary: snap it to 12 digits of the scale.
+        low = round(_boundary(rejects, effect, float(deltas.min()) - scale) / scale, 12) * scale
+        high = round(_boundary(rejects, effect, float(deltas.max()) + scale) / scale, 12) * scale
+    return Estimate(
+        effect, low, high, n, method, 0.0, sesoi, p_value, p_equivalence, floor
+    )  # fmt: skip
+
+
+def t_difference(baseline: Sequence[float], candidate: Sequence[float]) -> Estimate:
+    """``mean(candidate - baseline)`` over many paired samples with Student's t-interval
+    (for the noisy quadratic model's chains: hundreds of continuous samples)."""
+    base, cand = _pairs(baseline, candidate)
+    deltas = cand - base
+    n = int(deltas.size)
+    method = "paired t-interval"
     if n < 2:
-        return Interval(math.nan, math.nan, math.nan, n, method, 1.0)
-    base_var = float(base.var(ddof=1))
-    cand_var = float(cand.var(ddof=1))
-    if base_var == 0.0 or cand_var == 0.0:
-        ratio = math.inf if base_var == 0.0 and cand_var > 0.0 else math.nan
-        return Interval(ratio, math.nan, math.nan, n, method, 1.0)
-    ratio = cand_var / base_var
+        effect = float(deltas.mean()) if n else math.nan
+        return Estimate(effect, math.nan, math.nan, n, method)
+    effect = float(deltas.mean())
+    scale = float(deltas.std(ddof=1)) / math.sqrt(n)
+    if scale == 0.0:  # no spread: no interval, and no verdict from it
+        return Estimate(effect, math.nan, math.nan, n, method)
+    low, high = stats.t.interval(CONFIDENCE, n - 1, loc=effect, scale=scale)
+    p_value = float(2 * stats.t.sf(abs(effect) / scale, n - 1))
+    return Estimate(effect, float(low), float(high), n, method, p_value=p_value)
+
+
+def _pitman_morgan_factor(n: int, correlation: float) -> float:
+    """``K + sqrt(K^2 - 1)``: the interval of the ratio is ``[F / factor, F * factor]``."""
+    t = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 2))
+    k = 1.0 + 2.0 * (1.0 - correlation**2) * t**2 / (n - 2)
+    return k + math.sqrt(k * k - 1.0)
+
+
+def _pitman_morgan_p(base: np.ndarray, cand: np.ndarray, theta: float, alternative: str) -> float:
+    """The Pitman-Morgan test of ``var(cand) / var(base) == theta``: ``alternative`` "less"
+    (ratio below theta), "greater" or "two-sided"."""
+    root = math.sqrt(theta)
+    return float(stats.pearsonr(cand + root * base, cand - root * base, alternative=alternative)[1])
+
+
+def variance_ratio(
+    baseline: Sequence[float], candidate: Sequence[float], *, sesoi: float | None = None
+) -> Estimate:
+    """``var(candidate) / var(baseline)`` of paired samples with the Pitman-Morgan test and
+    95% interval; with a ``sesoi`` (a factor above 1), equivalence within ``[1/sesoi, sesoi]``.
+    It needs at least 3 pairs and a spread in both samples."""
+    if sesoi is not None and not (math.isfinite(sesoi) and sesoi > 1):
+        raise ValueError(f"sesoi of a ratio must be a finite factor above 1 or None, got {sesoi}")
+    base, cand = _pairs(baseline, candidate)
+    n = int(base.size)
+    method = "Pitman-Morgan test (paired)"
+    nothing = Estimate(math.nan, math.nan, math.nan, n, method, 1.0, sesoi, smallest_p=1.0)
     if n < 3:
-        return Interval(ratio, math.nan, math.nan, n, method, 1.0, seeds_needed=None)
+        return nothing
+    base_var, cand_var = float(base.var(ddof=1)), float(cand.var(ddof=1))
+    if base_var == 0.0 or cand_var == 0.0:
+        return nothing
+    ratio = cand_var / base_var
     correlation = float(np.corrcoef(base, cand)[0, 1])
-    factor = float(_pitman_morgan_factor(np.array([n]), correlation)[0])
-    low, high = ratio / factor, ratio * factor
-    needed = None
-    if low <= 1.0 <= high and ratio != 1.0:
-        # The smallest n whose interval at this ratio and correlation excludes 1.
-        sizes = np.arange(n + 1, _MAX_SEEDS + 1)
-        narrow = np.nonzero(_pitman_morgan_factor(sizes, correlation) < max(ratio, 1 / ratio))[0]
-        needed = int(sizes[narrow[0]]) if narrow.size else _MAX_SEEDS + 1
-    return Interval(ratio, low, high, n, method, 1.0, needed)
+    if not math.isfinite(correlation) or abs(correlation) >= 1.0:
+        return nothing
+    factor = _pitman_morgan_factor(n, correlation)
+    p_value = _pitman_morgan_p(base, cand, 1.0, "two-sided")
+    p_equivalence = math.nan
+    if sesoi is not None:
+        p_equivalence = max(
+            _pitman_morgan_p(base, cand, sesoi, "less"),
+            _pitman_morgan_p(base, cand, 1.0 / sesoi, "greater"),
+        )
+    return Estimate(
+        ratio, ratio / factor, ratio * factor, n, method, 1.0, sesoi, p_value, p_equivalence
+    )
 
 
-def verdict_of(interval: Interval, favours: Favours) -> str:
-    """ "holds" when the interval lies beyond the margin on the ``favours`` side, "does not hold"
-    when it lies on the other side, else "inconclusive at n seeds"."""
-    if interval.estimated:
-        above = interval.low > interval.margin
-        below = interval.high < interval.margin
-        if above or below:
-            return "holds" if above == (favours == "above") else "does not hold"
-    return f"inconclusive at {interval.samples}"
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: the i-th smallest p-value times
+    ``m - i + 1``, made non-decreasing, at most 1. Reject an endpoint when its adjusted p-value
+    is at most the level; the family-wise error rate is then at most the level."""
+    values = [float(p) for p in p_values]
+    if any(not 0.0 <= p <= 1.0 for p in values):
+        raise ValueError(f"p-values must lie in [0, 1], got {values}")
+    m = len(values)
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, index in enumerate(sorted(range(m), key=values.__getitem__)):
+        running = max(running, min(1.0, (m - rank) * values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def verdict_kind(verdict: str) -> str:
+    """``supports``, ``contradicts``, ``equivalent`` or ``inconclusive`` (for "cannot decide at
+    n seeds" too)."""
+    for kind in ("supports", "contradicts", "equivalent"):
+        if verdict.startswith(kind):
+            return kind
+    return "inconclusive"
+
+
+def verdict_of(
+    estimate: Estimate,
+    favours: Favours,
+    *,
+    p_value: float | None = None,
+    p_equivalence: float | None = None,
+    family: int = 1,
+    level: float = LEVEL,
+) -> str:
+    """The verdict of one case (see the module's docstring). ``p_value``/``p_equivalence``:
+    the Holm-adjusted p-values when the case is one of ``family`` primary endpoints (default:
+    the estimate's own)."""
+    p = estimate.p_value if p_value is None else p_value
+    p_equal = estimate.p_equivalence if p_equivalence is None else p_equivalence
+    if estimate.sesoi is not None and math.isfinite(p_equal) and p_equal <= level:
+        return f"equivalent within {estimate.equivalence_text()}"
+    if math.isfinite(p) and p <= level and estimate.effect != estimate.null:
+        above = estimate.effect > estimate.null
+        return "supports" if above == (favours == "above") else "contradicts"
+    one_sided_floor = estimate.smallest_p / 2 if estimate.smallest_p < 1.0 else 1.0
+    can_differ = family * estimate.smallest_p <= level
+    can_match = estimate.sesoi is not None and family * one_sided_floor <= level
+    if not math.isfinite(estimate.effect) or not (can_differ or can_match):
+        return f"inconclusive: cannot decide at {estimate.samples}"
+    return f"inconclusive at {estimate.samples}"

@@ -39,6 +39,7 @@ __all__ = [
     "CharTransformerTask",
     "Cifar10Task",
     "DigitsTask",
+    "PostNormCharTransformerTask",
     "Task",
     "TaskData",
     "TaskSettings",
@@ -78,6 +79,9 @@ class TaskData:
     val_targets: Tensor
     train_eval_inputs: Tensor
     train_eval_targets: Tensor
+    # A held-out test split, never used to choose anything (tasks that have one).
+    test_inputs: Tensor | None = None
+    test_targets: Tensor | None = None
 
 
 class Task(ABC):
@@ -97,6 +101,11 @@ class Task(ABC):
     schedule: str = "cosine"  # the learning-rate schedule of the task's default protocol
     model_description: str = ""
     split_description: str = ""
+    # The headline metric on a held-out test split, for tasks that have one: comparisons are
+    # reported there, choices (a learning rate) are made on the validation split.
+    test_metric: str | None = None
+    # Keep every step's training loss (the stability study's instability endpoint).
+    records_step_losses: bool = False
 
     def learning_rate(self, inner: str) -> float:
         """The default learning rate of ``inner`` on this task (3e-3 for unlisted optimizers)."""
@@ -171,14 +180,24 @@ class _ClassificationTask(Task):
         val_loss, val_accuracy = _cross_entropy_in_chunks(
             model, data.val_inputs, data.val_targets, chunk=self.eval_chunk
         )
-        return {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy}
+        metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy}
+        if data.test_inputs is not None and data.test_targets is not None:
+            test_loss, test_accuracy = _cross_entropy_in_chunks(
+                model, data.test_inputs, data.test_targets, chunk=self.eval_chunk
+            )
+            metrics |= {"test_loss": test_loss, "test_accuracy": test_accuracy}
+        return metrics
 
 
 class DigitsTask(_ClassificationTask):
-    """scikit-learn's 8x8 digits: 1,437 training and 360 validation images (a fixed stratified
-    split), a two-layer CNN, cross-entropy; the validation metrics on all 360 images, the
-    training loss on the first ``train_eval_size`` training images (a fixed random subset; all
-    of them by default). The lab's own "digits" measures it on 360, for cheaper evaluations."""
+    """scikit-learn's 8x8 digits (1,797 images) in fixed stratified splits, a two-layer CNN,
+    cross-entropy; the training loss on the first ``train_eval_size`` training images (a fixed
+    random subset; all of them by default).
+
+    Without ``held_out`` (the default, for the examples): 1,437 training and 360 validation
+    images. With it (the lab's "digits"): 1,077 training, 360 validation and 360 test images;
+    the validation split is for choices (a learning rate), the test split for the comparison
+    reported after them."""
 
     name = "digits"
     description = "scikit-learn 8x8 digits (1,797 images), small CNN"
@@ -190,25 +209,40 @@ class DigitsTask(_ClassificationTask):
     quick = TaskSettings(steps=60, eval_every=20, batch_size=64)
     learning_rates = MappingProxyType({"sgd": 0.05, "adam": 2e-3, "adamw": 2e-3, "radam": 2e-3})
 
-    def __init__(self, train_eval_size: int | None = None) -> None:
-        if train_eval_size is not None and not 1 <= train_eval_size <= 1437:
-            raise ValueError(f"train_eval_size must lie in [1, 1437], got {train_eval_size}")
+    def __init__(self, train_eval_size: int | None = None, *, held_out: bool = False) -> None:
+        train_size = 1077 if held_out else 1437
+        if train_eval_size is not None and not 1 <= train_eval_size <= train_size:
+            raise ValueError(
+                f"train_eval_size must lie in [1, {train_size}], got {train_eval_size}"
+            )
         self.train_eval_size = train_eval_size
+        self.held_out = held_out
+        self.test_metric = "test_accuracy" if held_out else None
         measured = (
-            "all 1,437" if train_eval_size is None else f"a fixed subset of {train_eval_size}"
+            f"all {train_size:,}"
+            if train_eval_size is None
+            else f"a fixed subset of {train_eval_size}"
+        )
+        splits = (
+            "1,077 training, 360 validation (for choices) and 360 test images (for the reported "
+            "comparisons)"
+            if held_out
+            else "1,437 training and 360 validation images"
         )
         self.split_description = (
-            "scikit-learn's bundled 8x8 handwritten digits: a fixed stratified split of 1,437 "
-            f"training and 360 validation images; the training loss is measured on {measured}"
+            f"scikit-learn's bundled 8x8 handwritten digits: a fixed stratified split of {splits}; "
+            f"the training loss is measured on {measured}"
         )
 
     def load(self, data_dir: str | None, device: str, *, verify: bool = True) -> TaskData:
-        train_x, train_y, val_x, val_y = _digits_split()
+        parts = _digits_split(self.held_out)
+        train_x, train_y = parts[0], parts[1]
         size = self.train_eval_size or train_x.shape[0]
-        move = functools.partial(Tensor.to, device=device)
+        moved = [tensor.to(device) for tensor in parts]
+        test = moved[4:6] if self.held_out else [None, None]
         return TaskData(
-            move(train_x), move(train_y), move(val_x), move(val_y), move(train_x[:size]),
-            move(train_y[:size]),
+            moved[0], moved[1], moved[2], moved[3], train_x[:size].to(device),
+            train_y[:size].to(device), test[0], test[1],
         )  # fmt: skip
 
     def build_model(self) -> nn.Module:
@@ -218,8 +252,11 @@ class DigitsTask(_ClassificationTask):
         return _random_rows(data, generator, batch_size)
 
 
-@functools.lru_cache(maxsize=1)
-def _digits_split() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+@functools.lru_cache(maxsize=2)
+def _digits_split(held_out: bool) -> tuple[Tensor, ...]:
+    """(train images, labels, validation images, labels[, test images, labels]): 20% of the
+    images for validation as ever; with ``held_out``, a further 360 of the training images,
+    stratified, for a test split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -230,9 +267,17 @@ def _digits_split() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     train_rows, val_rows = train_test_split(
         rows, test_size=0.2, random_state=0, stratify=labels.numpy()
     )
-    train_idx = torch.as_tensor(train_rows)
-    val_idx = torch.as_tensor(val_rows)
-    return images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
+    parts = [train_rows, val_rows]
+    if held_out:
+        train_rows, test_rows = train_test_split(
+            train_rows, test_size=360, random_state=1, stratify=labels.numpy()[train_rows]
+        )
+        parts = [train_rows, val_rows, test_rows]
+    out: list[Tensor] = []
+    for part in parts:
+        index = torch.as_tensor(part)
+        out += [images[index], labels[index]]
+    return tuple(out)
 
 
 def stdlib_corpus(max_bytes: int = 1_000_000) -> bytes:
@@ -350,9 +395,26 @@ class CharTransformerTask(CharLMTask):
     learning_rates = MappingProxyType({"adam": 3e-3, "adamw": 3e-3, "sgd": 0.3, "radam": 3e-3})
     optimizer_overrides = MappingProxyType({})
     max_grad_norm = None
+    records_step_losses = True
 
     def build_model(self) -> nn.Module:
         return CharTransformer(context=self.window)
+
+
+class PostNormCharTransformerTask(CharTransformerTask):
+    """``charlm-transformer`` with post-norm blocks (the original Transformer's
+    ``norm(x + f(x))``): the variant that needs learning-rate warm-up most, for the stability
+    study beside the pre-norm one."""
+
+    name = "charlm-transformer-postln"
+    model_description = (
+        "a byte-level causal Transformer: byte and learned position embeddings of width 64, two "
+        "post-norm blocks of 4-head causal self-attention and a 256-unit GELU MLP, a linear "
+        "read-out to 256 bytes; windows of 64 bytes; no gradient clipping"
+    )
+
+    def build_model(self) -> nn.Module:
+        return CharTransformer(context=self.window, norm_first=False)
 
 
 def _windows_at(text: Tensor, starts: Tensor, window: int) -> Batch:
@@ -577,9 +639,10 @@ def load_cifar10(
 TASKS: dict[str, Task] = {
     task.name: task
     for task in (
-        DigitsTask(train_eval_size=360),
+        DigitsTask(train_eval_size=360, held_out=True),
         CharLMTask(),
         CharTransformerTask(),
+        PostNormCharTransformerTask(),
         Cifar10Task(),
     )
 }

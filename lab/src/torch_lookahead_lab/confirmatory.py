@@ -1,0 +1,234 @@
+"""The confirmatory stability study (``torch-lookahead stability --confirmatory``), run by its
+committed plan (``plans/stability.json``) on fresh seeds.
+
+The pilot (``stability``) read the final validation bits per character of 4 evaluations, so it
+missed instability that happened and recovered, and it had no arm to tell a wider
+learning-rate range from one shifted by alpha. Here every run records its per-step minibatch
+training loss (the ``charlm-transformer`` tasks do), and a run is *unstable* when that loss is
+ever non-finite or exceeds the untrained model's (step 0) after the warm-up plus a few grace
+steps: an absolute rule, not one relative to the best run. Per seed, the endpoint is log10 of
+the largest learning rate of a fine grid whose run is stable. Three arms: Adam at lr,
+Lookahead(Adam) at lr, and Adam at alpha x lr (the effective-learning-rate control); two
+Transformers, pre-LN and post-LN; with and without warm-up. The primary endpoints (the plan's
+``primary`` cell: pre-LN, warm-up 50; Lookahead against Adam and against Adam at alpha x lr)
+are Holm-adjusted together and tested with the exact sign-flip test (``stats``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch_lookahead_lab.claims import Case, Claim, _case, fmt, holm_primary
+from torch_lookahead_lab.plans import Plan, load_plan
+from torch_lookahead_lab.runner import RunConfig, RunResult, make_config
+from torch_lookahead_lab.stability import PAPER_STABILITY
+from torch_lookahead_lab.stats import paired_difference
+from torch_lookahead_lab.tasks import get_task
+
+__all__ = [
+    "ARMS",
+    "ConfirmatoryPlan",
+    "ConfirmatoryResults",
+    "arm_config",
+    "confirmatory_claims",
+    "confirmatory_configs",
+    "confirmatory_plan",
+    "largest_stable_lr",
+    "unstable",
+]
+
+# The arms: (label, uses Lookahead, factor on the learning rate).
+ARMS = (("adam", False, 1.0), ("lookahead", True, 1.0), ("adam at alpha x lr", False, None))
+
+
+@dataclass(frozen=True)
+class ConfirmatoryPlan:
+    """The study's committed plan, parsed (``confirmatory_plan``)."""
+
+    tasks: tuple[str, ...]
+    inner: str
+    k: int
+    alpha: float
+    lrs: tuple[float, ...]
+    warmups: tuple[int, ...]
+    seeds: tuple[int, ...]
+    grace_steps: int
+    primary_task: str
+    primary_warmup: int
+    plan: Plan
+    quick: bool = False
+
+
+def _log_grid(low: float, high: float, count: int) -> tuple[float, ...]:
+    if count < 2:
+        return (low,)
+    ratio = math.log(high / low) / (count - 1)
+    return tuple(float(f"{low * math.exp(ratio * i):.6g}") for i in range(count))
+
+
+def confirmatory_plan(quick: bool = False, seed_offset: int = 0) -> ConfirmatoryPlan:
+    """The committed plan (its ``quick`` part over it for a quick run), seeds moved by
+    ``seed_offset``."""
+    if seed_offset < 0:
+        raise ValueError(f"seed_offset must be a non-negative integer, got {seed_offset}")
+    plan = load_plan("stability")
+    data: dict[str, Any] = {**plan.data, **(plan.data["quick"] if quick else {})}
+    lrs, seeds = data["lrs"], data["seeds"]
+    first = seeds["first"] + seed_offset
+    return ConfirmatoryPlan(
+        tasks=tuple(data["tasks"]),
+        inner=data["inner"],
+        k=int(data["k"]),
+        alpha=float(data["alpha"]),
+        lrs=_log_grid(float(lrs["low"]), float(lrs["high"]), int(lrs["count"])),
+        warmups=tuple(int(w) for w in data["warmups"]),
+        seeds=tuple(range(first, first + int(seeds["count"]))),
+        grace_steps=int(data["instability"]["grace_steps"]),
+        primary_task=data["primary"]["task"],
+        primary_warmup=int(data["primary"]["warmup"]),
+        plan=plan,
+        quick=quick,
+    )
+
+
+def arm_config(
+    plan: ConfirmatoryPlan, task: str, arm: str, lr: float, warmup: int, seed: int
+) -> RunConfig:
+    """The run of ``arm`` at grid learning rate ``lr`` (Adam at alpha x lr for that arm)."""
+    spec = get_task(task)
+    settings = spec.quick if plan.quick else spec.full
+    _, lookahead, factor = next(a for a in ARMS if a[0] == arm)
+    return make_config(
+        task, plan.inner, seed=seed, settings=settings,
+        lr=lr * (plan.alpha if factor is None else factor),
+        k=plan.k if lookahead else None, alpha=plan.alpha if lookahead else None,
+        schedule="cosine", warmup_steps=min(warmup, settings.steps),
+    )  # fmt: skip
+
+
+def confirmatory_configs(plan: ConfirmatoryPlan) -> list[RunConfig]:
+    """Every arm at every grid learning rate, warm-up, task and seed."""
+    return [
+        arm_config(plan, task, arm, lr, warmup, seed)
+        for task in plan.tasks
+        for warmup in plan.warmups
+        for lr in plan.lrs
+        for seed in plan.seeds
+        for arm, _, _ in ARMS
+    ]
+
+
+def unstable(result: RunResult, grace_steps: int) -> bool:
+    """True when the run's per-step training loss was ever non-finite, or exceeded its step-0
+    value after the warm-up plus ``grace_steps`` (a run that ended early diverged)."""
+    losses = result.step_losses
+    if losses is None:
+        raise ValueError(f"{result.config.task}: the run recorded no per-step training loss")
+    if result.diverged_at is not None or any(v is None for v in losses) or not losses:
+        return True
+    initial = losses[0]
+    after = losses[result.config.warmup_steps + grace_steps :]
+    return any(v is not None and initial is not None and v > initial for v in after)
+
+
+def largest_stable_lr(stable_lrs: Sequence[float], grid: Sequence[float]) -> float:
+    """log10 of the largest stable learning rate; one grid step below the smallest when none."""
+    if stable_lrs:
+        return math.log10(max(stable_lrs))
+    ordered = sorted(grid)
+    step = math.log10(ordered[1] / ordered[0]) if len(ordered) >= 2 else 1.0
+    return math.log10(ordered[0]) - step
+
+
+@dataclass
+class ConfirmatoryResults:
+    """What the confirmatory study measured: every run of its plan."""
+
+    plan: ConfirmatoryPlan
+    command: str
+    runs: list[RunResult]
+    seconds: float = math.nan
+    jobs: int = 0
+    cached_jobs: int = 0
+
+    @property
+    def title(self) -> str:
+        return "torch-lookahead stability --confirmatory" + (" (quick)" if self.quick else "")
+
+    @property
+    def quick(self) -> bool:
+        return self.plan.quick
+
+    def edges(self, task: str, arm: str, warmup: int) -> list[float]:
+        """Per seed, log10 of the largest grid learning rate whose run of ``arm`` is stable (the
+        grid's learning rate, for the alpha x lr arm too: its edge is read on the same grid)."""
+        by_config = {r.config: r for r in self.runs}
+        out = []
+        for seed in self.plan.seeds:
+            stable = [
+                lr
+                for lr in self.plan.lrs
+                if not unstable(
+                    by_config[arm_config(self.plan, task, arm, lr, warmup, seed)],
+                    self.plan.grace_steps,
+                )
+            ]
+            out.append(largest_stable_lr(stable, self.plan.lrs))
+        return out
+
+
+def _label(task: str, warmup: int) -> str:
+    variant = "post-LN" if task.endswith("postln") else "pre-LN"
+    return f"{variant}, {'warm-up ' + str(warmup) if warmup else 'no warm-up'}"
+
+
+def confirmatory_claims(lab: ConfirmatoryResults) -> list[Claim]:
+    """Per (task, warm-up): Lookahead's edge against Adam's and against Adam at alpha x lr's;
+    the plan's primary cell is primary (Holm over its two endpoints), the others descriptive."""
+    plan = lab.plan
+    claims = []
+    for key, baseline, title in (
+        ("stability_edge", "adam", "Lookahead against Adam"),
+        ("stability_edge_rescaled", "adam at alpha x lr", "Lookahead against Adam at alpha x lr"),
+    ):
+        for primary in (True, False):
+            claim_plan = plan.plan.claim(key if primary else "stability_edge_other")
+            cases: list[Case] = []
+            for task in plan.tasks:
+                for warmup in plan.warmups:
+                    if (task == plan.primary_task and warmup == plan.primary_warmup) != primary:
+                        continue
+                    base = lab.edges(task, baseline, warmup)
+                    wrapped = lab.edges(task, "lookahead", warmup)
+                    estimate = paired_difference(base, wrapped, sesoi=claim_plan.sesoi)
+                    what = (
+                        f"log10 of the largest stable learning rate, mean {fmt(_mean(base), 3)} "
+                        f"{baseline}, {fmt(_mean(wrapped), 3)} Lookahead; Lookahead minus "
+                        f"{baseline}"
+                    )
+                    cases.append(_case(_label(task, warmup), estimate, "above", what))
+            if not cases:
+                continue
+            claims.append(
+                Claim(
+                    key=key if primary else f"{key}_other",
+                    title=f"largest stable learning rate, {title}",
+                    paper=PAPER_STABILITY,
+                    protocol=f"{len(plan.seeds)} fresh seeds, {len(plan.lrs)} learning rates "
+                    f"from {fmt(plan.lrs[0], 3)} to {fmt(plan.lrs[-1], 3)}; a run is unstable by "
+                    "the plan's rule on the per-step training loss.",
+                    effect="per seed, log10 of the largest stable learning rate, Lookahead "
+                    f"minus {baseline}; above zero favours Lookahead.",
+                    cases=tuple(cases),
+                    role=claim_plan.role,
+                    sesoi=claim_plan.sesoi,
+                )
+            )
+    return holm_primary(claims)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values) if values else math.nan

@@ -1,0 +1,79 @@
+"""Plans before data: the committed demo plan drives the demo, its digest identifies it, a
+plan that changed after results existed makes the report exploratory, and --seed-offset moves
+every seed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from torch_lookahead_lab.experiments import compare_experiment, demo_experiment, demo_plan
+from torch_lookahead_lab.plans import ClaimPlan, load_plan, plan_from_mapping, plan_status
+from torch_lookahead_lab.stats import pairs_needed
+from torch_lookahead_lab.tasks import TaskSettings
+
+TINY = TaskSettings(steps=4, eval_every=2, batch_size=8)
+
+
+def test_the_demo_plan_is_the_committed_file_and_its_digest_is_its_sha256() -> None:
+    plan = load_plan("demo")
+    assert plan.digest == hashlib.sha256(plan.text.encode()).hexdigest()[:16]
+    assert plan.status == "confirmatory"
+    assert plan.claim("final_default") == ClaimPlan(
+        "primary", "test_accuracy", 0.01, plan.data["claims"]["final_default"]["why"]
+    )
+    assert plan.claim("not a claim").role == "descriptive"
+    with pytest.raises(ValueError, match="no committed plan"):
+        load_plan("nope")
+
+
+def test_the_demo_has_the_seeds_its_primary_claims_need() -> None:
+    """Two primary claims of two cases each, Holm over 4 endpoints: the exact test needs 8
+    pairs; the plan's comparison seeds are at least that, and the selection seeds are others."""
+    plan = demo_plan()
+    primary = [k for k in plan.plan.data["claims"] if plan.plan.claim(k).role == "primary"]
+    endpoints = len(primary) * len(plan.inners)
+    assert len(plan.comparison_seeds) >= pairs_needed(family=endpoints)
+    assert not set(plan.comparison_seeds) & set(plan.selection_seeds)
+    assert 0.3 in plan.grid_alphas
+
+
+def test_the_demo_follows_its_plan_and_the_offset_moves_every_seed() -> None:
+    experiment = demo_experiment()
+    plan = demo_plan()
+    assert {c.seed for c in experiment.compare} == set(plan.comparison_seeds)
+    assert {c.seed for c in experiment.lr_sweep} == set(plan.selection_seeds)
+    assert experiment.tuned_seeds == plan.comparison_seeds
+    moved = demo_experiment(seed_offset=500)
+    assert {c.seed for c in moved.compare} == {s + 500 for s in plan.comparison_seeds}
+    assert {c.seed for c in moved.lr_sweep} == {s + 500 for s in plan.selection_seeds}
+    assert moved.plan is not None and moved.plan.digest == plan.plan.digest
+    with pytest.raises(ValueError, match="seed_offset"):
+        demo_plan(seed_offset=-1)
+    flags = compare_experiment("digits", ["sgd"], 2, TINY, seed_offset=7)
+    assert {c.seed for c in flags.compare} == {7, 8}
+    assert flags.plan is not None and flags.plan.status == "exploratory"
+
+
+def test_a_plan_that_changed_after_results_existed_makes_the_report_exploratory() -> None:
+    plan = plan_from_mapping("x", {"status": "confirmatory", "claims": {}})
+    assert plan_status(plan, None) == ("confirmatory", "its plan was fixed before its results")
+    same = {"plan": {"digest": plan.digest, "status_of_report": "confirmatory"}}
+    assert plan_status(plan, same)[0] == "confirmatory"
+    before = {"plan": {"digest": "0123456789abcdef", "status_of_report": "confirmatory"}}
+    status, why = plan_status(plan, before)
+    assert status == "exploratory" and "plan changed after results existed" in why
+    # once exploratory, a folder stays so, whatever the plan is now
+    sticky = {"plan": {"digest": plan.digest, "status_of_report": "exploratory",
+                       "why_exploratory": "the plan changed after results existed"}}  # fmt: skip
+    assert plan_status(plan, sticky)[0] == "exploratory"
+    flagged = plan_from_mapping("x", {"status": "exploratory"})
+    assert plan_status(flagged, None)[0] == "exploratory"
+    assert json.loads(plan.text) == plan.data
+
+
+def test_claim_roles_are_checked() -> None:
+    with pytest.raises(ValueError, match="role"):
+        ClaimPlan("confirmatory", "x")
