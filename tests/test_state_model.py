@@ -221,7 +221,7 @@ def test_a_step_post_hook_that_raises_does_not_shift_the_cycle(failing_step: int
 
 
 # ---------------------------------------------------------------- defect 7
-@pytest.mark.parametrize("failing_call", range(3))
+@pytest.mark.parametrize("failing_call", range(2))  # the two copies: work <- slow, fast <- slow
 def test_a_sync_that_fails_after_its_lerp_is_not_applied_twice(
     monkeypatch: pytest.MonkeyPatch, failing_call: int
 ) -> None:

@@ -98,29 +98,61 @@ def test_cache_blocks_cover_every_element_once_in_order() -> None:
     fast, slow = random_pairs(1, shapes, torch.float32, torch.float32)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)  # 64 floats per block
-        patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 0)
         blocks = list(_sync._blocks(fast, slow))
     flat_fast = torch.cat([t.reshape(-1) for block_fast, _, _ in blocks for t in block_fast])
     flat_slow = torch.cat([t.reshape(-1) for _, block_slow, _ in blocks for t in block_slow])
     assert torch.equal(flat_fast, torch.cat([f.reshape(-1) for f in fast]))
     assert torch.equal(flat_slow, torch.cat([s.reshape(-1) for s in slow]))
-    for block_fast, block_slow, numel in blocks:
+    for block_fast, block_slow, sizes in blocks:
         # Either one view of at most a block, or whole tensors that together fit in one.
         assert len(block_fast) == len(block_slow)
-        assert numel == sum(t.numel() for t in block_fast)
+        assert sizes == [t.numel() for t in block_fast]
         if len(block_fast) > 1:
             assert sum(t.numel() for t in block_fast) <= 64
 
 
-def test_small_buckets_are_not_blocked() -> None:
+def test_a_bucket_of_one_block_is_not_cut() -> None:
     fast, slow = random_pairs(2, [(30,)] * 10, torch.float32, torch.float32)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_sync, "SYNC_BLOCK_BYTES", 400)  # 100 floats; the bucket holds 300: 3 blocks
-        patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 3)
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", 1200)  # 300 floats: the whole bucket
         assert len(list(_sync._blocks(fast, slow))) == 1
-        patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 2)
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", 400)  # 100 floats
         sizes = [len(block_fast) for block_fast, _, _ in _sync._blocks(fast, slow)]
         assert sizes == [3, 3, 3, 1]
+
+
+@pytest.mark.parametrize(
+    ("fast_dtype", "slow_dtype"), [(torch.float32, torch.float32), (torch.bfloat16, torch.float32)]
+)
+def test_a_sync_resumed_after_any_completed_step_gives_one_uninterrupted_result(
+    fast_dtype: torch.dtype, slow_dtype: torch.dtype
+) -> None:
+    """Every step may complete and still be interrupted before it is counted (Ctrl-C right after
+    the kernel): running the plan again must not apply the lerp twice."""
+    shapes = [(3,), (700,), (40, 30), (5,)] * 3
+    fast, slow = random_pairs(8, shapes, fast_dtype, slow_dtype)
+    expected_fast, expected_slow = [f.clone() for f in fast], [s.clone() for s in slow]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
+        _sync.sync_(expected_fast, expected_slow, 0.3, foreach=True)
+        count = len(_sync.sync_steps(fast, slow, 0.3, {}, foreach=True))
+        for at in range(count):
+            f, s = [t.clone() for t in fast], [t.clone() for t in slow]
+            plan = _sync.Plan(_sync.sync_steps(f, s, 0.3, {}, foreach=True))
+            step = plan.steps[at]
+            real = step[0] if isinstance(step, tuple) else step
+
+            def interrupted(real: _sync.Step = real) -> None:
+                real()
+                raise KeyboardInterrupt
+
+            plan.steps[at] = (interrupted, step[1]) if isinstance(step, tuple) else interrupted
+            with pytest.raises(KeyboardInterrupt):
+                plan.run()
+            plan.steps[at] = step
+            plan.run()
+            for x, y in zip(f + s, expected_fast + expected_slow, strict=True):
+                assert torch.equal(x, y), at
 
 
 def test_cpu_sync_allocates_nothing_after_its_scratch() -> None:

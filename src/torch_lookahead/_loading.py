@@ -28,7 +28,7 @@ from torch_lookahead._keys import (
     SYNCED_AT_KEY,
 )
 
-__all__ = ["check_loadable", "inner_step_count", "warn_if_stepped_without_lookahead"]
+__all__ = ["check_loadable", "inner_step_count", "warn_if_detoured"]
 
 _TIMM_SLOW_KEY = "lookahead_slow_buff"
 
@@ -124,9 +124,7 @@ def inner_step_count(params: list[Any], state: Mapping[Any, Any]) -> int | None:
     return None
 
 
-def warn_if_stepped_without_lookahead(
-    groups: list[dict[str, Any]], state: Mapping[Any, Any]
-) -> None:
+def warn_if_detoured(groups: list[dict[str, Any]], state: Mapping[Any, Any]) -> None:
     """Warn for each group whose inner step count grew by more than its Lookahead counter since
     the sync recorded in its ``lookahead_synced_at``; nothing is changed."""
     for index, group in enumerate(groups):
