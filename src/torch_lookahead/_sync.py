@@ -27,7 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torch_lookahead._tensors import cache_blocks, local_shards, one_placement, same_shapes
+from torch_lookahead._tensors import (
+    cache_blocks,
+    group_by_device_and_dtype,
+    local_shards,
+    same_shapes,
+)
 
 __all__ = ["Plan", "PlanStep", "Scratch", "Step", "swap_", "swap_steps", "sync_", "sync_steps"]
 
@@ -80,18 +85,6 @@ def _lerp(targets: list[Tensor], ends: list[Tensor], alpha: float, foreach: bool
             t.lerp_(e, alpha)
 
 
-def _buckets(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[Tensor]]]:
-    """The pairs grouped by (placement of ``a``, placement of ``b``), in order of appearance."""
-    if one_placement(a) and one_placement(b):
-        return [(a, b)]  # the usual case, recognised at C speed
-    buckets: dict[tuple[object, object], tuple[list[Tensor], list[Tensor]]] = {}
-    for x, y in zip(a, b, strict=True):
-        bucket = buckets.setdefault((_placement(x), _placement(y)), ([], []))
-        bucket[0].append(x)
-        bucket[1].append(y)
-    return list(buckets.values())
-
-
 def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[Tensor], list[int]]]:
     """Consecutive runs of pairs of about one block of ``a`` each, with their element counts;
     longer contiguous tensors come as flat views of a block. Blocking changes the order of the same
@@ -141,7 +134,7 @@ def _views(
 def _plan_blocks(
     a: Sequence[Tensor], b: Sequence[Tensor]
 ) -> list[tuple[list[Tensor], list[Tensor], list[int]]]:
-    buckets = _buckets(local_shards(a), local_shards(b))
+    buckets = group_by_device_and_dtype([local_shards(a), local_shards(b)], keys=2)
     return [block for bucket_a, bucket_b in buckets for block in _blocks(bucket_a, bucket_b)]
 
 

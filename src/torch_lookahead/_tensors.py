@@ -10,6 +10,7 @@ import operator
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from itertools import accumulate, compress, repeat
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,6 +32,7 @@ OPTIMIZER_BLOCK_BYTES = 1024 * 1024
 _PLAIN_TENSOR_TYPES = frozenset({Tensor, torch.nn.Parameter})
 _dtype_of = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")
+_placement = operator.attrgetter("device", "dtype")
 _is_cpu = operator.attrgetter("is_cpu")
 
 
@@ -44,21 +46,20 @@ def local_shards(tensors: Sequence[Tensor]) -> list[Tensor]:
 
 
 def group_by_device_and_dtype(
-    tensorlists: Sequence[Sequence[Tensor]],
-) -> Iterator[list[list[Tensor]]]:
-    """The parallel lists restricted to each (device, dtype) of the first list, in order of first
-    appearance (the same on every rank of a job that builds the same model)."""
-    first = tensorlists[0]
-    if not first:
-        return
-    if one_placement(first):
-        yield [list(tensors) for tensors in tensorlists]
-        return
-    indices: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for index, tensor in enumerate(first):
-        indices.setdefault((tensor.device, tensor.dtype), []).append(index)
-    for positions in indices.values():
-        yield [[tensors[i] for i in positions] for tensors in tensorlists]
+    tensorlists: Sequence[Sequence[Tensor]], keys: int = 1
+) -> list[list[list[Tensor]]]:
+    """The parallel lists grouped by the (device, dtype) of the tensors of their first ``keys``
+    lists, in order of first appearance (the same on every rank of a job that builds the same
+    model); tensors keep their order inside a group."""
+    if not tensorlists[0]:
+        return []
+    if all(map(one_placement, tensorlists[:keys])):  # one placement, recognised at C speed
+        return [[list(tensors) for tensors in tensorlists]]
+    indices: dict[tuple[Any, ...], list[int]] = {}
+    placements = zip(*(map(_placement, t) for t in tensorlists[:keys]), strict=True)
+    for index, placement in enumerate(placements):
+        indices.setdefault(placement, []).append(index)
+    return [[[t[i] for i in positions] for t in tensorlists] for positions in indices.values()]
 
 
 def one_placement(tensors: Sequence[Tensor]) -> bool:

@@ -12,7 +12,6 @@ import contextlib
 import inspect
 import operator
 import warnings
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from itertools import compress, repeat
@@ -23,24 +22,22 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from torch_lookahead._checks import (
-    check_alpha,
-    check_flag,
-    check_k,
-    check_pullback,
-    check_slow_device,
-    check_slow_dtype,
-    check_step_count,
-)
-from torch_lookahead._keys import (
     ALPHA_KEY,
     EVAL_KEY,
     FAST_KEY,
+    GROUP_CHECKS,
     K_KEY,
     SLOW_KEY,
     STEP_KEY,
     SYNCED_AT_KEY,
+    check_alpha,
+    check_k,
+    check_loadable,
+    check_options,
+    check_step_count,
+    inner_step_count,
+    warn_if_detoured,
 )
-from torch_lookahead._loading import check_loadable, inner_step_count, warn_if_detoured
 from torch_lookahead._sync import Plan, PlanStep, Scratch, Step, swap_steps, sync_steps
 from torch_lookahead._tensors import local_shards, same_placements, same_shapes
 from torch_lookahead.pullback import (
@@ -241,11 +238,10 @@ class Lookahead(Optimizer):
                 f"optimizer must be a torch.optim.Optimizer instance, got {type(optimizer).__name__}"
             )
         k, alpha = check_k(k), check_alpha(alpha)
-        self.foreach = check_flag("foreach", foreach, optional=True)
-        self.check_finite = check_flag("check_finite", check_finite, optional=False)
-        self.pullback_momentum = check_pullback(pullback_momentum, optimizer)
-        self.slow_dtype = check_slow_dtype(slow_dtype)
-        self.slow_device = check_slow_device(slow_device)
+        flags = {"foreach": foreach, "check_finite": check_finite}
+        options = check_options(optimizer, pullback_momentum, slow_dtype, slow_device, flags)
+        self.pullback_momentum, self.slow_dtype, self.slow_device = options
+        self.foreach, self.check_finite = foreach, check_finite
         self.optimizer = optimizer
         self._init_runtime()
         # New groups, also those added straight to the inner optimizer, inherit these defaults.
@@ -265,30 +261,19 @@ class Lookahead(Optimizer):
         self._scratch: Scratch = {}
         Optimizer.__setstate__(self, {})
 
-    # ------------------------------------------------------------------ live views of the inner
-    @property  # type: ignore[override]
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value: list[dict[str, Any]]) -> None:
-        self.optimizer.param_groups = value
-
-    @property  # type: ignore[override]
-    def state(self) -> defaultdict[Tensor, Any]:
-        return self.optimizer.state
-
-    @state.setter
-    def state(self, value: defaultdict[Tensor, Any]) -> None:
-        self.optimizer.state = value
-
-    @property  # type: ignore[override]
-    def defaults(self) -> dict[str, Any]:
-        return self.optimizer.defaults
-
-    @defaults.setter
-    def defaults(self, value: dict[str, Any]) -> None:
-        self.optimizer.defaults = value
+    # The inner optimizer's own structures, read and written through (live views).
+    param_groups = property(  # type: ignore[assignment]
+        lambda self: self.optimizer.param_groups,
+        lambda self, value: setattr(self.optimizer, "param_groups", value),
+    )
+    state = property(  # type: ignore[assignment]
+        lambda self: self.optimizer.state,
+        lambda self, value: setattr(self.optimizer, "state", value),
+    )
+    defaults = property(  # type: ignore[assignment]
+        lambda self: self.optimizer.defaults,
+        lambda self, value: setattr(self.optimizer, "defaults", value),
+    )
 
     @property
     def is_second_order(self) -> bool:
@@ -775,10 +760,10 @@ class Lookahead(Optimizer):
         """Add a parameter group; ``lookahead_k``/``lookahead_alpha`` may be given per group."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
-        checks = ((K_KEY, check_k), (ALPHA_KEY, check_alpha), (STEP_KEY, check_step_count))
-        param_group.update(
-            {key: check(param_group[key], key) for key, check in checks if key in param_group}
-        )
+        checked = {
+            key: check(param_group[key], key) for key, check in GROUP_CHECKS if key in param_group
+        }
+        param_group.update(checked)
         self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
