@@ -36,9 +36,9 @@ from torch_lookahead._tensors import (
 
 __all__ = ["Plan", "PlanStep", "Scratch", "Step", "swap_", "swap_steps", "sync_", "sync_steps"]
 
-#: Bytes of fast weights per block: on the CPU a block of fast, slow and scratch stays in a 1 MiB
-#: L2 cache; on accelerators a bounded scratch, not a second model.
-SYNC_BLOCK_BYTES = 256 * 1024
+#: Bytes of fast weights per block: on the CPU the copy after the lerp reads the block from cache
+#: (docs/benchmarks.md); on accelerators a bounded scratch, not a second model.
+SYNC_BLOCK_BYTES = 512 * 1024
 DEVICE_BLOCK_BYTES = 4 * 1024 * 1024
 
 Step = Callable[[], object]
@@ -102,20 +102,35 @@ def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[T
             cut_a.extend([x] if whole else torch.split(x.view(-1), limit))
             cut_b.extend([y] if whole else torch.split(y.view(-1), limit))
         a, b, sizes = cut_a, cut_b, list(map(Tensor.numel, cut_a))
-    return [(a[s], b[s], sizes[s]) for s in cache_blocks(a, block_bytes)]
+    return [(a[s], b[s], sizes[s]) for s in cache_blocks(a, block_bytes, sizes)]
+
+
+def _save(flat: Tensor | None, work: list[Tensor], sources: list[Tensor], foreach: bool) -> None:
+    """``work <- sources``; one kernel (a concatenation into ``flat``) where all are 1-D."""
+    if flat is not None and foreach:
+        torch.cat(sources, out=flat)
+    else:
+        _copy(work, sources, foreach)
 
 
 def _views(
-    scratch: Scratch, like: list[Tensor], sizes: list[int], placement: tuple[Any, Any], slot: int
-) -> list[Tensor]:
+    scratch: Scratch,
+    like: list[Tensor],
+    sizes: list[int],
+    placement: tuple[Any, Any],
+    slot: int,
+    reserve: int,
+) -> tuple[list[Tensor], Tensor | None]:
     """Views of the scratch buffer ``(*placement, slot)`` shaped like ``like`` (whose element
-    counts are ``sizes``); the last views made for a count of tensors and elements are kept and
-    reused while the shapes match (compared through counts at C speed, ``size()`` is slow)."""
+    counts are ``sizes``), and the buffer's flat view if they are all 1-D. The last views made for
+    a count of tensors and elements are kept and reused while the shapes match (compared through
+    counts at C speed: ``size()`` is slow). A buffer too small is replaced by one of ``reserve``
+    elements (the plan's largest block: the plan's earlier views keep the old one alive)."""
     key, numel = (*placement, slot), sum(sizes)
     buffer = scratch.get(key)
     if buffer is None or buffer.numel() < numel:
         with torch.inference_mode(False):  # so that later plans outside it may write into it
-            buffer = scratch[key] = torch.empty(numel, device=placement[0], dtype=placement[1])
+            buffer = scratch[key] = torch.empty(reserve, device=placement[0], dtype=placement[1])
         for stale in [k for k in scratch if len(k) == 5 and k[:3] == key]:
             del scratch[stale]
     dims = list(map(Tensor.dim, like))
@@ -128,13 +143,21 @@ def _views(
         with torch.inference_mode(False):
             views = torch._C._nn.unflatten_dense_tensors(buffer[:numel], like)
         kept = scratch[(*key, numel, len(like))] = (views, dims, sizes)
-    return list(kept[0])
+    return list(kept[0]), (buffer[:numel] if max(dims) == min(dims) == 1 else None)
+
+
+def _largest(blocks: list[tuple[Any, list[int]]]) -> dict[Any, int]:
+    """The element count of the largest block of each placement."""
+    most: dict[Any, int] = {}
+    for placement, sizes in blocks:
+        most[placement] = max(most.get(placement, 0), sum(sizes))
+    return most
 
 
 def _plan_blocks(
-    a: Sequence[Tensor], b: Sequence[Tensor]
+    a: Sequence[Tensor], b: Sequence[Tensor], keys: int
 ) -> list[tuple[list[Tensor], list[Tensor], list[int]]]:
-    buckets = group_by_device_and_dtype([local_shards(a), local_shards(b)], keys=2)
+    buckets = group_by_device_and_dtype([local_shards(a), local_shards(b)], keys)
     return [block for bucket_a, bucket_b in buckets for block in _blocks(bucket_a, bucket_b)]
 
 
@@ -147,18 +170,20 @@ def sync_steps(
     if torch.compiler.is_compiling():  # a traced sync is one graph: lerp and copy, fused
         return [partial(_compiled_sync_, local_shards(fast), local_shards(slow), alpha)]
     steps: list[PlanStep] = []
-    for block_fast, block_slow, sizes in _plan_blocks(fast, slow):
+    blocks = _plan_blocks(fast, slow, keys=2)
+    most = _largest([((f[0].device, s[0].dtype), sizes) for f, s, sizes in blocks])
+    for block_fast, block_slow, sizes in blocks:
         placement = (block_fast[0].device, block_slow[0].dtype)
-        work = _views(scratch, block_slow, sizes, placement, 0)
+        work, flat = _views(scratch, block_slow, sizes, placement, 0, most[placement])
         if _placement(block_slow[0]) == placement and block_fast[0].dtype == placement[1]:
-            steps.append(partial(_copy, work, block_slow, foreach))
+            steps.append(partial(_save, flat, work, block_slow, foreach))
             lerp = partial(_lerp, block_slow, block_fast, alpha, foreach)
             steps.append((lerp, partial(_copy, block_slow, work, foreach)))
             steps.append(partial(_copy, block_fast, block_slow, foreach))
             continue
         end = block_fast
         if block_fast[0].dtype != placement[1]:  # the fast weights in the slow copy's dtype
-            end = _views(scratch, block_fast, sizes, placement, 1)
+            end = _views(scratch, block_fast, sizes, placement, 1, most[placement])[0]
             steps.append(partial(_copy, end, block_fast, foreach))
         load = partial(_copy, work, block_slow, foreach)
         steps += [load, (partial(_lerp, work, end, alpha, foreach), load)]
@@ -178,9 +203,12 @@ def swap_steps(
 ) -> list[PlanStep]:
     """The steps that exchange the values of each pair (each pair shares device and dtype)."""
     steps: list[PlanStep] = []
-    for block_a, block_b, sizes in _plan_blocks(a, b) if a else []:
-        held = _views(scratch, block_a, sizes, _placement(block_a[0]), 0)
-        steps.append(partial(_copy, held, block_a, foreach))
+    blocks = _plan_blocks(a, b, keys=1) if a else []
+    most = _largest([(_placement(block_a[0]), sizes) for block_a, _, sizes in blocks])
+    for block_a, block_b, sizes in blocks:
+        placement = _placement(block_a[0])
+        held, flat = _views(scratch, block_a, sizes, placement, 0, most[placement])
+        steps.append(partial(_save, flat, held, block_a, foreach))
         steps.append(partial(_copy, block_a, block_b, foreach))
         steps.append(partial(_copy, block_b, held, foreach))
     return steps

@@ -94,14 +94,17 @@ def same_shapes(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
     return list(map(size, compress(a, several))) == list(map(size, compress(b, several)))
 
 
-def cache_blocks(tensors: Sequence[Tensor], block_bytes: int) -> Iterator[slice]:
+def cache_blocks(
+    tensors: Sequence[Tensor], block_bytes: int, sizes: Sequence[int] | None = None
+) -> Iterator[slice]:
     """Consecutive slices of ``range(len(tensors))`` (one dtype) of at most ``block_bytes`` each; a
     larger tensor gets a slice to itself. A multi-tensor kernel over a CPU block then reads what
-    the previous kernel wrote from cache; blocking never changes a result."""
+    the previous kernel wrote from cache; blocking never changes a result. ``sizes``: the
+    tensors' element counts, if known."""
     if not tensors:
         return
     limit = max(1, block_bytes // tensors[0].element_size())
-    ends = list(accumulate(map(Tensor.numel, tensors)))
+    ends = list(accumulate(map(Tensor.numel, tensors) if sizes is None else sizes))
     start, base = 0, 0
     while start < len(ends):
         stop = max(start + 1, bisect_right(ends, base + limit, start))

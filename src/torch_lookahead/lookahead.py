@@ -76,21 +76,26 @@ class LookaheadOptions(TypedDict, total=False):
 
 
 def _held(
-    group: dict[str, Any], where: int, state: Any, key: str
+    group: dict[str, Any], where: int, state: Any, key: str, states: list[Any] | None = None
 ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
-    """The group's parameters whose state holds ``key``, those entries and the state dicts.
-
-    Raises ``ValueError`` before anything changes unless every entry is a tensor of its
-    parameter's shape (a parameter resized through ``.data``, a value assigned by hand)."""
+    """The group's parameters whose state holds ``key``, those entries and the state dicts (given
+    as ``states`` if known). Raises ``ValueError`` before anything changes unless every entry is
+    a tensor of its parameter's shape (a parameter resized through ``.data``, a value assigned by
+    hand)."""
     params = group["params"]
-    states = list(map(state.get, params, repeat(_NO_STATE)))
+    if states is None:
+        states = list(map(state.get, params, repeat(_NO_STATE)))
     held: list[Any] = list(map(dict.get, states, repeat(key)))
-    present = list(map(operator.is_not, held, repeat(None)))
-    if not all(present):
+    if not all(map(operator.is_not, held, repeat(None))):
+        present = list(map(operator.is_not, held, repeat(None)))
         params = list(compress(params, present))
         held = list(compress(held, present))
         states = list(compress(states, present))
-    if not (all(map(isinstance, held, repeat(Tensor))) and same_shapes(held, params)):
+    try:
+        fits = same_shapes(held, params)
+    except TypeError:  # an entry that is not a tensor
+        fits = False
+    if not fits:
         for p, value in zip(params, held, strict=True):
             if not isinstance(value, Tensor) or value.shape != p.shape:
                 found = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else repr(value)
@@ -157,6 +162,15 @@ def _inner_step(
     return out
 
 
+def _forwarded(name: str) -> Any:
+    """A live view of the inner optimizer's attribute ``name``, read and written through."""
+    return property(lambda self: getattr(self.optimizer, name), partial(_set_inner, name))
+
+
+def _set_inner(name: str, self: Lookahead, value: Any) -> None:
+    setattr(self.optimizer, name, value)
+
+
 class Lookahead(Optimizer):
     r"""Lookahead: k steps forward with any optimizer, 1 step back (Zhang et al., 2019).
 
@@ -176,12 +190,9 @@ class Lookahead(Optimizer):
     ``alpha=1`` is exactly the inner optimizer, ``alpha=0`` keeps the weights at the slow copy and
     ``k=1`` with plain SGD is SGD with learning rate ``alpha*lr``.
 
-    ``param_groups``, ``state`` and ``defaults`` are the inner optimizer's own, so LR schedulers,
-    checkpoints and training frameworks see one optimizer, and one ``step()`` is one step to every
-    step hook. ``k``, ``alpha`` and the counter live in each group (``lookahead_k``,
-    ``lookahead_alpha``, ``lookahead_step``), the slow weights in ``state[p]["lookahead_slow"]``;
-    docs/design.md has the state table. An operation an exception interrupted is finished by the
-    next call with the result of one uninterrupted call.
+    ``param_groups``, ``state`` and ``defaults`` are the inner optimizer's own; ``k``, ``alpha``
+    and the counter live in each group, the slow weights in ``state[p]["lookahead_slow"]``
+    (docs/design.md: the state table, and what every operation does in every state).
 
     Args:
         optimizer: the inner ("fast") optimizer, any ``torch.optim.Optimizer``.
@@ -253,27 +264,14 @@ class Lookahead(Optimizer):
         for group in self.param_groups:
             group.pop(SYNCED_AT_KEY, None)
 
-    def _init_runtime(self) -> None:
-        """What is not pickled: hooks and torch's step decoration (what ``Optimizer.__setstate__``
-        sets up; ``Optimizer.__init__`` would build a second list of groups), the scratch buffers
-        and an interrupted operation."""
+    def _init_runtime(self) -> None:  # not pickled; Optimizer.__init__ would copy the groups
         self._plan: Plan | None = None
         self._scratch: Scratch = {}
         Optimizer.__setstate__(self, {})
 
-    # The inner optimizer's own structures, read and written through (live views).
-    param_groups = property(  # type: ignore[assignment]
-        lambda self: self.optimizer.param_groups,
-        lambda self, value: setattr(self.optimizer, "param_groups", value),
-    )
-    state = property(  # type: ignore[assignment]
-        lambda self: self.optimizer.state,
-        lambda self, value: setattr(self.optimizer, "state", value),
-    )
-    defaults = property(  # type: ignore[assignment]
-        lambda self: self.optimizer.defaults,
-        lambda self, value: setattr(self.optimizer, "defaults", value),
-    )
+    param_groups = _forwarded("param_groups")
+    state = _forwarded("state")
+    defaults = _forwarded("defaults")
 
     @property
     def is_second_order(self) -> bool:
@@ -298,9 +296,8 @@ class Lookahead(Optimizer):
         """An optimizer class for APIs that build the optimizer from the parameters themselves.
 
         ``Lookahead.wrap(AdamW, k=5)(params, lr=1e-3)`` returns ``Lookahead(AdamW(params,
-        lr=1e-3), k=5)``. The class is a subclass of ``Lookahead``, as ``ZeroRedundancyOptimizer``,
-        the HF Trainer and DeepSpeed expect; calling it returns a plain ``Lookahead`` (which
-        pickles and loads anywhere), so test instances with ``isinstance(opt, Lookahead)``.
+        lr=1e-3), k=5)``, a plain ``Lookahead``; the class is a subclass of ``Lookahead``, as
+        ``ZeroRedundancyOptimizer``, the HF Trainer and DeepSpeed expect.
         """
         if not callable(optimizer_class):
             raise TypeError(
@@ -444,25 +441,24 @@ class Lookahead(Optimizer):
     def step(self, closure: Closure | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
         """One inner step; after every ``lookahead_k``-th inner step of a group, sync that group.
 
-        The closure, if any, runs once per inner evaluation (through the inner optimizer), and the
-        inner step's return value (the loss) is returned. The inner step is counted as soon as it
-        returns: after an exception from a step post-hook or from the sync, the next ``step()``
-        completes the sync first, without a second inner step.
+        The closure, if any, runs once per inner evaluation; the inner step's return value (the
+        loss) is returned. After an exception from a step post-hook or from the sync, the next
+        ``step()`` completes the sync first, without a second inner step (docs/design.md).
         """
         self._finish()
         self._require_train_mode("step()")
         self._check_groups()
         self._sync_overdue()
         groups, state = self.param_groups, self.state
-        for index, group in enumerate(groups):
-            if group[STEP_KEY] + 1 >= group[K_KEY]:  # a slow copy that cannot sync raises now
-                _held(group, index, state, SLOW_KEY)
         missing: list[Tensor] = []
-        for group in groups:
+        for index, group in enumerate(groups):
             params = group["params"]
-            slows = list(map(dict.get, map(state.get, params, repeat(_NO_STATE)), repeat(SLOW_KEY)))
+            states = list(map(state.get, params, repeat(_NO_STATE)))
+            slows = list(map(dict.get, states, repeat(SLOW_KEY)))
             if any(map(operator.is_, slows, repeat(None))):
                 missing.extend(compress(params, map(operator.is_, slows, repeat(None))))
+            if group[STEP_KEY] + 1 >= group[K_KEY]:  # a slow copy that cannot sync raises now
+                _held(group, index, state, SLOW_KEY, states)
         captured: list[tuple[Tensor, Tensor]] = []
 
         def capture() -> None:  # phi_0: the weights before their first update
@@ -538,10 +534,10 @@ class Lookahead(Optimizer):
 
             slow <- slow + alpha * (fast - slow);  fast <- slow;  the momentum policy
 
-        then each group's counter restarts (at 0, or at ``restart(group)``). ``step()`` calls it
-        for the groups whose cycle has ended, ``sync()`` for all; subclasses override it to replace
-        the local rule (e.g. by an exchange across workers) and call it for the local part. Every
-        check and allocation comes first; after an exception the next operation finishes it.
+        then each group's counter restarts (at 0, or at ``restart(group)``). Subclasses override
+        it to replace the local rule (e.g. by an exchange across workers) and call it for the
+        local part. Every check and allocation comes first; the next operation finishes it after
+        an exception.
         """
         if self.check_finite:
             self.require_finite(groups)
@@ -667,7 +663,8 @@ class Lookahead(Optimizer):
             steps.append(partial(_store, copied_states, FAST_KEY, stashes))
         else:
             steps.append(partial(_drop, copied_states, FAST_KEY))
-            steps.append(partial(self._place_slow_copies, params, states))
+            if self.slow_dtype is not None or self.slow_device is not None:
+                steps.append(partial(self._place_slow_copies, params, states))
         steps.append(partial(_store, groups, EVAL_KEY, [to_eval] * len(groups)))
         self._run(steps)
 
@@ -675,9 +672,8 @@ class Lookahead(Optimizer):
     def eval(self) -> None:
         """Put the slow weights into the parameters (idempotent). ``step()`` raises until ``train()``.
 
-        Resumable like the sync; nothing is allocated after the first call except for slow copies
-        of another dtype or device. The HF Trainer and Accelerate call ``eval()``/``train()`` on
-        their own.
+        Nothing is allocated after the first call except for slow copies of another dtype or
+        device. The HF Trainer and Accelerate call ``eval()``/``train()`` on their own.
         """
         self._switch(True, self.param_groups)
 
@@ -690,8 +686,7 @@ class Lookahead(Optimizer):
     def slow_weights(self) -> Iterator[None]:
         """Context manager: the parameters hold the slow weights inside, the fast weights after.
 
-        Safe to nest; the groups it switched (and only those) switch back, also when the body
-        raises.
+        Safe to nest: the groups it switched, and only those, switch back, also on an exception.
         """
         switched = [group for group in self.param_groups if not group.get(EVAL_KEY, False)]
         with torch.no_grad():
@@ -725,10 +720,8 @@ class Lookahead(Optimizer):
         """A state dict as ``eval()`` would have written it, and the slow weights for the model.
 
         ``state_dict`` (default: ``self.state_dict()``) is this optimizer's, taken now. Returned:
-        a new state dict in the eval form (docs/design.md), and the (parameter, slow weights)
-        pairs that the model's saved state must hold instead of the parameters. Nothing live
-        changes; groups already in eval mode are left as they are. Integrations use it to write
-        an eval-form checkpoint without swapping.
+        the eval form (docs/design.md) and the (parameter, slow weights) pairs that the model's
+        saved state must hold. Nothing live changes; groups in eval mode are left as they are.
         """
         self._finish()
         saved = self.state_dict() if state_dict is None else state_dict
@@ -769,10 +762,8 @@ class Lookahead(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state dict (standard format; slow weights in per-parameter state).
 
-        Each saved group also records ``lookahead_synced_at`` (the inner step count of its first
-        parameter with slow weights at its last sync), so that a load can warn about a detour
-        through a plain optimizer. The inner optimizer's own ``state_dict`` makes it; the
-        state-dict hooks registered on the wrapper run around it, as torch runs them.
+        Each saved group also records ``lookahead_synced_at``, so that a load can warn about a
+        detour through a plain optimizer. The wrapper's state-dict hooks run around the inner's.
         """
         self._finish()
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
@@ -790,15 +781,10 @@ class Lookahead(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict of this wrapper or of the plain inner optimizer.
 
-        The checkpoint's per-group ``lookahead_k``, ``lookahead_alpha`` and counter win over the
-        constructor's (as its learning rates do; a warning says when they differ). A plain
-        inner-optimizer checkpoint starts the slow weights from the current weights at the next
-        step; a Lookahead checkpoint that a plain optimizer stepped on is warned about
-        (docs/checkpoints.md), its slow weights kept. Slow copies keep this optimizer's
-        ``slow_dtype``/``slow_device``. Everything is checked before anything is loaded: a
-        checkpoint that does not fit raises ``ValueError`` or ``TypeError`` and changes nothing.
-        Loading in eval mode raises (call ``train()`` first); an eval-form checkpoint loads into
-        eval mode.
+        The checkpoint's ``lookahead_k``, ``lookahead_alpha`` and counters win (with a warning
+        where they differ); slow copies follow this optimizer's ``slow_dtype``/``slow_device``. A
+        checkpoint that does not fit raises ``ValueError``/``TypeError`` and changes nothing;
+        docs/checkpoints.md covers plain-optimizer checkpoints and detours. Raises in eval mode.
         """
         if not isinstance(state_dict, dict):
             raise TypeError(
