@@ -468,3 +468,33 @@ def test_a_compiled_step_with_a_sync_has_no_graph_break_in_our_code() -> None:
     assert breaks, "the inner optimizer's own graph break was not seen: the test sees nothing"
     assert [b for b in breaks if "torch_lookahead" in b] == []
     assert opt.param_groups[0]["lookahead_step"] == 0
+
+
+# ---------------------------------------------------------------- sync() called again
+def test_sync_called_again_after_its_plan_failed_takes_one_outer_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finishing an interrupted sync() is calling it again, with the result of one sync(). A second
+    outer step would not be a no-op here: bf16 fast weights are fp32 slow weights rounded."""
+
+    def build() -> tuple[list[Any], Lookahead]:
+        params = params_of(dtypes=(torch.bfloat16,) * 3)
+        opt = sgd(params, slow_dtype=torch.float32, pullback_momentum="reset")
+        run(params, opt, range(K + 1))
+        return params, opt
+
+    (params, opt), (reference_params, reference) = build(), build()
+    reference.sync()
+    real = torch._foreach_zero_
+    monkeypatch.setattr(
+        torch, "_foreach_zero_", lambda *a: (_ for _ in ()).throw(RuntimeError("injected"))
+    )
+    with pytest.raises(RuntimeError, match="injected"):
+        opt.sync()  # fails at its last step, after the weights were synced
+    monkeypatch.setattr(torch, "_foreach_zero_", real)
+    opt.sync()
+    assert_equal(values(params), values(reference_params))
+    assert_equal(
+        [opt.state[p]["lookahead_slow"] for p in params],
+        [reference.state[p]["lookahead_slow"] for p in reference_params],
+    )

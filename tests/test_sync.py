@@ -14,6 +14,24 @@ from torch_lookahead import _sync
 SMALL_BLOCK_BYTES = 256
 
 
+def sync_(
+    fast: list[Tensor],
+    slow: list[Tensor],
+    alpha: float,
+    *,
+    foreach: bool,
+    scratch: dict | None = None,
+) -> None:
+    """One uninterrupted outer step: ``slow <- slow + alpha*(fast - slow); fast <- slow``."""
+    _sync.Plan(
+        _sync.sync_steps(fast, slow, alpha, {} if scratch is None else scratch, foreach=foreach)
+    ).run()
+
+
+def swap_(a: list[Tensor], b: list[Tensor], scratch: dict, *, foreach: bool) -> None:
+    _sync.Plan(_sync.swap_steps(a, b, scratch, foreach=foreach)).run()
+
+
 def reference_sync(fast: list[Tensor], slow: list[Tensor], alpha: float) -> list[Tensor]:
     """The outer step in float64, written out: slow + alpha * (fast - slow)."""
     return [s.double() + alpha * (f.double() - s.double()) for f, s in zip(fast, slow, strict=True)]
@@ -64,7 +82,7 @@ def test_sync_matches_the_float64_reference(
     expected = reference_sync(fast, slow, alpha)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        _sync.sync_(fast, slow, alpha, foreach=foreach)
+        sync_(fast, slow, alpha, foreach=foreach)
     tolerance = {torch.float32: 1e-6, torch.float64: 1e-14}[slow_dtype]
     for f, s, e in zip(fast, slow, expected, strict=True):
         torch.testing.assert_close(s.double(), e, rtol=tolerance, atol=tolerance)
@@ -86,9 +104,9 @@ def test_blocking_changes_no_bit(
     blocked_fast, blocked_slow = [f.clone() for f in fast], [s.clone() for s in slow]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", 1 << 40)  # one block: no blocking at all
-        _sync.sync_(fast, slow, 0.3, foreach=foreach)
+        sync_(fast, slow, 0.3, foreach=foreach)
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        _sync.sync_(blocked_fast, blocked_slow, 0.3, foreach=foreach)
+        sync_(blocked_fast, blocked_slow, 0.3, foreach=foreach)
     for a, b in zip(fast + slow, blocked_fast + blocked_slow, strict=True):
         assert torch.equal(a, b)
 
@@ -134,7 +152,7 @@ def test_a_sync_resumed_after_any_completed_step_gives_one_uninterrupted_result(
     expected_fast, expected_slow = [f.clone() for f in fast], [s.clone() for s in slow]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        _sync.sync_(expected_fast, expected_slow, 0.3, foreach=True)
+        sync_(expected_fast, expected_slow, 0.3, foreach=True)
         count = len(_sync.sync_steps(fast, slow, 0.3, {}, foreach=True))
         for at in range(count):
             f, s = [t.clone() for t in fast], [t.clone() for t in slow]
@@ -160,10 +178,10 @@ def test_cpu_sync_allocates_nothing_after_its_scratch() -> None:
 
     fast, slow = random_pairs(3, [(70_000,)] * 3 + [(300,)] * 50, torch.float32, torch.float32)
     scratch: _sync.Scratch = {}
-    _sync.sync_(fast, slow, 0.5, foreach=True, scratch=scratch)  # warm-up: allocates the scratch
+    sync_(fast, slow, 0.5, foreach=True, scratch=scratch)  # warm-up: allocates the scratch
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as recorded:
-        _sync.sync_(fast, slow, 0.5, foreach=True, scratch=scratch)
-        _sync.sync_(fast, slow, 0.5, foreach=False, scratch=scratch)
+        sync_(fast, slow, 0.5, foreach=True, scratch=scratch)
+        sync_(fast, slow, 0.5, foreach=False, scratch=scratch)
     events = recorded.profiler.kineto_results.events()  # type: ignore[union-attr]
     allocated = [e.nbytes() for e in events if e.name() == "[memory]" and e.nbytes() > 0]
     assert allocated == []
@@ -184,7 +202,7 @@ def test_lists_mixing_dtypes_and_mismatched_pairs(foreach: bool) -> None:
     expected = reference_sync(fast, slow, 0.25)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        _sync.sync_(fast, slow, 0.25, foreach=foreach)
+        sync_(fast, slow, 0.25, foreach=foreach)
     for f, s, e, (fast_dtype, slow_dtype) in zip(fast, slow, expected, dtypes, strict=True):
         assert s.dtype == slow_dtype and f.dtype == fast_dtype
         torch.testing.assert_close(s.double(), e, rtol=1e-6, atol=1e-6)
@@ -203,7 +221,7 @@ def test_sync_of_parameters_is_seen_by_autograd(foreach: bool, numel: int) -> No
     loss = sum((p * p).sum() for p in params)
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        _sync.sync_(params, slow, 0.5, foreach=foreach)
+        sync_(params, slow, 0.5, foreach=foreach)
     assert all(torch.equal(p.detach(), s) for p, s in zip(params, slow, strict=True))
     assert all(p._version > v for p, v in zip(params, versions, strict=True))
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -230,7 +248,7 @@ def test_mismatched_pairs_allocate_their_scratch_before_changing_anything(
 
     monkeypatch.setattr(torch, "empty", empty_then_fail)
     with pytest.raises(torch.OutOfMemoryError):
-        _sync.sync_(fast, slow, 0.5, foreach=True)
+        sync_(fast, slow, 0.5, foreach=True)
     monkeypatch.undo()
     assert calls and all(torch.equal(a, b) for a, b in zip(fast + slow, before, strict=True))
 
@@ -245,10 +263,10 @@ def test_swap_exchanges_values_exactly_through_a_reused_buffer() -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
         for foreach in (True, False):
-            _sync.swap_(a, b, scratch, foreach=foreach)
+            swap_(a, b, scratch, foreach=foreach)
             assert all(torch.equal(x, y) for x, y in zip(a + b, b0 + a0, strict=True))
             buffer = scratch[(torch.device("cpu"), torch.float32, 0)]
-            _sync.swap_(a, b, scratch, foreach=foreach)
+            swap_(a, b, scratch, foreach=foreach)
             assert scratch[(torch.device("cpu"), torch.float32, 0)] is buffer
             assert all(torch.equal(x, y) for x, y in zip(a + b, a0 + b0, strict=True))
 
@@ -256,7 +274,7 @@ def test_swap_exchanges_values_exactly_through_a_reused_buffer() -> None:
 def test_sync_enters_no_grad_itself() -> None:
     params = [torch.nn.Parameter(torch.randn(4)) for _ in range(3)]
     slow = [p.detach().clone() for p in params]
-    _sync.sync_(params, slow, 0.25, foreach=True)  # called with grad mode on: still a plain update
+    sync_(params, slow, 0.25, foreach=True)  # called with grad mode on: still a plain update
     assert all(p.grad_fn is None and s.grad_fn is None for p, s in zip(params, slow, strict=True))
     assert all(torch.equal(p.detach(), s) for p, s in zip(params, slow, strict=True))
 
@@ -268,7 +286,7 @@ def test_swap_views_follow_the_shapes_of_each_call() -> None:
     for shapes in ([(6,), (2, 3)], [(2, 3), (6,)], [(3, 2), (1, 6)], [(6,), (2, 3)]):
         a, b = random_pairs(7, shapes, torch.float32, torch.float32)
         a0, b0 = [t.clone() for t in a], [t.clone() for t in b]
-        _sync.swap_(a, b, scratch, foreach=True)
+        swap_(a, b, scratch, foreach=True)
         assert all(torch.equal(x, y) for x, y in zip(a + b, b0 + a0, strict=True))
 
 

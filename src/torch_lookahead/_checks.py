@@ -27,8 +27,6 @@ from torch_lookahead.pullback import (
     registered_momentum_classes,
 )
 
-__all__ = ["check_alpha", "check_k", "check_step_count"]
-
 # Per parameter: the slow weights (in eval mode only where the parameter cannot hold them exactly).
 SLOW_KEY = "lookahead_slow"
 FAST_KEY = "lookahead_fast"  # per parameter, in eval mode only: the fast weights

@@ -34,8 +34,6 @@ from torch_lookahead._tensors import (
     same_shapes,
 )
 
-__all__ = ["Plan", "PlanStep", "Scratch", "Step", "swap_", "swap_steps", "sync_", "sync_steps"]
-
 #: Bytes of fast weights per block: on the CPU the copy after the lerp reads the block from cache
 #: (docs/benchmarks.md); on accelerators a bounded scratch, not a second model.
 SYNC_BLOCK_BYTES = 512 * 1024
@@ -55,6 +53,7 @@ class Plan:
 
     def __init__(self, steps: list[PlanStep]) -> None:
         self.steps, self.done, self.started = steps, 0, -1
+        self.owner: str | None = None  # the public operation that made it, where that matters
 
     def run(self) -> None:
         with torch.no_grad():
@@ -212,20 +211,3 @@ def swap_steps(
         steps.append(partial(_copy, block_a, block_b, foreach))
         steps.append(partial(_copy, block_b, held, foreach))
     return steps
-
-
-def sync_(
-    fast: Sequence[Tensor],
-    slow: Sequence[Tensor],
-    alpha: float,
-    *,
-    foreach: bool,
-    scratch: Scratch | None = None,
-) -> None:
-    """One uninterrupted outer step, in place: ``slow <- slow + alpha*(fast - slow); fast <- slow``."""
-    Plan(sync_steps(fast, slow, alpha, {} if scratch is None else scratch, foreach=foreach)).run()
-
-
-def swap_(a: Sequence[Tensor], b: Sequence[Tensor], scratch: Scratch, *, foreach: bool) -> None:
-    """Exchange the values of each pair in place, through the reused ``scratch`` buffers."""
-    Plan(swap_steps(a, b, scratch, foreach=foreach)).run()

@@ -15,16 +15,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = [
-    "OPTIMIZER_BLOCK_BYTES",
-    "cache_blocks",
-    "group_by_device_and_dtype",
-    "local_shards",
-    "one_placement",
-    "same_placements",
-    "same_shapes",
-]
-
 #: Bytes of parameters per block of the optimizers' CPU multi-tensor kernels: a block of
 #: parameters, gradients, state and temporaries stays in the last-level cache.
 OPTIMIZER_BLOCK_BYTES = 1024 * 1024

@@ -2,7 +2,7 @@
 
 docs/design.md is the specification: the state table, what every public operation does in every
 state, the resumable plans and the checkpoint form. All state lives in the inner optimizer's own
-structures, each tensor named by what it holds (``torch_lookahead._keys``); nothing is derived
+structures, each tensor named by what it holds (``torch_lookahead._checks``); nothing is derived
 from it between calls: every operation scans the groups, as ``torch.optim``'s ``_init_group`` does.
 """
 
@@ -455,7 +455,7 @@ class Lookahead(Optimizer):
             params = group["params"]
             states = list(map(state.get, params, repeat(_NO_STATE)))
             slows = list(map(dict.get, states, repeat(SLOW_KEY)))
-            if any(map(operator.is_, slows, repeat(None))):
+            if not all(map(operator.is_not, slows, repeat(None))):
                 missing.extend(compress(params, map(operator.is_, slows, repeat(None))))
             if group[STEP_KEY] + 1 >= group[K_KEY]:  # a slow copy that cannot sync raises now
                 _held(group, index, state, SLOW_KEY, states)
@@ -574,11 +574,18 @@ class Lookahead(Optimizer):
         This changes the training trajectory (it is an extra outer step); use it, for example,
         to end training on a sync before a final evaluation or export.
         """
+        if self._plan is not None and self._plan.owner == "sync":
+            self._finish()  # called again after an exception: finish that sync, take no other
+            return
         self._finish()
         self._require_train_mode("sync()")
         self._check_groups()
         self._sync_overdue()  # so that sync() after a step stopped before its sync is step(); sync()
-        self.outer_step(self.param_groups, self.cycle_start)
+        try:
+            self.outer_step(self.param_groups, self.cycle_start)
+        finally:
+            if self._plan is not None:  # interrupted: the next sync() only finishes it
+                self._plan.owner = "sync"
 
     @torch.no_grad()
     def reset_slow(self) -> None:
@@ -615,6 +622,7 @@ class Lookahead(Optimizer):
         self._run(steps)
 
     # ------------------------------------------------------------------ slow weights in eval mode
+    @torch.no_grad()
     def _switch(self, to_eval: bool, groups: list[dict[str, Any]]) -> None:
         """Put the slow weights into the parameters of ``groups`` (``to_eval``) or the fast ones
         back. A slow copy of the parameter's placement trades values with it and is renamed
@@ -668,7 +676,6 @@ class Lookahead(Optimizer):
         steps.append(partial(_store, groups, EVAL_KEY, [to_eval] * len(groups)))
         self._run(steps)
 
-    @torch.no_grad()
     def eval(self) -> None:
         """Put the slow weights into the parameters (idempotent). ``step()`` raises until ``train()``.
 
@@ -677,7 +684,6 @@ class Lookahead(Optimizer):
         """
         self._switch(True, self.param_groups)
 
-    @torch.no_grad()
     def train(self) -> None:
         """Put the fast weights back into the parameters (idempotent)."""
         self._switch(False, self.param_groups)
@@ -689,13 +695,11 @@ class Lookahead(Optimizer):
         Safe to nest: the groups it switched, and only those, switch back, also on an exception.
         """
         switched = [group for group in self.param_groups if not group.get(EVAL_KEY, False)]
-        with torch.no_grad():
-            self._switch(True, switched)
+        self._switch(True, switched)
         try:
             yield
         finally:
-            with torch.no_grad():
-                self._switch(False, switched)
+            self._switch(False, switched)
 
     @torch.no_grad()
     def slow_parameters(self) -> list[Tensor]:
