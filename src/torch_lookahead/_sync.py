@@ -9,12 +9,13 @@ An operation is a `Plan`, a list of steps that counts the completed ones, so tha
 an exception resumes where it stopped. Per block of pairs (``|`` separates the steps; docs/design.md
 explains why a resumed plan gives the result of one uninterrupted run)::
 
-    sync:  work <- slow  |  slow <- lerp(slow, fast, alpha)  |  fast <- slow
+    sync:  work <- slow  |  slow <- lerp(slow, fast, alpha) *  |  fast <- slow
     sync, slow copy of another device or dtype:
-           work <- slow; work <- lerp(work, fast, alpha)  |  slow <- work  |  fast <- work
+           work <- slow  |  work <- lerp(work, fast, alpha) *  |  slow <- work  |  fast <- work
     swap:  work <- a  |  a <- b  |  b <- work
 
 ``work`` views a scratch buffer of one block, allocated before the plan's first write and reused.
+The lerps (*) read what they write: run again, they first reload it from the step before's copy.
 """
 
 from __future__ import annotations
