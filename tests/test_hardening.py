@@ -366,7 +366,7 @@ def test_an_honest_resume_is_not_mistaken_for_a_stale_one(recwarn: pytest.Warnin
 
 
 # ---------------------------------------------------------------- 6. a sync happens exactly once
-@pytest.mark.parametrize("failing_call", range(4))  # copy, lerp, copy, copy
+@pytest.mark.parametrize("failing_call", range(3))  # save to scratch, lerp, copy
 def test_ctrl_c_during_a_sync_is_finished_once_by_the_next_step(
     monkeypatch: pytest.MonkeyPatch, failing_call: int
 ) -> None:
@@ -376,7 +376,7 @@ def test_ctrl_c_during_a_sync_is_finished_once_by_the_next_step(
     reference_params, reference = make()
     run(params, opt, range(K - 1))
     run(reference_params, reference, range(K + 1))
-    real_copy, real_lerp = torch._foreach_copy_, torch._foreach_lerp_
+    real_copy, real_lerp, real_cat = torch._foreach_copy_, torch._foreach_lerp_, torch.cat
     calls: list[int] = []
 
     def interrupted(real: Any) -> Any:
@@ -390,6 +390,7 @@ def test_ctrl_c_during_a_sync_is_finished_once_by_the_next_step(
 
     monkeypatch.setattr(torch, "_foreach_copy_", interrupted(real_copy))
     monkeypatch.setattr(torch, "_foreach_lerp_", interrupted(real_lerp))
+    monkeypatch.setattr(torch, "cat", interrupted(real_cat))  # saves a block of 1-D tensors
     grads(params, K - 1)
     with pytest.raises(KeyboardInterrupt):
         opt.step()
@@ -497,9 +498,10 @@ def test_eval_and_train_swap_many_small_parameters_with_multi_tensor_copies() ->
     assert_equal(values(params), slow)
     opt.train()
     assert_equal(values(params), fast)
-    # Three multi-tensor copies per block, not three copies launched per parameter.
+    # Three multi-tensor copies per block (the first a concatenation into scratch for 1-D
+    # parameters), not three copies launched per parameter.
     events = recorded.events()
-    assert sum(event.name == "aten::_foreach_copy_" for event in events) >= 3
+    assert sum(event.name in ("aten::_foreach_copy_", "aten::cat") for event in events) >= 3
     per_tensor = [
         event
         for event in events

@@ -14,6 +14,24 @@ from torch_lookahead import _sync
 SMALL_BLOCK_BYTES = 256
 
 
+def sync_(
+    fast: list[Tensor],
+    slow: list[Tensor],
+    alpha: float,
+    *,
+    foreach: bool,
+    scratch: dict | None = None,
+) -> None:
+    """One uninterrupted outer step: ``slow <- slow + alpha*(fast - slow); fast <- slow``."""
+    _sync.Plan(
+        _sync.sync_steps(fast, slow, alpha, {} if scratch is None else scratch, foreach=foreach)
+    ).run()
+
+
+def swap_(a: list[Tensor], b: list[Tensor], scratch: dict, *, foreach: bool) -> None:
+    _sync.Plan(_sync.swap_steps(a, b, scratch, foreach=foreach)).run()
+
+
 def reference_sync(fast: list[Tensor], slow: list[Tensor], alpha: float) -> list[Tensor]:
     """The outer step in float64, written out: slow + alpha * (fast - slow)."""
     return [s.double() + alpha * (f.double() - s.double()) for f, s in zip(fast, slow, strict=True)]
@@ -64,7 +82,7 @@ def test_sync_matches_the_float64_reference(
     expected = reference_sync(fast, slow, alpha)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        _sync.sync_(fast, slow, alpha, foreach=foreach)
+        sync_(fast, slow, alpha, foreach=foreach)
     tolerance = {torch.float32: 1e-6, torch.float64: 1e-14}[slow_dtype]
     for f, s, e in zip(fast, slow, expected, strict=True):
         torch.testing.assert_close(s.double(), e, rtol=tolerance, atol=tolerance)
@@ -86,9 +104,9 @@ def test_blocking_changes_no_bit(
     blocked_fast, blocked_slow = [f.clone() for f in fast], [s.clone() for s in slow]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", 1 << 40)  # one block: no blocking at all
-        _sync.sync_(fast, slow, 0.3, foreach=foreach)
+        sync_(fast, slow, 0.3, foreach=foreach)
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        _sync.sync_(blocked_fast, blocked_slow, 0.3, foreach=foreach)
+        sync_(blocked_fast, blocked_slow, 0.3, foreach=foreach)
     for a, b in zip(fast + slow, blocked_fast + blocked_slow, strict=True):
         assert torch.equal(a, b)
 
@@ -98,29 +116,61 @@ def test_cache_blocks_cover_every_element_once_in_order() -> None:
     fast, slow = random_pairs(1, shapes, torch.float32, torch.float32)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)  # 64 floats per block
-        patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 0)
         blocks = list(_sync._blocks(fast, slow))
     flat_fast = torch.cat([t.reshape(-1) for block_fast, _, _ in blocks for t in block_fast])
     flat_slow = torch.cat([t.reshape(-1) for _, block_slow, _ in blocks for t in block_slow])
     assert torch.equal(flat_fast, torch.cat([f.reshape(-1) for f in fast]))
     assert torch.equal(flat_slow, torch.cat([s.reshape(-1) for s in slow]))
-    for block_fast, block_slow, numel in blocks:
+    for block_fast, block_slow, sizes in blocks:
         # Either one view of at most a block, or whole tensors that together fit in one.
         assert len(block_fast) == len(block_slow)
-        assert numel == sum(t.numel() for t in block_fast)
+        assert sizes == [t.numel() for t in block_fast]
         if len(block_fast) > 1:
             assert sum(t.numel() for t in block_fast) <= 64
 
 
-def test_small_buckets_are_not_blocked() -> None:
+def test_a_bucket_of_one_block_is_not_cut() -> None:
     fast, slow = random_pairs(2, [(30,)] * 10, torch.float32, torch.float32)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_sync, "SYNC_BLOCK_BYTES", 400)  # 100 floats; the bucket holds 300: 3 blocks
-        patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 3)
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", 1200)  # 300 floats: the whole bucket
         assert len(list(_sync._blocks(fast, slow))) == 1
-        patch.setattr(_sync, "_UNBLOCKED_BLOCKS", 2)
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", 400)  # 100 floats
         sizes = [len(block_fast) for block_fast, _, _ in _sync._blocks(fast, slow)]
         assert sizes == [3, 3, 3, 1]
+
+
+@pytest.mark.parametrize(
+    ("fast_dtype", "slow_dtype"), [(torch.float32, torch.float32), (torch.bfloat16, torch.float32)]
+)
+def test_a_sync_resumed_after_any_completed_step_gives_one_uninterrupted_result(
+    fast_dtype: torch.dtype, slow_dtype: torch.dtype
+) -> None:
+    """Every step may complete and still be interrupted before it is counted (Ctrl-C right after
+    the kernel): running the plan again must not apply the lerp twice."""
+    shapes = [(3,), (700,), (40, 30), (5,)] * 3
+    fast, slow = random_pairs(8, shapes, fast_dtype, slow_dtype)
+    expected_fast, expected_slow = [f.clone() for f in fast], [s.clone() for s in slow]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
+        sync_(expected_fast, expected_slow, 0.3, foreach=True)
+        count = len(_sync.sync_steps(fast, slow, 0.3, {}, foreach=True))
+        for at in range(count):
+            f, s = [t.clone() for t in fast], [t.clone() for t in slow]
+            plan = _sync.Plan(_sync.sync_steps(f, s, 0.3, {}, foreach=True))
+            step = plan.steps[at]
+            real = step[0] if isinstance(step, tuple) else step
+
+            def interrupted(real: _sync.Step = real) -> None:
+                real()
+                raise KeyboardInterrupt
+
+            plan.steps[at] = (interrupted, step[1]) if isinstance(step, tuple) else interrupted
+            with pytest.raises(KeyboardInterrupt):
+                plan.run()
+            plan.steps[at] = step
+            plan.run()
+            for x, y in zip(f + s, expected_fast + expected_slow, strict=True):
+                assert torch.equal(x, y), at
 
 
 def test_cpu_sync_allocates_nothing_after_its_scratch() -> None:
@@ -128,10 +178,10 @@ def test_cpu_sync_allocates_nothing_after_its_scratch() -> None:
 
     fast, slow = random_pairs(3, [(70_000,)] * 3 + [(300,)] * 50, torch.float32, torch.float32)
     scratch: _sync.Scratch = {}
-    _sync.sync_(fast, slow, 0.5, foreach=True, scratch=scratch)  # warm-up: allocates the scratch
+    sync_(fast, slow, 0.5, foreach=True, scratch=scratch)  # warm-up: allocates the scratch
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as recorded:
-        _sync.sync_(fast, slow, 0.5, foreach=True, scratch=scratch)
-        _sync.sync_(fast, slow, 0.5, foreach=False, scratch=scratch)
+        sync_(fast, slow, 0.5, foreach=True, scratch=scratch)
+        sync_(fast, slow, 0.5, foreach=False, scratch=scratch)
     events = recorded.profiler.kineto_results.events()  # type: ignore[union-attr]
     allocated = [e.nbytes() for e in events if e.name() == "[memory]" and e.nbytes() > 0]
     assert allocated == []
@@ -152,7 +202,7 @@ def test_lists_mixing_dtypes_and_mismatched_pairs(foreach: bool) -> None:
     expected = reference_sync(fast, slow, 0.25)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        _sync.sync_(fast, slow, 0.25, foreach=foreach)
+        sync_(fast, slow, 0.25, foreach=foreach)
     for f, s, e, (fast_dtype, slow_dtype) in zip(fast, slow, expected, dtypes, strict=True):
         assert s.dtype == slow_dtype and f.dtype == fast_dtype
         torch.testing.assert_close(s.double(), e, rtol=1e-6, atol=1e-6)
@@ -171,7 +221,7 @@ def test_sync_of_parameters_is_seen_by_autograd(foreach: bool, numel: int) -> No
     loss = sum((p * p).sum() for p in params)
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        _sync.sync_(params, slow, 0.5, foreach=foreach)
+        sync_(params, slow, 0.5, foreach=foreach)
     assert all(torch.equal(p.detach(), s) for p, s in zip(params, slow, strict=True))
     assert all(p._version > v for p, v in zip(params, versions, strict=True))
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -198,7 +248,7 @@ def test_mismatched_pairs_allocate_their_scratch_before_changing_anything(
 
     monkeypatch.setattr(torch, "empty", empty_then_fail)
     with pytest.raises(torch.OutOfMemoryError):
-        _sync.sync_(fast, slow, 0.5, foreach=True)
+        sync_(fast, slow, 0.5, foreach=True)
     monkeypatch.undo()
     assert calls and all(torch.equal(a, b) for a, b in zip(fast + slow, before, strict=True))
 
@@ -213,10 +263,10 @@ def test_swap_exchanges_values_exactly_through_a_reused_buffer() -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
         for foreach in (True, False):
-            _sync.swap_(a, b, scratch, foreach=foreach)
+            swap_(a, b, scratch, foreach=foreach)
             assert all(torch.equal(x, y) for x, y in zip(a + b, b0 + a0, strict=True))
             buffer = scratch[(torch.device("cpu"), torch.float32, 0)]
-            _sync.swap_(a, b, scratch, foreach=foreach)
+            swap_(a, b, scratch, foreach=foreach)
             assert scratch[(torch.device("cpu"), torch.float32, 0)] is buffer
             assert all(torch.equal(x, y) for x, y in zip(a + b, a0 + b0, strict=True))
 
@@ -224,7 +274,7 @@ def test_swap_exchanges_values_exactly_through_a_reused_buffer() -> None:
 def test_sync_enters_no_grad_itself() -> None:
     params = [torch.nn.Parameter(torch.randn(4)) for _ in range(3)]
     slow = [p.detach().clone() for p in params]
-    _sync.sync_(params, slow, 0.25, foreach=True)  # called with grad mode on: still a plain update
+    sync_(params, slow, 0.25, foreach=True)  # called with grad mode on: still a plain update
     assert all(p.grad_fn is None and s.grad_fn is None for p, s in zip(params, slow, strict=True))
     assert all(torch.equal(p.detach(), s) for p, s in zip(params, slow, strict=True))
 
@@ -236,7 +286,7 @@ def test_swap_views_follow_the_shapes_of_each_call() -> None:
     for shapes in ([(6,), (2, 3)], [(2, 3), (6,)], [(3, 2), (1, 6)], [(6,), (2, 3)]):
         a, b = random_pairs(7, shapes, torch.float32, torch.float32)
         a0, b0 = [t.clone() for t in a], [t.clone() for t in b]
-        _sync.swap_(a, b, scratch, foreach=True)
+        swap_(a, b, scratch, foreach=True)
         assert all(torch.equal(x, y) for x, y in zip(a + b, b0 + a0, strict=True))
 
 

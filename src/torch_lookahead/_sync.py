@@ -1,32 +1,27 @@
-"""Lookahead's outer step and the ``eval()`` swap over lists of tensors, as resumable plans.
+"""Lookahead's outer step and the ``eval()`` exchange over lists of tensors, as resumable plans.
 
 The outer step of Algorithm 1 (Zhang et al., 2019) for every (fast, slow) pair::
 
     slow <- slow + alpha * (fast - slow)
     fast <- slow
 
-An operation is a `Plan`: a list of steps run in order, ``done`` counting the completed ones. A
-step writes only tensors it does not read, and no step of its block has written what it reads
-before it runs, so running a step again after an exception (KeyboardInterrupt between two calls,
-out of memory, an error from torch, also after a step that completed but was not yet counted)
-writes the same values. ``Plan.run()`` after any exception therefore finishes the operation with
-the result of one uninterrupted call. Per block of pairs::
+An operation is a `Plan`, a list of steps that counts the completed ones, so that ``run()`` after
+an exception resumes where it stopped. Per block of pairs (``|`` separates the steps; docs/design.md
+explains why a resumed plan gives the result of one uninterrupted run)::
 
-    sync:  work <- slow; work <- lerp(work, fast, alpha)  |  slow <- work  |  fast <- work
+    sync:  work <- slow  |  slow <- lerp(slow, fast, alpha) *  |  fast <- slow
+    sync, slow copy of another device or dtype:
+           work <- slow  |  work <- lerp(work, fast, alpha) *  |  slow <- work  |  fast <- work
     swap:  work <- a  |  a <- b  |  b <- work
 
-``work`` views a scratch buffer as long as the longest block, allocated (outside inference mode)
-before the plan's first write and reused by the next plans. Blocks hold about ``SYNC_BLOCK_BYTES``
-of fast weights on the CPU (the copies then read ``work`` from cache) and ``DEVICE_BLOCK_BYTES`` on
-accelerators (a bounded scratch, not a second model). Pairs whose slow copy has another dtype or
-device are computed in the slow copy's dtype on the fast weights' device. The measured cost is on
-``docs/benchmarks.md``.
+``work`` views a scratch buffer of one block, allocated before the plan's first write and reused.
+The lerps (*) read what they write: run again, they first reload it from the step before's copy.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -34,37 +29,43 @@ import torch
 from torch import Tensor
 
 from torch_lookahead._tensors import (
-    SYNC_BLOCK_BYTES,
     cache_blocks,
+    group_by_device_and_dtype,
     local_shards,
-    one_placement,
     same_shapes,
 )
 
-__all__ = ["DEVICE_BLOCK_BYTES", "Plan", "Scratch", "swap_", "swap_steps", "sync_", "sync_steps"]
-
-#: Bytes of fast weights per block on accelerators.
+#: Bytes of fast weights per block: on the CPU the copy after the lerp reads the block from cache
+#: (docs/benchmarks.md); on accelerators a bounded scratch, not a second model.
+SYNC_BLOCK_BYTES = 512 * 1024
 DEVICE_BLOCK_BYTES = 4 * 1024 * 1024
-# On the CPU a bucket of at most this many blocks is not cut (its scratch is then that large).
-_UNBLOCKED_BLOCKS = 1
 
 Step = Callable[[], object]
-# Buffers under (device, dtype, slot), views of them under (device, dtype, slot, numel, count).
+PlanStep = Step | tuple[Step, Step]  # (step, redo): see Plan
+# Buffers under (device, dtype, slot), their views under (device, dtype, slot, numel, count).
 Scratch = dict[tuple[Any, ...], Any]
 _placement = operator.attrgetter("device", "dtype")
 
 
 class Plan:
-    """Steps run in order; ``done`` counts those completed, so ``run()`` resumes where it stopped."""
+    """Steps run in order; ``done`` counts those completed. A step given as ``(step, redo)`` is
+    one that reads what it writes: when it runs again after an exception, ``redo`` first puts
+    back what it read."""
 
-    def __init__(self, steps: list[Step]) -> None:
-        self.steps = steps
-        self.done = 0
+    def __init__(self, steps: list[PlanStep]) -> None:
+        self.steps, self.done, self.started = steps, 0, -1
+        self.owner: str | None = None  # the public operation that made it, where that matters
 
     def run(self) -> None:
         with torch.no_grad():
             while self.done < len(self.steps):
-                self.steps[self.done]()
+                step = self.steps[self.done]
+                if isinstance(step, tuple):
+                    step, redo = step
+                    if self.started == self.done:
+                        redo()
+                self.started = self.done
+                step()
                 self.done += 1
 
 
@@ -76,122 +77,116 @@ def _copy(targets: list[Tensor], sources: list[Tensor], foreach: bool) -> None:
             t.copy_(s)
 
 
-def _lerp_into(
-    work: list[Tensor],
-    slow: list[Tensor],
-    end: list[Tensor],
-    fast: list[Tensor],
-    alpha: float,
-    foreach: bool,
-) -> None:
-    _copy(work, slow, foreach)
-    if end is not fast:
-        _copy(end, fast, foreach)  # the fast weights in the slow copy's dtype
+def _lerp(targets: list[Tensor], ends: list[Tensor], alpha: float, foreach: bool) -> None:
     if foreach:
-        torch._foreach_lerp_(work, end, alpha)
+        torch._foreach_lerp_(targets, ends, alpha)
     else:
-        for w, e in zip(work, end, strict=True):
-            w.lerp_(e, alpha)
+        for t, e in zip(targets, ends, strict=True):
+            t.lerp_(e, alpha)
 
 
-def _buckets(a: list[Tensor], b: list[Tensor]) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
-    """The pairs grouped by (placement of ``a``, placement of ``b``), in order of appearance."""
-    if one_placement(a) and one_placement(b):
-        yield a, b  # one placement, the usual case, recognised at C speed
-        return
-    buckets: dict[tuple[object, object], tuple[list[Tensor], list[Tensor]]] = {}
-    for x, y in zip(a, b, strict=True):
-        bucket = buckets.setdefault((_placement(x), _placement(y)), ([], []))
-        bucket[0].append(x)
-        bucket[1].append(y)
-    yield from buckets.values()
-
-
-def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[Tensor], int]]:
-    """Consecutive runs of pairs of about one block of ``a`` each, and their element counts;
-    longer contiguous tensors come as flat views of one block. Blocking changes the order of the same element-wise operations,
-    never a result."""
-    on_cpu = a[0].device.type == "cpu"
-    block_bytes = SYNC_BLOCK_BYTES if on_cpu else DEVICE_BLOCK_BYTES
-    itemsize = a[0].element_size()
+def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[Tensor], list[int]]]:
+    """Consecutive runs of pairs of about one block of ``a`` each, with their element counts;
+    longer contiguous tensors come as flat views of a block. Blocking changes the order of the same
+    element-wise operations, never a result."""
+    block_bytes = SYNC_BLOCK_BYTES if a[0].device.type == "cpu" else DEVICE_BLOCK_BYTES
+    limit = max(1, block_bytes // a[0].element_size())
     sizes = list(map(Tensor.numel, a))
-    whole = _UNBLOCKED_BLOCKS * block_bytes if on_cpu else block_bytes
-    total = sum(sizes)
-    if total * itemsize <= whole:
-        return [(a, b, total)]
-    block_numel = max(1, block_bytes // itemsize)
-    if max(sizes) > block_numel:
+    if sum(sizes) <= limit:
+        return [(a, b, sizes)]
+    if max(sizes) > limit:
         cut_a: list[Tensor] = []
         cut_b: list[Tensor] = []
         for x, y, numel in zip(a, b, sizes, strict=True):
-            if numel > block_numel and x.is_contiguous() and y.is_contiguous():
-                cut_a.extend(torch.split(x.view(-1), block_numel))
-                cut_b.extend(torch.split(y.view(-1), block_numel))
-            else:
-                cut_a.append(x)
-                cut_b.append(y)
-        a, b = cut_a, cut_b
-    return [
-        (a[block], b[block], sum(map(Tensor.numel, a[block])))
-        for block in cache_blocks(a, block_bytes)
-    ]
+            whole = numel <= limit or not (x.is_contiguous() and y.is_contiguous())
+            cut_a.extend([x] if whole else torch.split(x.view(-1), limit))
+            cut_b.extend([y] if whole else torch.split(y.view(-1), limit))
+        a, b, sizes = cut_a, cut_b, list(map(Tensor.numel, cut_a))
+    return [(a[s], b[s], sizes[s]) for s in cache_blocks(a, block_bytes, sizes)]
+
+
+def _save(flat: Tensor | None, work: list[Tensor], sources: list[Tensor], foreach: bool) -> None:
+    """``work <- sources``; one kernel (a concatenation into ``flat``) where all are 1-D."""
+    if flat is not None and foreach:
+        torch.cat(sources, out=flat)
+    else:
+        _copy(work, sources, foreach)
 
 
 def _views(
     scratch: Scratch,
     like: list[Tensor],
-    device: torch.device,
-    dtype: torch.dtype,
+    sizes: list[int],
+    placement: tuple[Any, Any],
     slot: int,
-    numel: int,
-) -> list[Tensor]:
-    """Views of the scratch buffer ``(device, dtype, slot)``, shaped like ``like``.
-
-    The last views made for a given count and length of tensors are kept with the buffer and
-    reused when their shapes match (a check at C speed); a grown buffer drops them."""
-    key = (device, dtype, slot)
+    reserve: int,
+) -> tuple[list[Tensor], Tensor | None]:
+    """Views of the scratch buffer ``(*placement, slot)`` shaped like ``like`` (whose element
+    counts are ``sizes``), and the buffer's flat view if they are all 1-D. The last views made for
+    a count of tensors and elements are kept and reused while the shapes match (compared through
+    counts at C speed: ``size()`` is slow). A buffer too small is replaced by one of ``reserve``
+    elements (the plan's largest block: the plan's earlier views keep the old one alive)."""
+    key, numel = (*placement, slot), sum(sizes)
     buffer = scratch.get(key)
     if buffer is None or buffer.numel() < numel:
-        # Created outside inference mode, so that later plans outside it may write into it.
-        with torch.inference_mode(False):
-            buffer = scratch[key] = torch.empty(numel, device=device, dtype=dtype)
+        with torch.inference_mode(False):  # so that later plans outside it may write into it
+            buffer = scratch[key] = torch.empty(reserve, device=placement[0], dtype=placement[1])
         for stale in [k for k in scratch if len(k) == 5 and k[:3] == key]:
             del scratch[stale]
-    views_key = (*key, numel, len(like))
-    views = scratch.get(views_key)
-    if views is None or not same_shapes(views, like):
+    dims = list(map(Tensor.dim, like))
+    kept = scratch.get((*key, numel, len(like)))
+    if (
+        kept is None
+        or (kept[1], kept[2]) != (dims, sizes)
+        or (max(dims) > 1 and not same_shapes(kept[0], like))
+    ):
         with torch.inference_mode(False):
-            views = scratch[views_key] = torch._C._nn.unflatten_dense_tensors(buffer[:numel], like)
-    return list(views)
+            views = torch._C._nn.unflatten_dense_tensors(buffer[:numel], like)
+        kept = scratch[(*key, numel, len(like))] = (views, dims, sizes)
+    return list(kept[0]), (buffer[:numel] if max(dims) == min(dims) == 1 else None)
+
+
+def _largest(blocks: list[tuple[Any, list[int]]]) -> dict[Any, int]:
+    """The element count of the largest block of each placement."""
+    most: dict[Any, int] = {}
+    for placement, sizes in blocks:
+        most[placement] = max(most.get(placement, 0), sum(sizes))
+    return most
 
 
 def _plan_blocks(
-    a: Sequence[Tensor], b: Sequence[Tensor]
-) -> list[tuple[list[Tensor], list[Tensor], int]]:
-    return [
-        block
-        for bucket_a, bucket_b in _buckets(local_shards(a), local_shards(b))
-        for block in _blocks(bucket_a, bucket_b)
-    ]
+    a: Sequence[Tensor], b: Sequence[Tensor], keys: int
+) -> list[tuple[list[Tensor], list[Tensor], list[int]]]:
+    buckets = group_by_device_and_dtype([local_shards(a), local_shards(b)], keys)
+    return [block for bucket_a, bucket_b in buckets for block in _blocks(bucket_a, bucket_b)]
 
 
 def sync_steps(
     fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, scratch: Scratch, *, foreach: bool
-) -> list[Step]:
+) -> list[PlanStep]:
     """The steps of the outer step over the pairs; every allocation is made here, none in a step."""
     if not fast:
         return []
-    if torch.compiler.is_compiling():
-        # A traced sync is one graph; the compiler fuses the lerp and the copy.
+    if torch.compiler.is_compiling():  # a traced sync is one graph: lerp and copy, fused
         return [partial(_compiled_sync_, local_shards(fast), local_shards(slow), alpha)]
-    steps: list[Step] = []
-    for block_fast, block_slow, numel in _plan_blocks(fast, slow):
-        device, dtype = block_fast[0].device, block_slow[0].dtype
-        work = _views(scratch, block_fast, device, dtype, 0, numel)
+    steps: list[PlanStep] = []
+    blocks = _plan_blocks(fast, slow, keys=2)
+    most = _largest([((f[0].device, s[0].dtype), sizes) for f, s, sizes in blocks])
+    for block_fast, block_slow, sizes in blocks:
+        placement = (block_fast[0].device, block_slow[0].dtype)
+        work, flat = _views(scratch, block_slow, sizes, placement, 0, most[placement])
+        if _placement(block_slow[0]) == placement and block_fast[0].dtype == placement[1]:
+            steps.append(partial(_save, flat, work, block_slow, foreach))
+            lerp = partial(_lerp, block_slow, block_fast, alpha, foreach)
+            steps.append((lerp, partial(_copy, block_slow, work, foreach)))
+            steps.append(partial(_copy, block_fast, block_slow, foreach))
+            continue
         end = block_fast
-        if block_fast[0].dtype != dtype:
-            end = _views(scratch, block_fast, device, dtype, 1, numel)
-        steps.append(partial(_lerp_into, work, block_slow, end, block_fast, alpha, foreach))
+        if block_fast[0].dtype != placement[1]:  # the fast weights in the slow copy's dtype
+            end = _views(scratch, block_fast, sizes, placement, 1, most[placement])[0]
+            steps.append(partial(_copy, end, block_fast, foreach))
+        load = partial(_copy, work, block_slow, foreach)
+        steps += [load, (partial(_lerp, work, end, alpha, foreach), load)]
         steps.append(partial(_copy, block_slow, work, foreach))
         steps.append(partial(_copy, block_fast, work, foreach))
     return steps
@@ -205,31 +200,15 @@ def _compiled_sync_(fast: list[Tensor], slow: list[Tensor], alpha: float) -> Non
 
 def swap_steps(
     a: Sequence[Tensor], b: Sequence[Tensor], scratch: Scratch, *, foreach: bool
-) -> list[Step]:
+) -> list[PlanStep]:
     """The steps that exchange the values of each pair (each pair shares device and dtype)."""
-    if not a:
-        return []
-    steps: list[Step] = []
-    for block_a, block_b, numel in _plan_blocks(a, b):
-        held = _views(scratch, block_a, block_a[0].device, block_a[0].dtype, 0, numel)
-        steps.append(partial(_copy, held, block_a, foreach))
+    steps: list[PlanStep] = []
+    blocks = _plan_blocks(a, b, keys=1) if a else []
+    most = _largest([(_placement(block_a[0]), sizes) for block_a, _, sizes in blocks])
+    for block_a, block_b, sizes in blocks:
+        placement = _placement(block_a[0])
+        held, flat = _views(scratch, block_a, sizes, placement, 0, most[placement])
+        steps.append(partial(_save, flat, held, block_a, foreach))
         steps.append(partial(_copy, block_a, block_b, foreach))
         steps.append(partial(_copy, block_b, held, foreach))
     return steps
-
-
-def sync_(
-    fast: Sequence[Tensor],
-    slow: Sequence[Tensor],
-    alpha: float,
-    *,
-    foreach: bool,
-    scratch: Scratch | None = None,
-) -> None:
-    """One uninterrupted outer step, in place: ``slow <- slow + alpha*(fast - slow); fast <- slow``."""
-    Plan(sync_steps(fast, slow, alpha, {} if scratch is None else scratch, foreach=foreach)).run()
-
-
-def swap_(a: Sequence[Tensor], b: Sequence[Tensor], scratch: Scratch, *, foreach: bool) -> None:
-    """Exchange the values of each pair in place, through the reused ``scratch`` buffers."""
-    Plan(swap_steps(a, b, scratch, foreach=foreach)).run()

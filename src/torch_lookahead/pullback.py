@@ -1,20 +1,13 @@
 """What happens to the inner optimizer's momentum at a Lookahead sync (``pullback_momentum``).
 
-Three policies, applied to the momentum buffers of each synced parameter as part of the sync:
-
 * ``"none"``: keep the inner state as it is (the paper's and the official code's default).
 * ``"reset"``: ``buf <- 0``.
-* ``"pullback"``: interpolate the momentum like the weights, against a slow copy of the momentum
-  that starts at zero::
+* ``"pullback"``: interpolate the momentum like the weights, against a slow copy that starts at
+  zero: ``buf <- alpha * buf + (1 - alpha) * slow_buf; slow_buf <- buf`` (a copy), which is the
+  outer step itself with ``buf`` as the fast and ``slow_buf`` as the slow weights.
 
-      buf      <- alpha * buf + (1 - alpha) * slow_buf
-      slow_buf <- buf            (a copy, never an alias)
-
-  which is the outer step itself with ``buf`` as the fast and ``slow_buf`` as the slow weights, so
-  the sync runs both pairs through the same resumable kernel (``torch_lookahead._sync``).
-
-Which state entries are "momentum" depends on the optimizer class; the table below knows torch's
-own optimizers, and [register_momentum_keys][torch_lookahead.register_momentum_keys] teaches it any other class.
+Which state entries are momentum depends on the optimizer class: the table below knows torch's
+own optimizers; [register_momentum_keys][torch_lookahead.register_momentum_keys] teaches it others.
 """
 
 from __future__ import annotations
@@ -41,11 +34,8 @@ PULLBACK_MODES: tuple[str, ...] = ("none", "reset", "pullback")
 
 _MOMENTUM_KEYS: dict[type[Optimizer], tuple[str, ...]] = {
     torch.optim.SGD: ("momentum_buffer",),
-    torch.optim.Adam: ("exp_avg",),
-    torch.optim.AdamW: ("exp_avg",),
-    torch.optim.NAdam: ("exp_avg",),
-    torch.optim.RAdam: ("exp_avg",),
-    torch.optim.Adamax: ("exp_avg",),
+    **{cls: ("exp_avg",) for cls in (torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam)},
+    **{cls: ("exp_avg",) for cls in (torch.optim.RAdam, torch.optim.Adamax)},
 }
 
 
@@ -72,10 +62,7 @@ def register_momentum_keys(optimizer_class: type[Optimizer], keys: Iterable[str]
 
 def momentum_keys_for(optimizer: Optimizer) -> tuple[str, ...] | None:
     """The momentum state keys of ``optimizer``'s class (nearest registered base class), or None."""
-    for cls in type(optimizer).__mro__:
-        if cls in _MOMENTUM_KEYS:
-            return _MOMENTUM_KEYS[cls]
-    return None
+    return next((_MOMENTUM_KEYS[c] for c in type(optimizer).__mro__ if c in _MOMENTUM_KEYS), None)
 
 
 def registered_momentum_classes() -> list[str]:
@@ -92,15 +79,6 @@ def momentum_buffers(
     params: Sequence[Tensor], state: Mapping[Tensor, Any], keys: Sequence[str]
 ) -> tuple[list[dict[str, Any]], list[Tensor], list[str]]:
     """The momentum buffers ``state[p][key]`` of ``params``: their state dicts, the buffers and keys."""
-    dicts: list[dict[str, Any]] = []
-    buffers: list[Tensor] = []
-    names: list[str] = []
-    for p in params:
-        param_state = state[p]
-        for key in keys:
-            buffer = param_state.get(key)
-            if isinstance(buffer, Tensor):
-                dicts.append(param_state)
-                buffers.append(buffer)
-                names.append(key)
-    return dicts, buffers, names
+    found = [(state[p], state[p].get(key), key) for p in params for key in keys]
+    found = [entry for entry in found if isinstance(entry[1], Tensor)]
+    return [e[0] for e in found], [e[1] for e in found], [e[2] for e in found]
