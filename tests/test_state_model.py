@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -498,3 +499,36 @@ def test_sync_called_again_after_its_plan_failed_takes_one_outer_step(
         [opt.state[p]["lookahead_slow"] for p in params],
         [reference.state[p]["lookahead_slow"] for p in reference_params],
     )
+
+
+def test_train_warns_once_when_parameters_were_written_in_eval_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model checkpoint loaded after an evaluation (the HF Trainer's load_best_model_at_end)
+    is overwritten by train(): say so, once, and change nothing else."""
+    params = params_of()
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=K, alpha=ALPHA)
+    run(params, opt, range(K + 1))
+    opt.eval()
+    _ = [p * 2 for p in params]  # evaluation reads the parameters: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.train()
+        with opt.slow_weights():
+            pass
+    fast = values(params)
+    opt.eval()
+    with torch.no_grad():
+        params[1].copy_(torch.full_like(params[1], 7.0))  # "loads" one parameter
+    # The warning comes before the swap: a train() stopped part-way and called again warns once.
+    fail_copies_after(monkeypatch, 0, RuntimeError("injected"))
+    written = r"1 parameters were written in eval mode.*reset_slow"
+    with pytest.warns(UserWarning, match=written), pytest.raises(RuntimeError, match="injected"):
+        opt.train()
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.train()
+    assert_equal(values(params), fast)  # train() did what it always does
+    with pytest.warns(UserWarning, match="written in eval mode"), opt.slow_weights():
+        params[0].detach().add_(1.0)  # (a write through .data is not seen)

@@ -14,7 +14,7 @@ import operator
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 from typing import Any, TypedDict
 
 import torch
@@ -171,6 +171,26 @@ def _set_inner(name: str, self: Lookahead, value: Any) -> None:
     setattr(self.optimizer, name, value)
 
 
+WRITTEN_IN_EVAL_MODE = "parameters were written in eval mode"
+
+
+def _warn_if_written(groups: list[dict[str, Any]], versions: dict[Tensor, int]) -> None:
+    """Warn once when train() is about to put the fast weights over values written into the
+    parameters in eval mode (a model checkpoint loaded after an evaluation: the HF Trainer's
+    ``load_best_model_at_end`` without ``LookaheadTrainer``). Nothing else changes."""
+    params = [p for group in groups if group.get(EVAL_KEY, False) for p in group["params"]]
+    written = sum(versions.pop(p, p._version) != p._version for p in params)
+    if written:
+        warnings.warn(
+            f"Lookahead.train(): {written} {WRITTEN_IN_EVAL_MODE} (they held the slow weights; "
+            "e.g. a model checkpoint was loaded after an evaluation), and train() now puts the "
+            "fast weights back over them. To continue from the loaded weights, load them after "
+            "train() and call reset_slow(); with the HF Trainer use LookaheadTrainer, which "
+            "does so (docs/saving-and-export.md).",
+            stacklevel=5,  # the caller of train(): _switch is wrapped by torch.no_grad
+        )
+
+
 class Lookahead(Optimizer):
     r"""Lookahead: k steps forward with any optimizer, 1 step back (Zhang et al., 2019).
 
@@ -267,6 +287,7 @@ class Lookahead(Optimizer):
     def _init_runtime(self) -> None:  # not pickled; Optimizer.__init__ would copy the groups
         self._plan: Plan | None = None
         self._scratch: Scratch = {}
+        self._eval_versions: dict[Tensor, int] = {}  # parameter -> its version after eval()
         Optimizer.__setstate__(self, {})
 
     param_groups = _forwarded("param_groups")
@@ -628,6 +649,8 @@ class Lookahead(Optimizer):
         back. A slow copy of the parameter's placement trades values with it and is renamed
         ``lookahead_fast``; one of another placement stays, and the fast weights go to a new
         ``lookahead_fast`` (docs/design.md)."""
+        if not to_eval:
+            _warn_if_written(groups, self._eval_versions)
         self._finish()
         groups = [group for group in groups if group.get(EVAL_KEY, False) != to_eval]
         if not groups:
@@ -675,6 +698,8 @@ class Lookahead(Optimizer):
                 steps.append(partial(self._place_slow_copies, params, states))
         steps.append(partial(_store, groups, EVAL_KEY, [to_eval] * len(groups)))
         self._run(steps)
+        if to_eval:  # what train() compares with, to see a parameter written in eval mode
+            self._eval_versions.update((p, p._version) for p in chain(params, copied_params))
 
     def eval(self) -> None:
         """Put the slow weights into the parameters (idempotent). ``step()`` raises until ``train()``.

@@ -151,6 +151,21 @@ def _run(
     return TrainerRun(model, optimizer, recorder, output_dir, trainer)
 
 
+def _run_loading_the_best(output_dir: Path, **arguments: Any) -> TrainerRun:
+    # greater_is_better ranks the highest loss first, so that the best checkpoint is not the last:
+    # a model left on the last slow weights would show.
+    return _run(
+        output_dir,
+        evaluate=True,
+        eval_steps=2,
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=True,
+        **arguments,
+    )
+
+
 @pytest.fixture(scope="module")
 def without_evaluation(tmp_path_factory: pytest.TempPathFactory) -> TrainerRun:
     return _run(tmp_path_factory.mktemp("plain"), evaluate=False)
@@ -379,6 +394,22 @@ def test_a_plain_trainer_exports_the_parameters_as_they_are(tmp_path: Path) -> N
     assert_same(_model_file(tmp_path / "after-evaluation", run.model), slow)
 
 
+def test_a_plain_trainer_loading_the_best_model_warns_before_train_overwrites_it(
+    tmp_path: Path,
+) -> None:
+    """Without LookaheadTrainer, load_best_model_at_end loads the best model while the optimizer is
+    in eval mode: a later optimizer.train() puts the last fast weights over it, with a warning that
+    names the fix (issue 25, flow 6)."""
+    run = _run_loading_the_best(tmp_path)
+    best_weights = _model_file(Path(run.trainer.state.best_model_checkpoint), run.model)
+    assert_same(parameters_of(run.model), best_weights)
+    with pytest.warns(UserWarning, match="written in eval mode.*LookaheadTrainer"):
+        run.optimizer.train()
+    assert any(
+        not torch.equal(a, b) for a, b in zip(parameters_of(run.model), best_weights, strict=True)
+    )
+
+
 def test_lookahead_trainer_save_model_writes_the_slow_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -425,18 +456,7 @@ def test_evaluate_and_predict_agree_on_the_slow_weights(tmp_path: Path) -> None:
 
 
 def test_load_best_model_at_end_gives_the_best_checkpoint_and_its_score(tmp_path: Path) -> None:
-    # greater_is_better ranks the highest loss first, so that the best checkpoint is not the last:
-    # a model left on the last slow weights would show.
-    run = _run(
-        tmp_path,
-        evaluate=True,
-        trainer_cls=LookaheadTrainer,
-        eval_steps=2,
-        save_steps=2,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        greater_is_better=True,
-    )
+    run = _run_loading_the_best(tmp_path, trainer_cls=LookaheadTrainer)
     state = run.trainer.state
     best = Path(state.best_model_checkpoint)
     assert best.name != f"checkpoint-{MAX_STEPS}"

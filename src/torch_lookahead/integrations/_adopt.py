@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from torch_lookahead.lookahead import Lookahead
+from torch_lookahead.lookahead import WRITTEN_IN_EVAL_MODE, Lookahead
 
 
 @torch.no_grad()
@@ -21,7 +23,9 @@ def adopt_parameters(lookahead: Lookahead) -> None:
     if lookahead.in_eval_mode:
         params = [p for group in lookahead.param_groups for p in group["params"]]
         loaded = [p.detach().clone() for p in params]
-        lookahead.train()  # the stale fast weights come back into the parameters...
+        with warnings.catch_warnings():  # what it warns of is what this function undoes
+            warnings.filterwarnings("ignore", message=f".*{WRITTEN_IN_EVAL_MODE}")
+            lookahead.train()  # the stale fast weights come back into the parameters...
         for p, value in zip(params, loaded, strict=True):
             p.copy_(value)  # ...and are overwritten by the loaded ones
     lookahead.reset_slow()
