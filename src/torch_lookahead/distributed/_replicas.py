@@ -17,6 +17,7 @@ __all__ = [
     "broadcast_from_first_rank_",
     "buckets",
     "check_same_shapes",
+    "local",
     "require_process_group",
 ]
 
@@ -27,6 +28,13 @@ def buckets(*tensorlists: Sequence[Tensor]) -> list[list[list[Tensor]]]:
     for index, tensor in enumerate(tensorlists[0]):
         positions.setdefault((tensor.device, tensor.dtype), []).append(index)
     return [[[tensors[i] for i in kept] for tensors in tensorlists] for kept in positions.values()]
+
+
+def local(t: Tensor) -> Tensor:
+    """The local shard of a DTensor (FSDP2: this rank's rows), a plain tensor as it is. In-place
+    updates of the shard reach the DTensor."""
+    to_local = getattr(t, "to_local", None)
+    return t if to_local is None else to_local()
 
 
 def require_process_group(process_group: dist.ProcessGroup | None) -> dist.ProcessGroup:
