@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tests._torch_versions import needs_fsdp2_on_cpu
 from tests.distributed._cluster import Cluster
+from tests.distributed._replica_utils import assert_states_equal, state_tensors
 from torch_lookahead.distributed import (
     DistributedLookahead,
     DistributedLookaheadState,
@@ -198,3 +199,54 @@ def _assert_same_everywhere(tensors: list[torch.Tensor], world_size: int) -> Non
 
 def test_hsdp_layout_matches_the_unsharded_run_and_resumes(four: Cluster, tmp_path: Path) -> None:
     four.run(check_hsdp, str(tmp_path / "checkpoint"))
+
+
+def check_hsdp_options(
+    rank: int, world_size: int, directory: str, compression: str | None, sync_delay: int
+) -> float:
+    """The HSDP layout with an option: resumed exactly from a checkpoint taken while a delayed
+    sync is pending; returns the largest difference of the slow weights from the unsharded run's."""
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    options = {"compression": compression, "sync_delay": sync_delay}
+
+    def sharded() -> tuple[nn.Module, DistributedLookahead]:
+        model = _model()
+        fully_shard(model, mesh=mesh["shard"])
+        return model, _diloco(model, device_mesh=mesh, **options)
+
+    model, opt = sharded()
+    reference = _model()
+    reference_opt = _diloco(reference, process_group=mesh.get_group("replicate"), **options)
+    _train(model, opt, mesh, range(2 * K))  # the sync launched at step 2K is pending
+    assert any("lookahead_launch" in opt.state[p] for p in model.parameters()) == (sync_delay > 0)
+    dcp.save({"train": DistributedLookaheadState(model, opt)}, checkpoint_id=directory)
+    saved = state_tensors(opt)
+    _train(model, opt, mesh, range(2 * K, 3 * K + 1))
+    resumed, resumed_opt = sharded()
+    dcp.load({"train": DistributedLookaheadState(resumed, resumed_opt)}, checkpoint_id=directory)
+    assert_states_equal(saved, state_tensors(resumed_opt))
+    _train(resumed, resumed_opt, mesh, range(2 * K, 3 * K + 1))
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p.to_local(), q.to_local())
+    for step in range(3 * K + 1):
+        _step(reference, reference_opt, *_replica_batch(mesh.get_local_rank(0), step))
+    slow = _slow(opt)
+    _assert_same_everywhere(slow, world_size)
+    reference_slow = [reference_opt.state[p][SLOW] for p in reference.parameters()]
+    return max(float((a - b).abs().max()) for a, b in zip(slow, reference_slow, strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("compression", "sync_delay", "tolerance"),
+    [(None, 1, 1e-7), ("bfloat16", 1, 1e-7), ("int8", 1, 1e-3)],
+)
+def test_hsdp_layout_with_delay_and_compression(
+    four: Cluster, tmp_path: Path, compression: str | None, sync_delay: int, tolerance: float
+) -> None:
+    """int8 scales each block of a local shard, the unsharded run each block of a whole tensor:
+    the two quantise differently, within the quantisation step."""
+    differences = four.run(
+        check_hsdp_options, str(tmp_path / "checkpoint"), compression, sync_delay
+    )
+    assert max(differences) <= tolerance

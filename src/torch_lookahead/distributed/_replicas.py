@@ -17,6 +17,7 @@ __all__ = [
     "broadcast_from_first_rank_",
     "buckets",
     "check_same_shapes",
+    "like_parameter",
     "local",
     "require_process_group",
 ]
@@ -35,6 +36,24 @@ def local(t: Tensor) -> Tensor:
     updates of the shard reach the DTensor."""
     to_local = getattr(t, "to_local", None)
     return t if to_local is None else to_local()
+
+
+def like_parameter(shard: Tensor, parameter: Tensor) -> Tensor:
+    """``shard`` (this rank's part of a tensor shaped like ``parameter``) in the parameter's form:
+    a DTensor with its mesh and placements for a DTensor parameter, else itself."""
+    if not hasattr(parameter, "to_local"):
+        return shard
+    from torch.distributed.tensor import DTensor
+
+    assert isinstance(parameter, DTensor)
+    return DTensor.from_local(
+        shard,
+        parameter.device_mesh,
+        parameter.placements,
+        run_check=False,
+        shape=parameter.shape,
+        stride=parameter.stride(),
+    )
 
 
 def require_process_group(process_group: dist.ProcessGroup | None) -> dist.ProcessGroup:

@@ -148,16 +148,22 @@ class DistributedLookaheadState:
             assert checkpoint_world_size is not None
             source %= checkpoint_world_size
         mesh = optimizer.device_mesh
+        self._blob_key = _BLOB
         if mesh is None:
             # One rank a replica: the parts are named by global ranks.
             self._shared_key = f"replicas_from_rank_{dist.get_global_rank(group, 0)}"
             self._own_key = f"rank_{dist.get_global_rank(group, source)}"
         else:
             # A replica is a row of the mesh, sharded over its columns: every rank of a row
-            # writes its shards under the row's key, so the row's DTensors are whole.
+            # writes its shards under the row's key, so the row's DTensors are whole. The blob
+            # holds this rank's shards of the pending syncs: one a rank (DCP would keep one copy
+            # of a key that several ranks write). A resume elsewhere drops them and reads shard 0's.
             first = int(mesh.mesh.flatten()[0])
             self._shared_key = f"replicas_from_rank_{first}"
             self._own_key = f"replica_{source}_from_rank_{first}"
+            shard = mesh.get_local_rank(1)
+            if shard and not self._elastic:
+                self._blob_key = f"{_BLOB}_of_shard_{shard}"
 
     def state_dict(self) -> dict[str, Any]:
         """Split the model and optimizer state into the shared part and this rank's part."""
@@ -188,7 +194,7 @@ class DistributedLookaheadState:
             own_key: {
                 "model": get_model_state_dict(self.model),
                 "optimizer": own_state,
-                _BLOB: blob.getvalue(),
+                self._blob_key: blob.getvalue(),
             },
         }
 
@@ -196,7 +202,7 @@ class DistributedLookaheadState:
         """Put the two parts back together and load them into the model and optimizer."""
         shared, own = state_dict[self._shared_key], state_dict[self._own_key]
         names = set(shared["state"]) | set(own["optimizer"])
-        pending = _read_blob(own[_BLOB])["pending"]
+        pending = _read_blob(own[self._blob_key])["pending"]
         merged_state = {
             name: {
                 **own["optimizer"].get(name, {}),

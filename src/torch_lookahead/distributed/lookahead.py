@@ -28,6 +28,7 @@ from torch_lookahead.distributed._exchange import COMPRESSIONS, Compression, Exc
 from torch_lookahead.distributed._replicas import (
     broadcast_from_first_rank_,
     check_same_shapes,
+    like_parameter,
     local,
     require_process_group,
 )
@@ -550,8 +551,8 @@ class DistributedLookahead(Lookahead):
                 entry = state[p]
                 result = entry.pop(MEAN_KEY, None)
                 if result is None:  # a compressed sync: the mean pseudo-gradient
-                    result = self._mean(entry.pop(MEAN_DELTA_KEY), entry[SLOW_KEY])
-                means.append(result)
+                    result = self._mean(local(entry.pop(MEAN_DELTA_KEY)), entry[SLOW_KEY])
+                means.append(local(result))
             tracked = [(ps, [state[p][SLOW_KEY] for p in ps]) for ps in pending.params]
             # The cycle restarted at the launch: the counters stay.
             self._outer_steps(pending.groups, tracked, means, operator.itemgetter(STEP_KEY))
@@ -574,10 +575,13 @@ class DistributedLookahead(Lookahead):
         pending.exchange = None
         state = self.state
         for p, result in zip(chain.from_iterable(pending.params), results, strict=True):
+            # In the parameter's form (a DTensor for a sharded one), so that a checkpoint holds it
+            # as it holds the parameter.
             if self.compression is None:
-                state[p][MEAN_KEY] = result.to(dtype=p.dtype, device=p.device, copy=True)
+                kept = result.to(dtype=p.dtype, device=p.device, copy=True)
+                state[p][MEAN_KEY] = like_parameter(kept, p)
             else:
-                state[p][MEAN_DELTA_KEY] = result.to(device=p.device, copy=True)
+                state[p][MEAN_DELTA_KEY] = like_parameter(result.to(device=p.device, copy=True), p)
 
     def _drop_launch(self, params: Iterable[Tensor]) -> None:
         state = self.state
