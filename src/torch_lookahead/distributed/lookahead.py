@@ -796,6 +796,8 @@ class DistributedLookahead(Lookahead):
         super().__setstate__(state)
         self.register_step_pre_hook(_before_step)
         self.process_group = require_process_group(None)
+        self.device_mesh = None  # only a run over the world group pickles
+        self._shard_ranks = None
         self.bytes_all_reduced = 0
         self._rebuild_pending()
 
