@@ -4,7 +4,9 @@ cases (one rank = Lookahead, alpha=1 = local SGD), the errors, and exact DCP res
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,6 +25,7 @@ from torch_lookahead.distributed import (
     OUTER_MOMENTUM_KEY,
     DistributedLookahead,
     DistributedLookaheadState,
+    saved_world_size,
 )
 
 pytestmark = pytest.mark.distributed
@@ -254,6 +257,20 @@ def _build(seed: int) -> tuple[torch.nn.Module, DistributedLookahead]:
     return model, opt
 
 
+class _FirstFormat(DistributedLookaheadState):
+    """Saves as the first format did: each rank's blob holds its pending delayed syncs alone."""
+
+    def state_dict(self) -> dict[str, Any]:
+        parts = super().state_dict()
+        for part in parts.values():
+            if "pending_syncs" in part:
+                stored = torch.load(io.BytesIO(part["pending_syncs"]), weights_only=True)
+                blob = io.BytesIO()
+                torch.save(stored["pending"], blob)
+                part["pending_syncs"] = blob.getvalue()
+        return parts
+
+
 def check_dcp_resume(rank: int, world_size: int, directory: str) -> None:
     model, opt = _build(seed=0)
     for step in range(6):  # stops mid-cycle: one sync done, two inner steps into the next
@@ -273,6 +290,16 @@ def check_dcp_resume(rank: int, world_size: int, directory: str) -> None:
     for a, b in zip(expected_params, resumed_model.parameters(), strict=True):
         assert torch.equal(a, b)
     assert_states_equal(expected_state, state_tensors(resumed))
+
+    # A checkpoint in the first format (its blob without the stored number of replicas) loads.
+    first_format = f"{directory}-first-format"
+    dcp.save({"train": _FirstFormat(model, opt)}, checkpoint_id=first_format)
+    again_model, again = _build(seed=1)
+    dcp.load({"train": DistributedLookaheadState(again_model, again)}, checkpoint_id=first_format)
+    assert_states_equal(state_tensors(opt), state_tensors(again))
+    for a, b in zip(model.parameters(), again_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert saved_world_size(first_format) == saved_world_size(directory) == world_size
 
     keys = dcp.FileSystemReader(directory).read_metadata().state_dict_metadata
     slow_keys = sorted(key for key in keys if "lookahead_slow" in key)

@@ -17,6 +17,8 @@ __all__ = [
     "broadcast_from_first_rank_",
     "buckets",
     "check_same_shapes",
+    "like_parameter",
+    "local",
     "require_process_group",
 ]
 
@@ -27,6 +29,31 @@ def buckets(*tensorlists: Sequence[Tensor]) -> list[list[list[Tensor]]]:
     for index, tensor in enumerate(tensorlists[0]):
         positions.setdefault((tensor.device, tensor.dtype), []).append(index)
     return [[[tensors[i] for i in kept] for tensors in tensorlists] for kept in positions.values()]
+
+
+def local(t: Tensor) -> Tensor:
+    """The local shard of a DTensor (FSDP2: this rank's rows), a plain tensor as it is. In-place
+    updates of the shard reach the DTensor."""
+    to_local = getattr(t, "to_local", None)
+    return t if to_local is None else to_local()
+
+
+def like_parameter(shard: Tensor, parameter: Tensor) -> Tensor:
+    """``shard`` (this rank's part of a tensor shaped like ``parameter``) in the parameter's form:
+    a DTensor with its mesh and placements for a DTensor parameter, else itself."""
+    if not hasattr(parameter, "to_local"):
+        return shard
+    from torch.distributed.tensor import DTensor
+
+    assert isinstance(parameter, DTensor)
+    return DTensor.from_local(
+        shard,
+        parameter.device_mesh,
+        parameter.placements,
+        run_check=False,
+        shape=parameter.shape,
+        stride=parameter.stride(),
+    )
 
 
 def require_process_group(process_group: dist.ProcessGroup | None) -> dist.ProcessGroup:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import warnings
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 from torch_lookahead.distributed.lookahead import (
     LAUNCH_KEY,
@@ -42,15 +44,41 @@ SHARED_STATE_KEYS = (SLOW_KEY, OUTER_MOMENTUM_KEY)
 _PENDING_KEYS = (LAUNCH_KEY, MEAN_KEY, MEAN_DELTA_KEY)
 
 _RANK_PART = re.compile(r"(?:^|\.)rank_(\d+)\.")
+_BLOB = "pending_syncs"
+"""The bytes entry of each replica's part: the delayed syncs pending at the save and the number
+of replicas that saved (``_FORMAT`` and later; earlier checkpoints hold the pending syncs alone)."""
+_FORMAT = 2
 
 
 def saved_world_size(checkpoint_id: str | os.PathLike[str]) -> int:
-    """The number of ranks that saved a DistributedLookaheadState in a file-system DCP checkpoint."""
+    """The number of replicas (ranks of the optimizer's process group, or replica groups of its
+    ``device_mesh``) that saved a DistributedLookaheadState in a file-system DCP checkpoint.
+
+    Read from the checkpoint, where it is stored. Checkpoints written before it was stored hold
+    one ``rank_<r>`` part per rank and no count: for those, the number of such parts is returned,
+    which is right for runs over the default (world) group only.
+    """
     keys = FileSystemReader(checkpoint_id).read_metadata().state_dict_metadata
-    ranks = {match.group(1) for key in keys for match in [_RANK_PART.search(key)] if match}
-    if not ranks:
+    blobs = sorted(key for key in keys if key.endswith(f".{_BLOB}"))
+    if not blobs:
         raise ValueError(f"{os.fspath(checkpoint_id)!r} holds no DistributedLookaheadState")
+    template: dict[str, Any] = {blobs[0]: b""}
+    with warnings.catch_warnings():  # a read in this process alone is what is meant here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp_load(template, checkpoint_id=checkpoint_id, no_dist=True)
+    extras = _read_blob(template[blobs[0]])
+    if extras["replicas"] is not None:
+        return int(extras["replicas"])
+    ranks = {match.group(1) for key in keys for match in [_RANK_PART.search(key)] if match}
     return len(ranks)
+
+
+def _read_blob(blob: bytes) -> dict[str, Any]:
+    """The pending syncs and the number of replicas (None if not stored) of a saved blob."""
+    loaded = torch.load(io.BytesIO(blob), weights_only=True)
+    if isinstance(loaded.get("format"), int):
+        return {"pending": loaded["pending"], "replicas": loaded["replicas"]}
+    return {"pending": loaded, "replicas": None}  # the first format: the pending syncs alone
 
 
 class DistributedLookaheadState:
@@ -58,15 +86,23 @@ class DistributedLookaheadState:
 
     The checkpoint holds, under ``replicas_from_rank_<r0>`` (``r0`` = the global rank of the
     process group's rank 0), the slow weights, outer momentum and parameter groups once, and under
-    ``rank_<r>`` each rank's model state (its fast weights and buffers) and inner-optimizer state.
-    Resumed on the same number of ranks, the run continues bit-identical to an uninterrupted one.
+    ``rank_<r>`` each rank's model state (its fast weights and buffers), inner-optimizer state,
+    and a small blob: the delayed syncs pending at the save and the number of replicas that saved
+    (`saved_world_size` reads it). Resumed on the same number of ranks, the run continues
+    bit-identical to an uninterrupted one.
 
-    On another number of ranks, pass ``checkpoint_world_size`` (`saved_world_size` reads
+    With a ``device_mesh`` (sharded workers: a replica is a row of the mesh, its parameters
+    DTensors sharded over the row, or a DDP model replicated over it), the shared part is keyed by
+    the mesh's first global rank, ``replicas_from_rank_<m0>``, and replica ``i``'s part
+    ``replica_<i>_from_rank_<m0>``: every rank of the row writes its local shards there, so DCP
+    holds each tensor whole and reshards it on load (another number of shards, too).
+
+    On another number of replicas, pass ``checkpoint_world_size`` (`saved_world_size` reads
     it): the slow weights, outer momentum and parameter groups (their counters, so the fragments'
-    phases) are loaded, rank ``r`` takes the model buffers and inner-optimizer state that rank
-    ``r % checkpoint_world_size`` saved, and every rank's parameters restart from the slow weights
-    (the fast weights of the cycle in progress, and a delayed sync in flight, are not carried
-    over: checkpoint right after a sync to lose nothing).
+    phases) are loaded, replica ``r`` takes the model buffers and inner-optimizer state that
+    replica ``r % checkpoint_world_size`` saved, and every rank's parameters restart from the slow
+    weights (the fast weights of the cycle in progress, and a delayed sync in flight, are not
+    carried over: checkpoint right after a sync to lose nothing).
 
     Example::
 
@@ -105,21 +141,29 @@ class DistributedLookaheadState:
         self.model = model
         self.optimizer = optimizer
         group = optimizer.process_group
-        self._elastic = checkpoint_world_size is not None and checkpoint_world_size != (
-            dist.get_world_size(group)
-        )
-        self._own_rank = dist.get_rank()
+        replicas = dist.get_world_size(group)
+        self._elastic = checkpoint_world_size is not None and checkpoint_world_size != replicas
+        source = dist.get_rank(group)
         if self._elastic:
             assert checkpoint_world_size is not None
-            source = dist.get_rank(group) % checkpoint_world_size
-            self._own_rank = dist.get_global_rank(group, source)
-
-    def _keys(self) -> tuple[str, str]:
-        group = self.optimizer.process_group
-        return (
-            f"replicas_from_rank_{dist.get_global_rank(group, 0)}",
-            f"rank_{self._own_rank}",
-        )
+            source %= checkpoint_world_size
+        mesh = optimizer.device_mesh
+        self._blob_key = _BLOB
+        if mesh is None:
+            # One rank a replica: the parts are named by global ranks.
+            self._shared_key = f"replicas_from_rank_{dist.get_global_rank(group, 0)}"
+            self._own_key = f"rank_{dist.get_global_rank(group, source)}"
+        else:
+            # A replica is a row of the mesh, sharded over its columns: every rank of a row
+            # writes its shards under the row's key, so the row's DTensors are whole. The blob
+            # holds this rank's shards of the pending syncs: one a rank (DCP would keep one copy
+            # of a key that several ranks write). A resume elsewhere drops them and reads shard 0's.
+            first = int(mesh.mesh.flatten()[0])
+            self._shared_key = f"replicas_from_rank_{first}"
+            self._own_key = f"replica_{source}_from_rank_{first}"
+            shard = mesh.get_local_rank(1)
+            if shard and not self._elastic:
+                self._blob_key = f"{_BLOB}_of_shard_{shard}"
 
     def state_dict(self) -> dict[str, Any]:
         """Split the model and optimizer state into the shared part and this rank's part."""
@@ -142,23 +186,23 @@ class DistributedLookaheadState:
         # is built from a fresh optimizer: its tensors travel as one serialised object, which the
         # template always has.
         blob = io.BytesIO()
-        torch.save(pending, blob)
-        shared_key, own_key = self._keys()
+        replicas = dist.get_world_size(self.optimizer.process_group)
+        torch.save({"format": _FORMAT, "replicas": replicas, "pending": pending}, blob)
+        shared_key, own_key = self._shared_key, self._own_key
         return {
             shared_key: {"state": shared_state, "param_groups": optimizer_state["param_groups"]},
             own_key: {
                 "model": get_model_state_dict(self.model),
                 "optimizer": own_state,
-                "pending_syncs": blob.getvalue(),
+                self._blob_key: blob.getvalue(),
             },
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Put the two parts back together and load them into the model and optimizer."""
-        shared_key, own_key = self._keys()
-        shared, own = state_dict[shared_key], state_dict[own_key]
+        shared, own = state_dict[self._shared_key], state_dict[self._own_key]
         names = set(shared["state"]) | set(own["optimizer"])
-        pending = torch.load(io.BytesIO(own["pending_syncs"]), weights_only=True)
+        pending = _read_blob(own[self._blob_key])["pending"]
         merged_state = {
             name: {
                 **own["optimizer"].get(name, {}),

@@ -1,8 +1,10 @@
 """Lookahead across workers: k local steps on each rank, then one averaged outer step.
 
 ``DistributedLookahead`` is [Lookahead][torch_lookahead.Lookahead] with the fast weights averaged over a
-process group at every sync. Between syncs the ranks do not communicate, so the model must *not* be
-wrapped in DistributedDataParallel (which would all-reduce gradients at every step).
+process group at every sync. Between syncs the replicas do not communicate, so a model averaged
+over all ranks must *not* be wrapped in DistributedDataParallel (which would all-reduce gradients at
+every step). A replica may span several ranks (``device_mesh``): FSDP2 or DDP inside it, Lookahead
+across replicas.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.device_mesh import DeviceMesh
 from torch.optim import Optimizer
 
 from torch_lookahead import check_k
@@ -25,6 +28,8 @@ from torch_lookahead.distributed._exchange import COMPRESSIONS, Compression, Exc
 from torch_lookahead.distributed._replicas import (
     broadcast_from_first_rank_,
     check_same_shapes,
+    like_parameter,
+    local,
     require_process_group,
 )
 from torch_lookahead.distributed.functional import momentum_outer_step_
@@ -174,7 +179,8 @@ class DistributedLookahead(Lookahead):
     a parameter that received gradients on some ranks only is reported at the next sync.
 
     Args:
-        optimizer: the inner optimizer of this rank, over the (unwrapped, not DDP) model.
+        optimizer: the inner optimizer of this rank, over the model (not wrapped in DDP over
+            the ranks averaged; with ``device_mesh``, DDP or FSDP2 over the mesh's rows).
         k: inner steps between two syncs. Default: 5.
         alpha: outer step size (Lookahead's alpha, DiLoCo's outer learning rate). Default: 0.5.
         outer_momentum: ``mu`` above, in [0, 1). Default: 0 (no outer momentum).
@@ -183,6 +189,9 @@ class DistributedLookahead(Lookahead):
             (overlap, see above); smaller than ``k``. Default: 0 (synchronous).
         compression: ``None`` (exact, default), ``"bfloat16"`` or ``"int8"`` (see above).
         process_group: the ranks to average over. Default: the default (world) group.
+        device_mesh: instead of ``process_group``, sharded workers: a 2-D DeviceMesh
+            (replicate, shard) whose row ``i`` is replica ``i``. The local shards are averaged
+            over the replicate dimension (the column of this rank). See below.
         foreach: as for [Lookahead][torch_lookahead.Lookahead].
         **options: every other keyword option of [Lookahead][torch_lookahead.Lookahead]
             (``pullback_momentum`` acts on each rank's own inner state; ``check_finite`` checks
@@ -237,6 +246,15 @@ class DistributedLookahead(Lookahead):
     committed-sync counts differ (one restarted alone) all refuse at their next sync. Let the
     launcher restart the job from the last checkpoint (``torchrun --max-restarts``).
 
+    **Sharded workers** (``device_mesh``, HSDP's layout). Each row of the mesh is one replica,
+    whose model is sharded over the row with ``fully_shard(model, mesh=device_mesh["shard"])``
+    (its parameters, slow copies and outer momentum are DTensors), or replicated over it with
+    ``DistributedDataParallel(model, process_group=device_mesh.get_group("shard"))``. A sync is
+    the exchange above over the ranks of this rank's column, on local shards: every column
+    averages the same shard of each replica, so the rows end with the same slow weights, as one
+    unsharded rank per replica would (up to the rounding of the gradients' reduction inside a
+    row). Checkpoints name their parts by row (see DistributedLookaheadState).
+
     ``bytes_all_reduced`` counts the bytes of the payloads this rank has exchanged (a per-process
     statistic, not checkpointed). Save and resume with [DistributedLookaheadState][torch_lookahead.distributed.DistributedLookaheadState] and
     ``torch.distributed.checkpoint``.
@@ -263,6 +281,7 @@ class DistributedLookahead(Lookahead):
         sync_delay: int = 0,
         compression: Compression | None = None,
         process_group: dist.ProcessGroup | None = None,
+        device_mesh: DeviceMesh | None = None,
         foreach: bool | None = None,
         **options: Unpack[LookaheadOptions],
     ) -> None:
@@ -273,7 +292,22 @@ class DistributedLookahead(Lookahead):
             raise ValueError("nesterov=True needs outer_momentum > 0")
         sync_delay = _validate_sync_delay(sync_delay, check_k(k))
         compression = _validate_compression(compression)
+        if device_mesh is not None:
+            if process_group is not None:
+                raise ValueError("pass process_group or device_mesh, not both")
+            if not isinstance(device_mesh, DeviceMesh) or device_mesh.ndim != 2:
+                raise TypeError(
+                    "device_mesh must be a 2-D torch.distributed.DeviceMesh (replicate, shard), "
+                    f"got {device_mesh!r}"
+                )
+            process_group = device_mesh.get_group(0)
         group = require_process_group(process_group)
+        self.device_mesh = device_mesh
+        self._shard_ranks = (
+            None
+            if device_mesh is None
+            else sorted(dist.get_process_group_ranks(device_mesh.get_group(1)))
+        )
         self._pending: list[_Pending] = []
         self._blocking = False
         self._refusal: str | None = None
@@ -293,15 +327,24 @@ class DistributedLookahead(Lookahead):
         """Collective: check that the ranks agree on the group's shapes, then take rank 0's values."""
         params: list[Tensor] = list(param_group["params"])
         for index, p in enumerate(params):
-            if hasattr(p, "to_local"):
+            if hasattr(p, "to_local") and self.device_mesh is None:
                 raise TypeError(
                     f"parameter {index} of group {group_index} is a DTensor (FSDP2 or tensor "
-                    "parallel). DistributedLookahead averages whole replicas; for sharded models "
-                    "use torch_lookahead.Lookahead inside fully_shard instead (docs/distributed.md)"
+                    "parallel): pass device_mesh=, the 2-D (replicate, shard) mesh whose shard "
+                    "dimension the model is sharded over (docs/distributed-workers.md)"
                 )
-        check_same_shapes(params, self.process_group)
+            mesh = getattr(p, "device_mesh", None)
+            if mesh is not None and self._shard_ranks is not None:
+                ranks = sorted(mesh.mesh.flatten().tolist())
+                if ranks != self._shard_ranks:
+                    raise ValueError(
+                        f"parameter {index} of group {group_index} is sharded over ranks {ranks}, "
+                        f"but device_mesh's shard dimension holds ranks {self._shard_ranks} here"
+                    )
+        shards = [local(p) for p in params]
+        check_same_shapes(shards, self.process_group)
         with torch.no_grad():
-            broadcast_from_first_rank_(params, self.process_group)
+            broadcast_from_first_rank_(shards, self.process_group)
 
     def _start_fragment_phases(self) -> None:
         """Start each fragment's counter at its offset, in groups that have not stepped yet."""
@@ -384,7 +427,8 @@ class DistributedLookahead(Lookahead):
         the mean pseudo-gradient (compressed)."""
         if self.compression is None:
             return result
-        return slow.detach() - result.to(slow.device, slow.dtype)
+        shard = local(slow.detach())
+        return shard - result.to(shard.device, shard.dtype)
 
     def _launch(
         self, groups: list[dict[str, Any]], tracked: list[_Pairs], compression: Compression | None
@@ -394,11 +438,12 @@ class DistributedLookahead(Lookahead):
         slow_of = {id(p): s for ps, ss in tracked for p, s in zip(ps, ss, strict=True)}
         params = list(chain.from_iterable(g["params"] for g in groups))
         try:
+            references = [slow_of.get(id(p)) for p in params]
             exchange = start_mean(
-                params,
+                [local(p) for p in params],
                 self.process_group,
                 compression=compression,
-                references=[slow_of.get(id(p)) for p in params],
+                references=[None if r is None else local(r) for r in references],
                 present=[id(p) in slow_of for p in params],
                 history=[g.get(SYNCS_KEY, 0) for g in groups],
             )
@@ -465,7 +510,7 @@ class DistributedLookahead(Lookahead):
         """Put the means into the parameters and take every group's outer step."""
         params = list(chain.from_iterable(t[0] for t in tracked))
         for p, mean in zip(params, means, strict=True):
-            p.detach().copy_(mean)
+            local(p.detach()).copy_(mean)
         if self.check_finite:
             try:
                 self.require_finite(groups)
@@ -476,9 +521,9 @@ class DistributedLookahead(Lookahead):
         for group, (group_params, group_slows) in zip(groups, tracked, strict=True):
             if self.outer_momentum > 0.0:
                 momentum_outer_step_(
-                    group_params,
-                    group_slows,
-                    [state[p][OUTER_MOMENTUM_KEY] for p in group_params],
+                    [local(p.detach()) for p in group_params],
+                    [local(s) for s in group_slows],
+                    [local(state[p][OUTER_MOMENTUM_KEY]) for p in group_params],
                     alpha=group[ALPHA_KEY],
                     outer_momentum=self.outer_momentum,
                     nesterov=self.nesterov,
@@ -506,9 +551,8 @@ class DistributedLookahead(Lookahead):
                 entry = state[p]
                 result = entry.pop(MEAN_KEY, None)
                 if result is None:  # a compressed sync: the mean pseudo-gradient
-                    slow = entry[SLOW_KEY]
-                    result = slow - entry.pop(MEAN_DELTA_KEY).to(slow.device, slow.dtype)
-                means.append(result)
+                    result = self._mean(local(entry.pop(MEAN_DELTA_KEY)), entry[SLOW_KEY])
+                means.append(local(result))
             tracked = [(ps, [state[p][SLOW_KEY] for p in ps]) for ps in pending.params]
             # The cycle restarted at the launch: the counters stay.
             self._outer_steps(pending.groups, tracked, means, operator.itemgetter(STEP_KEY))
@@ -531,10 +575,13 @@ class DistributedLookahead(Lookahead):
         pending.exchange = None
         state = self.state
         for p, result in zip(chain.from_iterable(pending.params), results, strict=True):
+            # In the parameter's form (a DTensor for a sharded one), so that a checkpoint holds it
+            # as it holds the parameter.
             if self.compression is None:
-                state[p][MEAN_KEY] = result.to(dtype=p.dtype, device=p.device, copy=True)
+                kept = result.to(dtype=p.dtype, device=p.device, copy=True)
+                state[p][MEAN_KEY] = like_parameter(kept, p)
             else:
-                state[p][MEAN_DELTA_KEY] = result.to(device=p.device, copy=True)
+                state[p][MEAN_DELTA_KEY] = like_parameter(result.to(device=p.device, copy=True), p)
 
     def _drop_launch(self, params: Iterable[Tensor]) -> None:
         state = self.state
@@ -659,7 +706,7 @@ class DistributedLookahead(Lookahead):
         params = [t[0] for t in tracked]
         results = self._collect(groups, params, self._launch(groups, tracked, None))
         for p, mean in zip(chain.from_iterable(params), results, strict=True):
-            p.detach().copy_(mean)
+            local(p.detach()).copy_(mean)
         super().reset_slow()
         for param_state in self.state.values():
             buffer = param_state.get(OUTER_MOMENTUM_KEY)
@@ -749,6 +796,8 @@ class DistributedLookahead(Lookahead):
         super().__setstate__(state)
         self.register_step_pre_hook(_before_step)
         self.process_group = require_process_group(None)
+        self.device_mesh = None  # only a run over the world group pickles
+        self._shard_ranks = None
         self.bytes_all_reduced = 0
         self._rebuild_pending()
 
