@@ -1,5 +1,6 @@
 """DistributedLookahead on two gloo ranks: the math against float64 references, the special
-cases (one rank = Lookahead, alpha=1 = local SGD), the errors, and exact DCP resume."""
+cases (one rank = Lookahead, alpha=1 = local SGD), the errors, and exact DCP resume (also from a
+save in eval mode)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from torch_lookahead.distributed import (
     DistributedLookaheadState,
     saved_world_size,
 )
+from torch_lookahead.distributed.lookahead import MEAN_DELTA_KEY
 
 pytestmark = pytest.mark.distributed
 
@@ -245,7 +247,7 @@ def test_validates_arguments_first(
         DistributedLookahead(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1), **kwargs)  # type: ignore[arg-type]
 
 
-def _build(seed: int) -> tuple[torch.nn.Module, DistributedLookahead]:
+def _build(seed: int, **options: Any) -> tuple[torch.nn.Module, DistributedLookahead]:
     model = _tiny_model(seed)
     opt = DistributedLookahead(
         torch.optim.AdamW(model.parameters(), lr=0.01),
@@ -253,6 +255,7 @@ def _build(seed: int) -> tuple[torch.nn.Module, DistributedLookahead]:
         alpha=0.6,
         outer_momentum=0.5,
         nesterov=True,
+        **options,
     )
     return model, opt
 
@@ -310,6 +313,63 @@ def check_dcp_resume(rank: int, world_size: int, directory: str) -> None:
 
 def test_dcp_resume_mid_cycle_is_exact(cluster: Cluster, tmp_path: Path) -> None:
     cluster.run(check_dcp_resume, str(tmp_path / "checkpoint"))
+
+
+def _tensors(parts: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a (nested) state dict, keyed by their dotted path."""
+    found: dict[str, torch.Tensor] = {}
+    for key, value in parts.items():
+        if isinstance(value, dict):
+            found.update(_tensors(value, f"{prefix}{key}."))
+        elif isinstance(value, torch.Tensor):
+            found[f"{prefix}{key}"] = value.detach().clone()
+    return found
+
+
+def check_eval_mode_save_resumes_exactly(
+    rank: int, world_size: int, options: dict[str, Any], directory: str
+) -> None:
+    model, opt = _build(0, **options)
+    for step in range(5):  # one sync launched at step 4 (pending with sync_delay=2), one step on
+        _train_step(model, opt, rank, step)
+    with opt.slow_weights():
+        slow = [p.detach().clone() for p in model.parameters()]
+        eval_form = _tensors(DistributedLookaheadState(model, opt).state_dict())
+        dcp.save({"train": DistributedLookaheadState(model, opt)}, checkpoint_id=directory)
+        # Nothing live changed: the model still holds the slow weights.
+        for a, b in zip(slow, model.parameters(), strict=True):
+            assert torch.equal(a, b)
+    if options.get("sync_delay"):
+        assert any(MEAN_DELTA_KEY in s for s in opt.state.values())  # saved with its mean
+    resumed_model, resumed = _build(1, **options)  # a different start, which the load overrides
+    dcp.load({"train": DistributedLookaheadState(resumed_model, resumed)}, checkpoint_id=directory)
+    assert not resumed.in_eval_mode
+    # The same checkpoint as one taken in train mode: each rank's fast weights, the slow weights.
+    train_form = _tensors(DistributedLookaheadState(model, opt).state_dict())
+    assert eval_form.keys() == train_form.keys()
+    for key, value in train_form.items():
+        assert torch.equal(value, eval_form[key]), key
+    keys = dcp.FileSystemReader(directory).read_metadata().state_dict_metadata
+    assert not any("lookahead_fast" in key for key in keys)
+    assert any(key.startswith("train.replicas_from_rank_0.") and "slow" in key for key in keys)
+
+    for step in range(5, 13):  # the uninterrupted run and the resumed one
+        _train_step(model, opt, rank, step)
+        _train_step(resumed_model, resumed, rank, step)
+    for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert_states_equal(state_tensors(opt), state_tensors(resumed))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"sync_delay": 2, "compression": "int8", "slow_dtype": torch.float64}],
+    ids=["plain", "pending-int8-float64-slow"],
+)
+def test_dcp_save_in_eval_mode_loads_and_resumes_exactly(
+    cluster: Cluster, tmp_path: Path, options: dict[str, Any]
+) -> None:
+    cluster.run(check_eval_mode_save_resumes_exactly, options, str(tmp_path / "checkpoint"))
 
 
 def check_reset_add_group_and_copy(rank: int, world_size: int) -> None:

@@ -35,7 +35,7 @@ from torch_lookahead.distributed.lookahead import (
     OUTER_MOMENTUM_KEY,
     DistributedLookahead,
 )
-from torch_lookahead.lookahead import SLOW_KEY
+from torch_lookahead.lookahead import EVAL_KEY, FAST_KEY, SLOW_KEY
 
 __all__ = ["SHARED_STATE_KEYS", "DistributedLookaheadState", "saved_world_size"]
 
@@ -81,6 +81,36 @@ def _read_blob(blob: bytes) -> dict[str, Any]:
     return {"pending": loaded, "replicas": None}  # the first format: the pending syncs alone
 
 
+def _train_form(model_state: dict[str, Any], optimizer_state: dict[str, Any]) -> dict[str, Any]:
+    """The model state and (in place) the optimizer state as train mode would have written them.
+
+    In eval mode (docs/design.md, "The checkpoint form") a parameter with slow weights holds phi
+    and its state ``lookahead_fast`` = theta, with ``lookahead_slow`` only where the slow copy's
+    dtype or device differs. Here the model gets theta back and ``lookahead_slow`` = phi (the kept
+    copy, else the parameter), so that a checkpoint does not depend on the mode it was taken in and
+    always fits the loading template (a fresh optimizer, in train mode). Tensors are regrouped,
+    never copied or written: nothing live changes.
+    """
+    model_state = dict(model_state)
+    state = optimizer_state["state"]
+    groups = []
+    for group in optimizer_state["param_groups"]:
+        if group.get(EVAL_KEY, False):
+            for name in group["params"]:
+                entry = state.get(name)
+                if entry is None or FAST_KEY not in entry:
+                    continue
+                fast = entry[FAST_KEY]
+                slow = entry.get(SLOW_KEY, model_state[name])
+                state[name] = {k: v for k, v in entry.items() if k != FAST_KEY}
+                state[name][SLOW_KEY] = slow
+                model_state[name] = fast
+            group = {**group, EVAL_KEY: False}
+        groups.append(group)
+    optimizer_state["param_groups"] = groups
+    return model_state
+
+
 class DistributedLookaheadState:
     """A ``torch.distributed.checkpoint`` Stateful for a model trained with DistributedLookahead.
 
@@ -90,6 +120,13 @@ class DistributedLookaheadState:
     and a small blob: the delayed syncs pending at the save and the number of replicas that saved
     (`saved_world_size` reads it). Resumed on the same number of ranks, the run continues
     bit-identical to an uninterrupted one.
+
+    The checkpoint is always in train form, also when saved in eval mode (inside
+    ``slow_weights()``): each rank's part holds its fast weights and the shared part the slow
+    weights, once, where the eval form would put the slow weights in every rank's model part. So
+    it loads whatever the mode it was saved in (into an optimizer in train mode, which it stays
+    in). Model files that hold the slow weights come from ``model.state_dict()`` inside
+    ``slow_weights()``.
 
     With a ``device_mesh`` (sharded workers: a replica is a row of the mesh, its parameters
     DTensors sharded over the row, or a DDP model replicated over it), the shared part is keyed by
@@ -170,6 +207,7 @@ class DistributedLookaheadState:
         # On a fresh optimizer this takes DCP's zero-learning-rate step, which creates every state
         # entry (slow weights included) so that the result can serve as a loading template.
         optimizer_state: dict[str, Any] = dict(get_optimizer_state_dict(self.model, self.optimizer))
+        model_state = _train_form(get_model_state_dict(self.model), optimizer_state)
         shared_state: dict[str, dict[str, Any]] = {}
         own_state: dict[str, dict[str, Any]] = {}
         pending: dict[str, dict[str, Any]] = {}
@@ -192,7 +230,7 @@ class DistributedLookaheadState:
         return {
             shared_key: {"state": shared_state, "param_groups": optimizer_state["param_groups"]},
             own_key: {
-                "model": get_model_state_dict(self.model),
+                "model": model_state,
                 "optimizer": own_state,
                 self._blob_key: blob.getvalue(),
             },
