@@ -146,9 +146,9 @@ def test_holm_across_the_primary_endpoints() -> None:
     assert verdicts(adjusted) == ["inconclusive: cannot decide at 6 seeds"] * 2
     assert adjusted.cases[0].adjusted == pytest.approx((4 / 64, 1.0))
     assert "Holm-adjusted 0.062" in adjusted.measured[0]
-    # with a SESOI, 6 pairs could still show equivalence (one-sided floor 1/64): undecided
+    # with a SESOI the family holds 4 tests: 6 pairs cannot decide, equivalence neither
     (with_margin,) = holm_primary([claim_of(runs)])
-    assert verdicts(with_margin) == ["inconclusive at 6 seeds"] * 2
+    assert verdicts(with_margin) == ["inconclusive: cannot decide at 6 seeds"] * 2
     descriptive = claim_of(runs, ClaimPlan("descriptive", "val_loss", 0.01))
     assert verdicts(holm_primary([descriptive])[0]) == ["supports", "supports"]
 
@@ -239,7 +239,7 @@ def test_k_alpha_settings_each_against_plain_with_holm() -> None:
         "sgd k=5 alpha=0.3", "sgd k=5 alpha=0.5", "sgd k=5 alpha=0.8",
     ]  # fmt: skip
     assert verdicts(claim) == ["contradicts", "equivalent within ±0.01", "equivalent within ±0.01"]
-    assert all(case.family == 3 for case in claim.cases)
+    assert all(case.family == 6 for case in claim.cases)  # 3 difference, 3 equivalence tests
     assert "2 of 3 settings are at least equivalent" in claim.notes[0]
 
 

@@ -191,6 +191,6 @@ def test_rerender_writes_todays_verdicts_from_the_recorded_runs(tmp_path: Path) 
     assert fresh["provenance"] == old and fresh["rerendered_with"]["version"]
     assert [r["history"] for r in fresh["runs"]] == [r["history"] for r in runs]
     assert fresh["claims"][0]["cases"][0]["verdict"] == "inconclusive: cannot decide at 3 seeds"
-    with pytest.raises(ValueError, match="only stability pilots and compare"):
+    with pytest.raises(ValueError, match="only stability pilots, demo, sweep and compare"):
         (tmp_path / "results.json").write_text(json.dumps({**payload, "title": "demo"}))
         rerender(tmp_path)

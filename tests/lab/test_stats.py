@@ -205,3 +205,43 @@ def test_bad_samples_are_rejected() -> None:
         paired_difference([1.0], [1.0], sesoi=0.0)
     with pytest.raises(ValueError, match="sesoi"):
         variance_ratio([1.0, 2.0, 3.0], [1.0, 2.0, 4.0], sesoi=0.5)
+
+
+def test_differences_of_accuracies_that_tie_exactly_count_as_ties() -> None:
+    """Accuracies in images of 360: subtracted as decimals, differences of equal image counts
+    differ in their last bits, and sign patterns that tie with the observed mean were missed
+    (p 0.828125 instead of the exact 0.90625)."""
+    base = [331, 346, 336, 336, 346, 349, 352, 335]
+    cand = [334, 349, 334, 332, 348, 352, 352, 332]
+    images = [c - b for b, c in zip(base, cand, strict=True)]
+    estimate = paired_difference([b / 360 for b in base], [c / 360 for c in cand])
+    assert estimate.p_value == reference_sign_flip_p([float(k) for k in images]) == 0.90625
+
+
+def test_below_six_pairs_not_even_equivalence_is_decided() -> None:
+    """All-zero differences at 5 pairs used to be "equivalent" with an unbounded interval."""
+    estimate = paired_difference([0.9] * 5, [0.9] * 5, sesoi=0.01)
+    assert (estimate.low, estimate.high) == (-math.inf, math.inf)
+    assert verdict_of(estimate, "above") == "inconclusive: cannot decide at 5 seeds"
+    six = paired_difference([0.9] * 6, [0.9] * 6, sesoi=0.01)
+    assert verdict_of(six, "above") == "equivalent within ±0.01"
+
+
+def test_difference_and_equivalence_p_values_are_one_holm_family() -> None:
+    from torch_lookahead_lab.claims import Case, _adjust
+
+    close = paired_difference([0.0] * 10, [0.001 * (-1) ** i for i in range(10)], sesoi=0.01)
+    apart = paired_difference([0.0] * 10, [0.3 + 0.01 * i for i in range(10)], sesoi=0.01)
+    cases = [Case("a", "", close, "x"), Case("b", "", apart, "x")]
+    pooled = holm([close.p_value, apart.p_value, close.p_equivalence, apart.p_equivalence])
+    adjusted = _adjust(cases)
+    assert [c.adjusted for c in adjusted] == [(pooled[0], pooled[2]), (pooled[1], pooled[3])]
+    assert [c.family for c in adjusted] == [4, 4]
+
+
+def test_the_reading_says_the_k_alpha_claim_is_holm_adjusted() -> None:
+    from torch_lookahead_lab.report import reading
+
+    text = reading()
+    assert "tested at the unadjusted 5% and" not in text
+    assert "except the (k, alpha) claim, whose settings are Holm-adjusted" in text

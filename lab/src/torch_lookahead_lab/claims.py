@@ -5,7 +5,8 @@ implementation check), its endpoint and its smallest effect of interest (SESOI);
 effect per case (an inner optimizer, a (k, alpha) setting) with an exact test (``stats``) and
 reads one of four verdicts: supports, contradicts, equivalent within +-SESOI, inconclusive.
 Primary endpoints are Holm-adjusted together across a report (``holm_primary``); the cases of
-the (k, alpha) claim are Holm-adjusted among themselves. Every sentence here is generated from
+the (k, alpha) claim are Holm-adjusted among themselves. A family holds the difference and the
+equivalence p-values of its cases together. Every sentence here is generated from
 the measured numbers.
 """
 
@@ -164,23 +165,32 @@ def _name(metric: str) -> str:
 
 
 def _adjust(cases: Sequence[Case]) -> list[Case]:
-    """The cases with their verdicts read from Holm-adjusted p-values, as one family."""
-    tested = [c for c in cases if c.estimate is not None]
+    """The cases with their verdicts read from Holm-adjusted p-values, as one family: the
+    difference p-value of every case and the equivalence p-value of every case with a SESOI
+    are adjusted together (a verdict may come from either test)."""
+    tested = [(c, c.estimate) for c in cases if c.estimate is not None]
     if len(tested) < 2:
         return list(cases)
-    p_values = holm([_finite_p(c.estimate.p_value) for c in tested if c.estimate])
-    p_equal = holm([_finite_p(c.estimate.p_equivalence) for c in tested if c.estimate])
-    adjusted = {id(c): (p, q) for c, p, q in zip(tested, p_values, p_equal, strict=True)}
+    equal = [i for i, (_, e) in enumerate(tested) if e.sesoi is not None]
+    pooled = holm(
+        [_finite_p(e.p_value) for _, e in tested]
+        + [_finite_p(tested[i][1].p_equivalence) for i in equal]
+    )
+    family = len(pooled)
+    p_equal = [1.0] * len(tested)
+    for i, q in zip(equal, pooled[len(tested) :], strict=True):
+        p_equal[i] = q
+    adjusted = {
+        id(c): (p, q) for (c, _), p, q in zip(tested, pooled[: len(tested)], p_equal, strict=True)
+    }
     out = []
     for case in cases:
         if case.estimate is None or id(case) not in adjusted:
             out.append(case)
             continue
         p, q = adjusted[id(case)]
-        verdict = verdict_of(
-            case.estimate, case.favours, p_value=p, p_equivalence=q, family=len(tested)
-        )
-        out.append(dataclasses.replace(case, verdict=verdict, adjusted=(p, q), family=len(tested)))
+        verdict = verdict_of(case.estimate, case.favours, p_value=p, p_equivalence=q, family=family)
+        out.append(dataclasses.replace(case, verdict=verdict, adjusted=(p, q), family=family))
     return out
 
 

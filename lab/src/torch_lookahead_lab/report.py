@@ -48,7 +48,7 @@ from torch_lookahead_lab.experiments import LabResults, compare_experiment
 from torch_lookahead_lab.metrics import SettingSummary, area_under_curve, final_value, summarize
 from torch_lookahead_lab.nqm import NQMPoint
 from torch_lookahead_lab.optimizers import inner_settings
-from torch_lookahead_lab.plans import Plan, plan_from_mapping, plan_status
+from torch_lookahead_lab.plans import Plan, load_plan, plan_from_mapping, plan_status
 from torch_lookahead_lab.provenance import record
 from torch_lookahead_lab.reproduce import RELATIVE_TOLERANCE, compare_payloads, is_stable
 from torch_lookahead_lab.runner import RunConfig, RunResult
@@ -264,8 +264,9 @@ def reading() -> str:
         "the SESOI reject (any difference is smaller than matters); *inconclusive*: neither, "
         "and *cannot decide at n seeds* when no result of n seeds could reach 5% (the exact "
         "test needs 6 pairs, more after Holm). Primary claims are confirmatory: Holm-adjusted "
-        "together across the report. Descriptive claims are tested at the unadjusted 5% and "
-        "carry no confirmatory weight."
+        "together across the report, their difference and equivalence tests as one family. "
+        "Descriptive claims carry no confirmatory weight: each is tested at the unadjusted 5%, "
+        "except the (k, alpha) claim, whose settings are Holm-adjusted among themselves."
     )
 
 
@@ -1056,6 +1057,38 @@ def stability_headline_rows(lab: StabilityResults) -> list[list[str]]:
 # ------------------------------------------------------------------------------ re-rendering
 
 
+def _recorded_plan(recorded: dict[str, Any]) -> Plan:
+    """The plan a results.json records: the committed plan of that name when its digest is the
+    recorded one, else the plan made from the command's flags."""
+    try:
+        committed = load_plan(recorded["name"])
+    except ValueError:
+        committed = None
+    if committed is not None and committed.digest == recorded["digest"]:
+        return committed
+    plan = plan_from_mapping(recorded["name"], recorded["plan"])
+    if plan.digest != recorded["digest"]:
+        raise ValueError(f"the recorded plan {recorded['name']!r} no longer has its digest")
+    return plan
+
+
+def _recorded_parts(payload: dict[str, Any], runs: list[RunResult]) -> dict[str, Any]:
+    """The runs of a demo or sweep by part, and the noisy quadratic model's points."""
+    parts: dict[str, Any] = {
+        part: [r for r, entry in zip(runs, payload["runs"], strict=True) if entry["part"] == part]
+        for part in ("compare", "rescaled", "lr_sweep", "tuned", "k_alpha")
+    }
+    # results.json records a run once: the grid's runs that the comparison made are there.
+    grid = {(r.config.inner, r.config.lr) for r in parts["k_alpha"]}
+    shared = [r for r in parts["compare"] if (r.config.inner, r.config.lr) in grid]
+    parts["k_alpha"] = shared + parts["k_alpha"]
+    nqm = payload.get("nqm")
+    if nqm:
+        parts["nqm"] = [NQMPoint.from_json(point) for point in nqm["points"]]
+        parts["nqm_k"], parts["nqm_alpha"] = nqm["k"], nqm["alpha"]
+    return parts
+
+
 def rerender(report_dir: Path) -> Path:
     """Write the report of ``report_dir`` again from the runs its results.json records, with
     today's claims, tests and verdicts (the runs are not recomputed: the reproduction test
@@ -1089,8 +1122,20 @@ def rerender(report_dir: Path) -> Path:
             payload["higher_is_better"], compare=runs, seconds=seconds, jobs=len(runs),
             plan=experiment.plan,
         )  # fmt: skip
+    elif payload["title"] in (
+        "torch-lookahead demo",
+        f"torch-lookahead sweep: {payload.get('task')}",
+    ):
+        lab = LabResults(
+            payload["title"], payload["command"], payload["task"], payload["headline_metric"],
+            payload["higher_is_better"], seconds=seconds, jobs=len(runs),
+            quick=payload["quick"], plan=_recorded_plan(payload["plan"]),
+            seed_offset=payload["seed_offset"], **_recorded_parts(payload, runs),
+        )  # fmt: skip
     else:
-        raise ValueError(f"{report_dir}: only stability pilots and compare reports re-render")
+        raise ValueError(
+            f"{report_dir}: only stability pilots, demo, sweep and compare reports re-render"
+        )
     report = write_report(report_dir, lab)
     now = record(math.nan)
     note = (

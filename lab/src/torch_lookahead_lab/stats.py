@@ -6,9 +6,10 @@ and often discrete (an accuracy moves in steps of one image), so the lab does no
 normal approximations:
 
 * a difference of paired values is tested with the **exact paired sign-flip (permutation)
-  test** of the mean per-seed difference (``scipy.stats.permutation_test`` with
-  ``permutation_type="samples"``: each of the ``2^n`` sign patterns of the differences is
-  equally likely when the methods do not differ). Its 95% interval is the set of shifts ``d``
+  test** of the mean per-seed difference: each of the ``2^n`` sign patterns of the differences
+  is equally likely when the methods do not differ; they are enumerated up to 16 pairs (ties
+  within rounding count as ties) and sampled beyond (``scipy.stats.permutation_test`` with
+  ``permutation_type="samples"``). Its 95% interval is the set of shifts ``d``
   the two-sided test of ``mean(delta - d) = 0`` does not reject (found by bisection). With ``n``
   pairs the smallest attainable two-sided p-value is ``2^(1-n)``: below 6 pairs no difference
   can reach p < 0.05, whatever the data, and a sample with zero spread gets no shortcut (two
@@ -32,8 +33,11 @@ tests (TOST) against those bounds. The verdict of a case is one of four:
 * **contradicts**: it rejects, and the effect lies on the other side;
 * **equivalent within +-SESOI**: both one-sided tests reject (checked first: a difference that
   is detectable but smaller than the SESOI is a trivial one);
-* **inconclusive**: neither; "cannot decide at n seeds" when no data of this size could reach
-  the level (the test's smallest attainable p-value is above it).
+* **inconclusive**: neither.
+
+"cannot decide at n seeds" comes before all of them when no data of this size could reach the
+level with the two-sided test (its smallest attainable p-value, times the Holm family, is above
+it): below 6 pairs no verdict is given, not even equivalence.
 
 No observed-power "seeds needed" figure is given: the number of seeds is a plan's decision,
 made before the data (``pairs_needed``).
@@ -149,18 +153,34 @@ def pairs_needed(level: float = LEVEL, family: int = 1, sided: int = 2) -> int:
 
 def _sign_flip_p(deltas: np.ndarray, alternative: str) -> float:
     """The exact sign-flip p-value of ``mean(deltas) == 0`` (sampled beyond 16 pairs; 1 for
-    fewer than 2 pairs, which scipy does not test: no decision is possible there anyway)."""
+    fewer than 2 pairs, which scipy does not test: no decision is possible there anyway).
+
+    Enumerated, a pattern's sum ties with the observed one within ``1e-12`` of ``sum |deltas|``:
+    differences of decimals (accuracies in steps of 1/360) carry rounding errors far above
+    scipy's tie tolerance, so a pattern that ties exactly in the data would otherwise not count
+    and the p-value would be too small."""
     if deltas.size < 2:
         return 1.0
-    exact = deltas.size <= _EXACT_PAIRS
+    if deltas.size <= _EXACT_PAIRS:
+        signs = 1 - 2 * ((np.arange(2**deltas.size)[:, None] >> np.arange(deltas.size)) & 1)
+        sums = signs @ deltas
+        observed = float(deltas.sum())
+        tie = 1e-12 * float(np.abs(deltas).sum())
+        greater = float(np.mean(sums >= observed - tie))
+        less = float(np.mean(sums <= observed + tie))
+        if alternative == "greater":
+            return greater
+        if alternative == "less":
+            return less
+        return min(1.0, 2.0 * min(greater, less))
     result = stats.permutation_test(
         (deltas,),
         lambda x, axis: np.mean(x, axis=axis),
         permutation_type="samples",
         vectorized=True,
-        n_resamples=np.inf if exact else _SAMPLED_FLIPS,
+        n_resamples=_SAMPLED_FLIPS,
         alternative=alternative,
-        rng=None if exact else np.random.default_rng(0),
+        rng=np.random.default_rng(0),
     )
     return float(result.pvalue)
 
@@ -207,9 +227,9 @@ def paired_difference(
         def rejects(shift: float) -> bool:
             return _sign_flip_p(deltas - shift, "two-sided") <= LEVEL
 
-        # Bisection stops within rounding of the boundary: snap it to 12 digits of the scale.
-        low = round(_boundary(rejects, effect, float(deltas.min()) - scale) / scale, 12) * scale
-        high = round(_boundary(rejects, effect, float(deltas.max()) + scale) / scale, 12) * scale
+        # Bisection stops within rounding of the boundary: snap it to 10 digits of the scale.
+        low = round(_boundary(rejects, effect, float(deltas.min()) - scale) / scale, 10) * scale
+        high = round(_boundary(rejects, effect, float(deltas.max()) + scale) / scale, 10) * scale
     return Estimate(
         effect, low, high, n, method, 0.0, sesoi, p_value, p_equivalence, floor
     )  # fmt: skip
@@ -321,14 +341,11 @@ def verdict_of(
     the estimate's own)."""
     p = estimate.p_value if p_value is None else p_value
     p_equal = estimate.p_equivalence if p_equivalence is None else p_equivalence
+    if not math.isfinite(estimate.effect) or family * estimate.smallest_p > level:
+        return f"inconclusive: cannot decide at {estimate.samples}"
     if estimate.sesoi is not None and math.isfinite(p_equal) and p_equal <= level:
         return f"equivalent within {estimate.equivalence_text()}"
     if math.isfinite(p) and p <= level and estimate.effect != estimate.null:
         above = estimate.effect > estimate.null
         return "supports" if above == (favours == "above") else "contradicts"
-    one_sided_floor = estimate.smallest_p / 2 if estimate.smallest_p < 1.0 else 1.0
-    can_differ = family * estimate.smallest_p <= level
-    can_match = estimate.sesoi is not None and family * one_sided_floor <= level
-    if not math.isfinite(estimate.effect) or not (can_differ or can_match):
-        return f"inconclusive: cannot decide at {estimate.samples}"
     return f"inconclusive at {estimate.samples}"
