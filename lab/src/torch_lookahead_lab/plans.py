@@ -1,8 +1,10 @@
 """Plans before data: what an experiment runs and how it will be judged, fixed in a file.
 
 A plan names the claims, each claim's role (``primary``: confirmatory, Holm across the report's
-primary endpoints; ``descriptive``: shown with its test at the unadjusted level, no
-confirmatory weight; ``check``: an implementation check of a theorem), its endpoint and its
+primary endpoints, difference and equivalence tests as one family; ``descriptive``: shown with
+its test at the unadjusted level, except the (k, alpha) settings, Holm-adjusted among
+themselves, no confirmatory weight; ``check``: an implementation check of a theorem), its
+endpoint and its
 smallest effect of interest (SESOI), and the grids, seeds, selection rule and level. The demo's
 plan is a committed file of this package (``plans/demo.json``); a command driven by its flags
 (compare, sweep) writes the plan its flags make. Either way the report folder gets the plan as
