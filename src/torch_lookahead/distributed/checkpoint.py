@@ -10,6 +10,7 @@ The shared part alone is enough to resume on another number of ranks.
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import re
@@ -26,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 from torch_lookahead.distributed.lookahead import (
@@ -65,7 +67,10 @@ def saved_world_size(checkpoint_id: str | os.PathLike[str]) -> int:
     template: dict[str, Any] = {blobs[0]: b""}
     with warnings.catch_warnings():  # a read in this process alone is what is meant here
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp_load(template, checkpoint_id=checkpoint_id, no_dist=True)
+        if "no_dist" in inspect.signature(dcp_load).parameters:
+            dcp_load(template, checkpoint_id=checkpoint_id, no_dist=True)
+        else:  # torch 2.6: only the loader below load() reads in one process of a group
+            _load_state_dict(template, FileSystemReader(checkpoint_id), no_dist=True)
     extras = _read_blob(template[blobs[0]])
     if extras["replicas"] is not None:
         return int(extras["replicas"])
