@@ -19,12 +19,12 @@ from torch_lookahead_lab.confirmatory import (
     confirmatory_claims,
     confirmatory_configs,
     confirmatory_plan,
-    largest_stable_lr,
     unstable,
 )
 from torch_lookahead_lab.models import CharTransformer
 from torch_lookahead_lab.plans import load_plan
 from torch_lookahead_lab.runner import RunResult, run
+from torch_lookahead_lab.stability import largest_on_grid
 from torch_lookahead_lab.stats import pairs_needed
 from torch_lookahead_lab.tasks import get_task
 
@@ -57,8 +57,8 @@ def test_a_run_is_unstable_by_its_per_step_training_loss() -> None:
     assert unstable(_run(config, [5.5, 5.0, None]), grace)  # non-finite
     with pytest.raises(ValueError, match="no per-step training loss"):
         unstable(RunResult(config, [0], {"val_bpc": [8.0]}), grace)
-    assert largest_stable_lr([0.01, 0.1], [0.01, 0.1, 1.0]) == pytest.approx(-1.0)
-    assert largest_stable_lr([], [0.01, 0.1, 1.0]) == pytest.approx(-3.0)
+    assert largest_on_grid([0.01, 0.1], [0.01, 0.1, 1.0]) == pytest.approx(-1.0)
+    assert largest_on_grid([], [0.01, 0.1, 1.0]) == pytest.approx(-3.0)
 
 
 def test_the_post_ln_transformer_is_causal_and_differs_from_pre_ln() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from torch_lookahead_lab.claims import Case, Claim, _case, fmt, holm_primary
 from torch_lookahead_lab.plans import Plan, load_plan
 from torch_lookahead_lab.runner import RunConfig, RunResult, make_config
-from torch_lookahead_lab.stability import PAPER_STABILITY
+from torch_lookahead_lab.stability import PAPER_STABILITY, largest_on_grid
 from torch_lookahead_lab.stats import paired_difference
 from torch_lookahead_lab.tasks import get_task
 
@@ -36,7 +36,6 @@ __all__ = [
     "confirmatory_claims",
     "confirmatory_configs",
     "confirmatory_plan",
-    "largest_stable_lr",
     "unstable",
 ]
 
@@ -134,15 +133,6 @@ def unstable(result: RunResult, grace_steps: int) -> bool:
     return any(v is not None and initial is not None and v > initial for v in after)
 
 
-def largest_stable_lr(stable_lrs: Sequence[float], grid: Sequence[float]) -> float:
-    """log10 of the largest stable learning rate; one grid step below the smallest when none."""
-    if stable_lrs:
-        return math.log10(max(stable_lrs))
-    ordered = sorted(grid)
-    step = math.log10(ordered[1] / ordered[0]) if len(ordered) >= 2 else 1.0
-    return math.log10(ordered[0]) - step
-
-
 @dataclass
 class ConfirmatoryResults:
     """What the confirmatory study measured: every run of its plan."""
@@ -176,7 +166,7 @@ class ConfirmatoryResults:
                     self.plan.grace_steps,
                 )
             ]
-            out.append(largest_stable_lr(stable, self.plan.lrs))
+            out.append(largest_on_grid(stable, self.plan.lrs))
         return out
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "StabilityPlan",
     "StabilityResults",
     "largest_lr_that_trains",
+    "largest_on_grid",
     "method_label",
     "protocol_text",
     "stability_claims",
@@ -151,9 +152,14 @@ def largest_lr_that_trains(
     """log10 of the largest learning rate among ``results`` (runs of one method, warm-up and
     seed) that trains; when none does, one grid step (the log-spacing of the two smallest
     learning rates of ``grid``, or one decade) below the smallest learning rate of ``grid``."""
-    trained = [r.config.lr for r in results if trains(r, metric, threshold)]
-    if trained:
-        return math.log10(max(trained))
+    return largest_on_grid([r.config.lr for r in results if trains(r, metric, threshold)], grid)
+
+
+def largest_on_grid(lrs: Sequence[float], grid: Sequence[float]) -> float:
+    """log10 of the largest of ``lrs``; when there is none, one grid step (the log-spacing of the
+    two smallest learning rates of ``grid``, or one decade) below the smallest of ``grid``."""
+    if lrs:
+        return math.log10(max(lrs))
     ordered = sorted(grid)
     step = math.log10(ordered[1] / ordered[0]) if len(ordered) >= 2 else 1.0
     return math.log10(ordered[0]) - step
