@@ -353,8 +353,8 @@ def _scope(lab: LabResults) -> str:
     )
 
 
-def _short_lines(claims: Sequence[Claim], lab: LabResults) -> list[str]:
-    sentences = summary_sentences(claims, _scope(lab))
+def _short_lines(claims: Sequence[Claim], scope: str) -> list[str]:
+    sentences = summary_sentences(claims, scope)
     return ["## In short", "", *(f"- {sentence}" for sentence in sentences), ""]
 
 
@@ -712,7 +712,7 @@ def _write_lab_report(out_dir: Path, lab: LabResults) -> Path:
         *_plan_lines(lab, status),
     ]
     if claims:
-        lines += _short_lines(claims, lab)
+        lines += _short_lines(claims, _scope(lab))
     # The docs copy the report up to here (their page must stay short); the table follows.
     lines += [DETAILS_MARKER, ""]
     if claims:
@@ -910,14 +910,8 @@ def _write_stability_report(out_dir: Path, lab: StabilityResults) -> Path:
         "chosen after its data were seen. It is exploratory: it suggests what a confirmatory "
         "study should test, and it decides nothing.",
         "",
-        "## In short",
-        "",
-        *(f"- {s}" for s in summary_sentences(claims, _stability_scope(lab))),
-        "",
-        "## Verdicts at a glance",
-        "",
-        *markdown_table(*verdict_rows(claims)),
-        "",
+        *_short_lines(claims, _stability_scope(lab)),
+        *_glance_lines(claims),
         "## What this pilot cannot test",
         "",
         "- Instability that happens and recovers: the endpoint is the final validation bits per "
@@ -1004,14 +998,8 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
         f"`{plan.plan.digest}`; this report is **{status[0]}** ({status[1]}). Instability rule: "
         f"{plan.plan.data['instability']['rule']}.",
         "",
-        "## In short",
-        "",
-        *(f"- {sentence}" for sentence in summary_sentences(claims, scope)),
-        "",
-        "## Verdicts at a glance",
-        "",
-        *markdown_table(*verdict_rows(claims)),
-        "",
+        *_short_lines(claims, scope),
+        *_glance_lines(claims),
         "## Stable runs per learning rate",
         "",
         *markdown_table(*_confirmatory_rows(lab)),
