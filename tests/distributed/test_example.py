@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import re
@@ -306,3 +307,16 @@ def test_example_runs_charlm_under_torchrun(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DistributedLookahead k=2 alpha=0.5 F=4 int8" in result.stdout
     assert "val bits per character" in result.stdout
+
+
+def test_the_charlm_report_paired_table_is_what_its_script_computes() -> None:
+    """reports/distributed-charlm/report.md's paired differences come from options.json through
+    the committed script, not from a hand calculation."""
+    folder = EXAMPLE.parents[1] / "reports" / "distributed-charlm"
+    spec = importlib.util.spec_from_file_location("paired", folder / "paired_differences.py")
+    assert spec is not None and spec.loader is not None
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    lines = paired.table(json.loads((folder / "options.json").read_text(encoding="utf-8")))
+    report = (folder / "report.md").read_text(encoding="utf-8")
+    assert "\n".join(lines) in report
