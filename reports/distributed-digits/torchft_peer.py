@@ -11,7 +11,7 @@ torchft is not a dependency of this package; it ran in a throwaway virtual envir
     /tmp/tftvenv/bin/pip install -c constraints.txt torch==2.13.0 scikit-learn \\
         "opentelemetry-sdk>=1.39" "opentelemetry-exporter-otlp-proto-http>=1.39"
     /tmp/tftvenv/bin/pip install --no-deps torchft==0.2.0
-    OMP_NUM_THREADS=1 PYTHONPATH=src /tmp/tftvenv/bin/python \\
+    OMP_NUM_THREADS=1 PYTHONPATH=src:lab/src /tmp/tftvenv/bin/python \\
         reports/distributed-digits/torchft_peer.py --seeds 0 1 2 3 4 > reports/distributed-digits/torchft_peer.md
 """
 
@@ -33,7 +33,7 @@ def run_replica(index: int, lighthouse: str, steps: int, k: int, seed: int, resu
     from torchft import Manager, ProcessGroupGloo
     from torchft.local_sgd import DiLoCo
 
-    from torch_lookahead.lab.tasks import DigitsTask
+    from torch_lookahead_lab.tasks import DigitsTask
 
     task = DigitsTask()
     data = task.load(None, "cpu")
