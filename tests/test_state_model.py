@@ -6,6 +6,7 @@ one uninterrupted call; tensors are named by what they hold; no heuristic drops 
 
 from __future__ import annotations
 
+import copy as copy_module
 import logging
 import re
 import signal
@@ -501,13 +502,15 @@ def test_sync_called_again_after_its_plan_failed_takes_one_outer_step(
     )
 
 
+@pytest.mark.parametrize("slow_dtype", [None, torch.float64])
 def test_train_warns_once_when_parameters_were_written_in_eval_mode(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, slow_dtype: torch.dtype | None
 ) -> None:
     """A model checkpoint loaded after an evaluation (the HF Trainer's load_best_model_at_end)
-    is overwritten by train(): say so, once, and change nothing else."""
+    is overwritten by train(): say so, once, and change nothing else. With float64 slow copies
+    the parameters are written by copies, not swapped: the same."""
     params = params_of()
-    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=K, alpha=ALPHA)
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=K, alpha=ALPHA, slow_dtype=slow_dtype)
     run(params, opt, range(K + 1))
     opt.eval()
     _ = [p * 2 for p in params]  # evaluation reads the parameters: no warning
@@ -518,6 +521,10 @@ def test_train_warns_once_when_parameters_were_written_in_eval_mode(
             pass
     fast = values(params)
     opt.eval()
+    copy = copy_module.deepcopy(opt)  # the record is not state: a copy's train() is silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        copy.train()
     with torch.no_grad():
         params[1].copy_(torch.full_like(params[1], 7.0))  # "loads" one parameter
     # The warning comes before the swap: a train() stopped part-way and called again warns once.
