@@ -305,7 +305,8 @@ def _execute(
         _say(QUICK_NOTICE)
     pool = min(workers or os.cpu_count() or 1, len(jobs))
     starting = f"; starting {pool} worker processes" if pool > 1 else ""
-    then = f", then up to {later} for the tuned protocol" if later else ""
+    later_what = getattr(experiment, "later_what", "for the tuned protocol")
+    then = f", then up to {later} {later_what}" if later else ""
     _say(
         f"{experiment.title}: {len(jobs)} jobs{then} (finished ones in {cache} are reused)"
         f"{starting}"
