@@ -187,7 +187,7 @@ def test_the_figure_labels_every_grid_rate_and_explains_its_bars(
     figure = saved[0]
     assert len(figure.axes) == 4
     labels = [t.get_text() for t in figure.axes[2].get_xticklabels()]  # the bottom row
-    assert labels == ["none", *(f"{lr:.2g}" for lr in lab.plan.lrs)]
+    assert labels == ["none", *(f"{lr:.3g}" for lr in lab.plan.lrs)]
     arms = [t.get_text() for t in figure.axes[0].get_yticklabels()]
     assert arms == ["adam\nat lr", "Lookahead(adam, k=5, alpha=0.5)\nat lr", "adam\nat 0.5 x lr"]
     legend = [t.get_text() for t in figure.legends[0].get_texts()]

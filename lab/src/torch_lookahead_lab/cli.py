@@ -623,8 +623,8 @@ def stability(
         bool,
         typer.Option(
             "--confirmatory",
-            help="The confirmatory study of the committed plan (plans/stability.json): hours "
-            "of CPU.",
+            help="The confirmatory study of the committed plan (plans/stability.json), each "
+            "seed's grid run from the top down to its edge: hundreds of runs.",
         ),
     ] = False,
     seed_offset: SeedOffsetOption = 0,
@@ -637,7 +637,8 @@ def stability(
     seed, the largest learning rate that trains. Writes report.md, results.json and
     stability.png. --confirmatory: the study of the committed plan, on fresh seeds: pre-LN and
     post-LN Transformers, Adam, Lookahead(Adam) and Adam at alpha x lr over 11 learning rates,
-    a run unstable by its per-step training loss.
+    a run unstable by its per-step training loss; per seed, the largest stable learning rate,
+    found from the top of the grid down (a run ends where it turns unstable).
     """
     from torch_lookahead_lab.experiments import confirmatory_experiment, stability_experiment
 

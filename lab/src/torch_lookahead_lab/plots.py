@@ -333,7 +333,7 @@ def plot_confirmatory(lab: ConfirmatoryResults, path: Path, title: str = "") -> 
     colors = {"adam": _PLAIN_COLOR, "lookahead": _LOOKAHEAD_COLOR}
     arms = [arm for arm, _, _ in ARMS]
     ticks = [largest_on_grid([], plan.lrs), *(math.log10(lr) for lr in plan.lrs)]
-    tick_labels = ["none", *(f"{lr:.2g}" for lr in plan.lrs)]
+    tick_labels = ["none", *(f"{lr:.3g}" for lr in plan.lrs)]
     rows, columns = len(plan.tasks), len(plan.warmups)
     figure, axes = plt.subplots(
         rows, columns, figsize=(5.6 * columns, 0.4 + 2.8 * rows), squeeze=False, sharex=True
@@ -366,6 +366,7 @@ def plot_confirmatory(lab: ConfirmatoryResults, path: Path, title: str = "") -> 
                 axis.tick_params(labelleft=False)
             axis.set_ylim(len(arms) - 0.45, -0.55)  # the first arm on top
             axis.set_xticks(ticks, tick_labels, rotation=60, fontsize=8)
+            axis.set_xlim(ticks[0] - 0.15, ticks[-1] + 0.15)
             axis.minorticks_off()
             axis.grid(axis="x", alpha=0.3)
             warm = f"linear warm-up over {warmup} steps" if warmup else "no warm-up"

@@ -967,7 +967,7 @@ def _confirmatory_rows(lab: ConfirmatoryResults) -> tuple[list[str], list[list[s
                 edges = lab.edges(task, arm, warmup)
                 runs = sum(len(lab.edge_runs(task, arm, warmup, s)) for s in plan.seeds)
                 none = largest_on_grid([], plan.lrs)
-                per_seed = ", ".join("none" if edge == none else fmt(10**edge, 2) for edge in edges)
+                per_seed = ", ".join("none" if edge == none else fmt(10**edge, 3) for edge in edges)
                 mean = 10 ** (math.fsum(edges) / len(edges))
                 rows.append(
                     [
@@ -1051,9 +1051,8 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
         "## The pilot",
         "",
         "The pilot, [reports/stability-charlm](../stability-charlm/report.md), is exploratory "
-        "and is reported there as such: pre-LN only, seeds 0-5 (raised from 3 after a first "
-        "look), the final validation loss of 4 evaluations against a margin chosen after its "
-        f"data, and no alpha x lr arm. The plan's reason for this study: {plan.plan.data['why']}",
+        "and is reported there as such, not here. The plan's reason for this study, as "
+        f"committed: {plan.plan.data['why']}",
         "",
         "## What this lab cannot test here",
         "",
@@ -1077,14 +1076,14 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
         f"- Grid: {len(plan.lrs)} learning rates, {', '.join(fmt(lr, 3) for lr in plan.lrs)} "
         f"(a factor of {fmt(step, 3)} apart).",
         f"- Instability rule (declared in the plan): {rule}.",
-        f"- Runs: {len(lab.runs)} of the {whole} of the whole grid, {lab.cached_jobs} of them "
-        "read back from the command's cache. Two savings change no endpoint (tested in "
+        f"- Runs: {len(lab.runs)} of the {whole} of the whole grid. Two savings change no endpoint (tested in "
         "tests/lab/test_confirmatory.py): a run ends at the step where the rule first calls it "
         "unstable, since no later step can make it stable again; and each seed's learning "
         "rates are run from the largest down to the first stable one, since the endpoint is "
         "the largest stable learning rate whatever the smaller ones would give.",
-        f"- Time: {lab.seconds:.0f} s of wall time for the command; the runs took "
-        f"{cpu:.0f} s of CPU time when they were computed, summed over runs.",
+        f"- Time: the runs took {cpu:.0f} s of CPU time when they were computed, summed over "
+        f"runs; the command took {lab.seconds:.0f} s of wall time"
+        + (f", reading {lab.cached_jobs} runs back from its cache." if lab.cached_jobs else "."),
         "",
         "![each seed's largest stable learning rate per arm](stability.png)",
         "",
