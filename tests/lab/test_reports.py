@@ -40,11 +40,17 @@ def _reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return min(stable, key=lambda r: (r["config"]["task"] != "digits", r["config"]["steps"]))
 
 
+# A reference run that took longer than this (CPU seconds, as recorded) is checked in the slow
+# suite: a charlm run takes a minute; a digits run and the confirmatory stability study's
+# 300-step Transformer run take seconds and are checked in every run of the suite.
+SLOW_REFERENCE_CPU_SECONDS = 10.0
+
+
 def _params() -> list[Any]:
     params = []
     for folder in LAB_REPORTS:
         runs = json.loads((folder / "results.json").read_text())["runs"]
-        slow = _reference(runs)["config"]["task"] != "digits"  # a charlm run takes a minute
+        slow = _reference(runs)["cpu_seconds"] > SLOW_REFERENCE_CPU_SECONDS
         params.append(
             pytest.param(folder, id=folder.name, marks=[pytest.mark.slow] if slow else [])
         )
@@ -63,6 +69,18 @@ def _rerun(recorded: dict[str, Any], **change: Any) -> RunResult:
 
 def test_the_demo_report_is_among_the_checked_ones() -> None:
     assert REPO / "reports" / "demo" in LAB_REPORTS
+
+
+def test_the_confirmatory_stability_report_is_checked_in_the_fast_suite() -> None:
+    """Its reference run is rerun in every run of the suite, never skipped as slow, and it is
+    the one run the report marks stable (Adam at the grid's smallest learning rate)."""
+    folder = REPO / "reports" / "stability-confirmatory"
+    assert folder in LAB_REPORTS
+    (param,) = [p for p in _params() if p.id == folder.name]
+    assert not param.marks
+    results = json.loads((folder / "results.json").read_text())
+    assert [r for r in results["runs"] if r["stable"]] == [_reference(results["runs"])]
+    assert results["plan"]["status_of_report"] == "confirmatory"
 
 
 @pytest.mark.parametrize("folder", _params())
