@@ -16,6 +16,7 @@ import torch_lookahead
 from torch_lookahead_lab.provenance import machine
 from torch_lookahead_lab.report import differences_from, rerender
 from torch_lookahead_lab.reproduce import (
+    HORIZON_STEPS,
     RELATIVE_TOLERANCE,
     compare_payloads,
     disagreements,
@@ -159,6 +160,25 @@ def test_the_comparison_finds_every_kind_of_change() -> None:
     assert line.startswith("NOT reproduced:") and "values of the 1 stable runs outside" in line
     fresh["runs"][0]["history"]["val_loss"][-1] = 0.5 * (1 + RELATIVE_TOLERANCE / 10)
     assert compare_payloads(committed, fresh).reproduced
+    # Past the first HORIZON_STEPS steps a stable run's difference is reported, not a failure:
+    # training amplifies rounding differences between CPUs there (reproduce.py's measurement).
+    committed_late, late = copy.deepcopy(committed), copy.deepcopy(fresh)
+    for each in (committed_late, late):
+        each["runs"][0]["steps"] = [0, 10, HORIZON_STEPS + 1]
+        each["runs"][0]["history"]["val_loss"] = [2.0, 1.0, 0.5]
+    late["runs"][0]["history"]["val_loss"][-1] = 0.6
+    late_comparison = compare_payloads(committed_late, late)
+    assert late_comparison.reproduced and late_comparison.largest is not None
+    assert late_comparison.largest.step == HORIZON_STEPS + 1
+    # ... and so is the first evaluation after step 0, however late, and per-step losses.
+    late["runs"][0]["steps"] = committed_late["runs"][0]["steps"] = [0, HORIZON_STEPS + 1]
+    late["runs"][0]["history"]["val_loss"] = [2.0, 0.6]
+    committed_late["runs"][0]["history"]["val_loss"] = [2.0, 0.5]
+    assert not compare_payloads(committed_late, late).reproduced
+    late["runs"][0]["history"]["val_loss"][-1] = 0.5
+    committed_late["runs"][0]["step_losses"] = [2.0] * HORIZON_STEPS
+    late["runs"][0]["step_losses"] = [2.0] * (HORIZON_STEPS - 1) + [2.1]
+    assert not compare_payloads(committed_late, late).reproduced
     # ... bit for bit on the same machine.
     same_cpu = {"cpu_model": "x", "cpu_capability": "AVX2", "torch": "2"}
     committed["provenance"] |= same_cpu

@@ -51,7 +51,12 @@ from torch_lookahead_lab.nqm import NQMPoint
 from torch_lookahead_lab.optimizers import inner_settings
 from torch_lookahead_lab.plans import Plan, load_plan, plan_from_mapping, plan_status
 from torch_lookahead_lab.provenance import record
-from torch_lookahead_lab.reproduce import RELATIVE_TOLERANCE, compare_payloads, is_stable
+from torch_lookahead_lab.reproduce import (
+    HORIZON_STEPS,
+    RELATIVE_TOLERANCE,
+    compare_payloads,
+    is_stable,
+)
 from torch_lookahead_lab.runner import RunConfig, RunResult
 from torch_lookahead_lab.stability import (
     PAPER_STABILITY,
@@ -583,7 +588,7 @@ def _write_curves_csv(path: Path, results: Sequence[RunResult]) -> None:
 
 def _summary_json(summary: SettingSummary) -> dict[str, Any]:
     return {
-        "setting": {k: v for k, v in dataclasses.asdict(summary.setting).items() if k != "seed"},
+        "setting": {k: v for k, v in summary.setting.to_dict().items() if k != "seed"},
         "method": summary.method,
         "seeds": list(summary.seeds),
         "final": {m: {"mean": v[0], "std": v[1]} for m, v in summary.final.items()},
@@ -683,11 +688,12 @@ def _reproducing_lines() -> list[str]:
         "",
         "The command above reproduces this report when every case gets the same verdict and "
         "each run that results.json marks `stable` (seed 0 at the task's learning rate, plain "
-        "and in Lookahead(k=5, alpha=0.5)) agrees at every evaluation within "
-        f"{RELATIVE_TOLERANCE:g} relative; on the same CPU model, CPU kernels and torch, every "
-        "number is the same bit for bit. Other runs may differ between CPUs as much as between "
-        "seeds where training amplifies rounding (large learning rates); `--against` with this "
-        "folder says which.",
+        "and in Lookahead(k=5, alpha=0.5)) agrees within "
+        f"{RELATIVE_TOLERANCE:g} relative at every value up to step {HORIZON_STEPS} or its "
+        "first evaluation after step 0, whichever is later; on the same CPU model, "
+        "CPU kernels and torch, every number is the same bit for bit. Training amplifies "
+        "rounding, so later evaluations, and other runs, may differ between CPUs as much as "
+        "between seeds; `--against` with this folder says which.",
         "",
     ]
 
@@ -1103,8 +1109,10 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
         "The command above reproduces this report when every case gets the same verdict and "
         "the run that results.json marks `stable` (Adam on the pre-LN model at the grid's "
         f"smallest learning rate {fmt(reference.lr, 3)}, warm-up {reference.warmup_steps}, "
-        f"seed {reference.seed}, far from the edge) agrees at every evaluation within "
-        f"{RELATIVE_TOLERANCE:g} relative; on the same CPU model, CPU kernels and torch, every "
+        f"seed {reference.seed}, far from the edge) agrees within {RELATIVE_TOLERANCE:g} "
+        f"relative at every value up to step {HORIZON_STEPS} or its first evaluation after "
+        "step 0, whichever is later (its per-step losses included); on the same CPU model, "
+        "CPU kernels and torch, every "
         "number is the same bit for bit. Runs near a seed's edge amplify rounding, so on "
         "another CPU a seed's edge may move by a grid step; `--against` with this folder says "
         "which runs differ.",
