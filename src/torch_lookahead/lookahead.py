@@ -32,12 +32,7 @@ from torch_lookahead._checks import (
 )
 from torch_lookahead._sync import Plan, PlanStep, Scratch, swap_steps, sync_steps
 from torch_lookahead._tensors import local_shards, same_placements, same_shapes
-from torch_lookahead.pullback import (
-    PullbackMode,
-    momentum_buffers,
-    momentum_keys_for,
-    slow_momentum_key,
-)
+from torch_lookahead.pullback import PullbackMode, momentum_keys_for, slow_momentum_key
 
 __all__ = [
     "ALPHA_KEY",
@@ -268,9 +263,8 @@ class Lookahead(Optimizer):
         return type(name, (cls,), namespace)
 
     def _check_groups(self) -> None:
-        """Validate every group's ``k``, ``alpha`` and counter (users, schedulers and groups added
-        to the inner optimizer may change them) and fill in those missing; all groups are checked
-        before any is written."""
+        """Check every group's ``k``, ``alpha`` and counter (users and schedulers may change them)
+        and fill in those missing (new groups); all are checked before any group is written."""
         updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for index, group in enumerate(self.param_groups):
             k, alpha, steps = group.get(K_KEY), group.get(ALPHA_KEY), group.get(STEP_KEY)
@@ -289,8 +283,7 @@ class Lookahead(Optimizer):
         """Make ``defaults`` report the groups' k and alpha where all groups agree, with a warning
         where they differ from ``before`` (the constructor's, or those in place before a load)."""
         for key in (K_KEY, ALPHA_KEY):
-            values = {group[key] for group in self.param_groups}
-            if len(values) == 1:
+            if len(values := {group[key] for group in self.param_groups}) == 1:
                 (value,) = values
                 if value != before[key]:
                     warnings.warn(
@@ -342,18 +335,15 @@ class Lookahead(Optimizer):
         with contextlib.suppress(TypeError):  # an entry that is not a tensor: found below
             if same_shapes(held, params):
                 return list(params), held, states
-        p, value = next(
-            (p, v)
-            for p, v in zip(params, held, strict=True)
-            if not isinstance(v, Tensor) or v.shape != p.shape
-        )
-        found = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else repr(value)
+        pairs = zip(params, held, strict=True)
+        p, v = next((p, v) for p, v in pairs if not isinstance(v, Tensor) or v.shape != p.shape)
         index = next(i for i, q in enumerate(group["params"]) if q is p)
         where = next(i for i, g in enumerate(self.param_groups) if g is group)
         raise ValueError(
             f"state[{key!r}] of parameter {index} in parameter group {where} must be a tensor of "
-            f"the parameter's shape {tuple(p.shape)}, got {found}; after changing a parameter's "
-            "shape, call reset_slow()"
+            f"the parameter's shape {tuple(p.shape)}, got "
+            f"{f'shape {tuple(v.shape)}' if isinstance(v, Tensor) else repr(v)}; after changing a "
+            "parameter's shape, call reset_slow()"
         )
 
     def _slow_placement(self, p: Tensor) -> tuple[torch.device, torch.dtype]:
@@ -445,16 +435,16 @@ class Lookahead(Optimizer):
             params, slows, states = self._held(group, SLOW_KEY)
             slows, store = self._placed(params, slows, states)
             steps += store
-            dicts, buffers, names = momentum_buffers(params, state, keys) if keys else ([], [], [])
-            fast, slow = list(params), slows
+            found = [(state[p], key, slow_momentum_key(key)) for p in params for key in keys]
+            found = [f for f in found if isinstance(f[0].get(f[1]), Tensor)]  # momentum buffers
+            buffers, fast, slow = [d[key] for d, key, _ in found], list(params), slows
             if mode == "pullback":  # the same rule, with the momentum as fast and its slow copy
-                slow_keys = list(map(slow_momentum_key, names))
-                held: list[Any] = list(map(dict.get, dicts, slow_keys))
+                held: list[Any] = [d.get(slow_key) for d, _, slow_key in found]
                 new = [i for i, h in enumerate(held) if not isinstance(h, Tensor)]
                 with torch.inference_mode(False):
                     for i in new:  # zeros at first, allocated before anything changes
                         held[i] = torch.zeros_like(buffers[i])
-                steps += [partial(dicts[i].__setitem__, slow_keys[i], held[i]) for i in new]
+                steps += [partial(found[i][0].__setitem__, found[i][2], held[i]) for i in new]
                 fast, slow = fast + buffers, slow + held
             steps += sync_steps(fast, slow, group[ALPHA_KEY], self._scratch, foreach=True)
             if mode == "reset":

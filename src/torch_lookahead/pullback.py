@@ -11,11 +11,10 @@ Which state entries are momentum depends on the optimizer class: torch's own are
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 import torch
-from torch import Tensor
 from torch.optim import Optimizer
 
 PullbackMode = Literal["none", "reset", "pullback"]
@@ -60,12 +59,3 @@ def registered_momentum_classes() -> list[str]:
 def slow_momentum_key(key: str) -> str:
     """State key of the slow copy of the momentum entry ``key`` (used by ``"pullback"``)."""
     return f"lookahead_slow_{key}"
-
-
-def momentum_buffers(
-    params: Sequence[Tensor], state: Mapping[Tensor, Any], keys: Sequence[str]
-) -> tuple[list[dict[str, Any]], list[Tensor], list[str]]:
-    """The momentum buffers ``state[p][key]`` of ``params``: their state dicts, the buffers and keys."""
-    found = [(state[p], state[p].get(key), key) for p in params for key in keys]
-    found = [entry for entry in found if isinstance(entry[1], Tensor)]
-    return [e[0] for e in found], [e[1] for e in found], [e[2] for e in found]
