@@ -220,9 +220,8 @@ class Lookahead(Optimizer):
 
     @property
     def in_eval_mode(self) -> bool:
-        """Whether the parameters of any group hold the slow weights (``eval()`` without
-        ``train()``, or an eval-form checkpoint loaded). ``step()``, ``sync()``, ``reset_slow()``
-        and ``load_state_dict()`` raise while it is true; a group added since is in train mode."""
+        """Whether the parameters of any group hold the slow weights (after ``eval()``, or an
+        eval-form checkpoint loaded): ``step()``, ``sync()``, ``reset_slow()`` and loads raise."""
         return any(group.get(EVAL_KEY, False) for group in self.param_groups)
 
     @classmethod
@@ -257,8 +256,6 @@ class Lookahead(Optimizer):
             "__qualname__": name,
             "__doc__": f"``{name}(params, **kwargs)`` is ``{cls.__name__}({inner}"
             f"(params, **kwargs), k={k}, alpha={alpha})``.",
-            "inner_class": optimizer_class,
-            "wrap_kwargs": {"k": k, "alpha": alpha, **lookahead_kwargs},
         }
         return type(name, (cls,), namespace)
 
@@ -654,12 +651,7 @@ class Lookahead(Optimizer):
         self.__dict__.update(state)
         self._init_runtime()
 
-    def __repr__(self) -> str:
-        shown = [
-            sorted({g.get(key) for g in self.param_groups}, key=str) for key in (K_KEY, ALPHA_KEY)
-        ]
-        k, alpha = (values[0] if len(values) == 1 else values for values in shown)
-        return (
-            f"Lookahead(k={k}, alpha={alpha}, pullback_momentum={self.pullback_momentum!r},\n"
-            f"  optimizer=\n{textwrap.indent(repr(self.optimizer), '    ')}\n)"
-        )
+    def __repr__(self) -> str:  # the inner optimizer's repr shows each group's k and alpha
+        k, alpha, pullback = self.defaults[K_KEY], self.defaults[ALPHA_KEY], self.pullback_momentum
+        inner = textwrap.indent(repr(self.optimizer), "    ")
+        return f"Lookahead(k={k}, alpha={alpha}, pullback_momentum={pullback!r},\n  optimizer=\n{inner}\n)"
