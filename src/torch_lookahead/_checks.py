@@ -94,8 +94,8 @@ def check_options(
 
 def check_loadable(
     state_dict: dict[str, Any], groups: list[dict[str, Any]]
-) -> list[tuple[Tensor, Tensor]]:
-    """Check ``state_dict`` against the parameters; return (param, saved slow copy) pairs."""
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Check ``state_dict`` against the parameters; return those with a saved slow copy, and those."""
     saved_groups, saved_state = state_dict.get("param_groups"), state_dict.get("state")
     if not isinstance(saved_groups, list) or not isinstance(saved_state, dict):
         raise ValueError(
@@ -121,7 +121,8 @@ def check_loadable(
             raise TypeError(f"checkpoint param_groups[{index}][{EVAL_KEY!r}] must be a bool")
     params = chain.from_iterable(g["params"] for g in groups)
     id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups), params, strict=True))
-    pairs: list[tuple[Tensor, Tensor]] = []
+    params_with_slow: list[Tensor] = []
+    slows: list[Tensor] = []
     for key, param_state in saved_state.items():
         if (p := id_map.get(key)) is None:
             raise ValueError(
@@ -145,5 +146,6 @@ def check_loadable(
                     f"checkpoint, but the parameter has shape {tuple(p.shape)}"
                 )
         if isinstance(slow := param_state.get(SLOW_KEY), Tensor):
-            pairs.append((p, slow))
-    return pairs
+            params_with_slow.append(p)
+            slows.append(slow)
+    return params_with_slow, slows

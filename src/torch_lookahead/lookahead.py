@@ -430,11 +430,12 @@ class Lookahead(Optimizer):
         steps: list[PlanStep] = []
         for group in groups:
             params, slows, states = self._held(group, SLOW_KEY)
-            slows, store = self._placed(params, slows, states)
-            steps += store
+            placed = self._placed(params, slows)
+            if placed is not slows:
+                steps.append(partial(_store, states, SLOW_KEY, placed))
             found = [(state[p], key, slow_momentum_key(key)) for p in params for key in keys]
             found = [f for f in found if isinstance(f[0].get(f[1]), Tensor)]  # momentum buffers
-            buffers, fast, slow = [d[key] for d, key, _ in found], list(params), slows
+            buffers, fast, slow = [d[key] for d, key, _ in found], list(params), placed
             if mode == "pullback":  # the same rule, with the momentum as fast and its slow copy
                 held: list[Any] = [d.get(slow_key) for d, _, slow_key in found]
                 new = [i for i, h in enumerate(held) if not isinstance(h, Tensor)]
@@ -450,19 +451,16 @@ class Lookahead(Optimizer):
         steps.append(partial(_store, groups, STEP_KEY, counters))
         self._run(steps)
 
-    def _placed(
-        self, params: list[Tensor], slows: list[Tensor], states: list[dict[str, Any]]
-    ) -> tuple[list[Tensor], list[PlanStep]]:
-        """The slow copies in the slow dtype (after ``model.double()``, a ``train()`` or a
-        checkpoint of another ``slow_dtype``): new ones allocated now, and the step storing them."""
+    def _placed(self, params: list[Tensor], slows: list[Tensor]) -> list[Tensor]:
+        """``slows``, or a list with new copies (allocated now) where one is not in the slow dtype
+        (after ``model.double()``, a ``train()``, or in a checkpoint of another ``slow_dtype``)."""
         if self.slow_dtype is None and same_placements(params, slows):
-            return slows, []
-        moved = [i for i, p in enumerate(params) if _placement(slows[i]) != self._slow_placement(p)]
-        slows = list(slows)
-        for i in moved:
-            slows[i] = self._new_slow_copy(params[i], slows[i])
-        moved_states, moved_slows = [states[i] for i in moved], [slows[i] for i in moved]
-        return slows, [partial(_store, moved_states, SLOW_KEY, moved_slows)]
+            return slows
+        wanted = list(map(self._slow_placement, params))
+        return [
+            s if _placement(s) == w else self._new_slow_copy(p, s)
+            for p, s, w in zip(params, slows, wanted, strict=True)
+        ]
 
     @torch.no_grad()
     def sync(self) -> None:
@@ -619,19 +617,12 @@ class Lookahead(Optimizer):
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = pre_hook(self, state_dict)
             state_dict = state_dict if result is None else result
-        saved_slows = check_loadable(state_dict, self.param_groups)
+        params, saved = check_loadable(state_dict, self.param_groups)
         before = {K_KEY: self.defaults.get(K_KEY), ALPHA_KEY: self.defaults.get(ALPHA_KEY)}
-        # Optimizer.load_state_dict casts state to the parameter's dtype; slow copies keep
-        # slow_dtype instead, made before anything is loaded.
-        placed = [
-            (p, self._new_slow_copy(p, saved))
-            for p, saved in saved_slows
-            if _placement(p) != self._slow_placement(p)
-        ]
+        placed = self._placed(params, saved)  # torch would cast them to the parameter's dtype
         counted = [STEP_KEY in saved_group for saved_group in state_dict["param_groups"]]
         self.optimizer.load_state_dict(state_dict)
-        for p, slow in placed:
-            self.state[p][SLOW_KEY] = slow
+        _store([self.state[p] for p in params], SLOW_KEY, placed)
         for group in self.param_groups:
             group.pop("lookahead_synced_at", None)  # written by earlier versions; ignored
         self._check_groups()
