@@ -523,3 +523,23 @@ def test_train_warns_once_when_parameters_were_written_in_eval_mode(
     assert_equal(values(params), fast)  # train() did what it always does
     with pytest.warns(UserWarning, match="written in eval mode"), opt.slow_weights():
         params[0].detach().add_(1.0)  # (a write through .data is not seen)
+
+
+def test_reset_slow_copies_into_the_slow_copies_that_fit() -> None:
+    """reset_slow() allocates no second set of slow weights: a copy of the parameter's shape and
+    slow dtype is overwritten in place; only a resized parameter gets a new one."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    opt = Lookahead(torch.optim.SGD(model.parameters(), lr=0.1), k=3, slow_dtype=torch.float64)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    before = [opt.state[p]["lookahead_slow"] for p in model.parameters()]
+    last = model[1].bias
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        last.data = torch.zeros(3)  # resized: its slow copy no longer fits
+    opt.reset_slow()
+    after = [opt.state[p]["lookahead_slow"] for p in model.parameters()]
+    assert all(a is b for a, b in zip(before[:-1], after[:-1], strict=True))
+    assert after[-1] is not before[-1] and after[-1].shape == (3,)
+    for p, slow in zip(model.parameters(), after, strict=True):
+        assert slow.dtype == torch.float64 and torch.equal(slow, p.double())

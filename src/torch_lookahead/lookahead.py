@@ -478,9 +478,9 @@ class Lookahead(Optimizer):
 
     @torch.no_grad()
     def reset_slow(self) -> None:
-        """Restart the slow weights from the current parameters (new slow copies, made first) and
-        the k-step cycles, after model surgery or new weights loaded mid-training. Slow momentum
-        restarts at zero."""
+        """Restart the slow weights from the current parameters and the k-step cycles, after
+        model surgery or new weights loaded mid-training: copied into the slow copies that fit,
+        new copies (made first) for the others. Slow momentum restarts at zero."""
         self._begin("reset_slow()")
         groups, state = self.param_groups, self.state
         keys = list(map(slow_momentum_key, momentum_keys_for(self.optimizer) or ()))
@@ -490,9 +490,18 @@ class Lookahead(Optimizer):
                 p for p in group["params"] if state.get(p, _NO_STATE).get(SLOW_KEY) is not None
             ]
             states = [state[p] for p in params]
-            new = [self._new_slow_copy(p, p) for p in params]
+            slows = [s[SLOW_KEY] for s in states]
+            fit = [
+                isinstance(s, Tensor) and s.shape == p.shape and _placement(s) == w
+                for p, s, w in zip(params, slows, map(self._slow_placement, params), strict=True)
+            ]
+            new = [self._new_slow_copy(p, p) for p in compress(params, map(operator.not_, fit))]
             buffers = [s[key] for s in states for key in keys if isinstance(s.get(key), Tensor)]
-            steps += [partial(_store, states, SLOW_KEY, new), partial(_zero, buffers)]
+            steps.append(
+                partial(_store, list(compress(states, map(operator.not_, fit))), SLOW_KEY, new)
+            )
+            steps.append(partial(_copy, list(compress(slows, fit)), list(compress(params, fit))))
+            steps.append(partial(_zero, buffers))
         steps.append(partial(_store, groups, STEP_KEY, [self.cycle_start(g) for g in groups]))
         self._run(steps)
 
