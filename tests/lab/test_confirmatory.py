@@ -18,16 +18,24 @@ from torch_lookahead_lab.confirmatory import (
     ARMS,
     ConfirmatoryResults,
     arm_config,
+    censored_at_top,
     confirmatory_claims,
     confirmatory_configs,
     confirmatory_plan,
     edge_search,
+    first_checks,
     first_round,
+    grace_flips,
+    grid_caveat,
+    grid_step,
+    not_monotone,
     reference_config,
     unstable,
+    unstable_at,
 )
 from torch_lookahead_lab.models import CharTransformer
 from torch_lookahead_lab.plans import load_plan
+from torch_lookahead_lab.report import summary_sentences, verdict_rows
 from torch_lookahead_lab.runner import RunResult, run
 from torch_lookahead_lab.stability import largest_on_grid
 from torch_lookahead_lab.stats import pairs_needed
@@ -271,3 +279,81 @@ def test_the_edge_search_runs_the_grid_down_to_the_first_stable_run() -> None:
         ConfirmatoryResults(plan, "c", [r for r in runs if r.config != top]).edges(
             plan.tasks[0], "adam", 50
         )
+
+
+def test_an_equivalence_the_grid_cannot_resolve_carries_a_caveat_and_keeps_its_verdict() -> None:
+    """All paired differences 0 on a grid whose step exceeds the SESOI: the verdict stays the
+    computed one, with a caveat beside it; a difference, or a finer grid, gives none. The
+    rescaled arm is the lab's control, not the paper's claim, and a descriptive verdict that is
+    significant unadjusted shows its Holm-adjusted p-value among the descriptive tests."""
+    plan = dataclasses.replace(confirmatory_plan(), tasks=("charlm-transformer",))
+    step = grid_step(plan)
+    assert step == pytest.approx(math.log10(1 / 0.003) / 10) and step > 0.126
+    same = [-0.5] * 8
+    assert "all 8 differences 0 on a grid coarser than the SESOI" in grid_caveat(
+        same, same, step, 0.126
+    )
+    assert "not shown equivalent within ±0.126" in grid_caveat(same, same, step, 0.126)
+    assert grid_caveat(same, [-0.5] * 7 + [-0.5 + step], step, 0.126) == ""
+    assert grid_caveat(same, same, 0.1, 0.126) == grid_caveat(same, same, step, None) == ""
+
+    edge = {"adam": 5, "lookahead": 5, "adam at alpha x lr": 7}
+
+    def fake(config):  # type: ignore[no-untyped-def]
+        arm, index = _arm_and_index(plan, config)
+        return _run(config, [5.5, 5.0] + [4.0 if index <= edge[arm] else 9.0] * 60)
+
+    claims = confirmatory_claims(ConfirmatoryResults(plan, "c", edge_search(plan, fake_all(fake))))
+    against_adam = [case for c in claims if not c.control for case in c.cases]
+    assert [case.verdict for case in against_adam] == ["equivalent within ±0.126"] * 2
+    assert all("not shown equivalent" in case.caveat for case in against_adam)
+    assert "not shown equivalent" in against_adam[0].sentence
+    _, rows = verdict_rows(claims)
+    assert "not shown equivalent" in rows[0][-1] and rows[0][-1].startswith("equivalent within")
+    controls = [c for c in claims if c.control]
+    assert [c.role for c in controls] == ["primary", "descriptive"]
+    assert all(c.title.startswith("the effective-learning-rate control") for c in controls)
+    # the rescaled arm's edge two steps above Lookahead's at every seed: p = 2/256 unadjusted
+    descriptive = controls[1].cases[0]
+    assert descriptive.verdict == "contradicts" and descriptive.estimate is not None
+    assert descriptive.estimate.p_value == pytest.approx(2 / 256)
+    assert "Holm-adjusted among the 2 descriptive difference tests p = 0.016" in descriptive.caveat
+    assert "Holm" not in controls[0].cases[0].caveat  # primary: adjusted by the plan's family
+    short = summary_sentences(claims, "Scope.")
+    assert "Did not hold (Lookahead worse, significant at 5%): none." in short
+    assert short[-1].startswith("The lab's effective-learning-rate control")
+    assert "Lookahead below the control" in short[-1] and "[pre-LN, no warm-up (unadj" in short[-1]
+
+
+def fake_all(fake):  # type: ignore[no-untyped-def]
+    """``compute`` for ``edge_search`` from a function of one configuration."""
+    return lambda configs: [fake(c) for c in configs]
+
+
+def test_the_grid_notes_count_the_grace_period_non_monotone_cells_and_the_grids_top() -> None:
+    """Synthetic runs with known answers: where the rule fires, which stable runs a shorter
+    grace period would flip, a cell where Adam's two arms interleave non-monotonically, and an
+    edge at the grid's top."""
+    plan = dataclasses.replace(
+        confirmatory_plan(), tasks=("charlm-transformer",), warmups=(0,), seeds=(2000, 2001)
+    )
+    late = [5.5, 5.0] + [4.0] * 10 + [9.0] * 50  # above step 0 from step 12
+    edge = {("adam", 2000): 4, ("adam", 2001): 4, ("adam at alpha x lr", 2000): 4}
+    edge |= {("adam at alpha x lr", 2001): 5, ("lookahead", 2000): 6, ("lookahead", 2001): 10}
+
+    def fake(config):  # type: ignore[no-untyped-def]
+        arm, index = _arm_and_index(plan, config)
+        if index > edge[arm, config.seed]:
+            return _run(config, late if arm == "lookahead" else [5.5, 5.0] + [9.0] * 60)
+        spike = 6.0 if arm == "adam" else 5.0  # Adam's stable runs: above step 0 at step 1
+        return _run(config, [5.5, spike] + [4.0] * 60)
+
+    lab = ConfirmatoryResults(plan, "c", edge_search(plan, fake_all(fake)))
+    assert unstable_at(lab.edge_runs(plan.tasks[0], "lookahead", 0, 2000)[0], 10) == 12
+    assert unstable_at(lab.edge_runs(plan.tasks[0], "adam", 0, 2000)[-1], 10) is None
+    # unstable: adam 2 x 6, rescaled 6 + 5 at step 10; Lookahead 4 at step 12
+    assert first_checks(lab) == (12 + 11, 12 + 11 + 4)
+    assert grace_flips(lab, 0, 0) == (2, 6) and grace_flips(lab, 0, 5) == (0, 6)
+    # seed 2000: Adam at 0.5 x lrs[5] (below lrs[4]) unstable, at lrs[4] stable; 2001 monotone
+    assert not_monotone(lab) == 1
+    assert censored_at_top(lab) == {("charlm-transformer", 0, "lookahead"): 1}

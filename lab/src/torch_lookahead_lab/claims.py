@@ -70,7 +70,8 @@ PAPER_VARIANCE = (
 class Case:
     """One case of a claim: its label, the effect with its test, the verdict, and what was
     measured, in words. ``adjusted``: the Holm-adjusted p-values (difference, equivalence)
-    when the case is one of ``family`` endpoints tested together."""
+    when the case is one of ``family`` endpoints tested together. ``caveat``: how to read the
+    verdict, printed beside it (it changes no verdict)."""
 
     label: str
     verdict: str
@@ -79,11 +80,17 @@ class Case:
     favours: Favours = "above"
     adjusted: tuple[float, float] | None = None
     family: int = 1
+    caveat: str = ""
 
     @property
     def sentence(self) -> str:
         effect = f" {format_estimate(self.estimate, self.adjusted)}" if self.estimate else ""
-        return f"{self.label}: {self.what}{effect}: {self.verdict}."
+        return f"{self.label}: {self.what}{effect}: {self.verdict_text}."
+
+    @property
+    def verdict_text(self) -> str:
+        """The verdict, with its caveat in parentheses when it has one."""
+        return f"{self.verdict} ({self.caveat})" if self.caveat else self.verdict
 
     @property
     def favours_text(self) -> str:
@@ -105,6 +112,7 @@ class Claim:
     notes: tuple[str, ...] = ()
     role: str = "descriptive"  # primary, descriptive or check
     sesoi: float | None = None
+    control: str = ""  # set: not a claim of the paper but the lab's control, described here
 
     @property
     def measured(self) -> tuple[str, ...]:
@@ -538,6 +546,7 @@ def claim_json(claim: Claim) -> dict[str, Any]:
         "role": claim.role,
         "sesoi": claim.sesoi,
         "paper": claim.paper,
+        "control": claim.control,
         "protocol": claim.protocol,
         "effect": claim.effect,
         "cases": [
@@ -547,6 +556,7 @@ def claim_json(claim: Claim) -> dict[str, Any]:
                 "favours_lookahead_if": case.favours_text,
                 "estimate": asdict(case.estimate) if case.estimate else None,
                 "holm_adjusted": list(case.adjusted) if case.adjusted else None,
+                "caveat": case.caveat,
                 "sentence": case.sentence,
             }
             for case in claim.cases

@@ -21,6 +21,8 @@ endpoint is the largest stable one, whatever the smaller ones would give).
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from torch_lookahead_lab.claims import Case, Claim, _case, fmt, holm_primary
 from torch_lookahead_lab.plans import Plan, load_plan
 from torch_lookahead_lab.runner import RunConfig, RunResult, make_config
 from torch_lookahead_lab.stability import PAPER_STABILITY, largest_on_grid
-from torch_lookahead_lab.stats import paired_difference
+from torch_lookahead_lab.stats import holm, paired_difference, verdict_kind
 from torch_lookahead_lab.tasks import get_task
 
 __all__ = [
@@ -39,13 +41,20 @@ __all__ = [
     "ConfirmatoryResults",
     "arm_config",
     "arm_label",
+    "censored_at_top",
     "confirmatory_claims",
     "confirmatory_configs",
     "confirmatory_plan",
     "edge_search",
+    "first_checks",
     "first_round",
+    "grace_flips",
+    "grid_caveat",
+    "grid_step",
+    "not_monotone",
     "reference_config",
     "unstable",
+    "unstable_at",
 ]
 
 # The arms: (label, uses Lookahead, factor on the learning rate).
@@ -195,14 +204,23 @@ def edge_search(
 def unstable(result: RunResult, grace_steps: int) -> bool:
     """True when the run's per-step training loss was ever non-finite, or exceeded its step-0
     value after the warm-up plus ``grace_steps`` (a run that ended early diverged)."""
+    return unstable_at(result, grace_steps) is not None
+
+
+def unstable_at(result: RunResult, grace_steps: int) -> int | None:
+    """The step (index of the per-step loss, so the loss after that many updates) at which the
+    rule of ``unstable`` first calls the run unstable; None when it is stable."""
     losses = result.step_losses
     if losses is None:
         raise ValueError(f"{result.config.task}: the run recorded no per-step training loss")
-    if result.diverged_at is not None or any(v is None for v in losses) or not losses:
-        return True
+    if not losses:
+        return 0
+    start = result.config.warmup_steps + grace_steps
     initial = losses[0]
-    after = losses[result.config.warmup_steps + grace_steps :]
-    return any(v is not None and initial is not None and v > initial for v in after)
+    for step, value in enumerate(losses):
+        if value is None or (step >= start and initial is not None and value > initial):
+            return step
+    return None if result.diverged_at is None else max(0, min(result.diverged_at, len(losses)) - 1)
 
 
 @dataclass
@@ -253,14 +271,115 @@ class ConfirmatoryResults:
         return out
 
 
+def grid_step(plan: ConfirmatoryPlan) -> float:
+    """The grid's step in log10 of the learning rate (the edge moves in whole steps)."""
+    return math.log10(plan.lrs[-1] / plan.lrs[0]) / (len(plan.lrs) - 1)
+
+
+def grid_caveat(
+    baseline: Sequence[float], candidate: Sequence[float], step: float, sesoi: float | None
+) -> str:
+    """How to read an equivalence on a grid coarser than the SESOI: when every paired
+    difference is exactly 0 and the grid's step (in log10) exceeds the SESOI, each seed's true
+    difference is known only within a grid step, so the data show no difference on this grid,
+    not one within +-SESOI. Empty otherwise."""
+    if (
+        sesoi is None
+        or step <= sesoi
+        or any(b != c for b, c in zip(baseline, candidate, strict=True))
+    ):
+        return ""
+    return (
+        f"all {len(baseline)} differences 0 on a grid coarser than the SESOI: no difference on "
+        f"this grid, whose steps are a factor of {fmt(10**step, 3)}; not shown equivalent within "
+        f"±{sesoi:g}"
+    )
+
+
+def _all_edge_runs(
+    lab: ConfirmatoryResults,
+) -> list[tuple[tuple[str, int, str, int], list[RunResult]]]:
+    return [
+        ((t, w, arm, seed), lab.edge_runs(t, arm, w, seed)) for t, w, arm, seed in _series(lab.plan)
+    ]
+
+
+def first_checks(lab: ConfirmatoryResults) -> tuple[int, int]:
+    """(how many runs the rule calls unstable at the first step it checks, the warm-up plus the
+    grace steps; how many it calls unstable), over the runs that decide the edges."""
+    grace = lab.plan.grace_steps
+    steps = [
+        (unstable_at(r, grace), r.config.warmup_steps + grace)
+        for _, runs in _all_edge_runs(lab)
+        for r in runs
+    ]
+    called = [(at, first) for at, first in steps if at is not None]
+    return sum(at == first for at, first in called), len(called)
+
+
+def grace_flips(lab: ConfirmatoryResults, warmup: int, grace: int) -> tuple[int, int]:
+    """(how many of the stable runs that set an edge at ``warmup`` the rule would call unstable
+    with ``grace`` grace steps instead of the plan's, how many stable runs set an edge there)."""
+    stable = [
+        runs[-1]
+        for series, runs in _all_edge_runs(lab)
+        if series[1] == warmup and not unstable(runs[-1], lab.plan.grace_steps)
+    ]
+    return sum(unstable(r, grace) for r in stable), len(stable)
+
+
+def not_monotone(lab: ConfirmatoryResults) -> int:
+    """How many (task, warm-up, seed) cells have a run of the inner optimizer alone that is
+    unstable at one learning rate and stable at the next larger one run: its two arms (at lr
+    and at alpha x lr) run it at interleaved learning rates."""
+    plan = lab.plan
+    count = 0
+    for task in plan.tasks:
+        for warmup in plan.warmups:
+            for seed in plan.seeds:
+                runs = sorted(
+                    (r for arm in ("adam", "adam at alpha x lr")
+                     for r in lab.edge_runs(task, arm, warmup, seed)),
+                    key=lambda r: r.config.lr,
+                )  # fmt: skip
+                flags = [unstable(r, plan.grace_steps) for r in runs]
+                count += any(low and not high for low, high in itertools.pairwise(flags))
+    return count
+
+
+def censored_at_top(lab: ConfirmatoryResults) -> dict[tuple[str, int, str], int]:
+    """Per (task, warm-up, arm), how many seeds' edges are the grid's largest learning rate
+    (cut off by the grid: the true edge may lie above it); cells with none are left out."""
+    top = math.log10(lab.plan.lrs[-1])
+    out: dict[tuple[str, int, str], int] = {}
+    for task in lab.plan.tasks:
+        for warmup in lab.plan.warmups:
+            for arm, _, _ in ARMS:
+                count = sum(edge == top for edge in lab.edges(task, arm, warmup))
+                if count:
+                    out[(task, warmup, arm)] = count
+    return out
+
+
 def _label(task: str, warmup: int) -> str:
     variant = "post-LN" if task.endswith("postln") else "pre-LN"
     return f"{variant}, {'warm-up ' + str(warmup) if warmup else 'no warm-up'}"
 
 
+CONTROL = (
+    "the lab's effective-learning-rate control. To first order "
+    "Lookahead moves like its inner optimizer at about alpha x lr; above zero, Lookahead's edge "
+    "is larger than that rescaling of the learning rate gives, below zero smaller, and the "
+    "paper's claim is not tested by it."
+)
+
+
 def confirmatory_claims(lab: ConfirmatoryResults) -> list[Claim]:
-    """Per (task, warm-up): Lookahead's edge against Adam's and against Adam at alpha x lr's;
-    the plan's primary cell is primary (Holm over its two endpoints), the others descriptive."""
+    """Per (task, warm-up): Lookahead's edge against Adam's and against Adam at alpha x lr's
+    (the lab's control, ``CONTROL``); the plan's primary cell is primary (Holm over its
+    endpoints), the others descriptive. Caveats, changing no verdict: ``grid_caveat``, and the
+    Holm-adjusted p-value among the descriptive difference tests beside a descriptive verdict
+    that is significant unadjusted."""
     plan = lab.plan
     claims = []
     for key, baseline, title in (
@@ -282,13 +401,17 @@ def confirmatory_claims(lab: ConfirmatoryResults) -> list[Claim]:
                         f"{baseline}, {fmt(_mean(wrapped), 3)} Lookahead; Lookahead minus "
                         f"{baseline}"
                     )
-                    cases.append(_case(_label(task, warmup), estimate, "above", what))
+                    case = _case(_label(task, warmup), estimate, "above", what)
+                    caveat = grid_caveat(base, wrapped, grid_step(plan), claim_plan.sesoi)
+                    cases.append(dataclasses.replace(case, caveat=caveat))
             if not cases:
                 continue
+            control = CONTROL if baseline != "adam" else ""
             claims.append(
                 Claim(
                     key=key if primary else f"{key}_other",
-                    title=f"largest stable learning rate, {title}"
+                    title=("the effective-learning-rate control: " if control else "")
+                    + f"largest stable learning rate, {title}"
                     + ("" if primary else ", the other models and warm-ups"),
                     paper=PAPER_STABILITY,
                     protocol=f"{len(plan.seeds)} fresh seeds, {len(plan.lrs)} learning rates "
@@ -299,9 +422,40 @@ def confirmatory_claims(lab: ConfirmatoryResults) -> list[Claim]:
                     cases=tuple(cases),
                     role=claim_plan.role,
                     sesoi=claim_plan.sesoi,
+                    control=control,
                 )
             )
-    return holm_primary(claims)
+    return holm_primary(_descriptive_holm(claims))
+
+
+def _descriptive_holm(claims: Sequence[Claim]) -> list[Claim]:
+    """The claims with a caveat beside each descriptive verdict that is significant at the
+    unadjusted 5%: its Holm-adjusted p-value among all the descriptive difference tests, for
+    information (descriptive verdicts stay unadjusted)."""
+    tested = [
+        (id(case), case.estimate.p_value)
+        for claim in claims
+        if claim.role == "descriptive"
+        for case in claim.cases
+        if case.estimate is not None
+    ]
+    p_values = holm([1.0 if math.isnan(p) else p for _, p in tested])
+    adjusted = {key: p for (key, _), p in zip(tested, p_values, strict=True)}
+    out = []
+    for claim in claims:
+        new = []
+        for case in claim.cases:
+            if id(case) in adjusted and verdict_kind(case.verdict) in ("supports", "contradicts"):
+                note = (
+                    f"unadjusted; Holm-adjusted among the {len(tested)} descriptive difference "
+                    f"tests p = {adjusted[id(case)]:.2g}, for information"
+                )
+                case = dataclasses.replace(
+                    case, caveat="; ".join(filter(None, (case.caveat, note)))
+                )
+            new.append(case)
+        out.append(dataclasses.replace(claim, cases=tuple(new)))
+    return out
 
 
 def _mean(values: Sequence[float]) -> float:

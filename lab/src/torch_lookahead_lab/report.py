@@ -40,8 +40,12 @@ from torch_lookahead_lab.confirmatory import (
     ARMS,
     ConfirmatoryResults,
     arm_label,
+    censored_at_top,
     confirmatory_claims,
     confirmatory_configs,
+    first_checks,
+    grace_flips,
+    not_monotone,
     reference_config,
 )
 from torch_lookahead_lab.console import QUICK_REPORT_NOTICE
@@ -68,7 +72,7 @@ from torch_lookahead_lab.stability import (
     stability_claims,
     trains,
 )
-from torch_lookahead_lab.stats import verdict_kind
+from torch_lookahead_lab.stats import holm, verdict_kind, verdict_of
 from torch_lookahead_lab.tasks import SCHEDULES, get_task
 
 __all__ = [
@@ -286,18 +290,36 @@ def verdict_rows(claims: Sequence[Claim]) -> tuple[list[str], list[list[str]]]:
             effect = short_interval(case.estimate) if case.estimate else ""
             favours = case.favours_text if case.estimate else ""
             rows.append(
-                [str(number), claim.title, claim.role, case.label, favours, effect, case.verdict]
+                [
+                    str(number),
+                    claim.title,
+                    claim.role,
+                    case.label,
+                    favours,
+                    effect,
+                    case.verdict_text,
+                ]
             )
     return header, rows
 
 
-def _verdict_phrase(claim: Claim, cases: Sequence[Case]) -> str:
-    """``title [sgd | adamw] (role)``; beyond 3 cases, how many of them (the table has each)."""
+def _verdict_phrase(claim: Claim, cases: Sequence[Case], title: bool = True) -> str:
+    """``title [sgd | adamw] (role)`` (without the title: ``[sgd | adamw] (role)``); beyond 3
+    cases, how many of them (the table has each)."""
     if len(claim.cases) > 3:
         labels = f"{len(cases)} of {len(claim.cases)} cases"
     else:
-        labels = " | ".join(case.label for case in cases)
-    return f"{claim.title} [{labels}] ({claim.role})"
+        labels = " | ".join(
+            f"{case.label} ({case.caveat})" if case.caveat else case.label for case in cases
+        )
+    return f"{claim.title} [{labels}] ({claim.role})" if title else f"[{labels}] ({claim.role})"
+
+
+def _by_kind(cases: Sequence[Case]) -> dict[str, list[Case]]:
+    groups: dict[str, list[Case]] = {}
+    for case in cases:
+        groups.setdefault(verdict_kind(case.verdict), []).append(case)
+    return groups
 
 
 def summary_sentences(claims: Sequence[Claim], scope: str) -> list[str]:
@@ -305,12 +327,9 @@ def summary_sentences(claims: Sequence[Claim], scope: str) -> list[str]:
     undecided, each claim with its cases and role."""
     by_kind: dict[str, list[str]] = {}
     for claim in claims:
-        if claim.role == "check":
+        if claim.role == "check" or claim.control:
             continue
-        groups: dict[str, list[Case]] = {}
-        for case in claim.cases:
-            groups.setdefault(verdict_kind(case.verdict), []).append(case)
-        for kind, cases in groups.items():
+        for kind, cases in _by_kind(claim.cases).items():
             by_kind.setdefault(kind, []).append(_verdict_phrase(claim, cases))
     sentences = [scope]
     words = {
@@ -324,6 +343,24 @@ def summary_sentences(claims: Sequence[Claim], scope: str) -> list[str]:
             sentences.append(f"{words[kind]}: {'; '.join(by_kind[kind])}.")
         elif kind != "inconclusive":
             sentences.append(f"{words[kind]}: none.")
+    controls = {
+        "supports": "Lookahead above the control, significant at 5%",
+        "contradicts": "Lookahead below the control, significant at 5%",
+        "equivalent": "equivalent to the control within the smallest effect of interest",
+        "inconclusive": "undecided at these seeds",
+    }
+    kinds: dict[str, list[str]] = {}
+    for claim in (c for c in claims if c.control):
+        for kind, cases in _by_kind(claim.cases).items():
+            kinds.setdefault(kind, []).append(_verdict_phrase(claim, cases, title=False))
+    if kinds:
+        parts = [
+            f"{controls[kind]}: {', '.join(kinds[kind])}" for kind in controls if kind in kinds
+        ]
+        sentences.append(
+            "The lab's effective-learning-rate control, Lookahead against its inner optimizer at "
+            f"alpha x lr (not a claim of the paper): {'; '.join(parts)}."
+        )
     checks = [c for c in claims if c.role == "check"]
     for check in checks:
         sentences.append(f"{check.title[0].upper()}{check.title[1:]}: {check.cases[0].verdict}.")
@@ -377,14 +414,19 @@ def _claim_lines(claims: Sequence[Claim]) -> list[str]:
         lines += [
             f"### {number}. {claim.title[0].upper()}{claim.title[1:]}",
             "",
-            f"The paper: {claim.paper}",
+            f"Not a claim of the paper: {claim.control}"
+            if claim.control
+            else f"The paper: {claim.paper}",
             "",
             f"- Role: {claim.role}{margin}.",
             f"- Protocol: {claim.protocol}",
             f"- Effect: {claim.effect}",
             "- Verdicts:",
         ]
-        lines += [f"    - {case.label}: **{case.verdict}**" for case in claim.cases]
+        lines += [
+            f"    - {case.label}: **{case.verdict}**" + (f" ({case.caveat})" if case.caveat else "")
+            for case in claim.cases
+        ]
         lines += ["- Measured:"]
         lines += [f"    - {sentence}" for sentence in claim.measured]
         lines.append("")
@@ -1010,6 +1052,92 @@ CONFIRMATORY_CANNOT_TEST = (
 )
 
 
+def _confirmatory_grid_notes(lab: ConfirmatoryResults) -> list[str]:
+    """What the grid and the instability rule leave open, counted from the runs: the grace
+    period, monotonicity in the learning rate, and edges cut off at the grid's top."""
+    plan = lab.plan
+    grace = plan.grace_steps
+    first, called = first_checks(lab)
+    checked = " and ".join(str(w + grace) for w in plan.warmups)
+    flips = [(w, grace_flips(lab, w, 0), grace_flips(lab, w, grace // 2)) for w in plan.warmups]
+    flip_text = "; ".join(
+        f"warm-up {w}: {none[0]} of {none[1]}, {half[0]} with a grace of {grace // 2} steps"
+        for w, none, half in flips
+    )
+    hinge = [str(w) for w, none, _ in flips if 2 * none[0] > none[1]]
+    synced = all((w + grace) % plan.k == 0 for w in plan.warmups)
+    lines = [
+        f"A rule that does not hinge on its grace period: {first} of the {called} runs the rule "
+        f"calls unstable are called so at the first step it checks ({grace} steps after the "
+        f"warm-up: step {checked}), and without grace steps some stable runs that set an edge "
+        f"would be unstable ({flip_text})"
+        + (
+            f": the edges, and so the verdicts, of the cells with warm-up {' and '.join(hinge)} "
+            f"rest on the plan's {grace} grace steps."
+            if hinge
+            else "."
+        )
+        + (
+            f" The first checked step is a multiple of k={plan.k}: Lookahead's loss there is "
+            "measured right after a synchronisation, at its slow weights."
+            if synced
+            else ""
+        ),
+        f"A threshold in the learning rate: stability is not monotone in it; at {not_monotone(lab)} "
+        f"(seed, model and warm-up) cells, {plan.inner} alone (run at lr and at {plan.alpha:g} x "
+        "lr, so at interleaved learning rates) is unstable at one learning rate and stable at "
+        "the next larger one. The endpoint is the plan's largest stable learning rate on the "
+        "grid, as defined, not a rate below which every run is stable.",
+    ]
+    censored = censored_at_top(lab)
+    if censored:
+        cells = ", ".join(
+            f"{_variant(task)} warm-up {warmup}, {arm_label(arm, plan)}: {count}"
+            for (task, warmup, arm), count in censored.items()
+        )
+        lines.append(
+            f"Edges above the grid: {sum(censored.values())} seeds' edges are the grid's largest "
+            f"learning rate, {fmt(plan.lrs[-1], 3)} ({cells}); they are cut off at the grid's "
+            "top and may lie higher, so differences against a baseline arm cut off there are "
+            "understated where they are negative (and against Lookahead, where positive)."
+        )
+    return lines
+
+
+def _confirmatory_family_lines(claims: Sequence[Claim]) -> list[str]:
+    """The primary claims' Holm family, and what a family of their difference tests alone
+    would give: a disclosure, the verdicts stay the plan's."""
+    primary = [case for claim in claims if claim.role == "primary" for case in claim.cases]
+    estimates = [case.estimate for case in primary if case.estimate is not None]
+    if len(estimates) != len(primary) or len(primary) < 2:
+        return []
+    alone = holm([e.p_value for e in estimates])
+    alone_equal = holm([e.p_equivalence for e in estimates])
+    changed = [
+        case.label
+        for case, p, q in zip(primary, alone, alone_equal, strict=True)
+        if case.estimate is not None
+        and verdict_kind(case.verdict)
+        != verdict_kind(
+            verdict_of(case.estimate, case.favours, p_value=p, p_equivalence=q, family=len(primary))
+        )
+    ]
+    return [
+        f"Multiplicity, disclosed: the Holm family of the primary claims is {primary[0].family} "
+        f"tests, the difference and the equivalence test of each of the {len(primary)} primary "
+        "endpoints. The plan file names no family: the lab's code (`holm_primary`) sets it, and "
+        "that code changed after the plan was committed. With a family of the "
+        f"{len(primary)} difference tests alone the adjusted p-values would be "
+        f"{' and '.join(f'{p:.3g}' for p in alone)}; "
+        + (
+            "no verdict changes."
+            if not changed
+            else f"the verdict of {', '.join(changed)} would change."
+        ),
+        "",
+    ]
+
+
 def _confirmatory_scope(lab: ConfirmatoryResults) -> str:
     plan = lab.plan
     config = lab.runs[0].config if lab.runs else None
@@ -1062,7 +1190,7 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
         "",
         "## What this lab cannot test here",
         "",
-        *(f"- {item}" for item in CONFIRMATORY_CANNOT_TEST),
+        *(f"- {item}" for item in (*CONFIRMATORY_CANNOT_TEST, *_confirmatory_grid_notes(lab))),
         "",
         "## Setup",
         "",
@@ -1103,6 +1231,7 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
         "",
         reading(),
         "",
+        *_confirmatory_family_lines(claims),
         *_claim_lines(claims),
         "## Reproducing it",
         "",
