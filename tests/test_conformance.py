@@ -113,7 +113,7 @@ def wrapped(
     """``make`` for ``wrapper_class(inner_class(params, **inner_kwargs), **wrapper_kwargs)``.
 
     An override goes to the wrapper when its constructor names it (``k``, ``alpha``, ...), else to
-    the inner optimizer; ``foreach`` goes to both (the inner kernels and the sync kernel).
+    the inner optimizer.
     """
     wrapper_arguments = frozenset(inspect.signature(wrapper_class).parameters) - {"optimizer"}
 
@@ -121,13 +121,7 @@ def wrapped(
         inner_overrides = {k: v for k, v in overrides.items() if k not in wrapper_arguments}
         wrapper_overrides = {k: v for k, v in overrides.items() if k in wrapper_arguments}
         inner_arguments = {**inner_kwargs, **inner_overrides}
-        if "foreach" in wrapper_overrides:
-            inner_arguments["foreach"] = wrapper_overrides["foreach"]
-        arguments = {
-            "foreach": inner_arguments.get("foreach"),
-            **wrapper_kwargs,
-            **wrapper_overrides,
-        }
+        arguments = {**wrapper_kwargs, **wrapper_overrides}
         return wrapper_class(inner_class(params, **inner_arguments), **arguments)
 
     return make

@@ -331,40 +331,6 @@ def test_global_hooks_see_one_step_of_the_wrapper() -> None:
 
 
 # ---------------------------------------------------------------- 5. round trip via a plain optimizer
-def test_slow_weights_that_a_plain_optimizer_outlived_are_kept_with_a_warning() -> None:
-    params, opt = make(inner="adamw")
-    run(params, opt, range(2 * K + 1))
-    checkpoint = opt.state_dict()
-    kept = [opt.state[p]["lookahead_slow"].clone() for p in params]
-    plain = torch.optim.AdamW(params, lr=0.05)
-    plain.load_state_dict(checkpoint)  # keeps the lookahead_* entries
-    run(params, plain, range(2 * K + 1, 2 * K + 201))
-    back = Lookahead(torch.optim.AdamW(params, lr=0.05), k=K, alpha=ALPHA)
-    with pytest.warns(UserWarning, match="without Lookahead"):
-        back.load_state_dict(plain.state_dict())
-    # A detour is only a guess about what the user meant: nothing is dropped.
-    assert_equal([back.state[p]["lookahead_slow"] for p in params], kept)
-    assert back.param_groups[0]["lookahead_step"] == 1
-    # wrapping the plain optimizer itself is checked the same way
-    with pytest.warns(UserWarning, match="without Lookahead"):
-        Lookahead(plain, k=K)
-    assert_equal([plain.state[p]["lookahead_slow"] for p in params], kept)
-
-
-def test_an_honest_resume_is_not_mistaken_for_a_stale_one(recwarn: pytest.WarningsRecorder) -> None:
-    params, opt = make(inner="adamw")
-    # one parameter skips some steps: its count grows more slowly than the counter
-    for step in range(4 * K + 2):
-        grads(params, step)
-        if step % 2:
-            params[1].grad = None
-        opt.step()
-    _, fresh = make(inner="adamw")
-    fresh.load_state_dict(opt.state_dict())
-    assert not [w for w in recwarn if "without Lookahead" in str(w.message)]
-    assert all("lookahead_slow" in fresh.state[p] for p in fresh.param_groups[0]["params"])
-
-
 # ---------------------------------------------------------------- 6. a sync happens exactly once
 @pytest.mark.parametrize("failing_call", range(3))  # save to scratch, lerp, copy
 def test_ctrl_c_during_a_sync_is_finished_once_by_the_next_step(
@@ -448,39 +414,7 @@ def test_a_sync_that_ran_out_of_memory_completes_once_on_retry(
 
 
 # ---------------------------------------------------------------- 7. early errors
-def test_slow_devices_that_cannot_hold_values_are_refused_at_construction() -> None:
-    with pytest.raises(ValueError, match="meta"):
-        make(slow_device="meta")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="not available"):
-            make(slow_device="cuda")
-
-
 # ---------------------------------------------------------------- NaN at a sync
-def test_check_finite_keeps_nan_out_of_the_slow_weights() -> None:
-    params, opt = make(check_finite=True)
-    run(params, opt, range(K))
-    slows = values([opt.state[p]["lookahead_slow"] for p in params])
-    run(params, opt, range(K, 2 * K - 1))
-    with torch.no_grad():
-        params[1][2] = math.nan
-    held = values(params)
-    grads(params, 2 * K - 1)
-    params[1].grad = torch.zeros(5)
-    with pytest.raises(FloatingPointError, match="parameter 1 of parameter group 0"):
-        opt.step()
-    assert_equal([opt.state[p]["lookahead_slow"] for p in params], slows)
-    # the inner step ran (its state moved on), the sync did not
-    assert torch.equal(params[1].detach().isnan(), held[1].isnan())
-    # Without the check, NaN reaches the slow weights at the sync.
-    params, plain = make()
-    run(params, plain, range(K - 1))
-    with torch.no_grad():
-        params[0][0] = math.nan
-    run(params, plain, range(K - 1, K))
-    assert plain.state[params[0]]["lookahead_slow"].isnan().any()
-
-
 # ---------------------------------------------------------------- 9. eval()/train() in bulk
 def test_eval_and_train_swap_many_small_parameters_with_multi_tensor_copies() -> None:
     from torch.profiler import ProfilerActivity, profile

@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from torch_lookahead import Lookahead, load_slow_parameters
+from torch_lookahead import Lookahead
 
 
 def make(seed: int = 0, k: int = 4, dtype: torch.dtype = torch.float32, **kwargs):
@@ -185,25 +185,6 @@ def test_changing_alpha_applies_from_the_next_sync() -> None:
     assert p.item() == -0.5
 
 
-def test_slow_parameters_export_and_load() -> None:
-    model, opt = make()
-    train(model, opt, 6)
-    slow = opt.slow_parameters()
-    expected = slow_of(opt, model)
-    assert all(torch.equal(a, b) for a, b in zip(slow, expected, strict=True))
-    with opt.slow_weights():  # same answer in eval mode
-        assert all(torch.equal(a, b) for a, b in zip(opt.slow_parameters(), expected, strict=True))
-    release, _ = make(seed=9)
-    load_slow_parameters(release, slow)
-    assert all(torch.equal(a, b) for a, b in zip(release.parameters(), expected, strict=True))
-    with pytest.raises(ValueError, match="shape"):
-        load_slow_parameters(
-            torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1)), slow
-        )
-    with pytest.raises(ValueError, match="slow tensors for"):
-        load_slow_parameters(torch.nn.Linear(3, 5), slow)
-
-
 def test_fp32_slow_copies_survive_a_state_dict_round_trip() -> None:
     model, opt = make(dtype=torch.bfloat16, slow_dtype=torch.float32)
     train(model, opt, 3)
@@ -241,13 +222,3 @@ def test_bf16_with_fp32_slow_copies_tracks_fp32_closer_than_bf16_slow_copies(alp
     error_fp32_slow = (run(torch.bfloat16, torch.float32) - reference).abs().max().item()
     error_bf16_slow = (run(torch.bfloat16, None) - reference).abs().max().item()
     assert error_fp32_slow < 0.1 * error_bf16_slow
-
-
-def test_slow_device_cpu_keeps_copies_on_the_cpu() -> None:
-    model, opt = make(slow_device="cpu")
-    train(model, opt, 5)
-    reference_model, reference_opt = make()
-    train(reference_model, reference_opt, 5)
-    for p, q in zip(model.parameters(), reference_model.parameters(), strict=True):
-        assert opt.state[p]["lookahead_slow"].device.type == "cpu"
-        assert torch.equal(p, q)

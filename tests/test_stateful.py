@@ -56,6 +56,7 @@ from hypothesis.stateful import (
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from tests._slow import slow_weights_of
 from tests.reference import Algorithm1
 from torch_lookahead import AdaBound, Lookahead, NovoGrad
 
@@ -93,7 +94,6 @@ class Config:
     alpha: float
     dtype: torch.dtype
     slow_dtype: torch.dtype | None
-    foreach: bool | None
     shapes: tuple[tuple[tuple[int, ...], ...], ...]
     seed: int
 
@@ -119,7 +119,6 @@ def configs(dtypes: list[torch.dtype], big: bool) -> st.SearchStrategy[Config]:
         alpha=st.sampled_from(ALPHAS[:3]),
         dtype=st.sampled_from(dtypes),
         slow_dtype=st.sampled_from([None, torch.float32]),
-        foreach=st.sampled_from([None, False]),
         shapes=shapes,
         seed=st.integers(0, 2**16),
     )
@@ -238,7 +237,6 @@ class LookaheadMachine(RuleBasedStateMachine):
             alpha=self.config.alpha,
             pullback_momentum=self.config.pullback,  # type: ignore[arg-type]
             slow_dtype=slow_dtype,
-            foreach=self.config.foreach,
         )
 
     def _hook(self, opt: Lookahead) -> Lookahead:
@@ -618,8 +616,8 @@ class LookaheadMachine(RuleBasedStateMachine):
                 injector.armed = armed
 
     def _check(self) -> None:
-        slow = self.opt.slow_parameters()
-        twin_slow = self.twin.slow_parameters()
+        slow = slow_weights_of(self.opt)
+        twin_slow = slow_weights_of(self.twin)
         assert len(slow) == len(twin_slow) == len(self.positions)
         for flat, (g, i) in enumerate(self.positions):
             where = f"group {g}, parameter {i}, {self.mode} mode"

@@ -7,7 +7,7 @@ name registry (``create_optimizer``) come with it.
 """
 
 from torch_lookahead._checks import check_alpha, check_k
-from torch_lookahead.lookahead import Lookahead, LookaheadOptions, load_slow_parameters
+from torch_lookahead.lookahead import Lookahead, LookaheadOptions
 from torch_lookahead.optim import (
     AdaBound,
     NovoGrad,
@@ -29,7 +29,6 @@ __all__ = [
     "check_k",
     "create_optimizer",
     "list_optimizers",
-    "load_slow_parameters",
     "register_momentum_keys",
 ]
 

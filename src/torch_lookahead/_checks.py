@@ -1,18 +1,11 @@
 """What comes from outside, checked before anything changes: Lookahead's arguments, the values in
-its parameter groups, a checkpoint to load; and the names of Lookahead's state (docs/design.md).
-
-A saved group records in ``lookahead_synced_at`` the inner step count of its first parameter with
-slow weights at its last sync; a load warns if that count has since grown by more than the group's
-counter (a detour through a plain optimizer), and keeps the slow weights: never dropped on a guess.
-"""
+its parameter groups, a checkpoint to load; and the names of Lookahead's state (docs/design.md)."""
 
 from __future__ import annotations
 
 import math
 import numbers
 import operator
-import warnings
-from collections.abc import Mapping
 from itertools import chain
 from typing import Any, cast
 
@@ -34,36 +27,32 @@ K_KEY = "lookahead_k"  # per group: inner steps between two syncs
 ALPHA_KEY = "lookahead_alpha"  # per group: the slow-weights step size
 STEP_KEY = "lookahead_step"  # per group: inner steps since the group's last sync, in [0, k)
 EVAL_KEY = "lookahead_eval_mode"  # per group: whether the parameters hold the slow weights
-# Per group, in a saved state dict only: the inner step count at the last sync, or -1.
-SYNCED_AT_KEY = "lookahead_synced_at"
 _TIMM_SLOW_KEY = "lookahead_slow_buff"
 
 
-def check_k(value: object, name: str = "k") -> int:
-    """Return ``value`` as an int if it is a positive integer (the inner steps per sync), else raise.
-
-    ``bool`` and non-integral numbers (``2.5``, ``nan``, ``"5"``) raise ``TypeError``; integers below
-    1 raise ``ValueError``.
-    """
+def _integer(value: object) -> int | None:
+    """``value`` as an int if it is an integer (numpy integers included, ``bool`` not)."""
     try:
-        number = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
+        return None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
     except TypeError:
-        number = None
-    if number is None:
+        return None
+
+
+def check_k(value: object, name: str = "k") -> int:
+    """Return ``value`` as an int if it is a positive integer (the inner steps per sync), else raise
+    ``TypeError`` (``bool``, ``2.5``, ``"5"``) or ``ValueError`` (integers below 1)."""
+    if (number := _integer(value)) is None:
         raise TypeError(
             f"{name} must be a positive int (the number of inner steps per sync), got {value!r}"
         )
     if number < 1:
         raise ValueError(f"{name} must be a positive int (>= 1), got {number}")
-    return int(number)
+    return number
 
 
 def check_alpha(value: object, name: str = "alpha") -> float:
-    """Return ``value`` as a float if it is a real number in [0, 1] (the slow step size), else raise.
-
-    Non-numbers (``None``, ``"0.5"``, tensors) raise ``TypeError``; ``nan``, ``inf`` and numbers
-    outside [0, 1] raise ``ValueError``.
-    """
+    """Return ``value`` as a float if it is a real number in [0, 1] (the slow step size), else raise
+    ``TypeError`` (``None``, ``"0.5"``, tensors) or ``ValueError`` (``nan``, outside [0, 1])."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"{name} must be a real number in [0, 1] (the slow-weights step size), got {value!r}"
@@ -74,34 +63,21 @@ def check_alpha(value: object, name: str = "alpha") -> float:
 
 
 def check_step_count(value: object, name: str) -> int:
-    """Return ``value`` as an int if it is a non-negative integer (numpy integers included), else
-    raise ``ValueError``."""
-    try:
-        number = -1 if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        number = -1
-    if number < 0:
+    """Return ``value`` as an int if it is a non-negative integer, else raise ``ValueError``."""
+    if (number := _integer(value)) is None or number < 0:
         raise ValueError(
             f"{name} must be a non-negative int (inner steps since the sync), got {value!r}"
         )
-    return int(number)
+    return number
 
 
 GROUP_CHECKS = ((K_KEY, check_k), (ALPHA_KEY, check_alpha), (STEP_KEY, check_step_count))
 
 
 def check_options(
-    optimizer: Optimizer,
-    pullback: object,
-    dtype: object,
-    device: object,
-    flags: Mapping[str, object],
-) -> tuple[PullbackMode, torch.dtype | None, torch.device | None]:
-    """Check the constructor's keyword options; return them parsed."""
-    for name, flag in flags.items():
-        if not isinstance(flag, bool) and not (name == "foreach" and flag is None):
-            accepted = "None or a bool" if name == "foreach" else "a bool"
-            raise TypeError(f"{name} must be {accepted}, got {flag!r}")
+    optimizer: Optimizer, pullback: object, dtype: object
+) -> tuple[PullbackMode, torch.dtype | None]:
+    """Check the constructor's keyword options; return them."""
     if pullback not in PULLBACK_MODES:
         raise ValueError(f"pullback_momentum must be one of {PULLBACK_MODES}, got {pullback!r}")
     if pullback != "none" and momentum_keys_for(optimizer) is None:
@@ -113,26 +89,13 @@ def check_options(
         )
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"slow_dtype must be None or a floating-point torch.dtype, got {dtype!r}")
-    if device is None:
-        return cast(PullbackMode, pullback), dtype, None
-    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
-        raise TypeError(
-            f"slow_device must be None, a str, a device index or a torch.device, got {device!r}"
-        )
-    try:
-        parsed = torch.device(device)
-        if parsed.type == "meta":
-            raise ValueError("'meta' cannot hold the slow weights' values; use a real device")
-        torch.empty(0, device=parsed)
-    except (RuntimeError, ValueError, AssertionError) as error:
-        raise ValueError(f"slow_device={device!r} is not available here: {error}") from None
-    return cast(PullbackMode, pullback), dtype, parsed
+    return cast(PullbackMode, pullback), dtype
 
 
 def check_loadable(
     state_dict: dict[str, Any], groups: list[dict[str, Any]]
-) -> list[tuple[Tensor, Tensor]]:
-    """Check ``state_dict`` against the parameters; return (param, saved slow copy) pairs."""
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Check ``state_dict`` against the parameters; return those with a saved slow copy, and those."""
     saved_groups, saved_state = state_dict.get("param_groups"), state_dict.get("state")
     if not isinstance(saved_groups, list) or not isinstance(saved_state, dict):
         raise ValueError(
@@ -151,14 +114,15 @@ def check_loadable(
                 f"parameter group {index}: the checkpoint has {len(saved['params'])} parameters, "
                 f"this optimizer has {len(current['params'])}"
             )
-        for key, check in (*GROUP_CHECKS, (EVAL_KEY, None)):
-            if key in saved and check is not None:
+        for key, check in GROUP_CHECKS:
+            if key in saved:
                 check(saved[key], f"checkpoint param_groups[{index}][{key!r}]")
-            elif key in saved and not isinstance(saved[key], bool):
-                raise TypeError(f"checkpoint param_groups[{index}][{key!r}] must be a bool")
+        if not isinstance(saved.get(EVAL_KEY, False), bool):
+            raise TypeError(f"checkpoint param_groups[{index}][{EVAL_KEY!r}] must be a bool")
     params = chain.from_iterable(g["params"] for g in groups)
     id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups), params, strict=True))
-    pairs: list[tuple[Tensor, Tensor]] = []
+    params_with_slow: list[Tensor] = []
+    slows: list[Tensor] = []
     for key, param_state in saved_state.items():
         if (p := id_map.get(key)) is None:
             raise ValueError(
@@ -182,39 +146,6 @@ def check_loadable(
                     f"checkpoint, but the parameter has shape {tuple(p.shape)}"
                 )
         if isinstance(slow := param_state.get(SLOW_KEY), Tensor):
-            pairs.append((p, slow))
-    return pairs
-
-
-def inner_step_count(params: list[Any], state: Mapping[Any, Any]) -> int | None:
-    """The inner optimizer's ``step`` count of the first of ``params`` with slow (or, in eval mode,
-    fast) weights, where its state holds one as a number or a one-element tensor."""
-    for p in params:
-        param_state = state.get(p)
-        if isinstance(param_state, dict) and (SLOW_KEY in param_state or FAST_KEY in param_state):
-            count = param_state.get("step")
-            if isinstance(count, Tensor) and count.numel() == 1:
-                return int(count.item())
-            if isinstance(count, (int, float)) and not isinstance(count, bool):
-                return int(count)
-            return None
-    return None
-
-
-def warn_if_detoured(groups: list[dict[str, Any]], state: Mapping[Any, Any]) -> None:
-    """Warn for each group whose inner step count grew by more than its Lookahead counter since
-    the sync recorded in its ``lookahead_synced_at``; nothing is changed."""
-    for index, group in enumerate(groups):
-        synced_at, counted = group.get(SYNCED_AT_KEY), group.get(STEP_KEY, 0)
-        if type(synced_at) is not int or synced_at < 0:
-            continue
-        count = inner_step_count(group["params"], state)
-        if count is not None and count - synced_at > counted:
-            warnings.warn(
-                f"parameter group {index}: the inner optimizer has taken {count - synced_at} "
-                f"steps since the last Lookahead sync, but Lookahead counted {counted}: this state "
-                "was stepped by an optimizer without Lookahead, so its slow weights are that much "
-                "older. They are kept; call reset_slow() to restart them from the current weights",
-                UserWarning,
-                stacklevel=3,
-            )
+            params_with_slow.append(p)
+            slows.append(slow)
+    return params_with_slow, slows

@@ -2,32 +2,20 @@
 
 * ``"none"``: keep the inner state as it is (the paper's and the official code's default).
 * ``"reset"``: ``buf <- 0``.
-* ``"pullback"``: interpolate the momentum like the weights, against a slow copy that starts at
-  zero: ``buf <- alpha * buf + (1 - alpha) * slow_buf; slow_buf <- buf`` (a copy), which is the
-  outer step itself with ``buf`` as the fast and ``slow_buf`` as the slow weights.
+* ``"pullback"``: ``buf <- alpha * buf + (1 - alpha) * slow_buf; slow_buf <- buf``: the outer step
+  itself, with ``buf`` as the fast and ``slow_buf`` (zero at first) as the slow weights.
 
-Which state entries are momentum depends on the optimizer class: the table below knows torch's
-own optimizers; [register_momentum_keys][torch_lookahead.register_momentum_keys] teaches it others.
+Which state entries are momentum depends on the optimizer class: torch's own are known;
+[register_momentum_keys][torch_lookahead.register_momentum_keys] teaches others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 import torch
-from torch import Tensor
 from torch.optim import Optimizer
-
-__all__ = [
-    "PULLBACK_MODES",
-    "PullbackMode",
-    "momentum_buffers",
-    "momentum_keys_for",
-    "register_momentum_keys",
-    "registered_momentum_classes",
-    "slow_momentum_key",
-]
 
 PullbackMode = Literal["none", "reset", "pullback"]
 PULLBACK_MODES: tuple[str, ...] = ("none", "reset", "pullback")
@@ -40,10 +28,8 @@ _MOMENTUM_KEYS: dict[type[Optimizer], tuple[str, ...]] = {
 
 
 def register_momentum_keys(optimizer_class: type[Optimizer], keys: Iterable[str]) -> None:
-    """Declare which per-parameter state entries of ``optimizer_class`` hold its momentum.
-
-    After this, ``Lookahead(optimizer_class(...), pullback_momentum="reset" | "pullback")`` acts on
-    those entries. Subclasses inherit the registration unless they register their own.
+    """Declare which per-parameter state entries of ``optimizer_class`` (and of its subclasses
+    that register none) hold its momentum, for ``pullback_momentum="reset" | "pullback"``.
 
     Example:
         >>> register_momentum_keys(MyLion, ["exp_avg"])  # doctest: +SKIP
@@ -73,12 +59,3 @@ def registered_momentum_classes() -> list[str]:
 def slow_momentum_key(key: str) -> str:
     """State key of the slow copy of the momentum entry ``key`` (used by ``"pullback"``)."""
     return f"lookahead_slow_{key}"
-
-
-def momentum_buffers(
-    params: Sequence[Tensor], state: Mapping[Tensor, Any], keys: Sequence[str]
-) -> tuple[list[dict[str, Any]], list[Tensor], list[str]]:
-    """The momentum buffers ``state[p][key]`` of ``params``: their state dicts, the buffers and keys."""
-    found = [(state[p], state[p].get(key), key) for p in params for key in keys]
-    found = [entry for entry in found if isinstance(entry[1], Tensor)]
-    return [e[0] for e in found], [e[1] for e in found], [e[2] for e in found]

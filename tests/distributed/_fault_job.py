@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from tests._slow import slow_weights_of
 from torch_lookahead.distributed import (
     DistributedLookahead,
     DistributedLookaheadState,
@@ -104,7 +105,7 @@ def main() -> None:
         torch.save(
             {
                 "params": [p.detach().clone() for p in model.parameters()],
-                "slow": opt.slow_parameters(),
+                "slow": slow_weights_of(opt),
                 "steps": [g["lookahead_step"] for g in opt.param_groups],
             },
             args.out / "final.pt",

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from tests._slow import slow_weights_of
 from tests.distributed._cluster import Cluster
 from tests.distributed._reference import quadratic_worker, reference_across_workers
 from tests.distributed._replica_utils import (
@@ -60,7 +61,7 @@ def check_matches_reference(
         foreach=foreach,
     )
     opt = DistributedLookahead(
-        inner, k=k, alpha=alpha, outer_momentum=outer_momentum, nesterov=nesterov, foreach=foreach
+        inner, k=k, alpha=alpha, outer_momentum=outer_momentum, nesterov=nesterov
     )
     assert_same_on_all_ranks(params)
     for t in range(1, N_STEPS + 1):
@@ -68,7 +69,7 @@ def check_matches_reference(
         opt.step()
         if t % k == 0:
             assert_same_on_all_ranks(params)
-            assert_same_on_all_ranks(opt.slow_parameters())
+            assert_same_on_all_ranks(slow_weights_of(opt))
     fast, slow, momentum = reference_across_workers(
         workers[0][0],
         [g for _, g in workers],
@@ -444,7 +445,7 @@ def check_float32_slow_state_of_bfloat16_model(rank: int, world_size: int) -> No
         assert opt.state[p]["lookahead_slow"].dtype == torch.float32
         assert opt.state[p][OUTER_MOMENTUM_KEY].dtype == torch.float32
         assert opt.state[p][OUTER_MOMENTUM_KEY].any()
-    assert_same_on_all_ranks(opt.slow_parameters())
+    assert_same_on_all_ranks(slow_weights_of(opt))
 
     _, resumed = build()
     resumed.load_state_dict(opt.state_dict())  # load_state_dict casts to bf16; the class undoes it

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from tests._slow import slow_weights_of
 from tests.distributed._cluster import Cluster
 from tests.distributed._replica_utils import assert_same_on_all_ranks
 from torch_lookahead.distributed import (
@@ -118,7 +119,7 @@ def check_failed_collective_rolls_back(
     _restore(model, opt, checkpoint)
     for step in range(20, 23 + sync_delay):
         _train_step(model, opt, rank, step)
-    assert_same_on_all_ranks(opt.slow_parameters())
+    assert_same_on_all_ranks(slow_weights_of(opt))
 
 
 @pytest.mark.parametrize(
@@ -174,7 +175,7 @@ def check_one_rank_failing_never_leaves_the_ranks_diverged(rank: int, world_size
     _restore(model, opt, checkpoint)
     for step in range(3, 9):
         _train_step(model, opt, rank, step)
-    assert_same_on_all_ranks(opt.slow_parameters())
+    assert_same_on_all_ranks(slow_weights_of(opt))
     assert_same_on_all_ranks([opt.state[p][OUTER_MOMENTUM_KEY] for p in model.parameters()])
 
 
@@ -215,7 +216,7 @@ def check_a_rank_that_cannot_prepare_fails_the_sync_everywhere(
         assert torch.equal(p.detach(), before)  # rolled back on every rank
     for step in range(20, 26):  # the process group works: training goes on
         _train_step(model, opt, rank, step)
-    assert_same_on_all_ranks(opt.slow_parameters())
+    assert_same_on_all_ranks(slow_weights_of(opt))
 
 
 @pytest.mark.parametrize("sync_delay", [0, 1])
@@ -267,7 +268,7 @@ def check_save_on_two_ranks(rank: int, world_size: int, directory: str) -> None:
     if rank == 0:
         torch.save(
             {
-                "slow": [s.clone() for s in opt.slow_parameters()],
+                "slow": [s.clone() for s in slow_weights_of(opt)],
                 "momentum": _snapshot(opt, OUTER_MOMENTUM_KEY),
                 "steps": [g["lookahead_step"] for g in opt.param_groups],
             },
@@ -290,7 +291,7 @@ def check_resume_on(
     expected = torch.load(Path(directory) / "expected.pt", weights_only=True)
     for p, slow in zip(model.parameters(), expected["slow"], strict=True):
         assert torch.equal(p.detach(), slow)  # the parameters restart from the slow weights
-    for a, b in zip(opt.slow_parameters(), expected["slow"], strict=True):
+    for a, b in zip(slow_weights_of(opt), expected["slow"], strict=True):
         assert torch.equal(a, b)
     for a, b in zip(_snapshot(opt, OUTER_MOMENTUM_KEY), expected["momentum"], strict=True):
         assert torch.equal(a, b)
@@ -301,8 +302,8 @@ def check_resume_on(
         assert torch.equal(a, b)
     for step in range(9, 13):  # every fragment syncs once more across the new ranks
         _train_step(model, opt, rank, step)
-    assert_same_on_all_ranks(opt.slow_parameters(), group)
-    return [[float(p.detach().sum())] for p in opt.slow_parameters()]
+    assert_same_on_all_ranks(slow_weights_of(opt), group)
+    return [[float(p.detach().sum())] for p in slow_weights_of(opt)]
 
 
 def test_two_rank_checkpoint_resumes_on_one_and_on_three_ranks(

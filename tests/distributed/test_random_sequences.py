@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests._slow import slow_weights_of
 from tests.distributed._cluster import Cluster
 from tests.distributed._replica_utils import assert_same_on_all_ranks
 from torch_lookahead.distributed import DistributedLookahead, fragment_param_groups
@@ -134,9 +135,9 @@ def run_sequence(rank: int, world_size: int, seed: int, length: int) -> str:
     story = f"seed {seed}, {config}: {' '.join(done)}"
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(a, b), story
-    for a, b in zip(opt.slow_parameters(), twin_opt.slow_parameters(), strict=True):
+    for a, b in zip(slow_weights_of(opt), slow_weights_of(twin_opt), strict=True):
         assert torch.equal(a, b), story
-    assert_same_on_all_ranks(opt.slow_parameters())
+    assert_same_on_all_ranks(slow_weights_of(opt))
     return story
 
 

@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from hypothesis import given, settings
 
+from tests._slow import slow_weights_of
 from tests.distributed._cluster import Cluster
 from tests.distributed._reference import (
     compressed_mean_reference,
@@ -161,7 +162,7 @@ def check_streaming_matches_reference(
         before = opt.bytes_all_reduced
         opt.step()
         bytes_per_step.append(opt.bytes_all_reduced - before)
-    assert_same_on_all_ranks(opt.slow_parameters())
+    assert_same_on_all_ranks(slow_weights_of(opt))
     fast, slow = reference_streaming(
         workers[0][0],
         [g for _, g in workers],
@@ -517,9 +518,9 @@ def check_eval_form_save_while_pending(rank: int, world_size: int, compression: 
         _train_step(twin, twin_opt, rank, step)
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(opt.slow_parameters(), twin_opt.slow_parameters(), strict=True):
+    for a, b in zip(slow_weights_of(opt), slow_weights_of(twin_opt), strict=True):
         assert torch.equal(a, b)
-    assert_same_on_all_ranks(opt.slow_parameters())
+    assert_same_on_all_ranks(slow_weights_of(opt))
 
 
 def check_load_without_slow_weights_drops_their_outer_momentum(rank: int, world_size: int) -> None:
@@ -543,7 +544,7 @@ def check_load_without_slow_weights_drops_their_outer_momentum(rank: int, world_
     for step in range(4, 8):
         _train_step(model, opt, rank, step)
     assert not opt.state[params[0]][OUTER_MOMENTUM_KEY].isnan().any()
-    assert_same_on_all_ranks(opt.slow_parameters())
+    assert_same_on_all_ranks(slow_weights_of(opt))
 
 
 def test_a_load_that_drops_slow_weights_is_all_or_nothing(cluster: Cluster) -> None:

@@ -20,6 +20,7 @@ accelerate = pytest.importorskip("accelerate")
 
 from safetensors.torch import load_file  # noqa: E402
 
+from tests._slow import slow_weights_of  # noqa: E402
 from tests.integrations._tensors import assert_same, parameters_of  # noqa: E402
 from torch_lookahead import Lookahead  # noqa: E402
 from torch_lookahead.integrations import unwrap_lookahead  # noqa: E402
@@ -99,7 +100,7 @@ def test_prepare_and_gradient_accumulation_match_the_plain_loop() -> None:
     _plain_epoch(plain)
 
     assert_same(parameters_of(accelerated.model), parameters_of(plain.model))
-    assert_same(accelerated.lookahead.slow_parameters(), plain.lookahead.slow_parameters())
+    assert_same(slow_weights_of(accelerated.lookahead), slow_weights_of(plain.lookahead))
     # One Lookahead step per accumulated optimizer step, not per micro-batch.
     assert accelerated.lookahead.param_groups[0]["lookahead_step"] == STEPS_PER_EPOCH % K
 
@@ -117,7 +118,7 @@ def test_accelerated_optimizer_forwards_eval_and_train() -> None:
     run = _setup(accelerator)
     _accelerated_epoch(accelerator, run)  # ends mid-cycle: slow != fast
     fast = parameters_of(run.model)
-    slow = [s.clone() for s in run.lookahead.slow_parameters()]
+    slow = [s.clone() for s in slow_weights_of(run.lookahead)]
     assert any(not torch.equal(f, s) for f, s in zip(fast, slow, strict=True))
 
     run.optimizer.eval()
@@ -145,7 +146,7 @@ def test_save_state_load_state_resumes_exactly(tmp_path: Path) -> None:
     _accelerated_epoch(resumed_accelerator, resumed)
 
     assert_same(parameters_of(resumed.model), parameters_of(uninterrupted.model))
-    assert_same(resumed.lookahead.slow_parameters(), uninterrupted.lookahead.slow_parameters())
+    assert_same(slow_weights_of(resumed.lookahead), slow_weights_of(uninterrupted.lookahead))
     assert _inner_lr(resumed) == pytest.approx(_inner_lr(uninterrupted), rel=1e-12)
 
     # A run that registers SlowWeightsState before load_state cannot load this folder: it says why.
@@ -196,7 +197,7 @@ def test_slow_weights_state_saves_the_slow_weights_and_resumes_exactly(
     first = _setup(first_accelerator)
     SlowWeightsState(first_accelerator, first.optimizer)
     _accelerated_epoch(first_accelerator, first)  # ends mid-cycle
-    fast, slow = parameters_of(first.model), first.lookahead.slow_parameters()
+    fast, slow = parameters_of(first.model), slow_weights_of(first.lookahead)
     assert any(not torch.equal(f, s) for f, s in zip(fast, slow, strict=True))
     if mode == "eval":
         first.optimizer.eval()
@@ -223,7 +224,7 @@ def test_slow_weights_state_saves_the_slow_weights_and_resumes_exactly(
     _accelerated_epoch(resumed_accelerator, resumed)
 
     assert_same(parameters_of(resumed.model), parameters_of(uninterrupted.model))
-    assert_same(resumed.lookahead.slow_parameters(), uninterrupted.lookahead.slow_parameters())
+    assert_same(slow_weights_of(resumed.lookahead), slow_weights_of(uninterrupted.lookahead))
 
 
 def test_without_slow_weights_state_a_state_saved_in_eval_mode_needs_train_after_loading(
@@ -233,7 +234,7 @@ def test_without_slow_weights_state_a_state_saved_in_eval_mode_needs_train_after
     first_accelerator = _accelerator()
     first = _setup(first_accelerator)
     _accelerated_epoch(first_accelerator, first)
-    slow = first.lookahead.slow_parameters()
+    slow = slow_weights_of(first.lookahead)
     first.optimizer.eval()
     first_accelerator.save_state(str(tmp_path / "state"))
     assert_same(_model_file(tmp_path / "state", first.model), slow)
@@ -253,7 +254,7 @@ def test_save_model_inside_slow_weights_exports_the_slow_model(tmp_path: Path) -
     accelerator = _accelerator()
     run = _setup(accelerator)
     _accelerated_epoch(accelerator, run)
-    fast, slow = parameters_of(run.model), run.lookahead.slow_parameters()
+    fast, slow = parameters_of(run.model), slow_weights_of(run.lookahead)
 
     with unwrap_lookahead(run.optimizer).slow_weights():
         accelerator.save_model(run.model, str(tmp_path / "export"))
@@ -287,7 +288,7 @@ def test_a_save_that_fails_part_way_leaves_the_run_as_it_was(
     run = _setup(accelerator)
     SlowWeightsState(accelerator, run.optimizer)
     _accelerated_epoch(accelerator, run)  # ends mid-cycle: slow != fast
-    fast, slow = parameters_of(run.model), run.lookahead.slow_parameters()
+    fast, slow = parameters_of(run.model), slow_weights_of(run.lookahead)
     write = accelerate.checkpointing.save
 
     def failing_save(obj: Any, path: Any, *args: Any, **kwargs: Any) -> None:
@@ -300,6 +301,6 @@ def test_a_save_that_fails_part_way_leaves_the_run_as_it_was(
         accelerator.save_state(str(tmp_path / "state"))
     assert not _in_eval_mode(run.lookahead)
     assert_same(parameters_of(run.model), fast)
-    assert_same(run.lookahead.slow_parameters(), slow)
+    assert_same(slow_weights_of(run.lookahead), slow)
     _accelerated_epoch(accelerator, run)  # training goes on: step() does not refuse
     assert_same(parameters_of(run.model), parameters_of(uninterrupted.model))

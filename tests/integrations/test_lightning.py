@@ -23,8 +23,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 L = pytest.importorskip("lightning.pytorch")
 
+from tests._slow import load_weights, slow_weights_of  # noqa: E402
 from tests.integrations._tensors import assert_same, parameters_of  # noqa: E402
-from torch_lookahead import Lookahead, load_slow_parameters  # noqa: E402
+from torch_lookahead import Lookahead  # noqa: E402
 from torch_lookahead.integrations import unwrap_lookahead  # noqa: E402
 from torch_lookahead.integrations.lightning import LightningSlowWeightsCallback  # noqa: E402
 
@@ -153,7 +154,7 @@ def _plain_loop(epochs: int) -> PlainRun:
             F.mse_loss(net(x), y).backward()
             optimizer.step()
             schedule.step()
-            slow_per_step.append(optimizer.slow_parameters())
+            slow_per_step.append(slow_weights_of(optimizer))
             fast_per_step.append(parameters_of(net))
     return PlainRun(
         parameters_of(net),
@@ -189,7 +190,7 @@ def test_configure_optimizers_lookahead_trains_like_the_plain_loop(
     assert isinstance(optimizer, Lookahead)
     assert fitted.trainer.global_step == EPOCHS * STEPS_PER_EPOCH
     assert_same(_fast_weights(optimizer), plain.fast)
-    assert_same(optimizer.slow_parameters(), plain.slow_per_epoch[-1])
+    assert_same(slow_weights_of(optimizer), plain.slow_per_epoch[-1])
     # fit ends on the slow weights: the module is the slow model.
     assert optimizer.in_eval_mode
     assert_same(parameters_of(fitted.module), plain.slow_per_epoch[-1])
@@ -256,7 +257,7 @@ def test_every_export_after_fit_holds_the_slow_weights(tmp_path: Path) -> None:
     trainer = _trainer(1, num_sanity_val_steps=0)
     trainer.fit(module, _loader(), _loader())
     (optimizer,) = trainer.optimizers
-    fast, slow = _fast_weights(optimizer), optimizer.slow_parameters()
+    fast, slow = _fast_weights(optimizer), slow_weights_of(optimizer)
     assert any(not torch.equal(f, s) for f, s in zip(fast, slow, strict=True))  # mid-cycle
 
     trainer.save_checkpoint(tmp_path / "after-fit.ckpt")
@@ -275,7 +276,7 @@ def test_every_export_after_fit_holds_the_slow_weights(tmp_path: Path) -> None:
     assert_same(_model_tensors({"state_dict": torch.load(tmp_path / "state-dict.pt")}), slow)
     # ...and saving changed nothing in the training objects.
     assert_same(_fast_weights(optimizer), fast)
-    assert_same(optimizer.slow_parameters(), slow)
+    assert_same(slow_weights_of(optimizer), slow)
 
 
 def test_a_save_checkpoint_that_fails_changes_nothing(
@@ -294,13 +295,13 @@ def test_a_save_checkpoint_that_fails_changes_nothing(
     for to_mode in (optimizer.train, optimizer.eval):
         to_mode()
         mode, parameters = optimizer.in_eval_mode, parameters_of(module)
-        fast, slow = _fast_weights(optimizer), optimizer.slow_parameters()
+        fast, slow = _fast_weights(optimizer), slow_weights_of(optimizer)
         with pytest.raises(OSError, match="No space left"):
             trainer.save_checkpoint(tmp_path / "full-disk.ckpt")
         assert optimizer.in_eval_mode == mode
         assert_same(parameters_of(module), parameters)
         assert_same(_fast_weights(optimizer), fast)
-        assert_same(optimizer.slow_parameters(), slow)
+        assert_same(slow_weights_of(optimizer), slow)
 
 
 def test_fit_from_checkpoint_continues_exactly(fitted: LightningRun, tmp_path: Path) -> None:
@@ -324,7 +325,7 @@ def test_fit_from_checkpoint_continues_exactly(fitted: LightningRun, tmp_path: P
     (optimizer,) = trainer.optimizers
     (uninterrupted,) = fitted.trainer.optimizers
     assert_same(_fast_weights(optimizer), _fast_weights(uninterrupted))
-    assert_same(optimizer.slow_parameters(), uninterrupted.slow_parameters())
+    assert_same(slow_weights_of(optimizer), slow_weights_of(uninterrupted))
     assert_same(parameters_of(resumed), parameters_of(fitted.module))
     assert (
         optimizer.optimizer.param_groups[0]["lr"] == uninterrupted.optimizer.param_groups[0]["lr"]
@@ -431,7 +432,7 @@ def test_ranked_run_ends_on_the_slow_weights_like_the_plain_loop(
 ) -> None:
     (optimizer,) = ranked.trainer.optimizers
     assert_same(_fast_weights(optimizer), plain_ranked.fast)
-    assert_same(optimizer.slow_parameters(), plain_ranked.slow_per_step[-1])
+    assert_same(slow_weights_of(optimizer), plain_ranked.slow_per_step[-1])
     assert_same(parameters_of(ranked.module), plain_ranked.slow_per_step[-1])
 
 
@@ -448,7 +449,7 @@ def test_resume_from_a_ranked_checkpoint_continues_exactly(
 
     (optimizer,) = trainer.optimizers
     assert_same(_fast_weights(optimizer), plain_ranked.fast)
-    assert_same(optimizer.slow_parameters(), plain_ranked.slow_per_step[-1])
+    assert_same(slow_weights_of(optimizer), plain_ranked.slow_per_step[-1])
     assert_same(parameters_of(resumed), parameters_of(ranked.module))
 
 
@@ -468,8 +469,7 @@ def test_a_checkpoint_loaded_for_a_test_is_what_later_runs_evaluate_and_save(
     best_weights = _model_tensors(torch.load(best.best_model_path, weights_only=True))
     assert Path(best.best_model_path).name != f"epoch={RANKED_EPOCHS - 1}.ckpt"
     assert any(
-        not torch.equal(a, b)
-        for a, b in zip(best_weights, optimizer.slow_parameters(), strict=True)
+        not torch.equal(a, b) for a, b in zip(best_weights, slow_weights_of(optimizer), strict=True)
     )
 
     (tested,) = trainer.test(module, _loader(), ckpt_path="best", verbose=False)
@@ -480,13 +480,13 @@ def test_a_checkpoint_loaded_for_a_test_is_what_later_runs_evaluate_and_save(
 
     assert validated["val_loss"] == tested["test_loss"]
     best_net = _net()
-    load_slow_parameters(best_net, best_weights)
+    load_weights(best_net, best_weights)
     with torch.no_grad():
         assert_same(predictions or [], [best_net(x) for x, _ in _loader()])
     saved = torch.load(tmp_path / "after-test.ckpt", weights_only=True)
     assert_same(_model_tensors(saved), best_weights)
     assert_same(_saved_fast(saved["optimizer_states"][0]), best_weights)
-    assert_same(optimizer.slow_parameters(), best_weights)
+    assert_same(slow_weights_of(optimizer), best_weights)
     assert_same(_fast_weights(optimizer), best_weights)
     assert_same(parameters_of(module), best_weights)
 
@@ -513,7 +513,7 @@ def test_validate_test_and_predict_after_fit_agree_on_the_slow_weights(
     assert_same(parameters_of(module), slow)
 
     slow_net = _net()
-    load_slow_parameters(slow_net, slow)
+    load_weights(slow_net, slow)
     with torch.no_grad():
         expected = [slow_net(x) for x, _ in _loader()]
         slow_loss = torch.stack([F.mse_loss(slow_net(x), y) for x, y in _loader()]).mean()
@@ -522,7 +522,7 @@ def test_validate_test_and_predict_after_fit_agree_on_the_slow_weights(
     assert predictions is not None
     assert_same(predictions, expected)
     fast_net = _net()
-    load_slow_parameters(fast_net, plain.fast)
+    load_weights(fast_net, plain.fast)
     with torch.no_grad():
         fast_loss = torch.stack([F.mse_loss(fast_net(x), y) for x, y in _loader()]).mean()
     assert float(fast_loss) != pytest.approx(float(slow_loss), rel=1e-6)  # not vacuous
@@ -609,7 +609,7 @@ def test_checkpoint_with_slow_copies_of_another_dtype_resumes_exactly(tmp_path: 
     trainer = _trainer(1, num_sanity_val_steps=0)
     trainer.fit(first, _loader(), _loader())
     (optimizer,) = trainer.optimizers
-    fast, slow = _fast_weights(optimizer), optimizer.slow_parameters()
+    fast, slow = _fast_weights(optimizer), slow_weights_of(optimizer)
     trainer.save_checkpoint(tmp_path / "epoch1.ckpt")
     saved = torch.load(tmp_path / "epoch1.ckpt", weights_only=True)
 

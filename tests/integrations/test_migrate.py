@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from tests._slow import slow_weights_of
 from tests.integrations._tensors import parameters_of
 from torch_lookahead import Lookahead
 from torch_lookahead.integrations.migrate import (
@@ -87,7 +88,7 @@ def _continue_with_torch_lookahead(
     )
     optimizer.load_state_dict(converted)
     _train(model, optimizer, STEPS_AFTER)
-    return parameters_of(model), optimizer.slow_parameters()
+    return parameters_of(model), slow_weights_of(optimizer)
 
 
 def _assert_close(actual: list[Tensor], expected: list[Tensor]) -> None:

@@ -20,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors.torch import load_file  # noqa: E402
 
+from tests._slow import slow_weights_of  # noqa: E402
 from tests.integrations._tensors import assert_same, parameters_of  # noqa: E402
 from torch_lookahead import Lookahead  # noqa: E402
 from torch_lookahead.integrations import unwrap_lookahead  # noqa: E402
@@ -105,7 +106,7 @@ class WeightsRecorder(transformers.TrainerCallback):  # type: ignore[misc]
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.slow_after_step[state.global_step] = [
-            s.clone() for s in self.optimizer.slow_parameters()
+            s.clone() for s in slow_weights_of(self.optimizer)
         ]
         self.fast_after_step[state.global_step] = parameters_of(kwargs["model"])
 
@@ -181,7 +182,7 @@ def test_evaluation_sees_the_slow_weights(with_evaluation: TrainerRun) -> None:
     assert sorted(recorder.seen_by_evaluation) == [EVAL_EVERY, 2 * EVAL_EVERY]
     seen = recorder.seen_by_evaluation[EVAL_EVERY]
     slow = recorder.slow_after_step[EVAL_EVERY]
-    # slow_parameters() is in param-group order, which is model.parameters() order here.
+    # slow_weights_of() is in param-group order, which is model.parameters() order here.
     assert_same(seen, slow)
     # Mid-cycle the fast weights differ from the slow ones, so evaluation did not see them.
     fast = recorder.fast_after_step[EVAL_EVERY]
@@ -216,7 +217,7 @@ def test_resume_from_checkpoint_folder_continues_exactly(
 
     assert resumed.trainer.state.global_step == MAX_STEPS
     assert_same(parameters_of(resumed.model), parameters_of(with_evaluation.model))
-    assert_same(resumed.optimizer.slow_parameters(), with_evaluation.optimizer.slow_parameters())
+    assert_same(slow_weights_of(resumed.optimizer), slow_weights_of(with_evaluation.optimizer))
 
 
 class LookaheadAdamW(Lookahead):
@@ -263,7 +264,7 @@ def test_unwrap_lookahead_reaches_it_through_the_accelerated_optimizer(
 ) -> None:
     wrapper = without_evaluation.trainer.optimizer
     assert wrapper is not without_evaluation.optimizer  # Accelerate's AcceleratedOptimizer
-    assert not hasattr(wrapper, "slow_parameters")
+    assert not hasattr(wrapper, "slow_weights")
     assert unwrap_lookahead(wrapper) is without_evaluation.optimizer
 
 
@@ -324,8 +325,8 @@ def test_saving_slow_checkpoints_leaves_training_unchanged_and_ends_on_the_slow_
     slow_checkpoints: TrainerRun, without_evaluation: TrainerRun
 ) -> None:
     assert_same(_fast_weights(slow_checkpoints.optimizer), parameters_of(without_evaluation.model))
-    slow = without_evaluation.optimizer.slow_parameters()
-    assert_same(slow_checkpoints.optimizer.slow_parameters(), slow)
+    slow = slow_weights_of(without_evaluation.optimizer)
+    assert_same(slow_weights_of(slow_checkpoints.optimizer), slow)
     assert _in_eval_mode(slow_checkpoints.optimizer)
     assert_same(parameters_of(slow_checkpoints.model), slow)
 
@@ -343,7 +344,7 @@ def test_resume_from_a_slow_checkpoint_continues_exactly(
     )
     assert resumed.trainer.state.global_step == MAX_STEPS
     assert_same(parameters_of(resumed.model), parameters_of(without_evaluation.model))
-    assert_same(resumed.optimizer.slow_parameters(), without_evaluation.optimizer.slow_parameters())
+    assert_same(slow_weights_of(resumed.optimizer), slow_weights_of(without_evaluation.optimizer))
 
 
 def test_training_that_ends_with_an_evaluation_ends_on_the_slow_weights(
@@ -351,7 +352,7 @@ def test_training_that_ends_with_an_evaluation_ends_on_the_slow_weights(
 ) -> None:
     run = _run(tmp_path, evaluate=True, callbacks=(TransformersSlowWeightsCallback(),))
     assert _in_eval_mode(run.optimizer)
-    assert_same(parameters_of(run.model), with_evaluation.optimizer.slow_parameters())
+    assert_same(parameters_of(run.model), slow_weights_of(with_evaluation.optimizer))
     assert_same(_fast_weights(run.optimizer), _fast_weights(with_evaluation.optimizer))
 
 
@@ -368,7 +369,7 @@ def test_every_export_after_training_with_the_callback_holds_the_slow_weights(
         callbacks=(TransformersSlowWeightsCallback(),),
         max_steps=MID_CYCLE_END,
     )
-    slow = run.optimizer.slow_parameters()
+    slow = slow_weights_of(run.optimizer)
     assert any(
         not torch.equal(a, b) for a, b in zip(slow, _fast_weights(run.optimizer), strict=True)
     )
@@ -385,7 +386,7 @@ def test_a_plain_trainer_exports_the_parameters_as_they_are(tmp_path: Path) -> N
     """Without the callback, save_model writes the fast weights after training that ended on a
     training step, the slow ones after an evaluation (the documentation says: use the callback)."""
     run = _run(tmp_path / "run", evaluate=False, max_steps=MID_CYCLE_END)
-    fast, slow = parameters_of(run.model), run.optimizer.slow_parameters()
+    fast, slow = parameters_of(run.model), slow_weights_of(run.optimizer)
     assert any(not torch.equal(a, b) for a, b in zip(slow, fast, strict=True))
     run.trainer.save_model(str(tmp_path / "after-training"))
     run.trainer.evaluate()
@@ -416,7 +417,7 @@ def test_lookahead_trainer_save_model_writes_the_slow_weights(
     run = _run(
         tmp_path / "run", evaluate=False, trainer_cls=LookaheadTrainer, max_steps=MID_CYCLE_END
     )
-    slow, fast = run.optimizer.slow_parameters(), _fast_weights(run.optimizer)
+    slow, fast = slow_weights_of(run.optimizer), _fast_weights(run.optimizer)
     assert any(not torch.equal(a, b) for a, b in zip(slow, fast, strict=True))
 
     run.optimizer.train()  # save_model writes the slow weights in either mode
@@ -447,7 +448,7 @@ def test_lookahead_trainer_save_model_writes_the_slow_weights(
 
 def test_evaluate_and_predict_agree_on_the_slow_weights(tmp_path: Path) -> None:
     run = _run(tmp_path, evaluate=False, trainer_cls=LookaheadTrainer, max_steps=MID_CYCLE_END)
-    slow, fast = run.optimizer.slow_parameters(), _fast_weights(run.optimizer)
+    slow, fast = slow_weights_of(run.optimizer), _fast_weights(run.optimizer)
     evaluated = run.trainer.evaluate()["eval_loss"]
     predicted = run.trainer.predict(TinyTextDataset(seed=2)).metrics["test_loss"]
     assert evaluated == predicted
@@ -462,7 +463,7 @@ def test_load_best_model_at_end_gives_the_best_checkpoint_and_its_score(tmp_path
     assert best.name != f"checkpoint-{MAX_STEPS}"
     best_weights = _model_file(best, run.model)
     assert_same(parameters_of(run.model), best_weights)
-    assert_same(run.optimizer.slow_parameters(), best_weights)
+    assert_same(slow_weights_of(run.optimizer), best_weights)
     assert_same(_fast_weights(run.optimizer), best_weights)
     assert run.trainer.evaluate()["eval_loss"] == state.best_metric
     run.trainer.save_model(str(tmp_path / "export"))
@@ -480,4 +481,4 @@ def test_lookahead_trainer_resumes_again_after_training(
     assert _in_eval_mode(run.optimizer)
     run.trainer.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{EVAL_EVERY}"))
     assert_same(_fast_weights(run.optimizer), parameters_of(without_evaluation.model))
-    assert_same(run.optimizer.slow_parameters(), without_evaluation.optimizer.slow_parameters())
+    assert_same(slow_weights_of(run.optimizer), slow_weights_of(without_evaluation.optimizer))

@@ -9,16 +9,21 @@ import json
 import math
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from torch_lookahead_lab import cli
+from torch_lookahead_lab import cli, plots
 from torch_lookahead_lab.confirmatory import (
+    ARMS,
     ConfirmatoryResults,
     arm_config,
     confirmatory_claims,
     confirmatory_configs,
     confirmatory_plan,
+    edge_search,
+    first_round,
+    reference_config,
     unstable,
 )
 from torch_lookahead_lab.models import CharTransformer
@@ -102,21 +107,92 @@ def test_claims_on_synthetic_runs_primary_cell_holm_adjusted() -> None:
     assert [case.label for c in other for case in c.cases] == ["pre-LN, no warm-up"] * 2
 
 
-@pytest.mark.slow  # 12 Transformer runs: about a minute on 2 cores
+@pytest.mark.slow  # up to 12 short Transformer runs: about half a minute on 2 cores
 def test_the_confirmatory_command_on_its_tiny_configuration(tmp_path: Path) -> None:
     out = tmp_path / "confirmatory"
     code = cli.main(["stability", "--confirmatory", "--quick", "--out", str(out), "--workers", "1"])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["plan"]["digest"] == load_plan("stability").digest
-    assert len(results["runs"]) == 2 * 1 * 2 * 1 * 3
+    # 2 tasks x 1 warm-up x 3 arms x 1 seed, each from the top of its 2 learning rates down
+    assert 2 * 3 <= len(results["runs"]) <= 2 * 1 * 2 * 1 * 3
     assert all(len(r["step_losses"]) >= 1 for r in results["runs"])
+    assert sum(r["stable"] for r in results["runs"]) == 1
     assert {r["config"]["task"] for r in results["runs"]} == {
         "charlm-transformer", "charlm-transformer-postln"
     }  # fmt: skip
     report = (out / "report.md").read_text()
-    assert "## Stable runs per learning rate" in report and "Instability rule" in report
+    assert "## Largest stable learning rate per seed" in report and "Instability rule" in report
     assert math.isfinite(results["runs"][0]["step_losses"][0])
+    assert (out / "stability.png").is_file()
+
+
+def _arm_and_index(plan, config) -> tuple[str, int]:  # type: ignore[no-untyped-def]
+    """The arm of a run of the plan and the index of its learning rate on the grid."""
+    if config.k is not None:
+        return "lookahead", plan.lrs.index(config.lr)
+    if config.lr in plan.lrs:
+        return "adam", plan.lrs.index(config.lr)
+    scaled = [i for i, lr in enumerate(plan.lrs) if lr * plan.alpha == config.lr]
+    return "adam at alpha x lr", scaled[0]
+
+
+def _synthetic_study() -> ConfirmatoryResults:
+    """The whole plan's edge search on synthetic runs: Adam's edge at grid index 5 (4 at odd
+    seeds), Lookahead's and the rescaled arm's one step above."""
+    plan = confirmatory_plan()
+
+    def fake(config):  # type: ignore[no-untyped-def]
+        arm, index = _arm_and_index(plan, config)
+        edge = 5 - config.seed % 2 + (arm != "adam")
+        return _run(config, [5.5, 5.0] + [4.0 if index <= edge else 9.0] * 60)
+
+    runs = edge_search(plan, lambda configs: [fake(c) for c in configs])
+    return ConfirmatoryResults(plan, "torch-lookahead stability --confirmatory", runs, 1.0)
+
+
+def test_the_report_follows_the_lab_conventions(tmp_path: Path) -> None:
+    """Scope and plain sentences on top, the sign that favours Lookahead, a verdict line per
+    case, what the lab cannot test, the pilot named as the pilot, the plan's digest in
+    results.json and one run marked for the reproduction check."""
+    from torch_lookahead_lab.report import write_report
+
+    lab = _synthetic_study()
+    report = write_report(tmp_path, lab).read_text()
+    top = report.split("## In short")[1].split("##")[0]
+    assert top.count("\n- ") <= 5 and "- Scope: two 2-layer" in top
+    assert "| favours Lookahead if |" in report and "| > 0 |" in report
+    assert "    - pre-LN, warm-up 50: **supports**" in report
+    for heading in ("## What this lab cannot test here", "## The pilot", "## Setup"):
+        assert heading in report
+    assert "reports/stability-charlm" in report.split("## The pilot")[1]
+    assert "bar: from the lowest to the highest seed" in report
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["plan"]["digest"] == load_plan("stability").digest
+    assert results["plan"]["status_of_report"] == "confirmatory"
+    stable = [r for r in results["runs"] if r["stable"]]
+    assert [r["config"] for r in stable] == [reference_config(lab.plan).to_dict()]
+    edges = results["log10_largest_stable_lr"]["charlm-transformer/warm-up 50/adam"]
+    assert edges == pytest.approx([math.log10(lab.plan.lrs[5 - s % 2]) for s in lab.plan.seeds])
+    assert (tmp_path / "plan.json").read_text() == load_plan("stability").text
+
+
+def test_the_figure_labels_every_grid_rate_and_explains_its_bars(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: saved.append(figure) or path)
+    lab = _synthetic_study()
+    plots.plot_confirmatory(lab, tmp_path / "stability.png", title="8 fresh seeds")
+    figure = saved[0]
+    assert len(figure.axes) == 4
+    labels = [t.get_text() for t in figure.axes[2].get_xticklabels()]  # the bottom row
+    assert labels == ["none", *(f"{lr:.3g}" for lr in lab.plan.lrs)]
+    arms = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert arms == ["adam\nat lr", "Lookahead(adam, k=5, alpha=0.5)\nat lr", "adam\nat 0.5 x lr"]
+    legend = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert legend == ["one seed (ties stacked)", "geometric mean; bar: lowest to highest"]
+    plt.close(figure)
 
 
 def test_per_step_losses_are_recorded_only_where_the_task_asks() -> None:
@@ -128,3 +204,70 @@ def test_per_step_losses_are_recorded_only_where_the_task_asks() -> None:
     assert result.step_losses is not None and len(result.step_losses) == 3
     digits = run(dataclasses.replace(config, task="digits", inner="sgd", lr=0.05, steps=2))
     assert digits.step_losses is None and "step_losses" not in digits.to_json()
+
+
+def test_stopping_a_run_when_it_turns_unstable_changes_no_flag_and_no_edge() -> None:
+    """The savings are exact: a run stopped where the rule first calls it unstable has the same
+    flag as the whole run (and the same losses up to there), and the edge read from the
+    stopped runs of the search equals the edge read from every whole run of the grid."""
+    plan = dataclasses.replace(
+        confirmatory_plan(quick=True), tasks=("charlm-transformer",), warmups=(0,), lrs=(0.1, 1.0)
+    )
+    whole, stopped = [], []
+    for lr in plan.lrs:
+        config = arm_config(plan, "charlm-transformer", "adam", lr, 0, plan.seeds[0])
+        assert config.stop_unstable_after == plan.grace_steps
+        stopped.append(run(config))
+        whole.append(run(dataclasses.replace(config, stop_unstable_after=None)))
+    for short, full in zip(stopped, whole, strict=True):
+        assert unstable(short, plan.grace_steps) == unstable(full, plan.grace_steps)
+        assert short.step_losses == full.step_losses[: len(short.step_losses or [])]  # type: ignore[index]
+    # lr 1 goes unstable and stops at the first step the rule may count (grace 10)...
+    assert unstable(whole[1], plan.grace_steps) and len(stopped[1].step_losses or []) == 11
+    assert len(whole[1].step_losses or []) == whole[1].config.steps
+    # ... lr 0.1 stays stable and trains every step, exactly as without the rule.
+    assert not unstable(whole[0], plan.grace_steps) and stopped[0].history == whole[0].history
+
+    def edge(runs: list[RunResult]) -> float:
+        by_lr = {r.config.lr: dataclasses.replace(r, config=arm_config(
+            plan, "charlm-transformer", "adam", r.config.lr, 0, plan.seeds[0]
+        )) for r in runs}  # fmt: skip
+        lab = ConfirmatoryResults(plan, "c", list(by_lr.values()))
+        return lab.edges("charlm-transformer", "adam", 0)[0]
+
+    assert edge(whole) == edge(stopped) == pytest.approx(-1.0)
+
+
+def test_the_edge_search_runs_the_grid_down_to_the_first_stable_run() -> None:
+    """Synthetic runs: each series stops at its first stable learning rate from the top, a
+    series with none runs the whole grid, and the edges are those of the whole grid."""
+    plan = dataclasses.replace(
+        confirmatory_plan(), tasks=("charlm-transformer",), warmups=(50,), seeds=(2000, 2001)
+    )
+    edge = {"adam": 4, "lookahead": 6, "adam at alpha x lr": -1}  # index of the largest stable
+
+    def fake(config):  # type: ignore[no-untyped-def]
+        arm, index = _arm_and_index(plan, config)
+        return _run(config, [5.5, 5.0] + [4.0 if index <= edge[arm] else 9.0] * 60)
+
+    rounds: list[list[object]] = []
+
+    def compute(configs):  # type: ignore[no-untyped-def]
+        rounds.append(configs)
+        return [fake(c) for c in configs]
+
+    runs = edge_search(plan, compute)
+    assert rounds[0] == first_round(plan) and rounds[0][0] == reference_config(plan)
+    assert len(rounds) == len(plan.lrs)  # the arm with no stable rate goes to the bottom
+    # per seed: adam 11 - 4 runs, lookahead 11 - 6, the rescaled arm all 11; and the reference
+    assert len(runs) == 2 * ((11 - 4) + (11 - 6) + 11) + 1
+    searched = ConfirmatoryResults(plan, "c", runs)
+    whole = ConfirmatoryResults(plan, "c", [fake(c) for c in confirmatory_configs(plan)])
+    for arm, _, _ in ARMS:
+        assert searched.edges(plan.tasks[0], arm, 50) == whole.edges(plan.tasks[0], arm, 50)
+    assert searched.edges(plan.tasks[0], "adam", 50)[0] == pytest.approx(math.log10(plan.lrs[4]))
+    with pytest.raises(ValueError, match="although every larger learning rate was unstable"):
+        top = arm_config(plan, plan.tasks[0], "adam", plan.lrs[-1], 50, plan.seeds[0])
+        ConfirmatoryResults(plan, "c", [r for r in runs if r.config != top]).edges(
+            plan.tasks[0], "adam", 50
+        )

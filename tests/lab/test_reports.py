@@ -16,6 +16,7 @@ import torch_lookahead
 from torch_lookahead_lab.provenance import machine
 from torch_lookahead_lab.report import differences_from, rerender
 from torch_lookahead_lab.reproduce import (
+    HORIZON_STEPS,
     RELATIVE_TOLERANCE,
     compare_payloads,
     disagreements,
@@ -40,11 +41,17 @@ def _reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return min(stable, key=lambda r: (r["config"]["task"] != "digits", r["config"]["steps"]))
 
 
+# A reference run that took longer than this (CPU seconds, as recorded) is checked in the slow
+# suite: a charlm run takes a minute; a digits run and the confirmatory stability study's
+# 300-step Transformer run take seconds and are checked in every run of the suite.
+SLOW_REFERENCE_CPU_SECONDS = 10.0
+
+
 def _params() -> list[Any]:
     params = []
     for folder in LAB_REPORTS:
         runs = json.loads((folder / "results.json").read_text())["runs"]
-        slow = _reference(runs)["config"]["task"] != "digits"  # a charlm run takes a minute
+        slow = _reference(runs)["cpu_seconds"] > SLOW_REFERENCE_CPU_SECONDS
         params.append(
             pytest.param(folder, id=folder.name, marks=[pytest.mark.slow] if slow else [])
         )
@@ -63,6 +70,18 @@ def _rerun(recorded: dict[str, Any], **change: Any) -> RunResult:
 
 def test_the_demo_report_is_among_the_checked_ones() -> None:
     assert REPO / "reports" / "demo" in LAB_REPORTS
+
+
+def test_the_confirmatory_stability_report_is_checked_in_the_fast_suite() -> None:
+    """Its reference run is rerun in every run of the suite, never skipped as slow, and it is
+    the one run the report marks stable (Adam at the grid's smallest learning rate)."""
+    folder = REPO / "reports" / "stability-confirmatory"
+    assert folder in LAB_REPORTS
+    (param,) = [p for p in _params() if p.id == folder.name]
+    assert not param.marks
+    results = json.loads((folder / "results.json").read_text())
+    assert [r for r in results["runs"] if r["stable"]] == [_reference(results["runs"])]
+    assert results["plan"]["status_of_report"] == "confirmatory"
 
 
 @pytest.mark.parametrize("folder", _params())
@@ -141,6 +160,25 @@ def test_the_comparison_finds_every_kind_of_change() -> None:
     assert line.startswith("NOT reproduced:") and "values of the 1 stable runs outside" in line
     fresh["runs"][0]["history"]["val_loss"][-1] = 0.5 * (1 + RELATIVE_TOLERANCE / 10)
     assert compare_payloads(committed, fresh).reproduced
+    # Past the first HORIZON_STEPS steps a stable run's difference is reported, not a failure:
+    # training amplifies rounding differences between CPUs there (reproduce.py's measurement).
+    committed_late, late = copy.deepcopy(committed), copy.deepcopy(fresh)
+    for each in (committed_late, late):
+        each["runs"][0]["steps"] = [0, 10, HORIZON_STEPS + 1]
+        each["runs"][0]["history"]["val_loss"] = [2.0, 1.0, 0.5]
+    late["runs"][0]["history"]["val_loss"][-1] = 0.6
+    late_comparison = compare_payloads(committed_late, late)
+    assert late_comparison.reproduced and late_comparison.largest is not None
+    assert late_comparison.largest.step == HORIZON_STEPS + 1
+    # ... and so is the first evaluation after step 0, however late, and per-step losses.
+    late["runs"][0]["steps"] = committed_late["runs"][0]["steps"] = [0, HORIZON_STEPS + 1]
+    late["runs"][0]["history"]["val_loss"] = [2.0, 0.6]
+    committed_late["runs"][0]["history"]["val_loss"] = [2.0, 0.5]
+    assert not compare_payloads(committed_late, late).reproduced
+    late["runs"][0]["history"]["val_loss"][-1] = 0.5
+    committed_late["runs"][0]["step_losses"] = [2.0] * HORIZON_STEPS
+    late["runs"][0]["step_losses"] = [2.0] * (HORIZON_STEPS - 1) + [2.1]
+    assert not compare_payloads(committed_late, late).reproduced
     # ... bit for bit on the same machine.
     same_cpu = {"cpu_model": "x", "cpu_capability": "AVX2", "torch": "2"}
     committed["provenance"] |= same_cpu

@@ -305,7 +305,8 @@ def _execute(
         _say(QUICK_NOTICE)
     pool = min(workers or os.cpu_count() or 1, len(jobs))
     starting = f"; starting {pool} worker processes" if pool > 1 else ""
-    then = f", then up to {later} for the tuned protocol" if later else ""
+    later_what = getattr(experiment, "later_what", "for the tuned protocol")
+    then = f", then up to {later} {later_what}" if later else ""
     _say(
         f"{experiment.title}: {len(jobs)} jobs{then} (finished ones in {cache} are reused)"
         f"{starting}"
@@ -622,8 +623,8 @@ def stability(
         bool,
         typer.Option(
             "--confirmatory",
-            help="The confirmatory study of the committed plan (plans/stability.json): hours "
-            "of CPU.",
+            help="The confirmatory study of the committed plan (plans/stability.json), each "
+            "seed's grid run from the top down to its edge: hundreds of runs.",
         ),
     ] = False,
     seed_offset: SeedOffsetOption = 0,
@@ -636,7 +637,8 @@ def stability(
     seed, the largest learning rate that trains. Writes report.md, results.json and
     stability.png. --confirmatory: the study of the committed plan, on fresh seeds: pre-LN and
     post-LN Transformers, Adam, Lookahead(Adam) and Adam at alpha x lr over 11 learning rates,
-    a run unstable by its per-step training loss.
+    a run unstable by its per-step training loss; per seed, the largest stable learning rate,
+    found from the top of the grid down (a run ends where it turns unstable).
     """
     from torch_lookahead_lab.experiments import confirmatory_experiment, stability_experiment
 

@@ -12,12 +12,17 @@ Lookahead(Adam) at lr, and Adam at alpha x lr (the effective-learning-rate contr
 Transformers, pre-LN and post-LN; with and without warm-up. The primary endpoints (the plan's
 ``primary`` cell: pre-LN, warm-up 50; Lookahead against Adam and against Adam at alpha x lr)
 are Holm-adjusted together and tested with the exact sign-flip test (``stats``).
+
+Two savings change no endpoint (``edge_search``): a run ends at the step where the rule first
+calls it unstable (``RunConfig.stop_unstable_after``: nothing later can make it stable again),
+and each seed's learning rates are run from the largest down to the first stable one (the
+endpoint is the largest stable one, whatever the smaller ones would give).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +38,13 @@ __all__ = [
     "ConfirmatoryPlan",
     "ConfirmatoryResults",
     "arm_config",
+    "arm_label",
     "confirmatory_claims",
     "confirmatory_configs",
     "confirmatory_plan",
+    "edge_search",
+    "first_round",
+    "reference_config",
     "unstable",
 ]
 
@@ -93,10 +102,18 @@ def confirmatory_plan(quick: bool = False, seed_offset: int = 0) -> Confirmatory
     )
 
 
+def arm_label(arm: str, plan: ConfirmatoryPlan) -> str:
+    """``adam at lr``, ``Lookahead(adam, k=5, alpha=0.5) at lr``, ``adam at 0.5 x lr``."""
+    if arm == "lookahead":
+        return f"Lookahead({plan.inner}, k={plan.k}, alpha={plan.alpha}) at lr"
+    return f"{plan.inner} at lr" if arm == "adam" else f"{plan.inner} at {plan.alpha:g} x lr"
+
+
 def arm_config(
     plan: ConfirmatoryPlan, task: str, arm: str, lr: float, warmup: int, seed: int
 ) -> RunConfig:
-    """The run of ``arm`` at grid learning rate ``lr`` (Adam at alpha x lr for that arm)."""
+    """The run of ``arm`` at grid learning rate ``lr`` (Adam at alpha x lr for that arm); it
+    ends where the plan's rule first calls it unstable."""
     spec = get_task(task)
     settings = spec.quick if plan.quick else spec.full
     _, lookahead, factor = next(a for a in ARMS if a[0] == arm)
@@ -105,6 +122,7 @@ def arm_config(
         lr=lr * (plan.alpha if factor is None else factor),
         k=plan.k if lookahead else None, alpha=plan.alpha if lookahead else None,
         schedule="cosine", warmup_steps=min(warmup, settings.steps),
+        stop_unstable_after=plan.grace_steps,
     )  # fmt: skip
 
 
@@ -118,6 +136,60 @@ def confirmatory_configs(plan: ConfirmatoryPlan) -> list[RunConfig]:
         for seed in plan.seeds
         for arm, _, _ in ARMS
     ]
+
+
+def reference_config(plan: ConfirmatoryPlan) -> RunConfig:
+    """The run a report marks stable, for ``reproduce`` to check: Adam on the first task at the
+    grid's smallest learning rate, the last warm-up, the first seed (stable, far from the edge,
+    so other machines reproduce it within the tolerance)."""
+    return arm_config(plan, plan.tasks[0], "adam", plan.lrs[0], plan.warmups[-1], plan.seeds[0])
+
+
+def _series(plan: ConfirmatoryPlan) -> list[tuple[str, int, str, int]]:
+    """Every (task, warm-up, arm, seed) whose edge the study measures."""
+    return [
+        (task, warmup, arm, seed)
+        for task in plan.tasks
+        for warmup in plan.warmups
+        for arm, _, _ in ARMS
+        for seed in plan.seeds
+    ]
+
+
+def first_round(plan: ConfirmatoryPlan) -> list[RunConfig]:
+    """The first round of ``edge_search``: the reference run, then every series at the grid's
+    largest learning rate."""
+    top = [arm_config(plan, t, arm, plan.lrs[-1], w, seed) for t, w, arm, seed in _series(plan)]
+    return list(dict.fromkeys([reference_config(plan), *top]))
+
+
+def edge_search(
+    plan: ConfirmatoryPlan, compute: Callable[[list[RunConfig]], list[RunResult]]
+) -> list[RunResult]:
+    """The runs that decide every seed's edge, and the reference run: per (task, warm-up, arm,
+    seed), the grid's learning rates from the largest down to the first stable run (all of
+    them when none is). ``compute(configs)`` returns their results in order; it is called once
+    per round, each round the next learning rate of every series not yet decided.
+
+    The endpoint is the same as the whole grid's: it is the largest stable learning rate, and
+    every larger one was run and found unstable."""
+    position = {series: len(plan.lrs) - 1 for series in _series(plan)}
+    runs: dict[RunConfig, RunResult] = {}
+    extra = [reference_config(plan)]  # in the first round (``first_round``)
+    while position:
+        configs = {
+            series: arm_config(plan, series[0], series[2], plan.lrs[index], series[1], series[3])
+            for series, index in position.items()
+        }
+        batch = list(dict.fromkeys([*extra, *configs.values()]))
+        runs |= dict(zip(batch, compute(batch), strict=True))
+        extra = []
+        position = {
+            series: index - 1
+            for series, index in position.items()
+            if index > 0 and unstable(runs[configs[series]], plan.grace_steps)
+        }
+    return list(runs.values())
 
 
 def unstable(result: RunResult, grace_steps: int) -> bool:
@@ -152,20 +224,31 @@ class ConfirmatoryResults:
     def quick(self) -> bool:
         return self.plan.quick
 
+    def edge_runs(self, task: str, arm: str, warmup: int, seed: int) -> list[RunResult]:
+        """The runs of ``arm`` for ``seed`` from the grid's largest learning rate down to the
+        first stable one (``edge_search``)."""
+        by_config = {r.config: r for r in self.runs}
+        out = []
+        for lr in reversed(self.plan.lrs):
+            config = arm_config(self.plan, task, arm, lr, warmup, seed)
+            if config not in by_config:
+                raise ValueError(
+                    f"{task}, {arm}, warm-up {warmup}, seed {seed}: no run at lr {lr} although "
+                    "every larger learning rate was unstable"
+                )
+            out.append(by_config[config])
+            if not unstable(out[-1], self.plan.grace_steps):
+                break
+        return out
+
     def edges(self, task: str, arm: str, warmup: int) -> list[float]:
         """Per seed, log10 of the largest grid learning rate whose run of ``arm`` is stable (the
         grid's learning rate, for the alpha x lr arm too: its edge is read on the same grid)."""
-        by_config = {r.config: r for r in self.runs}
         out = []
         for seed in self.plan.seeds:
-            stable = [
-                lr
-                for lr in self.plan.lrs
-                if not unstable(
-                    by_config[arm_config(self.plan, task, arm, lr, warmup, seed)],
-                    self.plan.grace_steps,
-                )
-            ]
+            runs = self.edge_runs(task, arm, warmup, seed)
+            edge = self.plan.lrs[len(self.plan.lrs) - len(runs)]
+            stable = [] if unstable(runs[-1], self.plan.grace_steps) else [edge]
             out.append(largest_on_grid(stable, self.plan.lrs))
         return out
 
@@ -205,7 +288,8 @@ def confirmatory_claims(lab: ConfirmatoryResults) -> list[Claim]:
             claims.append(
                 Claim(
                     key=key if primary else f"{key}_other",
-                    title=f"largest stable learning rate, {title}",
+                    title=f"largest stable learning rate, {title}"
+                    + ("" if primary else ", the other models and warm-ups"),
                     paper=PAPER_STABILITY,
                     protocol=f"{len(plan.seeds)} fresh seeds, {len(plan.lrs)} learning rates "
                     f"from {fmt(plan.lrs[0], 3)} to {fmt(plan.lrs[-1], 3)}; a run is unstable by "

@@ -19,8 +19,9 @@ from torch_lookahead_lab.claims import best_lr
 from torch_lookahead_lab.confirmatory import (
     ConfirmatoryPlan,
     ConfirmatoryResults,
-    confirmatory_configs,
     confirmatory_plan,
+    edge_search,
+    first_round,
 )
 from torch_lookahead_lab.metrics import summarize
 from torch_lookahead_lab.nqm import NQMConfig, NQMPoint, NQMProblem, nqm_configs
@@ -416,9 +417,11 @@ def stability_experiment(quick: bool = False) -> StabilityExperiment:
 
 @dataclass(frozen=True)
 class ConfirmatoryExperiment:
-    """The jobs of ``torch-lookahead stability --confirmatory``: every run of its plan."""
+    """The jobs of ``torch-lookahead stability --confirmatory``: the runs of its plan that decide
+    each seed's edge, round by round (``confirmatory.edge_search``)."""
 
     plan: ConfirmatoryPlan
+    later_what = "as the edge search goes down the grid"
 
     @property
     def title(self) -> str:
@@ -429,7 +432,13 @@ class ConfirmatoryExperiment:
         return self.plan.quick
 
     def jobs(self) -> list[Job]:
-        return list(dict.fromkeys(confirmatory_configs(self.plan)))
+        """The first round: the reference run and every series at the grid's largest lr."""
+        return list(first_round(self.plan))
+
+    @property
+    def later_jobs(self) -> int:
+        """The most runs the later rounds can add: every smaller learning rate of every series."""
+        return (len(self.jobs()) - 1) * (len(self.plan.lrs) - 1)
 
 
 def confirmatory_experiment(quick: bool = False, seed_offset: int = 0) -> ConfirmatoryExperiment:
@@ -592,16 +601,25 @@ def run_experiment(
     what it measured, with the wall time it took: the results a report renders
     (``report.write_report``)."""
     started = time.perf_counter()
+    if isinstance(experiment, ConfirmatoryExperiment):
+        counted = [0, 0]
+
+        def compute(configs: list[RunConfig]) -> list[RunResult]:
+            results, cached = run_many_counted(
+                configs, cache_dir, workers=workers, on_result=on_result
+            )
+            counted[0] += len(configs)
+            counted[1] += cached
+            return results
+
+        runs = edge_search(experiment.plan, compute)
+        seconds = time.perf_counter() - started
+        return ConfirmatoryResults(experiment.plan, command, runs, seconds, *counted)
     jobs = experiment.jobs()
     results, cached = run_many_counted(jobs, cache_dir, workers=workers, on_result=on_result)
     if isinstance(experiment, StabilityExperiment):
         seconds = time.perf_counter() - started
         return StabilityResults(experiment.plan, command, list(results), seconds, len(jobs), cached)
-    if isinstance(experiment, ConfirmatoryExperiment):
-        seconds = time.perf_counter() - started
-        return ConfirmatoryResults(
-            experiment.plan, command, list(results), seconds, len(jobs), cached
-        )
     by_job = dict(zip(jobs, results, strict=True))
     tuned: list[RunResult] = []
     if experiment.tuned_seeds and experiment.lr_sweep:

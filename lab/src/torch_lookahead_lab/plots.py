@@ -21,13 +21,21 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
+from torch_lookahead_lab.confirmatory import ARMS, ConfirmatoryResults, arm_label
 from torch_lookahead_lab.metrics import SettingSummary, final_value, group_by_setting, seed_band
 from torch_lookahead_lab.nqm import NQMPoint
 from torch_lookahead_lab.runner import RunResult
-from torch_lookahead_lab.stability import StabilityResults
+from torch_lookahead_lab.stability import StabilityResults, largest_on_grid
 from torch_lookahead_lab.tasks import get_task
 
-__all__ = ["plot_k_alpha", "plot_loss_curves", "plot_lr_robustness", "plot_nqm", "plot_stability"]
+__all__ = [
+    "plot_confirmatory",
+    "plot_k_alpha",
+    "plot_loss_curves",
+    "plot_lr_robustness",
+    "plot_nqm",
+    "plot_stability",
+]
 
 _PLAIN_COLOR = "tab:blue"
 _LOOKAHEAD_COLOR = "tab:orange"
@@ -310,4 +318,66 @@ def plot_stability(lab: StabilityResults, path: Path, title: str = "") -> Path:
     handles.append(Line2D([], [], color="gray", linestyle="--", label="trains below this line"))
     _title(figure, title)
     _legend_below(figure, handles, columns=3)
+    return _save(figure, path)
+
+
+_RESCALED_COLOR = "tab:green"
+
+
+def plot_confirmatory(lab: ConfirmatoryResults, path: Path, title: str = "") -> Path:
+    """Per model (rows) and warm-up (columns), each arm's largest stable learning rate: a dot
+    per seed (seeds that tie stacked), and below them the geometric mean over seeds (a diamond)
+    with a bar from the lowest to the highest seed. The x axis is the grid's learning rates on
+    a log scale; "none" is a seed at which no learning rate of the grid was stable."""
+    plan = lab.plan
+    colors = {"adam": _PLAIN_COLOR, "lookahead": _LOOKAHEAD_COLOR}
+    arms = [arm for arm, _, _ in ARMS]
+    ticks = [largest_on_grid([], plan.lrs), *(math.log10(lr) for lr in plan.lrs)]
+    tick_labels = ["none", *(f"{lr:.3g}" for lr in plan.lrs)]
+    rows, columns = len(plan.tasks), len(plan.warmups)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(5.6 * columns, 0.4 + 2.8 * rows), squeeze=False, sharex=True
+    )
+    for row, task in enumerate(plan.tasks):
+        variant = "post-LN" if task.endswith("postln") else "pre-LN"
+        for column, warmup in enumerate(plan.warmups):
+            axis = axes[row][column]
+            for place, arm in enumerate(arms):
+                color = colors.get(arm, _RESCALED_COLOR)
+                edges = lab.edges(task, arm, warmup)
+                seen: dict[float, int] = {}
+                for edge in edges:
+                    order = seen.get(edge, 0)
+                    seen[edge] = order + 1
+                    offset = (order - (edges.count(edge) - 1) / 2) * 0.07
+                    axis.plot(edge, place + 0.12 + offset, "o", color=color, markersize=3.5)
+                mean = math.fsum(edges) / len(edges)
+                axis.errorbar(
+                    [mean], [place - 0.25],
+                    xerr=[[mean - min(edges)], [max(edges) - mean]],
+                    fmt="D", color=color, markersize=5, capsize=3,
+                )  # fmt: skip
+            axis.set_yticks(range(len(arms)))
+            if column == 0:
+                axis.set_yticklabels([arm_label(a, plan).replace(" at ", "\nat ") for a in arms])
+                for label, arm in zip(axis.get_yticklabels(), arms, strict=True):
+                    label.set_color(colors.get(arm, _RESCALED_COLOR))
+            else:
+                axis.tick_params(labelleft=False)
+            axis.set_ylim(len(arms) - 0.45, -0.55)  # the first arm on top
+            axis.set_xticks(ticks, tick_labels, rotation=60, fontsize=8)
+            axis.set_xlim(ticks[0] - 0.15, ticks[-1] + 0.15)
+            axis.minorticks_off()
+            axis.grid(axis="x", alpha=0.3)
+            warm = f"linear warm-up over {warmup} steps" if warmup else "no warm-up"
+            axis.set_title(f"{variant}, {warm}", fontsize=10)
+            if row == rows - 1:
+                axis.set_xlabel("largest stable learning rate (log scale)")
+    handles = [
+        Line2D([], [], color="gray", marker="o", linestyle="", markersize=4,
+               label="one seed (ties stacked)"),
+        Line2D([], [], color="gray", marker="D", label="geometric mean; bar: lowest to highest"),
+    ]  # fmt: skip
+    _title(figure, title)
+    _legend_below(figure, handles, columns=2)
     return _save(figure, path)

@@ -39,9 +39,10 @@ from torch_lookahead_lab.claims import (
 from torch_lookahead_lab.confirmatory import (
     ARMS,
     ConfirmatoryResults,
-    arm_config,
+    arm_label,
     confirmatory_claims,
-    unstable,
+    confirmatory_configs,
+    reference_config,
 )
 from torch_lookahead_lab.console import QUICK_REPORT_NOTICE
 from torch_lookahead_lab.experiments import LabResults, compare_experiment
@@ -50,12 +51,18 @@ from torch_lookahead_lab.nqm import NQMPoint
 from torch_lookahead_lab.optimizers import inner_settings
 from torch_lookahead_lab.plans import Plan, load_plan, plan_from_mapping, plan_status
 from torch_lookahead_lab.provenance import record
-from torch_lookahead_lab.reproduce import RELATIVE_TOLERANCE, compare_payloads, is_stable
+from torch_lookahead_lab.reproduce import (
+    HORIZON_STEPS,
+    RELATIVE_TOLERANCE,
+    compare_payloads,
+    is_stable,
+)
 from torch_lookahead_lab.runner import RunConfig, RunResult
 from torch_lookahead_lab.stability import (
     PAPER_STABILITY,
     StabilityPlan,
     StabilityResults,
+    largest_on_grid,
     method_label,
     protocol_text,
     stability_claims,
@@ -581,7 +588,7 @@ def _write_curves_csv(path: Path, results: Sequence[RunResult]) -> None:
 
 def _summary_json(summary: SettingSummary) -> dict[str, Any]:
     return {
-        "setting": {k: v for k, v in dataclasses.asdict(summary.setting).items() if k != "seed"},
+        "setting": {k: v for k, v in summary.setting.to_dict().items() if k != "seed"},
         "method": summary.method,
         "seeds": list(summary.seeds),
         "final": {m: {"mean": v[0], "std": v[1]} for m, v in summary.final.items()},
@@ -681,11 +688,12 @@ def _reproducing_lines() -> list[str]:
         "",
         "The command above reproduces this report when every case gets the same verdict and "
         "each run that results.json marks `stable` (seed 0 at the task's learning rate, plain "
-        "and in Lookahead(k=5, alpha=0.5)) agrees at every evaluation within "
-        f"{RELATIVE_TOLERANCE:g} relative; on the same CPU model, CPU kernels and torch, every "
-        "number is the same bit for bit. Other runs may differ between CPUs as much as between "
-        "seeds where training amplifies rounding (large learning rates); `--against` with this "
-        "folder says which.",
+        "and in Lookahead(k=5, alpha=0.5)) agrees within "
+        f"{RELATIVE_TOLERANCE:g} relative at every value up to step {HORIZON_STEPS} or its "
+        "first evaluation after step 0, whichever is later; on the same CPU model, "
+        "CPU kernels and torch, every number is the same bit for bit. Training amplifies "
+        "rounding, so later evaluations, and other runs, may differ between CPUs as much as "
+        "between seeds; `--against` with this folder says which.",
         "",
     ]
 
@@ -954,28 +962,72 @@ def _write_stability_report(out_dir: Path, lab: StabilityResults) -> Path:
 
 
 def _confirmatory_rows(lab: ConfirmatoryResults) -> tuple[list[str], list[list[str]]]:
-    """Per task, warm-up and learning rate: how many seeds of each arm were stable."""
+    """Per model, warm-up and arm: each seed's largest stable learning rate, their geometric
+    mean, and how many runs the edge search computed."""
     plan = lab.plan
-    header = ["model", "warm-up", "lr", *(f"{arm}: stable" for arm, _, _ in ARMS)]
-    by_config = {r.config: r for r in lab.runs}
+    header = ["model", "warm-up", "arm", "largest stable lr per seed", "geometric mean", "runs"]
     rows = []
     for task in plan.tasks:
         for warmup in plan.warmups:
-            for lr in plan.lrs:
-                row = [task, str(warmup), fmt(lr, 3)]
-                for arm, _, _ in ARMS:
-                    runs = [
-                        by_config[arm_config(plan, task, arm, lr, warmup, s)] for s in plan.seeds
+            for arm, _, _ in ARMS:
+                edges = lab.edges(task, arm, warmup)
+                runs = sum(len(lab.edge_runs(task, arm, warmup, s)) for s in plan.seeds)
+                none = largest_on_grid([], plan.lrs)
+                per_seed = ", ".join("none" if edge == none else fmt(10**edge, 3) for edge in edges)
+                mean = 10 ** (math.fsum(edges) / len(edges))
+                rows.append(
+                    [
+                        _variant(task),
+                        str(warmup),
+                        arm_label(arm, plan),
+                        per_seed,
+                        fmt(mean, 3),
+                        str(runs),
                     ]
-                    row.append(
-                        f"{sum(not unstable(r, plan.grace_steps) for r in runs)}/{len(runs)}"
-                    )
-                rows.append(row)
+                )
     return header, rows
 
 
+def _variant(task: str) -> str:
+    return "post-LN" if task.endswith("postln") else "pre-LN"
+
+
+CONFIRMATORY_CANNOT_TEST = (
+    "The paper's scale: its stability claim rests on ImageNet, CIFAR and WMT-scale training; "
+    "here two 2-layer byte-level Transformers train for 300 steps on a CPU. An edge at this "
+    "scale need not carry over, in either direction.",
+    "Quality at the learning rates that are stable: the endpoint is where training stops being "
+    "stable, not how well it trains there (the pilot and the demo report final losses).",
+    "The lower end of the learning-rate range, and so its width: the largest stable learning "
+    "rate is one edge. The alpha x lr arm tests whether that edge moves more than a rescaled "
+    "learning rate would move it, not whether the whole range is wider.",
+    "Other inner optimizers, other (k, alpha), other schedules and other instability rules: "
+    "the plan fixes Adam, k=5, alpha=0.5, cosine decay after a linear warm-up, and one rule "
+    "(the per-step loss above the untrained model's); loss spikes that stay below it count as "
+    "stable.",
+    "Differences smaller than the grid: the grid's learning rates are a factor apart, so the "
+    "edge moves in whole steps and the smallest effect of interest is half a step.",
+)
+
+
+def _confirmatory_scope(lab: ConfirmatoryResults) -> str:
+    plan = lab.plan
+    config = lab.runs[0].config if lab.runs else None
+    steps = f"{config.steps} steps of batch {config.batch_size}, " if config else ""
+    return (
+        f"Scope: two 2-layer byte-level causal Transformers, pre-LN and post-LN "
+        f"({get_task(plan.tasks[0]).description.split(' LM ')[1]}), {steps}"
+        f"{len(plan.seeds)} fresh seeds, {len(plan.lrs)} learning rates from "
+        f"{fmt(plan.lrs[0], 3)} to {fmt(plan.lrs[-1], 3)}: toy scale, one CPU task; the "
+        "confirmatory study of a committed plan."
+    )
+
+
 def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
-    """Write report.md, results.json and plan.json of the confirmatory stability study."""
+    """Write report.md, results.json, plan.json and stability.png of the confirmatory
+    stability study."""
+    from torch_lookahead_lab import plots
+
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = lab.plan
     claims = confirmatory_claims(lab)
@@ -984,10 +1036,13 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
     status = plan_status(plan.plan, earlier)
     (out_dir / "plan.json").write_text(plan.plan.text)
     provenance = record(lab.seconds)
-    scope = (
-        f"Scope: a 2-layer byte-level Transformer (pre-LN and post-LN), "
-        f"{len(plan.seeds)} fresh seeds, {len(plan.lrs)} learning rates: toy scale, one CPU task."
-    )
+    title = f"{len(plan.seeds)} fresh seeds" + (", quick run: no evidence" if lab.quick else "")
+    plots.plot_confirmatory(lab, out_dir / "stability.png", title=title)
+    reference = reference_config(plan)
+    whole = len(confirmatory_configs(plan))
+    cpu = math.fsum(r.cpu_seconds for r in lab.runs)
+    step = plan.lrs[1] / plan.lrs[0]
+    rule = plan.plan.data["instability"]["rule"]
     lines = [
         f"# {lab.title}",
         "",
@@ -995,20 +1050,81 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
         _produced_by(lab.command, provenance),
         "",
         f"Plan: the committed `lab/src/torch_lookahead_lab/plans/{plan.plan.name}.json`, digest "
-        f"`{plan.plan.digest}`; this report is **{status[0]}** ({status[1]}). Instability rule: "
-        f"{plan.plan.data['instability']['rule']}.",
+        f"`{plan.plan.digest}`; this report is **{status[0]}** ({status[1]}).",
         "",
-        *_short_lines(claims, scope),
+        *_short_lines(claims, _confirmatory_scope(lab)),
         *_glance_lines(claims),
-        "## Stable runs per learning rate",
+        "## The pilot",
+        "",
+        "The pilot, [reports/stability-charlm](../stability-charlm/report.md), is exploratory "
+        "and is reported there as such, not here. The plan's reason for this study, as "
+        f"committed: {plan.plan.data['why']}",
+        "",
+        "## What this lab cannot test here",
+        "",
+        *(f"- {item}" for item in CONFIRMATORY_CANNOT_TEST),
+        "",
+        "## Setup",
+        "",
+        f"- The paper: {PAPER_STABILITY}",
+        *(
+            f"- Model, {_variant(task)}: **{task}**, {get_task(task).model_description}."
+            for task in plan.tasks
+        ),
+        f"- Data: {get_task(plan.tasks[0]).split_description}.",
+        f"- Arms: {plan.inner} at lr; Lookahead({plan.inner}, k={plan.k}, alpha={plan.alpha}) "
+        f"at lr; {plan.inner} at {plan.alpha:g} x lr, the effective-learning-rate control "
+        "(to first order Lookahead moves like its inner optimizer at about alpha x lr), whose "
+        "edge is read on the same grid of lr. Cosine decay to zero after a linear warm-up of "
+        f"{' and '.join(str(w) for w in plan.warmups)} steps; seeds "
+        f"{plan.seeds[0]}-{plan.seeds[-1]}, paired across arms (a seed fixes the "
+        "initialisation and the minibatch order).",
+        f"- Grid: {len(plan.lrs)} learning rates, {', '.join(fmt(lr, 3) for lr in plan.lrs)} "
+        f"(a factor of {fmt(step, 3)} apart).",
+        f"- Instability rule (declared in the plan): {rule}.",
+        f"- Runs: {len(lab.runs)} of the {whole} of the whole grid. Two savings change no endpoint (tested in "
+        "tests/lab/test_confirmatory.py): a run ends at the step where the rule first calls it "
+        "unstable, since no later step can make it stable again; and each seed's learning "
+        "rates are run from the largest down to the first stable one, since the endpoint is "
+        "the largest stable learning rate whatever the smaller ones would give.",
+        f"- Time: the runs took {cpu:.0f} s of CPU time when they were computed, summed over "
+        f"runs; the command took {lab.seconds:.0f} s of wall time"
+        + (f", reading {lab.cached_jobs} runs back from its cache." if lab.cached_jobs else "."),
+        "",
+        "![each seed's largest stable learning rate per arm](stability.png)",
+        "",
+        "Dots: each seed's largest stable learning rate (seeds that tie are stacked); diamond: "
+        "the geometric mean over seeds; bar: from the lowest to the highest seed. The x axis is "
+        "the grid on a log scale; *none*: no learning rate of the grid was stable.",
+        "",
+        "## Largest stable learning rate per seed",
         "",
         *markdown_table(*_confirmatory_rows(lab)),
         "",
         reading(),
         "",
         *_claim_lines(claims),
+        "## Reproducing it",
+        "",
+        "The command above reproduces this report when every case gets the same verdict and "
+        "the run that results.json marks `stable` (Adam on the pre-LN model at the grid's "
+        f"smallest learning rate {fmt(reference.lr, 3)}, warm-up {reference.warmup_steps}, "
+        f"seed {reference.seed}, far from the edge) agrees within {RELATIVE_TOLERANCE:g} "
+        f"relative at every value up to step {HORIZON_STEPS} or its first evaluation after "
+        "step 0, whichever is later (its per-step losses included); on the same CPU model, "
+        "CPU kernels and torch, every "
+        "number is the same bit for bit. Runs near a seed's edge amplify rounding, so on "
+        "another CPU a seed's edge may move by a grid step; `--against` with this folder says "
+        "which runs differ.",
+        "",
     ]
-    runs = [{**r.to_json(), "stable": False} for r in lab.runs]
+    runs = [{**r.to_json(), "stable": r.config == reference} for r in lab.runs]
+    edges = {
+        f"{task}/warm-up {warmup}/{arm}": lab.edges(task, arm, warmup)
+        for task in plan.tasks
+        for warmup in plan.warmups
+        for arm, _, _ in ARMS
+    }
     payload = {
         "title": lab.title,
         "command": lab.command,
@@ -1016,6 +1132,7 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
         "plan": {**plan.plan.json(), "status_of_report": status[0], "why_exploratory": status[1]},
         "quick": lab.quick,
         "claims": [claim_json(c) for c in claims],
+        "log10_largest_stable_lr": edges,
         "runs": runs,
     }
     (out_dir / "results.json").write_text(json.dumps(payload, indent=1))

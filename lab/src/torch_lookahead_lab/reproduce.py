@@ -8,9 +8,12 @@ seed. So a report is *reproduced* when
 
 1. every case of every claim has the same verdict;
 2. every *stable* run (``is_stable``: the report's reference runs, seed 0 at the task's
-   learning rate, plain and in Lookahead(k=5, alpha=0.5)) agrees with the committed one at every evaluation
-   within ``RELATIVE_TOLERANCE`` (relative to the committed value, absolute below
-   ``ABSOLUTE_FLOOR``);
+   learning rate, plain and in Lookahead(k=5, alpha=0.5)) agrees with the committed one within
+   ``RELATIVE_TOLERANCE`` (relative to the committed value, absolute below ``ABSOLUTE_FLOOR``)
+   at every value up to step ``HORIZON_STEPS`` or its first evaluation after step 0, whichever
+   is later (per-step losses included where it records them). Later values are compared and
+   reported: training amplifies rounding differences between CPUs into
+   differences like a seed's;
 3. on the same CPU model, CPU kernels and torch version (``same_machine``), every number is
    the same, bit for bit.
 
@@ -31,23 +34,28 @@ from torch_lookahead_lab.tasks import get_task
 
 __all__ = [
     "ABSOLUTE_FLOOR",
+    "HORIZON_STEPS",
     "RELATIVE_TOLERANCE",
     "Comparison",
     "ValueDifference",
+    "breaks_rule",
     "compare_payloads",
     "disagreements",
     "history_differences",
+    "horizon",
     "is_stable",
     "run_label",
     "same_machine",
 ]
 
-# Measured against reports/demo (AVX512 kernels of another CPU model), with the demo on this
-# project's machine under its AVX512 kernels and under ATEN_CPU_CAPABILITY=avx2: the demo's 4
-# stable runs differ by at most 8e-5 relative, the 2000-step charlm reference run of
-# reports/compare-charlm by about 2e-4; other runs by up to 7 (an accuracy of 0.1 against 0.84
-# at nine times the task's learning rate). A learning rate changed by 0.1% moves the reference
-# run's values by up to 26% relative, 1% by up to 10%.
+# Measured on the 4 reference runs of reports/demo (written on an AMD EPYC, AVX512 kernels),
+# re-run on an Intel Xeon with AMX (AVX512 kernels): at step 50 they differ by at most 2e-7
+# relative, but plain SGD's grows to 8.8e-3 by step 200 (training amplifies rounding; the
+# other three stay below 1.1e-6). A learning rate 1% larger moves their step-50 values by
+# 4.8e-3 to 3.1e-2. So the first steps are checked, tightly; later ones are reported.
+# (Earlier, on one AMD EPYC under AVX512 and AVX2 kernels: at most 8e-5 over the demo's
+# reference runs, 2e-4 over the 2000-step charlm run of reports/compare-charlm.)
+HORIZON_STEPS = 50
 RELATIVE_TOLERANCE = 1e-3
 # The Lookahead setting of the reference runs (``is_stable``).
 REFERENCE_LOOKAHEAD = (5, 0.5)
@@ -112,8 +120,8 @@ class ValueDifference:
 def history_differences(
     committed: Mapping[str, Any], fresh: Mapping[str, Any]
 ) -> Iterator[ValueDifference]:
-    """Every value of two runs' histories (as in results.json) that is not bit for bit the
-    same; a missing metric or evaluation step counts as a missing value."""
+    """Every value of two runs' histories (as in results.json), per-step losses included, that
+    is not bit for bit the same; a missing metric or evaluation step counts as a missing value."""
     label = run_label(fresh["config"])
     old_steps, new_steps = list(committed["steps"]), list(fresh["steps"])
     for metric in dict.fromkeys([*committed["history"], *fresh["history"]]):
@@ -122,19 +130,32 @@ def history_differences(
         for step in dict.fromkeys([*old_steps, *new_steps]):
             if old.get(step) != new.get(step):
                 yield ValueDifference(label, metric, step, old.get(step), new.get(step))
+    old_losses, new_losses = committed.get("step_losses") or [], fresh.get("step_losses") or []
+    for step in range(1, max(len(old_losses), len(new_losses)) + 1):
+        before = old_losses[step - 1] if step <= len(old_losses) else None
+        after = new_losses[step - 1] if step <= len(new_losses) else None
+        if before != after:
+            yield ValueDifference(label, "step_loss", step, before, after)
+
+
+def horizon(committed: Mapping[str, Any]) -> int:
+    """The last step whose values rule 2 checks: ``HORIZON_STEPS``, or the run's first
+    evaluation after step 0 if that comes later."""
+    return max(HORIZON_STEPS, next((s for s in committed["steps"] if s > 0), 0))
+
+
+def breaks_rule(difference: ValueDifference, committed: Mapping[str, Any]) -> bool:
+    """Outside ``RELATIVE_TOLERANCE`` within the run's ``horizon`` (rule 2)."""
+    return difference.step <= horizon(committed) and difference.relative > RELATIVE_TOLERANCE
 
 
 def disagreements(
     committed: Mapping[str, Any], fresh: Mapping[str, Any], *, bit_for_bit: bool
 ) -> list[ValueDifference]:
     """The values of a fresh run's history that break the rule against the committed run's:
-    any difference at all when ``bit_for_bit``, else a relative difference above
-    ``RELATIVE_TOLERANCE``."""
-    return [
-        d
-        for d in history_differences(committed, fresh)
-        if bit_for_bit or d.relative > RELATIVE_TOLERANCE
-    ]
+    any difference at all when ``bit_for_bit``, else one that ``breaks_rule``."""
+    differences = history_differences(committed, fresh)
+    return [d for d in differences if bit_for_bit or breaks_rule(d, committed)]
 
 
 def _verdicts(payload: Mapping[str, Any]) -> dict[str, str]:
@@ -209,10 +230,14 @@ class Comparison:
             worst = max(self.stable_outside, key=lambda d: d.relative)
             rule = (
                 f"{len(self.stable_outside)} values of the {self.stable_runs} stable runs "
-                f"outside {RELATIVE_TOLERANCE:g} relative (e.g. {worst.describe()})"
+                f"outside {RELATIVE_TOLERANCE:g} relative in their first steps "
+                f"(e.g. {worst.describe()})"
             )
         else:
-            rule = f"the {self.stable_runs} stable runs within {RELATIVE_TOLERANCE:g} relative"
+            rule = (
+                f"the {self.stable_runs} stable runs within {RELATIVE_TOLERANCE:g} relative in "
+                "their first steps"
+            )
         extra = ""
         if self.only_committed or self.only_fresh:
             extra = (
@@ -248,7 +273,7 @@ def compare_payloads(committed: Mapping[str, Any], fresh: Mapping[str, Any]) -> 
         if comparison.largest is None or worst.relative > comparison.largest.relative:
             comparison.largest = worst
         if stable:
-            comparison.stable_outside += [d for d in differences if d.relative > RELATIVE_TOLERANCE]
+            comparison.stable_outside += [d for d in differences if breaks_rule(d, old)]
     old_verdicts, new_verdicts = _verdicts(committed), _verdicts(fresh)
     comparison.verdicts_compared = len(old_verdicts)
     for case, verdict in old_verdicts.items():

@@ -65,6 +65,11 @@ class RunConfig:
     schedule: str = "constant"
     unsafe_skip_checksums: bool = False
     warmup_steps: int = 0  # linear learning-rate warm-up before the schedule
+    # Grace steps of the confirmatory study's instability rule: when set, the run ends at its
+    # first minibatch training loss above its first one (step 0's) from step warmup_steps +
+    # stop_unstable_after on, where the rule has already called it unstable
+    # (``confirmatory.unstable``); None trains every step.
+    stop_unstable_after: int | None = None
 
     @property
     def uses_lookahead(self) -> bool:
@@ -75,9 +80,17 @@ class RunConfig:
         """``adamw`` or ``lookahead(adamw)``: the optimizer, without its hyper-parameters."""
         return f"lookahead({self.inner})" if self.uses_lookahead else self.inner
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, without ``stop_unstable_after`` when it is None: a run that trains every
+        step is stored as it was before the field existed."""
+        fields = dataclasses.asdict(self)
+        if fields["stop_unstable_after"] is None:
+            del fields["stop_unstable_after"]
+        return fields
+
     def key(self) -> str:
         """A digest of the whole configuration and of the code and torch that compute it."""
-        return job_key("run", dataclasses.asdict(self))
+        return job_key("run", self.to_dict())
 
 
 def make_config(
@@ -94,6 +107,7 @@ def make_config(
     schedule: str | None = None,
     unsafe_skip_checksums: bool = False,
     warmup_steps: int = 0,
+    stop_unstable_after: int | None = None,
 ) -> RunConfig:
     """Validate the names and hyper-parameters and fill in the task's defaults (its learning
     rate for ``inner`` and its schedule)."""
@@ -113,6 +127,17 @@ def make_config(
             f"warmup_steps must be between 0 and the run's {settings.steps} steps, "
             f"got {warmup_steps}"
         )
+    if stop_unstable_after is not None and not (
+        isinstance(stop_unstable_after, int) and stop_unstable_after >= 0
+    ):
+        raise ValueError(
+            f"stop_unstable_after must be None or a non-negative integer (grace steps), "
+            f"got {stop_unstable_after!r}"
+        )
+    if stop_unstable_after is not None and not task_spec.records_step_losses:
+        raise ValueError(
+            f"stop_unstable_after needs a task that records per-step training losses, got {task!r}"
+        )
     fingerprint = corpus_fingerprint() if isinstance(task_spec, CharLMTask) else ""
     return RunConfig(
         task=task,
@@ -130,6 +155,7 @@ def make_config(
         schedule=schedule,
         unsafe_skip_checksums=unsafe_skip_checksums,
         warmup_steps=warmup_steps,
+        stop_unstable_after=stop_unstable_after,
     )
 
 
@@ -157,7 +183,7 @@ class RunResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "config": dataclasses.asdict(self.config),
+            "config": self.config.to_dict(),
             "steps": self.steps,
             "history": self.history,
             "diverged_at": self.diverged_at,
@@ -187,7 +213,9 @@ def _finite_or_none(value: float) -> float | None:
 
 def run(config: RunConfig) -> RunResult:
     """Train ``config`` and return its evaluation history (at step 0, every ``eval_every`` steps
-    and at the last step). A run whose training loss stops being finite ends there."""
+    and at the last step). A run whose training loss stops being finite ends there, and so does
+    one whose loss exceeds its first after ``warmup_steps + stop_unstable_after`` steps when
+    that is set (evaluated once more at the step it ends)."""
     started = time.perf_counter()
     cpu_started = time.process_time()
     task = get_task(config.task)
@@ -229,6 +257,12 @@ def run(config: RunConfig) -> RunResult:
     record(0)
     step_losses: list[float | None] | None = [] if task.records_step_losses else None
     diverged_at: int | None = None
+    first_loss = math.inf
+    stop_from = (
+        math.inf
+        if config.stop_unstable_after is None
+        else config.warmup_steps + config.stop_unstable_after
+    )
     for step in range(1, config.steps + 1):
         if multiplier is not None:
             for group, base_lr in zip(inner.param_groups, base_lrs, strict=True):
@@ -240,6 +274,12 @@ def run(config: RunConfig) -> RunResult:
         if not torch.isfinite(loss):
             diverged_at = step
             record(step)
+            break
+        value = float(loss.detach())
+        if step == 1:
+            first_loss = value
+        elif step - 1 >= stop_from and value > first_loss:
+            record(step)  # unstable by the rule: no later step can change that
             break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]

@@ -192,10 +192,8 @@ class DistributedLookahead(Lookahead):
         device_mesh: instead of ``process_group``, sharded workers: a 2-D DeviceMesh
             (replicate, shard) whose row ``i`` is replica ``i``. The local shards are averaged
             over the replicate dimension (the column of this rank). See below.
-        foreach: as for [Lookahead][torch_lookahead.Lookahead].
         **options: every other keyword option of [Lookahead][torch_lookahead.Lookahead]
-            (``pullback_momentum`` acts on each rank's own inner state; ``check_finite`` checks
-            the averaged weights, so that every rank raises together).
+            (``pullback_momentum`` acts on each rank's own inner state).
 
     **Streaming fragments** (Streaming DiLoCo, Douillard et al., 2025). Parameter groups carrying
     ``lookahead_fragment = f`` (for ``f`` in ``0 .. F-1``; `fragment_param_groups` builds
@@ -282,7 +280,6 @@ class DistributedLookahead(Lookahead):
         compression: Compression | None = None,
         process_group: dist.ProcessGroup | None = None,
         device_mesh: DeviceMesh | None = None,
-        foreach: bool | None = None,
         **options: Unpack[LookaheadOptions],
     ) -> None:
         momentum = _validate_outer_momentum(outer_momentum)
@@ -311,7 +308,7 @@ class DistributedLookahead(Lookahead):
         self._pending: list[_Pending] = []
         self._blocking = False
         self._refusal: str | None = None
-        super().__init__(optimizer, k, alpha, foreach=foreach, **options)
+        super().__init__(optimizer, k, alpha, **options)
         self.register_step_pre_hook(_before_step)
         self.outer_momentum = momentum
         self.nesterov = nesterov
@@ -511,12 +508,6 @@ class DistributedLookahead(Lookahead):
         params = list(chain.from_iterable(t[0] for t in tracked))
         for p, mean in zip(params, means, strict=True):
             local(p.detach()).copy_(mean)
-        if self.check_finite:
-            try:
-                self.require_finite(groups)
-            except FloatingPointError:
-                self._roll_back(groups, [t[0] for t in tracked])
-                raise
         state = self.state
         for group, (group_params, group_slows) in zip(groups, tracked, strict=True):
             if self.outer_momentum > 0.0:
@@ -527,7 +518,7 @@ class DistributedLookahead(Lookahead):
                     alpha=group[ALPHA_KEY],
                     outer_momentum=self.outer_momentum,
                     nesterov=self.nesterov,
-                    foreach=self.foreach is not False,
+                    foreach=True,
                 )
             # With mu = 0 this is Lookahead's own sync on the averaged weights. With mu > 0
             # the fast weights already equal the slow ones, so its lerp and copy change
@@ -737,18 +728,10 @@ class DistributedLookahead(Lookahead):
         after a failed sync (every rank must load the same checkpoint).
         """
         saved_state = state_dict.get("state") if isinstance(state_dict, dict) else None
-        saved_groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
         if isinstance(saved_state, dict):
             _require_received(e for e in saved_state.values() if isinstance(e, dict))
-        plain = [
-            isinstance(g, dict) and STEP_KEY not in g
-            for g in (saved_groups if isinstance(saved_groups, list) else [])
-        ]
         super().load_state_dict(state_dict)
         self._refusal = None
-        for group, without_counter in zip(self.param_groups, plain, strict=False):
-            if without_counter:
-                group[STEP_KEY] = self.cycle_start(group)
         # Optimizer.load_state_dict cast every state tensor to its parameter's dtype (bf16 for a
         # bf16 model); the float32 buffers are placed again from the caller's untouched tensors.
         saved_params = chain.from_iterable(g["params"] for g in state_dict["param_groups"])

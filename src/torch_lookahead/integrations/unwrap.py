@@ -32,7 +32,7 @@ def unwrap_lookahead(optimizer: object) -> Lookahead:
     ``trainer.optimizer`` and ``accelerator.prepare(...)`` return an ``AcceleratedOptimizer``,
     Lightning's ``self.optimizers()`` a ``LightningOptimizer``, DeepSpeed its ZeRO optimizer. The
     wrappers forward ``step()``, ``eval()``/``train()`` and the state, but not the rest of the
-    Lookahead API (``slow_weights()``, ``slow_parameters()``, ``sync()``, ...); this function
+    Lookahead API (``slow_weights()``, ``sync()``, ...); this function
     follows them down to the Lookahead itself.
 
     Args:

@@ -46,7 +46,7 @@ class Ranger(Lookahead):
         alpha (float, optional): slow-weights step size (default: 0.5).
         decoupled_weight_decay (bool, optional): RAdamW-style decay (default: False).
         maximize (bool, optional): maximize the objective (default: False).
-        foreach (bool, optional): multi-tensor kernels for RAdam and the sync (default: None).
+        foreach (bool, optional): multi-tensor kernels for RAdam (default: None).
         **options: every other keyword option of [Lookahead][torch_lookahead.Lookahead]
             (``pullback_momentum`` acts on RAdam's ``exp_avg``).
 
@@ -79,4 +79,4 @@ class Ranger(Lookahead):
             maximize=maximize,
             foreach=foreach,
         )
-        super().__init__(inner, k=k, alpha=alpha, foreach=foreach, **options)
+        super().__init__(inner, k=k, alpha=alpha, **options)

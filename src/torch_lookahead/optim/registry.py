@@ -71,7 +71,7 @@ def create_optimizer(
             them but ``"ranger"`` prefixed with ``"lookahead_"``.
         params: parameters, parameter groups, or a module (its ``parameters()``).
         lookahead: keyword arguments of [Lookahead][torch_lookahead.Lookahead] (``k``, ``alpha``,
-            ``pullback_momentum``, ``slow_dtype``, ``slow_device``, ``foreach``) for a
+            ``pullback_momentum``, ``slow_dtype``) for a
             ``lookahead_`` name; Lookahead's defaults otherwise. Only valid with that prefix.
         **kwargs: the optimizer's own keyword arguments (``lr``, ``weight_decay``, ...); they
             override the defaults the name implies.
