@@ -22,7 +22,8 @@ floats and the parameter list of GPT-2 small):
 * **stepwise**: the same turns, each step of a cycle timed on its own: the steps between syncs and
   the sync step apart.
 * **swap**: ``eval()`` + ``train()`` of ``Lookahead(SGD)`` on 20,000 one-element parameters
-  against one step.
+  against one step, and the floor of an exchange through a scratch buffer: its three kernels per
+  direction (``torch.cat`` into the buffer, two ``torch._foreach_copy_``) on the same tensors.
 * **memory**: the allocator's events (``torch.profiler`` on the CPU, the caching allocator's
   statistics on CUDA): the peak of live bytes while the optimizer is built and stepped through two
   cycles, and the bytes allocated per step between syncs and by a sync step.
@@ -672,17 +673,38 @@ QUICK_SWAP_SHAPES = ParameterList("500 x 1", ((1,),) * 500)
 SWAP = "eval() + train()"
 INNER_STEP = "inner step"
 LOOKAHEAD_STEP = "Lookahead step"
+KERNELS = "kernels"
 
 
 @dataclass(frozen=True)
 class SwapResult:
-    """Median seconds of ``eval()`` + ``train()``, of an inner step and of a Lookahead step (the
-    mean over a cycle, sync included), and the median per-round ratios of the first to the others."""
+    """Median seconds of ``eval()`` + ``train()``, of an inner step, of a Lookahead step (the
+    mean over a cycle, sync included) and of the exchange's kernels alone, and the median
+    per-round ratios of the swap, and of the kernels, to the inner step."""
 
     shape: ParameterList
     seconds: dict[str, float]
     per_inner_step: float
     per_lookahead_step: float
+    kernels_per_inner_step: float
+
+
+def exchange_kernels(a: Sequence[Tensor], b: Sequence[Tensor]) -> Callable[[], None]:
+    """The floor of ``eval()`` + ``train()`` through a scratch buffer: per direction, the buffer
+    <- ``a`` (one ``torch.cat``), ``a`` <- ``b``, ``b`` <- the buffer (``torch._foreach_copy_``),
+    on 1-D tensors of one dtype, without any check or bookkeeping."""
+    buffer = torch.empty(sum(t.numel() for t in a), device=a[0].device, dtype=a[0].dtype)
+    held = list(torch.split(buffer, [t.numel() for t in a]))
+    first, second = list(a), list(b)
+
+    @torch.no_grad()
+    def exchange() -> None:
+        for _ in range(2):
+            torch.cat(first, out=buffer)
+            torch._foreach_copy_(first, second)
+            torch._foreach_copy_(second, held)
+
+    return exchange
 
 
 def measure_swap(
@@ -719,8 +741,9 @@ def measure_swap(
         SWAP: swap,
         INNER_STEP: plain.step,
         LOOKAHEAD_STEP: lookahead.step,
+        KERNELS: exchange_kernels(params, [p.detach().clone() for p in params]),
     }
-    calls = {SWAP: 1, INNER_STEP: 1, LOOKAHEAD_STEP: k}
+    calls = {SWAP: 1, INNER_STEP: 1, LOOKAHEAD_STEP: k, KERNELS: 1}
     samples: dict[str, list[float]] = {name: [] for name in runs}
     shuffler = random.Random(0)
     names = list(runs)
@@ -737,6 +760,7 @@ def measure_swap(
         seconds={name: statistics.median(values) for name, values in samples.items()},
         per_inner_step=median_ratio(samples[SWAP], samples[INNER_STEP]),
         per_lookahead_step=median_ratio(samples[SWAP], samples[LOOKAHEAD_STEP]),
+        kernels_per_inner_step=median_ratio(samples[KERNELS], samples[INNER_STEP]),
     )
 
 
@@ -1053,18 +1077,21 @@ def format_swap(results: Sequence[SwapResult]) -> list[str]:
         f"### {SWAP} against one step",
         "",
         f"`Lookahead({SWAP_INNER})` after one cycle; every round times `eval()` then `train()`, "
-        "one inner step and one Lookahead cycle (per step: the cycle over k, sync included), in "
-        "shuffled order. Ratios: medians over rounds of the swap over the step of the same round.",
+        "one inner step, one Lookahead cycle (per step: the cycle over k, sync included) and "
+        "the exchange's kernels alone (a `torch.cat` into a buffer and two `torch._foreach_copy_` "
+        "per direction, no check), in shuffled order. Ratios: medians over rounds of the swap, or "
+        "of the kernels, over the step of the same round.",
         "",
         f"| parameters | {SWAP} ms | inner step ms | Lookahead step ms | "
-        f"{SWAP} / inner step | {SWAP} / Lookahead step |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"{SWAP} / inner step | {SWAP} / Lookahead step | kernels / inner step |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         ms = {name: seconds * 1e3 for name, seconds in r.seconds.items()}
         lines.append(
             f"| {r.shape.name} | {ms[SWAP]:.1f} | {ms[INNER_STEP]:.1f} | "
-            f"{ms[LOOKAHEAD_STEP]:.1f} | {r.per_inner_step:.2f} | {r.per_lookahead_step:.2f} |"
+            f"{ms[LOOKAHEAD_STEP]:.1f} | {r.per_inner_step:.2f} | {r.per_lookahead_step:.2f} | "
+            f"{r.kernels_per_inner_step:.2f} |"
         )
     return lines
 

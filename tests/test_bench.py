@@ -214,9 +214,21 @@ def test_step_by_step_and_swap_run_on_tiny_sizes(tmp_path: Path) -> None:
 def test_swap_measurement_leaves_the_weights_as_it_found_them() -> None:
     shape = bench.ParameterList("50 x 1", ((1,),) * 50)
     result = bench.measure_swap(shape, rounds=2, k=2)
-    assert set(result.seconds) == {bench.SWAP, bench.INNER_STEP, bench.LOOKAHEAD_STEP}
+    names = {bench.SWAP, bench.INNER_STEP, bench.LOOKAHEAD_STEP, bench.KERNELS}
+    assert set(result.seconds) == names
     assert result.per_inner_step > 0 and result.per_lookahead_step > 0
+    assert result.kernels_per_inner_step > 0
     assert "| 50 x 1 |" in "\n".join(bench.format_swap([result]))
+
+
+def test_the_exchange_floor_writes_both_lists_and_ends_where_it_began() -> None:
+    params = bench.make_parameters([(1,)] * 5 + [(3,)] * 2)
+    other = [p.detach() + 1.0 for p in params]
+    before = [t.detach().clone() for t in params + other]
+    versions = [t._version for t in params + other]
+    bench.exchange_kernels(params, other)()  # eval() then train(): there and back
+    assert all(torch.equal(t.detach(), v) for t, v in zip(params + other, before, strict=True))
+    assert all(t._version > v for t, v in zip(params + other, versions, strict=True))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,17 +19,14 @@ def sync_(
     slow: list[Tensor],
     alpha: float,
     *,
-    foreach: bool,
     scratch: dict | None = None,
 ) -> None:
     """One uninterrupted outer step: ``slow <- slow + alpha*(fast - slow); fast <- slow``."""
-    _sync.Plan(
-        _sync.sync_steps(fast, slow, alpha, {} if scratch is None else scratch, foreach=foreach)
-    ).run()
+    _sync.Plan(_sync.sync_steps(fast, slow, alpha, {} if scratch is None else scratch)).run()
 
 
-def swap_(a: list[Tensor], b: list[Tensor], scratch: dict, *, foreach: bool) -> None:
-    _sync.Plan(_sync.swap_steps(a, b, scratch, foreach=foreach)).run()
+def swap_(a: list[Tensor], b: list[Tensor], scratch: dict) -> None:
+    _sync.Plan(_sync.swap_steps(a, b, scratch)).run()
 
 
 def reference_sync(fast: list[Tensor], slow: list[Tensor], alpha: float) -> list[Tensor]:
@@ -61,7 +58,6 @@ shape_lists = st.lists(
     shapes=shape_lists,
     alpha=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**16),
-    foreach=st.booleans(),
     dtypes=st.sampled_from(
         [
             (torch.float32, torch.float32),
@@ -74,7 +70,6 @@ def test_sync_matches_the_float64_reference(
     shapes: list[tuple[int, ...]],
     alpha: float,
     seed: int,
-    foreach: bool,
     dtypes: tuple[torch.dtype, torch.dtype],
 ) -> None:
     fast_dtype, slow_dtype = dtypes
@@ -82,7 +77,7 @@ def test_sync_matches_the_float64_reference(
     expected = reference_sync(fast, slow, alpha)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        sync_(fast, slow, alpha, foreach=foreach)
+        sync_(fast, slow, alpha)
     tolerance = {torch.float32: 1e-6, torch.float64: 1e-14}[slow_dtype]
     for f, s, e in zip(fast, slow, expected, strict=True):
         torch.testing.assert_close(s.double(), e, rtol=tolerance, atol=tolerance)
@@ -90,13 +85,10 @@ def test_sync_matches_the_float64_reference(
         assert torch.equal(f, s.to(fast_dtype))
 
 
-@pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize(
     ("fast_dtype", "slow_dtype"), [(torch.float32, torch.float32), (torch.bfloat16, torch.float32)]
 )
-def test_blocking_changes_no_bit(
-    foreach: bool, fast_dtype: torch.dtype, slow_dtype: torch.dtype
-) -> None:
+def test_blocking_changes_no_bit(fast_dtype: torch.dtype, slow_dtype: torch.dtype) -> None:
     # Tensors shorter and longer than a block, contiguous and not, many of them.
     shapes = [(3,), (700,), (40, 30), (5,), (1000, 3)] * 4 + [(25,)] * 100
     fast, slow = random_pairs(0, shapes, fast_dtype, slow_dtype)
@@ -104,9 +96,9 @@ def test_blocking_changes_no_bit(
     blocked_fast, blocked_slow = [f.clone() for f in fast], [s.clone() for s in slow]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", 1 << 40)  # one block: no blocking at all
-        sync_(fast, slow, 0.3, foreach=foreach)
+        sync_(fast, slow, 0.3)
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        sync_(blocked_fast, blocked_slow, 0.3, foreach=foreach)
+        sync_(blocked_fast, blocked_slow, 0.3)
     for a, b in zip(fast + slow, blocked_fast + blocked_slow, strict=True):
         assert torch.equal(a, b)
 
@@ -152,11 +144,11 @@ def test_a_sync_resumed_after_any_completed_step_gives_one_uninterrupted_result(
     expected_fast, expected_slow = [f.clone() for f in fast], [s.clone() for s in slow]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        sync_(expected_fast, expected_slow, 0.3, foreach=True)
-        count = len(_sync.sync_steps(fast, slow, 0.3, {}, foreach=True))
+        sync_(expected_fast, expected_slow, 0.3)
+        count = len(_sync.sync_steps(fast, slow, 0.3, {}))
         for at in range(count):
             f, s = [t.clone() for t in fast], [t.clone() for t in slow]
-            plan = _sync.Plan(_sync.sync_steps(f, s, 0.3, {}, foreach=True))
+            plan = _sync.Plan(_sync.sync_steps(f, s, 0.3, {}))
             step = plan.steps[at]
             real = step[0] if isinstance(step, tuple) else step
 
@@ -178,17 +170,16 @@ def test_cpu_sync_allocates_nothing_after_its_scratch() -> None:
 
     fast, slow = random_pairs(3, [(70_000,)] * 3 + [(300,)] * 50, torch.float32, torch.float32)
     scratch: _sync.Scratch = {}
-    sync_(fast, slow, 0.5, foreach=True, scratch=scratch)  # warm-up: allocates the scratch
+    sync_(fast, slow, 0.5, scratch=scratch)  # warm-up: allocates the scratch
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as recorded:
-        sync_(fast, slow, 0.5, foreach=True, scratch=scratch)
-        sync_(fast, slow, 0.5, foreach=False, scratch=scratch)
+        sync_(fast, slow, 0.5, scratch=scratch)
+        sync_(fast, slow, 0.5, scratch=scratch)
     events = recorded.profiler.kineto_results.events()  # type: ignore[union-attr]
     allocated = [e.nbytes() for e in events if e.name() == "[memory]" and e.nbytes() > 0]
     assert allocated == []
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_lists_mixing_dtypes_and_mismatched_pairs(foreach: bool) -> None:
+def test_lists_mixing_dtypes_and_mismatched_pairs() -> None:
     # fp32 and fp64 pairs (two buckets) and one bf16 parameter with an fp32 slow copy.
     gen = torch.Generator().manual_seed(4)
     dtypes = [
@@ -202,16 +193,15 @@ def test_lists_mixing_dtypes_and_mismatched_pairs(foreach: bool) -> None:
     expected = reference_sync(fast, slow, 0.25)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        sync_(fast, slow, 0.25, foreach=foreach)
+        sync_(fast, slow, 0.25)
     for f, s, e, (fast_dtype, slow_dtype) in zip(fast, slow, expected, dtypes, strict=True):
         assert s.dtype == slow_dtype and f.dtype == fast_dtype
         torch.testing.assert_close(s.double(), e, rtol=1e-6, atol=1e-6)
         assert torch.equal(f, s.to(fast_dtype))
 
 
-@pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("numel", [5, 300])  # 300 floats: cut into views of 64 (small blocks)
-def test_sync_of_parameters_is_seen_by_autograd(foreach: bool, numel: int) -> None:
+def test_sync_of_parameters_is_seen_by_autograd(numel: int) -> None:
     """The in-place kernels advance the version counters (also through the views that cut long
     tensors into blocks): a graph that saved a parameter before a sync refuses to backpropagate
     through the changed value."""
@@ -221,7 +211,7 @@ def test_sync_of_parameters_is_seen_by_autograd(foreach: bool, numel: int) -> No
     loss = sum((p * p).sum() for p in params)
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        sync_(params, slow, 0.5, foreach=foreach)
+        sync_(params, slow, 0.5)
     assert all(torch.equal(p.detach(), s) for p, s in zip(params, slow, strict=True))
     assert all(p._version > v for p, v in zip(params, versions, strict=True))
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -248,7 +238,7 @@ def test_mismatched_pairs_allocate_their_scratch_before_changing_anything(
 
     monkeypatch.setattr(torch, "empty", empty_then_fail)
     with pytest.raises(torch.OutOfMemoryError):
-        sync_(fast, slow, 0.5, foreach=True)
+        sync_(fast, slow, 0.5)
     monkeypatch.undo()
     assert calls and all(torch.equal(a, b) for a, b in zip(fast + slow, before, strict=True))
 
@@ -262,11 +252,11 @@ def test_swap_exchanges_values_exactly_through_a_reused_buffer() -> None:
     scratch: dict = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
-        for foreach in (True, False):
-            swap_(a, b, scratch, foreach=foreach)
+        for _ in range(2):
+            swap_(a, b, scratch)
             assert all(torch.equal(x, y) for x, y in zip(a + b, b0 + a0, strict=True))
             buffer = scratch[(torch.device("cpu"), torch.float32, 0)]
-            swap_(a, b, scratch, foreach=foreach)
+            swap_(a, b, scratch)
             assert scratch[(torch.device("cpu"), torch.float32, 0)] is buffer
             assert all(torch.equal(x, y) for x, y in zip(a + b, a0 + b0, strict=True))
 
@@ -274,7 +264,7 @@ def test_swap_exchanges_values_exactly_through_a_reused_buffer() -> None:
 def test_sync_enters_no_grad_itself() -> None:
     params = [torch.nn.Parameter(torch.randn(4)) for _ in range(3)]
     slow = [p.detach().clone() for p in params]
-    sync_(params, slow, 0.25, foreach=True)  # called with grad mode on: still a plain update
+    sync_(params, slow, 0.25)  # called with grad mode on: still a plain update
     assert all(p.grad_fn is None and s.grad_fn is None for p, s in zip(params, slow, strict=True))
     assert all(torch.equal(p.detach(), s) for p, s in zip(params, slow, strict=True))
 
@@ -286,7 +276,7 @@ def test_swap_views_follow_the_shapes_of_each_call() -> None:
     for shapes in ([(6,), (2, 3)], [(2, 3), (6,)], [(3, 2), (1, 6)], [(6,), (2, 3)]):
         a, b = random_pairs(7, shapes, torch.float32, torch.float32)
         a0, b0 = [t.clone() for t in a], [t.clone() for t in b]
-        swap_(a, b, scratch, foreach=True)
+        swap_(a, b, scratch)
         assert all(torch.equal(x, y) for x, y in zip(a + b, b0 + a0, strict=True))
 
 

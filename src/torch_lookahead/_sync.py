@@ -69,22 +69,6 @@ class Plan:
                 self.done += 1
 
 
-def _copy(targets: list[Tensor], sources: list[Tensor], foreach: bool) -> None:
-    if foreach:
-        torch._foreach_copy_(targets, sources)
-    else:
-        for t, s in zip(targets, sources, strict=True):
-            t.copy_(s)
-
-
-def _lerp(targets: list[Tensor], ends: list[Tensor], alpha: float, foreach: bool) -> None:
-    if foreach:
-        torch._foreach_lerp_(targets, ends, alpha)
-    else:
-        for t, e in zip(targets, ends, strict=True):
-            t.lerp_(e, alpha)
-
-
 def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[Tensor], list[int]]]:
     """Consecutive runs of pairs of about one block of ``a`` each, with their element counts;
     longer contiguous tensors come as flat views of a block. Blocking changes the order of the same
@@ -105,12 +89,13 @@ def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[T
     return [(a[s], b[s], sizes[s]) for s in cache_blocks(a, block_bytes, sizes)]
 
 
-def _save(flat: Tensor | None, work: list[Tensor], sources: list[Tensor], foreach: bool) -> None:
-    """``work <- sources``; one kernel (a concatenation into ``flat``) where all are 1-D."""
-    if flat is not None and foreach:
-        torch.cat(sources, out=flat)
-    else:
-        _copy(work, sources, foreach)
+def _copy(targets: list[Tensor], sources: list[Tensor]) -> Step:
+    return partial(torch._foreach_copy_, targets, sources)
+
+
+def _save(flat: Tensor | None, work: list[Tensor], sources: list[Tensor]) -> Step:
+    """The step ``work <- sources``: one kernel (a concatenation into ``flat``) where all are 1-D."""
+    return _copy(work, sources) if flat is None else partial(torch.cat, sources, out=flat)
 
 
 def _views(
@@ -134,16 +119,19 @@ def _views(
         for stale in [k for k in scratch if len(k) == 5 and k[:3] == key]:
             del scratch[stale]
     dims = list(map(Tensor.dim, like))
+    several = max(dims) > 1
     kept = scratch.get((*key, numel, len(like)))
     if (
         kept is None
-        or (kept[1], kept[2]) != (dims, sizes)
-        or (max(dims) > 1 and not same_shapes(kept[0], like))
+        or kept[1] != dims
+        or kept[2] != sizes
+        or (several and not same_shapes(kept[0], like))
     ):
         with torch.inference_mode(False):
             views = torch._C._nn.unflatten_dense_tensors(buffer[:numel], like)
-        kept = scratch[(*key, numel, len(like))] = (views, dims, sizes)
-    return list(kept[0]), (buffer[:numel] if max(dims) == min(dims) == 1 else None)
+            flat = None if several or min(dims) < 1 else buffer[:numel]
+        kept = scratch[(*key, numel, len(like))] = (views, dims, sizes, flat)
+    return list(kept[0]), kept[3]
 
 
 def _largest(blocks: list[tuple[Any, list[int]]]) -> dict[Any, int]:
@@ -162,9 +150,10 @@ def _plan_blocks(
 
 
 def sync_steps(
-    fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, scratch: Scratch, *, foreach: bool
+    fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, scratch: Scratch, **_: object
 ) -> list[PlanStep]:
-    """The steps of the outer step over the pairs; every allocation is made here, none in a step."""
+    """The steps of the outer step over the pairs; every allocation is made here, none in a step.
+    (A ``foreach`` keyword is accepted and ignored: the multi-tensor kernels are always used.)"""
     if not fast:
         return []
     if torch.compiler.is_compiling():  # a traced sync is one graph: lerp and copy, fused
@@ -176,19 +165,17 @@ def sync_steps(
         placement = (block_fast[0].device, block_slow[0].dtype)
         work, flat = _views(scratch, block_slow, sizes, placement, 0, most[placement])
         if _placement(block_slow[0]) == placement and block_fast[0].dtype == placement[1]:
-            steps.append(partial(_save, flat, work, block_slow, foreach))
-            lerp = partial(_lerp, block_slow, block_fast, alpha, foreach)
-            steps.append((lerp, partial(_copy, block_slow, work, foreach)))
-            steps.append(partial(_copy, block_fast, block_slow, foreach))
+            lerp = partial(torch._foreach_lerp_, block_slow, block_fast, alpha)
+            steps += [_save(flat, work, block_slow), (lerp, _copy(block_slow, work))]
+            steps.append(_copy(block_fast, block_slow))
             continue
         end = block_fast
         if block_fast[0].dtype != placement[1]:  # the fast weights in the slow copy's dtype
             end = _views(scratch, block_fast, sizes, placement, 1, most[placement])[0]
-            steps.append(partial(_copy, end, block_fast, foreach))
-        load = partial(_copy, work, block_slow, foreach)
-        steps += [load, (partial(_lerp, work, end, alpha, foreach), load)]
-        steps.append(partial(_copy, block_slow, work, foreach))
-        steps.append(partial(_copy, block_fast, work, foreach))
+            steps.append(_copy(end, block_fast))
+        load = _copy(work, block_slow)
+        steps += [load, (partial(torch._foreach_lerp_, work, end, alpha), load)]
+        steps += [_copy(block_slow, work), _copy(block_fast, work)]
     return steps
 
 
@@ -199,16 +186,15 @@ def _compiled_sync_(fast: list[Tensor], slow: list[Tensor], alpha: float) -> Non
 
 
 def swap_steps(
-    a: Sequence[Tensor], b: Sequence[Tensor], scratch: Scratch, *, foreach: bool
+    a: Sequence[Tensor], b: Sequence[Tensor], scratch: Scratch, **_: object
 ) -> list[PlanStep]:
-    """The steps that exchange the values of each pair (each pair shares device and dtype)."""
+    """The steps that exchange the values of each pair (each pair shares device and dtype).
+    (A ``foreach`` keyword is accepted and ignored.)"""
     steps: list[PlanStep] = []
     blocks = _plan_blocks(a, b, keys=1) if a else []
     most = _largest([(_placement(block_a[0]), sizes) for block_a, _, sizes in blocks])
     for block_a, block_b, sizes in blocks:
         placement = _placement(block_a[0])
         held, flat = _views(scratch, block_a, sizes, placement, 0, most[placement])
-        steps.append(partial(_save, flat, held, block_a, foreach))
-        steps.append(partial(_copy, block_a, block_b, foreach))
-        steps.append(partial(_copy, block_b, held, foreach))
+        steps += [_save(flat, held, block_a), _copy(block_a, block_b), _copy(block_b, held)]
     return steps

@@ -77,9 +77,9 @@ def same_shapes(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
     dims = list(map(Tensor.dim, a))
     if dims != list(map(Tensor.dim, b)) or list(map(Tensor.numel, a)) != list(map(Tensor.numel, b)):
         return False
-    several = list(map(operator.lt, repeat(1), dims))
-    if not any(several):
+    if not dims or max(dims) <= 1:
         return True
+    several = list(map(operator.lt, repeat(1), dims))
     size = Tensor.size
     return list(map(size, compress(a, several))) == list(map(size, compress(b, several)))
 
