@@ -124,9 +124,7 @@ def test_mismatched_checkpoint_raises_clear_errors() -> None:
     train(model, opt, batches(2))
     sd = opt.state_dict()
     other = Lookahead(torch.optim.AdamW(torch.nn.Linear(3, 1).parameters()))
-    with pytest.raises(
-        ValueError, match="group 0: the checkpoint has 4 parameters, this optimizer has 2"
-    ):
+    with pytest.raises(ValueError, match=r"groups have \[4\] parameters, this optimizer's \[2\]"):
         other.load_state_dict(sd)
     two_groups = Lookahead(
         torch.optim.AdamW(
@@ -136,7 +134,9 @@ def test_mismatched_checkpoint_raises_clear_errors() -> None:
             ]
         )
     )
-    with pytest.raises(ValueError, match="1 parameter groups, this optimizer has 2"):
+    with pytest.raises(
+        ValueError, match=r"groups have \[\d+\] parameters, this optimizer's \[\d+, \d+\]"
+    ):
         two_groups.load_state_dict(sd)
     torch.manual_seed(0)
     reshaped = torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))

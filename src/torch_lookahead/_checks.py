@@ -102,18 +102,16 @@ def check_loadable(
             "state_dict must be an optimizer state dict with 'state' (a dict) and "
             "'param_groups' (a list)"
         )
-    if len(saved_groups) != len(groups):
+    if not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved_groups):
         raise ValueError(
-            f"the checkpoint has {len(saved_groups)} parameter groups, this optimizer has {len(groups)}"
+            "every parameter group of the checkpoint must be a dict with a 'params' list"
         )
-    for index, (saved, current) in enumerate(zip(saved_groups, groups, strict=True)):
-        if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
-            raise ValueError(f"parameter group {index} of the checkpoint has no 'params' list")
-        if len(saved["params"]) != len(current["params"]):
-            raise ValueError(
-                f"parameter group {index}: the checkpoint has {len(saved['params'])} parameters, "
-                f"this optimizer has {len(current['params'])}"
-            )
+    sizes = [len(g["params"]) for g in saved_groups], [len(g["params"]) for g in groups]
+    if sizes[0] != sizes[1]:
+        raise ValueError(
+            f"the checkpoint's parameter groups have {sizes[0]} parameters, this optimizer's {sizes[1]}"
+        )
+    for index, saved in enumerate(saved_groups):
         for key, check in GROUP_CHECKS:
             if key in saved:
                 check(saved[key], f"checkpoint param_groups[{index}][{key!r}]")

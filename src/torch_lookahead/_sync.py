@@ -9,13 +9,12 @@ An operation is a `Plan`, a list of steps that counts the completed ones, so tha
 an exception resumes where it stopped. Per block of pairs (``|`` separates the steps; docs/design.md
 explains why a resumed plan gives the result of one uninterrupted run)::
 
-    sync:  work <- slow  |  slow <- lerp(slow, fast, alpha) *  |  fast <- slow
-    sync, slow copy of another device or dtype:
-           work <- slow  |  work <- lerp(work, fast, alpha) *  |  slow <- work  |  fast <- work
+    sync:  [end <- fast, in the slow dtype  |]  work <- slow  |  slow <- lerp(slow, end, alpha) *
+           |  fast <- slow
     swap:  work <- a  |  a <- b  |  b <- work
 
-``work`` views a scratch buffer of one block, allocated before the plan's first write and reused.
-The lerps (*) read what they write: run again, they first reload it from the step before's copy.
+``work`` and ``end`` view scratch buffers of one block, allocated before the plan's first write and
+reused. The lerp (*) reads what it writes: run again, it first reloads ``slow`` from ``work``.
 """
 
 from __future__ import annotations
@@ -150,32 +149,26 @@ def _plan_blocks(
 
 
 def sync_steps(
-    fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, scratch: Scratch, **_: object
+    fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, scratch: Scratch
 ) -> list[PlanStep]:
-    """The steps of the outer step over the pairs; every allocation is made here, none in a step.
-    (A ``foreach`` keyword is accepted and ignored: the multi-tensor kernels are always used.)"""
+    """The steps of the outer step over the pairs; every allocation is made here, none in a step."""
     if not fast:
         return []
     if torch.compiler.is_compiling():  # a traced sync is one graph: lerp and copy, fused
         return [partial(_compiled_sync_, local_shards(fast), local_shards(slow), alpha)]
     steps: list[PlanStep] = []
     blocks = _plan_blocks(fast, slow, keys=2)
-    most = _largest([((f[0].device, s[0].dtype), sizes) for f, s, sizes in blocks])
+    most = _largest([(_placement(s[0]), sizes) for _, s, sizes in blocks])
     for block_fast, block_slow, sizes in blocks:
-        placement = (block_fast[0].device, block_slow[0].dtype)
+        placement = _placement(block_slow[0])
         work, flat = _views(scratch, block_slow, sizes, placement, 0, most[placement])
-        if _placement(block_slow[0]) == placement and block_fast[0].dtype == placement[1]:
-            lerp = partial(torch._foreach_lerp_, block_slow, block_fast, alpha)
-            steps += [_save(flat, work, block_slow), (lerp, _copy(block_slow, work))]
-            steps.append(_copy(block_fast, block_slow))
-            continue
         end = block_fast
         if block_fast[0].dtype != placement[1]:  # the fast weights in the slow copy's dtype
             end = _views(scratch, block_fast, sizes, placement, 1, most[placement])[0]
             steps.append(_copy(end, block_fast))
-        load = _copy(work, block_slow)
-        steps += [load, (partial(torch._foreach_lerp_, work, end, alpha), load)]
-        steps += [_copy(block_slow, work), _copy(block_fast, work)]
+        lerp = partial(torch._foreach_lerp_, block_slow, end, alpha)
+        steps += [_save(flat, work, block_slow), (lerp, _copy(block_slow, work))]
+        steps.append(_copy(block_fast, block_slow))
     return steps
 
 
@@ -185,11 +178,8 @@ def _compiled_sync_(fast: list[Tensor], slow: list[Tensor], alpha: float) -> Non
         f.copy_(s)
 
 
-def swap_steps(
-    a: Sequence[Tensor], b: Sequence[Tensor], scratch: Scratch, **_: object
-) -> list[PlanStep]:
-    """The steps that exchange the values of each pair (each pair shares device and dtype).
-    (A ``foreach`` keyword is accepted and ignored.)"""
+def swap_steps(a: Sequence[Tensor], b: Sequence[Tensor], scratch: Scratch) -> list[PlanStep]:
+    """The steps that exchange the values of each pair (each pair shares device and dtype)."""
     steps: list[PlanStep] = []
     blocks = _plan_blocks(a, b, keys=1) if a else []
     most = _largest([(_placement(block_a[0]), sizes) for block_a, _, sizes in blocks])

@@ -15,10 +15,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-#: Bytes of parameters per block of the optimizers' CPU multi-tensor kernels: a block of
-#: parameters, gradients, state and temporaries stays in the last-level cache.
-OPTIMIZER_BLOCK_BYTES = 1024 * 1024
-
 _PLAIN_TENSOR_TYPES = frozenset({Tensor, torch.nn.Parameter})
 _dtype_of = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")

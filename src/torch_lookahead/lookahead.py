@@ -118,11 +118,20 @@ def _forwarded(name: str) -> Any:
     )
 
 
-def _warn_if_written(groups: list[dict[str, Any]], versions: dict[Tensor, int]) -> None:
+# id(group) -> (group, the parameters eval() put the slow weights into, their versions after it)
+EvalRecords = dict[int, tuple[dict[str, Any], list[Tensor], list[int]]]
+_version_of = operator.attrgetter("_version")
+
+
+def _warn_if_written(groups: list[dict[str, Any]], records: EvalRecords) -> None:
     """Warn once when train() is about to put the fast weights over values written into the
-    parameters in eval mode (e.g. the HF Trainer's ``load_best_model_at_end``)."""
-    params = [p for group in groups if group.get(EVAL_KEY, False) for p in group["params"]]
-    written = sum(versions.pop(p, p._version) != p._version for p in params)
+    parameters in eval mode (e.g. the HF Trainer's ``load_best_model_at_end``). Records are kept
+    per group and compared at C speed: a tensor's hash is a Python call."""
+    written = 0
+    for group in groups:
+        record = records.pop(id(group), None) if group.get(EVAL_KEY, False) else None
+        if record is not None and record[0] is group:
+            written += sum(map(operator.ne, record[2], map(_version_of, record[1])))
     if written:
         warnings.warn(
             f"Lookahead.train(): {written} {WRITTEN_IN_EVAL_MODE} (they held the slow weights; "
@@ -206,17 +215,12 @@ class Lookahead(Optimizer):
     def _init_runtime(self) -> None:  # not pickled; Optimizer.__init__ would copy the groups
         self._plan: Plan | None = None
         self._scratch: Scratch = {}
-        self._eval_versions: dict[Tensor, int] = {}  # parameter -> its version after eval()
+        self._eval_versions: EvalRecords = {}  # what train() compares with
         Optimizer.__setstate__(self, {})
 
     param_groups = _forwarded("param_groups")
     state = _forwarded("state")
     defaults = _forwarded("defaults")
-
-    @property
-    def is_second_order(self) -> bool:
-        """Forwarded from the inner optimizer (timm's train loop asks, e.g. for AdaHessian)."""
-        return bool(getattr(self.optimizer, "is_second_order", False))
 
     @property
     def in_eval_mode(self) -> bool:
@@ -444,7 +448,7 @@ class Lookahead(Optimizer):
                         held[i] = torch.zeros_like(buffers[i])
                 steps += [partial(found[i][0].__setitem__, found[i][2], held[i]) for i in new]
                 fast, slow = fast + buffers, slow + held
-            steps += sync_steps(fast, slow, group[ALPHA_KEY], self._scratch, foreach=True)
+            steps += sync_steps(fast, slow, group[ALPHA_KEY], self._scratch)
             if mode == "reset":
                 steps.append(partial(_zero, buffers))
         counters = [0 if restart is None else restart(group) for group in groups]
@@ -522,7 +526,9 @@ class Lookahead(Optimizer):
         every: list[list[Any]] = [list(chain.from_iterable(f[i] for f in found)) for i in range(3)]
         params, held, states = every
         if to_eval:  # swapped where the slow copy has the parameter's dtype
-            swapped = list(map(operator.eq, map(_placement, params), map(_placement, held)))
+            swapped = [True] * len(params)
+            if not same_placements(params, held):
+                swapped = list(map(operator.eq, map(_placement, params), map(_placement, held)))
         else:  # swapped where the parameter holds the slow weights (none kept)
             swapped = list(map(operator.not_, map(operator.contains, states, repeat(SLOW_KEY))))
         (params, held, states), (copied_params, copied_held, copied_states) = (
@@ -533,7 +539,7 @@ class Lookahead(Optimizer):
             stashes = [torch.empty_like(p) for p in copied_params] if to_eval else []
         steps: list[PlanStep] = [partial(_copy, stashes, copied_params)]
         steps.append(partial(_copy, copied_params, copied_held))
-        steps += swap_steps(params, held, self._scratch, foreach=True)
+        steps += swap_steps(params, held, self._scratch)
         steps.append(partial(_store, states, FAST_KEY if to_eval else SLOW_KEY, held))
         steps.append(partial(_drop, states, key))  # the rename, in two steps
         store = partial(_store, copied_states, FAST_KEY, stashes)
@@ -541,7 +547,9 @@ class Lookahead(Optimizer):
         steps.append(partial(_store, groups, EVAL_KEY, [to_eval] * len(groups)))
         self._run(steps)
         if to_eval:  # what train() compares with, to see a parameter written in eval mode
-            self._eval_versions.update((p, p._version) for p in chain(params, copied_params))
+            for group, (group_params, _, _) in zip(groups, found, strict=True):
+                versions = list(map(_version_of, group_params))
+                self._eval_versions[id(group)] = (group, group_params, versions)
 
     def eval(self) -> None:
         """Put the slow weights into the parameters (idempotent); ``step()`` raises until

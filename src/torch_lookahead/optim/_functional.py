@@ -16,8 +16,12 @@ import torch
 from torch import Tensor
 from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
-from .._tensors import OPTIMIZER_BLOCK_BYTES, cache_blocks
+from .._tensors import cache_blocks
 from ._flat import FlatState
+
+#: Bytes of parameters per block of the optimizers' CPU multi-tensor kernels: a block of
+#: parameters, gradients, state and temporaries stays in the last-level cache.
+OPTIMIZER_BLOCK_BYTES = 1024 * 1024
 
 __all__ = [
     "FunctionalStep",
@@ -142,7 +146,7 @@ def default_to_foreach(params: Sequence[Tensor]) -> bool:
 
 def blocks(tensors: Sequence[Tensor]) -> Iterator[slice]:
     """Consecutive slices of ``tensors`` for the multi-tensor kernels: CPU lists are cut into
-    blocks of `torch_lookahead._tensors.OPTIMIZER_BLOCK_BYTES` (a block's tensors stay in
+    blocks of `OPTIMIZER_BLOCK_BYTES` (a block's tensors stay in
     cache from its first op to its last), other devices take the whole list at once."""
     if tensors and tensors[0].device.type == "cpu":
         yield from cache_blocks(tensors, OPTIMIZER_BLOCK_BYTES)
