@@ -241,13 +241,15 @@ def train(
     seed: int,
     link: SimulatedLink | None = None,
     fragment_by: str = "module",
+    step_log: list[tuple[float, int]] | None = None,
 ) -> list[dict[str, float]]:
     """Train one run; rank 0 returns the curve (step, bytes, validation metrics), others [].
 
     Each point also carries ``train_seconds`` (the training steps' wall time so far, evaluation
     excluded) and ``peak_step_bytes`` (the most bytes one step has exchanged so far). Gradients
     are clipped to the task's ``max_grad_norm`` when it has one (DDP: the averaged gradient;
-    DistributedLookahead: each rank's own).
+    DistributedLookahead: each rank's own). ``step_log``, if given, receives each step's wall
+    seconds and bytes exchanged.
     """
     rank, world_size = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(seed)
@@ -299,8 +301,11 @@ def train(
                 # launched at its last cycle end is still in flight, and fragments are mid-cycle,
                 # so the slow weights would be older than the run's last steps.
                 optimizer.sync()
-            train_seconds += time.perf_counter() - started
-            peak_step_bytes = max(peak_step_bytes, count_bytes() - bytes_before)
+            seconds, step_bytes = time.perf_counter() - started, count_bytes() - bytes_before
+            train_seconds += seconds
+            peak_step_bytes = max(peak_step_bytes, step_bytes)
+            if step_log is not None:
+                step_log.append((seconds, step_bytes))
             if rank == 0 and (step % eval_every == 0 or step == steps):
                 model.eval()
                 with torch.no_grad():

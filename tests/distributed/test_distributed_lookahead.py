@@ -503,3 +503,41 @@ def check_one_exchange_per_sync(rank: int, world_size: int) -> None:
 
 def test_all_groups_share_one_exchange_per_sync(cluster: Cluster) -> None:
     cluster.run(check_one_exchange_per_sync)
+
+
+def check_delayed_phases(rank: int, world_size: int) -> list[tuple[int, str, bool]]:
+    """The collectives of a delayed sync (k=4, sync_delay=3), by step and whether launched
+    asynchronously."""
+    model = _tiny_model(seed=rank)
+    opt = DistributedLookahead(
+        torch.optim.SGD(model.parameters(), lr=0.1), k=4, alpha=0.5, sync_delay=3
+    )
+    calls: list[tuple[int, str, bool]] = []
+    originals = {name: getattr(dist, name) for name in ("all_reduce", "all_to_all_single", GATHER)}
+    step = 0
+
+    def recording(name: str):  # type: ignore[no-untyped-def]
+        def collective(tensor, *args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append((step, name, bool(kwargs.get("async_op"))))
+            return originals[name](tensor, *args, **kwargs)
+
+        return collective
+
+    for name in originals:
+        setattr(dist, name, recording(name))
+    try:
+        for step in range(1, 8):
+            _train_step(model, opt, rank, step)
+    finally:
+        for name, original in originals.items():
+            setattr(dist, name, original)
+    assert "lookahead_launch" not in opt.state[next(model.parameters())]  # applied at step 7
+    return calls
+
+
+def test_a_delayed_sync_overlaps_both_phases(cluster: Cluster) -> None:
+    """Launched after step 4 (the verdict's sums and the first phase), its second phase is
+    launched half-way through the delay, after step 4 + ceil(3 / 2), not when it is applied
+    after step 7: both phases overlap inner steps."""
+    for calls in cluster.run(check_delayed_phases):
+        assert calls == [(4, "all_reduce", True), (4, "all_to_all_single", True), (6, GATHER, True)]

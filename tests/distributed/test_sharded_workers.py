@@ -250,3 +250,67 @@ def test_hsdp_layout_with_delay_and_compression(
         check_hsdp_options, str(tmp_path / "checkpoint"), compression, sync_delay
     )
     assert max(differences) <= tolerance
+
+
+def _whole_state(opt: DistributedLookahead) -> dict[tuple[int, str], torch.Tensor]:
+    """Every tensor of the optimizer state, whole (DTensors gathered over the row)."""
+    return {
+        key: value.full_tensor() if isinstance(value, DTensor) else value
+        for key, value in state_tensors(opt).items()
+    }
+
+
+def save_while_pending(
+    rank: int, world_size: int, directory: str, shards: int, compression: str | None
+) -> dict[str, object]:
+    """Train 2 replica groups of ``shards`` ranks with ``sync_delay=1`` and save while the sync
+    launched at step 2K is pending; then go on to step 3K + 1 (past the next sync's launch and
+    application). Returns the whole state saved and the whole slow weights at the end."""
+    mesh = init_device_mesh("cpu", (2, shards), mesh_dim_names=("replicate", "shard"))
+    model = _model()
+    fully_shard(model, mesh=mesh["shard"])
+    opt = _diloco(model, device_mesh=mesh, sync_delay=1, compression=compression)
+    _train(model, opt, mesh, range(2 * K))
+    assert all("lookahead_launch" in opt.state[p] for p in model.parameters())
+    dcp.save({"train": DistributedLookaheadState(model, opt)}, checkpoint_id=directory)
+    saved = _whole_state(opt)
+    _train(model, opt, mesh, range(2 * K, 3 * K + 1))
+    return {"saved": saved, "slow": _slow(opt)}
+
+
+def resume_while_pending(
+    rank: int,
+    world_size: int,
+    directory: str,
+    shards: int,
+    compression: str | None,
+    expected: list[dict[str, object]],
+) -> None:
+    """Resume the checkpoint of `save_while_pending` on 2 replica groups of ``shards`` ranks
+    (``expected``: what each replica group saved): the whole state is the one saved, bit for bit, and training on ends at the slow weights of
+    the uninterrupted run (up to the rounding of the gradients' reduction inside a row)."""
+    mesh = init_device_mesh("cpu", (2, shards), mesh_dim_names=("replicate", "shard"))
+    model = _model()
+    fully_shard(model, mesh=mesh["shard"])
+    opt = _diloco(model, device_mesh=mesh, sync_delay=1, compression=compression)
+    assert saved_world_size(directory) == 2
+    dcp.load({"train": DistributedLookaheadState(model, opt)}, checkpoint_id=directory)
+    saved = expected[mesh.get_local_rank(0)]
+    assert_states_equal(saved["saved"], _whole_state(opt))  # type: ignore[arg-type]
+    _train(model, opt, mesh, range(2 * K, 3 * K + 1))
+    slow = _slow(opt)
+    _assert_same_everywhere(slow, world_size)
+    for mine, theirs in zip(slow, saved["slow"], strict=True):  # type: ignore[call-overload]
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_a_pending_sync_resumes_on_another_number_of_shards(
+    cluster: Cluster, four: Cluster, tmp_path: Path
+) -> None:
+    """A checkpoint taken while a delayed sync is pending holds it independently of how the
+    rows were sharded: saved on one shard a row, it resumes on two, and the other way round."""
+    one_to_two, two_to_one = str(tmp_path / "one_shard"), str(tmp_path / "two_shards")
+    rows = cluster.run(save_while_pending, one_to_two, 1, None)  # rank r: row r
+    four.run(resume_while_pending, one_to_two, 2, None, rows)
+    rows = four.run(save_while_pending, two_to_one, 2, "bfloat16")[::2]  # ranks 2i, 2i+1: row i
+    cluster.run(resume_while_pending, two_to_one, 1, "bfloat16", rows)

@@ -19,7 +19,10 @@ two phases, the sum accumulated in float32 (float64 for float64 tensors) whateve
    rank gathers all of them (``all_gather_single``, ``all_gather_into_tensor`` before torch
    2.13) and decodes them.
 
-Every rank decodes the same bytes, so the results are bit-identical everywhere. Each phase sends
+The first phase is launched by `start_mean`, the second by `Exchange.advance` (or by `wait`),
+both without waiting, so that a caller that advances an exchange before waiting for it overlaps
+both phases with its own work. Every rank decodes the same bytes, so the results are
+bit-identical everywhere. Each phase sends
 (W-1)/W of the encoded payload per rank, the same as a ring all-reduce of it. Exact float32 is
 exact; a bfloat16 model's weights travel in bfloat16 (2 bytes a value) but are summed in float32,
 so the only error is the final rounding of the mean to bfloat16, whatever W. ``"bfloat16"`` rounds
@@ -40,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -186,6 +189,8 @@ class Exchange:
             for received, buffer in zip(self._received, sent, strict=True)
         ]
         self.payload_bytes = sum(s.numel() for s in sent) + control.numel() * 8
+        self._outcome: Verdict | Exception | None = None  # set by advance()
+        self._gathered: list[tuple[Tensor, Any]] = []  # the second phase in flight
 
     def verdict(self) -> Verdict:
         """Wait for the first phase and read the sums (raises if a collective failed)."""
@@ -205,16 +210,44 @@ class Exchange:
             ),
         )
 
+    def advance(self) -> None:
+        """Wait for the first phase and launch the second without waiting for it, so that the
+        second phase too can overlap computation (`wait` does it if it has not been done). An
+        exception of the first phase is raised by `wait`. Collective: every rank advances an
+        exchange at the same point of its sequence of collectives."""
+        if self._outcome is not None:
+            return
+        try:
+            verdict = self.verdict()
+            if verdict.committed:
+                self._gathered = [
+                    self._start_second_phase(bucket, received, sent)
+                    for bucket, received, sent in zip(
+                        self._buckets, self._received, self._sent, strict=True
+                    )
+                ]
+        except Exception as error:
+            self._outcome = error
+            return
+        self._outcome = verdict
+
     def wait(self) -> tuple[Verdict, list[Tensor | None]]:
         """The verdict and, if committed, the mean of every tensor present on all ranks, in order
         (None for the others): exact, in the tensors' dtypes; compressed, the mean pseudo-gradient
         in float32. Raises if a collective failed."""
-        verdict = self.verdict()
+        self.advance()
+        verdict = self._outcome
+        if isinstance(verdict, Exception):
+            raise verdict
+        assert verdict is not None
         out: list[Tensor | None] = [None] * self._count
         if not verdict.committed:
             return verdict, out
-        for bucket, received, sent in zip(self._buckets, self._received, self._sent, strict=True):
-            flat = self._second_phase(bucket, received, sent)
+        for bucket, (gathered, work) in zip(self._buckets, self._gathered, strict=True):
+            work.wait()
+            wire, chunk = bucket.wire, bucket.chunk
+            pieces = gathered.view(self._world, gathered.numel() // self._world)
+            flat = torch.cat([decode(piece, chunk, wire) for piece in pieces])
             for position, shape, offset in zip(
                 bucket.positions, bucket.shapes, bucket.offsets, strict=True
             ):
@@ -222,16 +255,15 @@ class Exchange:
         present = self._control.tolist()[1 : 1 + self._count]
         return verdict, [t if c else None for t, c in zip(out, present, strict=True)]
 
-    def _second_phase(self, bucket: _Bucket, received: Tensor, sent: Tensor) -> Tensor:
-        wire, chunk = bucket.wire, bucket.chunk
+    def _start_second_phase(
+        self, bucket: _Bucket, received: Tensor, sent: Tensor
+    ) -> tuple[Tensor, Any]:
+        """Reduce this rank's chunk of ``bucket`` and launch the gather of every rank's."""
         encoded_chunk = received.numel() // self._world
         pieces = list(received.view(self._world, encoded_chunk))
-        mine = encode(mean_of_pieces(pieces, chunk, wire), wire)
+        mine = encode(mean_of_pieces(pieces, bucket.chunk, bucket.wire), bucket.wire)
         gathered = torch.empty_like(sent)
-        _all_gather(gathered, mine, self._group)
-        return torch.cat(
-            [decode(piece, chunk, wire) for piece in gathered.view(self._world, encoded_chunk)]
-        )
+        return gathered, _all_gather(gathered, mine, self._group)
 
 
 def _layout(
@@ -248,13 +280,14 @@ def _layout(
     ]
 
 
-def _all_gather(output: Tensor, mine: Tensor, group: dist.ProcessGroup) -> None:
-    """Every rank's ``mine`` into ``output``, in rank order: ``all_gather_single`` where torch
-    has it (2.13 deprecates ``all_gather_into_tensor``), else ``all_gather_into_tensor``."""
+def _all_gather(output: Tensor, mine: Tensor, group: dist.ProcessGroup) -> Any:
+    """Launch the gather of every rank's ``mine`` into ``output``, in rank order; its work:
+    ``all_gather_single`` where torch has it (2.13 deprecates ``all_gather_into_tensor``), else
+    ``all_gather_into_tensor``."""
     gather = getattr(dist, "all_gather_single", None)
     if gather is None:
         gather = dist.all_gather_into_tensor
-    gather(output, mine, group=group)
+    return gather(output, mine, group=group, async_op=True)
 
 
 def _group_device(group: dist.ProcessGroup) -> torch.device:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
@@ -76,6 +76,25 @@ def saved_world_size(checkpoint_id: str | os.PathLike[str]) -> int:
         return int(extras["replicas"])
     ranks = {match.group(1) for key in keys for match in [_RANK_PART.search(key)] if match}
     return len(ranks)
+
+
+def _whole(t: Tensor) -> Tensor:
+    """A DTensor gathered whole (collective over its mesh), a plain tensor as it is."""
+    full_tensor = getattr(t, "full_tensor", None)
+    return t if full_tensor is None else full_tensor()
+
+
+def _like(whole: Tensor, template: Tensor) -> Tensor:
+    """This rank's part of ``whole`` in the form of ``template`` (a DTensor: the local shards of
+    its mesh and placements, cut from ``whole`` here, without communication)."""
+    if not hasattr(template, "to_local"):
+        return whole
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    assert isinstance(template, DTensor)
+    return distribute_tensor(
+        whole.to(template.device), template.device_mesh, template.placements, src_data_rank=None
+    )
 
 
 def _read_blob(blob: bytes) -> dict[str, Any]:
@@ -137,7 +156,10 @@ class DistributedLookaheadState:
     DTensors sharded over the row, or a DDP model replicated over it), the shared part is keyed by
     the mesh's first global rank, ``replicas_from_rank_<m0>``, and replica ``i``'s part
     ``replica_<i>_from_rank_<m0>``: every rank of the row writes its local shards there, so DCP
-    holds each tensor whole and reshards it on load (another number of shards, too).
+    holds each tensor whole and reshards it on load (another number of shards, too). The blob
+    holds a pending delayed sync's tensors whole (gathered over the row at the save: one copy
+    of the parameters, two while a sync is pending), the same on every rank of the row, so it too
+    resumes on another number of shards.
 
     On another number of replicas, pass ``checkpoint_world_size`` (`saved_world_size` reads
     it): the slow weights, outer momentum and parameter groups (their counters, so the fragments'
@@ -190,22 +212,19 @@ class DistributedLookaheadState:
             assert checkpoint_world_size is not None
             source %= checkpoint_world_size
         mesh = optimizer.device_mesh
-        self._blob_key = _BLOB
+        self._whole = mesh is not None
         if mesh is None:
             # One rank a replica: the parts are named by global ranks.
             self._shared_key = f"replicas_from_rank_{dist.get_global_rank(group, 0)}"
             self._own_key = f"rank_{dist.get_global_rank(group, source)}"
         else:
             # A replica is a row of the mesh, sharded over its columns: every rank of a row
-            # writes its shards under the row's key, so the row's DTensors are whole. The blob
-            # holds this rank's shards of the pending syncs: one a rank (DCP would keep one copy
-            # of a key that several ranks write). A resume elsewhere drops them and reads shard 0's.
+            # writes its shards under the row's key, so the row's DTensors are whole and DCP
+            # reshards them. The blob of the pending syncs holds their tensors whole, so it is
+            # the same on every rank of the row (DCP keeps one copy) whatever the sharding.
             first = int(mesh.mesh.flatten()[0])
             self._shared_key = f"replicas_from_rank_{first}"
             self._own_key = f"replica_{source}_from_rank_{first}"
-            shard = mesh.get_local_rank(1)
-            if shard and not self._elastic:
-                self._blob_key = f"{_BLOB}_of_shard_{shard}"
 
     def state_dict(self) -> dict[str, Any]:
         """Split the model and optimizer state into the shared part and this rank's part."""
@@ -224,7 +243,11 @@ class DistributedLookaheadState:
                 if k not in SHARED_STATE_KEYS and k not in _PENDING_KEYS
             }
             if any(k in param_state for k in _PENDING_KEYS):
-                pending[name] = {k: param_state[k] for k in _PENDING_KEYS if k in param_state}
+                pending[name] = {
+                    k: _whole(param_state[k]) if self._whole else param_state[k]
+                    for k in _PENDING_KEYS
+                    if k in param_state
+                }
         # A delayed sync pending at the save exists on some steps only, while a loading template
         # is built from a fresh optimizer: its tensors travel as one serialised object, which the
         # template always has.
@@ -237,7 +260,7 @@ class DistributedLookaheadState:
             own_key: {
                 "model": model_state,
                 "optimizer": own_state,
-                self._blob_key: blob.getvalue(),
+                _BLOB: blob.getvalue(),
             },
         }
 
@@ -245,7 +268,12 @@ class DistributedLookaheadState:
         """Put the two parts back together and load them into the model and optimizer."""
         shared, own = state_dict[self._shared_key], state_dict[self._own_key]
         names = set(shared["state"]) | set(own["optimizer"])
-        pending = _read_blob(own[self._blob_key])["pending"]
+        pending = _read_blob(own[_BLOB])["pending"]
+        if self._whole:  # each rank takes its shards of the whole tensors
+            pending = {
+                name: {k: _like(v, shared["state"][name][SLOW_KEY]) for k, v in entries.items()}
+                for name, entries in pending.items()
+            }
         merged_state = {
             name: {
                 **own["optimizer"].get(name, {}),

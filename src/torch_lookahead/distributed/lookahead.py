@@ -216,7 +216,9 @@ class DistributedLookahead(Lookahead):
        \end{aligned}
 
     so the correction a sync makes arrives ``d`` steps late and each rank keeps the local progress
-    of those steps. ``d = 0`` is the synchronous sync. The launch copy and, once received, the
+    of those steps. ``d = 0`` is the synchronous sync. The exchange has two phases (an all-to-all,
+    then an all-gather of the reduced chunks): the second is launched after ``ceil(d / 2)`` inner
+    steps, so that both overlap inner steps. The launch copy and, once received, the
     result live in ``optimizer.state[p]`` (``lookahead_launch``; ``lookahead_launch_mean``, or with
     compression the mean pseudo-gradient ``lookahead_launch_mean_delta``) until applied, so a
     checkpoint taken in between resumes exactly (``state_dict()`` waits for the result, also in
@@ -380,7 +382,14 @@ class DistributedLookahead(Lookahead):
     def _apply_due(self) -> None:
         """Apply the delayed syncs whose ``sync_delay`` inner steps have passed. The end of every
         step does; so does the start of the next one, for a step that an exception stopped
-        before its end (as ``step()`` completes an overdue sync first)."""
+        before its end (as ``step()`` completes an overdue sync first). Half-way, after
+        ``ceil(sync_delay / 2)`` steps, a sync's exchange is advanced: its first phase waited
+        for and its second launched, so that both phases overlap inner steps. The counters
+        decide, so every rank advances at the same step."""
+        halfway = (self.sync_delay + 1) // 2
+        for pending in self._pending:
+            if pending.exchange is not None and pending.groups[0][STEP_KEY] >= halfway:
+                pending.exchange.advance()
         due = [p for p in self._pending if p.groups[0][STEP_KEY] >= self.sync_delay]
         for pending in due:
             self._apply_pending(pending)
