@@ -179,6 +179,8 @@ def test_the_comparison_finds_every_kind_of_change() -> None:
     committed_late["runs"][0]["step_losses"] = [2.0] * HORIZON_STEPS
     late["runs"][0]["step_losses"] = [2.0] * (HORIZON_STEPS - 1) + [2.1]
     assert not compare_payloads(committed_late, late).reproduced
+    del committed_late["runs"][0]["step_losses"]  # a run recorded before per-step losses
+    assert compare_payloads(committed_late, late).reproduced
     # ... bit for bit on the same machine.
     same_cpu = {"cpu_model": "x", "cpu_capability": "AVX2", "torch": "2"}
     committed["provenance"] |= same_cpu

@@ -120,8 +120,9 @@ class ValueDifference:
 def history_differences(
     committed: Mapping[str, Any], fresh: Mapping[str, Any]
 ) -> Iterator[ValueDifference]:
-    """Every value of two runs' histories (as in results.json), per-step losses included, that
-    is not bit for bit the same; a missing metric or evaluation step counts as a missing value."""
+    """Every value of two runs' histories (as in results.json), per-step losses included where
+    the committed run has them, that is not bit for bit the same; a missing metric or evaluation
+    step counts as a missing value."""
     label = run_label(fresh["config"])
     old_steps, new_steps = list(committed["steps"]), list(fresh["steps"])
     for metric in dict.fromkeys([*committed["history"], *fresh["history"]]):
@@ -130,7 +131,9 @@ def history_differences(
         for step in dict.fromkeys([*old_steps, *new_steps]):
             if old.get(step) != new.get(step):
                 yield ValueDifference(label, metric, step, old.get(step), new.get(step))
-    old_losses, new_losses = committed.get("step_losses") or [], fresh.get("step_losses") or []
+    if committed.get("step_losses") is None:  # recorded before runs kept per-step losses
+        return
+    old_losses, new_losses = committed["step_losses"], fresh.get("step_losses") or []
     for step in range(1, max(len(old_losses), len(new_losses)) + 1):
         before = old_losses[step - 1] if step <= len(old_losses) else None
         after = new_losses[step - 1] if step <= len(new_losses) else None
