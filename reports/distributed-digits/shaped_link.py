@@ -427,6 +427,7 @@ def main() -> None:
         result = json.loads((args.out / f"{args.name}.json").read_text())
         recorded = parser.parse_args(result["command_args"])
         recorded.command_args = result["command_args"]
+        recorded.out, recorded.name = args.out, args.name  # written where this command says
         write_report(recorded, result, result["wall_seconds"])
         return
     if args.rank is not None:

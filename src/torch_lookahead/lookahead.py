@@ -367,11 +367,22 @@ class Lookahead(Optimizer):
         self._begin("step()", sync_overdue=True)
         groups, state = self.param_groups, self.state
         missing: list[Tensor] = []
+        # Every parameter has a slow copy: seen without hashing a tensor (a Python call) where the
+        # state lists exactly the parameters, in order, as the first step's capture stores them.
+        every = list(chain.from_iterable(group["params"] for group in groups))
+        complete = (
+            len(state) == len(every)
+            and all(map(operator.is_, state, every))
+            and all(
+                map(operator.is_not, map(dict.get, state.values(), repeat(SLOW_KEY)), repeat(None))
+            )
+        )
         for group in groups:
-            params = group["params"]
-            states = list(map(state.get, params, repeat(_NO_STATE)))
-            slows = list(map(dict.get, states, repeat(SLOW_KEY)))
-            if not all(map(operator.is_not, slows, repeat(None))):
+            states = None
+            if not complete:
+                params = group["params"]
+                states = list(map(state.get, params, repeat(_NO_STATE)))
+                slows = list(map(dict.get, states, repeat(SLOW_KEY)))
                 missing.extend(compress(params, map(operator.is_, slows, repeat(None))))
             if group[STEP_KEY] + 1 >= group[K_KEY]:  # a slow copy that cannot sync raises now
                 self._held(group, SLOW_KEY, states)
