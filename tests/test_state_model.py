@@ -268,6 +268,39 @@ def test_a_cleared_state_is_noticed_at_the_next_step_like_a_replaced_one() -> No
     assert_equal(finals[0], finals[1])
 
 
+@pytest.mark.parametrize("edit", ["clear", "replace", "reorder", "new group"])
+def test_the_step_sees_state_edits_where_the_state_lists_the_parameters_in_order(
+    edit: str,
+) -> None:
+    """``step()`` skips the per-parameter lookups only where the state lists exactly the
+    parameters, in order, each with a slow copy; every edit of the state is still seen at the
+    next step: a parameter without a slow copy gets one holding its value before that step."""
+    params = params_of()
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=K, alpha=ALPHA)  # no momentum: the
+    run(params, opt, range(K + 1))  # state holds only the slow copies, in parameter order
+    assert list(opt.state) == params
+    extra = torch.nn.Parameter(torch.ones(5))
+    if edit == "clear":
+        opt.state[params[0]].clear()
+    elif edit == "replace":
+        opt.state[params[0]] = {}
+    elif edit == "reorder":  # the same entries in another order, one of them emptied
+        entries = [opt.state.pop(p) for p in params]
+        for p, entry in reversed(list(zip(params, entries, strict=True))):
+            opt.state[p] = entry
+        opt.state[params[0]].clear()
+    else:
+        opt.add_param_group({"params": [extra]})
+        extra.grad = torch.ones(5)
+    before = values([params[0], extra])
+    grads(params, K + 1)
+    opt.step()
+    if edit == "new group":
+        assert_equal([opt.state[extra]["lookahead_slow"]], before[1:])
+    else:
+        assert_equal([opt.state[params[0]]["lookahead_slow"]], before[:1])
+
+
 # ---------------------------------------------------------------- defect 9
 def test_a_sync_leaves_the_sigint_handler_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     params = params_of()
