@@ -331,13 +331,16 @@ def _torchrun_job(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "--max-restarts=1", str(FAULT_JOB), "--out", str(out), *extra,
     ]  # fmt: skip
+    repository = Path(__file__).resolve().parents[2]
+    # The job imports tests._slow: a script run by torchrun has only its own folder on sys.path.
+    path = os.pathsep.join(filter(None, [str(repository), os.environ.get("PYTHONPATH")]))
     return subprocess.run(
         command,
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path},
+        cwd=repository,
     )
 
 
