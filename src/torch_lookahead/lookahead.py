@@ -466,15 +466,18 @@ class Lookahead(Optimizer):
         steps.append(partial(_store, groups, STEP_KEY, counters))
         self._run(steps)
 
-    def _placed(self, params: list[Tensor], slows: list[Tensor]) -> list[Tensor]:
-        """``slows``, or a list with new copies (allocated now) where one is not in the slow dtype
-        (after ``model.double()``, a ``train()``, or in a checkpoint of another ``slow_dtype``)."""
-        if self.slow_dtype is None and same_placements(params, slows):
+    def _placed(self, params: list[Tensor], slows: list[Any], fresh: bool = False) -> list[Tensor]:
+        """``slows``, or a list with new copies (allocated now) where one does not fit, i.e. is not
+        a tensor of its parameter's shape in the slow dtype (after ``model.double()``, a
+        ``train()``, in a checkpoint of another ``slow_dtype``, or model surgery). A new copy holds
+        the old one, or the parameter where ``fresh``."""
+        if not fresh and self.slow_dtype is None and same_placements(params, slows):
             return slows
-        wanted = list(map(self._slow_placement, params))
         return [
-            s if _placement(s) == w else self._new_slow_copy(p, s)
-            for p, s, w in zip(params, slows, wanted, strict=True)
+            s
+            if isinstance(s, Tensor) and s.shape == p.shape and _placement(s) == w
+            else self._new_slow_copy(p, p if fresh else s)
+            for p, s, w in zip(params, slows, map(self._slow_placement, params), strict=True)
         ]
 
     @torch.no_grad()
@@ -506,16 +509,11 @@ class Lookahead(Optimizer):
             ]
             states = [state[p] for p in params]
             slows = [s[SLOW_KEY] for s in states]
-            fit = [
-                isinstance(s, Tensor) and s.shape == p.shape and _placement(s) == w
-                for p, s, w in zip(params, slows, map(self._slow_placement, params), strict=True)
-            ]
-            new = [self._new_slow_copy(p, p) for p in compress(params, map(operator.not_, fit))]
+            placed = self._placed(params, slows, fresh=True)  # new copies hold the parameters
+            kept = list(map(operator.is_, placed, slows))
             buffers = [s[key] for s in states for key in keys if isinstance(s.get(key), Tensor)]
-            steps.append(
-                partial(_store, list(compress(states, map(operator.not_, fit))), SLOW_KEY, new)
-            )
-            steps.append(partial(_copy, list(compress(slows, fit)), list(compress(params, fit))))
+            steps.append(partial(_store, states, SLOW_KEY, placed))
+            steps.append(partial(_copy, list(compress(placed, kept)), list(compress(params, kept))))
             steps.append(partial(_zero, buffers))
         steps.append(partial(_store, groups, STEP_KEY, [self.cycle_start(g) for g in groups]))
         self._run(steps)
