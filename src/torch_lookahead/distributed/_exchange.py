@@ -33,12 +33,12 @@ float32) and rounds to nearest, so an entry's error is at most half its block's 
 sums, over the ranks: whether the rank could prepare its payload (a rank that failed sends zeros
 and says so), a presence flag per tensor (whether it has slow weights on that rank: 0 absent, 1
 present, W + 1 present but new, taken from this rank's own weights since the last sync, so
-that a sum s counts s mod (W + 1) + s div (W + 1) ranks holding it and s div (W + 1) holding a new
-one) and, per synced group, the number of syncs the rank has committed and its square. After the first phase,
-every rank holds the same sums, so every rank takes the same decision: commit only if every rank
-prepared its payload, every tensor is present on all ranks or on none, and all ranks count the
-same syncs (``W * sum(c^2) == sum(c)^2`` exactly when all counts are equal). Otherwise no rank
-runs the second phase. No round trip precedes the exchange.
+that a sum s counts s mod (W + 1) + s div (W + 1) ranks holding it and s div (W + 1) holding a
+new one) and, per synced group, the number of syncs the rank has committed and its square. After
+the first phase, every rank holds the same sums, so every rank takes the same decision: commit
+only if every rank prepared its payload, every tensor is present on all ranks or on none, and
+all ranks count the same syncs (``W * sum(c^2) == sum(c)^2`` exactly when all counts are equal).
+Otherwise no rank runs the second phase. No round trip precedes the exchange.
 """
 
 from __future__ import annotations

@@ -243,12 +243,15 @@ class DistributedLookahead(Lookahead):
     **Faults.** Every sync ends with the same verdict on every rank: beside the data, each rank
     sends (in the same launch, no extra round trip) whether it could prepare its part, which
     parameters have slow copies, and how many syncs of each group it has committed
-    (``lookahead_syncs`` in the group). A rank that could not prepare its part takes part with
-    zeros: every rank rolls the groups of that sync back to their last completed sync (parameters
-    = slow weights, counters 0, slow weights and outer momentum untouched, a pending delayed sync
-    dropped; each rank's inner-optimizer state keeps its local steps) and raises
-    `SyncFailedError`. A parameter updated on some ranks only raises ``ValueError`` on every rank.
-    If a collective raises on a rank (a rank died; a collective that hangs raises when the process
+    (``lookahead_syncs`` in the group); whether its slow copy of a parameter is new, captured from
+    its own weights since the last sync (after a checkpoint without slow weights): the sync then
+    replaces such copies by their exact mean over the ranks before its outer step, in one more
+    exchange, so that every rank holds the same slow weights. A rank that could not prepare its
+    part takes part with zeros: every rank rolls the groups of that sync back to their last
+    completed sync (parameters = slow weights, counters 0, slow weights and outer momentum
+    untouched, a pending delayed sync dropped; each rank's inner-optimizer state keeps its local
+    steps) and raises `SyncFailedError`. A parameter updated on some ranks only raises
+    ``ValueError`` on every rank. If a collective raises on a rank (a rank died; a collective that hangs raises when the process
     group's ``timeout`` runs out), that rank rolls back, raises `SyncFailedError` and then refuses
     to step or sync until a checkpoint is loaded, since other ranks may have committed; ranks whose
     committed-sync counts differ (one restarted alone) all refuse at their next sync. Let the
@@ -834,9 +837,12 @@ class DistributedLookahead(Lookahead):
         All or nothing: everything that can fail is checked before anything is loaded. Delayed
         syncs in flight here are dropped; those saved in the checkpoint are resumed. A plain
         inner-optimizer checkpoint (no ``lookahead_step``) starts each streaming fragment at its
-        phase (``cycle_start``). Outer momentum whose slow weights the checkpoint lacks is dropped
-        with them (it restarts at zero with the new slow weights). Loading ends a refusal to step
-        after a failed sync (every rank must load the same checkpoint).
+        phase (``cycle_start``). Slow weights the checkpoint lacks are captured from each rank's
+        weights at its next step and replaced by their mean over the ranks at their group's next
+        sync, so the ranks' weights need not agree; outer momentum whose slow weights the
+        checkpoint lacks is dropped with them (it restarts at zero with the new slow weights).
+        Loading ends a refusal to step after a failed sync (every rank must load the same
+        checkpoint).
         """
         saved_state = state_dict.get("state") if isinstance(state_dict, dict) else None
         if isinstance(saved_state, dict):
