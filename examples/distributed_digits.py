@@ -614,12 +614,13 @@ and an asynchronous one
 |---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-"MB per rank": the payload bytes each rank exchanged over the run (DDP: gradients, 4 bytes a value
-or 2 with the hook; compressed: the encoded bytes). "Peak KB in one step": the most bytes one training step exchanged, i.e. the
-largest burst the link must carry. "Train wall s": rank 0's time in training steps (evaluation
-excluded) over the run, measured, including the simulated link's delays (a model of a slow
-link on loopback, not a measurement over one). Intervals: 95% t-intervals of the mean over the
-{len(settings["seeds"])} seeds (wide with few seeds). Raw curves: `options.json`.
+"MB per rank": the payload bytes each rank exchanged over the run (DDP: gradients, 4 bytes a
+value or 2 with the hook; compressed: the encoded bytes). "Peak KB in one step": the most bytes
+one training step exchanged, i.e. the largest burst the link must carry. "Train wall s": rank
+0's time in training steps (evaluation excluded) over the run, measured, including the simulated
+link's delays (a model of a slow link on loopback, not a measurement over one).
+Intervals: 95% t-intervals of the mean over the {len(settings["seeds"])} seeds (wide with few
+seeds). Raw curves: `options.json`.
 """
     (out / "options.md").write_text(text)
 

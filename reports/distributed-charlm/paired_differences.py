@@ -1,7 +1,7 @@
 """The paired tables of report.md: each row's final validation bits per character minus that of
 plain DistributedLookahead (k = 20, alpha = 1, float32, no fragments, no delay) with the same
-seed, and DDP with its bf16_compress_hook minus plain DDP; mean and 95% t-interval over the
-seeds, read from options.json.
+seed, and DDP with its bf16_compress_hook and DistributedLookahead's float32, bfloat16 and int8
+rows minus plain DDP; mean and 95% t-interval over the seeds, read from options.json.
 
     python reports/distributed-charlm/paired_differences.py reports/distributed-charlm/options.json
 """
@@ -55,9 +55,16 @@ def table(
     return lines
 
 
+AGAINST_DDP = (("ddp", "bfloat16"), PLAIN, (1, 0, "bfloat16"), (1, 0, "int8"))
+"""The rows of the second table: DDP's and DistributedLookahead's compressions, and plain
+DistributedLookahead."""
+
+
 def ddp_table(options: dict[str, Any]) -> list[str]:
-    """DDP with its bf16_compress_hook minus plain DDP, seed by seed."""
-    return table(options, DDP, {("ddp", "bfloat16"): LABELS[("ddp", "bfloat16")]})
+    """DDP with its bf16_compress_hook, plain DistributedLookahead and its bfloat16 and int8
+    rows, each minus plain DDP, seed by seed."""
+    labels = {key: LABELS.get(key, "k = 20, alpha = 1, float32") for key in AGAINST_DDP}
+    return table(options, DDP, labels)
 
 
 if __name__ == "__main__":
