@@ -238,7 +238,7 @@ def check_dcp_save_before_the_sync(rank: int, world_size: int, directory: str) -
         torch.optim.SGD(resumed_model.parameters(), lr=LR), k=4, alpha=0.5
     )
     dcp.load({"train": DistributedLookaheadState(resumed_model, resumed)}, checkpoint_id=directory)
-    assert_same_on_all_ranks(_slows(resumed))  # the checkpoint holds one rank's copies
+    assert_same_on_all_ranks(_slows(resumed))  # the checkpoint holds one copy of each
     for step in range(2, 8):
         _step(resumed_model, resumed, rank, step)
     assert_same_on_all_ranks(_slows(resumed))
