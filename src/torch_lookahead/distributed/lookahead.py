@@ -251,11 +251,12 @@ class DistributedLookahead(Lookahead):
     completed sync (parameters = slow weights, counters 0, slow weights and outer momentum
     untouched, a pending delayed sync dropped; each rank's inner-optimizer state keeps its local
     steps) and raises `SyncFailedError`. A parameter updated on some ranks only raises
-    ``ValueError`` on every rank. If a collective raises on a rank (a rank died; a collective that hangs raises when the process
-    group's ``timeout`` runs out), that rank rolls back, raises `SyncFailedError` and then refuses
-    to step or sync until a checkpoint is loaded, since other ranks may have committed; ranks whose
-    committed-sync counts differ (one restarted alone) all refuse at their next sync. Let the
-    launcher restart the job from the last checkpoint (``torchrun --max-restarts``).
+    ``ValueError`` on every rank. If a collective raises on a rank (a rank died; a collective that
+    hangs raises when the process group's ``timeout`` runs out), that rank rolls back, raises
+    `SyncFailedError` and then refuses to step or sync until a checkpoint is loaded, since other
+    ranks may have committed; ranks whose committed-sync counts differ (one restarted alone) all
+    refuse at their next sync. Let the launcher restart the job from the last checkpoint
+    (``torchrun --max-restarts``).
 
     **Sharded workers** (``device_mesh``, HSDP's layout). Each row of the mesh is one replica,
     whose model is sharded over the row with ``fully_shard(model, mesh=device_mesh["shard"])``
