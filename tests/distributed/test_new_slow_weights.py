@@ -4,11 +4,12 @@ Each rank's step captures a new slow copy from its own weights; the group's next
 the copies by their mean over the ranks (exact, the exchange of ``reset_slow``) before its outer
 step, so every rank ends with the same slow weights. Met here with every option (compression,
 fragments and their phases, a delayed sync, outer momentum), a failed sync, eval mode, a DCP
-save and resume in between, and one rank whose slow weights were cleared alone.
+save and resume in between, copies (deepcopy), and one rank whose slow weights were cleared alone.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +293,40 @@ def check_refusal_in_the_settling(rank: int, world_size: int) -> None:
 
 def test_a_collective_failing_in_the_settling_refuses_until_a_load(cluster: Cluster) -> None:
     cluster.run(check_refusal_in_the_settling)
+
+
+def _step_params(params: list[torch.Tensor], opt: DistributedLookahead, rank: int) -> None:
+    _grads(rank, 0, params)  # type: ignore[arg-type]
+    opt.step()
+    opt.zero_grad()
+
+
+def check_copies_keep_what_is_new(rank: int, world_size: int, delay: int) -> None:
+    model = _model()
+    opt = DistributedLookahead(
+        torch.optim.SGD(model.parameters(), lr=LR), k=4, alpha=0.5, sync_delay=delay
+    )
+    fresh = copy.deepcopy(opt)  # not stepped: its weights are still the broadcast ones
+    fresh_params = [p for g in fresh.param_groups for p in g["params"]]
+    for _ in range(4):
+        _step_params(fresh_params, fresh, rank)
+    if not delay:
+        n_values = sum(p.numel() for p in fresh_params)
+        assert fresh.bytes_all_reduced == 4 * n_values + 8 * (1 + 4 + 2)  # no settling
+    _diverge_and_load_plain(rank, model, opt)
+    params = list(model.parameters())
+    for _ in range(2 + 3 * (delay > 0)):  # new copies; with a delay, a sync in flight too
+        _step_params(params, opt, rank)
+    copied = copy.deepcopy(opt)
+    copied_params = [p for g in copied.param_groups for p in g["params"]]
+    for _ in range(4):
+        _step_params(params, opt, rank)
+        _step_params(copied_params, copied, rank)
+    assert_same_on_all_ranks(_slows(copied))
+    for a, b in zip(_slows(opt), _slows(copied), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("delay", [0, 2])
+def test_copies_keep_which_slow_weights_are_new(cluster: Cluster, delay: int) -> None:
+    cluster.run(check_copies_keep_what_is_new, delay)
