@@ -15,7 +15,8 @@ The committed comparison (reports/distributed-digits/)::
     torchrun --nproc_per_node=2 examples/distributed_digits.py --compare --out reports/distributed-digits
 
 and the comparison of DistributedLookahead's options (streaming fragments, sync delay,
-compressed communication) over a simulated slow link (reports/distributed-digits/options.md)::
+compressed communication) against DDP, with and without its ``bf16_compress_hook``, over a
+simulated slow link (reports/distributed-digits/options.md)::
 
     torchrun --nproc_per_node=2 examples/distributed_digits.py --compare-options \
         --link-latency-ms 20 --link-mb-per-s 2 --out reports/distributed-digits
