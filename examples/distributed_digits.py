@@ -15,7 +15,8 @@ The committed comparison (reports/distributed-digits/)::
     torchrun --nproc_per_node=2 examples/distributed_digits.py --compare --out reports/distributed-digits
 
 and the comparison of DistributedLookahead's options (streaming fragments, sync delay,
-compressed communication) over a simulated slow link (reports/distributed-digits/options.md)::
+compressed communication) against DDP, with and without its ``bf16_compress_hook``, over a
+simulated slow link (reports/distributed-digits/options.md)::
 
     torchrun --nproc_per_node=2 examples/distributed_digits.py --compare-options \
         --link-latency-ms 20 --link-mb-per-s 2 --out reports/distributed-digits
@@ -43,7 +44,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (
+    allreduce_hook,
+    bf16_compress_hook,
+)
 from torch.nn.parallel import DistributedDataParallel
 
 from torch_lookahead.distributed import DistributedLookahead, fragment_param_groups
@@ -52,7 +56,12 @@ from torch_lookahead_lab.tasks import CharLMTask, DigitsTask, Task, TaskData
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """How the ranks communicate: ``ddp`` every step, or ``lookahead`` every k steps."""
+    """How the ranks communicate: ``ddp`` every step, or ``lookahead`` every k steps.
+
+    ``compression``: for ``lookahead``, the exchange's encoding of the pseudo-gradient
+    (``"bfloat16"`` or ``"int8"``); for ``ddp``, ``"bfloat16"`` all-reduces the gradients through
+    torch's ``bf16_compress_hook`` (cast to bfloat16, divided by W, summed, cast back).
+    """
 
     name: str
     k: int | None = None
@@ -66,6 +75,8 @@ class Method:
     @property
     def label(self) -> str:
         if self.name == "ddp":
+            if self.compression:
+                return f"DDP {self.compression} compress hook (all-reduce every step)"
             return "DDP (all-reduce every step)"
         label = f"DistributedLookahead k={self.k} alpha={self.alpha}"
         if self.outer_momentum:
@@ -89,6 +100,7 @@ COMPARISON = (
 
 OPTIONS_COMPARISON = (
     Method("ddp"),
+    Method("ddp", compression="bfloat16"),
     Method("lookahead", k=20, alpha=1.0),
     Method("lookahead", k=20, alpha=1.0, fragments=2),
     Method("lookahead", k=20, alpha=1.0, fragments=4),
@@ -190,12 +202,25 @@ def build_task(name: str) -> Task:
 
 
 class ByteCounter:
-    """A DDP communication hook state: all-reduce as DDP does, counting the payload bytes."""
+    """A DDP communication hook state: all-reduce as DDP does, counting the payload bytes.
 
-    def __init__(self, process_group: dist.ProcessGroup, link: SimulatedLink | None = None) -> None:
+    ``compression="bfloat16"`` all-reduces through torch's ``bf16_compress_hook`` (2 bytes a
+    value on the wire). DDP refuses that hook by name outside CUDA/NCCL or XPU/XCCL when it is
+    registered itself, but gloo sums bfloat16 tensors on CPU, so it runs inside this wrapper.
+    """
+
+    def __init__(
+        self,
+        process_group: dist.ProcessGroup,
+        link: SimulatedLink | None = None,
+        compression: str | None = None,
+    ) -> None:
+        if compression not in (None, "bfloat16"):
+            raise ValueError(f"compression must be None or 'bfloat16' for DDP, got {compression!r}")
         self.process_group = process_group
         self.bytes_all_reduced = 0
         self.link = link
+        self.compression = compression
 
 
 # No ``from __future__ import annotations`` in this file: DDP checks this hook's annotations.
@@ -204,11 +229,14 @@ def counting_allreduce_hook(
     bucket: dist.GradBucket,  # type: ignore[name-defined]
 ) -> torch.futures.Future[torch.Tensor]:
     buffer = bucket.buffer()
-    payload = buffer.numel() * buffer.element_size()
+    wire_dtype = torch.bfloat16 if state.compression == "bfloat16" else buffer.dtype
+    payload = buffer.numel() * wire_dtype.itemsize
     state.bytes_all_reduced += payload
     if state.link is not None:  # the model fits one DDP bucket: nothing to overlap it with
         world_size = dist.get_world_size(state.process_group)
         time.sleep(state.link.seconds(payload, 2.0 * (world_size - 1) / world_size))
+    if state.compression == "bfloat16":
+        return bf16_compress_hook(state.process_group, bucket)
     return allreduce_hook(state.process_group, bucket)
 
 
@@ -261,7 +289,7 @@ def train(
     count_bytes: Callable[[], int]
     if method.name == "ddp":
         trained = DistributedDataParallel(model)
-        counter = ByteCounter(dist.group.WORLD, link)  # type: ignore[arg-type]
+        counter = ByteCounter(dist.group.WORLD, link, method.compression)  # type: ignore[arg-type]
         trained.register_comm_hook(counter, counting_allreduce_hook)
         optimizer = torch.optim.AdamW(trained.parameters(), lr=lr)
         count_bytes = lambda: counter.bytes_all_reduced  # noqa: E731
@@ -501,7 +529,9 @@ Raw curves: `results.json`.
 
 def _option_cells(method: dict[str, Any]) -> str:
     if method["name"] == "ddp":
-        return "DDP | - | - | -"
+        if method["compression"]:
+            return f"DDP | - | - | {method['compression']} (`bf16_compress_hook`)"
+        return "DDP | - | - | float32"
     return (
         f"k={method['k']}, alpha={method['alpha']} | {method['fragments']} "
         f"| {method['sync_delay']} | {method['compression'] or 'float32 (exact)'}"
@@ -568,7 +598,9 @@ ran, so wall times are noisy).
 
 {task_text} the sync delay d (the mean applied d inner steps after its launch), or the communication
 (the pseudo-gradient in bfloat16, or in int8 with a float32 scale per block of 1,024 values of
-one tensor); the last row combines them.
+one tensor); the last row combines them. The second DDP row is DDP with its own compression:
+torch's `bf16_compress_hook` casts the gradients to bfloat16, divides them by the number of
+ranks, all-reduces them in bfloat16 and casts the sum back (2 bytes a value on the wire).
 
 The link: every collective takes at least {link["latency_ms"]} ms + wire bytes /
 {link["mb_per_s"]} MB/s, simulated on loopback by `SimulatedLink` in the example (wire bytes per
@@ -583,11 +615,13 @@ and an asynchronous one
 |---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-"MB per rank": the payload bytes each rank exchanged over the run (DDP: gradients; compressed: the
-encoded bytes). "Peak KB in one step": the most bytes one training step exchanged, i.e. the
-largest burst the link must carry. "Train wall s": rank 0's time in training steps (evaluation
-excluded) over the run, link delays included. Intervals: 95% t-intervals of the mean over the
-{len(settings["seeds"])} seeds (wide with few seeds). Raw curves: `options.json`.
+"MB per rank": the payload bytes each rank exchanged over the run (DDP: gradients, 4 bytes a
+value or 2 with the hook; compressed: the encoded bytes). "Peak KB in one step": the most bytes
+one training step exchanged, i.e. the largest burst the link must carry. "Train wall s": rank
+0's time in training steps (evaluation excluded) over the run, measured, including the simulated
+link's delays (a model of a slow link on loopback, not a measurement over one).
+Intervals: 95% t-intervals of the mean over the {len(settings["seeds"])} seeds (wide with few
+seeds). Raw curves: `options.json`.
 """
     (out / "options.md").write_text(text)
 
@@ -617,6 +651,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--backend", default="gloo")
     args = parser.parse_args()
+    if args.method == "ddp" and args.compression not in (None, "bfloat16"):
+        parser.error("--method ddp takes --compression bfloat16 (its bf16_compress_hook) only")
     if args.compare and args.task != "digits":
         parser.error("--compare (report.md) is for the digits task; use --compare-options")
     if args.out is None:

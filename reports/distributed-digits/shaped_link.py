@@ -286,8 +286,8 @@ def _cell(values: list[float]) -> str:
 
 
 def _option_cells(method: Method, label: str) -> str:
-    if method.name == "ddp":
-        return "DDP | - | - | -"
+    if method.name == "ddp":  # with or without its bf16_compress_hook
+        return f"DDP | - | - | {method.compression or 'float32'}"
     delay = f"{method.sync_delay}" + (" (second phase at apply)" if label != method.label else "")
     return (
         f"k={method.k}, alpha={method.alpha} | {method.fragments} | {delay} "

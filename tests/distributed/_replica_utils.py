@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -41,3 +42,22 @@ def assert_states_equal(a: dict[tuple[int, str], Tensor], b: dict[tuple[int, str
 
 def _local(t: Tensor) -> Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
+
+
+@contextlib.contextmanager
+def unprepared(active: bool = True) -> Iterator[None]:
+    """Inside, if ``active``: this rank cannot prepare its part of an exchange (its payload raises
+    an injected out-of-memory error), so it takes part with zeros and says so."""
+    from torch_lookahead.distributed import _exchange
+
+    original = _exchange._payload
+
+    def out_of_memory(*args: object, **kwargs: object) -> Tensor:
+        raise RuntimeError("injected: out of memory")
+
+    if active:
+        _exchange._payload = out_of_memory
+    try:
+        yield
+    finally:
+        _exchange._payload = original

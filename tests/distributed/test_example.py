@@ -191,6 +191,7 @@ def check_charlm_example(rank: int, world_size: int, out: str) -> None:
     steps, metric = 4, example.METRICS["charlm"]
     methods = [
         example.Method("ddp"),
+        example.Method("ddp", compression="bfloat16"),
         example.Method("lookahead", k=2, alpha=1.0, fragments=4, sync_delay=1, compression="int8"),
     ]
     summaries = []
@@ -219,9 +220,14 @@ def check_charlm_example(rank: int, world_size: int, out: str) -> None:
         summaries.append(example.summarise(method, curves, metric))
     if rank != 0:
         return
-    ddp, lookahead = summaries
+    ddp, ddp_bf16, lookahead = summaries
     assert ddp["bytes_all_reduced_per_rank"] == steps * CHAR_LSTM_PARAMETERS * 4
     assert ddp["peak_step_bytes"] == CHAR_LSTM_PARAMETERS * 4
+    # bf16_compress_hook: 2 bytes a gradient value on the wire, and it trains the model too.
+    assert ddp_bf16["bytes_all_reduced_per_rank"] == steps * CHAR_LSTM_PARAMETERS * 2
+    assert ddp_bf16["peak_step_bytes"] == CHAR_LSTM_PARAMETERS * 2
+    for curve, plain in zip(ddp_bf16["curves"], ddp["curves"], strict=True):
+        assert curve[-1]["val_bpc"] != plain[-1]["val_bpc"]  # the rounded gradients differ
     # int8: about a byte per value; the last step moves a fragment and the whole model (the sync
     # that ends the run), under a quarter of the float32 bytes each.
     assert CHAR_LSTM_PARAMETERS < lookahead["peak_step_bytes"] < 2 * CHAR_LSTM_PARAMETERS
@@ -252,7 +258,8 @@ def test_example_runs_the_charlm_task(cluster: Cluster, tmp_path: Path) -> None:
     report = (tmp_path / "options.md").read_text()
     assert report.startswith("# DistributedLookahead's options on the charlm task")
     assert "| final val bits per character (mean ± 95%) |" in report
-    assert "| DDP | - | - | - | 1.99 | 496.6 |" in report
+    assert "| DDP | - | - | float32 | 1.99 | 496.6 |" in report
+    assert "| DDP | - | - | bfloat16 (`bf16_compress_hook`) | 0.99 | 248.3 |" in report
     assert "| k=2, alpha=1.0 | 4 | 1 | int8 |" in report
     assert "`charlm`" in report and "`digits`" not in report
 
@@ -318,6 +325,7 @@ def test_the_charlm_report_paired_table_is_what_its_script_computes() -> None:
     assert spec is not None and spec.loader is not None
     paired = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(paired)
-    lines = paired.table(json.loads((folder / "options.json").read_text(encoding="utf-8")))
+    options = json.loads((folder / "options.json").read_text(encoding="utf-8"))
     report = (folder / "report.md").read_text(encoding="utf-8")
-    assert "\n".join(lines) in report
+    assert "\n".join(paired.table(options)) in report
+    assert "\n".join(paired.ddp_table(options)) in report

@@ -18,7 +18,7 @@ import torch.distributed.checkpoint as dcp
 
 from tests._slow import slow_weights_of
 from tests.distributed._cluster import Cluster
-from tests.distributed._replica_utils import assert_same_on_all_ranks
+from tests.distributed._replica_utils import assert_same_on_all_ranks, unprepared
 from torch_lookahead.distributed import (
     OUTER_MOMENTUM_KEY,
     DistributedLookahead,
@@ -186,8 +186,6 @@ def test_one_rank_failing_ends_in_agreement_or_refusal_on_every_rank(cluster: Cl
 def check_a_rank_that_cannot_prepare_fails_the_sync_everywhere(
     rank: int, world_size: int, sync_delay: int
 ) -> None:
-    from torch_lookahead.distributed import _exchange
-
     model = _tiny_model(0)
     opt = DistributedLookahead(
         torch.optim.SGD(model.parameters(), lr=0.1), k=3, alpha=0.5, sync_delay=sync_delay
@@ -195,21 +193,12 @@ def check_a_rank_that_cannot_prepare_fails_the_sync_everywhere(
     for step in range(3 + sync_delay):
         _train_step(model, opt, rank, step)
     slow = _snapshot(opt, "lookahead_slow")
-    original = _exchange._payload
-
-    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("injected: out of memory")
-
-    if rank == 1:
-        _exchange._payload = out_of_memory
-    try:
+    with unprepared(rank == 1):
         for step in range(3 + sync_delay, 5 + sync_delay):
             _train_step(model, opt, rank, step)
         with pytest.raises(SyncFailedError, match="1 of 2 ranks could not prepare") as info:
             for step in range(5 + sync_delay, 6 + 2 * sync_delay):
                 _train_step(model, opt, rank, step)
-    finally:
-        _exchange._payload = original
     if rank == 1:
         assert "this rank: RuntimeError: injected: out of memory" in str(info.value)
     for p, before in zip(model.parameters(), slow, strict=True):

@@ -31,12 +31,14 @@ float32) and rounds to nearest, so an entry's error is at most half its block's 
 
 **The verdict travels with the data.** Launched with the first phase, one small int64 all-reduce
 sums, over the ranks: whether the rank could prepare its payload (a rank that failed sends zeros
-and says so), a presence flag per tensor (whether it has slow weights on that rank) and, per
-synced group, the number of syncs the rank has committed and its square. After the first phase,
-every rank holds the same sums, so every rank takes the same decision: commit only if every rank
-prepared its payload, every tensor is present on all ranks or on none, and all ranks count the
-same syncs (``W * sum(c^2) == sum(c)^2`` exactly when all counts are equal). Otherwise no rank
-runs the second phase. No round trip precedes the exchange.
+and says so), a presence flag per tensor (whether it has slow weights on that rank: 0 absent, 1
+present, W + 1 present but new, taken from this rank's own weights since the last sync, so
+that a sum s counts s mod (W + 1) + s div (W + 1) ranks holding it and s div (W + 1) holding a
+new one) and, per synced group, the number of syncs the rank has committed and its square. After
+the first phase, every rank holds the same sums, so every rank takes the same decision: commit
+only if every rank prepared its payload, every tensor is present on all ranks or on none, and
+all ranks count the same syncs (``W * sum(c^2) == sum(c)^2`` exactly when all counts are equal).
+Otherwise no rank runs the second phase. No round trip precedes the exchange.
 """
 
 from __future__ import annotations
@@ -121,6 +123,9 @@ class Verdict:
     """Positions of tensors present on some ranks only."""
     history_agrees: bool = True
     """Whether all ranks count the same committed syncs in every exchanged group."""
+    new: list[int] = field(default_factory=list)
+    """Positions of tensors present on every rank whose slow weights are new on at least one
+    (``new`` flags of `start_mean`): the ranks' copies may differ."""
 
     @property
     def committed(self) -> bool:
@@ -158,6 +163,7 @@ class Exchange:
         history: Sequence[int],
         group: dist.ProcessGroup,
         compression: Compression | None,
+        new: Sequence[bool] = (),
     ) -> None:
         self._group = group
         self._world = dist.get_world_size(group)
@@ -173,7 +179,11 @@ class Exchange:
                 torch.zeros(_encoded_length(b), dtype=torch.uint8, device=_device(tensors, b))
                 for b in self._buckets
             ]
-        flags = [0 if self.error is not None else 1, *map(int, present)]
+        news = list(new) or [False] * len(present)
+        codes = [
+            (self._world + 1 if n else 1) if p else 0 for p, n in zip(present, news, strict=True)
+        ]
+        flags = [0 if self.error is not None else 1, *codes]
         counts = list(history)
         control = torch.tensor(
             flags + counts + [c * c for c in counts],
@@ -199,7 +209,8 @@ class Exchange:
         self._works = []
         sums = self._control.tolist()
         n, g = self._count, self._history
-        presence = sums[1 : 1 + n]
+        codes = [divmod(c, self._world + 1) for c in sums[1 : 1 + n]]  # (new, others)
+        presence = [new + others for new, others in codes]
         counts, squares = sums[1 + n : 1 + n + g], sums[1 + n + g :]
         return Verdict(
             world_size=self._world,
@@ -208,6 +219,11 @@ class Exchange:
             history_agrees=all(
                 self._world * q == c * c for c, q in zip(counts, squares, strict=True)
             ),
+            new=[
+                i
+                for i, ((new, _), c) in enumerate(zip(codes, presence, strict=True))
+                if new and c == self._world
+            ],
         )
 
     def advance(self) -> None:
@@ -344,13 +360,16 @@ def start_mean(
     references: Sequence[Tensor | None] | None = None,
     present: Sequence[bool] | None = None,
     history: Sequence[int] = (),
+    new: Sequence[bool] | None = None,
 ) -> Exchange:
     """Launch the mean of ``tensors`` over ``group`` (collective; see the module docstring).
 
     ``references`` (same shapes; the slow weights) are needed with compression: the ranks then
     exchange ``references - tensors``, and must hold identical references. ``present`` (default:
     all) flags the tensors this rank contributes; ``history`` is the committed-sync count of each
-    exchanged group, which the ranks must agree on.
+    exchanged group, which the ranks must agree on. ``new`` (default: none) flags the present
+    tensors whose slow weights this rank created from its own weights since the last sync; the
+    verdict lists those new on any rank (``Verdict.new``).
     """
     if present is None:
         present = [True] * len(tensors)
@@ -358,6 +377,8 @@ def start_mean(
         if compression is not None:
             raise ValueError("compressed exchanges need the references (slow weights)")
         references = [None] * len(tensors)
-    if not (len(tensors) == len(references) == len(present)):
-        raise ValueError("tensors, references and present must have the same length")
-    return Exchange(tensors, references, present, history, group, compression)
+    if new is None:
+        new = [False] * len(tensors)
+    if not (len(tensors) == len(references) == len(present) == len(new)):
+        raise ValueError("tensors, references, present and new must have the same length")
+    return Exchange(tensors, references, present, history, group, compression, new)
