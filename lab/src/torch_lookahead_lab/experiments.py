@@ -57,6 +57,7 @@ __all__ = [
     "parse_int_list",
     "parse_lr_range",
     "parse_name_list",
+    "planned_compare_experiment",
     "run_experiment",
     "stability_experiment",
     "sweep_experiment",
@@ -174,6 +175,8 @@ class RunOptions:
     device: str = "cpu"
     schedule: str | None = None  # None: the task's schedule
     unsafe_skip_checksums: bool = False
+    # Measure the task's test split at each run's ends (``RunConfig.evaluate_test``).
+    evaluate_test: bool = False
 
 
 def _config(
@@ -190,7 +193,7 @@ def _config(
     return make_config(
         task, inner, seed=seed, settings=settings, lr=lr, k=k, alpha=alpha,
         data_dir=options.data_dir, device=options.device, schedule=options.schedule,
-        unsafe_skip_checksums=options.unsafe_skip_checksums,
+        unsafe_skip_checksums=options.unsafe_skip_checksums, evaluate_test=options.evaluate_test,
     )  # fmt: skip
 
 
@@ -515,6 +518,45 @@ def compare_experiment(
     title = f"torch-lookahead compare: {task}" + (" (quick)" if quick else "")
     return Experiment(
         title, task, compare=tuple(configs), quick=quick, plan=plan, seed_offset=seed_offset
+    )
+
+
+def planned_compare_experiment(
+    name: str,
+    *,
+    options: RunOptions = RunOptions(),
+    quick: bool = False,
+    seed_offset: int = 0,
+) -> Experiment:
+    """``compare`` by the committed plan ``plans/<name>.json`` (its ``quick`` part over it for a
+    quick run): its task, inner optimizers, k, alpha, schedule and comparison seeds, every seed
+    moved by ``seed_offset``; the test split measured where the task has one at the runs'
+    ends. ``options`` gives where the runs train (its schedule must be the plan's or None)."""
+    if seed_offset < 0:
+        raise ValueError(f"seed_offset must be a non-negative integer, got {seed_offset}")
+    plan = load_plan(name)
+    if plan.data.get("command") != "compare":
+        raise ValueError(f"plan {name!r} is not a plan of the compare command")
+    data: dict[str, Any] = {**plan.data, **(plan.data["quick"] if quick else {})}
+    spec = get_task(data["task"])
+    settings = spec.quick if quick else spec.full
+    if not quick and settings.steps != data["steps"]:
+        raise ValueError(
+            f"plan {name!r} fixes {data['steps']} steps, the task's runs have {settings.steps}"
+        )
+    if options.schedule not in (None, data["schedule"]):
+        raise ValueError(f"plan {name!r} fixes the schedule {data['schedule']!r}")
+    options = dataclasses.replace(
+        options, schedule=data["schedule"], evaluate_test=spec.test_at_ends
+    )
+    seeds = _seed_range(data["comparison_seeds"], seed_offset)
+    configs = compare_configs(
+        spec.name, data["inners"], seeds, settings, k=int(data["k"]), alpha=float(data["alpha"]),
+        options=options,
+    )  # fmt: skip
+    title = f"torch-lookahead compare: {spec.name}" + (" (quick)" if quick else "")
+    return Experiment(
+        title, spec.name, compare=tuple(configs), quick=quick, plan=plan, seed_offset=seed_offset
     )
 
 

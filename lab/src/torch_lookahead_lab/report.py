@@ -391,9 +391,17 @@ def _scope(lab: LabResults) -> str:
     config = runs[0].config
     return (
         f"Scope: {spec.name} ({spec.description}), {config.steps} steps of batch "
-        f"{config.batch_size}, comparisons over {_seeds_text(runs)} on "
-        f"{'the held-out test split' if spec.test_metric else 'the validation split'}: toy "
+        f"{config.batch_size}, comparisons over {_seeds_text(runs)} on {_split_of(lab)}: toy "
         "scale, one CPU task, not the paper's benchmarks."
+    )
+
+
+def _split_of(lab: LabResults) -> str:
+    """Where the comparisons are reported: the held-out test split or the validation split."""
+    return (
+        "the held-out test split"
+        if endpoint_of(lab).startswith("test_")
+        else ("the validation split")
     )
 
 
@@ -439,7 +447,7 @@ def _plan_lines(lab: LabResults, status: tuple[str, str]) -> list[str]:
     plan = lab.plan
     where = (
         f"the committed `lab/src/torch_lookahead_lab/plans/{plan.name}.json`"
-        if plan.name == "demo"
+        if plan.committed
         else "`plan.json` in this folder (made from the command's flags)"
     )
     offset = f" Seeds offset by {lab.seed_offset}." if lab.seed_offset else ""
@@ -452,11 +460,12 @@ def _plan_lines(lab: LabResults, status: tuple[str, str]) -> list[str]:
 
 def _cannot_test_lines(lab: LabResults) -> list[str]:
     extra = []
-    if lab.task and get_task(lab.task).test_metric is None:
+    if lab.task and not endpoint_of(lab).startswith("test_"):
         extra.append(
-            f"A held-out test split: {lab.task} has training and validation data only, so its "
-            "comparisons are reported on the validation split (this report chooses nothing on "
-            "it, but a tuned protocol here would select and report on the same data)."
+            f"A held-out test split: these {lab.task} runs measured training and validation "
+            "data only, so their comparisons are reported on the validation split (this report "
+            "chooses nothing on it, but a tuned protocol here would select and report on the "
+            "same data)."
         )
     return [
         "## What this lab cannot test here",

@@ -3,7 +3,8 @@ disk; nothing is downloaded.
 
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images), a small CNN.
 * ``charlm``: a byte-level LSTM language model on a fixed, sorted selection of the Python standard
-  library's own source files (about 1 MB), measured in validation bits per character.
+  library's own source files (about 1 MB, then 100 KB more held out for a test split), measured
+  in validation (and test) bits per character.
 * ``charlm-transformer``: the same corpus and split with a small causal Transformer (2 layers,
   width 64, 4 heads), no gradient clipping: the task of the stability experiment.
 * ``cifar10``: ResNet-18 on CIFAR-10 read from the standard python-pickle batches in ``data_dir``.
@@ -33,8 +34,10 @@ from torch import Tensor, nn
 from torch_lookahead_lab.models import CharLSTM, CharTransformer, DigitsCNN, ResNet18
 
 __all__ = [
+    "CORPUS_BYTES",
     "SCHEDULES",
     "TASKS",
+    "TEST_BYTES",
     "CharLMTask",
     "CharTransformerTask",
     "Cifar10Task",
@@ -104,6 +107,9 @@ class Task(ABC):
     # The headline metric on a held-out test split, for tasks that have one: comparisons are
     # reported there, choices (a learning rate) are made on the validation split.
     test_metric: str | None = None
+    # True when ``evaluate`` leaves the test split out and ``evaluate_test`` measures it: a run
+    # asks for it at its first and last evaluation only (``RunConfig.evaluate_test``).
+    test_at_ends: bool = False
     # Keep every step's training loss (the stability study's instability endpoint).
     records_step_losses: bool = False
 
@@ -131,6 +137,11 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
         """``train_loss``, ``val_loss`` and the headline metric, under ``torch.no_grad``."""
+
+    def evaluate_test(self, model: nn.Module, data: TaskData) -> dict[str, float]:
+        """The metrics of the held-out test split that ``evaluate`` leaves out (``test_at_ends``
+        tasks); none for the others."""
+        return {}
 
     def check_data(self, data_dir: str | None, *, verify: bool = True) -> None:
         """Raise a ValueError saying what is missing (or, with ``verify``, which file is not the
@@ -280,9 +291,17 @@ def _digits_split(held_out: bool) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
-def stdlib_corpus(max_bytes: int = 1_000_000) -> bytes:
+# The character-LM corpus's bytes: the first CORPUS_BYTES train (90%) and validate (10%); the
+# next TEST_BYTES of the same sequence of files are the held-out test split.
+CORPUS_BYTES = 1_000_000
+TEST_BYTES = 100_000
+
+
+def stdlib_corpus(max_bytes: int = CORPUS_BYTES) -> bytes:
     """The character-LM corpus: the standard library's top-level ``*.py`` files in sorted name
-    order, concatenated until ``max_bytes`` bytes (the last file is cut).
+    order, concatenated until ``max_bytes`` bytes (the last file is cut). A longer corpus starts
+    with every shorter one: ``stdlib_corpus(CORPUS_BYTES + TEST_BYTES)`` is the corpus and then
+    the test split.
 
     The text is what the running interpreter ships, so it depends on the Python version; the run
     cache keys on its SHA-256 (see ``corpus_fingerprint``).
@@ -304,16 +323,34 @@ def stdlib_corpus(max_bytes: int = 1_000_000) -> bytes:
     return corpus
 
 
+@functools.lru_cache(maxsize=2)
+def corpus_fingerprint(with_test: bool = False) -> str:
+    """SHA-256 (first 16 hex digits) of ``stdlib_corpus()``, or with ``with_test`` of the corpus
+    and its test split: it changes when the interpreter's standard library does."""
+    size = CORPUS_BYTES + (TEST_BYTES if with_test else 0)
+    return hashlib.sha256(stdlib_corpus(size)).hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=1)
-def corpus_fingerprint() -> str:
-    """SHA-256 of ``stdlib_corpus()``: it changes when the interpreter's standard library does."""
-    return hashlib.sha256(stdlib_corpus()).hexdigest()[:16]
+def _charlm_text() -> tuple[Tensor, Tensor]:
+    """(the corpus, its test split) as byte tensors: ``stdlib_corpus(CORPUS_BYTES +
+    TEST_BYTES)`` cut at ``CORPUS_BYTES``."""
+    text = stdlib_corpus(CORPUS_BYTES + TEST_BYTES)
+    if len(text) < CORPUS_BYTES + TEST_BYTES:
+        raise RuntimeError(
+            f"the standard library has only {len(text)} bytes of top-level source, fewer than "
+            f"the {CORPUS_BYTES + TEST_BYTES} of the corpus and its test split"
+        )
+    tensor = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+    return tensor[:CORPUS_BYTES], tensor[CORPUS_BYTES:]
 
 
 class CharLMTask(Task):
     """Byte-level language modelling on ``stdlib_corpus()``: the first 90% trains, the last 10%
-    validates. Windows of 64 bytes; a one-layer LSTM (128 units); gradient norm clipped at 1.
-    The headline metric is validation bits per character, ``val_loss / ln 2``.
+    validates; the next ``TEST_BYTES`` of the same files (``_charlm_text``) are a held-out test
+    split, measured by ``evaluate_test`` (a run asks for it at its first and last evaluation).
+    Windows of 64 bytes; a one-layer LSTM (128 units); gradient norm clipped at 1. The headline
+    metric is validation bits per character, ``val_loss / ln 2``; ``test_bpc`` on the test split.
     """
 
     name = "charlm"
@@ -324,10 +361,14 @@ class CharLMTask(Task):
     )
     split_description = (
         "the first megabyte of the Python standard library's top-level *.py files in sorted "
-        "order: the first 90% trains, the last 10% validates (non-overlapping windows); the "
-        "training loss is measured on 64 fixed training windows"
+        "order: the first 90% trains, the last 10% validates (for choices); the next 100,000 "
+        "bytes of the same sequence of files are the held-out test split (for the reported "
+        "comparisons; measured at the start and end of a run); non-overlapping windows for "
+        "both; the training loss is measured on 64 fixed training windows"
     )
     headline_metric = "val_bpc"
+    test_metric = "test_bpc"
+    test_at_ends = True
     higher_is_better = False
     full = TaskSettings(steps=2000, eval_every=200, batch_size=32)
     quick = TaskSettings(steps=40, eval_every=20, batch_size=16)
@@ -338,10 +379,11 @@ class CharLMTask(Task):
     eval_windows = 64
 
     def load(self, data_dir: str | None, device: str, *, verify: bool = True) -> TaskData:
-        text = torch.frombuffer(bytearray(stdlib_corpus()), dtype=torch.uint8).long()
+        text, test_text = _charlm_text()
         split = int(0.9 * text.numel())
         train_text, val_text = text[:split], text[split:]
         val_x, val_y = _non_overlapping_windows(val_text, self.window)
+        test_x, test_y = _non_overlapping_windows(test_text, self.window)
         # A fixed set of training windows, evenly spaced, for the training loss.
         stride = (train_text.numel() - self.window - 1) // self.eval_windows
         starts = torch.arange(self.eval_windows) * stride
@@ -354,6 +396,8 @@ class CharLMTask(Task):
             val_y.to(device),
             train_eval_x.to(device),
             train_eval_y.to(device),
+            test_x.to(device),
+            test_y.to(device),
         )
 
     def build_model(self) -> nn.Module:
@@ -376,6 +420,12 @@ class CharLMTask(Task):
         )
         val_loss, _ = _cross_entropy_in_chunks(model, data.val_inputs, data.val_targets, chunk=64)
         return {"train_loss": train_loss, "val_loss": val_loss, "val_bpc": val_loss / math.log(2)}
+
+    def evaluate_test(self, model: nn.Module, data: TaskData) -> dict[str, float]:
+        if data.test_inputs is None or data.test_targets is None:
+            raise ValueError(f"the {self.name} data has no test split")
+        loss, _ = _cross_entropy_in_chunks(model, data.test_inputs, data.test_targets, chunk=64)
+        return {"test_loss": loss, "test_bpc": loss / math.log(2)}
 
 
 class CharTransformerTask(CharLMTask):
