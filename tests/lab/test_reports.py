@@ -20,7 +20,7 @@ from torch_lookahead_lab.reproduce import (
     RELATIVE_TOLERANCE,
     compare_payloads,
     disagreements,
-    is_stable,
+    marked_reference,
     same_machine,
 )
 from torch_lookahead_lab.runner import RunConfig, RunResult, run
@@ -35,9 +35,9 @@ LAB_REPORTS = sorted(
 
 
 def _reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The cheapest run the report marks stable (older reports: the rule of ``is_stable``)."""
-    stable = [r for r in runs if r.get("stable", is_stable(r["config"], r["diverged_at"]))]
-    assert stable, "the report has no stable run to check"
+    """The cheapest run the report marks as a reference run (``marked_reference``)."""
+    stable = [r for r in runs if marked_reference(r)]
+    assert stable, "the report has no reference run to check"
     return min(stable, key=lambda r: (r["config"]["task"] != "digits", r["config"]["steps"]))
 
 
@@ -80,7 +80,7 @@ def test_the_confirmatory_stability_report_is_checked_in_the_fast_suite() -> Non
     (param,) = [p for p in _params() if p.id == folder.name]
     assert not param.marks
     results = json.loads((folder / "results.json").read_text())
-    assert [r for r in results["runs"] if r["stable"]] == [_reference(results["runs"])]
+    assert [r for r in results["runs"] if marked_reference(r)] == [_reference(results["runs"])]
     assert results["plan"]["status_of_report"] == "confirmatory"
 
 
@@ -157,7 +157,7 @@ def test_the_comparison_finds_every_kind_of_change() -> None:
     # The stable run (seed 0 at the task's learning rate) must stay within the tolerance.
     fresh["runs"][0]["history"]["val_loss"][-1] = 0.5 * (1 + 10 * RELATIVE_TOLERANCE)
     line = differences_from(committed, fresh)
-    assert line.startswith("NOT reproduced:") and "values of the 1 stable runs outside" in line
+    assert line.startswith("NOT reproduced:") and "values of the 1 reference runs outside" in line
     fresh["runs"][0]["history"]["val_loss"][-1] = 0.5 * (1 + RELATIVE_TOLERANCE / 10)
     assert compare_payloads(committed, fresh).reproduced
     # Past the first HORIZON_STEPS steps a stable run's difference is reported, not a failure:

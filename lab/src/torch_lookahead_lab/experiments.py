@@ -8,6 +8,7 @@ it measured."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -160,6 +161,8 @@ class LabResults:
     nqm_k: int = 5
     nqm_alpha: float = 0.5
     seconds: float = math.nan  # wall time of the command
+    started_at: str = ""  # when the command started and finished, UTC, ISO 8601
+    finished_at: str = ""
     jobs: int = 0
     cached_jobs: int = 0  # jobs read back from the cache rather than computed
     quick: bool = False  # a --quick run: it checks the pipeline and is no evidence
@@ -631,6 +634,11 @@ def nqm_experiment(
     return Experiment(title, nqm=tuple(configs), quick=quick)
 
 
+def utc_now() -> str:
+    """The time now, UTC, ISO 8601 to the second: ``2026-12-06T12:45:00+00:00``."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
 def run_experiment(
     experiment: Experiment | StabilityExperiment | ConfirmatoryExperiment,
     cache_dir: Path | None,
@@ -643,6 +651,7 @@ def run_experiment(
     what it measured, with the wall time it took: the results a report renders
     (``report.write_report``)."""
     started = time.perf_counter()
+    started_at = utc_now()
     if isinstance(experiment, ConfirmatoryExperiment):
         counted = [0, 0]
 
@@ -656,12 +665,24 @@ def run_experiment(
 
         runs = edge_search(experiment.plan, compute)
         seconds = time.perf_counter() - started
-        return ConfirmatoryResults(experiment.plan, command, runs, seconds, *counted)
+        return ConfirmatoryResults(
+            experiment.plan,
+            command,
+            runs,
+            seconds,
+            counted[0],
+            counted[1],
+            started_at,
+            utc_now(),
+        )
     jobs = experiment.jobs()
     results, cached = run_many_counted(jobs, cache_dir, workers=workers, on_result=on_result)
     if isinstance(experiment, StabilityExperiment):
         seconds = time.perf_counter() - started
-        return StabilityResults(experiment.plan, command, list(results), seconds, len(jobs), cached)
+        return StabilityResults(
+            experiment.plan, command, list(results), seconds, len(jobs), cached, started_at,
+            utc_now(),
+        )  # fmt: skip
     by_job = dict(zip(jobs, results, strict=True))
     tuned: list[RunResult] = []
     if experiment.tuned_seeds and experiment.lr_sweep:
@@ -690,6 +711,8 @@ def run_experiment(
         nqm_k=nqm[0].k if nqm else 5,
         nqm_alpha=nqm[0].alpha if nqm else 0.5,
         seconds=seconds,
+        started_at=started_at,
+        finished_at=utc_now(),
         jobs=len(jobs),
         cached_jobs=cached,
         quick=experiment.quick,

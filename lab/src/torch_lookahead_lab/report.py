@@ -59,7 +59,7 @@ from torch_lookahead_lab.reproduce import (
     HORIZON_STEPS,
     RELATIVE_TOLERANCE,
     compare_payloads,
-    is_stable,
+    is_reference,
 )
 from torch_lookahead_lab.runner import RunConfig, RunResult
 from torch_lookahead_lab.stability import (
@@ -670,7 +670,7 @@ def results_json(
     payload: dict[str, Any] = {
         "title": lab.title,
         "command": lab.command,
-        "provenance": record(lab.seconds),
+        "provenance": record(lab.seconds, lab.started_at, lab.finished_at),
         "plan": plan,
         "seed_offset": lab.seed_offset,
         "task": lab.task,
@@ -691,11 +691,12 @@ def results_json(
         }
     seen: set[RunConfig] = set()
     runs = []
+    first = _first_seed(lab)
     for part, result in _parts(lab):
         if result.config not in seen:
             seen.add(result.config)
             entry = result.to_json()
-            entry["stable"] = is_stable(entry["config"], result.diverged_at)
+            entry["reference"] = is_reference(entry["config"], result.diverged_at, first)
             runs.append({"part": part, **entry})
     payload["runs"] = runs
     return payload
@@ -733,13 +734,18 @@ def _quick_lines(quick: bool) -> list[str]:
     return [f"> {QUICK_REPORT_NOTICE}", ""] if quick else []
 
 
-def _reproducing_lines() -> list[str]:
+def _first_seed(lab: LabResults) -> int:
+    """The report's first seed: its reference runs' (``reproduce.is_reference``)."""
+    return min((r.config.seed for _, r in _parts(lab)), default=0)
+
+
+def _reproducing_lines(first_seed: int) -> list[str]:
     return [
         "## Reproducing it",
         "",
         "The command above reproduces this report when every case gets the same verdict and "
-        "each run that results.json marks `stable` (seed 0 at the task's learning rate, plain "
-        "and in Lookahead(k=5, alpha=0.5)) agrees within "
+        f"each run that results.json marks `reference` (seed {first_seed} at the task's "
+        "learning rate, plain and in Lookahead(k=5, alpha=0.5)) agrees within "
         f"{RELATIVE_TOLERANCE:g} relative at every value up to step {HORIZON_STEPS} or its "
         "first evaluation after step 0, whichever is later; on the same CPU model, "
         "CPU kernels and torch, every number is the same bit for bit. Training amplifies "
@@ -876,7 +882,7 @@ def _write_lab_report(out_dir: Path, lab: LabResults) -> Path:
         )
         + " and the figures.",
         "",
-        *_reproducing_lines(),
+        *_reproducing_lines(_first_seed(lab)),
     ]
     (out_dir / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
     report = out_dir / "report.md"
@@ -910,18 +916,23 @@ def _stability_grid_rows(lab: StabilityResults) -> tuple[list[str], list[list[st
     return header, rows
 
 
+def _first_stability_seed(lab: StabilityResults) -> int:
+    return min((r.config.seed for r in lab.runs), default=0)
+
+
 def stability_payload(lab: StabilityResults, claims: Sequence[Claim]) -> dict[str, Any]:
     """Everything the stability report states, with its provenance and every run's history
-    (each marked ``stable`` or not, see ``reproduce``)."""
+    (each marked ``reference`` or not, see ``reproduce``)."""
     runs = []
+    first = _first_stability_seed(lab)
     for result in lab.runs:
         entry = result.to_json()
-        entry["stable"] = is_stable(entry["config"], result.diverged_at)
+        entry["reference"] = is_reference(entry["config"], result.diverged_at, first)
         runs.append(entry)
     return {
         "title": "torch-lookahead stability",
         "command": lab.command,
-        "provenance": record(lab.seconds),
+        "provenance": record(lab.seconds, lab.started_at, lab.finished_at),
         "task": lab.plan.task,
         "headline_metric": lab.plan.metric,
         "higher_is_better": False,
@@ -1006,7 +1017,7 @@ def _write_stability_report(out_dir: Path, lab: StabilityResults) -> Path:
         "",
     ]
     lines += _claim_lines(claims)
-    lines += _reproducing_lines()
+    lines += _reproducing_lines(_first_stability_seed(lab))
     (out_dir / "report.md").write_text("\n".join(lines))
     (out_dir / "results.json").write_text(json.dumps(payload, indent=1))
     return out_dir / "report.md"
@@ -1172,7 +1183,7 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
     earlier = json.loads(earlier_path.read_text()) if earlier_path.is_file() else None
     status = plan_status(plan.plan, earlier)
     (out_dir / "plan.json").write_text(plan.plan.text)
-    provenance = record(lab.seconds)
+    provenance = record(lab.seconds, lab.started_at, lab.finished_at)
     title = f"{len(plan.seeds)} fresh seeds" + (", quick run: no evidence" if lab.quick else "")
     plots.plot_confirmatory(lab, out_dir / "stability.png", title=title)
     reference = reference_config(plan)
@@ -1245,7 +1256,7 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
         "## Reproducing it",
         "",
         "The command above reproduces this report when every case gets the same verdict and "
-        "the run that results.json marks `stable` (Adam on the pre-LN model at the grid's "
+        "the run that results.json marks `reference` (Adam on the pre-LN model at the grid's "
         f"smallest learning rate {fmt(reference.lr, 3)}, warm-up {reference.warmup_steps}, "
         f"seed {reference.seed}, far from the edge) agrees within {RELATIVE_TOLERANCE:g} "
         f"relative at every value up to step {HORIZON_STEPS} or its first evaluation after "
@@ -1256,7 +1267,7 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
         "which runs differ.",
         "",
     ]
-    runs = [{**r.to_json(), "stable": r.config == reference} for r in lab.runs]
+    runs = [{**r.to_json(), "reference": r.config == reference} for r in lab.runs]
     edges = {
         f"{task}/warm-up {warmup}/{arm}": lab.edges(task, arm, warmup)
         for task in plan.tasks
