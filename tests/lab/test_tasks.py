@@ -24,11 +24,14 @@ from torch_lookahead_lab.models import ResNet18
 from torch_lookahead_lab.optimizers import available_inner_optimizers, build_optimizer
 from torch_lookahead_lab.tasks import (
     CIFAR10_FILES,
+    CORPUS_BYTES,
+    TEST_BYTES,
     CharLMTask,
     Cifar10Task,
     DigitsTask,
     TaskSettings,
     augment_crop_flip,
+    corpus_fingerprint,
     get_task,
     lr_multiplier,
     stdlib_corpus,
@@ -77,6 +80,37 @@ def test_charlm_corpus_is_a_fixed_megabyte_of_the_standard_library() -> None:
     metrics = task.evaluate(task.build_model(), data)
     assert metrics["val_bpc"] == pytest.approx(metrics["val_loss"] / np.log(2))
     assert 7.0 < metrics["val_bpc"] < 9.0  # an untrained model is close to uniform over bytes
+
+
+def test_charlm_holds_out_a_test_split_after_its_megabyte() -> None:
+    """The test split is the next TEST_BYTES of the same file sequence: disjoint from the
+    training and validation bytes, which stay the first megabyte as before; a longer corpus
+    starts with the shorter one, and the fingerprint with the test split is another."""
+    longer = stdlib_corpus(CORPUS_BYTES + TEST_BYTES)
+    assert longer[:CORPUS_BYTES] == stdlib_corpus() and len(longer) == CORPUS_BYTES + TEST_BYTES
+    task = CharLMTask()
+    data = task.load(None, "cpu")
+    assert data.test_inputs is not None and data.test_targets is not None
+    assert data.test_inputs.shape == ((TEST_BYTES - 1) // task.window, task.window)
+    first_test_window = bytes(data.test_inputs[0].tolist())
+    assert first_test_window == longer[CORPUS_BYTES : CORPUS_BYTES + task.window]
+    split = int(0.9 * CORPUS_BYTES)
+    assert torch.equal(data.train_inputs, torch.tensor(list(longer[:split])))
+    val = bytes(data.val_inputs.flatten().tolist())
+    assert val == longer[split : split + len(val)]  # the validation windows, as before
+    assert corpus_fingerprint(with_test=True) != corpus_fingerprint()
+    model = task.build_model()
+    tested = task.evaluate_test(model, data)
+    assert set(tested) == {"test_loss", "test_bpc"}
+    assert set(task.evaluate(model, data)) == {"train_loss", "val_loss", "val_bpc"}
+    assert tested["test_bpc"] == pytest.approx(tested["test_loss"] / np.log(2))
+    assert get_task("charlm").test_metric == "test_bpc" and get_task("charlm").test_at_ends
+    assert (
+        get_task("charlm-transformer")
+        .evaluate_test(get_task("charlm-transformer").build_model(), data)
+        .keys()
+        == tested.keys()
+    )  # the Transformer tasks inherit the split
 
 
 def write_fake_cifar10(folder: Path, per_batch: int = 20) -> None:
