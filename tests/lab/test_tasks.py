@@ -162,10 +162,30 @@ def test_cifar10_reads_the_python_batches(tmp_path: Path, monkeypatch: pytest.Mo
     task = Cifar10Task()
     task.check_data(str(tmp_path))
     data = task.load(str(tmp_path), "cpu")
-    assert data.train_inputs.shape == (100, 3, 32, 32) and data.val_inputs.shape == (20, 3, 32, 32)
+    # A stratified tenth of each class of the 100 training images validates (rounded down);
+    # the 20 images of test_batch are the test split.
+    labels = tasks.load_cifar10(str(tmp_path))[1]
+    counts = torch.bincount(labels, minlength=10)
+    assert data.val_inputs.shape[0] == int((counts // 10).sum()) > 0
+    assert torch.equal(torch.bincount(data.val_targets, minlength=10), counts // 10)
+    assert data.train_inputs.shape[0] + data.val_inputs.shape[0] == 100
+    assert data.test_inputs is not None and data.test_inputs.shape == (20, 3, 32, 32)
     assert data.train_inputs.mean(dim=(0, 2, 3)).abs().max() < 1e-5
+    assert task.test_metric == "test_accuracy"
     images, labels = task.sample_batch(data, torch.Generator().manual_seed(0), 4)
     assert images.shape == (4, 3, 32, 32) and labels.shape == (4,)
+
+
+def test_cifar10_validates_on_a_fixed_stratified_tenth_of_the_training_images() -> None:
+    """On labels laid out like the official release (5,000 per class): 500 of each class,
+    5,000 in all, the same rows every time, spread over the five batches."""
+    labels = torch.arange(50_000) % 10
+    rows = tasks.cifar10_val_rows(labels)
+    assert rows.numel() == 5_000 and torch.equal(rows, tasks.cifar10_val_rows(labels))
+    assert torch.equal(torch.bincount(labels[rows]), torch.full((10,), 500))
+    assert torch.equal(rows, rows.sort().values) and rows.unique().numel() == 5_000
+    per_batch = torch.bincount(rows // 10_000, minlength=5)
+    assert int(per_batch.min()) > 800  # not one batch's images: drawn over all five
 
 
 def test_cifar10_without_its_data_says_what_to_do(tmp_path: Path) -> None:
@@ -306,7 +326,7 @@ def test_a_cifar10_run_trains_resnet18_with_lookahead(
 ) -> None:
     from torch_lookahead_lab.runner import make_config, run
 
-    write_fake_cifar10(tmp_path, per_batch=8)
+    write_fake_cifar10(tmp_path, per_batch=20)
     trust_fake_cifar10(tmp_path, monkeypatch)
     settings = TaskSettings(steps=3, eval_every=3, batch_size=4)
     config = make_config(
@@ -314,5 +334,7 @@ def test_a_cifar10_run_trains_resnet18_with_lookahead(
     )
     result = run(config)
     assert result.steps == [0, 3] and result.diverged_at is None
-    assert set(result.history) == {"train_loss", "val_loss", "val_accuracy"}
+    assert set(result.history) == {
+        "train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy"
+    }  # fmt: skip
     assert result.history == run(config).history
