@@ -289,3 +289,9 @@ def test_a_charlm_comparison_is_reported_on_its_test_split(tmp_path: Path) -> No
     assert marked == [3000, 3000]
     assert results["provenance"]["started_at"] == "2026-12-06T12:00:00+00:00"
     assert results["provenance"]["finished_at"] == "2026-12-06T12:00:01+00:00"
+    # Re-rendered, it keeps its committed plan, so it stays confirmatory.
+    rerendered = rerender(tmp_path).read_text()
+    assert "the committed `lab/src/torch_lookahead_lab/plans/compare-charlm.json`" in rerendered
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["plan"]["status_of_report"] == "confirmatory"
+    assert again["claims"] == results["claims"]

@@ -1371,10 +1371,14 @@ def rerender(report_dir: Path) -> Path:
             first.task, inners, len(seeds), spec.full, k=next(r.config.k for r in runs if r.config.k),
             alpha=next(r.config.alpha for r in runs if r.config.alpha), seed_offset=seeds[0],
         )  # fmt: skip
+        # The plan results.json records (a committed one stays committed), else the plan
+        # of the command's flags (reports written before plans were recorded).
+        recorded = payload.get("plan")
         lab = LabResults(
             payload["title"], payload["command"], first.task, payload["headline_metric"],
             payload["higher_is_better"], compare=runs, seconds=seconds, jobs=len(runs),
-            plan=experiment.plan,
+            plan=_recorded_plan(recorded) if recorded else experiment.plan,
+            seed_offset=payload.get("seed_offset", 0),
         )  # fmt: skip
     elif payload["title"] in (
         "torch-lookahead demo",
