@@ -396,6 +396,14 @@ def _scope(lab: LabResults) -> str:
     )
 
 
+def _test_split_text(lab: LabResults) -> str:
+    """``; <the test split>`` where the runs measured a test split the task's split
+    description leaves out (``Task.test_split_description``)."""
+    spec = get_task(lab.task)
+    measured = spec.test_split_description and endpoint_of(lab).startswith("test_")
+    return f"; {spec.test_split_description}" if measured else ""
+
+
 def _split_of(lab: LabResults) -> str:
     """Where the comparisons are reported: the held-out test split or the validation split."""
     return (
@@ -486,7 +494,7 @@ def _setup_lines(lab: LabResults) -> list[str]:
         config = runs[0].config
         lines += [
             f"- Task: **{spec.name}**, {spec.model_description}.",
-            f"- Data: {spec.split_description}.",
+            f"- Data: {spec.split_description}{_test_split_text(lab)}.",
             f"- Training: {_training_text(runs)}, evaluated every {config.eval_every} steps; "
             f"choices on {lab.headline_metric.replace('_', ' ')}, comparisons on "
             f"{endpoint_of(lab).replace('_', ' ')}. Lookahead runs are evaluated on their slow "

@@ -106,6 +106,8 @@ class Task(ABC):
     schedule: str = "cosine"  # the learning-rate schedule of the task's default protocol
     model_description: str = ""
     split_description: str = ""
+    # The test split of a ``test_at_ends`` task, which only runs that measure it report.
+    test_split_description: str = ""
     # The headline metric on a held-out test split, for tasks that have one: comparisons are
     # reported there, choices (a learning rate) are made on the validation split.
     test_metric: str | None = None
@@ -363,10 +365,13 @@ class CharLMTask(Task):
     )
     split_description = (
         "the first megabyte of the Python standard library's top-level *.py files in sorted "
-        "order: the first 90% trains, the last 10% validates (for choices); the next 100,000 "
-        "bytes of the same sequence of files are the held-out test split (for the reported "
-        "comparisons; measured at the start and end of a run); non-overlapping windows for "
-        "both; the training loss is measured on 64 fixed training windows"
+        "order: the first 90% trains, the last 10% validates (non-overlapping windows); the "
+        "training loss is measured on 64 fixed training windows"
+    )
+    test_split_description = (
+        "the next 100,000 bytes of the same sequence of files are the held-out test split "
+        "(non-overlapping windows, measured at the start and end of each run): choices are made "
+        "on the validation split, comparisons reported on the test split"
     )
     headline_metric = "val_bpc"
     test_metric = "test_bpc"
