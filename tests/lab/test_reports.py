@@ -281,6 +281,7 @@ def test_a_charlm_comparison_is_reported_on_its_test_split(tmp_path: Path) -> No
     report = write_report(tmp_path, lab).read_text()
     assert "comparisons over 3 seeds on the held-out test split" in report
     assert "final test bpc, default protocol" in report
+    assert "| diverged | test bpc |" in report  # the final-metrics table shows it too
     assert "the committed `lab/src/torch_lookahead_lab/plans/compare-charlm.json`" in report
     assert "marks `reference` (seed 3000 at the task's learning rate" in report
     results = json.loads((tmp_path / "results.json").read_text())

@@ -374,7 +374,8 @@ CANNOT_TEST = (
     "Wall-clock claims (computation and memory cost): seconds depend on the machine, so no "
     "verdict uses them (benchmarks/ measures the optimizer's cost).",
     "Sampling error of the evaluation data: the seeds vary the training, not the evaluated "
-    "examples (360 test images for digits), so the intervals speak for this split; a "
+    "examples (360 test images for digits, 1,562 test windows of 64 bytes for charlm), so "
+    "the intervals speak for this split; a "
     "per-example bootstrap is not included.",
     "The schedule as a factor: every run here uses the task's schedule (cosine for digits and "
     "charlm).",
@@ -552,7 +553,10 @@ def summary_rows(
 ) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the final-metrics table (shared by report.md and the console): mean ±
     standard deviation over seeds, the mean alone for one seed."""
-    tests = [m for m in ("test_accuracy",) if summaries and all(m in s.final for s in summaries)]
+    tests = [
+        m for m in ("test_accuracy", "test_bpc")
+        if summaries and all(m in s.final for s in summaries)
+    ]  # fmt: skip
     header = [
         "optimizer", "lr", "k", "alpha", "seeds", "train loss", "val loss",
         headline.replace("_", " "), "mean train loss", "diverged",
