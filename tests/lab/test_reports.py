@@ -231,6 +231,7 @@ def test_rerender_writes_todays_verdicts_from_the_recorded_runs(tmp_path: Path) 
     report = rerender(tmp_path).read_text()
     assert "Re-rendered by `torch-lookahead rerender" in report
     assert "with torch-lookahead 0.0.1 (sources 0123)" in report  # what computed the runs
+    assert "(6 jobs; how many it read back from its cache is not recorded)" in report
     fresh = json.loads((tmp_path / "results.json").read_text())
     assert fresh["provenance"] == old and fresh["rerendered_with"]["version"]
     assert [r["history"] for r in fresh["runs"]] == [r["history"] for r in runs]
@@ -274,7 +275,7 @@ def test_a_charlm_comparison_is_reported_on_its_test_split(tmp_path: Path) -> No
             runs.append(RunResult(config, [0, 2, 4], history))
     lab = LabResults(
         "torch-lookahead compare: charlm", "torch-lookahead compare", task="charlm",
-        headline_metric="val_bpc", compare=runs, seconds=1.0,
+        headline_metric="val_bpc", compare=runs, seconds=1.0, jobs=6, cached_jobs=2,
         started_at="2026-12-06T12:00:00+00:00", finished_at="2026-12-06T12:00:01+00:00",
         plan=load_plan("compare-charlm"),
     )  # fmt: skip
@@ -296,3 +297,4 @@ def test_a_charlm_comparison_is_reported_on_its_test_split(tmp_path: Path) -> No
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["plan"]["status_of_report"] == "confirmatory"
     assert again["claims"] == results["claims"]
+    assert "which read 2 of its 6 jobs back from its cache" in rerendered

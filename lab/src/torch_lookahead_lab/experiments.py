@@ -164,7 +164,9 @@ class LabResults:
     started_at: str = ""  # when the command started and finished, UTC, ISO 8601
     finished_at: str = ""
     jobs: int = 0
-    cached_jobs: int = 0  # jobs read back from the cache rather than computed
+    # Jobs read back from the cache rather than computed; None: not recorded (a report
+    # re-rendered from a results.json written before it recorded them).
+    cached_jobs: int | None = 0
     quick: bool = False  # a --quick run: it checks the pipeline and is no evidence
     plan: Plan | None = None
     seed_offset: int = 0

@@ -531,11 +531,12 @@ def _setup_lines(lab: LabResults) -> list[str]:
             "each (see its section)."
         )
     cpu_seconds = sum(r.cpu_seconds for r in dict((r.config, r) for r in runs).values())
-    reused = (
-        f", which read {lab.cached_jobs} of its {lab.jobs} jobs back from its cache"
-        if lab.cached_jobs
-        else f" ({lab.jobs} jobs, none from a cache)"
-    )
+    if lab.cached_jobs is None:
+        reused = f" ({lab.jobs} jobs; how many it read back from its cache is not recorded)"
+    elif lab.cached_jobs:
+        reused = f", which read {lab.cached_jobs} of its {lab.jobs} jobs back from its cache"
+    else:
+        reused = f" ({lab.jobs} jobs, none from a cache)"
     lines.append(
         f"- Time: {lab.seconds:.0f} s of wall time for the command{reused}; the training "
         f"runs took {fmt(cpu_seconds, 3)} s of CPU time when they were computed, summed over "
@@ -683,6 +684,8 @@ def results_json(
         "title": lab.title,
         "command": lab.command,
         "provenance": record(lab.seconds, lab.started_at, lab.finished_at),
+        "jobs": lab.jobs,
+        "cached_jobs": lab.cached_jobs,
         "plan": plan,
         "seed_offset": lab.seed_offset,
         "task": lab.task,
@@ -1388,7 +1391,8 @@ def rerender(report_dir: Path) -> Path:
         recorded = payload.get("plan")
         lab = LabResults(
             payload["title"], payload["command"], first.task, payload["headline_metric"],
-            payload["higher_is_better"], compare=runs, seconds=seconds, jobs=len(runs),
+            payload["higher_is_better"], compare=runs, seconds=seconds,
+            jobs=payload.get("jobs", len(runs)), cached_jobs=payload.get("cached_jobs"),
             plan=_recorded_plan(recorded) if recorded else experiment.plan,
             seed_offset=payload.get("seed_offset", 0),
         )  # fmt: skip
@@ -1398,8 +1402,9 @@ def rerender(report_dir: Path) -> Path:
     ):
         lab = LabResults(
             payload["title"], payload["command"], payload["task"], payload["headline_metric"],
-            payload["higher_is_better"], seconds=seconds, jobs=len(runs),
-            quick=payload["quick"], plan=_recorded_plan(payload["plan"]),
+            payload["higher_is_better"], seconds=seconds, jobs=payload.get("jobs", len(runs)),
+            cached_jobs=payload.get("cached_jobs"), quick=payload["quick"],
+            plan=_recorded_plan(payload["plan"]),
             seed_offset=payload["seed_offset"], **_recorded_parts(payload, runs),
         )  # fmt: skip
     else:
