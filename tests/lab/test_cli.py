@@ -82,11 +82,11 @@ def test_quick_demo_writes_the_report_and_reuses_its_runs(
     committed.mkdir()
     results["runs"][0]["history"]["val_loss"][-1] += 1.0
     (committed / "results.json").write_text(json.dumps(results))
-    assert (
+    assert (  # the report is written, and the exit status says the check failed
         cli.main(
             ["demo", "--quick", "--out", str(out), "--workers", "1", "--against", str(committed)]
         )
-        == 0
+        == 1
     )
     printed = " ".join(capsys.readouterr().out.split())
     count = len(results["runs"])

@@ -338,11 +338,12 @@ def _execute(
         )
         raise typer.Exit(130) from None
     _print_results(lab)
-    if against is not None:
-        _print_differences(against, out_dir)
+    reproduced = against is None or _print_differences(against, out_dir)
     if quick:
         _say(QUICK_NOTICE)
     _say(f"Report: {report}  ({lab.seconds:.0f} s)")
+    if not reproduced:  # the report is written; the check it was asked for failed
+        raise typer.Exit(1)
 
 
 def _say(text: str) -> None:
@@ -451,14 +452,16 @@ def _print_results(lab: Any) -> None:
             _say("")
 
 
-def _print_differences(against: Path, out_dir: Path) -> None:
+def _print_differences(against: Path, out_dir: Path) -> bool:
+    """Print whether the report in ``out_dir`` reproduces the one in ``against``; return it."""
     import json
 
-    from torch_lookahead_lab.report import differences_from
+    from torch_lookahead_lab.reproduce import compare_payloads
 
     committed = json.loads((against / "results.json").read_text())
-    fresh = json.loads((out_dir / "results.json").read_text())
-    _say(f"Against {against}: {differences_from(committed, fresh)}")
+    comparison = compare_payloads(committed, json.loads((out_dir / "results.json").read_text()))
+    _say(f"Against {against}: {comparison.line()}")
+    return comparison.reproduced
 
 
 def _against(against: Path | None) -> Path | None:
@@ -471,8 +474,8 @@ AgainstOption = Annotated[
     Path | None,
     typer.Option(
         "--against",
-        help="A committed report folder (reports/demo): print where this run's numbers differ "
-        "from it.",
+        help="A committed report folder (reports/demo): print whether this run reproduces it "
+        "and where its numbers differ; exit status 1 if it does not reproduce it.",
     ),
 ]
 

@@ -8,12 +8,14 @@ seed. So a report is *reproduced* when
 
 1. every case of every claim has the same verdict;
 2. every *reference* run (``is_reference``: the report's first seed at the task's learning
-   rate, plain and in Lookahead(k=5, alpha=0.5); results.json marks them) agrees with the committed one within
-   ``RELATIVE_TOLERANCE`` (relative to the committed value, absolute below ``ABSOLUTE_FLOOR``)
-   at every value up to step ``HORIZON_STEPS`` or its first evaluation after step 0, whichever
-   is later (per-step losses included where it records them). Later values are compared and
-   reported: training amplifies rounding differences between CPUs into
-   differences like a seed's;
+   rate, plain and in Lookahead(k=5, alpha=0.5); results.json marks them) has the same
+   evaluation steps, metrics, per-step losses and divergence step as the committed one, and
+   agrees with it within ``EARLY_TOLERANCE`` (relative to the committed value, absolute below
+   ``ABSOLUTE_FLOOR``) at every value up to step ``HORIZON_STEPS`` or its first evaluation
+   after step 0, whichever is later (per-step losses included where it records them), and
+   within ``LATE_TOLERANCE`` at every later value: training amplifies rounding differences
+   between CPUs, so later values get a looser bound, one that still fails a change of the
+   training (a sync skipped or with another alpha, another schedule, another split);
 3. on the same CPU model, CPU kernels and torch version (``same_machine``), every number is
    the same, bit for bit.
 
@@ -34,8 +36,10 @@ from torch_lookahead_lab.tasks import get_task
 
 __all__ = [
     "ABSOLUTE_FLOOR",
+    "EARLY_TOLERANCE",
     "HORIZON_STEPS",
-    "RELATIVE_TOLERANCE",
+    "LATE_TOLERANCE",
+    "NQM_TOLERANCE",
     "Comparison",
     "ValueDifference",
     "breaks_rule",
@@ -49,17 +53,23 @@ __all__ = [
     "same_machine",
 ]
 
-# Measured on the 4 reference runs of reports/demo (written on an AMD EPYC, AVX512 kernels),
-# re-run on an Intel Xeon with AMX (AVX512 kernels): at step 50 they differ by at most 2e-7
-# relative, but plain SGD's grows to 8.8e-3 by step 200 (training amplifies rounding; the
-# other three stay below 1.1e-6). A learning rate 1% larger moves their step-50 values by
-# 4.8e-3 to 3.1e-2. So the first steps are checked, tightly; later ones are reported.
-# (Earlier, on one AMD EPYC under AVX512 and AVX2 kernels: at most 8e-5 over the demo's
-# reference runs, 2e-4 over the 2000-step charlm run of reports/compare-charlm.)
+# Rule 2 until 2fb39ea checked every value within 1e-3; the committed reports/demo (written on
+# an AMD EPYC) then failed it on an Intel Xeon: plain SGD's reference run differs by 2e-7
+# relative at step 50 but by 8.8e-3 at step 200 (training amplifies rounding; the other three
+# runs stay below 1.1e-6, below 7.5e-4 under AVX2 kernels). Since then the first steps are
+# checked tightly and later ones loosely. Measured with a review's bugs injected into the
+# demo's reference runs: a learning rate 0.1% larger moves lookahead(sgd) by 2.1e-4 by step
+# 50; a sync with alpha 1, 0.6 or none after step 60 moves a Lookahead run by 0.2 to 32, a
+# cosine schedule floored at 0.1 by up to 7.5e-2, and the final evaluation on the validation
+# split by up to 0.19 (docs/lab.md).
 HORIZON_STEPS = 50
-RELATIVE_TOLERANCE = 1e-3
+EARLY_TOLERANCE = 1e-4
+LATE_TOLERANCE = 5e-2
+# The noisy quadratic model's simulated losses (a few thousand float64 steps).
+NQM_TOLERANCE = 1e-3
 # The Lookahead setting of the reference runs (``is_reference``).
 REFERENCE_LOOKAHEAD = (5, 0.5)
+DIVERGED = "diverged_at"  # the metric name of a difference in the divergence step
 # Below this absolute size (a loss or an accuracy near 0), differences are compared absolutely.
 ABSOLUTE_FLOOR = 1e-6
 
@@ -73,7 +83,7 @@ def same_machine(committed: Mapping[str, Any], fresh: Mapping[str, Any]) -> bool
 
 def is_reference(config: Mapping[str, Any], diverged_at: int | None, first_seed: int = 0) -> bool:
     """A run the report marks ``reference``, whose every value must agree across machines
-    within ``RELATIVE_TOLERANCE``: the report's first seed (``first_seed``; 0 unless its seeds
+    within rule 2's tolerances: the report's first seed (``first_seed``; 0 unless its seeds
     start elsewhere) at the task's learning rate for its inner optimizer, plain or in the lab's
     default Lookahead(k=5, alpha=0.5), that never diverged.
 
@@ -122,6 +132,11 @@ class ValueDifference:
             return 0.0 if self.committed is self.now else math.inf
         return abs(self.now - self.committed) / max(abs(self.committed), ABSOLUTE_FLOOR)
 
+    @property
+    def structural(self) -> bool:
+        """One side has the value and the other not (``None`` stands for a missing value)."""
+        return (self.committed is None) != (self.now is None)
+
     def describe(self) -> str:
         return (
             f"{self.run}: {self.metric} at step {self.step} {self.committed!r} committed, "
@@ -136,12 +151,16 @@ def history_differences(
     the committed run has them, that is not bit for bit the same; a missing metric or evaluation
     step counts as a missing value."""
     label = run_label(fresh["config"])
+    if committed.get("diverged_at") != fresh.get("diverged_at"):
+        yield ValueDifference(
+            label, DIVERGED, 0, committed.get("diverged_at"), fresh.get("diverged_at")
+        )
     old_steps, new_steps = list(committed["steps"]), list(fresh["steps"])
     for metric in dict.fromkeys([*committed["history"], *fresh["history"]]):
         old = dict(zip(old_steps, committed["history"].get(metric, []), strict=False))
         new = dict(zip(new_steps, fresh["history"].get(metric, []), strict=False))
         for step in dict.fromkeys([*old_steps, *new_steps]):
-            if old.get(step) != new.get(step):
+            if old.get(step) != new.get(step) or (step in old) != (step in new):
                 yield ValueDifference(label, metric, step, old.get(step), new.get(step))
     if committed.get("step_losses") is None:  # recorded before runs kept per-step losses
         return
@@ -149,7 +168,7 @@ def history_differences(
     for step in range(1, max(len(old_losses), len(new_losses)) + 1):
         before = old_losses[step - 1] if step <= len(old_losses) else None
         after = new_losses[step - 1] if step <= len(new_losses) else None
-        if before != after:
+        if before != after or len(old_losses) != len(new_losses):
             yield ValueDifference(label, "step_loss", step, before, after)
 
 
@@ -160,8 +179,12 @@ def horizon(committed: Mapping[str, Any]) -> int:
 
 
 def breaks_rule(difference: ValueDifference, committed: Mapping[str, Any]) -> bool:
-    """Outside ``RELATIVE_TOLERANCE`` within the run's ``horizon`` (rule 2)."""
-    return difference.step <= horizon(committed) and difference.relative > RELATIVE_TOLERANCE
+    """Rule 2: another divergence step, a value only one side has, or a difference outside
+    ``EARLY_TOLERANCE`` within the run's ``horizon``, outside ``LATE_TOLERANCE`` after it."""
+    if difference.metric == DIVERGED or difference.structural:
+        return True
+    late = difference.step > horizon(committed)
+    return difference.relative > (LATE_TOLERANCE if late else EARLY_TOLERANCE)
 
 
 def disagreements(
@@ -218,7 +241,7 @@ class Comparison:
             return False
         if self.same_machine:
             return self.runs_differing == 0 and self.nqm_largest == 0.0
-        return not self.reference_outside and self.nqm_largest <= RELATIVE_TOLERANCE
+        return not self.reference_outside and self.nqm_largest <= NQM_TOLERANCE
 
     def line(self) -> str:
         """One line: whether it reproduced, whether any verdict changed, the largest relative
@@ -245,13 +268,13 @@ class Comparison:
             worst = max(self.reference_outside, key=lambda d: d.relative)
             rule = (
                 f"{len(self.reference_outside)} values of the {self.reference_runs} reference runs "
-                f"outside {RELATIVE_TOLERANCE:g} relative in their first steps "
-                f"(e.g. {worst.describe()})"
+                f"break rule 2 (within {EARLY_TOLERANCE:g} relative in their first steps, "
+                f"{LATE_TOLERANCE:g} later; e.g. {worst.describe()})"
             )
         else:
             rule = (
-                f"the {self.reference_runs} reference runs within {RELATIVE_TOLERANCE:g} relative in "
-                "their first steps"
+                f"the {self.reference_runs} reference runs within {EARLY_TOLERANCE:g} relative in "
+                f"their first steps and {LATE_TOLERANCE:g} later"
             )
         extra = ""
         if self.only_committed or self.only_fresh:
