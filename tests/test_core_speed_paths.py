@@ -39,6 +39,8 @@ def trained(edit: str = "none") -> tuple[list[Any], Lookahead]:
         state[torch.zeros(1)] = {SLOW_KEY: torch.zeros(1)}
     elif edit == "cleared":
         state[params[2]].clear()
+    elif edit == "deleted":
+        del state[params[3]]
     elif edit == "replaced":
         state[params[1]] = {SLOW_KEY: torch.full((2, 3), 9.0)}
     elif edit == "params edited":  # a parameter dropped from its group's list
@@ -57,7 +59,7 @@ def assert_equal(a: list[Tensor], b: list[Tensor]) -> None:
 
 
 @pytest.mark.parametrize(
-    "edit", ["none", "reordered", "extra entry", "cleared", "replaced", "params edited"]
+    "edit", ["none", "reordered", "extra entry", "cleared", "deleted", "replaced", "params edited"]
 )
 def test_eval_and_train_exchange_exactly_whatever_the_state_lists(edit: str) -> None:
     params, opt = trained(edit)
