@@ -134,9 +134,8 @@ _version_of = operator.attrgetter("_version")
 
 
 def _warn_if_written(groups: list[dict[str, Any]], records: EvalRecords) -> None:
-    """Warn once when train() is about to put the fast weights over values written into the
-    parameters in eval mode (e.g. the HF Trainer's ``load_best_model_at_end``). Records are kept
-    per group and compared at C speed: a tensor's hash is a Python call."""
+    """Warn once when train() puts the fast weights over values written into the parameters in
+    eval mode (e.g. the HF Trainer's ``load_best_model_at_end``); records are kept per group."""
     written = 0
     for group in groups:
         record = records.pop(id(group), None) if group.get(EVAL_KEY, False) else None
@@ -377,8 +376,10 @@ class Lookahead(Optimizer):
         self._begin("step()", sync_overdue=True)
         groups, state = self.param_groups, self.state
         every = list(chain.from_iterable(group["params"] for group in groups))
-        slows = map(dict.get, self._states(every), repeat(SLOW_KEY))
-        missing = list(compress(every, map(operator.is_, slows, repeat(None))))  # no slow copy
+        states = self._states(every)
+        missing: list[Tensor] = []  # parameters without a slow copy, found at C speed
+        if not all(map(operator.is_not, map(dict.get, states, repeat(SLOW_KEY)), repeat(None))):
+            missing = [p for p, s in zip(every, states, strict=True) if s.get(SLOW_KEY) is None]
         for group in groups:
             if group[STEP_KEY] + 1 >= group[K_KEY]:  # a slow copy that cannot sync raises now
                 self._held(group, SLOW_KEY)
@@ -520,8 +521,7 @@ class Lookahead(Optimizer):
     def _switch(self, to_eval: bool, groups: list[dict[str, Any]]) -> None:
         """Put the slow weights into the parameters of ``groups`` (``to_eval``) or the fast ones
         back. A slow copy of the parameter's dtype trades values with it and is renamed
-        ``lookahead_fast``; one of another dtype stays, and the fast weights go to a new
-        ``lookahead_fast`` (docs/design.md)."""
+        ``lookahead_fast``; one of another dtype stays, the fast weights go to a new one."""
         if not to_eval:
             _warn_if_written(groups, self._eval_versions)
         self._finish()
