@@ -108,15 +108,16 @@ def test_cache_blocks_cover_every_element_once_in_order() -> None:
     fast, slow = random_pairs(1, shapes, torch.float32, torch.float32)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)  # 64 floats per block
-        blocks = list(_sync._blocks(fast, slow))
-    flat_fast = torch.cat([t.reshape(-1) for block_fast, _, _ in blocks for t in block_fast])
-    flat_slow = torch.cat([t.reshape(-1) for _, block_slow, _ in blocks for t in block_slow])
+        blocks = _sync._plan_blocks(fast, slow, 2)
+    flat_fast = torch.cat([t.reshape(-1) for block_fast, *_ in blocks for t in block_fast])
+    flat_slow = torch.cat([t.reshape(-1) for _, block_slow, *_ in blocks for t in block_slow])
     assert torch.equal(flat_fast, torch.cat([f.reshape(-1) for f in fast]))
     assert torch.equal(flat_slow, torch.cat([s.reshape(-1) for s in slow]))
-    for block_fast, block_slow, sizes in blocks:
+    for block_fast, block_slow, sizes, dims in blocks:
         # Either one view of at most a block, or whole tensors that together fit in one.
         assert len(block_fast) == len(block_slow)
         assert sizes == [t.numel() for t in block_fast]
+        assert dims == [t.dim() for t in block_fast]
         if len(block_fast) > 1:
             assert sum(t.numel() for t in block_fast) <= 64
 
@@ -125,9 +126,9 @@ def test_a_bucket_of_one_block_is_not_cut() -> None:
     fast, slow = random_pairs(2, [(30,)] * 10, torch.float32, torch.float32)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", 1200)  # 300 floats: the whole bucket
-        assert len(list(_sync._blocks(fast, slow))) == 1
+        assert len(_sync._plan_blocks(fast, slow, 2)) == 1
         patch.setattr(_sync, "SYNC_BLOCK_BYTES", 400)  # 100 floats
-        sizes = [len(block_fast) for block_fast, _, _ in _sync._blocks(fast, slow)]
+        sizes = [len(block_fast) for block_fast, *_ in _sync._plan_blocks(fast, slow, 2)]
         assert sizes == [3, 3, 3, 1]
 
 

@@ -1,13 +1,8 @@
-"""Lookahead's outer step and the ``eval()`` exchange over lists of tensors, as resumable plans.
-
-The outer step of Algorithm 1 (Zhang et al., 2019) for every (fast, slow) pair::
-
-    slow <- slow + alpha * (fast - slow)
-    fast <- slow
-
-An operation is a `Plan`, a list of steps that counts the completed ones, so that ``run()`` after
-an exception resumes where it stopped. Per block of pairs (``|`` separates the steps; docs/design.md
-explains why a resumed plan gives the result of one uninterrupted run)::
+"""Lookahead's outer step ``slow <- slow + alpha * (fast - slow); fast <- slow`` (Algorithm 1,
+Zhang et al., 2019) and the ``eval()`` exchange over lists of tensors, as resumable plans. A `Plan`
+counts its completed steps, so that ``run()`` after an exception resumes where it stopped. Per block
+of pairs (``|`` separates the steps; docs/design.md explains why a resumed plan gives the result of
+one uninterrupted run)::
 
     sync:  [end <- fast, in the slow dtype  |]  work <- slow  |  slow <- lerp(slow, end, alpha) *
            |  fast <- slow
@@ -43,6 +38,7 @@ Step = Callable[[], object]
 PlanStep = Step | tuple[Step, Step]  # (step, redo): see Plan
 # Buffers under (device, dtype, slot), their views under (device, dtype, slot, numel, count).
 Scratch = dict[tuple[Any, ...], Any]
+Shapes = tuple[list[int], list[int]]  # dimension and element counts of a list of tensors
 _placement = operator.attrgetter("device", "dtype")
 
 
@@ -68,15 +64,17 @@ class Plan:
                 self.done += 1
 
 
-def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[Tensor], list[int]]]:
-    """Consecutive runs of pairs of about one block of ``a`` each, with their element counts;
-    longer contiguous tensors come as flat views of a block. Blocking changes the order of the same
-    element-wise operations, never a result."""
+Block = tuple[list[Tensor], list[Tensor], list[int], list[int]]
+
+
+def _blocks(a: list[Tensor], b: list[Tensor], sizes: list[int], dims: list[int]) -> list[Block]:
+    """Consecutive runs of pairs of about one block of ``a`` each, with their element and dimension
+    counts (``sizes``, ``dims``); longer contiguous tensors come as flat views of a block. Blocking
+    changes the order of the same element-wise operations, never a result."""
     block_bytes = SYNC_BLOCK_BYTES if a[0].device.type == "cpu" else DEVICE_BLOCK_BYTES
     limit = max(1, block_bytes // a[0].element_size())
-    sizes = list(map(Tensor.numel, a))
     if sum(sizes) <= limit:
-        return [(a, b, sizes)]
+        return [(a, b, sizes, dims)]
     if max(sizes) > limit:
         cut_a: list[Tensor] = []
         cut_b: list[Tensor] = []
@@ -84,8 +82,9 @@ def _blocks(a: list[Tensor], b: list[Tensor]) -> list[tuple[list[Tensor], list[T
             whole = numel <= limit or not (x.is_contiguous() and y.is_contiguous())
             cut_a.extend([x] if whole else torch.split(x.view(-1), limit))
             cut_b.extend([y] if whole else torch.split(y.view(-1), limit))
-        a, b, sizes = cut_a, cut_b, list(map(Tensor.numel, cut_a))
-    return [(a[s], b[s], sizes[s]) for s in cache_blocks(a, block_bytes, sizes)]
+        a, b = cut_a, cut_b
+        sizes, dims = list(map(Tensor.numel, a)), list(map(Tensor.dim, a))
+    return [(a[s], b[s], sizes[s], dims[s]) for s in cache_blocks(a, block_bytes, sizes)]
 
 
 def _copy(targets: list[Tensor], sources: list[Tensor]) -> Step:
@@ -101,15 +100,16 @@ def _views(
     scratch: Scratch,
     like: list[Tensor],
     sizes: list[int],
+    dims: list[int],
     placement: tuple[Any, Any],
     slot: int,
     reserve: int,
 ) -> tuple[list[Tensor], Tensor | None]:
-    """Views of the scratch buffer ``(*placement, slot)`` shaped like ``like`` (whose element
-    counts are ``sizes``), and the buffer's flat view if they are all 1-D. The last views made for
-    a count of tensors and elements are kept and reused while the shapes match (compared through
-    counts at C speed: ``size()`` is slow). A buffer too small is replaced by one of ``reserve``
-    elements (the plan's largest block: the plan's earlier views keep the old one alive)."""
+    """Views of the scratch buffer ``(*placement, slot)`` shaped like ``like`` (element and
+    dimension counts ``sizes``, ``dims``), and its flat view if they are all 1-D. The last views
+    made for a count of tensors and elements are kept while the counts (and the sizes of tensors of
+    several dimensions) match. A buffer too small is replaced by one of ``reserve`` elements (the
+    plan's largest block: the plan's earlier views keep the old one alive)."""
     key, numel = (*placement, slot), sum(sizes)
     buffer = scratch.get(key)
     if buffer is None or buffer.numel() < numel:
@@ -117,15 +117,9 @@ def _views(
             buffer = scratch[key] = torch.empty(reserve, device=placement[0], dtype=placement[1])
         for stale in [k for k in scratch if len(k) == 5 and k[:3] == key]:
             del scratch[stale]
-    dims = list(map(Tensor.dim, like))
     several = max(dims) > 1
     kept = scratch.get((*key, numel, len(like)))
-    if (
-        kept is None
-        or kept[1] != dims
-        or kept[2] != sizes
-        or (several and not same_shapes(kept[0], like))
-    ):
+    if kept is None or kept[1:3] != (dims, sizes) or (several and not same_shapes(kept[0], like)):
         with torch.inference_mode(False):
             views = torch._C._nn.unflatten_dense_tensors(buffer[:numel], like)
             flat = None if several or min(dims) < 1 else buffer[:numel]
@@ -142,10 +136,14 @@ def _largest(blocks: list[tuple[Any, list[int]]]) -> dict[Any, int]:
 
 
 def _plan_blocks(
-    a: Sequence[Tensor], b: Sequence[Tensor], keys: int
-) -> list[tuple[list[Tensor], list[Tensor], list[int]]]:
-    buckets = group_by_device_and_dtype([local_shards(a), local_shards(b)], keys)
-    return [block for bucket_a, bucket_b in buckets for block in _blocks(bucket_a, bucket_b)]
+    a: Sequence[Tensor], b: Sequence[Tensor], keys: int, shapes: Shapes | None = None
+) -> list[Block]:
+    """The blocks of every placement; ``shapes``: the dimension and element counts of ``a``."""
+    shards = local_shards(a)
+    if shapes is None or shards is not a:  # counts given are those of the tensors, not shards
+        shapes = list(map(Tensor.dim, shards)), list(map(Tensor.numel, shards))
+    buckets = group_by_device_and_dtype([shards, local_shards(b), shapes[1], shapes[0]], keys)
+    return [block for bucket in buckets for block in _blocks(*bucket)]
 
 
 def sync_steps(
@@ -158,13 +156,13 @@ def sync_steps(
         return [partial(_compiled_sync_, local_shards(fast), local_shards(slow), alpha)]
     steps: list[PlanStep] = []
     blocks = _plan_blocks(fast, slow, keys=2)
-    most = _largest([(_placement(s[0]), sizes) for _, s, sizes in blocks])
-    for block_fast, block_slow, sizes in blocks:
+    most = _largest([(_placement(s[0]), sizes) for _, s, sizes, _ in blocks])
+    for block_fast, block_slow, sizes, dims in blocks:
         placement = _placement(block_slow[0])
-        work, flat = _views(scratch, block_slow, sizes, placement, 0, most[placement])
+        work, flat = _views(scratch, block_slow, sizes, dims, placement, 0, most[placement])
         end = block_fast
         if block_fast[0].dtype != placement[1]:  # the fast weights in the slow copy's dtype
-            end = _views(scratch, block_fast, sizes, placement, 1, most[placement])[0]
+            end = _views(scratch, block_fast, sizes, dims, placement, 1, most[placement])[0]
             steps.append(_copy(end, block_fast))
         lerp = partial(torch._foreach_lerp_, block_slow, end, alpha)
         steps += [_save(flat, work, block_slow), (lerp, _copy(block_slow, work))]
@@ -178,13 +176,16 @@ def _compiled_sync_(fast: list[Tensor], slow: list[Tensor], alpha: float) -> Non
         f.copy_(s)
 
 
-def swap_steps(a: Sequence[Tensor], b: Sequence[Tensor], scratch: Scratch) -> list[PlanStep]:
-    """The steps that exchange the values of each pair (each pair shares device and dtype)."""
+def swap_steps(
+    a: Sequence[Tensor], b: Sequence[Tensor], scratch: Scratch, shapes: Shapes | None = None
+) -> list[PlanStep]:
+    """The steps that exchange the values of each pair (each pair shares its shape and dtype);
+    ``shapes``: the dimension and element counts of ``a``, where known (``same_shapes(b, a)``)."""
     steps: list[PlanStep] = []
-    blocks = _plan_blocks(a, b, keys=1) if a else []
-    most = _largest([(_placement(block_a[0]), sizes) for block_a, _, sizes in blocks])
-    for block_a, block_b, sizes in blocks:
+    blocks = _plan_blocks(a, b, 1, shapes) if a else []
+    most = _largest([(_placement(block_a[0]), sizes) for block_a, _, sizes, _ in blocks])
+    for block_a, block_b, sizes, dims in blocks:
         placement = _placement(block_a[0])
-        held, flat = _views(scratch, block_a, sizes, placement, 0, most[placement])
+        held, flat = _views(scratch, block_a, sizes, dims, placement, 0, most[placement])
         steps += [_save(flat, held, block_a), _copy(block_a, block_b), _copy(block_b, held)]
     return steps

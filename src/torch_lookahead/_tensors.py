@@ -27,13 +27,13 @@ def local_shards(tensors: Sequence[Tensor]) -> list[Tensor]:
     (``torch._foreach_*`` kernels have no DTensor strategy for every op; in-place updates of a
     shard reach its DTensor)."""
     if set(map(type, tensors)) <= _PLAIN_TENSOR_TYPES:
-        return list(tensors)
+        return tensors if isinstance(tensors, list) else list(tensors)
     return [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
 
 
 def group_by_device_and_dtype(
-    tensorlists: Sequence[Sequence[Tensor]], keys: int = 1
-) -> list[list[list[Tensor]]]:
+    tensorlists: Sequence[Sequence[Any]], keys: int = 1
+) -> list[list[list[Any]]]:
     """The parallel lists grouped by the (device, dtype) of the tensors of their first ``keys``
     lists, in order of first appearance (the same on every rank of a job that builds the same
     model); tensors keep their order inside a group."""
@@ -65,19 +65,21 @@ def same_placements(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
     return cpu or list(map(_device_of, a)) == list(map(_device_of, b))
 
 
-def same_shapes(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
-    """Whether ``a[i]`` and ``b[i]`` have the same shape for every ``i`` (counts of dimensions and
-    elements first: they settle tensors of at most one dimension, and a ``size()`` is slow)."""
+def same_shapes(a: Sequence[Tensor], b: Sequence[Tensor]) -> tuple[list[int], list[int]] | None:
+    """The dimension and element counts of ``b`` if each ``a[i]`` is a tensor of ``b[i]``'s shape,
+    else None (the counts settle tensors of at most one dimension; ``size()`` is slow)."""
     if torch.compiler.is_compiling():
-        return [x.shape for x in a] == [y.shape for y in b]
-    dims = list(map(Tensor.dim, a))
-    if dims != list(map(Tensor.dim, b)) or list(map(Tensor.numel, a)) != list(map(Tensor.numel, b)):
-        return False
-    if not dims or max(dims) <= 1:
-        return True
-    several = list(map(operator.lt, repeat(1), dims))
-    size = Tensor.size
-    return list(map(size, compress(a, several))) == list(map(size, compress(b, several)))
+        same = [x.shape for x in a] == [y.shape for y in b]
+        return ([y.dim() for y in b], [y.numel() for y in b]) if same else None
+    dims, numels = list(map(Tensor.dim, b)), list(map(Tensor.numel, b))
+    try:
+        same = dims == list(map(Tensor.dim, a)) and numels == list(map(Tensor.numel, a))
+    except TypeError:  # an entry of ``a`` that is not a tensor
+        return None
+    if same and max(dims, default=0) > 1:
+        several, size = list(map(operator.lt, repeat(1), dims)), Tensor.size
+        same = [*map(size, compress(a, several))] == [*map(size, compress(b, several))]
+    return (dims, numels) if same else None
 
 
 def cache_blocks(

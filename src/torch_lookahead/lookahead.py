@@ -8,9 +8,9 @@ import inspect
 import operator
 import textwrap
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from functools import partial
-from itertools import chain, compress, count, repeat
+from itertools import chain, compress, count, islice, repeat
 from typing import Any, TypedDict
 
 import torch
@@ -48,6 +48,7 @@ __all__ = [
 Closure = Callable[[], Any]
 _NO_STATE: dict[str, Any] = {}  # stands for a parameter without state; never written
 _placement = operator.attrgetter("device", "dtype")
+_dtype_of = operator.attrgetter("dtype")
 WRITTEN_IN_EVAL_MODE = "parameters were written in eval mode"
 
 
@@ -60,11 +61,20 @@ class LookaheadOptions(TypedDict, total=False):
 
 
 def _store(dicts: list[dict[str, Any]], key: str, values: list[Any]) -> None:
-    list(map(dict.__setitem__, dicts, repeat(key), values))
+    setitem = dict.__setitem__ if torch.compiler.is_compiling() else operator.setitem  # faster
+    list(map(setitem, dicts, repeat(key), values))
 
 
 def _drop(dicts: list[dict[str, Any]], key: str) -> None:
     list(map(dict.pop, dicts, repeat(key), repeat(None)))
+
+
+def _present(params: list[Tensor], states: Collection[dict[str, Any]], key: str) -> list[list[Any]]:
+    """The parameters whose state holds ``key`` (not None), those entries and the states."""
+    held = list(map(dict.get, states, repeat(key)))
+    present = list(map(operator.is_not, held, repeat(None)))
+    every = all(present)
+    return [list(x) if every else list(compress(x, present)) for x in (params, held, states)]
 
 
 def _copy(targets: list[Tensor], sources: list[Tensor]) -> None:
@@ -124,9 +134,8 @@ _version_of = operator.attrgetter("_version")
 
 
 def _warn_if_written(groups: list[dict[str, Any]], records: EvalRecords) -> None:
-    """Warn once when train() is about to put the fast weights over values written into the
-    parameters in eval mode (e.g. the HF Trainer's ``load_best_model_at_end``). Records are kept
-    per group and compared at C speed: a tensor's hash is a Python call."""
+    """Warn once when train() puts the fast weights over values written into the parameters in
+    eval mode (e.g. the HF Trainer's ``load_best_model_at_end``); records are kept per group."""
     written = 0
     for group in groups:
         record = records.pop(id(group), None) if group.get(EVAL_KEY, False) else None
@@ -321,21 +330,21 @@ class Lookahead(Optimizer):
         if overdue:
             self.outer_step(overdue)
 
+    def _states(self, params: list[Tensor]) -> Collection[dict[str, Any]]:
+        """Each parameter's state or ``_NO_STATE``: no tensor hashed where the state lists ``params``."""
+        state: dict[Tensor, dict[str, Any]] = self.state
+        if len(state) == len(params) and all(map(operator.is_, state, params)):
+            return state.values()
+        return list(map(state.get, params, repeat(_NO_STATE)))
+
     def _held(
-        self, group: dict[str, Any], key: str, states: list[Any] | None = None
+        self, group: dict[str, Any], key: str
     ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
-        """The group's parameters whose state holds ``key``, those entries and the state dicts
-        (``states``, if known). ``ValueError`` unless each entry is a tensor of its parameter's shape."""
-        params = group["params"]
-        if states is None:
-            states = list(map(self.state.get, params, repeat(_NO_STATE)))
-        held: list[Any] = list(map(dict.get, states, repeat(key)))
-        present = list(map(operator.is_not, held, repeat(None)))
-        if not all(present):
-            params, held, states = (list(compress(x, present)) for x in (params, held, states))
-        with contextlib.suppress(TypeError):  # an entry that is not a tensor: found below
-            if same_shapes(held, params):
-                return list(params), held, states
+        """The group's parameters whose state holds ``key``, those entries and the state dicts.
+        ``ValueError`` unless each entry is a tensor of its parameter's shape."""
+        params, held, states = _present(group["params"], self._states(group["params"]), key)
+        if same_shapes(held, params):
+            return params, held, states
         pairs = zip(params, held, strict=True)
         p, v = next((p, v) for p, v in pairs if not isinstance(v, Tensor) or v.shape != p.shape)
         index = next(i for i, q in enumerate(group["params"]) if q is p)
@@ -366,26 +375,14 @@ class Lookahead(Optimizer):
         next ``step()`` completes the sync first, without a second inner step (docs/design.md)."""
         self._begin("step()", sync_overdue=True)
         groups, state = self.param_groups, self.state
-        missing: list[Tensor] = []
-        # Every parameter has a slow copy: seen without hashing a tensor (a Python call) where the
-        # state lists exactly the parameters, in order, as the first step's capture stores them.
         every = list(chain.from_iterable(group["params"] for group in groups))
-        complete = (
-            len(state) == len(every)
-            and all(map(operator.is_, state, every))
-            and all(
-                map(operator.is_not, map(dict.get, state.values(), repeat(SLOW_KEY)), repeat(None))
-            )
-        )
+        states = self._states(every)
+        missing: list[Tensor] = []  # parameters without a slow copy, found at C speed
+        if not all(map(operator.is_not, map(dict.get, states, repeat(SLOW_KEY)), repeat(None))):
+            missing = [p for p, s in zip(every, states, strict=True) if s.get(SLOW_KEY) is None]
         for group in groups:
-            states = None
-            if not complete:
-                params = group["params"]
-                states = list(map(state.get, params, repeat(_NO_STATE)))
-                slows = list(map(dict.get, states, repeat(SLOW_KEY)))
-                missing.extend(compress(params, map(operator.is_, slows, repeat(None))))
             if group[STEP_KEY] + 1 >= group[K_KEY]:  # a slow copy that cannot sync raises now
-                self._held(group, SLOW_KEY, states)
+                self._held(group, SLOW_KEY)
         captured: list[tuple[Tensor, Tensor]] = []
 
         def capture() -> None:  # phi_0: the weights before their first update
@@ -522,8 +519,7 @@ class Lookahead(Optimizer):
     def _switch(self, to_eval: bool, groups: list[dict[str, Any]]) -> None:
         """Put the slow weights into the parameters of ``groups`` (``to_eval``) or the fast ones
         back. A slow copy of the parameter's dtype trades values with it and is renamed
-        ``lookahead_fast``; one of another dtype stays, and the fast weights go to a new
-        ``lookahead_fast`` (docs/design.md)."""
+        ``lookahead_fast``; one of another dtype stays, the fast weights go to a new one."""
         if not to_eval:
             _warn_if_written(groups, self._eval_versions)
         self._finish()
@@ -531,24 +527,25 @@ class Lookahead(Optimizer):
         if not groups:
             return
         key = SLOW_KEY if to_eval else FAST_KEY
-        found = [self._held(group, key) for group in groups]
+        entries = iter(self._states(list(chain.from_iterable(g["params"] for g in groups))))
+        found = [_present(g["params"], [*islice(entries, len(g["params"]))], key) for g in groups]
         every: list[list[Any]] = [list(chain.from_iterable(f[i] for f in found)) for i in range(3)]
-        params, held, states = every
+        shapes = same_shapes(every[1], every[0])
+        for group in groups if shapes is None else ():
+            self._held(group, key)  # raises the ValueError that names the entry
         if to_eval:  # swapped where the slow copy has the parameter's dtype
-            swapped = [True] * len(params)
-            if not same_placements(params, held):
-                swapped = list(map(operator.eq, map(_placement, params), map(_placement, held)))
+            swapped = list(map(operator.is_, map(_dtype_of, every[0]), map(_dtype_of, every[1])))
         else:  # swapped where the parameter holds the slow weights (none kept)
-            swapped = list(map(operator.not_, map(operator.contains, states, repeat(SLOW_KEY))))
+            swapped = list(map(operator.not_, map(operator.contains, every[2], repeat(SLOW_KEY))))
         (params, held, states), (copied_params, copied_held, copied_states) = (
-            [list(compress(x, mask)) for x in every]
+            [x if all(mask) else list(compress(x, mask)) for x in every]
             for mask in (swapped, list(map(operator.not_, swapped)))
         )
         with torch.inference_mode(False):  # eval(): new lookahead_fast copies where not swapped
             stashes = [torch.empty_like(p) for p in copied_params] if to_eval else []
         steps: list[PlanStep] = [partial(_copy, stashes, copied_params)]
         steps.append(partial(_copy, copied_params, copied_held))
-        steps += swap_steps(params, held, self._scratch)
+        steps += swap_steps(params, held, self._scratch, shapes if params is every[0] else None)
         steps.append(partial(_store, states, FAST_KEY if to_eval else SLOW_KEY, held))
         steps.append(partial(_drop, states, key))  # the rename, in two steps
         store = partial(_store, copied_states, FAST_KEY, stashes)
