@@ -115,6 +115,9 @@ def test_help_everywhere(command: list[str], capsys: pytest.CaptureFixture[str])
         (["sweep", "--lr", "1e-1:1e-4:3"], "0 < LOW < HIGH"),
         (["sweep", "--k", "5,ten"], "k must be a comma-separated list of integers"),
         (["nqm", "--lr", "0.5,2.5"], "lr must lie in (0, 2) for a steady state"),
+        (["compare", "--plan", "compare-charlm", "--seeds", "3"], "--plan fixes --seeds"),
+        (["compare", "--plan", "demo"], "not a plan of the compare command"),
+        (["compare", "--plan", "nope"], "no committed plan called 'nope'"),
     ],
 )
 def test_clear_errors(

@@ -125,7 +125,7 @@ def test_the_confirmatory_command_on_its_tiny_configuration(tmp_path: Path) -> N
     # 2 tasks x 1 warm-up x 3 arms x 1 seed, each from the top of its 2 learning rates down
     assert 2 * 3 <= len(results["runs"]) <= 2 * 1 * 2 * 1 * 3
     assert all(len(r["step_losses"]) >= 1 for r in results["runs"])
-    assert sum(r["stable"] for r in results["runs"]) == 1
+    assert sum(r["reference"] for r in results["runs"]) == 1
     assert {r["config"]["task"] for r in results["runs"]} == {
         "charlm-transformer", "charlm-transformer-postln"
     }  # fmt: skip
@@ -178,7 +178,7 @@ def test_the_report_follows_the_lab_conventions(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["plan"]["digest"] == load_plan("stability").digest
     assert results["plan"]["status_of_report"] == "confirmatory"
-    stable = [r for r in results["runs"] if r["stable"]]
+    stable = [r for r in results["runs"] if r["reference"]]
     assert [r["config"] for r in stable] == [reference_config(lab.plan).to_dict()]
     edges = results["log10_largest_stable_lr"]["charlm-transformer/warm-up 50/adam"]
     assert edges == pytest.approx([math.log10(lab.plan.lrs[5 - s % 2]) for s in lab.plan.seeds])

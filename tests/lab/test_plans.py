@@ -9,7 +9,12 @@ import json
 
 import pytest
 
-from torch_lookahead_lab.experiments import compare_experiment, demo_experiment, demo_plan
+from torch_lookahead_lab.experiments import (
+    compare_experiment,
+    demo_experiment,
+    demo_plan,
+    planned_compare_experiment,
+)
 from torch_lookahead_lab.plans import ClaimPlan, load_plan, plan_from_mapping, plan_status
 from torch_lookahead_lab.stats import pairs_needed
 from torch_lookahead_lab.tasks import TaskSettings
@@ -77,3 +82,27 @@ def test_a_plan_that_changed_after_results_existed_makes_the_report_exploratory(
 def test_claim_roles_are_checked() -> None:
     with pytest.raises(ValueError, match="role"):
         ClaimPlan("confirmatory", "x")
+
+
+def test_compare_charlm_follows_its_committed_plan_on_the_test_split() -> None:
+    """The committed plan fixes the task, inners, fresh seeds (none of the pilot's 0-2) and
+    enough of them for its primary family (difference and equivalence per inner optimizer);
+    every run measures the test split; --seed-offset moves the seeds."""
+    plan = load_plan("compare-charlm")
+    assert plan.committed and plan.status == "confirmatory"
+    assert plan.claim("final_default").endpoint == "test_bpc"
+    experiment = planned_compare_experiment("compare-charlm")
+    seeds = sorted({c.seed for c in experiment.compare})
+    assert seeds == list(range(3000, 3010)) and not set(seeds) & {0, 1, 2}
+    assert len(seeds) >= pairs_needed(family=2 * len(plan.data["inners"]))
+    assert all(c.evaluate_test and c.task == "charlm" for c in experiment.compare)
+    assert {(c.inner, c.k) for c in experiment.compare} == {
+        (inner, k) for inner in ("adamw", "sgd") for k in (None, 5)
+    }
+    assert experiment.plan is not None and experiment.plan.digest == plan.digest
+    moved = planned_compare_experiment("compare-charlm", seed_offset=100)
+    assert {c.seed for c in moved.compare} == {s + 100 for s in seeds}
+    with pytest.raises(ValueError, match="not a plan of the compare command"):
+        planned_compare_experiment("demo")
+    flags = compare_experiment("digits", ["sgd"], 2, TINY)
+    assert flags.plan is not None and not flags.plan.committed

@@ -13,17 +13,21 @@ import pytest
 import torch
 
 import torch_lookahead
+from torch_lookahead_lab.experiments import LabResults
+from torch_lookahead_lab.plans import load_plan
 from torch_lookahead_lab.provenance import machine
-from torch_lookahead_lab.report import differences_from, rerender
+from torch_lookahead_lab.report import differences_from, rerender, write_report
 from torch_lookahead_lab.reproduce import (
     HORIZON_STEPS,
     RELATIVE_TOLERANCE,
     compare_payloads,
     disagreements,
-    is_stable,
+    is_reference,
+    marked_reference,
     same_machine,
 )
-from torch_lookahead_lab.runner import RunConfig, RunResult, run
+from torch_lookahead_lab.runner import RunConfig, RunResult, make_config, run
+from torch_lookahead_lab.tasks import TaskSettings
 
 REPO = Path(__file__).resolve().parents[2]
 # The lab's reports (reports/distributed-digits/ comes from examples/, in another format).
@@ -35,9 +39,9 @@ LAB_REPORTS = sorted(
 
 
 def _reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The cheapest run the report marks stable (older reports: the rule of ``is_stable``)."""
-    stable = [r for r in runs if r.get("stable", is_stable(r["config"], r["diverged_at"]))]
-    assert stable, "the report has no stable run to check"
+    """The cheapest run the report marks as a reference run (``marked_reference``)."""
+    stable = [r for r in runs if marked_reference(r)]
+    assert stable, "the report has no reference run to check"
     return min(stable, key=lambda r: (r["config"]["task"] != "digits", r["config"]["steps"]))
 
 
@@ -80,7 +84,7 @@ def test_the_confirmatory_stability_report_is_checked_in_the_fast_suite() -> Non
     (param,) = [p for p in _params() if p.id == folder.name]
     assert not param.marks
     results = json.loads((folder / "results.json").read_text())
-    assert [r for r in results["runs"] if r["stable"]] == [_reference(results["runs"])]
+    assert [r for r in results["runs"] if marked_reference(r)] == [_reference(results["runs"])]
     assert results["plan"]["status_of_report"] == "confirmatory"
 
 
@@ -157,7 +161,7 @@ def test_the_comparison_finds_every_kind_of_change() -> None:
     # The stable run (seed 0 at the task's learning rate) must stay within the tolerance.
     fresh["runs"][0]["history"]["val_loss"][-1] = 0.5 * (1 + 10 * RELATIVE_TOLERANCE)
     line = differences_from(committed, fresh)
-    assert line.startswith("NOT reproduced:") and "values of the 1 stable runs outside" in line
+    assert line.startswith("NOT reproduced:") and "values of the 1 reference runs outside" in line
     fresh["runs"][0]["history"]["val_loss"][-1] = 0.5 * (1 + RELATIVE_TOLERANCE / 10)
     assert compare_payloads(committed, fresh).reproduced
     # Past the first HORIZON_STEPS steps a stable run's difference is reported, not a failure:
@@ -227,6 +231,7 @@ def test_rerender_writes_todays_verdicts_from_the_recorded_runs(tmp_path: Path) 
     report = rerender(tmp_path).read_text()
     assert "Re-rendered by `torch-lookahead rerender" in report
     assert "with torch-lookahead 0.0.1 (sources 0123)" in report  # what computed the runs
+    assert "(6 jobs; how many it read back from its cache is not recorded)" in report
     fresh = json.loads((tmp_path / "results.json").read_text())
     assert fresh["provenance"] == old and fresh["rerendered_with"]["version"]
     assert [r["history"] for r in fresh["runs"]] == [r["history"] for r in runs]
@@ -234,3 +239,62 @@ def test_rerender_writes_todays_verdicts_from_the_recorded_runs(tmp_path: Path) 
     with pytest.raises(ValueError, match="only stability pilots, demo, sweep and compare"):
         (tmp_path / "results.json").write_text(json.dumps({**payload, "title": "demo"}))
         rerender(tmp_path)
+
+
+def test_reference_runs_are_the_first_seeds_and_older_marks_still_count() -> None:
+    """A report on fresh seeds has reference runs too: those of its first seed."""
+    config = {"task": "charlm", "inner": "adamw", "lr": 0.003, "k": 5, "alpha": 0.5}
+    assert is_reference({**config, "seed": 0}, None)
+    assert not is_reference({**config, "seed": 3000}, None)
+    assert is_reference({**config, "seed": 3000}, None, first_seed=3000)
+    assert not is_reference({**config, "seed": 3000}, 12, first_seed=3000)  # diverged
+    assert not is_reference({**config, "seed": 3000, "lr": 0.001}, None, first_seed=3000)
+    run = {"config": {**config, "seed": 3000}, "diverged_at": None}
+    assert not marked_reference(run)  # no mark: the rule of seed 0
+    assert marked_reference({**run, "reference": True})
+    assert marked_reference({**run, "stable": True})  # written before the rename
+    assert not marked_reference({**run, "reference": False, "stable": True})
+
+
+def test_a_charlm_comparison_is_reported_on_its_test_split(tmp_path: Path) -> None:
+    """Runs that measured the test split: the claims and the scope are on it, the first seed's
+    runs at the task's learning rate are marked reference, and the command's start and end
+    times are recorded."""
+    runs = []
+    for seed in (3000, 3001, 3002):
+        for k, final in ((None, 2.40 + seed % 7 / 100), (5, 2.70 + seed % 7 / 100)):
+            config = make_config(
+                "charlm", "adamw", seed=seed, settings=TaskSettings(4, 2, 2), k=k,
+                alpha=0.5 if k else None, evaluate_test=True,
+            )  # fmt: skip
+            history: dict[str, list[float | None]] = {
+                "train_loss": [5.5, 2.0, 1.9], "val_loss": [5.5, 1.8, 1.7],
+                "val_bpc": [8.0, 2.6, 2.5], "test_loss": [5.5, None, 1.8],
+                "test_bpc": [8.0, None, final],
+            }  # fmt: skip
+            runs.append(RunResult(config, [0, 2, 4], history))
+    lab = LabResults(
+        "torch-lookahead compare: charlm", "torch-lookahead compare", task="charlm",
+        headline_metric="val_bpc", compare=runs, seconds=1.0, jobs=6, cached_jobs=2,
+        started_at="2026-12-06T12:00:00+00:00", finished_at="2026-12-06T12:00:01+00:00",
+        plan=load_plan("compare-charlm"),
+    )  # fmt: skip
+    report = write_report(tmp_path, lab).read_text()
+    assert "comparisons over 3 seeds on the held-out test split" in report
+    assert "final test bpc, default protocol" in report
+    assert "| diverged | test bpc |" in report  # the final-metrics table shows it too
+    assert "the committed `lab/src/torch_lookahead_lab/plans/compare-charlm.json`" in report
+    assert "marks `reference` (seed 3000 at the task's learning rate" in report
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["claims"][0]["cases"][0]["estimate"]["effect"] == pytest.approx(0.30)
+    marked = [r["config"]["seed"] for r in results["runs"] if r["reference"]]
+    assert marked == [3000, 3000]
+    assert results["provenance"]["started_at"] == "2026-12-06T12:00:00+00:00"
+    assert results["provenance"]["finished_at"] == "2026-12-06T12:00:01+00:00"
+    # Re-rendered, it keeps its committed plan, so it stays confirmatory.
+    rerendered = rerender(tmp_path).read_text()
+    assert "the committed `lab/src/torch_lookahead_lab/plans/compare-charlm.json`" in rerendered
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["plan"]["status_of_report"] == "confirmatory"
+    assert again["claims"] == results["claims"]
+    assert "which read 2 of its 6 jobs back from its cache" in rerendered

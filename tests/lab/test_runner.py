@@ -195,3 +195,27 @@ def test_make_config_rejects_unknown_names() -> None:
     make_config("digits", "ranger", seed=0, settings=TINY)
     with pytest.raises(ValueError, match="'ranger' cannot be wrapped in Lookahead"):
         make_config("digits", "ranger", seed=0, settings=TINY, k=5, alpha=0.5)
+
+
+def test_a_charlm_run_measures_its_test_split_at_its_ends_only_when_asked() -> None:
+    """``evaluate_test``: the test metrics at step 0 and at the last evaluation, None between;
+    every other number is the run without it, whose stored configuration has no such field
+    (committed runs keep theirs), and the data fingerprint then covers the test bytes."""
+    settings = TaskSettings(steps=6, eval_every=2, batch_size=4)
+    plain = make_config("charlm", "adamw", seed=3, settings=settings, k=5, alpha=0.5)
+    tested = make_config(
+        "charlm", "adamw", seed=3, settings=settings, k=5, alpha=0.5, evaluate_test=True
+    )
+    assert "evaluate_test" not in plain.to_dict() and tested.to_dict()["evaluate_test"] is True
+    assert RunConfig(**plain.to_dict()) == plain and plain.key() != tested.key()
+    assert plain.data_fingerprint != tested.data_fingerprint
+    without, with_test = run(plain), run(tested)
+    assert with_test.steps == without.steps == [0, 2, 4, 6]
+    test_bpc = with_test.history.pop("test_bpc")
+    test_loss = with_test.history.pop("test_loss")
+    assert with_test.history == without.history
+    for values in (test_bpc, test_loss):
+        assert values[1:-1] == [None, None] and None not in (values[0], values[-1])
+    assert test_bpc[-1] < test_bpc[0]  # trained on the training bytes, better on unseen ones
+    with pytest.raises(ValueError, match="evaluate_test is for tasks"):
+        make_config("digits", "sgd", seed=0, settings=TINY, evaluate_test=True)

@@ -24,11 +24,14 @@ from torch_lookahead_lab.models import ResNet18
 from torch_lookahead_lab.optimizers import available_inner_optimizers, build_optimizer
 from torch_lookahead_lab.tasks import (
     CIFAR10_FILES,
+    CORPUS_BYTES,
+    TEST_BYTES,
     CharLMTask,
     Cifar10Task,
     DigitsTask,
     TaskSettings,
     augment_crop_flip,
+    corpus_fingerprint,
     get_task,
     lr_multiplier,
     stdlib_corpus,
@@ -77,6 +80,37 @@ def test_charlm_corpus_is_a_fixed_megabyte_of_the_standard_library() -> None:
     metrics = task.evaluate(task.build_model(), data)
     assert metrics["val_bpc"] == pytest.approx(metrics["val_loss"] / np.log(2))
     assert 7.0 < metrics["val_bpc"] < 9.0  # an untrained model is close to uniform over bytes
+
+
+def test_charlm_holds_out_a_test_split_after_its_megabyte() -> None:
+    """The test split is the next TEST_BYTES of the same file sequence: disjoint from the
+    training and validation bytes, which stay the first megabyte as before; a longer corpus
+    starts with the shorter one, and the fingerprint with the test split is another."""
+    longer = stdlib_corpus(CORPUS_BYTES + TEST_BYTES)
+    assert longer[:CORPUS_BYTES] == stdlib_corpus() and len(longer) == CORPUS_BYTES + TEST_BYTES
+    task = CharLMTask()
+    data = task.load(None, "cpu")
+    assert data.test_inputs is not None and data.test_targets is not None
+    assert data.test_inputs.shape == ((TEST_BYTES - 1) // task.window, task.window)
+    first_test_window = bytes(data.test_inputs[0].tolist())
+    assert first_test_window == longer[CORPUS_BYTES : CORPUS_BYTES + task.window]
+    split = int(0.9 * CORPUS_BYTES)
+    assert torch.equal(data.train_inputs, torch.tensor(list(longer[:split])))
+    val = bytes(data.val_inputs.flatten().tolist())
+    assert val == longer[split : split + len(val)]  # the validation windows, as before
+    assert corpus_fingerprint(with_test=True) != corpus_fingerprint()
+    model = task.build_model()
+    tested = task.evaluate_test(model, data)
+    assert set(tested) == {"test_loss", "test_bpc"}
+    assert set(task.evaluate(model, data)) == {"train_loss", "val_loss", "val_bpc"}
+    assert tested["test_bpc"] == pytest.approx(tested["test_loss"] / np.log(2))
+    assert get_task("charlm").test_metric == "test_bpc" and get_task("charlm").test_at_ends
+    assert (
+        get_task("charlm-transformer")
+        .evaluate_test(get_task("charlm-transformer").build_model(), data)
+        .keys()
+        == tested.keys()
+    )  # the Transformer tasks inherit the split
 
 
 def write_fake_cifar10(folder: Path, per_batch: int = 20) -> None:
@@ -128,10 +162,30 @@ def test_cifar10_reads_the_python_batches(tmp_path: Path, monkeypatch: pytest.Mo
     task = Cifar10Task()
     task.check_data(str(tmp_path))
     data = task.load(str(tmp_path), "cpu")
-    assert data.train_inputs.shape == (100, 3, 32, 32) and data.val_inputs.shape == (20, 3, 32, 32)
+    # A stratified tenth of each class of the 100 training images validates (rounded down);
+    # the 20 images of test_batch are the test split.
+    labels = tasks.load_cifar10(str(tmp_path))[1]
+    counts = torch.bincount(labels, minlength=10)
+    assert data.val_inputs.shape[0] == int((counts // 10).sum()) > 0
+    assert torch.equal(torch.bincount(data.val_targets, minlength=10), counts // 10)
+    assert data.train_inputs.shape[0] + data.val_inputs.shape[0] == 100
+    assert data.test_inputs is not None and data.test_inputs.shape == (20, 3, 32, 32)
     assert data.train_inputs.mean(dim=(0, 2, 3)).abs().max() < 1e-5
+    assert task.test_metric == "test_accuracy"
     images, labels = task.sample_batch(data, torch.Generator().manual_seed(0), 4)
     assert images.shape == (4, 3, 32, 32) and labels.shape == (4,)
+
+
+def test_cifar10_validates_on_a_fixed_stratified_tenth_of_the_training_images() -> None:
+    """On labels laid out like the official release (5,000 per class): 500 of each class,
+    5,000 in all, the same rows every time, spread over the five batches."""
+    labels = torch.arange(50_000) % 10
+    rows = tasks.cifar10_val_rows(labels)
+    assert rows.numel() == 5_000 and torch.equal(rows, tasks.cifar10_val_rows(labels))
+    assert torch.equal(torch.bincount(labels[rows]), torch.full((10,), 500))
+    assert torch.equal(rows, rows.sort().values) and rows.unique().numel() == 5_000
+    per_batch = torch.bincount(rows // 10_000, minlength=5)
+    assert int(per_batch.min()) > 800  # not one batch's images: drawn over all five
 
 
 def test_cifar10_without_its_data_says_what_to_do(tmp_path: Path) -> None:
@@ -272,7 +326,7 @@ def test_a_cifar10_run_trains_resnet18_with_lookahead(
 ) -> None:
     from torch_lookahead_lab.runner import make_config, run
 
-    write_fake_cifar10(tmp_path, per_batch=8)
+    write_fake_cifar10(tmp_path, per_batch=20)
     trust_fake_cifar10(tmp_path, monkeypatch)
     settings = TaskSettings(steps=3, eval_every=3, batch_size=4)
     config = make_config(
@@ -280,5 +334,7 @@ def test_a_cifar10_run_trains_resnet18_with_lookahead(
     )
     result = run(config)
     assert result.steps == [0, 3] and result.diverged_at is None
-    assert set(result.history) == {"train_loss", "val_loss", "val_accuracy"}
+    assert set(result.history) == {
+        "train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy"
+    }  # fmt: skip
     assert result.history == run(config).history

@@ -277,7 +277,9 @@ def _prepare_task(
             f"[yellow]{task_name} is meant for a GPU; on the CPU a full run is impractically "
             "slow (--quick for a smoke run).[/]"
         )
-    options = RunOptions(data_dir, resolved, schedule, unsafe_skip_checksums)
+    options = RunOptions(
+        data_dir, resolved, schedule, unsafe_skip_checksums, evaluate_test=task.test_at_ends
+    )
     return task.quick if quick else task.full, options, workers
 
 
@@ -509,6 +511,7 @@ def demo(
 
 @app.command()
 def compare(
+    ctx: typer.Context,
     task: TaskOption = "digits",
     inner: Annotated[
         str, typer.Option("--inner", help="Comma-separated inner optimizers, e.g. adamw,sgd.")
@@ -524,25 +527,54 @@ def compare(
     device: DeviceOption = "auto",
     unsafe_skip_checksums: UnsafeOption = False,
     seed_offset: SeedOffsetOption = 0,
+    plan: Annotated[
+        str | None,
+        typer.Option(
+            "--plan",
+            help="A committed plan (plans/NAME.json, e.g. compare-charlm) that fixes the task, "
+            "inner optimizers, seeds, k, alpha and schedule: a confirmatory comparison.",
+        ),
+    ] = None,
 ) -> None:
     """Each inner optimizer plain and wrapped in Lookahead(k, alpha), over seeds.
 
     The paper's default protocol: the task's learning rate and schedule, compared at the end of
-    training. Prints the final metrics (mean ± std over seeds) and the claims these runs can
-    speak to, each with its interval and verdict.
+    training, on the task's held-out test split where it has one. Prints the final metrics
+    (mean ± std over seeds) and the claims these runs can speak to, each with its interval and
+    verdict. Without --plan the flags make an exploratory plan; with it, the committed plan
+    decides (--seed-offset moves its seeds).
     """
-    from torch_lookahead_lab.experiments import compare_experiment, parse_name_list
+    from torch_lookahead_lab.experiments import (
+        compare_experiment,
+        parse_name_list,
+        planned_compare_experiment,
+    )
+    from torch_lookahead_lab.plans import load_plan
 
     with _user_errors():
+        if plan is not None:
+            fixed = ("task", "inner", "seeds", "k", "alpha", "schedule")
+            given = [
+                f"--{name}"
+                for name in fixed
+                if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+            ]
+            if given:
+                raise ValueError(f"--plan fixes {', '.join(given)}: leave them out")
+            task = load_plan(plan).data.get("task", task)
         out_dir = _out_dir(out, f"compare-{task}")
-        inners = parse_name_list(inner, "inner")
         settings, options, workers = _prepare_task(
             task, data_dir, device, workers, quick, schedule, unsafe_skip_checksums
         )
-        experiment = compare_experiment(
-            task, inners, seeds, settings, k=k, alpha=alpha, options=options, quick=quick,
-            seed_offset=seed_offset,
-        )  # fmt: skip
+        if plan is not None:
+            experiment = planned_compare_experiment(
+                plan, options=options, quick=quick, seed_offset=seed_offset
+            )
+        else:
+            experiment = compare_experiment(
+                task, parse_name_list(inner, "inner"), seeds, settings, k=k, alpha=alpha,
+                options=options, quick=quick, seed_offset=seed_offset,
+            )  # fmt: skip
     _execute(experiment, out_dir, workers)
 
 

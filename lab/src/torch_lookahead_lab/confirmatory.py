@@ -233,6 +233,8 @@ class ConfirmatoryResults:
     seconds: float = math.nan
     jobs: int = 0
     cached_jobs: int = 0
+    started_at: str = ""  # when the command started and finished, UTC, ISO 8601
+    finished_at: str = ""
 
     @property
     def title(self) -> str:

@@ -8,6 +8,7 @@ it measured."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -57,6 +58,7 @@ __all__ = [
     "parse_int_list",
     "parse_lr_range",
     "parse_name_list",
+    "planned_compare_experiment",
     "run_experiment",
     "stability_experiment",
     "sweep_experiment",
@@ -159,8 +161,12 @@ class LabResults:
     nqm_k: int = 5
     nqm_alpha: float = 0.5
     seconds: float = math.nan  # wall time of the command
+    started_at: str = ""  # when the command started and finished, UTC, ISO 8601
+    finished_at: str = ""
     jobs: int = 0
-    cached_jobs: int = 0  # jobs read back from the cache rather than computed
+    # Jobs read back from the cache rather than computed; None: not recorded (a report
+    # re-rendered from a results.json written before it recorded them).
+    cached_jobs: int | None = 0
     quick: bool = False  # a --quick run: it checks the pipeline and is no evidence
     plan: Plan | None = None
     seed_offset: int = 0
@@ -174,6 +180,8 @@ class RunOptions:
     device: str = "cpu"
     schedule: str | None = None  # None: the task's schedule
     unsafe_skip_checksums: bool = False
+    # Measure the task's test split at each run's ends (``RunConfig.evaluate_test``).
+    evaluate_test: bool = False
 
 
 def _config(
@@ -190,7 +198,7 @@ def _config(
     return make_config(
         task, inner, seed=seed, settings=settings, lr=lr, k=k, alpha=alpha,
         data_dir=options.data_dir, device=options.device, schedule=options.schedule,
-        unsafe_skip_checksums=options.unsafe_skip_checksums,
+        unsafe_skip_checksums=options.unsafe_skip_checksums, evaluate_test=options.evaluate_test,
     )  # fmt: skip
 
 
@@ -518,6 +526,45 @@ def compare_experiment(
     )
 
 
+def planned_compare_experiment(
+    name: str,
+    *,
+    options: RunOptions = RunOptions(),
+    quick: bool = False,
+    seed_offset: int = 0,
+) -> Experiment:
+    """``compare`` by the committed plan ``plans/<name>.json`` (its ``quick`` part over it for a
+    quick run): its task, inner optimizers, k, alpha, schedule and comparison seeds, every seed
+    moved by ``seed_offset``; the test split measured where the task has one at the runs'
+    ends. ``options`` gives where the runs train (its schedule must be the plan's or None)."""
+    if seed_offset < 0:
+        raise ValueError(f"seed_offset must be a non-negative integer, got {seed_offset}")
+    plan = load_plan(name)
+    if plan.data.get("command") != "compare":
+        raise ValueError(f"plan {name!r} is not a plan of the compare command")
+    data: dict[str, Any] = {**plan.data, **(plan.data["quick"] if quick else {})}
+    spec = get_task(data["task"])
+    settings = spec.quick if quick else spec.full
+    if not quick and settings.steps != data["steps"]:
+        raise ValueError(
+            f"plan {name!r} fixes {data['steps']} steps, the task's runs have {settings.steps}"
+        )
+    if options.schedule not in (None, data["schedule"]):
+        raise ValueError(f"plan {name!r} fixes the schedule {data['schedule']!r}")
+    options = dataclasses.replace(
+        options, schedule=data["schedule"], evaluate_test=spec.test_at_ends
+    )
+    seeds = _seed_range(data["comparison_seeds"], seed_offset)
+    configs = compare_configs(
+        spec.name, data["inners"], seeds, settings, k=int(data["k"]), alpha=float(data["alpha"]),
+        options=options,
+    )  # fmt: skip
+    title = f"torch-lookahead compare: {spec.name}" + (" (quick)" if quick else "")
+    return Experiment(
+        title, spec.name, compare=tuple(configs), quick=quick, plan=plan, seed_offset=seed_offset
+    )
+
+
 def _default_sesoi(metric: str) -> float:
     """The SESOI a flag-made plan declares: 0.01 of accuracy, 0.02 bits or nats of a loss."""
     return 0.01 if metric.endswith("accuracy") else 0.02
@@ -589,6 +636,11 @@ def nqm_experiment(
     return Experiment(title, nqm=tuple(configs), quick=quick)
 
 
+def utc_now() -> str:
+    """The time now, UTC, ISO 8601 to the second: ``2026-12-06T12:45:00+00:00``."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
 def run_experiment(
     experiment: Experiment | StabilityExperiment | ConfirmatoryExperiment,
     cache_dir: Path | None,
@@ -601,6 +653,7 @@ def run_experiment(
     what it measured, with the wall time it took: the results a report renders
     (``report.write_report``)."""
     started = time.perf_counter()
+    started_at = utc_now()
     if isinstance(experiment, ConfirmatoryExperiment):
         counted = [0, 0]
 
@@ -614,12 +667,24 @@ def run_experiment(
 
         runs = edge_search(experiment.plan, compute)
         seconds = time.perf_counter() - started
-        return ConfirmatoryResults(experiment.plan, command, runs, seconds, *counted)
+        return ConfirmatoryResults(
+            experiment.plan,
+            command,
+            runs,
+            seconds,
+            counted[0],
+            counted[1],
+            started_at,
+            utc_now(),
+        )
     jobs = experiment.jobs()
     results, cached = run_many_counted(jobs, cache_dir, workers=workers, on_result=on_result)
     if isinstance(experiment, StabilityExperiment):
         seconds = time.perf_counter() - started
-        return StabilityResults(experiment.plan, command, list(results), seconds, len(jobs), cached)
+        return StabilityResults(
+            experiment.plan, command, list(results), seconds, len(jobs), cached, started_at,
+            utc_now(),
+        )  # fmt: skip
     by_job = dict(zip(jobs, results, strict=True))
     tuned: list[RunResult] = []
     if experiment.tuned_seeds and experiment.lr_sweep:
@@ -648,6 +713,8 @@ def run_experiment(
         nqm_k=nqm[0].k if nqm else 5,
         nqm_alpha=nqm[0].alpha if nqm else 0.5,
         seconds=seconds,
+        started_at=started_at,
+        finished_at=utc_now(),
         jobs=len(jobs),
         cached_jobs=cached,
         quick=experiment.quick,

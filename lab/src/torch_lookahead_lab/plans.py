@@ -6,7 +6,8 @@ its test at the unadjusted level, except the (k, alpha) settings, Holm-adjusted 
 themselves, no confirmatory weight; ``check``: an implementation check of a theorem), its
 endpoint and its
 smallest effect of interest (SESOI), and the grids, seeds, selection rule and level. The demo's
-plan is a committed file of this package (``plans/demo.json``); a command driven by its flags
+plan is a committed file of this package (``plans/demo.json``), and so is each plan that
+``compare --plan`` runs (``plans/compare-charlm.json``); a command driven by its flags
 (compare, sweep) writes the plan its flags make. Either way the report folder gets the plan as
 ``plan.json`` and its digest in ``results.json``.
 
@@ -51,11 +52,13 @@ class ClaimPlan:
 
 @dataclass(frozen=True)
 class Plan:
-    """A plan as written (``text``, whose SHA-256 is its digest) and parsed (``data``)."""
+    """A plan as written (``text``, whose SHA-256 is its digest) and parsed (``data``);
+    ``committed``: a file of this package (``load_plan``), not made from a command's flags."""
 
     name: str
     text: str
     data: Mapping[str, Any]
+    committed: bool = False
 
     @property
     def digest(self) -> str:
@@ -89,7 +92,7 @@ def load_plan(name: str) -> Plan:
         text = resources.files("torch_lookahead_lab").joinpath(f"plans/{name}.json").read_text()
     except FileNotFoundError:
         raise ValueError(f"no committed plan called {name!r}") from None
-    return Plan(name, text, json.loads(text))
+    return Plan(name, text, json.loads(text), committed=True)
 
 
 def plan_from_mapping(name: str, data: Mapping[str, Any]) -> Plan:

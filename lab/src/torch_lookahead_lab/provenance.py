@@ -123,10 +123,11 @@ def machine() -> dict[str, str]:
     }
 
 
-def record(wall_seconds: float) -> dict[str, Any]:
+def record(wall_seconds: float, started_at: str = "", finished_at: str = "") -> dict[str, Any]:
     """The provenance a report records: the versions of the library and the lab, digests of
-    their sources (all of them, and those that compute the numbers), ``machine()`` and the
-    command's wall time."""
+    their sources (all of them, and those that compute the numbers), ``machine()``, the
+    command's wall time and, when given, when it started and finished (UTC, ISO 8601)."""
+    times = {"started_at": started_at, "finished_at": finished_at} if started_at else {}
     return {
         "version": package_version(),
         "lab_version": lab_version(),
@@ -134,6 +135,7 @@ def record(wall_seconds: float) -> dict[str, Any]:
         "computing_source_digest": source_digest(computing_only=True),
         **machine(),
         "wall_seconds": wall_seconds,
+        **times,
     }
 
 

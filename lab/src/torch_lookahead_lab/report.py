@@ -59,7 +59,7 @@ from torch_lookahead_lab.reproduce import (
     HORIZON_STEPS,
     RELATIVE_TOLERANCE,
     compare_payloads,
-    is_stable,
+    is_reference,
 )
 from torch_lookahead_lab.runner import RunConfig, RunResult
 from torch_lookahead_lab.stability import (
@@ -374,7 +374,8 @@ CANNOT_TEST = (
     "Wall-clock claims (computation and memory cost): seconds depend on the machine, so no "
     "verdict uses them (benchmarks/ measures the optimizer's cost).",
     "Sampling error of the evaluation data: the seeds vary the training, not the evaluated "
-    "examples (360 test images for digits), so the intervals speak for this split; a "
+    "examples (360 test images for digits, 1,562 test windows of 64 bytes for charlm), so "
+    "the intervals speak for this split; a "
     "per-example bootstrap is not included.",
     "The schedule as a factor: every run here uses the task's schedule (cosine for digits and "
     "charlm).",
@@ -391,9 +392,25 @@ def _scope(lab: LabResults) -> str:
     config = runs[0].config
     return (
         f"Scope: {spec.name} ({spec.description}), {config.steps} steps of batch "
-        f"{config.batch_size}, comparisons over {_seeds_text(runs)} on "
-        f"{'the held-out test split' if spec.test_metric else 'the validation split'}: toy "
+        f"{config.batch_size}, comparisons over {_seeds_text(runs)} on {_split_of(lab)}: toy "
         "scale, one CPU task, not the paper's benchmarks."
+    )
+
+
+def _test_split_text(lab: LabResults) -> str:
+    """``; <the test split>`` where the runs measured a test split the task's split
+    description leaves out (``Task.test_split_description``)."""
+    spec = get_task(lab.task)
+    measured = spec.test_split_description and endpoint_of(lab).startswith("test_")
+    return f"; {spec.test_split_description}" if measured else ""
+
+
+def _split_of(lab: LabResults) -> str:
+    """Where the comparisons are reported: the held-out test split or the validation split."""
+    return (
+        "the held-out test split"
+        if endpoint_of(lab).startswith("test_")
+        else ("the validation split")
     )
 
 
@@ -439,7 +456,7 @@ def _plan_lines(lab: LabResults, status: tuple[str, str]) -> list[str]:
     plan = lab.plan
     where = (
         f"the committed `lab/src/torch_lookahead_lab/plans/{plan.name}.json`"
-        if plan.name == "demo"
+        if plan.committed
         else "`plan.json` in this folder (made from the command's flags)"
     )
     offset = f" Seeds offset by {lab.seed_offset}." if lab.seed_offset else ""
@@ -452,11 +469,12 @@ def _plan_lines(lab: LabResults, status: tuple[str, str]) -> list[str]:
 
 def _cannot_test_lines(lab: LabResults) -> list[str]:
     extra = []
-    if lab.task and get_task(lab.task).test_metric is None:
+    if lab.task and not endpoint_of(lab).startswith("test_"):
         extra.append(
-            f"A held-out test split: {lab.task} has training and validation data only, so its "
-            "comparisons are reported on the validation split (this report chooses nothing on "
-            "it, but a tuned protocol here would select and report on the same data)."
+            f"A held-out test split: these {lab.task} runs measured training and validation "
+            "data only, so their comparisons are reported on the validation split (this report "
+            "chooses nothing on it, but a tuned protocol here would select and report on the "
+            "same data)."
         )
     return [
         "## What this lab cannot test here",
@@ -477,7 +495,7 @@ def _setup_lines(lab: LabResults) -> list[str]:
         config = runs[0].config
         lines += [
             f"- Task: **{spec.name}**, {spec.model_description}.",
-            f"- Data: {spec.split_description}.",
+            f"- Data: {spec.split_description}{_test_split_text(lab)}.",
             f"- Training: {_training_text(runs)}, evaluated every {config.eval_every} steps; "
             f"choices on {lab.headline_metric.replace('_', ' ')}, comparisons on "
             f"{endpoint_of(lab).replace('_', ' ')}. Lookahead runs are evaluated on their slow "
@@ -513,11 +531,12 @@ def _setup_lines(lab: LabResults) -> list[str]:
             "each (see its section)."
         )
     cpu_seconds = sum(r.cpu_seconds for r in dict((r.config, r) for r in runs).values())
-    reused = (
-        f", which read {lab.cached_jobs} of its {lab.jobs} jobs back from its cache"
-        if lab.cached_jobs
-        else f" ({lab.jobs} jobs, none from a cache)"
-    )
+    if lab.cached_jobs is None:
+        reused = f" ({lab.jobs} jobs; how many it read back from its cache is not recorded)"
+    elif lab.cached_jobs:
+        reused = f", which read {lab.cached_jobs} of its {lab.jobs} jobs back from its cache"
+    else:
+        reused = f" ({lab.jobs} jobs, none from a cache)"
     lines.append(
         f"- Time: {lab.seconds:.0f} s of wall time for the command{reused}; the training "
         f"runs took {fmt(cpu_seconds, 3)} s of CPU time when they were computed, summed over "
@@ -535,7 +554,10 @@ def summary_rows(
 ) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the final-metrics table (shared by report.md and the console): mean ±
     standard deviation over seeds, the mean alone for one seed."""
-    tests = [m for m in ("test_accuracy",) if summaries and all(m in s.final for s in summaries)]
+    tests = [
+        m for m in ("test_accuracy", "test_bpc")
+        if summaries and all(m in s.final for s in summaries)
+    ]  # fmt: skip
     header = [
         "optimizer", "lr", "k", "alpha", "seeds", "train loss", "val loss",
         headline.replace("_", " "), "mean train loss", "diverged",
@@ -661,7 +683,9 @@ def results_json(
     payload: dict[str, Any] = {
         "title": lab.title,
         "command": lab.command,
-        "provenance": record(lab.seconds),
+        "provenance": record(lab.seconds, lab.started_at, lab.finished_at),
+        "jobs": lab.jobs,
+        "cached_jobs": lab.cached_jobs,
         "plan": plan,
         "seed_offset": lab.seed_offset,
         "task": lab.task,
@@ -682,11 +706,12 @@ def results_json(
         }
     seen: set[RunConfig] = set()
     runs = []
+    first = _first_seed(lab)
     for part, result in _parts(lab):
         if result.config not in seen:
             seen.add(result.config)
             entry = result.to_json()
-            entry["stable"] = is_stable(entry["config"], result.diverged_at)
+            entry["reference"] = is_reference(entry["config"], result.diverged_at, first)
             runs.append({"part": part, **entry})
     payload["runs"] = runs
     return payload
@@ -724,13 +749,18 @@ def _quick_lines(quick: bool) -> list[str]:
     return [f"> {QUICK_REPORT_NOTICE}", ""] if quick else []
 
 
-def _reproducing_lines() -> list[str]:
+def _first_seed(lab: LabResults) -> int:
+    """The report's first seed: its reference runs' (``reproduce.is_reference``)."""
+    return min((r.config.seed for _, r in _parts(lab)), default=0)
+
+
+def _reproducing_lines(first_seed: int) -> list[str]:
     return [
         "## Reproducing it",
         "",
         "The command above reproduces this report when every case gets the same verdict and "
-        "each run that results.json marks `stable` (seed 0 at the task's learning rate, plain "
-        "and in Lookahead(k=5, alpha=0.5)) agrees within "
+        f"each run that results.json marks `reference` (seed {first_seed} at the task's "
+        "learning rate, plain and in Lookahead(k=5, alpha=0.5)) agrees within "
         f"{RELATIVE_TOLERANCE:g} relative at every value up to step {HORIZON_STEPS} or its "
         "first evaluation after step 0, whichever is later; on the same CPU model, "
         "CPU kernels and torch, every number is the same bit for bit. Training amplifies "
@@ -867,7 +897,7 @@ def _write_lab_report(out_dir: Path, lab: LabResults) -> Path:
         )
         + " and the figures.",
         "",
-        *_reproducing_lines(),
+        *_reproducing_lines(_first_seed(lab)),
     ]
     (out_dir / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
     report = out_dir / "report.md"
@@ -901,18 +931,23 @@ def _stability_grid_rows(lab: StabilityResults) -> tuple[list[str], list[list[st
     return header, rows
 
 
+def _first_stability_seed(lab: StabilityResults) -> int:
+    return min((r.config.seed for r in lab.runs), default=0)
+
+
 def stability_payload(lab: StabilityResults, claims: Sequence[Claim]) -> dict[str, Any]:
     """Everything the stability report states, with its provenance and every run's history
-    (each marked ``stable`` or not, see ``reproduce``)."""
+    (each marked ``reference`` or not, see ``reproduce``)."""
     runs = []
+    first = _first_stability_seed(lab)
     for result in lab.runs:
         entry = result.to_json()
-        entry["stable"] = is_stable(entry["config"], result.diverged_at)
+        entry["reference"] = is_reference(entry["config"], result.diverged_at, first)
         runs.append(entry)
     return {
         "title": "torch-lookahead stability",
         "command": lab.command,
-        "provenance": record(lab.seconds),
+        "provenance": record(lab.seconds, lab.started_at, lab.finished_at),
         "task": lab.plan.task,
         "headline_metric": lab.plan.metric,
         "higher_is_better": False,
@@ -997,7 +1032,7 @@ def _write_stability_report(out_dir: Path, lab: StabilityResults) -> Path:
         "",
     ]
     lines += _claim_lines(claims)
-    lines += _reproducing_lines()
+    lines += _reproducing_lines(_first_stability_seed(lab))
     (out_dir / "report.md").write_text("\n".join(lines))
     (out_dir / "results.json").write_text(json.dumps(payload, indent=1))
     return out_dir / "report.md"
@@ -1163,7 +1198,7 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
     earlier = json.loads(earlier_path.read_text()) if earlier_path.is_file() else None
     status = plan_status(plan.plan, earlier)
     (out_dir / "plan.json").write_text(plan.plan.text)
-    provenance = record(lab.seconds)
+    provenance = record(lab.seconds, lab.started_at, lab.finished_at)
     title = f"{len(plan.seeds)} fresh seeds" + (", quick run: no evidence" if lab.quick else "")
     plots.plot_confirmatory(lab, out_dir / "stability.png", title=title)
     reference = reference_config(plan)
@@ -1236,7 +1271,7 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
         "## Reproducing it",
         "",
         "The command above reproduces this report when every case gets the same verdict and "
-        "the run that results.json marks `stable` (Adam on the pre-LN model at the grid's "
+        "the run that results.json marks `reference` (Adam on the pre-LN model at the grid's "
         f"smallest learning rate {fmt(reference.lr, 3)}, warm-up {reference.warmup_steps}, "
         f"seed {reference.seed}, far from the edge) agrees within {RELATIVE_TOLERANCE:g} "
         f"relative at every value up to step {HORIZON_STEPS} or its first evaluation after "
@@ -1247,7 +1282,7 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
         "which runs differ.",
         "",
     ]
-    runs = [{**r.to_json(), "stable": r.config == reference} for r in lab.runs]
+    runs = [{**r.to_json(), "reference": r.config == reference} for r in lab.runs]
     edges = {
         f"{task}/warm-up {warmup}/{arm}": lab.edges(task, arm, warmup)
         for task in plan.tasks
@@ -1351,10 +1386,15 @@ def rerender(report_dir: Path) -> Path:
             first.task, inners, len(seeds), spec.full, k=next(r.config.k for r in runs if r.config.k),
             alpha=next(r.config.alpha for r in runs if r.config.alpha), seed_offset=seeds[0],
         )  # fmt: skip
+        # The plan results.json records (a committed one stays committed), else the plan
+        # of the command's flags (reports written before plans were recorded).
+        recorded = payload.get("plan")
         lab = LabResults(
             payload["title"], payload["command"], first.task, payload["headline_metric"],
-            payload["higher_is_better"], compare=runs, seconds=seconds, jobs=len(runs),
-            plan=experiment.plan,
+            payload["higher_is_better"], compare=runs, seconds=seconds,
+            jobs=payload.get("jobs", len(runs)), cached_jobs=payload.get("cached_jobs"),
+            plan=_recorded_plan(recorded) if recorded else experiment.plan,
+            seed_offset=payload.get("seed_offset", 0),
         )  # fmt: skip
     elif payload["title"] in (
         "torch-lookahead demo",
@@ -1362,8 +1402,9 @@ def rerender(report_dir: Path) -> Path:
     ):
         lab = LabResults(
             payload["title"], payload["command"], payload["task"], payload["headline_metric"],
-            payload["higher_is_better"], seconds=seconds, jobs=len(runs),
-            quick=payload["quick"], plan=_recorded_plan(payload["plan"]),
+            payload["higher_is_better"], seconds=seconds, jobs=payload.get("jobs", len(runs)),
+            cached_jobs=payload.get("cached_jobs"), quick=payload["quick"],
+            plan=_recorded_plan(payload["plan"]),
             seed_offset=payload["seed_offset"], **_recorded_parts(payload, runs),
         )  # fmt: skip
     else:

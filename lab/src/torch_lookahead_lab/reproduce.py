@@ -7,8 +7,8 @@ differences: at the largest learning rates of a sweep a different CPU acts like 
 seed. So a report is *reproduced* when
 
 1. every case of every claim has the same verdict;
-2. every *stable* run (``is_stable``: the report's reference runs, seed 0 at the task's
-   learning rate, plain and in Lookahead(k=5, alpha=0.5)) agrees with the committed one within
+2. every *reference* run (``is_reference``: the report's first seed at the task's learning
+   rate, plain and in Lookahead(k=5, alpha=0.5); results.json marks them) agrees with the committed one within
    ``RELATIVE_TOLERANCE`` (relative to the committed value, absolute below ``ABSOLUTE_FLOOR``)
    at every value up to step ``HORIZON_STEPS`` or its first evaluation after step 0, whichever
    is later (per-step losses included where it records them). Later values are compared and
@@ -17,7 +17,7 @@ seed. So a report is *reproduced* when
 3. on the same CPU model, CPU kernels and torch version (``same_machine``), every number is
    the same, bit for bit.
 
-Runs that are not stable are compared and their largest difference is reported, but a
+Runs that are not reference runs are compared and their largest difference is reported, but a
 difference there is no failure as long as the verdicts hold.
 """
 
@@ -43,7 +43,8 @@ __all__ = [
     "disagreements",
     "history_differences",
     "horizon",
-    "is_stable",
+    "is_reference",
+    "marked_reference",
     "run_label",
     "same_machine",
 ]
@@ -57,7 +58,7 @@ __all__ = [
 # reference runs, 2e-4 over the 2000-step charlm run of reports/compare-charlm.)
 HORIZON_STEPS = 50
 RELATIVE_TOLERANCE = 1e-3
-# The Lookahead setting of the reference runs (``is_stable``).
+# The Lookahead setting of the reference runs (``is_reference``).
 REFERENCE_LOOKAHEAD = (5, 0.5)
 # Below this absolute size (a loss or an accuracy near 0), differences are compared absolutely.
 ABSOLUTE_FLOOR = 1e-6
@@ -70,20 +71,31 @@ def same_machine(committed: Mapping[str, Any], fresh: Mapping[str, Any]) -> bool
     return all(committed.get(k) is not None and committed.get(k) == fresh.get(k) for k in keys)
 
 
-def is_stable(config: Mapping[str, Any], diverged_at: int | None) -> bool:
-    """A run the report marks stable, whose every value must agree across machines within
-    ``RELATIVE_TOLERANCE``: a *reference run*, seed 0 at the task's learning rate for its inner
-    optimizer, plain or in the lab's default Lookahead(k=5, alpha=0.5), that never diverged.
+def is_reference(config: Mapping[str, Any], diverged_at: int | None, first_seed: int = 0) -> bool:
+    """A run the report marks ``reference``, whose every value must agree across machines
+    within ``RELATIVE_TOLERANCE``: the report's first seed (``first_seed``; 0 unless its seeds
+    start elsewhere) at the task's learning rate for its inner optimizer, plain or in the lab's
+    default Lookahead(k=5, alpha=0.5), that never diverged.
 
     Other runs may amplify rounding into differences like those between seeds (measured: up to
     2% at the task's learning rate for some seeds, up to 60% at nine times it), so for them only
     the verdicts they feed must agree."""
-    if diverged_at is not None or config["seed"] != 0:
+    if diverged_at is not None or config["seed"] != first_seed:
         return False
     if (config["k"], config["alpha"]) not in ((None, None), REFERENCE_LOOKAHEAD):
         return False
     task_lr = get_task(config["task"]).learning_rate(config["inner"])
     return math.isclose(config["lr"], task_lr, rel_tol=1e-9)
+
+
+def marked_reference(run: Mapping[str, Any]) -> bool:
+    """Whether results.json marks ``run`` a reference run: its ``reference`` mark, the
+    ``stable`` mark of reports written before the mark's rename, or for reports older still the
+    rule of ``is_reference``."""
+    mark = run.get("reference", run.get("stable"))
+    if mark is None:
+        return is_reference(run["config"], run.get("diverged_at"))
+    return bool(mark)
 
 
 def run_label(config: Mapping[str, Any]) -> str:
@@ -189,24 +201,24 @@ class Comparison:
     same_machine: bool
     runs_compared: int = 0
     runs_differing: int = 0
-    stable_runs: int = 0
+    reference_runs: int = 0
     only_committed: int = 0
     only_fresh: int = 0
     largest: ValueDifference | None = None
-    stable_outside: list[ValueDifference] = field(default_factory=list)
+    reference_outside: list[ValueDifference] = field(default_factory=list)
     verdicts_compared: int = 0
     verdict_changes: list[str] = field(default_factory=list)
     nqm_largest: float = 0.0
 
     @property
     def reproduced(self) -> bool:
-        """The rule of this module: same verdicts, the same runs, stable runs within the
+        """The rule of this module: same verdicts, the same runs, reference runs within the
         tolerance, and bit for bit on the same machine."""
         if self.verdict_changes or self.only_committed or self.only_fresh:
             return False
         if self.same_machine:
             return self.runs_differing == 0 and self.nqm_largest == 0.0
-        return not self.stable_outside and self.nqm_largest <= RELATIVE_TOLERANCE
+        return not self.reference_outside and self.nqm_largest <= RELATIVE_TOLERANCE
 
     def line(self) -> str:
         """One line: whether it reproduced, whether any verdict changed, the largest relative
@@ -229,16 +241,16 @@ class Comparison:
             )
         if self.same_machine:
             rule = "same CPU model, kernels and torch: bit for bit expected"
-        elif self.stable_outside:
-            worst = max(self.stable_outside, key=lambda d: d.relative)
+        elif self.reference_outside:
+            worst = max(self.reference_outside, key=lambda d: d.relative)
             rule = (
-                f"{len(self.stable_outside)} values of the {self.stable_runs} stable runs "
+                f"{len(self.reference_outside)} values of the {self.reference_runs} reference runs "
                 f"outside {RELATIVE_TOLERANCE:g} relative in their first steps "
                 f"(e.g. {worst.describe()})"
             )
         else:
             rule = (
-                f"the {self.stable_runs} stable runs within {RELATIVE_TOLERANCE:g} relative in "
+                f"the {self.reference_runs} reference runs within {RELATIVE_TOLERANCE:g} relative in "
                 "their first steps"
             )
         extra = ""
@@ -266,17 +278,16 @@ def compare_payloads(committed: Mapping[str, Any], fresh: Mapping[str, Any]) -> 
     for key in common:
         old, new = before[key], after[key]
         differences = list(history_differences(old, new))
-        # The committed report's mark where it has one (older reports: the rule of is_stable).
-        stable = bool(old.get("stable", is_stable(old["config"], old.get("diverged_at"))))
-        comparison.stable_runs += stable
+        reference = marked_reference(old)
+        comparison.reference_runs += reference
         if not differences:
             continue
         comparison.runs_differing += 1
         worst = max(differences, key=lambda d: d.relative)
         if comparison.largest is None or worst.relative > comparison.largest.relative:
             comparison.largest = worst
-        if stable:
-            comparison.stable_outside += [d for d in differences if breaks_rule(d, old)]
+        if reference:
+            comparison.reference_outside += [d for d in differences if breaks_rule(d, old)]
     old_verdicts, new_verdicts = _verdicts(committed), _verdicts(fresh)
     comparison.verdicts_compared = len(old_verdicts)
     for case, verdict in old_verdicts.items():

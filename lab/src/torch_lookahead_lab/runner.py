@@ -70,6 +70,10 @@ class RunConfig:
     # stop_unstable_after on, where the rule has already called it unstable
     # (``confirmatory.unstable``); None trains every step.
     stop_unstable_after: int | None = None
+    # Also measure the task's held-out test split (``Task.evaluate_test``) at step 0 and at the
+    # run's last evaluation, for tasks whose periodic evaluation leaves it out
+    # (``Task.test_at_ends``); the history has None for it at the evaluations between.
+    evaluate_test: bool = False
 
     @property
     def uses_lookahead(self) -> bool:
@@ -81,11 +85,12 @@ class RunConfig:
         return f"lookahead({self.inner})" if self.uses_lookahead else self.inner
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields, without ``stop_unstable_after`` when it is None: a run that trains every
-        step is stored as it was before the field existed."""
+        """The fields, without ``stop_unstable_after`` when it is None and ``evaluate_test``
+        when it is False: such a run is stored as it was before the field existed."""
         fields = dataclasses.asdict(self)
-        if fields["stop_unstable_after"] is None:
-            del fields["stop_unstable_after"]
+        for name, default in (("stop_unstable_after", None), ("evaluate_test", False)):
+            if fields[name] is default:
+                del fields[name]
         return fields
 
     def key(self) -> str:
@@ -108,9 +113,11 @@ def make_config(
     unsafe_skip_checksums: bool = False,
     warmup_steps: int = 0,
     stop_unstable_after: int | None = None,
+    evaluate_test: bool = False,
 ) -> RunConfig:
     """Validate the names and hyper-parameters and fill in the task's defaults (its learning
-    rate for ``inner`` and its schedule)."""
+    rate for ``inner`` and its schedule). The data fingerprint of a charlm task is that of the
+    corpus, with its test split when ``evaluate_test``."""
     task_spec = get_task(task)
     schedule = check_schedule(task_spec.schedule if schedule is None else schedule)
     validate_inner_optimizer(inner, lookahead=k is not None)
@@ -138,7 +145,14 @@ def make_config(
         raise ValueError(
             f"stop_unstable_after needs a task that records per-step training losses, got {task!r}"
         )
-    fingerprint = corpus_fingerprint() if isinstance(task_spec, CharLMTask) else ""
+    if evaluate_test and not task_spec.test_at_ends:
+        raise ValueError(
+            f"evaluate_test is for tasks that measure their test split at a run's ends "
+            f"(charlm and its variants), got {task!r}"
+        )
+    fingerprint = (
+        corpus_fingerprint(with_test=evaluate_test) if isinstance(task_spec, CharLMTask) else ""
+    )
     return RunConfig(
         task=task,
         inner=inner,
@@ -156,6 +170,7 @@ def make_config(
         unsafe_skip_checksums=unsafe_skip_checksums,
         warmup_steps=warmup_steps,
         stop_unstable_after=stop_unstable_after,
+        evaluate_test=evaluate_test,
     )
 
 
@@ -164,7 +179,8 @@ class RunResult:
     """The evaluation history of one run (metrics measured on the slow weights for Lookahead).
 
     ``history[name][i]`` is metric ``name`` after ``steps[i]`` optimizer steps; ``None`` where the
-    value was not finite. ``diverged_at`` is the first step whose training loss was not finite.
+    value was not finite, or for a test metric measured at the run's ends only
+    (``RunConfig.evaluate_test``), at the evaluations between. ``diverged_at`` is the first step whose training loss was not finite.
     ``step_losses`` (tasks that record them): the minibatch training loss of every step, the
     first before any update, ``None`` where not finite.
     """
@@ -238,23 +254,37 @@ def run(config: RunConfig) -> RunResult:
     steps: list[int] = []
     history: dict[str, list[float | None]] = {}
 
-    def record(step: int) -> None:
+    test_names: list[str] = []  # the test metrics, known from step 0's evaluation on
+
+    def measure(at_end: bool) -> dict[str, float]:
+        metrics = task.evaluate(model, data)
+        if config.evaluate_test and at_end:
+            test = task.evaluate_test(model, data)
+            test_names[:] = test
+            metrics |= test
+        elif config.evaluate_test:
+            metrics |= dict.fromkeys(test_names, math.nan)  # recorded as None: not measured
+        return metrics
+
+    def record(step: int, at_end: bool = False) -> None:
+        """Evaluate the model (its slow weights in Lookahead); ``at_end``: step 0 or the run's
+        last evaluation, where the test split is measured too when the config asks for it."""
         model.train(False)
         try:
             with torch.no_grad():
                 slow_weights = getattr(optimizer, "slow_weights", None)
                 if slow_weights is not None:
                     with slow_weights():
-                        metrics = task.evaluate(model, data)
+                        metrics = measure(at_end)
                 else:
-                    metrics = task.evaluate(model, data)
+                    metrics = measure(at_end)
         finally:
             model.train(True)
         steps.append(step)
         for name, value in metrics.items():
             history.setdefault(name, []).append(_finite_or_none(value))
 
-    record(0)
+    record(0, at_end=True)
     step_losses: list[float | None] | None = [] if task.records_step_losses else None
     diverged_at: int | None = None
     first_loss = math.inf
@@ -273,13 +303,13 @@ def run(config: RunConfig) -> RunResult:
             step_losses.append(_finite_or_none(float(loss.detach())))
         if not torch.isfinite(loss):
             diverged_at = step
-            record(step)
+            record(step, at_end=True)
             break
         value = float(loss.detach())
         if step == 1:
             first_loss = value
         elif step - 1 >= stop_from and value > first_loss:
-            record(step)  # unstable by the rule: no later step can change that
+            record(step, at_end=True)  # unstable by the rule: no later step can change that
             break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -287,7 +317,7 @@ def run(config: RunConfig) -> RunResult:
             torch.nn.utils.clip_grad_norm_(model.parameters(), task.max_grad_norm)
         optimizer.step()
         if step % config.eval_every == 0 or step == config.steps:
-            record(step)
+            record(step, at_end=step == config.steps)
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started
     threads = torch.get_num_threads()

@@ -3,10 +3,12 @@ disk; nothing is downloaded.
 
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images), a small CNN.
 * ``charlm``: a byte-level LSTM language model on a fixed, sorted selection of the Python standard
-  library's own source files (about 1 MB), measured in validation bits per character.
+  library's own source files (about 1 MB, then 100 KB more held out for a test split), measured
+  in validation (and test) bits per character.
 * ``charlm-transformer``: the same corpus and split with a small causal Transformer (2 layers,
   width 64, 4 heads), no gradient clipping: the task of the stability experiment.
-* ``cifar10``: ResNet-18 on CIFAR-10 read from the standard python-pickle batches in ``data_dir``.
+* ``cifar10``: ResNet-18 on CIFAR-10 read from the standard python-pickle batches in ``data_dir``:
+  a fixed stratified tenth of the training batches validates, the official test batch tests.
 
 A task is a thin object over pure functions: it loads tensors, builds a fresh model, draws a batch
 from an explicit ``torch.Generator``, computes the training loss and evaluates the model.
@@ -33,8 +35,10 @@ from torch import Tensor, nn
 from torch_lookahead_lab.models import CharLSTM, CharTransformer, DigitsCNN, ResNet18
 
 __all__ = [
+    "CORPUS_BYTES",
     "SCHEDULES",
     "TASKS",
+    "TEST_BYTES",
     "CharLMTask",
     "CharTransformerTask",
     "Cifar10Task",
@@ -44,6 +48,7 @@ __all__ = [
     "TaskData",
     "TaskSettings",
     "check_schedule",
+    "cifar10_val_rows",
     "get_task",
     "lr_multiplier",
     "stdlib_corpus",
@@ -101,9 +106,14 @@ class Task(ABC):
     schedule: str = "cosine"  # the learning-rate schedule of the task's default protocol
     model_description: str = ""
     split_description: str = ""
+    # The test split of a ``test_at_ends`` task, which only runs that measure it report.
+    test_split_description: str = ""
     # The headline metric on a held-out test split, for tasks that have one: comparisons are
     # reported there, choices (a learning rate) are made on the validation split.
     test_metric: str | None = None
+    # True when ``evaluate`` leaves the test split out and ``evaluate_test`` measures it: a run
+    # asks for it at its first and last evaluation only (``RunConfig.evaluate_test``).
+    test_at_ends: bool = False
     # Keep every step's training loss (the stability study's instability endpoint).
     records_step_losses: bool = False
 
@@ -131,6 +141,11 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
         """``train_loss``, ``val_loss`` and the headline metric, under ``torch.no_grad``."""
+
+    def evaluate_test(self, model: nn.Module, data: TaskData) -> dict[str, float]:
+        """The metrics of the held-out test split that ``evaluate`` leaves out (``test_at_ends``
+        tasks); none for the others."""
+        return {}
 
     def check_data(self, data_dir: str | None, *, verify: bool = True) -> None:
         """Raise a ValueError saying what is missing (or, with ``verify``, which file is not the
@@ -280,9 +295,17 @@ def _digits_split(held_out: bool) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
-def stdlib_corpus(max_bytes: int = 1_000_000) -> bytes:
+# The character-LM corpus's bytes: the first CORPUS_BYTES train (90%) and validate (10%); the
+# next TEST_BYTES of the same sequence of files are the held-out test split.
+CORPUS_BYTES = 1_000_000
+TEST_BYTES = 100_000
+
+
+def stdlib_corpus(max_bytes: int = CORPUS_BYTES) -> bytes:
     """The character-LM corpus: the standard library's top-level ``*.py`` files in sorted name
-    order, concatenated until ``max_bytes`` bytes (the last file is cut).
+    order, concatenated until ``max_bytes`` bytes (the last file is cut). A longer corpus starts
+    with every shorter one: ``stdlib_corpus(CORPUS_BYTES + TEST_BYTES)`` is the corpus and then
+    the test split.
 
     The text is what the running interpreter ships, so it depends on the Python version; the run
     cache keys on its SHA-256 (see ``corpus_fingerprint``).
@@ -304,16 +327,34 @@ def stdlib_corpus(max_bytes: int = 1_000_000) -> bytes:
     return corpus
 
 
+@functools.lru_cache(maxsize=2)
+def corpus_fingerprint(with_test: bool = False) -> str:
+    """SHA-256 (first 16 hex digits) of ``stdlib_corpus()``, or with ``with_test`` of the corpus
+    and its test split: it changes when the interpreter's standard library does."""
+    size = CORPUS_BYTES + (TEST_BYTES if with_test else 0)
+    return hashlib.sha256(stdlib_corpus(size)).hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=1)
-def corpus_fingerprint() -> str:
-    """SHA-256 of ``stdlib_corpus()``: it changes when the interpreter's standard library does."""
-    return hashlib.sha256(stdlib_corpus()).hexdigest()[:16]
+def _charlm_text() -> tuple[Tensor, Tensor]:
+    """(the corpus, its test split) as byte tensors: ``stdlib_corpus(CORPUS_BYTES +
+    TEST_BYTES)`` cut at ``CORPUS_BYTES``."""
+    text = stdlib_corpus(CORPUS_BYTES + TEST_BYTES)
+    if len(text) < CORPUS_BYTES + TEST_BYTES:
+        raise RuntimeError(
+            f"the standard library has only {len(text)} bytes of top-level source, fewer than "
+            f"the {CORPUS_BYTES + TEST_BYTES} of the corpus and its test split"
+        )
+    tensor = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+    return tensor[:CORPUS_BYTES], tensor[CORPUS_BYTES:]
 
 
 class CharLMTask(Task):
     """Byte-level language modelling on ``stdlib_corpus()``: the first 90% trains, the last 10%
-    validates. Windows of 64 bytes; a one-layer LSTM (128 units); gradient norm clipped at 1.
-    The headline metric is validation bits per character, ``val_loss / ln 2``.
+    validates; the next ``TEST_BYTES`` of the same files (``_charlm_text``) are a held-out test
+    split, measured by ``evaluate_test`` (a run asks for it at its first and last evaluation).
+    Windows of 64 bytes; a one-layer LSTM (128 units); gradient norm clipped at 1. The headline
+    metric is validation bits per character, ``val_loss / ln 2``; ``test_bpc`` on the test split.
     """
 
     name = "charlm"
@@ -327,7 +368,14 @@ class CharLMTask(Task):
         "order: the first 90% trains, the last 10% validates (non-overlapping windows); the "
         "training loss is measured on 64 fixed training windows"
     )
+    test_split_description = (
+        "the next 100,000 bytes of the same sequence of files are the held-out test split "
+        "(non-overlapping windows, measured at the start and end of each run): choices are made "
+        "on the validation split, comparisons reported on the test split"
+    )
     headline_metric = "val_bpc"
+    test_metric = "test_bpc"
+    test_at_ends = True
     higher_is_better = False
     full = TaskSettings(steps=2000, eval_every=200, batch_size=32)
     quick = TaskSettings(steps=40, eval_every=20, batch_size=16)
@@ -338,10 +386,11 @@ class CharLMTask(Task):
     eval_windows = 64
 
     def load(self, data_dir: str | None, device: str, *, verify: bool = True) -> TaskData:
-        text = torch.frombuffer(bytearray(stdlib_corpus()), dtype=torch.uint8).long()
+        text, test_text = _charlm_text()
         split = int(0.9 * text.numel())
         train_text, val_text = text[:split], text[split:]
         val_x, val_y = _non_overlapping_windows(val_text, self.window)
+        test_x, test_y = _non_overlapping_windows(test_text, self.window)
         # A fixed set of training windows, evenly spaced, for the training loss.
         stride = (train_text.numel() - self.window - 1) // self.eval_windows
         starts = torch.arange(self.eval_windows) * stride
@@ -354,6 +403,8 @@ class CharLMTask(Task):
             val_y.to(device),
             train_eval_x.to(device),
             train_eval_y.to(device),
+            test_x.to(device),
+            test_y.to(device),
         )
 
     def build_model(self) -> nn.Module:
@@ -376,6 +427,12 @@ class CharLMTask(Task):
         )
         val_loss, _ = _cross_entropy_in_chunks(model, data.val_inputs, data.val_targets, chunk=64)
         return {"train_loss": train_loss, "val_loss": val_loss, "val_bpc": val_loss / math.log(2)}
+
+    def evaluate_test(self, model: nn.Module, data: TaskData) -> dict[str, float]:
+        if data.test_inputs is None or data.test_targets is None:
+            raise ValueError(f"the {self.name} data has no test split")
+        loss, _ = _cross_entropy_in_chunks(model, data.test_inputs, data.test_targets, chunk=64)
+        return {"test_loss": loss, "test_bpc": loss / math.log(2)}
 
 
 class CharTransformerTask(CharLMTask):
@@ -430,10 +487,13 @@ def _non_overlapping_windows(text: Tensor, window: int) -> Batch:
 
 
 class Cifar10Task(_ClassificationTask):
-    """ResNet-18 on CIFAR-10 (the paper's headline experiment): the five training batches train,
-    ``test_batch`` validates. Random crop (4-pixel padding) and horizontal flip; per-channel
-    normalisation; SGD recipe of the paper's Cutout base code: batch 128, learning rate divided by
-    5 at 30%, 60% and 80% of training, weight decay 5e-4. Meant for a GPU.
+    """ResNet-18 on CIFAR-10 (the paper's headline experiment). Of the five training batches a
+    fixed stratified tenth (of each class: 5,000 of the official 50,000 images,
+    ``cifar10_val_rows``) validates, for choices; the rest (45,000) trains; the official
+    ``test_batch`` (10,000) is the test split, for the reported comparisons. Random crop (4-pixel
+    padding) and horizontal flip; per-channel normalisation with the training images'
+    statistics; SGD recipe of the paper's Cutout base code: batch 128, 200 epochs, learning rate
+    divided by 5 at 30%, 60% and 80% of training, weight decay 5e-4. Meant for a GPU.
     """
 
     name = "cifar10"
@@ -443,12 +503,16 @@ class Cifar10Task(_ClassificationTask):
         "normalisation, weight decay 5e-4 (the recipe of the paper's base code)"
     )
     split_description = (
-        "the official CIFAR-10 python batches: 50,000 training images (the training loss on "
-        "the first 10,000), the 10,000 test images validate"
+        "the official CIFAR-10 python batches: of the 50,000 training images a fixed stratified "
+        "5,000 (500 per class, drawn with seed 0) validate (for choices) and 45,000 train (the "
+        "training loss on the first 10,000 of them); the official 10,000 test images are the "
+        "held-out test split (for the reported comparisons)"
     )
     schedule = "step"
     eval_chunk = 500
-    full = TaskSettings(steps=200 * 391, eval_every=391, batch_size=128)
+    test_metric = "test_accuracy"
+    # 200 epochs of the 45,000 training images in batches of 128 (352 steps an epoch).
+    full = TaskSettings(steps=200 * 352, eval_every=352, batch_size=128)
     quick = TaskSettings(steps=20, eval_every=10, batch_size=32)
     learning_rates = MappingProxyType({"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "radam": 1e-3})
     optimizer_overrides = MappingProxyType(
@@ -464,20 +528,17 @@ class Cifar10Task(_ClassificationTask):
     train_eval_size = 10_000
 
     def load(self, data_dir: str | None, device: str, *, verify: bool = True) -> TaskData:
-        train_x, train_y, val_x, val_y = load_cifar10(data_dir, verify=verify)
+        images, labels, test_x, test_y = load_cifar10(data_dir, verify=verify)
+        held = torch.zeros(labels.numel(), dtype=torch.bool)
+        held[cifar10_val_rows(labels)] = True
+        train_x, train_y = images[~held], labels[~held]
+        val_x, val_y = images[held], labels[held]
         mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
         std = train_x.std(dim=(0, 2, 3), keepdim=True)
-        train_x = (train_x - mean) / std
-        val_x = (val_x - mean) / std
+        train_x, val_x, test_x = ((x - mean) / std for x in (train_x, val_x, test_x))
         size = min(self.train_eval_size, train_x.shape[0])
-        return TaskData(
-            train_x.to(device),
-            train_y.to(device),
-            val_x.to(device),
-            val_y.to(device),
-            train_x[:size].to(device),
-            train_y[:size].to(device),
-        )
+        parts = (train_x, train_y, val_x, val_y, train_x[:size], train_y[:size], test_x, test_y)
+        return TaskData(*(part.to(device) for part in parts))
 
     def build_model(self) -> nn.Module:
         return ResNet18()
@@ -491,6 +552,26 @@ class Cifar10Task(_ClassificationTask):
         if verify:
             for name in CIFAR10_FILES:
                 _check_md5(folder / name)
+
+
+# The share of each class of the CIFAR-10 training batches that validates, and the seed that
+# draws it (``cifar10_val_rows``).
+VAL_FRACTION_DENOMINATOR = 10
+VAL_SEED = 0
+
+
+def cifar10_val_rows(labels: Tensor) -> Tensor:
+    """The rows of the CIFAR-10 training images (in the order of data_batch_1 ... 5) that
+    validate, sorted: of each class's rows, in that order, ``1 / VAL_FRACTION_DENOMINATOR``
+    (rounded down; 500 of 5,000 in the official release) drawn by a ``torch.randperm`` of a
+    generator seeded with ``VAL_SEED``, the classes taken in increasing label order."""
+    generator = torch.Generator().manual_seed(VAL_SEED)
+    picked = []
+    for label in torch.unique(labels, sorted=True):
+        rows = (labels == label).nonzero().flatten()
+        count = rows.numel() // VAL_FRACTION_DENOMINATOR
+        picked.append(rows[torch.randperm(rows.numel(), generator=generator)[:count]])
+    return torch.cat(picked).sort().values
 
 
 SCHEDULES = {
