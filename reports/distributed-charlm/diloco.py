@@ -135,7 +135,7 @@ def render(runs: Path = RUNS) -> str:
         "",
         "```",
         "OMP_NUM_THREADS=1 nice -n 5 "
-        + " ".join(command((0.7, 0.9), 10, runs / "test-a0.7-m0.9-s10.json")),
+        + " ".join(command((0.7, 0.9), 10, RUNS / "test-a0.7-m0.9-s10.json")),
         "```",
         "",
         "(`--method ddp` for DDP; no `--nesterov` when mu = 0) and caches its result there.",
@@ -229,7 +229,7 @@ def render(runs: Path = RUNS) -> str:
         "| --- | --- | --- | --- |",
     ]
     verdicts = []
-    for other, claim in ((PUBLISHED, "repairs"), (LOCAL_SGD, "beats plain averaging")):
+    for other, claim in ((PUBLISHED, "repairs the row"), (LOCAL_SGD, "beats plain averaging")):
         diffs = [
             a["test_bpc"] - b["test_bpc"]  # type: ignore[index]
             for a, b in zip(finals_of[selected], finals_of[other], strict=True)
@@ -250,8 +250,8 @@ def render(runs: Path = RUNS) -> str:
             )
         else:
             lines.append(
-                f"- No difference was measured against {label(other)}: the 95% interval of the "
-                f'paired difference is not below zero, so the tuned step does not "{claim}".'
+                f"- Against {label(other)}: **no difference was measured** (the 95% interval of "
+                "the paired difference is not below zero)."
             )
     return "\n".join([*lines, ""])
 

@@ -4,6 +4,7 @@ script's selection follows diloco_plan.md's rule."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 from types import ModuleType
@@ -54,3 +55,34 @@ def test_selection_follows_the_plan_s_tie_rule(
     scores: dict[tuple[float, float], float | None], expected: tuple[float, float] | None
 ) -> None:
     assert _script().select(scores) == expected
+
+
+def test_a_complete_cache_gets_differences_and_the_rule_s_conclusion(tmp_path: Path) -> None:
+    """With every run cached, the report pairs the seeds and applies the conclusion rule: here the
+    selected configuration is 0.01 bpc below DiLoCo's values on every seed but level with local
+    SGD up to noise."""
+    diloco = _script()
+    noise = dict(zip(diloco.TEST_SEEDS, (0.003, -0.002, 0.001, -0.004, 0.002), strict=True))
+
+    def write(phase: str, config: object, seed: int, bpc: float) -> None:
+        final = {"step": diloco.STEPS, "val_bpc": bpc + 0.05, "test_bpc": bpc}
+        run = {"curves": [[final]], "machine": "test", "torch": "test", "backend": "gloo"}
+        run |= {"world_size": 2, "wall_seconds": 30.0}
+        path = tmp_path / f"{diloco.run_name(phase, config, seed)}.json"
+        path.write_text(json.dumps(run))
+
+    for alpha, mu in diloco.GRID:
+        for seed in diloco.TUNING_SEEDS:  # (1.0, 0.5) is the lowest, (0.5, 0.0) within 0.002
+            best = {(1.0, 0.5): 2.400, (0.5, 0.0): 2.4015}.get((alpha, mu), 2.5)
+            write("tune", (alpha, mu), seed, best - 0.05)
+    assert diloco.select(diloco.scores(tmp_path)) == (0.5, 0.0)
+    for seed in diloco.TEST_SEEDS:
+        write("test", (0.5, 0.0), seed, 2.40 + noise[seed])
+        write("test", diloco.PUBLISHED, seed, 2.41 + noise[seed] / 2)
+        write("test", diloco.LOCAL_SGD, seed, 2.40 - noise[seed])
+        write("test", "ddp", seed, 2.30)
+    report = diloco.render(tmp_path)
+    assert "| 0.5 | 0.0 | 2.4015 | 2.4015 | 2.4015 | 2.4015 | **selected** |" in report
+    assert "The tuned outer step **repairs the row**" in report
+    assert "Against alpha = 1.0, mu = 0.0: **no difference was measured**" in report
+    assert "Incomplete" not in report
