@@ -253,6 +253,12 @@ def render(runs: Path = RUNS) -> str:
                 f"- Against {label(other)}: **no difference was measured** (the 95% interval of "
                 "the paired difference is not below zero)."
             )
+    lines += [
+        "",
+        'Scope (the plan\'s "Not covered"): charlm only, k = 20, 600 steps, 2 ranks, constant '
+        "inner learning rate; the digits row that motivated the plan was not rerun. DDP is the "
+        "reference row; the plan declares no paired test against it.",
+    ]
     return "\n".join([*lines, ""])
 
 
