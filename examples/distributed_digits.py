@@ -337,11 +337,15 @@ def train(
             if rank == 0 and (step % eval_every == 0 or step == steps):
                 model.eval()
                 with torch.no_grad():
-                    if isinstance(optimizer, DistributedLookahead):
-                        with optimizer.slow_weights():  # the same on every rank
-                            metrics = task.evaluate(model, data)
-                    else:
+                    shipped = (
+                        optimizer.slow_weights()  # the same on every rank
+                        if isinstance(optimizer, DistributedLookahead)
+                        else contextlib.nullcontext()
+                    )
+                    with shipped:
                         metrics = task.evaluate(model, data)
+                        if step == steps:  # the held-out split (charlm's test_bpc), once
+                            metrics |= task.evaluate_test(model, data)
                 model.train()
                 curve.append(
                     {
@@ -626,6 +630,27 @@ seeds). Raw curves: `options.json`.
     (out / "options.md").write_text(text)
 
 
+def write_result(path: Path, method: Method, args: argparse.Namespace, curves: list[Any]) -> None:
+    """``path``: the method, the settings and the seeds' curves of one run, written whole (a
+    temporary file renamed over it), so a file that exists holds a finished run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "method": dataclasses.asdict(method),
+        "task": args.task,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seeds": args.seeds,
+        "world_size": dist.get_world_size(),
+        "backend": args.backend,
+        "torch": torch.__version__,
+        "curves": curves,
+    }
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(result, indent=1) + "\n")
+    partial.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", choices=("ddp", "lookahead"), default="lookahead")
@@ -650,6 +675,12 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--backend", default="gloo")
+    parser.add_argument(
+        "--result-json",
+        type=Path,
+        default=None,
+        help="write the run's method, settings and per-seed curves to this file when it ends",
+    )
     args = parser.parse_args()
     if args.method == "ddp" and args.compression not in (None, "bfloat16"):
         parser.error("--method ddp takes --compression bfloat16 (its bf16_compress_hook) only")
@@ -710,6 +741,8 @@ def main() -> None:
         if dist.get_rank() == 0:
             summary = summarise(method, curves, metric)
             summaries.append(summary)
+            if args.result_json is not None:
+                write_result(args.result_json, method, args, curves)
             print(
                 f"{method.label:<62} {summary['bytes_all_reduced_per_rank'] / 1e6:8.2f} MB  "
                 f"{METRIC_NAMES[metric]} {summary[f'final_{metric}_mean']:.4f} "

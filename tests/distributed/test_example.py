@@ -217,6 +217,9 @@ def check_charlm_example(rank: int, world_size: int, out: str) -> None:
         for point in curves[0]:
             assert abs(point["val_bpc"] - point["val_loss"] / math.log(2)) < 1e-9
             assert 0.0 < point["val_bpc"] < 8.0  # below a uniform guess over 256 bytes
+        # The held-out test split is measured once, at the end, on the shipped weights.
+        assert "test_bpc" not in curves[0][0]
+        assert 0.0 < curves[0][-1]["test_bpc"] < 8.0
         summaries.append(example.summarise(method, curves, metric))
     if rank != 0:
         return
