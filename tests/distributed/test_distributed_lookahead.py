@@ -112,8 +112,9 @@ def test_matches_float64_reference(
     n_elements, n_tensors = sum(torch.Size(s).numel() for s in SHAPES), len(SHAPES)
     padded = n_elements + n_elements % 2  # cut into 2 equal chunks
     # Per sync: the weights (float64) and the verdict's int64 sums: a preparation flag, a
-    # presence flag a parameter, a committed-sync count and its square a group (2 groups).
-    expected = (N_STEPS // k) * (8 * padded + 8 * (1 + n_tensors + 2 * 2))
+    # presence flag a parameter, a committed-sync count, the slow weights' two fingerprint
+    # values and their squares a group (2 groups).
+    expected = (N_STEPS // k) * (8 * padded + 8 * (1 + n_tensors + 6 * 2))
     assert bytes_per_rank == [expected, expected]
 
 
