@@ -176,7 +176,9 @@ class DistributedLookahead(Lookahead):
     outer momentum it is periodic model averaging (local SGD); with outer heavy-ball momentum it
     is SlowMo (Wang et al., 2020) and with Nesterov momentum DiLoCo's outer step (Douillard et al.,
     2023). Each rank keeps its own inner-optimizer state (never communicated); the slow weights and
-    outer momentum (``optimizer.state[p]["lookahead_outer_momentum"]``) are identical on all ranks.
+    outer momentum (``optimizer.state[p]["lookahead_outer_momentum"]``) are identical on all ranks
+    after every sync of their group (slow weights that differ, e.g. captured from each rank's own
+    weights after loading a checkpoint without them, are settled by the group's next sync).
 
     Construction and every sync are collective: all ranks of ``process_group`` must build the
     optimizer over the same parameter shapes and call ``step()`` the same number of times (a
@@ -242,14 +244,15 @@ class DistributedLookahead(Lookahead):
     **Faults.** Every sync ends with the same verdict on every rank: beside the data, each rank
     sends (in the same launch, no extra round trip) whether it could prepare its part, which
     parameters have slow copies, and how many syncs of each group it has committed
-    (``lookahead_syncs`` in the group); whether its slow copy of a parameter is new, captured from
-    its own weights since the last sync (after a checkpoint without slow weights): the sync then
-    replaces such copies by their exact mean over the ranks before its outer step, in one more
-    exchange, so that every rank holds the same slow weights. A rank that could not prepare its
-    part takes part with zeros: every rank rolls the groups of that sync back to their last
-    completed sync (parameters = slow weights, counters 0, slow weights and outer momentum
-    untouched, a pending delayed sync dropped; each rank's inner-optimizer state keeps its local
-    steps) and raises `SyncFailedError`. A parameter updated on some ranks only raises
+    (``lookahead_syncs`` in the group), and a fingerprint of each group's slow weights (an
+    integer hash of their bits, one read pass). Where the fingerprints differ (slow weights
+    captured from each rank's own weights after a checkpoint without them, or reloaded per rank),
+    the sync first replaces that group's slow weights by their exact mean over the ranks and
+    zeroes their outer momentum, in one more exchange, so that every rank holds the same slow
+    weights; nothing needs to be remembered. A rank that could not prepare its part takes part
+    with zeros: every rank rolls the groups of that sync back to their last completed sync
+    (parameters = slow weights, counters 0, slow weights and outer momentum untouched, a pending
+    delayed sync dropped; each rank's inner-optimizer state keeps its local steps) and raises `SyncFailedError`. A parameter updated on some ranks only raises
     ``ValueError`` on every rank. If a collective raises on a rank (a rank died; a collective that
     hangs raises when the process group's ``timeout`` runs out), that rank rolls back, raises
     `SyncFailedError` and then refuses to step or sync until a checkpoint is loaded, since other
@@ -795,8 +798,9 @@ class DistributedLookahead(Lookahead):
         syncs in flight here are dropped; those saved in the checkpoint are resumed. A plain
         inner-optimizer checkpoint (no ``lookahead_step``) starts each streaming fragment at its
         phase (``cycle_start``). Slow weights the checkpoint lacks are captured from each rank's
-        weights at its next step and replaced by their mean over the ranks at their group's next
-        sync, so the ranks' weights need not agree; outer momentum whose slow weights the
+        weights at its next step; their group's next sync finds that they differ across the
+        ranks and replaces them by their mean, so the ranks' weights need not agree; outer
+        momentum whose slow weights the
         checkpoint lacks is dropped with them (it restarts at zero with the new slow weights).
         Loading ends a refusal to step after a failed sync (every rank must load the same
         checkpoint).
