@@ -112,8 +112,9 @@ def test_matches_float64_reference(
     n_elements, n_tensors = sum(torch.Size(s).numel() for s in SHAPES), len(SHAPES)
     padded = n_elements + n_elements % 2  # cut into 2 equal chunks
     # Per sync: the weights (float64) and the verdict's int64 sums: a preparation flag, a
-    # presence flag a parameter, a committed-sync count and its square a group (2 groups).
-    expected = (N_STEPS // k) * (8 * padded + 8 * (1 + n_tensors + 2 * 2))
+    # presence flag a parameter, a committed-sync count, the slow weights' two fingerprint
+    # values and their squares a group (2 groups).
+    expected = (N_STEPS // k) * (8 * padded + 8 * (1 + n_tensors + 6 * 2))
     assert bytes_per_rank == [expected, expected]
 
 
@@ -492,10 +493,10 @@ def check_one_exchange_per_sync(rank: int, world_size: int) -> None:
             setattr(dist, name, original)
     n = sum(p.numel() for p in params)  # float32, even: no padding
     # No round trip before the data: the verdict's sums (a preparation flag, a presence flag a
-    # parameter, a count and its square a group) travel beside the first phase; then the
-    # second phase gathers the mean.
+    # parameter, a count, the slow weights' two fingerprint values and their squares a group)
+    # travel beside the first phase; then the second phase gathers the mean.
     assert calls == [
-        ("all_reduce", 1 + len(params) + 2 * 2),
+        ("all_reduce", 1 + len(params) + 6 * 2),
         ("all_to_all_single", 4 * n),
         (GATHER, 4 * n),
     ]

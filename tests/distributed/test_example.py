@@ -56,9 +56,9 @@ def check_example(rank: int, world_size: int, out: str) -> None:
         ddp, lookahead = (s["bytes_all_reduced_per_rank"] for s in summaries)
         assert ddp == steps * DIGITS_CNN_BYTES  # the gradients, every step
         # steps // k syncs, and the sync that ends the run: the weights (an even number of
-        # float32 values) and the verdict's int64 sums (a flag, a flag per tensor, a count and
-        # its square for the one group)
-        per_sync = DIGITS_CNN_BYTES + 8 * (1 + DIGITS_CNN_TENSORS + 2)
+        # float32 values) and the verdict's int64 sums (a flag, a flag per tensor, a count, two
+        # fingerprint values and their squares for the one group)
+        per_sync = DIGITS_CNN_BYTES + 8 * (1 + DIGITS_CNN_TENSORS + 6)
         assert lookahead == (steps // k + 1) * per_sync
         settings = {
             "command": "test",
@@ -99,10 +99,11 @@ def check_options_example(rank: int, world_size: int, out: str) -> None:
     # 4,608 and 32 values) and the rest (32,768, 64, 640, 10); fragment 1 syncs at steps 2 and
     # 7, fragment 0 at 5 and 10. int8 starts each tensor on a new block of 1,024 values (8 and
     # 35 blocks), pads to an even number of blocks (2 ranks) and adds a float32 scale per block,
-    # plus the verdict's int64 sums (a flag, a flag per tensor, a count and its square).
+    # plus the verdict's int64 sums (a flag, a flag per tensor, a count, two fingerprint values
+    # and their squares a group).
     def int8_bytes(blocks: int, tensors: int, groups: int) -> int:
         blocks += blocks % 2
-        return blocks * INT8_BLOCK + 4 * blocks + 8 * (1 + tensors + 2 * groups)
+        return blocks * INT8_BLOCK + 4 * blocks + 8 * (1 + tensors + 6 * groups)
 
     fragment_bytes = [int8_bytes(8, 4, 1), int8_bytes(35, 4, 1)]
     final_sync = int8_bytes(43, 8, 2)  # the sync that ends the run: the whole model, in step 10

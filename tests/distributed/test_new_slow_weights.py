@@ -1,10 +1,13 @@
-"""Slow weights created after a checkpoint without them, while the ranks' weights differ.
+"""Slow weights that differ across the ranks, as after a checkpoint without them.
 
-Each rank's step captures a new slow copy from its own weights; the group's next sync replaces
-the copies by their mean over the ranks (exact, the exchange of ``reset_slow``) before its outer
-step, so every rank ends with the same slow weights. Met here with every option (compression,
-fragments and their phases, a delayed sync, outer momentum), a failed sync, eval mode, a DCP
-save and resume in between, copies (deepcopy), and one rank whose slow weights were cleared alone.
+Each rank's step captures a new slow copy from its own weights; every sync compares the
+fingerprints of each group's slow weights, and the sync of a group whose fingerprints differ
+replaces them by their mean over the ranks (exact, the exchange of ``reset_slow``) before its
+outer step, so every rank ends with the same slow weights. Met here with every option
+(compression, fragments and their phases, a delayed sync, outer momentum), a failed sync, eval
+mode, a DCP save and resume in between, copies (deepcopy), one rank whose slow weights were
+cleared alone, a failing step post-hook at the capture, each rank reloading its own state dict,
+and slow weights one bit apart.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from torch_lookahead.distributed import (
     DistributedLookahead,
     DistributedLookaheadState,
     SyncFailedError,
+    _exchange,
     fragment_param_groups,
 )
+from torch_lookahead.distributed._exchange import fingerprint
 
 pytestmark = pytest.mark.distributed
 
@@ -121,8 +126,8 @@ def check_new_slow_weights_agree(rank: int, world_size: int, options: dict[str, 
             torch.testing.assert_close(slow.double(), expected, rtol=0, atol=1e-5)
         n_values = sum(p.numel() for p in model.parameters())
         tensors = len(list(model.parameters()))
-        sync = 4 * n_values + 8 * (1 + tensors + 2)  # the weights and the verdict
-        settle = 4 * n_values + 8 * (1 + tensors)  # the new slow copies, once, and their verdict
+        sync = 4 * n_values + 8 * (1 + tensors + 6)  # the weights and the verdict
+        settle = 4 * n_values + 8 * (1 + tensors)  # the differing slow weights, and their verdict
         assert opt.bytes_all_reduced - sent == sync + settle
     # Settled: the next cycles exchange the weights alone, and the replicas stay together.
     sent = opt.bytes_all_reduced
@@ -152,7 +157,7 @@ def check_construction_sends_nothing_more(rank: int, world_size: int) -> None:
     for step in range(4):
         _step(model, opt, rank, step)
     n_values = sum(p.numel() for p in model.parameters())
-    assert opt.bytes_all_reduced == 4 * n_values + 8 * (1 + 4 + 2)  # one sync, nothing else
+    assert opt.bytes_all_reduced == 4 * n_values + 8 * (1 + 4 + 6)  # one sync, nothing else
 
 
 def test_slow_weights_of_the_broadcast_weights_need_no_second_exchange(cluster: Cluster) -> None:
@@ -312,21 +317,125 @@ def check_copies_keep_what_is_new(rank: int, world_size: int, delay: int) -> Non
         _step_params(fresh_params, fresh, rank)
     if not delay:
         n_values = sum(p.numel() for p in fresh_params)
-        assert fresh.bytes_all_reduced == 4 * n_values + 8 * (1 + 4 + 2)  # no settling
+        assert fresh.bytes_all_reduced == 4 * n_values + 8 * (1 + 4 + 6)  # no settling
     _diverge_and_load_plain(rank, model, opt)
     params = list(model.parameters())
     for _ in range(2 + 3 * (delay > 0)):  # new copies; with a delay, a sync in flight too
         _step_params(params, opt, rank)
     copied = copy.deepcopy(opt)
     copied_params = [p for g in copied.param_groups for p in g["params"]]
-    for _ in range(4):
+    for _ in range(4 + 4 * (delay > 0)):
         _step_params(params, opt, rank)
         _step_params(copied_params, copied, rank)
     assert_same_on_all_ranks(_slows(copied))
-    for a, b in zip(_slows(opt), _slows(copied), strict=True):
-        assert torch.equal(a, b)
+    if not delay:  # (with a delay, the copy's pending sync does not know its verdict: the
+        # copy settles at its next sync, not at the pending one's application)
+        for a, b in zip(_slows(opt), _slows(copied), strict=True):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("delay", [0, 2])
-def test_copies_keep_which_slow_weights_are_new(cluster: Cluster, delay: int) -> None:
+def test_copies_settle_their_slow_weights(cluster: Cluster, delay: int) -> None:
     cluster.run(check_copies_keep_what_is_new, delay)
+
+
+def check_post_hook_failure_at_the_capture(rank: int, world_size: int, delay: int) -> None:
+    model = _model()
+    inner = torch.optim.SGD(model.parameters(), lr=LR)
+    opt = DistributedLookahead(inner, k=4, alpha=0.5, sync_delay=delay, compression="int8")
+    _diverge_and_load_plain(rank, model, opt)
+
+    def fails(*args: Any) -> None:
+        raise RuntimeError("injected: post-hook failure")
+
+    handle = inner.register_step_post_hook(fails)
+    with pytest.raises(RuntimeError, match="injected"):  # the capture is stored, the step's end
+        _step(model, opt, rank, 0)  # (DistributedLookahead's after_step) never runs
+    handle.remove()
+    for step in range(1, 4 + delay):  # the group's next sync, applied
+        _step(model, opt, rank, step)
+    assert_same_on_all_ranks(_slows(opt))
+
+
+@pytest.mark.parametrize("delay", [0, 2])
+def test_a_step_post_hook_failing_at_the_capture_still_settles(
+    cluster: Cluster, delay: int
+) -> None:
+    cluster.run(check_post_hook_failure_at_the_capture, delay)
+
+
+def check_own_state_dict_reloaded(rank: int, world_size: int, delay: int) -> None:
+    model = _model()
+    opt = DistributedLookahead(
+        torch.optim.SGD(model.parameters(), lr=LR),
+        k=4,
+        alpha=0.5,
+        sync_delay=delay,
+        compression="int8",
+    )
+    _diverge_and_load_plain(rank, model, opt)
+    captured = 2 if not delay else 5  # with a delay, a sync is in flight too
+    for step in range(captured):
+        _step(model, opt, rank, step)
+    opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # each rank its own slow copies
+    for step in range(captured, captured + 4 + delay):  # a sync launched after the load, applied
+        _step(model, opt, rank, step)
+    assert_same_on_all_ranks(_slows(opt))
+
+
+@pytest.mark.parametrize("delay", [0, 2])
+def test_each_rank_reloading_its_own_state_dict_settles(cluster: Cluster, delay: int) -> None:
+    cluster.run(check_own_state_dict_reloaded, delay)
+
+
+def check_slow_weights_one_bit_apart(rank: int, world_size: int, change: str) -> None:
+    model = _model()
+    opt = DistributedLookahead(torch.optim.SGD(model.parameters(), lr=LR), k=4, alpha=0.5)
+    for step in range(2):  # slow weights captured from the broadcast weights: the same
+        _step(model, opt, rank, step)
+    slow = _slows(opt)[0]  # the first layer's weight, 24 values
+    if rank == 1:
+        flat = slow.view(-1)
+        if change == "one-bit":
+            flat.view(torch.int32)[17] ^= 1
+        else:  # two values swapped
+            flat[[3, 20]] = flat[[20, 3]].clone()
+    sent = opt.bytes_all_reduced
+    for step in range(2, 4):
+        _step(model, opt, rank, step)
+    assert_same_on_all_ranks(_slows(opt))
+    n_values = sum(p.numel() for p in model.parameters())
+    sync, settle = 4 * n_values + 8 * (1 + 4 + 6), 4 * n_values + 8 * (1 + 4)
+    assert opt.bytes_all_reduced - sent == sync + settle  # the sync settled the group
+
+
+@pytest.mark.parametrize("change", ["one-bit", "swap"])
+def test_slow_weights_one_bit_apart_are_settled(cluster: Cluster, change: str) -> None:
+    cluster.run(check_slow_weights_one_bit_apart, change)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_fingerprint_tells_one_bit_and_a_swap(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generator = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(s, generator=generator).to(dtype) for s in [(30, 50), (7,), ()]]
+    cpu = torch.device("cpu")
+    reference = fingerprint(tensors, cpu)
+    assert reference.dtype == torch.int64 and reference.shape == (2,)
+    assert 0 <= int(reference[0]) < 2**20 and 0 <= int(reference[1]) < 2**13
+    assert torch.equal(fingerprint([t.clone() for t in tensors], cpu), reference)
+    words = tensors[0].view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32)
+    for position in torch.randint(0, words.numel(), (40,), generator=generator).tolist():
+        for bit in (0, 9):
+            changed = [t.clone() for t in tensors]
+            changed[0].view(-1).view(words.dtype)[position] ^= 1 << bit
+            assert not torch.equal(fingerprint(changed, cpu), reference)
+    swapped = [t.clone() for t in tensors]
+    swapped[0].view(-1)[[5, 1400]] = swapped[0].view(-1)[[1400, 5]]
+    assert not torch.equal(fingerprint(swapped, cpu), reference)
+    moved = [tensors[1], tensors[0], tensors[2]]  # the same tensors in another order
+    assert not torch.equal(fingerprint(moved, cpu), reference)
+    assert torch.equal(fingerprint([], cpu), torch.zeros(2, dtype=torch.int64))
+    monkeypatch.setattr(_exchange, "FINGERPRINT_CHUNK", 7)  # chunks of 7 words: one bit still
+    assert not torch.equal(fingerprint(changed, cpu), fingerprint(tensors, cpu))

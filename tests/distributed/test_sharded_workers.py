@@ -131,8 +131,9 @@ def check_hsdp(rank: int, world_size: int, directory: str) -> list[float]:
         torch.testing.assert_close(mine, expected, rtol=1e-6, atol=1e-7)
     _assert_same_everywhere(ddp_slow, world_size)
     # Per sync a rank sends its payload (FSDP2: its shard, half the values; DDP: all of them)
-    # and the verdict's int64 sums (a flag, one per tensor, a count and its square).
-    verdicts = 2 * 8 * (1 + 4 + 2)
+    # and the verdict's int64 sums (a flag, one per tensor, a count, two fingerprint values
+    # and their squares).
+    verdicts = 2 * 8 * (1 + 4 + 6)
     assert 2 * (opt.bytes_all_reduced - verdicts) == ddp_opt.bytes_all_reduced - verdicts
     differences = [
         float((mine - expected).abs().max())

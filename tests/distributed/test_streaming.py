@@ -217,8 +217,9 @@ def test_streaming_overlap_and_compression_match_reference(
         sizes = {sum(torch.Size(s).numel() for s in SHAPES[f * per_fragment :][:per_fragment])
                  for f in range(fragments)}  # fmt: skip
         # each sync moves one fragment's float64 weights (padded to 2 equal chunks) and the
-        # verdict's int64 sums (a preparation flag, a flag per tensor, a count and its square)
-        verdict = 8 * (1 + per_fragment + 2)
+        # verdict's int64 sums (a preparation flag, a flag per tensor, a count, two fingerprint
+        # values and their squares)
+        verdict = 8 * (1 + per_fragment + 6)
         assert set(per_rank[0]) - {0} == {8 * (n + n % 2) + verdict for n in sizes}
 
 

@@ -31,14 +31,14 @@ float32) and rounds to nearest, so an entry's error is at most half its block's 
 
 **The verdict travels with the data.** Launched with the first phase, one small int64 all-reduce
 sums, over the ranks: whether the rank could prepare its payload (a rank that failed sends zeros
-and says so), a presence flag per tensor (whether it has slow weights on that rank: 0 absent, 1
-present, W + 1 present but new, taken from this rank's own weights since the last sync, so
-that a sum s counts s mod (W + 1) + s div (W + 1) ranks holding it and s div (W + 1) holding a
-new one) and, per synced group, the number of syncs the rank has committed and its square. After
-the first phase, every rank holds the same sums, so every rank takes the same decision: commit
-only if every rank prepared its payload, every tensor is present on all ranks or on none, and
-all ranks count the same syncs (``W * sum(c^2) == sum(c)^2`` exactly when all counts are equal).
-Otherwise no rank runs the second phase. No round trip precedes the exchange.
+and says so), a presence flag per tensor (whether it has slow weights on that rank) and, per
+synced group, the number of syncs the rank has committed and the `fingerprint` of its slow
+weights (two integers below 2**20), each with its square. After the first phase, every rank holds
+the same sums, so every rank takes the same decision: commit only if every rank prepared its
+payload, every tensor is present on all ranks or on none, and all ranks count the same syncs
+(``W * sum(c^2) == sum(c)^2`` exactly when all counts are equal); the groups whose fingerprints
+fail the same test hold different slow weights on some ranks (`Verdict.unsettled`). Otherwise no
+rank runs the second phase. No round trip precedes the exchange.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ __all__ = [
     "Verdict",
     "decode",
     "encode",
+    "fingerprint",
     "mean_of_pieces",
     "start_mean",
 ]
@@ -97,6 +98,52 @@ def decode(encoded: Tensor, n: int, wire: Wire) -> Tensor:
     return (quantized.float() * scales[:, None]).view(-1)
 
 
+FINGERPRINT_CHUNK = 1 << 20
+"""Words that `fingerprint` reads at a time (its temporary: one float64 tensor this long)."""
+_PRIME = 2**32 + 15
+_ROW = 1024
+_BASE = 1_000_003
+_WORDS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int32, 16: torch.int32}
+
+
+def fingerprint(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
+    """Two int64 below 2**20 on ``device`` (not waited for), equal on two ranks whose
+    ``tensors`` are bit for bit the same (same shapes and dtypes, same order).
+
+    The bytes of each tensor are read as signed words ``b`` (its itemsize, 32 bits for wider
+    dtypes) in chunks of ``FINGERPRINT_CHUNK`` words; chunk ``c`` (counted over all the tensors)
+    gives ``s_c = sum_i (i + 1) b_i mod P``, ``P = 2**32 + 15`` (a prime), and
+    ``h = sum_c s_c B^(C - 1 - c) mod P`` (``B = 1,000,003``, Horner's rule, ``C`` chunks). Every
+    word's weight is non-zero mod ``P`` and a word changes by less than ``P``, so one changed
+    word always changes ``h``, and so do two words swapped within a chunk; other changes collide
+    with chance about ``1 / P``. Returned as ``h``'s low 20 bits and its high 13, so that a sum
+    of squares over ``W`` ranks fits int64 for ``W < 2**23``.
+
+    One read pass: each row of 1,024 words gives ``sum_j b_j`` and ``sum_j (j + 1) b_j`` by a
+    float64 matrix product, exact since every partial sum is an integer below ``2**53``; the
+    rows are combined in int64, reduced mod ``P`` before any sum could overflow.
+    """
+    total = torch.zeros((), dtype=torch.int64, device=device)
+    for tensor in tensors:
+        flat = tensor.detach().reshape(-1)
+        words = flat.view(_WORDS[flat.element_size()]) if flat.numel() else flat
+        for start in range(0, words.numel(), FINGERPRINT_CHUNK):
+            chunk = words[start : start + FINGERPRINT_CHUNK]
+            n, rows = chunk.numel(), -(-chunk.numel() // _ROW)
+            values = torch.empty(rows * _ROW, dtype=torch.float64, device=chunk.device)
+            values[:n].copy_(chunk)
+            values[n:].zero_()
+            weights = torch.ones(_ROW, 2, dtype=torch.float64, device=chunk.device)
+            weights[:, 1] = torch.arange(1, _ROW + 1, device=chunk.device)
+            sums = (values.view(rows, _ROW) @ weights).to(torch.int64)  # exact: below 2**51
+            plain, weighted = sums.unbind(dim=1)
+            row_start = torch.arange(rows, device=chunk.device).mul_(_ROW)  # below 2**20
+            terms = plain.remainder_(_PRIME).mul_(row_start).add_(weighted).remainder_(_PRIME)
+            chunk_sum = terms.sum().remainder_(_PRIME).to(device)  # rows * P: below 2**43
+            total = total.mul_(_BASE).add_(chunk_sum).remainder_(_PRIME)
+    return torch.stack([total & (2**20 - 1), total >> 20])
+
+
 def _accumulation_dtype(wire: Wire) -> torch.dtype:
     if isinstance(wire, torch.dtype):
         return torch.promote_types(wire, torch.float32)
@@ -123,9 +170,9 @@ class Verdict:
     """Positions of tensors present on some ranks only."""
     history_agrees: bool = True
     """Whether all ranks count the same committed syncs in every exchanged group."""
-    new: list[int] = field(default_factory=list)
-    """Positions of tensors present on every rank whose slow weights are new on at least one
-    (``new`` flags of `start_mean`): the ranks' copies may differ."""
+    unsettled: list[int] = field(default_factory=list)
+    """Positions of the exchanged groups whose slow weights differ on some ranks (their
+    fingerprints differ)."""
 
     @property
     def committed(self) -> bool:
@@ -163,33 +210,34 @@ class Exchange:
         history: Sequence[int],
         group: dist.ProcessGroup,
         compression: Compression | None,
-        new: Sequence[bool] = (),
+        fingerprinted: Sequence[Sequence[Tensor]] = (),
     ) -> None:
         self._group = group
         self._world = dist.get_world_size(group)
         self._count = len(tensors)
         self._history = len(history)
+        self._fingerprinted = len(fingerprinted)
         self._buckets = _layout(tensors, compression, self._world)
+        device = tensors[0].device if tensors else _group_device(group)
         self.error: Exception | None = None
         try:
             sent = [_payload(b, tensors, references, present, compression) for b in self._buckets]
+            prints = [fingerprint(slows, device) for slows in fingerprinted]
         except Exception as error:  # this rank takes part with zeros and says it failed
             self.error = error
             sent = [
                 torch.zeros(_encoded_length(b), dtype=torch.uint8, device=_device(tensors, b))
                 for b in self._buckets
             ]
-        news = list(new) or [False] * len(present)
-        codes = [
-            (self._world + 1 if n else 1) if p else 0 for p, n in zip(present, news, strict=True)
-        ]
-        flags = [0 if self.error is not None else 1, *codes]
+            prints = [torch.zeros(2, dtype=torch.int64, device=device) for _ in fingerprinted]
+        flags = [0 if self.error is not None else 1, *map(int, present)]
         counts = list(history)
         control = torch.tensor(
-            flags + counts + [c * c for c in counts],
-            dtype=torch.int64,
-            device=tensors[0].device if tensors else _group_device(group),
+            flags + counts + [c * c for c in counts], dtype=torch.int64, device=device
         )
+        if prints:  # on the device, without waiting for it
+            stacked = torch.cat(prints)
+            control = torch.cat([control, stacked, stacked * stacked])
         self._control = control
         self._sent = sent
         self._received = [torch.empty_like(s) for s in sent]
@@ -208,10 +256,11 @@ class Exchange:
             work.wait()
         self._works = []
         sums = self._control.tolist()
-        n, g = self._count, self._history
-        codes = [divmod(c, self._world + 1) for c in sums[1 : 1 + n]]  # (new, others)
-        presence = [new + others for new, others in codes]
-        counts, squares = sums[1 + n : 1 + n + g], sums[1 + n + g :]
+        n, g, f = self._count, self._history, 2 * self._fingerprinted
+        presence = sums[1 : 1 + n]
+        counts, squares = sums[1 + n : 1 + n + g], sums[1 + n + g : 1 + n + 2 * g]
+        prints, print_squares = sums[1 + n + 2 * g : 1 + n + 2 * g + f], sums[1 + n + 2 * g + f :]
+        agree = [self._world * q == c * c for c, q in zip(prints, print_squares, strict=True)]
         return Verdict(
             world_size=self._world,
             prepared=sums[0],
@@ -219,11 +268,7 @@ class Exchange:
             history_agrees=all(
                 self._world * q == c * c for c, q in zip(counts, squares, strict=True)
             ),
-            new=[
-                i
-                for i, ((new, _), c) in enumerate(zip(codes, presence, strict=True))
-                if new and c == self._world
-            ],
+            unsettled=[i for i in range(self._fingerprinted) if not all(agree[2 * i : 2 * i + 2])],
         )
 
     def advance(self) -> None:
@@ -360,16 +405,16 @@ def start_mean(
     references: Sequence[Tensor | None] | None = None,
     present: Sequence[bool] | None = None,
     history: Sequence[int] = (),
-    new: Sequence[bool] | None = None,
+    fingerprinted: Sequence[Sequence[Tensor]] = (),
 ) -> Exchange:
     """Launch the mean of ``tensors`` over ``group`` (collective; see the module docstring).
 
     ``references`` (same shapes; the slow weights) are needed with compression: the ranks then
     exchange ``references - tensors``, and must hold identical references. ``present`` (default:
     all) flags the tensors this rank contributes; ``history`` is the committed-sync count of each
-    exchanged group, which the ranks must agree on. ``new`` (default: none) flags the present
-    tensors whose slow weights this rank created from its own weights since the last sync; the
-    verdict lists those new on any rank (``Verdict.new``).
+    exchanged group, which the ranks must agree on. ``fingerprinted`` (default: none) holds the
+    slow weights of each exchanged group: the verdict lists the groups whose slow weights differ
+    on some ranks (``Verdict.unsettled``).
     """
     if present is None:
         present = [True] * len(tensors)
@@ -377,8 +422,6 @@ def start_mean(
         if compression is not None:
             raise ValueError("compressed exchanges need the references (slow weights)")
         references = [None] * len(tensors)
-    if new is None:
-        new = [False] * len(tensors)
-    if not (len(tensors) == len(references) == len(present) == len(new)):
-        raise ValueError("tensors, references, present and new must have the same length")
-    return Exchange(tensors, references, present, history, group, compression, new)
+    if not (len(tensors) == len(references) == len(present)):
+        raise ValueError("tensors, references and present must have the same length")
+    return Exchange(tensors, references, present, history, group, compression, fingerprinted)

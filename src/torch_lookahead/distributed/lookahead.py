@@ -13,7 +13,7 @@ import math
 import numbers
 import operator
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
@@ -96,7 +96,7 @@ class _Pending:
     groups: list[dict[str, Any]]
     params: list[list[Tensor]]
     exchange: Exchange | None  # in flight, or None once its results are in the state
-    new: list[Tensor] = field(default_factory=list)  # its new slow copies, once received
+    unsettled: list[int] | None = None  # its groups whose slow weights differ, once received
 
 
 def _require_received(entries: Iterable[dict[str, Any]]) -> None:
@@ -116,7 +116,6 @@ def _before_step(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
     optimizer._require_usable()
     if not optimizer.in_eval_mode:  # else step() raises
         optimizer._apply_due()
-        optimizer._note_uncaptured()
 
 
 def _validate_outer_momentum(value: object) -> float:
@@ -177,7 +176,9 @@ class DistributedLookahead(Lookahead):
     outer momentum it is periodic model averaging (local SGD); with outer heavy-ball momentum it
     is SlowMo (Wang et al., 2020) and with Nesterov momentum DiLoCo's outer step (Douillard et al.,
     2023). Each rank keeps its own inner-optimizer state (never communicated); the slow weights and
-    outer momentum (``optimizer.state[p]["lookahead_outer_momentum"]``) are identical on all ranks.
+    outer momentum (``optimizer.state[p]["lookahead_outer_momentum"]``) are identical on all ranks
+    after every sync of their group (slow weights that differ, e.g. captured from each rank's own
+    weights after loading a checkpoint without them, are settled by the group's next sync).
 
     Construction and every sync are collective: all ranks of ``process_group`` must build the
     optimizer over the same parameter shapes and call ``step()`` the same number of times (a
@@ -243,14 +244,15 @@ class DistributedLookahead(Lookahead):
     **Faults.** Every sync ends with the same verdict on every rank: beside the data, each rank
     sends (in the same launch, no extra round trip) whether it could prepare its part, which
     parameters have slow copies, and how many syncs of each group it has committed
-    (``lookahead_syncs`` in the group); whether its slow copy of a parameter is new, captured from
-    its own weights since the last sync (after a checkpoint without slow weights): the sync then
-    replaces such copies by their exact mean over the ranks before its outer step, in one more
-    exchange, so that every rank holds the same slow weights. A rank that could not prepare its
-    part takes part with zeros: every rank rolls the groups of that sync back to their last
-    completed sync (parameters = slow weights, counters 0, slow weights and outer momentum
-    untouched, a pending delayed sync dropped; each rank's inner-optimizer state keeps its local
-    steps) and raises `SyncFailedError`. A parameter updated on some ranks only raises
+    (``lookahead_syncs`` in the group), and a fingerprint of each group's slow weights (an
+    integer hash of their bits, one read pass). Where the fingerprints differ (slow weights
+    captured from each rank's own weights after a checkpoint without them, or reloaded per rank),
+    the sync first replaces that group's slow weights by their exact mean over the ranks and
+    zeroes their outer momentum, in one more exchange, so that every rank holds the same slow
+    weights; nothing needs to be remembered. A rank that could not prepare its part takes part
+    with zeros: every rank rolls the groups of that sync back to their last completed sync
+    (parameters = slow weights, counters 0, slow weights and outer momentum untouched, a pending
+    delayed sync dropped; each rank's inner-optimizer state keeps its local steps) and raises `SyncFailedError`. A parameter updated on some ranks only raises
     ``ValueError`` on every rank. If a collective raises on a rank (a rank died; a collective that
     hangs raises when the process group's ``timeout`` runs out), that rank rolls back, raises
     `SyncFailedError` and then refuses to step or sync until a checkpoint is loaded, since other
@@ -322,7 +324,6 @@ class DistributedLookahead(Lookahead):
         self._pending: list[_Pending] = []
         self._blocking = False
         self._refusal: str | None = None
-        self._init_new_slow_tracking()
         super().__init__(optimizer, k, alpha, **options)
         self.register_step_pre_hook(_before_step)
         self.outer_momentum = momentum
@@ -357,7 +358,6 @@ class DistributedLookahead(Lookahead):
         check_same_shapes(shards, self.process_group)
         with torch.no_grad():
             broadcast_from_first_rank_(shards, self.process_group)
-        self._broadcast.update(params)
 
     def _start_fragment_phases(self) -> None:
         """Start each fragment's counter at its offset, in groups that have not stepped yet."""
@@ -385,63 +385,26 @@ class DistributedLookahead(Lookahead):
         k, fragment = group[K_KEY], group.get(FRAGMENT_KEY, 0)
         return int((k - (fragment * k) // (max(fragments) + 1)) % k)
 
-    # ------------------------------------------------------------------ new slow copies
-    def _init_new_slow_tracking(self) -> None:
-        self._broadcast: set[Tensor] = set()
-        """Parameters without slow copies whose weights this optimizer made the same on every
-        rank (rank 0's, at construction or ``add_param_group``), until their first capture."""
-        self._new_slow: set[Tensor] = set()
-        """Parameters whose slow copy Lookahead's step captured from this rank's own weights,
-        which may differ across ranks (after a load), since their group's last sync."""
-        self._uncaptured: list[Tensor] = []
-        """The parameters without slow copies when the current step began."""
-
-    def _note_uncaptured(self) -> None:
-        """Before a step: the parameters without a slow copy, which the step may capture."""
-        state = self.state
-        every = list(chain.from_iterable(group["params"] for group in self.param_groups))
-        complete = (
-            len(state) == len(every)
-            and all(map(operator.is_, state, every))
-            and all(SLOW_KEY in entry for entry in state.values())
-        )
-        self._uncaptured = (
-            [] if complete else [p for p in every if SLOW_KEY not in state.get(p, {})]
-        )
-
-    def _note_captured(self) -> None:
-        """After the capture: a slow copy taken from weights not known to agree is new."""
-        if not self._uncaptured:
-            return
-        state = self.state
-        captured: list[Tensor] = []
-        still: list[Tensor] = []
-        for p in self._uncaptured:
-            (captured if SLOW_KEY in state.get(p, {}) else still).append(p)
-        self._uncaptured = still
-        for p in captured:
-            if p not in self._broadcast:
-                self._new_slow.add(p)
-            self._broadcast.discard(p)
-
+    # ------------------------------------------------------------------ settling
     @torch.no_grad()
     def _settle(
-        self, groups: list[dict[str, Any]], params: list[list[Tensor]], new: list[Tensor]
+        self, groups: list[dict[str, Any]], params: list[list[Tensor]], unsettled: list[int]
     ) -> None:
-        """Replace the new slow copies of ``new`` (new on some rank, by the verdict of the sync of
-        ``groups``) by their mean over the ranks, and restart their outer momentum at zero, on
-        every rank: the replicas' mean of the weights each rank captured them from. Exact (the
-        exchange of ``reset_slow``); collective, at the same point of every rank's sync."""
-        if not new:
+        """Replace the slow weights of ``groups[i]`` for ``i`` in ``unsettled`` (those whose
+        fingerprints differ across the ranks, by the verdict of their sync) by their mean over the
+        ranks, and restart their outer momentum at zero, on every rank. Exact (the exchange of
+        ``reset_slow``); collective, at the same point of every rank's sync."""
+        if not unsettled:
             return
         state = self.state
+        new = [p for i in unsettled for p in params[i]]
         slows = [state[p][SLOW_KEY] for p in new]
         exchange = self._start(groups, params, [local(s) for s in slows])
         verdict, means = self._wait(groups, params, exchange)
         if not verdict.committed:  # a rank could not prepare its slow copies: try at the next sync
             self._roll_back(groups, params)
             raise SyncFailedError(
-                f"the mean of new slow weights of parameter groups {self._indices(groups)} "
+                f"the mean of differing slow weights of parameter groups {self._indices(groups)} "
                 "failed on some rank: those groups were rolled back to their last completed sync"
             )
         for p, slow, mean in zip(new, slows, means, strict=True):
@@ -450,13 +413,11 @@ class DistributedLookahead(Lookahead):
             momentum = state[p].get(OUTER_MOMENTUM_KEY)
             if isinstance(momentum, Tensor):
                 momentum.zero_()
-            self._new_slow.discard(p)
 
     # ------------------------------------------------------------------ the core's extension surface
     def after_step(self) -> None:
-        """Note the slow copies this step captured; give new slow copies their outer momentum;
-        apply the delayed syncs whose ``sync_delay`` inner steps have passed."""
-        self._note_captured()
+        """Give new slow copies their outer momentum; apply the delayed syncs whose
+        ``sync_delay`` inner steps have passed."""
         if self.outer_momentum > 0.0:
             self._add_outer_momentum([self.slow_pairs(group) for group in self.param_groups])
         self._apply_due()
@@ -489,7 +450,6 @@ class DistributedLookahead(Lookahead):
         """Average the due groups' fast weights over the ranks (one exchange for all of them),
         then take each group's outer step, now or ``sync_delay`` inner steps later."""
         self._require_usable()
-        self._note_captured()  # this step's captures, before its sync
         for pending in [p for p in self._pending if _shares_a_group(p.groups, groups)]:
             self._apply_pending(pending)  # k was lowered to sync_delay or below
         tracked = [self.slow_pairs(group) for group in groups]
@@ -506,8 +466,8 @@ class DistributedLookahead(Lookahead):
                     group[STEP_KEY] = 0 if restart is None else restart(group)  # restarts here
                 self._pending.append(_Pending(groups, params, exchange))
                 return
-            results, new = self._collect(groups, params, exchange)
-            self._settle(groups, params, new)
+            results, unsettled = self._collect(groups, params, exchange)
+            self._settle(groups, params, unsettled)
             slows = list(chain.from_iterable(t[1] for t in tracked))
             means = [self._mean(result, slow) for result, slow in zip(results, slows, strict=True)]
             self._outer_steps(groups, tracked, means, restart)
@@ -524,7 +484,8 @@ class DistributedLookahead(Lookahead):
         self, groups: list[dict[str, Any]], tracked: list[_Pairs], compression: Compression | None
     ) -> Exchange:
         """Start the exchange of every parameter of ``groups``; those without slow copies on this
-        rank take part as absent (the verdict says whether all ranks agree)."""
+        rank take part as absent (the verdict says whether all ranks agree, and which groups'
+        slow weights differ across the ranks)."""
         slow_of = {id(p): s for ps, ss in tracked for p, s in zip(ps, ss, strict=True)}
         params = list(chain.from_iterable(g["params"] for g in groups))
         references = [slow_of.get(id(p)) for p in params]
@@ -536,7 +497,7 @@ class DistributedLookahead(Lookahead):
             references=[None if r is None else local(r) for r in references],
             present=[id(p) in slow_of for p in params],
             history=[g.get(SYNCS_KEY, 0) for g in groups],
-            new=[p in self._new_slow for p in params],
+            fingerprinted=[[local(s) for s in t[1]] for t in tracked],
         )
 
     def _start(
@@ -570,10 +531,10 @@ class DistributedLookahead(Lookahead):
 
     def _collect(
         self, groups: list[dict[str, Any]], params: list[list[Tensor]], exchange: Exchange
-    ) -> tuple[list[Tensor], list[Tensor]]:
+    ) -> tuple[list[Tensor], list[int]]:
         """Wait for ``exchange`` and return the results of ``params`` (those with slow copies, per
-        group) and the parameters whose slow copies are new on some rank (for `_settle`), or
-        raise: every rank reaches the same verdict from the same sums."""
+        group) and the positions of the groups whose slow weights differ across the ranks (for
+        `_settle`), or raise: every rank reaches the same verdict from the same sums."""
         verdict, results = self._wait(groups, params, exchange)
         if verdict.committed:
             for group in groups:
@@ -581,8 +542,7 @@ class DistributedLookahead(Lookahead):
             exchanged = list(chain.from_iterable(g["params"] for g in groups))
             position = {id(p): i for i, p in enumerate(exchanged)}
             out = [results[position[id(p)]] for p in chain.from_iterable(params)]
-            new = [exchanged[i] for i in verdict.new]
-            return [result for result in out if result is not None], new
+            return [result for result in out if result is not None], verdict.unsettled
         if verdict.partial:
             self._drop_launch(chain.from_iterable(params))
             raise ValueError(
@@ -644,7 +604,7 @@ class DistributedLookahead(Lookahead):
         with torch.no_grad():
             self._receive(pending)
             self._pending.remove(pending)
-            self._settle(pending.groups, pending.params, pending.new)
+            self._settle(pending.groups, pending.params, pending.unsettled or [])
             state = self.state
             params = list(chain.from_iterable(pending.params))
             progress = []
@@ -672,7 +632,7 @@ class DistributedLookahead(Lookahead):
         if exchange is None:
             return
         try:
-            results, pending.new = self._collect(pending.groups, pending.params, exchange)
+            results, pending.unsettled = self._collect(pending.groups, pending.params, exchange)
         except BaseException:
             if pending in self._pending:
                 self._pending.remove(pending)
@@ -813,7 +773,6 @@ class DistributedLookahead(Lookahead):
         for p, mean in zip(chain.from_iterable(params), results, strict=True):
             local(p.detach()).copy_(mean)
         super().reset_slow()
-        self._new_slow.clear()  # every slow copy restarts from the mean
         for param_state in self.state.values():
             buffer = param_state.get(OUTER_MOMENTUM_KEY)
             if isinstance(buffer, Tensor):
@@ -839,8 +798,9 @@ class DistributedLookahead(Lookahead):
         syncs in flight here are dropped; those saved in the checkpoint are resumed. A plain
         inner-optimizer checkpoint (no ``lookahead_step``) starts each streaming fragment at its
         phase (``cycle_start``). Slow weights the checkpoint lacks are captured from each rank's
-        weights at its next step and replaced by their mean over the ranks at their group's next
-        sync, so the ranks' weights need not agree; outer momentum whose slow weights the
+        weights at its next step; their group's next sync finds that they differ across the
+        ranks and replaces them by their mean, so the ranks' weights need not agree; outer
+        momentum whose slow weights the
         checkpoint lacks is dropped with them (it restarts at zero with the new slow weights).
         Loading ends a refusal to step after a failed sync (every rank must load the same
         checkpoint).
@@ -850,9 +810,6 @@ class DistributedLookahead(Lookahead):
             _require_received(e for e in saved_state.values() if isinstance(e, dict))
         super().load_state_dict(state_dict)
         self._refusal = None
-        # The loaded slow copies are the same on every rank (all load the same checkpoint); the
-        # ranks' weights need not be, so copies captured from them later are new.
-        self._init_new_slow_tracking()
         # Optimizer.load_state_dict cast every state tensor to its parameter's dtype (bf16 for a
         # bf16 model); the float32 buffers are placed again from the caller's untouched tensors.
         saved_params = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
@@ -885,27 +842,18 @@ class DistributedLookahead(Lookahead):
                 "(process groups cannot); checkpoint it with DistributedLookaheadState instead"
             )
         self._receive_all()
-        every = list(chain.from_iterable(group["params"] for group in self.param_groups))
         return {
             **super().__getstate__(),
             "outer_momentum": self.outer_momentum,
             "nesterov": self.nesterov,
             "sync_delay": self.sync_delay,
             "compression": self.compression,
-            # The same tensors as the groups' (pickle keeps their identity).
-            "broadcast_params": [p for p in every if p in self._broadcast],
-            "new_slow_params": [p for p in every if p in self._new_slow],
-            "pending_new_params": [p for pending in self._pending for p in pending.new],
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = {"sync_delay": 0, "compression": None, **state}
         self._blocking = False
         self._refusal = None
-        self._init_new_slow_tracking()
-        self._broadcast.update(state.pop("broadcast_params", ()))
-        self._new_slow.update(state.pop("new_slow_params", ()))
-        pending_new = set(state.pop("pending_new_params", ()))
         super().__setstate__(state)
         self.register_step_pre_hook(_before_step)
         self.process_group = require_process_group(None)
@@ -913,8 +861,6 @@ class DistributedLookahead(Lookahead):
         self._shard_ranks = None
         self.bytes_all_reduced = 0
         self._rebuild_pending()
-        for pending in self._pending:
-            pending.new = [p for p in chain.from_iterable(pending.params) if p in pending_new]
 
     def __repr__(self) -> str:
         head, rest = super().__repr__().split("\n", 1)
