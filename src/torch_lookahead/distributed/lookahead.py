@@ -734,7 +734,11 @@ class DistributedLookahead(Lookahead):
     # ------------------------------------------------------------------ collective variants
     @torch.no_grad()
     def sync(self) -> None:
-        """Apply every pending delayed sync, then take an outer step now in every group (collective)."""
+        """Apply every pending delayed sync, then take an outer step now in every group (collective).
+
+        A run owes a sync at its end when it stops mid-cycle, with fragments, or with a delayed
+        sync in flight; right after a cycle's end it owes none, and with outer momentum another
+        outer step there moves the slow weights by the momentum alone."""
         self._require_usable()
         if self.in_eval_mode:
             super().sync()  # raises
