@@ -219,3 +219,12 @@ def test_a_charlm_run_measures_its_test_split_at_its_ends_only_when_asked() -> N
     assert test_bpc[-1] < test_bpc[0]  # trained on the training bytes, better on unseen ones
     with pytest.raises(ValueError, match="evaluate_test is for tasks"):
         make_config("digits", "sgd", seed=0, settings=TINY, evaluate_test=True)
+
+
+def test_a_charlm_run_of_another_standard_library_is_refused() -> None:
+    """charlm's text is the running Python's standard library: a recorded run whose corpus
+    fingerprint differs (another Python version) is refused before training, naming both."""
+    config = make_config("charlm", "adamw", seed=0, settings=TaskSettings(2, 2, 2))
+    other = dataclasses.replace(config, data_fingerprint="0123456789abcdef")
+    with pytest.raises(ValueError, match=r"0123456789abcdef.*another Python version"):
+        run(other)

@@ -235,6 +235,14 @@ def run(config: RunConfig) -> RunResult:
     started = time.perf_counter()
     cpu_started = time.process_time()
     task = get_task(config.task)
+    if config.data_fingerprint:  # charlm's text is the running interpreter's standard library
+        here = corpus_fingerprint(with_test=config.evaluate_test)
+        if here != config.data_fingerprint:
+            raise ValueError(
+                f"{config.task}: the run's data fingerprint is {config.data_fingerprint}, this "
+                f"Python's standard library gives {here}: another Python version's files, so "
+                "another corpus (the report says which Python wrote it)"
+            )
     torch.manual_seed(config.seed)
     data = task.load(config.data_dir, config.device, verify=not config.unsafe_skip_checksums)
     model = task.build_model().to(config.device)
