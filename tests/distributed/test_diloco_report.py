@@ -83,6 +83,11 @@ def test_a_complete_cache_gets_differences_and_the_rule_s_conclusion(tmp_path: P
         write("test", "ddp", seed, 2.30)
     report = diloco.render(tmp_path)
     assert "| 0.5 | 0.0 | 2.4015 | 2.4015 | 2.4015 | 2.4015 | **selected** |" in report
-    assert "The tuned outer step **repairs the row**" in report
+    assert (
+        "On charlm, the tuned outer step ends with lower test bits per character than alpha = 0.7, "
+        "mu = 0.9 (Nesterov): the paired difference's 95% interval is below zero (the plan's "
+        '"repairs the row").'
+    ) in report
+    assert "exact two-sided sign-flip p = 0.0625" in report  # 5 seeds, all below
     assert "Against alpha = 1.0, mu = 0.0: **no difference was measured**" in report
     assert "Incomplete" not in report
