@@ -275,7 +275,7 @@ def test_example_counts_bytes_and_writes_its_report(cluster: Cluster, tmp_path: 
     cluster.run(check_example, str(tmp_path))
     report = (tmp_path / "report.md").read_text()
     assert "| DDP | 1 | - | - | 1.53 | 1.000 |" in report
-    assert "| DistributedLookahead | 5 | 0.5 | - | 0.46 | 0.300 |" in report
+    assert "| DistributedLookahead | 5 | 0.5 | - | 0.31 | 0.200 |" in report
     assert (tmp_path / "bytes_vs_accuracy.png").stat().st_size > 10_000
     assert (tmp_path / "results.json").exists()
 
@@ -297,7 +297,7 @@ def test_example_runs_under_torchrun(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DistributedLookahead k=5 alpha=0.5" in result.stdout
-    assert "0.46 MB" in result.stdout
+    assert "0.31 MB" in result.stdout  # two syncs of the whole model: 10 steps end a cycle
 
 
 @pytest.mark.slow

@@ -144,6 +144,7 @@ def test_the_preset_covers_the_grid_and_pairs_every_run() -> None:
     assert all(c.steps == get_task(plan.task).full.steps for c in configs)
 
 
+@pytest.mark.slow  # seconds of training: the suite keeps under 2 minutes on 2 cores
 def test_stability_command_end_to_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -321,6 +321,7 @@ def test_plans() -> None:
     assert sum(c.k is None for c in grid) == 2
 
 
+@pytest.mark.slow  # seconds of training: the suite keeps under 2 minutes on 2 cores
 def test_a_cifar10_run_trains_resnet18_with_lookahead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
