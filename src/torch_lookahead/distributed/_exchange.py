@@ -124,6 +124,7 @@ def fingerprint(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
     rows are combined in int64, reduced mod ``P`` before any sum could overflow.
     """
     total = torch.zeros((), dtype=torch.int64, device=device)
+    weights: dict[torch.device, Tensor] = {}  # per device: columns 1 and j + 1, made once
     for tensor in tensors:
         flat = tensor.detach().reshape(-1)
         words = flat.view(_WORDS[flat.element_size()]) if flat.numel() else flat
@@ -133,9 +134,11 @@ def fingerprint(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
             values = torch.empty(rows * _ROW, dtype=torch.float64, device=chunk.device)
             values[:n].copy_(chunk)
             values[n:].zero_()
-            weights = torch.ones(_ROW, 2, dtype=torch.float64, device=chunk.device)
-            weights[:, 1] = torch.arange(1, _ROW + 1, device=chunk.device)
-            sums = (values.view(rows, _ROW) @ weights).to(torch.int64)  # exact: below 2**51
+            if chunk.device not in weights:
+                column = torch.ones(_ROW, 2, dtype=torch.float64, device=chunk.device)
+                column[:, 1] = torch.arange(1, _ROW + 1, device=chunk.device)
+                weights[chunk.device] = column
+            sums = (values.view(rows, _ROW) @ weights[chunk.device]).to(torch.int64)  # < 2**51
             plain, weighted = sums.unbind(dim=1)
             row_start = torch.arange(rows, device=chunk.device).mul_(_ROW)  # below 2**20
             terms = plain.remainder_(_PRIME).mul_(row_start).add_(weighted).remainder_(_PRIME)
