@@ -105,6 +105,7 @@ def test_a_revised_plan_on_fresh_seeds_stays_confirmatory() -> None:
     }
     status, why = plan_status(plan, before, {100, 101, 1100})
     assert status == "confirmatory" and "after the results of seeds 0-2, 1000 existed" in why
+    assert "0123456789abcdef" in why
     assert plan_status(plan, before, {2, 100})[0] == "exploratory"
     assert plan_status(plan, before)[0] == "exploratory"
     sticky = {**before, "plan": {**before["plan"], "status_of_report": "exploratory"}}

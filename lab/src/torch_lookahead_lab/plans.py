@@ -129,9 +129,8 @@ def plan_status(
         used = sorted({int(run["config"]["seed"]) for run in earlier.get("runs", [])})
         if digest is not None and digest != plan.digest and seeds and not set(seeds) & set(used):
             return "confirmatory", (
-                f"its plan was fixed before its results: it changed (digest {digest} then, "
-                f"{plan.digest} now) after the results of seeds {_spans(used)} existed, and "
-                "no run here uses any of them"
+                f"its plan, revised after the results of seeds {_spans(used)} existed (plan "
+                f"{digest}), runs on fresh seeds only"
             )
         if digest is not None and digest != plan.digest:
             return "exploratory", (

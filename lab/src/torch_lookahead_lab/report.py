@@ -265,8 +265,18 @@ def build_claims(lab: LabResults) -> list[Claim]:
     return holm_primary(claims)
 
 
-def reading() -> str:
-    """How to read a verdict, in a few sentences."""
+def reading(bootstrap: bool = False) -> str:
+    """How to read a verdict, in a few sentences; ``bootstrap``: some cases also have the
+    two-way bootstrap over seeds and test examples."""
+    both = (
+        " Where the plan asks for it (test accuracy), a case is also tested by a two-way "
+        "bootstrap over seeds and test images, which adds the sampling error of the images "
+        "that the seed-level test holds fixed: each p-value is the larger of the two tests', so "
+        "a verdict counts only where both reach it; otherwise the case is inconclusive and "
+        "says what the seed-level test alone gives."
+        if bootstrap
+        else ""
+    )
     return (
         "How to read a verdict: each case compares Lookahead with a baseline on the same seeds "
         "(a seed fixes the initialisation and the minibatch order) with an exact sign-flip "
@@ -278,7 +288,7 @@ def reading() -> str:
         "test needs 6 pairs, more after Holm). Primary claims are confirmatory: Holm-adjusted "
         "together across the report, their difference and equivalence tests as one family. "
         "Descriptive claims carry no confirmatory weight: each is tested at the unadjusted 5%, "
-        "except the (k, alpha) claim, whose settings are Holm-adjusted among themselves."
+        "except the (k, alpha) claim, whose settings are Holm-adjusted among themselves." + both
     )
 
 
@@ -833,7 +843,7 @@ def _write_lab_report(out_dir: Path, lab: LabResults) -> Path:
     lines += _cannot_test_lines(lab, claims)
     if claims:
         lines += [
-            reading(),
+            reading(any(c.bootstrap is not None for claim in claims for c in claim.cases)),
             "",
             "Each claim is described below with its protocol, the effect measured and every case.",
             "",
