@@ -27,8 +27,9 @@ def test_the_demo_plan_is_the_committed_file_and_its_digest_is_its_sha256() -> N
     assert plan.digest == hashlib.sha256(plan.text.encode()).hexdigest()[:16]
     assert plan.status == "confirmatory"
     assert plan.claim("final_default") == ClaimPlan(
-        "primary", "test_accuracy", 0.01, plan.data["claims"]["final_default"]["why"]
-    )
+        "primary", "test_accuracy", 0.01, plan.data["claims"]["final_default"]["why"],
+        bootstrap=(10_000, 23),
+    )  # fmt: skip
     assert plan.claim("not a claim").role == "descriptive"
     with pytest.raises(ValueError, match="no committed plan"):
         load_plan("nope")
@@ -77,6 +78,38 @@ def test_a_plan_that_changed_after_results_existed_makes_the_report_exploratory(
     flagged = plan_from_mapping("x", {"status": "exploratory"})
     assert plan_status(flagged, None)[0] == "exploratory"
     assert json.loads(plan.text) == plan.data
+
+
+def test_the_demo_plan_declares_the_two_way_bootstrap_for_its_test_accuracy_claims() -> None:
+    """Every claim on test accuracy but the variance ratio gets the bootstrap over seeds and
+    test images, with a declared number of resamples and generator seed; the others not."""
+    plan = load_plan("demo")
+    on_accuracy = {
+        key for key, entry in plan.data["claims"].items()
+        if entry["endpoint"] == "test_accuracy" and key != "seed_variance"
+    }  # fmt: skip
+    assert on_accuracy == {"final_default", "rescaled_lr", "final_tuned", "k_alpha_robustness"}
+    for key in plan.data["claims"]:
+        expected = (10_000, 23) if key in on_accuracy else None
+        assert plan.claim(key).bootstrap == expected, key
+    assert "intersection-union" in plan.data["example_bootstrap"]["rule"]
+
+
+def test_a_revised_plan_on_fresh_seeds_stays_confirmatory() -> None:
+    """A plan that changed after results existed is confirmatory again only where none of its
+    runs uses a seed of those results (none of its data existed when it was written)."""
+    plan = plan_from_mapping("x", {"status": "confirmatory", "claims": {}})
+    before = {
+        "plan": {"digest": "0123456789abcdef", "status_of_report": "confirmatory"},
+        "runs": [{"config": {"seed": s}} for s in (0, 1, 2, 1000)],
+    }
+    status, why = plan_status(plan, before, {100, 101, 1100})
+    assert status == "confirmatory" and "after the results of seeds 0-2, 1000 existed" in why
+    assert "0123456789abcdef" in why
+    assert plan_status(plan, before, {2, 100})[0] == "exploratory"
+    assert plan_status(plan, before)[0] == "exploratory"
+    sticky = {**before, "plan": {**before["plan"], "status_of_report": "exploratory"}}
+    assert plan_status(plan, sticky, {100})[0] == "exploratory"
 
 
 def test_claim_roles_are_checked() -> None:

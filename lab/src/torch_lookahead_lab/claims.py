@@ -18,10 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from torch_lookahead_lab.metrics import (
     SettingSummary,
     final_value,
     higher_is_better,
+    scored_correct,
     steps_to_target,
 )
 from torch_lookahead_lab.nqm import NQMPoint
@@ -32,6 +35,7 @@ from torch_lookahead_lab.stats import (
     Favours,
     holm,
     paired_difference,
+    two_way_bootstrap,
     variance_ratio,
     verdict_kind,
     verdict_of,
@@ -71,7 +75,9 @@ class Case:
     """One case of a claim: its label, the effect with its test, the verdict, and what was
     measured, in words. ``adjusted``: the Holm-adjusted p-values (difference, equivalence)
     when the case is one of ``family`` endpoints tested together. ``caveat``: how to read the
-    verdict, printed beside it (it changes no verdict)."""
+    verdict, printed beside it (it changes no verdict). ``bootstrap``: the two-way paired
+    bootstrap over seeds and test examples, when the plan asks for it; then each p-value the
+    verdict reads is the larger of the seed-level test's and the bootstrap's (``p_values``)."""
 
     label: str
     verdict: str
@@ -81,11 +87,37 @@ class Case:
     adjusted: tuple[float, float] | None = None
     family: int = 1
     caveat: str = ""
+    bootstrap: Estimate | None = None
 
     @property
     def sentence(self) -> str:
-        effect = f" {format_estimate(self.estimate, self.adjusted)}" if self.estimate else ""
+        effect = ""
+        if self.estimate:
+            effect = f" {format_estimate(self.estimate, self.adjusted, self.bootstrap)}"
         return f"{self.label}: {self.what}{effect}: {self.verdict_text}."
+
+    @property
+    def interval_text(self) -> str:
+        """The effect and its 95% interval (and the two-way one): ``-0.015 [-0.022, -0.008];
+        two-way [-0.031, -0.001]``."""
+        if self.estimate is None:
+            return ""
+        text = short_interval(self.estimate)
+        if self.bootstrap is not None:
+            text += f"; two-way {short_interval(self.bootstrap).split(' ', 1)[1]}"
+        return text
+
+    def p_values(self) -> tuple[float, float]:
+        """(difference, equivalence) p-values the verdict reads before any Holm adjustment:
+        the seed-level test's, or with a ``bootstrap`` the larger of its and the bootstrap's
+        (an intersection-union test: it rejects only where both tests do)."""
+        if self.estimate is None:
+            return math.nan, math.nan
+        p, q = self.estimate.p_value, self.estimate.p_equivalence
+        if self.bootstrap is not None:
+            p = _larger(p, self.bootstrap.p_value)
+            q = _larger(q, self.bootstrap.p_equivalence)
+        return p, q
 
     @property
     def verdict_text(self) -> str:
@@ -119,6 +151,11 @@ class Claim:
         return tuple(case.sentence for case in self.cases) + self.notes
 
 
+def _larger(first: float, second: float) -> float:
+    """The larger p-value; NaN (no test) when either is."""
+    return math.nan if math.isnan(first) or math.isnan(second) else max(first, second)
+
+
 def fmt(value: float | None, digits: int = 4) -> str:
     """A number with ``digits`` significant digits; "n/a" for a missing or NaN value."""
     if value is None or math.isnan(value):
@@ -142,26 +179,83 @@ def short_interval(estimate: Estimate, digits: int = 3) -> str:
     )
 
 
-def format_estimate(estimate: Estimate, adjusted: tuple[float, float] | None = None) -> str:
-    """``-0.0139 (95% CI -0.0201 to -0.0077; exact sign-flip test (paired), 10 seeds,
-    p = 0.002, Holm-adjusted 0.008; equivalence within +-0.01 p = 0.6)``."""
+def _interval(estimate: Estimate) -> str:
     if math.isnan(estimate.low) or math.isnan(estimate.high):
-        interval = "no interval"
-    else:
-        interval = f"95% CI {fmt(estimate.low, 3)} to {fmt(estimate.high, 3)}"
+        return "no interval"
+    return f"95% CI {fmt(estimate.low, 3)} to {fmt(estimate.high, 3)}"
+
+
+def format_estimate(
+    estimate: Estimate,
+    adjusted: tuple[float, float] | None = None,
+    bootstrap: Estimate | None = None,
+) -> str:
+    """``-0.0139 (95% CI -0.0201 to -0.0077; exact sign-flip test (paired), 10 seeds,
+    p = 0.002, Holm-adjusted 0.008; equivalence within +-0.01 p = 0.6)``; with a
+    ``bootstrap``, its interval and p-values follow, and the Holm-adjusted ones are those of the
+    larger p-values (``Case.p_values``)."""
     tests = f"p = {_p(estimate.p_value)}"
-    if adjusted is not None:
+    if adjusted is not None and bootstrap is None:
         tests += f", Holm-adjusted {_p(adjusted[0])}"
     if estimate.sesoi is not None:
         tests += f"; equivalence within {estimate.equivalence_text()} p = "
         tests += _p(estimate.p_equivalence)
-        if adjusted is not None:
+        if adjusted is not None and bootstrap is None:
             tests += f", Holm-adjusted {_p(adjusted[1])}"
-    return f"{fmt(estimate.effect, 3)} ({interval}; {estimate.method}, {estimate.samples}, {tests})"
+    if bootstrap is not None:
+        tests += f"; {bootstrap.method}: {_interval(bootstrap)}, p = {_p(bootstrap.p_value)}" + (
+            f", equivalence p = {_p(bootstrap.p_equivalence)}" if bootstrap.sesoi else ""
+        )
+        if adjusted is not None:
+            tests += (
+                f"; the larger p-values of both tests, Holm-adjusted {_p(adjusted[0])} and "
+                f"{_p(adjusted[1])}"
+            )
+    return (
+        f"{fmt(estimate.effect, 3)} ({_interval(estimate)}; {estimate.method}, "
+        f"{estimate.samples}, {tests})"
+    )
 
 
-def _case(label: str, estimate: Estimate, favours: Favours, what: str) -> Case:
-    return Case(label, verdict_of(estimate, favours), estimate, what, favours)
+def _case(
+    label: str, estimate: Estimate, favours: Favours, what: str, bootstrap: Estimate | None = None
+) -> Case:
+    case = Case(label, "", estimate, what, favours, bootstrap=bootstrap)
+    p, q = case.p_values()
+    verdict = verdict_of(estimate, favours, p_value=p, p_equivalence=q)
+    return _with_verdict(case, verdict, verdict_of(estimate, favours))
+
+
+def _with_verdict(case: Case, verdict: str, seed_level: str, **fields: Any) -> Case:
+    """``case`` with its ``verdict``; where the seed-level test alone (``seed_level``) would
+    have decided otherwise, because the two-way bootstrap does not agree, the caveat says so."""
+    caveat = case.caveat
+    if case.bootstrap is not None and verdict_kind(seed_level) != verdict_kind(verdict):
+        caveat = f"seed-level test alone: {verdict_kind(seed_level)}"
+    return dataclasses.replace(case, verdict=verdict, caveat=caveat, **fields)
+
+
+def _example_bootstrap(
+    plain: SettingSummary, lookahead: SettingSummary, plan: ClaimPlan
+) -> Estimate | None:
+    """The two-way paired bootstrap of the plan (``ClaimPlan.bootstrap``) over the common
+    seeds and the test examples of both settings (``metrics.scored_correct``), or None when
+    the plan asks for none."""
+    if plan.bootstrap is None:
+        return None
+    resamples, seed = plan.bootstrap
+    plain_rows = {r.config.seed: scored_correct(r) for r in plain.runs}
+    lookahead_rows = {r.config.seed: scored_correct(r) for r in lookahead.runs}
+    common = sorted(set(plain_rows) & set(lookahead_rows))
+    rows = [(plain_rows[s], lookahead_rows[s]) for s in common]
+    if not rows or any(a is None or b is None for a, b in rows):
+        raise ValueError(
+            f"the plan tests {plain.method} against {lookahead.method} on test examples, but "
+            "their runs have no per-example record (RunResult.test_correct): rerun them"
+        )
+    base = np.array([a for a, _ in rows], dtype=np.float64)
+    cand = np.array([b for _, b in rows], dtype=np.float64)
+    return two_way_bootstrap(base, cand, resamples=resamples, seed=seed, sesoi=plan.sesoi)
 
 
 def _favours(higher: bool) -> Favours:
@@ -179,27 +273,37 @@ def _adjust(cases: Sequence[Case]) -> list[Case]:
     tested = [(c, c.estimate) for c in cases if c.estimate is not None]
     if len(tested) < 2:
         return list(cases)
-    equal = [i for i, (_, e) in enumerate(tested) if e.sesoi is not None]
-    pooled = holm(
-        [_finite_p(e.p_value) for _, e in tested]
-        + [_finite_p(tested[i][1].p_equivalence) for i in equal]
+    with_sesoi = [e.sesoi is not None for _, e in tested]
+    both = _holm_pooled([c for c, _ in tested], [c.p_values() for c, _ in tested], with_sesoi)
+    alone = _holm_pooled(
+        [c for c, _ in tested], [(e.p_value, e.p_equivalence) for _, e in tested], with_sesoi
     )
-    family = len(pooled)
-    p_equal = [1.0] * len(tested)
-    for i, q in zip(equal, pooled[len(tested) :], strict=True):
-        p_equal[i] = q
-    adjusted = {
-        id(c): (p, q) for (c, _), p, q in zip(tested, pooled[: len(tested)], p_equal, strict=True)
-    }
+    family = len(tested) + sum(with_sesoi)
     out = []
     for case in cases:
-        if case.estimate is None or id(case) not in adjusted:
+        if case.estimate is None or id(case) not in both:
             out.append(case)
             continue
-        p, q = adjusted[id(case)]
+        (p, q), (p_alone, q_alone) = both[id(case)], alone[id(case)]
         verdict = verdict_of(case.estimate, case.favours, p_value=p, p_equivalence=q, family=family)
-        out.append(dataclasses.replace(case, verdict=verdict, adjusted=(p, q), family=family))
+        seed_level = verdict_of(
+            case.estimate, case.favours, p_value=p_alone, p_equivalence=q_alone, family=family
+        )
+        out.append(_with_verdict(case, verdict, seed_level, adjusted=(p, q), family=family))
     return out
+
+
+def _holm_pooled(
+    cases: Sequence[Case], p_values: Sequence[tuple[float, float]], with_sesoi: Sequence[bool]
+) -> dict[int, tuple[float, float]]:
+    """Per case (by ``id``), its (difference, equivalence) p-values Holm-adjusted as one family:
+    every difference p-value and the equivalence p-value of every case with a SESOI."""
+    equal = [i for i, has in enumerate(with_sesoi) if has]
+    pooled = holm([_finite_p(p) for p, _ in p_values] + [_finite_p(p_values[i][1]) for i in equal])
+    p_equal = [1.0] * len(cases)
+    for i, q in zip(equal, pooled[len(cases) :], strict=True):
+        p_equal[i] = q
+    return {id(c): (p, q) for c, p, q in zip(cases, pooled[: len(cases)], p_equal, strict=True)}
 
 
 def _finite_p(p: float) -> float:
@@ -278,12 +382,13 @@ def final_quality_claim(
                 )
         base, cand = _paired_values(plain, lookahead, lambda r: final_value(r, metric))
         estimate = paired_difference(base, cand, sesoi=plan.sesoi)
+        bootstrap = _example_bootstrap(plain, lookahead, plan)
         what = (
             f"final {_name(metric)} {fmt(plain.final[metric][0])} {plain.method} (lr "
             f"{fmt(plain.setting.lr, 3)}), {fmt(lookahead.final[metric][0])} with Lookahead (lr "
             f"{fmt(lookahead.setting.lr, 3)}); Lookahead minus {plain.method}"
         )
-        cases.append(_case(plain.setting.inner, estimate, _favours(higher), what))
+        cases.append(_case(plain.setting.inner, estimate, _favours(higher), what, bootstrap))
     return Claim(
         key=key,
         title=title,
@@ -471,7 +576,8 @@ def k_alpha_claim(
             f"final {_name(metric)} {fmt(lookahead.final[metric][0])} against "
             f"{fmt(plain.final[metric][0])} plain; Lookahead minus plain"
         )
-        cases.append(_case(label, estimate, _favours(higher), what))
+        bootstrap = _example_bootstrap(plain, lookahead, plan)
+        cases.append(_case(label, estimate, _favours(higher), what, bootstrap))
     cases = _adjust(cases)
     kinds = [verdict_kind(c.verdict) for c in cases]
     worse = sum(k == "contradicts" for k in kinds)
@@ -556,6 +662,11 @@ def claim_json(claim: Claim) -> dict[str, Any]:
                 "favours_lookahead_if": case.favours_text,
                 "estimate": asdict(case.estimate) if case.estimate else None,
                 "holm_adjusted": list(case.adjusted) if case.adjusted else None,
+                **(
+                    {"two_way_bootstrap": asdict(case.bootstrap)}
+                    if case.bootstrap is not None
+                    else {}
+                ),
                 "caveat": case.caveat,
                 "sentence": case.sentence,
             }

@@ -16,9 +16,10 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from scipy.integrate import trapezoid  # type: ignore[import-untyped]
 
-from torch_lookahead_lab.runner import RunConfig, RunResult
+from torch_lookahead_lab.runner import RunConfig, RunResult, decode_correct
 
 __all__ = [
     "Band",
@@ -28,6 +29,7 @@ __all__ = [
     "group_by_setting",
     "higher_is_better",
     "mean_and_std",
+    "scored_correct",
     "seed_band",
     "setting_of",
     "steps_to_target",
@@ -77,6 +79,20 @@ def _curve(result: RunResult, metric: str) -> tuple[list[int], list[float]]:
 def final_value(result: RunResult, metric: str) -> float:
     """``metric`` at the end of training (the step-0 value for a run that diverged)."""
     return _curve(result, metric)[1][-1]
+
+
+def scored_correct(result: RunResult) -> np.ndarray | None:
+    """Which test examples the run's scored evaluation classified correctly (its record
+    ``RunResult.test_correct``; None without one): the last evaluation's, or step 0's for a run
+    that diverged or ended with fewer correct than at step 0, as ``final_value`` scores its
+    ``test_accuracy``, whose value is this vector's mean."""
+    record = result.test_correct
+    if record is None:
+        return None
+    untrained, last = (decode_correct(record["correct"][i], record["examples"]) for i in (0, -1))
+    if result.diverged_at is not None or last.sum() < untrained.sum():
+        return untrained
+    return last
 
 
 def value_at(result: RunResult, metric: str, step: int) -> float:

@@ -12,15 +12,17 @@ plan is a committed file of this package (``plans/demo.json``), and so is each p
 ``plan.json`` and its digest in ``results.json``.
 
 A report is *exploratory* when its plan says so, or when the plan changed after results
-existed: the folder's earlier ``results.json`` names another plan digest (``plan_status``).
-Once exploratory, a folder stays so.
+existed: the folder's earlier ``results.json`` names another plan digest (``plan_status``),
+unless no run of the report uses a seed of the earlier results' runs (a revised plan run on
+fresh seeds: none of its data existed when it was written). Once exploratory, a folder stays
+so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -38,12 +40,16 @@ ROLES = ("primary", "descriptive", "check")
 
 @dataclass(frozen=True)
 class ClaimPlan:
-    """How one claim is judged: its role, endpoint and smallest effect of interest."""
+    """How one claim is judged: its role, endpoint and smallest effect of interest;
+    ``bootstrap``: (resamples, generator seed) of the two-way paired bootstrap over seeds and
+    test examples that must agree with the seed-level test (the plan's ``example_bootstrap``
+    names the claim), None when the seed-level test decides alone."""
 
     role: str
     endpoint: str
     sesoi: float | None = None
     why: str = ""
+    bootstrap: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -76,9 +82,15 @@ class Plan:
         if entry is None:
             return ClaimPlan("descriptive", "", None)
         sesoi = entry.get("sesoi", entry.get("tolerance"))
+        bootstrap = self.data.get("example_bootstrap")
+        resampled = (
+            (int(bootstrap["resamples"]), int(bootstrap["seed"]))
+            if bootstrap and key in bootstrap["claims"]
+            else None
+        )
         return ClaimPlan(
             entry["role"], entry["endpoint"], None if sesoi is None else float(sesoi),
-            entry.get("why", ""),
+            entry.get("why", ""), resampled,
         )  # fmt: skip
 
     def json(self) -> dict[str, Any]:
@@ -101,9 +113,12 @@ def plan_from_mapping(name: str, data: Mapping[str, Any]) -> Plan:
     return Plan(name, text, json.loads(text))
 
 
-def plan_status(plan: Plan, earlier: Mapping[str, Any] | None) -> tuple[str, str]:
-    """(``confirmatory`` or ``exploratory``, why) for a report of ``plan`` written into a
-    folder whose earlier results.json is ``earlier`` (None: no results existed)."""
+def plan_status(
+    plan: Plan, earlier: Mapping[str, Any] | None, seeds: Collection[int] = ()
+) -> tuple[str, str]:
+    """(``confirmatory`` or ``exploratory``, why) for a report of ``plan`` whose runs used
+    ``seeds``, written into a folder whose earlier results.json is ``earlier`` (None: no
+    results existed)."""
     if plan.status != "confirmatory":
         return "exploratory", "its plan declares it exploratory"
     if earlier is not None:
@@ -111,8 +126,25 @@ def plan_status(plan: Plan, earlier: Mapping[str, Any] | None) -> tuple[str, str
         if before.get("status_of_report") == "exploratory":
             return "exploratory", str(before.get("why_exploratory", "an earlier report was"))
         digest = before.get("digest")
+        used = sorted({int(run["config"]["seed"]) for run in earlier.get("runs", [])})
+        if digest is not None and digest != plan.digest and seeds and not set(seeds) & set(used):
+            return "confirmatory", (
+                f"its plan, revised after the results of seeds {_spans(used)} existed (plan "
+                f"{digest}), runs on fresh seeds only"
+            )
         if digest is not None and digest != plan.digest:
             return "exploratory", (
                 f"the plan changed after results existed (digest {digest} then, {plan.digest} now)"
             )
     return "confirmatory", "its plan was fixed before its results"
+
+
+def _spans(seeds: Sequence[int]) -> str:
+    """``0-9, 1000-1002`` for sorted seeds."""
+    spans: list[list[int]] = []
+    for seed in seeds:
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)

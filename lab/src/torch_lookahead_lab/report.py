@@ -265,8 +265,18 @@ def build_claims(lab: LabResults) -> list[Claim]:
     return holm_primary(claims)
 
 
-def reading() -> str:
-    """How to read a verdict, in a few sentences."""
+def reading(bootstrap: bool = False) -> str:
+    """How to read a verdict, in a few sentences; ``bootstrap``: some cases also have the
+    two-way bootstrap over seeds and test examples."""
+    both = (
+        " Where the plan asks for it (test accuracy), a case is also tested by a two-way "
+        "bootstrap over seeds and test images, which adds the sampling error of the images "
+        "that the seed-level test holds fixed: each p-value is the larger of the two tests', so "
+        "a verdict counts only where both reach it; otherwise the case is inconclusive and "
+        "says what the seed-level test alone gives."
+        if bootstrap
+        else ""
+    )
     return (
         "How to read a verdict: each case compares Lookahead with a baseline on the same seeds "
         "(a seed fixes the initialisation and the minibatch order) with an exact sign-flip "
@@ -278,7 +288,7 @@ def reading() -> str:
         "test needs 6 pairs, more after Holm). Primary claims are confirmatory: Holm-adjusted "
         "together across the report, their difference and equivalence tests as one family. "
         "Descriptive claims carry no confirmatory weight: each is tested at the unadjusted 5%, "
-        "except the (k, alpha) claim, whose settings are Holm-adjusted among themselves."
+        "except the (k, alpha) claim, whose settings are Holm-adjusted among themselves." + both
     )
 
 
@@ -288,7 +298,7 @@ def verdict_rows(claims: Sequence[Claim]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for number, claim in enumerate(claims, 1):
         for case in claim.cases:
-            effect = short_interval(case.estimate) if case.estimate else ""
+            effect = case.interval_text
             favours = case.favours_text if case.estimate else ""
             rows.append(
                 [
@@ -374,10 +384,6 @@ CANNOT_TEST = (
     "which); an effect at this scale need not carry over, in either direction.",
     "Wall-clock claims (computation and memory cost): seconds depend on the machine, so no "
     "verdict uses them (benchmarks/ measures the optimizer's cost).",
-    "Sampling error of the evaluation data: the seeds vary the training, not the evaluated "
-    "examples (360 test images for digits, 1,562 test windows of 64 bytes for charlm), so "
-    "the intervals speak for this split; a "
-    "per-example bootstrap is not included.",
     "The schedule as a factor: every run here uses the task's schedule (cosine for digits and "
     "charlm).",
 )
@@ -474,8 +480,33 @@ def _plan_lines(lab: LabResults, status: tuple[str, str]) -> list[str]:
     ]
 
 
-def _cannot_test_lines(lab: LabResults) -> list[str]:
-    extra = []
+# The examples each task's evaluation splits hold (the sampling-error bullet names them).
+EVALUATED_EXAMPLES = {
+    "digits": "360 {split} images",
+    "charlm": "1,562 {split} windows of 64 bytes",
+    "cifar10": "{size} {split} images",
+}
+
+
+def _sampling_error_line(lab: LabResults, claims: Sequence[Claim]) -> list[str]:
+    """The sampling-error bullet, unless the test-accuracy cases have the two-way bootstrap
+    over seeds and test examples (``Case.bootstrap``; the plan names the claims)."""
+    cases = [c for claim in claims for c in claim.cases if c.estimate is not None]
+    if not lab.task or any(c.bootstrap is not None for c in cases):
+        return []
+    endpoint = endpoint_of(lab)
+    split = "test" if endpoint.startswith("test_") else "validation"
+    size = "10,000" if split == "test" else "5,000"
+    examples = EVALUATED_EXAMPLES.get(lab.task, "{split} examples").format(split=split, size=size)
+    return [
+        "Sampling error of the evaluation data: the seeds vary the training, not the evaluated "
+        f"examples ({examples}), so the intervals speak for this split; a per-example "
+        "bootstrap is not included (these runs record no per-example results)."
+    ]
+
+
+def _cannot_test_lines(lab: LabResults, claims: Sequence[Claim] = ()) -> list[str]:
+    extra = _sampling_error_line(lab, claims)
     if lab.task and not endpoint_of(lab).startswith("test_"):
         extra.append(
             f"A held-out test split: these {lab.task} runs measured training and validation "
@@ -791,7 +822,7 @@ def _write_lab_report(out_dir: Path, lab: LabResults) -> Path:
     if lab.plan is not None:
         earlier_path = out_dir / "results.json"
         earlier = json.loads(earlier_path.read_text()) if earlier_path.is_file() else None
-        status = plan_status(lab.plan, earlier)
+        status = plan_status(lab.plan, earlier, {r.config.seed for _, r in _parts(lab)})
         (out_dir / "plan.json").write_text(lab.plan.text)
     payload = results_json(lab, claims, status)
     provenance = payload["provenance"]
@@ -809,10 +840,10 @@ def _write_lab_report(out_dir: Path, lab: LabResults) -> Path:
     lines += [DETAILS_MARKER, ""]
     if claims:
         lines += _glance_lines(claims)
-    lines += _cannot_test_lines(lab)
+    lines += _cannot_test_lines(lab, claims)
     if claims:
         lines += [
-            reading(),
+            reading(any(c.bootstrap is not None for claim in claims for c in claim.cases)),
             "",
             "Each claim is described below with its protocol, the effect measured and every case.",
             "",

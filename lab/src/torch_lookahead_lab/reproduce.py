@@ -15,7 +15,10 @@ seed. So a report is *reproduced* when
    after step 0, whichever is later (per-step losses included where it records them), and
    within ``LATE_TOLERANCE`` at every later value: training amplifies rounding differences
    between CPUs, so later values get a looser bound, one that still fails a change of the
-   training (a sync skipped or with another alpha, another schedule, another split);
+   training (a sync skipped or with another alpha, another schedule, another split); its
+   per-example record of the test split (``RunResult.test_correct``), where the committed run
+   has one, is compared by the share of examples it counts correct, under the same
+   tolerances (which examples a CPU's rounding flips is not fixed across CPUs, the count is);
 3. on the same CPU model, CPU kernels and torch version (``same_machine``), every number is
    the same, bit for bit.
 
@@ -162,6 +165,7 @@ def history_differences(
         for step in dict.fromkeys([*old_steps, *new_steps]):
             if old.get(step) != new.get(step) or (step in old) != (step in new):
                 yield ValueDifference(label, metric, step, old.get(step), new.get(step))
+    yield from _correct_differences(label, committed, fresh)
     if committed.get("step_losses") is None:  # recorded before runs kept per-step losses
         return
     old_losses, new_losses = committed["step_losses"], fresh.get("step_losses") or []
@@ -170,6 +174,40 @@ def history_differences(
         after = new_losses[step - 1] if step <= len(new_losses) else None
         if before != after or len(old_losses) != len(new_losses):
             yield ValueDifference(label, "step_loss", step, before, after)
+
+
+CORRECT = "test_correct"  # the metric name of a difference in the per-example record
+
+
+def _correct_share(record: Mapping[str, Any] | None, step: int) -> float | None:
+    """The share of test examples the record counts correct at ``step`` (None: not recorded)."""
+    mask = _mask_at(record, step)
+    if record is None or mask is None:
+        return None
+    return int.from_bytes(bytes.fromhex(mask), "little").bit_count() / int(record["examples"])
+
+
+def _correct_differences(
+    label: str, committed: Mapping[str, Any], fresh: Mapping[str, Any]
+) -> Iterator[ValueDifference]:
+    """Per step of the committed per-example record whose mask is not the same, bit for bit,
+    as the fresh one: the shares counted correct (runs recorded before the record: none)."""
+    old, new = committed.get("test_correct"), fresh.get("test_correct")
+    if old is None:
+        return
+    for step in old["steps"]:
+        before = old["correct"][old["steps"].index(step)]
+        after = _mask_at(new, step)
+        if before != after:
+            yield ValueDifference(
+                label, CORRECT, step, _correct_share(old, step), _correct_share(new, step)
+            )
+
+
+def _mask_at(record: Mapping[str, Any] | None, step: int) -> str | None:
+    if record is None or step not in record["steps"]:
+        return None
+    return str(record["correct"][record["steps"].index(step)])
 
 
 def horizon(committed: Mapping[str, Any]) -> int:

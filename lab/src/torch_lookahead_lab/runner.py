@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from torch_lookahead import check_alpha, check_k
@@ -39,6 +40,8 @@ __all__ = [
     "Job",
     "RunConfig",
     "RunResult",
+    "decode_correct",
+    "encode_correct",
     "execute",
     "make_config",
     "run",
@@ -183,6 +186,10 @@ class RunResult:
     (``RunConfig.evaluate_test``), at the evaluations between. ``diverged_at`` is the first step whose training loss was not finite.
     ``step_losses`` (tasks that record them): the minibatch training loss of every step, the
     first before any update, ``None`` where not finite.
+    ``test_correct`` (tasks with a test accuracy, ``Task.test_examples``): which test examples
+    the model classified correctly at step 0 and at the run's last evaluation, as
+    ``{"examples": m, "steps": [0, last], "correct": [mask, mask]}``, each mask ``encode_correct``'s
+    hex string (m bits: 90 characters for digits' 360 test images).
     """
 
     config: RunConfig
@@ -193,6 +200,7 @@ class RunResult:
     cpu_seconds: float = field(default=0.0, compare=False)  # CPU time of the process running it
     threads: int = field(default=1, compare=False)  # torch threads the run computed with
     step_losses: list[float | None] | None = None
+    test_correct: dict[str, Any] | None = None
 
     def final(self, metric: str) -> float | None:
         return self.history[metric][-1]
@@ -207,6 +215,7 @@ class RunResult:
             "cpu_seconds": self.cpu_seconds,
             "threads": self.threads,
             **({"step_losses": self.step_losses} if self.step_losses is not None else {}),
+            **({"test_correct": self.test_correct} if self.test_correct is not None else {}),
         }
 
     @classmethod
@@ -220,7 +229,25 @@ class RunResult:
             cpu_seconds=float(payload["cpu_seconds"]),
             threads=int(payload["threads"]),
             step_losses=payload.get("step_losses"),
+            test_correct=payload.get("test_correct"),
         )
+
+
+def encode_correct(correct: torch.Tensor) -> str:
+    """A boolean vector as hex: bit ``i % 8`` of byte ``i // 8`` is example ``i`` (numpy's
+    ``packbits`` with ``bitorder="little"``), the last byte padded with zeros."""
+    bits = correct.detach().cpu().numpy().astype(bool).ravel()
+    return np.packbits(bits, bitorder="little").tobytes().hex()
+
+
+def decode_correct(mask: str, examples: int) -> np.ndarray:
+    """``encode_correct``'s inverse: the boolean vector of ``examples`` entries."""
+    raw = np.frombuffer(bytes.fromhex(mask), dtype=np.uint8)
+    if raw.size != (examples + 7) // 8:
+        raise ValueError(
+            f"a mask of {examples} examples has {(examples + 7) // 8} bytes, got {raw.size}"
+        )
+    return np.unpackbits(raw, bitorder="little")[:examples].astype(bool)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -263,9 +290,19 @@ def run(config: RunConfig) -> RunResult:
     history: dict[str, list[float | None]] = {}
 
     test_names: list[str] = []  # the test metrics, known from step 0's evaluation on
+    # The test examples classified correctly at step 0 and at the run's last evaluation.
+    correct_steps: list[int] = []
+    correct_masks: list[str] = []
+    examples = 0
 
-    def measure(at_end: bool) -> dict[str, float]:
+    def measure(step: int, at_end: bool) -> dict[str, float]:
+        nonlocal examples
         metrics = task.evaluate(model, data)
+        correct = task.test_examples(model, data) if at_end else None
+        if correct is not None:
+            examples = int(correct.numel())
+            correct_steps.append(step)
+            correct_masks.append(encode_correct(correct))
         if config.evaluate_test and at_end:
             test = task.evaluate_test(model, data)
             test_names[:] = test
@@ -283,9 +320,9 @@ def run(config: RunConfig) -> RunResult:
                 slow_weights = getattr(optimizer, "slow_weights", None)
                 if slow_weights is not None:
                     with slow_weights():
-                        metrics = measure(at_end)
+                        metrics = measure(step, at_end)
                 else:
-                    metrics = measure(at_end)
+                    metrics = measure(step, at_end)
         finally:
             model.train(True)
         steps.append(step)
@@ -329,9 +366,15 @@ def run(config: RunConfig) -> RunResult:
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started
     threads = torch.get_num_threads()
-    return RunResult(
-        config, steps, history, diverged_at, seconds, cpu_seconds, threads, step_losses
+    test_correct = (
+        {"examples": examples, "steps": correct_steps, "correct": correct_masks}
+        if correct_masks
+        else None
     )
+    return RunResult(
+        config, steps, history, diverged_at, seconds, cpu_seconds, threads, step_losses,
+        test_correct,
+    )  # fmt: skip
 
 
 Job = RunConfig | NQMConfig

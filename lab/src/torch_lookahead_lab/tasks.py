@@ -147,6 +147,12 @@ class Task(ABC):
         tasks); none for the others."""
         return {}
 
+    def test_examples(self, model: nn.Module, data: TaskData) -> Tensor | None:
+        """Per example of the held-out test split, whether ``model`` classifies it correctly
+        (a boolean vector on the CPU; its mean is the ``test_accuracy`` that ``evaluate``
+        measures), or None for a task without a test accuracy."""
+        return None
+
     def check_data(self, data_dir: str | None, *, verify: bool = True) -> None:
         """Raise a ValueError saying what is missing (or, with ``verify``, which file is not the
         official release) when the task cannot use its data."""
@@ -170,6 +176,17 @@ def _cross_entropy_in_chunks(
         correct += int((logits.argmax(dim=-1) == labels).sum())
         count += labels.numel()
     return total_loss / count, correct / count
+
+
+@torch.no_grad()
+def _correct_in_chunks(model: nn.Module, inputs: Tensor, targets: Tensor, chunk: int) -> Tensor:
+    """Per row of ``inputs``, whether ``model``'s highest logit is its target (as
+    ``_cross_entropy_in_chunks`` counts it), taken ``chunk`` rows at a time, on the CPU."""
+    parts = [
+        model(inputs[start : start + chunk]).argmax(dim=-1) == targets[start : start + chunk]
+        for start in range(0, inputs.shape[0], chunk)
+    ]
+    return torch.cat(parts).cpu()
 
 
 def _random_rows(data: TaskData, generator: torch.Generator, batch_size: int) -> Batch:
@@ -202,6 +219,11 @@ class _ClassificationTask(Task):
             )
             metrics |= {"test_loss": test_loss, "test_accuracy": test_accuracy}
         return metrics
+
+    def test_examples(self, model: nn.Module, data: TaskData) -> Tensor | None:
+        if data.test_inputs is None or data.test_targets is None:
+            return None
+        return _correct_in_chunks(model, data.test_inputs, data.test_targets, self.eval_chunk)
 
 
 class DigitsTask(_ClassificationTask):
