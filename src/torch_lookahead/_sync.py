@@ -1,16 +1,7 @@
 """Lookahead's outer step ``slow <- slow + alpha * (fast - slow); fast <- slow`` (Algorithm 1,
-Zhang et al., 2019) and the ``eval()`` exchange over lists of tensors, as resumable plans. A `Plan`
-counts its completed steps, so that ``run()`` after an exception resumes where it stopped. Per block
-of pairs (``|`` separates the steps; docs/design.md explains why a resumed plan gives the result of
-one uninterrupted run)::
-
-    sync:  [end <- fast, in the slow dtype  |]  work <- slow  |  slow <- lerp(slow, end, alpha) *
-           |  fast <- slow
-    swap:  work <- a  |  a <- b  |  b <- work
-
-``work`` and ``end`` view scratch buffers of one block, allocated before the plan's first write and
-reused. The lerp (*) reads what it writes: run again, it first reloads ``slow`` from ``work``.
-"""
+Zhang et al., 2019) and the ``eval()`` exchange over lists of tensors, as resumable plans in blocks
+through reused scratch buffers: the steps, and why a resumed plan gives the result of one
+uninterrupted run, are in docs/design.md ("Every operation is finished by the next call")."""
 
 from __future__ import annotations
 
@@ -73,8 +64,6 @@ def _blocks(a: list[Tensor], b: list[Tensor], sizes: list[int], dims: list[int])
     changes the order of the same element-wise operations, never a result."""
     block_bytes = SYNC_BLOCK_BYTES if a[0].device.type == "cpu" else DEVICE_BLOCK_BYTES
     limit = max(1, block_bytes // a[0].element_size())
-    if sum(sizes) <= limit:
-        return [(a, b, sizes, dims)]
     if max(sizes) > limit:
         cut_a: list[Tensor] = []
         cut_b: list[Tensor] = []
@@ -109,7 +98,7 @@ def _views(
     dimension counts ``sizes``, ``dims``), and its flat view if they are all 1-D. The last views
     made for a count of tensors and elements are kept while the counts (and the sizes of tensors of
     several dimensions) match. A buffer too small is replaced by one of ``reserve`` elements (the
-    plan's largest block: the plan's earlier views keep the old one alive)."""
+    plan's largest block; its earlier views keep the old one alive)."""
     key, numel = (*placement, slot), sum(sizes)
     buffer = scratch.get(key)
     if buffer is None or buffer.numel() < numel:

@@ -10,7 +10,7 @@ import textwrap
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from functools import partial
-from itertools import chain, compress, count, islice, repeat
+from itertools import chain, compress, islice, repeat
 from typing import Any, TypedDict
 
 import torch
@@ -77,25 +77,17 @@ def _present(params: list[Tensor], states: Collection[dict[str, Any]], key: str)
     return [list(x) if every else list(compress(x, present)) for x in (params, held, states)]
 
 
-def _copy(targets: list[Tensor], sources: list[Tensor]) -> None:
-    if targets:
-        torch._foreach_copy_(local_shards(targets), local_shards(sources))
+def _each(kernel: str, *lists: list[Tensor]) -> None:
+    """The kernel ``torch.<kernel>`` over the local shards of ``lists``, if they are not empty."""
+    if lists[0]:
+        getattr(torch, kernel)(*map(local_shards, lists))
 
 
-def _zero(tensors: list[Tensor]) -> None:
-    if tensors:
-        torch._foreach_zero_(local_shards(tensors))
-
-
-def _inner_step(
-    optimizer: Optimizer, closure: Closure | None, kwargs: dict[str, Any], stepped: Closure
-) -> Any:
-    """``optimizer.step(closure, **kwargs)`` with its own step hooks but not the global ones (the
+def _inner_step(optimizer: Optimizer, kwargs: dict[str, Any], stepped: Closure) -> Any:
+    """``optimizer.step(**kwargs)`` with its own step hooks but not the global ones (the
     wrapper's ``step`` ran those); ``stepped()`` runs as soon as the inner step returns, before
     its post-hooks. Where torch's decoration is missing or ``step`` was replaced on the instance,
     the plain call; an LR scheduler's wrapper on the instance only records the call."""
-    if closure is not None:
-        kwargs = {"closure": closure, **kwargs}
     step = type(optimizer).step
     undecorated = getattr(step, "__wrapped__", None)
     replaced = vars(optimizer).get("step")
@@ -266,7 +258,6 @@ class Lookahead(Optimizer):
         namespace = {
             "__new__": build,
             "__module__": cls.__module__,
-            "__qualname__": name,
             "__doc__": f"``{name}(params, **kwargs)`` is ``{cls.__name__}({inner}"
             f"(params, **kwargs), k={k}, alpha={alpha})``.",
         }
@@ -385,8 +376,9 @@ class Lookahead(Optimizer):
                 self._held(group, SLOW_KEY)
         captured: list[tuple[Tensor, Tensor]] = []
 
-        def capture() -> None:  # phi_0: the weights before their first update
+        def capture() -> None:  # phi_0: the weights before their first update, captured once
             captured.extend((p, self._new_slow_copy(p, p)) for p in missing if p.grad is not None)
+            missing.clear()
 
         def stepped() -> None:
             # Stored only now: some inner optimizers create their state only if state[p] is empty.
@@ -395,18 +387,16 @@ class Lookahead(Optimizer):
             for group in groups:
                 group[STEP_KEY] += 1
 
-        def capturing_closure() -> Any:
+        def capturing_closure() -> Any:  # its first call comes before any parameter changes
             loss = closure()  # type: ignore[misc]
-            if next(evaluations) == 0:  # evaluated before the inner optimizer changes a parameter
-                capture()
+            capture()
             return loss
 
-        evaluations = count()
         if closure is None:
             capture()
-        loss = _inner_step(
-            self.optimizer, None if closure is None else capturing_closure, kwargs, stepped
-        )
+        else:
+            kwargs = {"closure": capturing_closure, **kwargs}
+        loss = _inner_step(self.optimizer, kwargs, stepped)
         due = [group for group in groups if group[STEP_KEY] >= group[K_KEY]]
         if due:
             self.outer_step(due)
@@ -425,8 +415,7 @@ class Lookahead(Optimizer):
     def slow_pairs(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
         """The group's parameters that have slow copies, and those copies (train mode);
         ``ValueError`` for a slow copy that is not a tensor of its parameter's shape."""
-        params, slows, _ = self._held(group, SLOW_KEY)
-        return params, slows
+        return self._held(group, SLOW_KEY)[:2]
 
     def outer_step(
         self, groups: list[dict[str, Any]], restart: Callable[[dict[str, Any]], int] | None = None
@@ -437,7 +426,7 @@ class Lookahead(Optimizer):
 
         then each group's counter restarts at 0 (or ``restart(group)``). Subclasses override it to
         replace the local rule and call it for the local part."""
-        state, mode = self.state, self.pullback_momentum
+        mode = self.pullback_momentum
         keys = (momentum_keys_for(self.optimizer) or ()) if mode != "none" else ()
         steps: list[PlanStep] = []
         for group in groups:
@@ -445,7 +434,7 @@ class Lookahead(Optimizer):
             placed = self._placed(params, slows)
             if placed is not slows:
                 steps.append(partial(_store, states, SLOW_KEY, placed))
-            found = [(state[p], key, slow_momentum_key(key)) for p in params for key in keys]
+            found = [(d, key, slow_momentum_key(key)) for d in states for key in keys]
             found = [f for f in found if isinstance(f[0].get(f[1]), Tensor)]  # momentum buffers
             buffers, fast, slow = [d[key] for d, key, _ in found], list(params), placed
             if mode == "pullback":  # the same rule, with the momentum as fast and its slow copy
@@ -458,7 +447,7 @@ class Lookahead(Optimizer):
                 fast, slow = fast + buffers, slow + held
             steps += sync_steps(fast, slow, group[ALPHA_KEY], self._scratch)
             if mode == "reset":
-                steps.append(partial(_zero, buffers))
+                steps.append(partial(_each, "_foreach_zero_", buffers))
         counters = [0 if restart is None else restart(group) for group in groups]
         steps.append(partial(_store, groups, STEP_KEY, counters))
         self._run(steps)
@@ -497,21 +486,18 @@ class Lookahead(Optimizer):
         model surgery or new weights loaded mid-training: copied into the slow copies that fit,
         new copies (made first) for the others. Slow momentum restarts at zero."""
         self._begin("reset_slow()")
-        groups, state = self.param_groups, self.state
+        groups = self.param_groups
         keys = list(map(slow_momentum_key, momentum_keys_for(self.optimizer) or ()))
         steps: list[PlanStep] = []
         for group in groups:
-            params = [
-                p for p in group["params"] if state.get(p, _NO_STATE).get(SLOW_KEY) is not None
-            ]
-            states = [state[p] for p in params]
-            slows = [s[SLOW_KEY] for s in states]
+            params, slows, states = _present(
+                group["params"], self._states(group["params"]), SLOW_KEY
+            )
             placed = self._placed(params, slows, fresh=True)  # new copies hold the parameters
-            kept = list(map(operator.is_, placed, slows))
             buffers = [s[key] for s in states for key in keys if isinstance(s.get(key), Tensor)]
             steps.append(partial(_store, states, SLOW_KEY, placed))
-            steps.append(partial(_copy, list(compress(placed, kept)), list(compress(params, kept))))
-            steps.append(partial(_zero, buffers))
+            steps.append(partial(_each, "_foreach_copy_", placed, params))
+            steps.append(partial(_each, "_foreach_zero_", buffers))
         steps.append(partial(_store, groups, STEP_KEY, [self.cycle_start(g) for g in groups]))
         self._run(steps)
 
@@ -543,8 +529,8 @@ class Lookahead(Optimizer):
         )
         with torch.inference_mode(False):  # eval(): new lookahead_fast copies where not swapped
             stashes = [torch.empty_like(p) for p in copied_params] if to_eval else []
-        steps: list[PlanStep] = [partial(_copy, stashes, copied_params)]
-        steps.append(partial(_copy, copied_params, copied_held))
+        steps: list[PlanStep] = [partial(_each, "_foreach_copy_", stashes, copied_params)]
+        steps.append(partial(_each, "_foreach_copy_", copied_params, copied_held))
         steps += swap_steps(params, held, self._scratch, shapes if params is every[0] else None)
         steps.append(partial(_store, states, FAST_KEY if to_eval else SLOW_KEY, held))
         steps.append(partial(_drop, states, key))  # the rename, in two steps
