@@ -256,9 +256,9 @@ def test_swap_exchanges_values_exactly_through_a_reused_buffer() -> None:
         for _ in range(2):
             swap_(a, b, scratch)
             assert all(torch.equal(x, y) for x, y in zip(a + b, b0 + a0, strict=True))
-            buffer = scratch[(torch.device("cpu"), torch.float32, 0)]
+            buffer = scratch[(torch.device("cpu"), torch.float32, 0)][0]
             swap_(a, b, scratch)
-            assert scratch[(torch.device("cpu"), torch.float32, 0)] is buffer
+            assert scratch[(torch.device("cpu"), torch.float32, 0)][0] is buffer
             assert all(torch.equal(x, y) for x, y in zip(a + b, a0 + b0, strict=True))
 
 

@@ -27,8 +27,8 @@ DEVICE_BLOCK_BYTES = 4 * 1024 * 1024
 
 Step = Callable[[], object]
 PlanStep = Step | tuple[Step, Step]  # (step, redo): see Plan
-# Buffers under (device, dtype, slot), their views under (device, dtype, slot, numel, count).
-Scratch = dict[tuple[Any, ...], Any]
+# (device, dtype, slot) -> (buffer, {(numel, count of tensors): the views last made of it})
+Scratch = dict[tuple[Any, ...], tuple[Tensor, dict[tuple[int, int], Any]]]
 Shapes = tuple[list[int], list[int]]  # dimension and element counts of a list of tensors
 _placement = operator.attrgetter("device", "dtype")
 
@@ -95,24 +95,21 @@ def _views(
     reserve: int,
 ) -> tuple[list[Tensor], Tensor | None]:
     """Views of the scratch buffer ``(*placement, slot)`` shaped like ``like`` (element and
-    dimension counts ``sizes``, ``dims``), and its flat view if they are all 1-D. The last views
-    made for a count of tensors and elements are kept while the counts (and the sizes of tensors of
-    several dimensions) match. A buffer too small is replaced by one of ``reserve`` elements (the
-    plan's largest block; its earlier views keep the old one alive)."""
+    dimension counts ``sizes``, ``dims``), and its flat view if they are all 1-D; kept while the
+    counts (and sizes of tensors of several dimensions) match. A buffer too small is replaced, with
+    its views, by one of ``reserve`` elements (the plan's earlier views keep the old one alive)."""
     key, numel = (*placement, slot), sum(sizes)
-    buffer = scratch.get(key)
-    if buffer is None or buffer.numel() < numel:
+    if key not in scratch or scratch[key][0].numel() < numel:
         with torch.inference_mode(False):  # so that later plans outside it may write into it
-            buffer = scratch[key] = torch.empty(reserve, device=placement[0], dtype=placement[1])
-        for stale in [k for k in scratch if len(k) == 5 and k[:3] == key]:
-            del scratch[stale]
+            scratch[key] = (torch.empty(reserve, device=placement[0], dtype=placement[1]), {})
+    buffer, kept_views = scratch[key]
     several = max(dims) > 1
-    kept = scratch.get((*key, numel, len(like)))
+    kept = kept_views.get((numel, len(like)))
     if kept is None or kept[1:3] != (dims, sizes) or (several and not same_shapes(kept[0], like)):
         with torch.inference_mode(False):
             views = torch._C._nn.unflatten_dense_tensors(buffer[:numel], like)
             flat = None if several or min(dims) < 1 else buffer[:numel]
-        kept = scratch[(*key, numel, len(like))] = (views, dims, sizes, flat)
+        kept = kept_views[(numel, len(like))] = (views, dims, sizes, flat)
     return list(kept[0]), kept[3]
 
 
