@@ -97,8 +97,7 @@ def check_loadable(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Check ``state_dict`` against the parameters; return those with a saved slow copy, and those."""
     saved_groups, saved_state = state_dict.get("param_groups"), state_dict.get("state")
-    ok = isinstance(saved_groups, list) and isinstance(saved_state, dict)
-    if not ok or not all(
+    if not (isinstance(saved_groups, list) and isinstance(saved_state, dict)) or not all(
         isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved_groups
     ):
         raise ValueError(

@@ -84,10 +84,9 @@ def _each(kernel: str, *lists: list[Tensor]) -> None:
 
 
 def _inner_step(optimizer: Optimizer, kwargs: dict[str, Any], stepped: Closure) -> Any:
-    """``optimizer.step(**kwargs)`` with its own step hooks but not the global ones (the
-    wrapper's ``step`` ran those); ``stepped()`` runs as soon as the inner step returns, before
-    its post-hooks. Where torch's decoration is missing or ``step`` was replaced on the instance,
-    the plain call; an LR scheduler's wrapper on the instance only records the call."""
+    """``optimizer.step(**kwargs)`` with its own step hooks, not the global ones (ours ran them);
+    ``stepped()`` runs before its post-hooks. The plain call where torch's decoration is missing
+    or ``step`` was replaced on the instance (an LR scheduler's wrapper only records the call)."""
     step = type(optimizer).step
     undecorated = getattr(step, "__wrapped__", None)
     replaced = vars(optimizer).get("step")
@@ -161,17 +160,16 @@ class Lookahead(Optimizer):
        \end{aligned}
 
     ``alpha=1`` is the inner optimizer, ``alpha=0`` keeps the weights at the slow copy. The inner
-    optimizer's ``param_groups``, ``state`` and ``defaults`` are this one's; ``k``, ``alpha`` and
-    the counter live in each group, the slow weights in ``state[p]["lookahead_slow"]``. The sync
-    and the swap of ``eval()``/``train()`` use the multi-tensor ``torch._foreach_*`` kernels.
+    optimizer's ``param_groups``, ``state`` and ``defaults`` are this one's: ``k``, ``alpha`` and
+    the counter live in each group, the slow weights in ``state[p]["lookahead_slow"]``.
 
     Args:
         optimizer: the inner ("fast") optimizer, any ``torch.optim.Optimizer``.
         k: number of inner steps between two syncs (a positive int). Default: 5.
         alpha: slow-weights step size in [0, 1]. Default: 0.5.
         pullback_momentum: the inner momentum at a sync: ``"none"`` keeps it (default),
-            ``"reset"`` zeroes it, ``"pullback"`` interpolates it like the weights
-            (see ``torch_lookahead.pullback``).
+            ``"reset"`` zeroes it, ``"pullback"`` interpolates it like the weights (see
+            ``torch_lookahead.pullback``).
         slow_dtype: floating dtype of the slow copies of parameters with a narrower floating dtype,
             e.g. ``torch.float32`` for bf16/fp16 models. Default: the parameter's dtype.
 
@@ -307,9 +305,8 @@ class Lookahead(Optimizer):
         self._finish()
 
     def _begin(self, what: str, sync_overdue: bool = False) -> None:
-        """Start an operation: finish one an exception interrupted, refuse eval mode, check the
-        groups; with ``sync_overdue``, sync the groups at k or more first (a step stopped between
-        its inner step and its sync, or a lowered ``lookahead_k``)."""
+        """Finish an interrupted operation, refuse eval mode, check the groups; ``sync_overdue``:
+        sync the groups at k or more (a step stopped before its sync, or a lowered ``k``)."""
         self._finish()
         if self.in_eval_mode:
             raise RuntimeError(
@@ -354,11 +351,8 @@ class Lookahead(Optimizer):
 
     def _new_slow_copy(self, p: Tensor, source: Tensor) -> Tensor:
         """A new slow copy of parameter ``p`` holding ``source``, in the slow dtype."""
-        dtype = self._slow_placement(p)[1]
-        with torch.inference_mode(False), torch.no_grad():
-            if hasattr(p, "to_local"):  # a DTensor (FSDP2)
-                return source.detach().to(dtype=dtype, copy=True)
-            return torch.empty_like(p, dtype=dtype).copy_(source)
+        with torch.inference_mode(False):  # usable outside it later
+            return source.detach().to(*self._slow_placement(p), copy=True)
 
     def step(self, closure: Closure | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
         """One inner step (its return value is returned); after every ``lookahead_k``-th inner
@@ -453,10 +447,9 @@ class Lookahead(Optimizer):
         self._run(steps)
 
     def _placed(self, params: list[Tensor], slows: list[Any], fresh: bool = False) -> list[Tensor]:
-        """``slows``, or a list with new copies (allocated now) where one does not fit, i.e. is not
-        a tensor of its parameter's shape in the slow dtype (after ``model.double()``, a
-        ``train()``, in a checkpoint of another ``slow_dtype``, or model surgery). A new copy holds
-        the old one, or the parameter where ``fresh``."""
+        """``slows``, with new copies (allocated now) where one is not a tensor of its parameter's
+        shape in the slow dtype (after ``model.double()``, a ``train()``, a checkpoint of another
+        ``slow_dtype``, model surgery), holding the old one (the parameter if ``fresh``)."""
         if not fresh and self.slow_dtype is None and same_placements(params, slows):
             return slows
         return [
@@ -538,10 +531,9 @@ class Lookahead(Optimizer):
         steps.append(store if to_eval else partial(_drop, copied_states, FAST_KEY))
         steps.append(partial(_store, groups, EVAL_KEY, [to_eval] * len(groups)))
         self._run(steps)
-        if to_eval:  # what train() compares with, to see a parameter written in eval mode
-            for group, (group_params, _, _) in zip(groups, found, strict=True):
-                versions = list(map(_version_of, group_params))
-                self._eval_versions[id(group)] = (group, group_params, versions)
+        for group, (params, _, _) in zip(groups, found, strict=True) if to_eval else ():
+            # what train() compares with, to see a parameter written in eval mode
+            self._eval_versions[id(group)] = (group, params, list(map(_version_of, params)))
 
     def eval(self) -> None:
         """Put the slow weights into the parameters (idempotent); ``step()`` raises until
@@ -632,8 +624,7 @@ class Lookahead(Optimizer):
         counted = [STEP_KEY in saved_group for saved_group in state_dict["param_groups"]]
         self.optimizer.load_state_dict(state_dict)
         _store([self.state[p] for p in params], SLOW_KEY, placed)
-        for group in self.param_groups:
-            group.pop("lookahead_synced_at", None)  # written by earlier versions; ignored
+        _drop(self.param_groups, "lookahead_synced_at")  # written by earlier versions; ignored
         self._check_groups()
         for group in compress(self.param_groups, map(operator.not_, counted)):
             group[STEP_KEY] = self.cycle_start(group)
