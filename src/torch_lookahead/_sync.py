@@ -80,11 +80,6 @@ def _copy(targets: list[Tensor], sources: list[Tensor]) -> Step:
     return partial(torch._foreach_copy_, targets, sources)
 
 
-def _save(flat: Tensor | None, work: list[Tensor], sources: list[Tensor]) -> Step:
-    """The step ``work <- sources``: one kernel (a concatenation into ``flat``) where all are 1-D."""
-    return _copy(work, sources) if flat is None else partial(torch.cat, sources, out=flat)
-
-
 def _views(
     scratch: Scratch,
     like: list[Tensor],
@@ -93,11 +88,12 @@ def _views(
     placement: tuple[Any, Any],
     slot: int,
     reserve: int,
-) -> tuple[list[Tensor], Tensor | None]:
+) -> tuple[list[Tensor], Step]:
     """Views of the scratch buffer ``(*placement, slot)`` shaped like ``like`` (element and
-    dimension counts ``sizes``, ``dims``), and its flat view if they are all 1-D; kept while the
-    counts (and sizes of tensors of several dimensions) match. A buffer too small is replaced, with
-    its views, by one of ``reserve`` elements (the plan's earlier views keep the old one alive)."""
+    dimension counts ``sizes``, ``dims``), kept while the counts (and sizes of tensors of several
+    dimensions) match, and the step ``views <- like``: one ``torch.cat`` where all are 1-D. A buffer
+    too small is replaced, with its views, by one of ``reserve`` elements (the plan's earlier
+    views keep the old one alive)."""
     key, numel = (*placement, slot), sum(sizes)
     if key not in scratch or scratch[key][0].numel() < numel:
         with torch.inference_mode(False):  # so that later plans outside it may write into it
@@ -110,7 +106,8 @@ def _views(
             views = torch._C._nn.unflatten_dense_tensors(buffer[:numel], like)
             flat = None if several or min(dims) < 1 else buffer[:numel]
         kept = kept_views[(numel, len(like))] = (views, dims, sizes, flat)
-    return list(kept[0]), kept[3]
+    views, flat = list(kept[0]), kept[3]
+    return views, _copy(views, like) if flat is None else partial(torch.cat, like, out=flat)
 
 
 def _largest(blocks: list[tuple[Any, list[int]]]) -> dict[Any, int]:
@@ -145,14 +142,13 @@ def sync_steps(
     most = _largest([(_placement(s[0]), sizes) for _, s, sizes, _ in blocks])
     for block_fast, block_slow, sizes, dims in blocks:
         placement = _placement(block_slow[0])
-        work, flat = _views(scratch, block_slow, sizes, dims, placement, 0, most[placement])
+        work, save = _views(scratch, block_slow, sizes, dims, placement, 0, most[placement])
         end = block_fast
         if block_fast[0].dtype != placement[1]:  # the fast weights in the slow copy's dtype
-            end = _views(scratch, block_fast, sizes, dims, placement, 1, most[placement])[0]
-            steps.append(_copy(end, block_fast))
+            end, widen = _views(scratch, block_fast, sizes, dims, placement, 1, most[placement])
+            steps.append(widen)
         lerp = partial(torch._foreach_lerp_, block_slow, end, alpha)
-        steps += [_save(flat, work, block_slow), (lerp, _copy(block_slow, work))]
-        steps.append(_copy(block_fast, block_slow))
+        steps += [save, (lerp, _copy(block_slow, work)), _copy(block_fast, block_slow)]
     return steps
 
 
@@ -172,6 +168,6 @@ def swap_steps(
     most = _largest([(_placement(block_a[0]), sizes) for block_a, _, sizes, _ in blocks])
     for block_a, block_b, sizes, dims in blocks:
         placement = _placement(block_a[0])
-        held, flat = _views(scratch, block_a, sizes, dims, placement, 0, most[placement])
-        steps += [_save(flat, held, block_a), _copy(block_a, block_b), _copy(block_b, held)]
+        held, save = _views(scratch, block_a, sizes, dims, placement, 0, most[placement])
+        steps += [save, _copy(block_a, block_b), _copy(block_b, held)]
     return steps

@@ -119,28 +119,7 @@ def _forwarded(name: str) -> Any:
     )
 
 
-# id(group) -> (group, the parameters eval() put the slow weights into, their versions after it)
-EvalRecords = dict[int, tuple[dict[str, Any], list[Tensor], list[int]]]
 _version_of = operator.attrgetter("_version")
-
-
-def _warn_if_written(groups: list[dict[str, Any]], records: EvalRecords) -> None:
-    """Warn once when train() puts the fast weights over values written into the parameters in
-    eval mode (e.g. the HF Trainer's ``load_best_model_at_end``); records are kept per group."""
-    written = 0
-    for group in groups:
-        record = records.pop(id(group), None) if group.get(EVAL_KEY, False) else None
-        if record is not None and record[0] is group:
-            written += sum(map(operator.ne, record[2], map(_version_of, record[1])))
-    if written:
-        warnings.warn(
-            f"Lookahead.train(): {written} {WRITTEN_IN_EVAL_MODE} (they held the slow weights; "
-            "e.g. a model checkpoint was loaded after an evaluation), and train() now puts the "
-            "fast weights back over them. To continue from the loaded weights, load them after "
-            "train() and call reset_slow(); with the HF Trainer use LookaheadTrainer, which "
-            "does so (docs/saving-and-export.md).",
-            stacklevel=5,  # the caller of train(): _switch is wrapped by torch.no_grad
-        )
 
 
 class Lookahead(Optimizer):
@@ -214,7 +193,8 @@ class Lookahead(Optimizer):
     def _init_runtime(self) -> None:  # not pickled; Optimizer.__init__ would copy the groups
         self._plan: Plan | None = None
         self._scratch: Scratch = {}
-        self._eval_versions: EvalRecords = {}  # what train() compares with
+        # id(group) -> (group, the parameters eval() put the slow weights into, their versions)
+        self._eval_versions: dict[int, tuple[dict[str, Any], list[Tensor], list[int]]] = {}
         Optimizer.__setstate__(self, {})
 
     param_groups = _forwarded("param_groups")
@@ -326,12 +306,12 @@ class Lookahead(Optimizer):
         return list(map(state.get, params, repeat(_NO_STATE)))
 
     def _held(
-        self, group: dict[str, Any], key: str
+        self, group: dict[str, Any], key: str, check: bool = True
     ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
         """The group's parameters whose state holds ``key``, those entries and the state dicts.
-        ``ValueError`` unless each entry is a tensor of its parameter's shape."""
+        ``ValueError`` (if ``check``) unless each entry is a tensor of its parameter's shape."""
         params, held, states = _present(group["params"], self._states(group["params"]), key)
-        if same_shapes(held, params):
+        if not check or same_shapes(held, params):
             return params, held, states
         pairs = zip(params, held, strict=True)
         p, v = next((p, v) for p, v in pairs if not isinstance(v, Tensor) or v.shape != p.shape)
@@ -483,9 +463,7 @@ class Lookahead(Optimizer):
         keys = list(map(slow_momentum_key, momentum_keys_for(self.optimizer) or ()))
         steps: list[PlanStep] = []
         for group in groups:
-            params, slows, states = _present(
-                group["params"], self._states(group["params"]), SLOW_KEY
-            )
+            params, slows, states = self._held(group, SLOW_KEY, check=False)
             placed = self._placed(params, slows, fresh=True)  # new copies hold the parameters
             buffers = [s[key] for s in states for key in keys if isinstance(s.get(key), Tensor)]
             steps.append(partial(_store, states, SLOW_KEY, placed))
@@ -500,7 +478,7 @@ class Lookahead(Optimizer):
         back. A slow copy of the parameter's dtype trades values with it and is renamed
         ``lookahead_fast``; one of another dtype stays, the fast weights go to a new one."""
         if not to_eval:
-            _warn_if_written(groups, self._eval_versions)
+            self._warn_if_written(groups)
         self._finish()
         groups = [group for group in groups if group.get(EVAL_KEY, False) != to_eval]
         if not groups:
@@ -534,6 +512,24 @@ class Lookahead(Optimizer):
         for group, (params, _, _) in zip(groups, found, strict=True) if to_eval else ():
             # what train() compares with, to see a parameter written in eval mode
             self._eval_versions[id(group)] = (group, params, list(map(_version_of, params)))
+
+    def _warn_if_written(self, groups: list[dict[str, Any]]) -> None:
+        """Warn once when train() puts the fast weights over values written into the parameters in
+        eval mode (e.g. the HF Trainer's ``load_best_model_at_end``); records are kept per group."""
+        written = 0
+        for group in groups:
+            record = self._eval_versions.pop(id(group), None) if group.get(EVAL_KEY) else None
+            if record is not None and record[0] is group:
+                written += sum(map(operator.ne, record[2], map(_version_of, record[1])))
+        if written:
+            warnings.warn(
+                f"Lookahead.train(): {written} {WRITTEN_IN_EVAL_MODE} (they held the slow weights; "
+                "e.g. a model checkpoint was loaded after an evaluation), and train() now puts the "
+                "fast weights back over them. To continue from the loaded weights, load them after "
+                "train() and call reset_slow(); with the HF Trainer use LookaheadTrainer, which "
+                "does so (docs/saving-and-export.md).",
+                stacklevel=5,  # the caller of train(): _switch is wrapped by torch.no_grad
+            )
 
     def eval(self) -> None:
         """Put the slow weights into the parameters (idempotent); ``step()`` raises until
