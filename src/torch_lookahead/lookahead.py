@@ -186,8 +186,7 @@ class Lookahead(Optimizer):
         self._init_runtime()
         # New groups, also those added straight to the inner optimizer, inherit these defaults.
         optimizer.defaults.update({K_KEY: k, ALPHA_KEY: alpha, STEP_KEY: 0})
-        self._check_groups()
-        # Groups that carry values of their own (an earlier Lookahead, a checkpoint) keep them.
+        self._check_groups()  # groups with values of their own (a checkpoint's) keep them
         self._adopt_group_values({K_KEY: k, ALPHA_KEY: alpha}, "the parameter groups'")
 
     def _init_runtime(self) -> None:  # not pickled; Optimizer.__init__ would copy the groups
@@ -439,7 +438,6 @@ class Lookahead(Optimizer):
             for p, s, w in zip(params, slows, map(self._slow_placement, params), strict=True)
         ]
 
-    @torch.no_grad()
     def sync(self) -> None:
         """Take an outer step now, in every group, and restart the k-step cycles (an extra outer
         step: e.g. to end training on a sync before a final evaluation or export)."""
@@ -453,7 +451,6 @@ class Lookahead(Optimizer):
             if self._plan is not None:  # interrupted: the next sync() only finishes it
                 self._plan.owner = "sync"
 
-    @torch.no_grad()
     def reset_slow(self) -> None:
         """Restart the slow weights from the current parameters and the k-step cycles, after
         model surgery or new weights loaded mid-training: copied into the slow copies that fit,
@@ -472,7 +469,6 @@ class Lookahead(Optimizer):
         steps.append(partial(_store, groups, STEP_KEY, [self.cycle_start(g) for g in groups]))
         self._run(steps)
 
-    @torch.no_grad()
     def _switch(self, to_eval: bool, groups: list[dict[str, Any]]) -> None:
         """Put the slow weights into the parameters of ``groups`` (``to_eval``) or the fast ones
         back. A slow copy of the parameter's dtype trades values with it and is renamed
@@ -528,7 +524,7 @@ class Lookahead(Optimizer):
                 "fast weights back over them. To continue from the loaded weights, load them after "
                 "train() and call reset_slow(); with the HF Trainer use LookaheadTrainer, which "
                 "does so (docs/saving-and-export.md).",
-                stacklevel=5,  # the caller of train(): _switch is wrapped by torch.no_grad
+                stacklevel=4,  # the caller of train()
             )
 
     def eval(self) -> None:
@@ -562,11 +558,9 @@ class Lookahead(Optimizer):
         saved_state = dict(saved["state"])
         pairs: list[tuple[Tensor, Tensor]] = []
         for group, saved_group in zip(self.param_groups, saved["param_groups"], strict=True):
-            if group.get(EVAL_KEY, False):
-                continue
             for p, key in zip(group["params"], saved_group["params"], strict=True):
                 slow = self.state.get(p, _NO_STATE).get(SLOW_KEY)
-                if not isinstance(slow, Tensor) or key not in saved_state:
+                if group.get(EVAL_KEY) or not isinstance(slow, Tensor) or key not in saved_state:
                     continue
                 entry = saved_state[key] = {**saved_state[key], FAST_KEY: p.detach()}
                 if _placement(slow) == _placement(p):
