@@ -113,7 +113,8 @@ def test_cache_blocks_cover_every_element_once_in_order() -> None:
     flat_slow = torch.cat([t.reshape(-1) for _, block_slow, *_ in blocks for t in block_slow])
     assert torch.equal(flat_fast, torch.cat([f.reshape(-1) for f in fast]))
     assert torch.equal(flat_slow, torch.cat([s.reshape(-1) for s in slow]))
-    for block_fast, block_slow, sizes, dims in blocks:
+    for block_fast, block_slow, sizes, dims, most in blocks:
+        assert most == max(sum(block[2]) for block in blocks)  # the scratch a block needs
         # Either one view of at most a block, or whole tensors that together fit in one.
         assert len(block_fast) == len(block_slow)
         assert sizes == [t.numel() for t in block_fast]

@@ -55,13 +55,13 @@ class Plan:
                 self.done += 1
 
 
-Block = tuple[list[Tensor], list[Tensor], list[int], list[int]]
+Block = tuple[list[Tensor], list[Tensor], list[int], list[int], int]
 
 
 def _blocks(a: list[Tensor], b: list[Tensor], sizes: list[int], dims: list[int]) -> list[Block]:
     """Consecutive runs of pairs of about one block of ``a`` each, with their element and dimension
-    counts (``sizes``, ``dims``); longer contiguous tensors come as flat views of a block. Blocking
-    changes the order of the same element-wise operations, never a result."""
+    counts (``sizes``, ``dims``) and the largest run's element count; longer contiguous tensors come
+    as flat views of a block. Blocking changes the order of the same operations, never a result."""
     block_bytes = SYNC_BLOCK_BYTES if a[0].device.type == "cpu" else DEVICE_BLOCK_BYTES
     limit = max(1, block_bytes // a[0].element_size())
     if max(sizes) > limit:
@@ -73,7 +73,9 @@ def _blocks(a: list[Tensor], b: list[Tensor], sizes: list[int], dims: list[int])
             cut_b.extend([y] if whole else torch.split(y.view(-1), limit))
         a, b = cut_a, cut_b
         sizes, dims = list(map(Tensor.numel, a)), list(map(Tensor.dim, a))
-    return [(a[s], b[s], sizes[s], dims[s]) for s in cache_blocks(a, block_bytes, sizes)]
+    runs = list(cache_blocks(a, block_bytes, sizes))
+    most = max(sum(sizes[s]) for s in runs)
+    return [(a[s], b[s], sizes[s], dims[s], most) for s in runs]
 
 
 def _copy(targets: list[Tensor], sources: list[Tensor]) -> Step:
@@ -110,14 +112,6 @@ def _views(
     return views, _copy(views, like) if flat is None else partial(torch.cat, like, out=flat)
 
 
-def _largest(blocks: list[tuple[Any, list[int]]]) -> dict[Any, int]:
-    """The element count of the largest block of each placement."""
-    most: dict[Any, int] = {}
-    for placement, sizes in blocks:
-        most[placement] = max(most.get(placement, 0), sum(sizes))
-    return most
-
-
 def _plan_blocks(
     a: Sequence[Tensor], b: Sequence[Tensor], keys: int, shapes: Shapes | None = None
 ) -> list[Block]:
@@ -139,13 +133,12 @@ def sync_steps(
         return [partial(_compiled_sync_, local_shards(fast), local_shards(slow), alpha)]
     steps: list[PlanStep] = []
     blocks = _plan_blocks(fast, slow, keys=2)
-    most = _largest([(_placement(s[0]), sizes) for _, s, sizes, _ in blocks])
-    for block_fast, block_slow, sizes, dims in blocks:
+    for block_fast, block_slow, sizes, dims, most in blocks:
         placement = _placement(block_slow[0])
-        work, save = _views(scratch, block_slow, sizes, dims, placement, 0, most[placement])
+        work, save = _views(scratch, block_slow, sizes, dims, placement, 0, most)
         end = block_fast
         if block_fast[0].dtype != placement[1]:  # the fast weights in the slow copy's dtype
-            end, widen = _views(scratch, block_fast, sizes, dims, placement, 1, most[placement])
+            end, widen = _views(scratch, block_fast, sizes, dims, placement, 1, most)
             steps.append(widen)
         lerp = partial(torch._foreach_lerp_, block_slow, end, alpha)
         steps += [save, (lerp, _copy(block_slow, work)), _copy(block_fast, block_slow)]
@@ -164,10 +157,7 @@ def swap_steps(
     """The steps that exchange the values of each pair (each pair shares its shape and dtype);
     ``shapes``: the dimension and element counts of ``a``, where known (``same_shapes(b, a)``)."""
     steps: list[PlanStep] = []
-    blocks = _plan_blocks(a, b, 1, shapes) if a else []
-    most = _largest([(_placement(block_a[0]), sizes) for block_a, _, sizes, _ in blocks])
-    for block_a, block_b, sizes, dims in blocks:
-        placement = _placement(block_a[0])
-        held, save = _views(scratch, block_a, sizes, dims, placement, 0, most[placement])
+    for block_a, block_b, sizes, dims, most in _plan_blocks(a, b, 1, shapes) if a else []:
+        held, save = _views(scratch, block_a, sizes, dims, _placement(block_a[0]), 0, most)
         steps += [save, _copy(block_a, block_b), _copy(block_b, held)]
     return steps

@@ -53,8 +53,7 @@ WRITTEN_IN_EVAL_MODE = "parameters were written in eval mode"
 
 
 class LookaheadOptions(TypedDict, total=False):
-    """Keyword options of [Lookahead][torch_lookahead.Lookahead] that ``Ranger`` and
-    ``DistributedLookahead`` pass through unchanged."""
+    """Keyword options of ``Lookahead`` that ``Ranger`` and ``DistributedLookahead`` forward."""
 
     pullback_momentum: PullbackMode
     slow_dtype: torch.dtype | None
@@ -452,9 +451,8 @@ class Lookahead(Optimizer):
                 self._plan.owner = "sync"
 
     def reset_slow(self) -> None:
-        """Restart the slow weights from the current parameters and the k-step cycles, after
-        model surgery or new weights loaded mid-training: copied into the slow copies that fit,
-        new copies (made first) for the others. Slow momentum restarts at zero."""
+        """Restart the slow weights from the current parameters, and the k-step cycles, after model
+        surgery or new weights loaded mid-training (docs/design.md); slow momentum restarts at 0."""
         self._begin("reset_slow()")
         groups = self.param_groups
         keys = list(map(slow_momentum_key, momentum_keys_for(self.optimizer) or ()))
@@ -471,8 +469,7 @@ class Lookahead(Optimizer):
 
     def _switch(self, to_eval: bool, groups: list[dict[str, Any]]) -> None:
         """Put the slow weights into the parameters of ``groups`` (``to_eval``) or the fast ones
-        back. A slow copy of the parameter's dtype trades values with it and is renamed
-        ``lookahead_fast``; one of another dtype stays, the fast weights go to a new one."""
+        back: a slow copy of the parameter's dtype trades values with it (docs/design.md)."""
         if not to_eval:
             self._warn_if_written(groups)
         self._finish()
