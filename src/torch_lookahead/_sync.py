@@ -124,15 +124,16 @@ def _plan_blocks(
 
 
 def sync_steps(
-    fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, scratch: Scratch
+    fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, scratch: Scratch, keys: int = 2
 ) -> list[PlanStep]:
-    """The steps of the outer step over the pairs; every allocation is made here, none in a step."""
+    """The outer step's steps over the pairs, grouped by the placements of ``fast`` and ``slow``
+    (``keys=1``: of ``fast``, each slow placement following from it); every allocation made here."""
     if not fast:
         return []
     if torch.compiler.is_compiling():  # a traced sync is one graph: lerp and copy, fused
         return [partial(_compiled_sync_, local_shards(fast), local_shards(slow), alpha)]
     steps: list[PlanStep] = []
-    blocks = _plan_blocks(fast, slow, keys=2)
+    blocks = _plan_blocks(fast, slow, keys)
     for block_fast, block_slow, sizes, dims, most in blocks:
         placement = _placement(block_slow[0])
         work, save = _views(scratch, block_slow, sizes, dims, placement, 0, most)

@@ -408,7 +408,7 @@ class Lookahead(Optimizer):
                 steps.append(partial(_store, states, SLOW_KEY, placed))
             found = [(d, key, slow_momentum_key(key)) for d in states for key in keys]
             found = [f for f in found if isinstance(f[0].get(f[1]), Tensor)]  # momentum buffers
-            buffers, fast, slow = [d[key] for d, key, _ in found], list(params), placed
+            buffers, fast, slow, by = [d[key] for d, key, _ in found], list(params), placed, 1
             if mode == "pullback":  # the same rule, with the momentum as fast and its slow copy
                 held: list[Any] = [d.get(slow_key) for d, _, slow_key in found]
                 new = [i for i, h in enumerate(held) if not isinstance(h, Tensor)]
@@ -416,8 +416,8 @@ class Lookahead(Optimizer):
                     for i in new:  # zeros at first, allocated before anything changes
                         held[i] = torch.zeros_like(buffers[i])
                 steps += [partial(found[i][0].__setitem__, found[i][2], held[i]) for i in new]
-                fast, slow = fast + buffers, slow + held
-            steps += sync_steps(fast, slow, group[ALPHA_KEY], self._scratch)
+                fast, slow, by = fast + buffers, slow + held, 2  # momentum pairs: any placement
+            steps += sync_steps(fast, slow, group[ALPHA_KEY], self._scratch, by)
             if mode == "reset":
                 steps.append(partial(_each, "_foreach_zero_", buffers))
         counters = [0 if restart is None else restart(group) for group in groups]
