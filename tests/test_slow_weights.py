@@ -88,12 +88,12 @@ def test_repeated_swaps_allocate_nothing_after_the_first() -> None:
     train(model, opt, 3)
     opt.eval()
     opt.train()
-    scratch_ids = {key: id(buf) for key, buf in opt._scratch.items()}
+    scratch_ids = {key: id(buf) for key, (buf, _) in opt._scratch.items()}
     slow_ptrs = [opt.state[p]["lookahead_slow"].data_ptr() for p in model.parameters()]
     for _ in range(3):
         with opt.slow_weights():
             pass
-    assert {key: id(buf) for key, buf in opt._scratch.items()} == scratch_ids
+    assert {key: id(buf) for key, (buf, _) in opt._scratch.items()} == scratch_ids
     assert [opt.state[p]["lookahead_slow"].data_ptr() for p in model.parameters()] == slow_ptrs
 
 

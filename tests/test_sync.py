@@ -113,7 +113,8 @@ def test_cache_blocks_cover_every_element_once_in_order() -> None:
     flat_slow = torch.cat([t.reshape(-1) for _, block_slow, *_ in blocks for t in block_slow])
     assert torch.equal(flat_fast, torch.cat([f.reshape(-1) for f in fast]))
     assert torch.equal(flat_slow, torch.cat([s.reshape(-1) for s in slow]))
-    for block_fast, block_slow, sizes, dims in blocks:
+    for block_fast, block_slow, sizes, dims, most in blocks:
+        assert most == max(sum(block[2]) for block in blocks)  # the scratch a block needs
         # Either one view of at most a block, or whole tensors that together fit in one.
         assert len(block_fast) == len(block_slow)
         assert sizes == [t.numel() for t in block_fast]
@@ -256,9 +257,9 @@ def test_swap_exchanges_values_exactly_through_a_reused_buffer() -> None:
         for _ in range(2):
             swap_(a, b, scratch)
             assert all(torch.equal(x, y) for x, y in zip(a + b, b0 + a0, strict=True))
-            buffer = scratch[(torch.device("cpu"), torch.float32, 0)]
+            buffer = scratch[(torch.device("cpu"), torch.float32, 0)][0]
             swap_(a, b, scratch)
-            assert scratch[(torch.device("cpu"), torch.float32, 0)] is buffer
+            assert scratch[(torch.device("cpu"), torch.float32, 0)][0] is buffer
             assert all(torch.equal(x, y) for x, y in zip(a + b, a0 + b0, strict=True))
 
 
@@ -290,3 +291,33 @@ def test_same_shapes_compares_every_dimension() -> None:
     assert not same_shapes([t(6)], [t(1, 6)])
     assert not same_shapes([t(2, 3), t(4)], [t(2, 3)])
     assert not same_shapes([t(4), t(2, 3, 5)], [t(4), t(2, 3, 4)])
+
+
+@pytest.mark.parametrize("slow_dtype", [None, torch.float32])
+def test_outer_step_groups_by_the_parameters_placement_once_slow_copies_are_placed(
+    slow_dtype: torch.dtype | None,
+) -> None:
+    """The outer step groups its pairs by the parameters' placements alone (``keys=1``): every
+    slow copy is first given the slow placement that follows from its parameter's, also one a
+    user assigned in another dtype, so a bucket never mixes slow dtypes."""
+    from torch_lookahead import Lookahead
+
+    gen = torch.Generator().manual_seed(9)
+    dtypes = (torch.float32, torch.bfloat16, torch.float64, torch.bfloat16, torch.float32)
+    params = [torch.nn.Parameter(torch.randn(300, generator=gen).to(d)) for d in dtypes]
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=100, alpha=0.25, slow_dtype=slow_dtype)
+    for p in params:
+        p.grad = torch.randn(300, generator=gen).to(p.dtype)
+    opt.step()  # captures the slow copies
+    state = opt.state
+    state[params[4]]["lookahead_slow"] = state[params[4]]["lookahead_slow"].double() + 0.5
+    expected = reference_sync(params, [state[p]["lookahead_slow"] for p in params], 0.25)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_sync, "SYNC_BLOCK_BYTES", SMALL_BLOCK_BYTES)
+        opt.sync()
+    for p, e in zip(params, expected, strict=True):
+        slow = state[p]["lookahead_slow"]
+        wanted = slow_dtype if slow_dtype is not None and p.dtype.itemsize < 4 else p.dtype
+        assert slow.dtype == wanted and torch.equal(p.detach(), slow.to(p.dtype))
+        tolerance = 1e-2 if slow.dtype == torch.bfloat16 else 1e-6
+        torch.testing.assert_close(slow.double(), e, rtol=tolerance, atol=tolerance)

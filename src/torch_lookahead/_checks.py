@@ -97,14 +97,12 @@ def check_loadable(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Check ``state_dict`` against the parameters; return those with a saved slow copy, and those."""
     saved_groups, saved_state = state_dict.get("param_groups"), state_dict.get("state")
-    if not isinstance(saved_groups, list) or not isinstance(saved_state, dict):
+    if not (isinstance(saved_groups, list) and isinstance(saved_state, dict)) or not all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved_groups
+    ):
         raise ValueError(
             "state_dict must be an optimizer state dict with 'state' (a dict) and "
-            "'param_groups' (a list)"
-        )
-    if not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved_groups):
-        raise ValueError(
-            "every parameter group of the checkpoint must be a dict with a 'params' list"
+            "'param_groups' (a list of dicts, each with a 'params' list)"
         )
     sizes = [len(g["params"]) for g in saved_groups], [len(g["params"]) for g in groups]
     if sizes[0] != sizes[1]:
@@ -119,8 +117,6 @@ def check_loadable(
             raise TypeError(f"checkpoint param_groups[{index}][{EVAL_KEY!r}] must be a bool")
     params = chain.from_iterable(g["params"] for g in groups)
     id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups), params, strict=True))
-    params_with_slow: list[Tensor] = []
-    slows: list[Tensor] = []
     for key, param_state in saved_state.items():
         if (p := id_map.get(key)) is None:
             raise ValueError(
@@ -143,7 +139,5 @@ def check_loadable(
                     f"state {name!r} of parameter {key!r} has shape {tuple(value.shape)} in the "
                     f"checkpoint, but the parameter has shape {tuple(p.shape)}"
                 )
-        if isinstance(slow := param_state.get(SLOW_KEY), Tensor):
-            params_with_slow.append(p)
-            slows.append(slow)
-    return params_with_slow, slows
+    with_slow = [key for key, param_state in saved_state.items() if SLOW_KEY in param_state]
+    return [id_map[key] for key in with_slow], [saved_state[key][SLOW_KEY] for key in with_slow]

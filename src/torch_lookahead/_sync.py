@@ -1,16 +1,7 @@
 """Lookahead's outer step ``slow <- slow + alpha * (fast - slow); fast <- slow`` (Algorithm 1,
-Zhang et al., 2019) and the ``eval()`` exchange over lists of tensors, as resumable plans. A `Plan`
-counts its completed steps, so that ``run()`` after an exception resumes where it stopped. Per block
-of pairs (``|`` separates the steps; docs/design.md explains why a resumed plan gives the result of
-one uninterrupted run)::
-
-    sync:  [end <- fast, in the slow dtype  |]  work <- slow  |  slow <- lerp(slow, end, alpha) *
-           |  fast <- slow
-    swap:  work <- a  |  a <- b  |  b <- work
-
-``work`` and ``end`` view scratch buffers of one block, allocated before the plan's first write and
-reused. The lerp (*) reads what it writes: run again, it first reloads ``slow`` from ``work``.
-"""
+Zhang et al., 2019) and the ``eval()`` exchange over lists of tensors, as resumable plans in blocks
+through reused scratch buffers: the steps, and why a resumed plan gives the result of one
+uninterrupted run, are in docs/design.md ("Every operation is finished by the next call")."""
 
 from __future__ import annotations
 
@@ -36,8 +27,8 @@ DEVICE_BLOCK_BYTES = 4 * 1024 * 1024
 
 Step = Callable[[], object]
 PlanStep = Step | tuple[Step, Step]  # (step, redo): see Plan
-# Buffers under (device, dtype, slot), their views under (device, dtype, slot, numel, count).
-Scratch = dict[tuple[Any, ...], Any]
+# (device, dtype, slot) -> (buffer, {(numel, count of tensors): the views last made of it})
+Scratch = dict[tuple[Any, ...], tuple[Tensor, dict[tuple[int, int], Any]]]
 Shapes = tuple[list[int], list[int]]  # dimension and element counts of a list of tensors
 _placement = operator.attrgetter("device", "dtype")
 
@@ -64,17 +55,15 @@ class Plan:
                 self.done += 1
 
 
-Block = tuple[list[Tensor], list[Tensor], list[int], list[int]]
+Block = tuple[list[Tensor], list[Tensor], list[int], list[int], int]
 
 
 def _blocks(a: list[Tensor], b: list[Tensor], sizes: list[int], dims: list[int]) -> list[Block]:
     """Consecutive runs of pairs of about one block of ``a`` each, with their element and dimension
-    counts (``sizes``, ``dims``); longer contiguous tensors come as flat views of a block. Blocking
-    changes the order of the same element-wise operations, never a result."""
+    counts (``sizes``, ``dims``) and the largest run's element count; longer contiguous tensors come
+    as flat views of a block. Blocking changes the order of the same operations, never a result."""
     block_bytes = SYNC_BLOCK_BYTES if a[0].device.type == "cpu" else DEVICE_BLOCK_BYTES
     limit = max(1, block_bytes // a[0].element_size())
-    if sum(sizes) <= limit:
-        return [(a, b, sizes, dims)]
     if max(sizes) > limit:
         cut_a: list[Tensor] = []
         cut_b: list[Tensor] = []
@@ -84,16 +73,13 @@ def _blocks(a: list[Tensor], b: list[Tensor], sizes: list[int], dims: list[int])
             cut_b.extend([y] if whole else torch.split(y.view(-1), limit))
         a, b = cut_a, cut_b
         sizes, dims = list(map(Tensor.numel, a)), list(map(Tensor.dim, a))
-    return [(a[s], b[s], sizes[s], dims[s]) for s in cache_blocks(a, block_bytes, sizes)]
+    runs = list(cache_blocks(a, block_bytes, sizes))
+    most = max(sum(sizes[s]) for s in runs)
+    return [(a[s], b[s], sizes[s], dims[s], most) for s in runs]
 
 
 def _copy(targets: list[Tensor], sources: list[Tensor]) -> Step:
     return partial(torch._foreach_copy_, targets, sources)
-
-
-def _save(flat: Tensor | None, work: list[Tensor], sources: list[Tensor]) -> Step:
-    """The step ``work <- sources``: one kernel (a concatenation into ``flat``) where all are 1-D."""
-    return _copy(work, sources) if flat is None else partial(torch.cat, sources, out=flat)
 
 
 def _views(
@@ -104,35 +90,26 @@ def _views(
     placement: tuple[Any, Any],
     slot: int,
     reserve: int,
-) -> tuple[list[Tensor], Tensor | None]:
+) -> tuple[list[Tensor], Step]:
     """Views of the scratch buffer ``(*placement, slot)`` shaped like ``like`` (element and
-    dimension counts ``sizes``, ``dims``), and its flat view if they are all 1-D. The last views
-    made for a count of tensors and elements are kept while the counts (and the sizes of tensors of
-    several dimensions) match. A buffer too small is replaced by one of ``reserve`` elements (the
-    plan's largest block: the plan's earlier views keep the old one alive)."""
+    dimension counts ``sizes``, ``dims``), kept while the counts (and sizes of tensors of several
+    dimensions) match, and the step ``views <- like``: one ``torch.cat`` where all are 1-D. A buffer
+    too small is replaced, with its views, by one of ``reserve`` elements (the plan's earlier
+    views keep the old one alive)."""
     key, numel = (*placement, slot), sum(sizes)
-    buffer = scratch.get(key)
-    if buffer is None or buffer.numel() < numel:
+    if key not in scratch or scratch[key][0].numel() < numel:
         with torch.inference_mode(False):  # so that later plans outside it may write into it
-            buffer = scratch[key] = torch.empty(reserve, device=placement[0], dtype=placement[1])
-        for stale in [k for k in scratch if len(k) == 5 and k[:3] == key]:
-            del scratch[stale]
+            scratch[key] = (torch.empty(reserve, device=placement[0], dtype=placement[1]), {})
+    buffer, kept_views = scratch[key]
     several = max(dims) > 1
-    kept = scratch.get((*key, numel, len(like)))
+    kept = kept_views.get((numel, len(like)))
     if kept is None or kept[1:3] != (dims, sizes) or (several and not same_shapes(kept[0], like)):
         with torch.inference_mode(False):
             views = torch._C._nn.unflatten_dense_tensors(buffer[:numel], like)
             flat = None if several or min(dims) < 1 else buffer[:numel]
-        kept = scratch[(*key, numel, len(like))] = (views, dims, sizes, flat)
-    return list(kept[0]), kept[3]
-
-
-def _largest(blocks: list[tuple[Any, list[int]]]) -> dict[Any, int]:
-    """The element count of the largest block of each placement."""
-    most: dict[Any, int] = {}
-    for placement, sizes in blocks:
-        most[placement] = max(most.get(placement, 0), sum(sizes))
-    return most
+        kept = kept_views[(numel, len(like))] = (views, dims, sizes, flat)
+    views, flat = list(kept[0]), kept[3]
+    return views, _copy(views, like) if flat is None else partial(torch.cat, like, out=flat)
 
 
 def _plan_blocks(
@@ -147,26 +124,25 @@ def _plan_blocks(
 
 
 def sync_steps(
-    fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, scratch: Scratch
+    fast: Sequence[Tensor], slow: Sequence[Tensor], alpha: float, scratch: Scratch, keys: int = 2
 ) -> list[PlanStep]:
-    """The steps of the outer step over the pairs; every allocation is made here, none in a step."""
+    """The outer step's steps over the pairs, grouped by the placements of ``fast`` and ``slow``
+    (``keys=1``: of ``fast``, each slow placement following from it); every allocation made here."""
     if not fast:
         return []
     if torch.compiler.is_compiling():  # a traced sync is one graph: lerp and copy, fused
         return [partial(_compiled_sync_, local_shards(fast), local_shards(slow), alpha)]
     steps: list[PlanStep] = []
-    blocks = _plan_blocks(fast, slow, keys=2)
-    most = _largest([(_placement(s[0]), sizes) for _, s, sizes, _ in blocks])
-    for block_fast, block_slow, sizes, dims in blocks:
+    blocks = _plan_blocks(fast, slow, keys)
+    for block_fast, block_slow, sizes, dims, most in blocks:
         placement = _placement(block_slow[0])
-        work, flat = _views(scratch, block_slow, sizes, dims, placement, 0, most[placement])
+        work, save = _views(scratch, block_slow, sizes, dims, placement, 0, most)
         end = block_fast
         if block_fast[0].dtype != placement[1]:  # the fast weights in the slow copy's dtype
-            end = _views(scratch, block_fast, sizes, dims, placement, 1, most[placement])[0]
-            steps.append(_copy(end, block_fast))
+            end, widen = _views(scratch, block_fast, sizes, dims, placement, 1, most)
+            steps.append(widen)
         lerp = partial(torch._foreach_lerp_, block_slow, end, alpha)
-        steps += [_save(flat, work, block_slow), (lerp, _copy(block_slow, work))]
-        steps.append(_copy(block_fast, block_slow))
+        steps += [save, (lerp, _copy(block_slow, work)), _copy(block_fast, block_slow)]
     return steps
 
 
@@ -182,10 +158,7 @@ def swap_steps(
     """The steps that exchange the values of each pair (each pair shares its shape and dtype);
     ``shapes``: the dimension and element counts of ``a``, where known (``same_shapes(b, a)``)."""
     steps: list[PlanStep] = []
-    blocks = _plan_blocks(a, b, 1, shapes) if a else []
-    most = _largest([(_placement(block_a[0]), sizes) for block_a, _, sizes, _ in blocks])
-    for block_a, block_b, sizes, dims in blocks:
-        placement = _placement(block_a[0])
-        held, flat = _views(scratch, block_a, sizes, dims, placement, 0, most[placement])
-        steps += [_save(flat, held, block_a), _copy(block_a, block_b), _copy(block_b, held)]
+    for block_a, block_b, sizes, dims, most in _plan_blocks(a, b, 1, shapes) if a else []:
+        held, save = _views(scratch, block_a, sizes, dims, _placement(block_a[0]), 0, most)
+        steps += [save, _copy(block_a, block_b), _copy(block_b, held)]
     return steps

@@ -1,8 +1,6 @@
-"""Tensor plumbing shared by the sync, the optimizers and the distributed code.
-
-The checks run at C speed through ``map`` and build no container per tensor: on models of many
-small tensors, per-tensor Python work is what a step or a sync costs beyond its kernels.
-"""
+"""Tensor plumbing shared by the sync and the optimizers. The checks run at C speed through ``map``
+and build no container per tensor: on models of many small tensors, per-tensor Python work is what
+a step or a sync costs beyond its kernels."""
 
 from __future__ import annotations
 
@@ -85,10 +83,9 @@ def same_shapes(a: Sequence[Tensor], b: Sequence[Tensor]) -> tuple[list[int], li
 def cache_blocks(
     tensors: Sequence[Tensor], block_bytes: int, sizes: Sequence[int] | None = None
 ) -> Iterator[slice]:
-    """Consecutive slices of ``range(len(tensors))`` (one dtype) of at most ``block_bytes`` each; a
-    larger tensor gets a slice to itself. A multi-tensor kernel over a CPU block then reads what
-    the previous kernel wrote from cache; blocking never changes a result. ``sizes``: the
-    tensors' element counts, if known."""
+    """Consecutive slices of ``range(len(tensors))`` (one dtype, element counts ``sizes`` if known)
+    of at most ``block_bytes`` each, a larger tensor alone: a multi-tensor kernel over a CPU block
+    reads what the previous one wrote from cache. Blocking never changes a result."""
     if not tensors:
         return
     limit = max(1, block_bytes // tensors[0].element_size())

@@ -10,7 +10,7 @@ import textwrap
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from functools import partial
-from itertools import chain, compress, count, islice, repeat
+from itertools import chain, compress, islice, repeat
 from typing import Any, TypedDict
 
 import torch
@@ -53,8 +53,7 @@ WRITTEN_IN_EVAL_MODE = "parameters were written in eval mode"
 
 
 class LookaheadOptions(TypedDict, total=False):
-    """Keyword options of [Lookahead][torch_lookahead.Lookahead] that ``Ranger`` and
-    ``DistributedLookahead`` pass through unchanged."""
+    """Keyword options of ``Lookahead`` that ``Ranger`` and ``DistributedLookahead`` forward."""
 
     pullback_momentum: PullbackMode
     slow_dtype: torch.dtype | None
@@ -77,25 +76,16 @@ def _present(params: list[Tensor], states: Collection[dict[str, Any]], key: str)
     return [list(x) if every else list(compress(x, present)) for x in (params, held, states)]
 
 
-def _copy(targets: list[Tensor], sources: list[Tensor]) -> None:
-    if targets:
-        torch._foreach_copy_(local_shards(targets), local_shards(sources))
+def _each(kernel: str, *lists: list[Tensor]) -> None:
+    """The kernel ``torch.<kernel>`` over the local shards of ``lists``, if they are not empty."""
+    if lists[0]:
+        getattr(torch, kernel)(*map(local_shards, lists))
 
 
-def _zero(tensors: list[Tensor]) -> None:
-    if tensors:
-        torch._foreach_zero_(local_shards(tensors))
-
-
-def _inner_step(
-    optimizer: Optimizer, closure: Closure | None, kwargs: dict[str, Any], stepped: Closure
-) -> Any:
-    """``optimizer.step(closure, **kwargs)`` with its own step hooks but not the global ones (the
-    wrapper's ``step`` ran those); ``stepped()`` runs as soon as the inner step returns, before
-    its post-hooks. Where torch's decoration is missing or ``step`` was replaced on the instance,
-    the plain call; an LR scheduler's wrapper on the instance only records the call."""
-    if closure is not None:
-        kwargs = {"closure": closure, **kwargs}
+def _inner_step(optimizer: Optimizer, kwargs: dict[str, Any], stepped: Closure) -> Any:
+    """``optimizer.step(**kwargs)`` with its own step hooks, not the global ones (ours ran them);
+    ``stepped()`` runs before its post-hooks. The plain call where torch's decoration is missing
+    or ``step`` was replaced on the instance (an LR scheduler's wrapper only records the call)."""
     step = type(optimizer).step
     undecorated = getattr(step, "__wrapped__", None)
     replaced = vars(optimizer).get("step")
@@ -128,28 +118,7 @@ def _forwarded(name: str) -> Any:
     )
 
 
-# id(group) -> (group, the parameters eval() put the slow weights into, their versions after it)
-EvalRecords = dict[int, tuple[dict[str, Any], list[Tensor], list[int]]]
 _version_of = operator.attrgetter("_version")
-
-
-def _warn_if_written(groups: list[dict[str, Any]], records: EvalRecords) -> None:
-    """Warn once when train() puts the fast weights over values written into the parameters in
-    eval mode (e.g. the HF Trainer's ``load_best_model_at_end``); records are kept per group."""
-    written = 0
-    for group in groups:
-        record = records.pop(id(group), None) if group.get(EVAL_KEY, False) else None
-        if record is not None and record[0] is group:
-            written += sum(map(operator.ne, record[2], map(_version_of, record[1])))
-    if written:
-        warnings.warn(
-            f"Lookahead.train(): {written} {WRITTEN_IN_EVAL_MODE} (they held the slow weights; "
-            "e.g. a model checkpoint was loaded after an evaluation), and train() now puts the "
-            "fast weights back over them. To continue from the loaded weights, load them after "
-            "train() and call reset_slow(); with the HF Trainer use LookaheadTrainer, which "
-            "does so (docs/saving-and-export.md).",
-            stacklevel=5,  # the caller of train(): _switch is wrapped by torch.no_grad
-        )
 
 
 class Lookahead(Optimizer):
@@ -169,17 +138,16 @@ class Lookahead(Optimizer):
        \end{aligned}
 
     ``alpha=1`` is the inner optimizer, ``alpha=0`` keeps the weights at the slow copy. The inner
-    optimizer's ``param_groups``, ``state`` and ``defaults`` are this one's; ``k``, ``alpha`` and
-    the counter live in each group, the slow weights in ``state[p]["lookahead_slow"]``. The sync
-    and the swap of ``eval()``/``train()`` use the multi-tensor ``torch._foreach_*`` kernels.
+    optimizer's ``param_groups``, ``state`` and ``defaults`` are this one's: ``k``, ``alpha`` and
+    the counter live in each group, the slow weights in ``state[p]["lookahead_slow"]``.
 
     Args:
         optimizer: the inner ("fast") optimizer, any ``torch.optim.Optimizer``.
         k: number of inner steps between two syncs (a positive int). Default: 5.
         alpha: slow-weights step size in [0, 1]. Default: 0.5.
         pullback_momentum: the inner momentum at a sync: ``"none"`` keeps it (default),
-            ``"reset"`` zeroes it, ``"pullback"`` interpolates it like the weights
-            (see ``torch_lookahead.pullback``).
+            ``"reset"`` zeroes it, ``"pullback"`` interpolates it like the weights (see
+            ``torch_lookahead.pullback``).
         slow_dtype: floating dtype of the slow copies of parameters with a narrower floating dtype,
             e.g. ``torch.float32`` for bf16/fp16 models. Default: the parameter's dtype.
 
@@ -217,14 +185,14 @@ class Lookahead(Optimizer):
         self._init_runtime()
         # New groups, also those added straight to the inner optimizer, inherit these defaults.
         optimizer.defaults.update({K_KEY: k, ALPHA_KEY: alpha, STEP_KEY: 0})
-        self._check_groups()
-        # Groups that carry values of their own (an earlier Lookahead, a checkpoint) keep them.
+        self._check_groups()  # groups with values of their own (a checkpoint's) keep them
         self._adopt_group_values({K_KEY: k, ALPHA_KEY: alpha}, "the parameter groups'")
 
     def _init_runtime(self) -> None:  # not pickled; Optimizer.__init__ would copy the groups
         self._plan: Plan | None = None
         self._scratch: Scratch = {}
-        self._eval_versions: EvalRecords = {}  # what train() compares with
+        # id(group) -> (group, the parameters eval() put the slow weights into, their versions)
+        self._eval_versions: dict[int, tuple[dict[str, Any], list[Tensor], list[int]]] = {}
         Optimizer.__setstate__(self, {})
 
     param_groups = _forwarded("param_groups")
@@ -266,7 +234,6 @@ class Lookahead(Optimizer):
         namespace = {
             "__new__": build,
             "__module__": cls.__module__,
-            "__qualname__": name,
             "__doc__": f"``{name}(params, **kwargs)`` is ``{cls.__name__}({inner}"
             f"(params, **kwargs), k={k}, alpha={alpha})``.",
         }
@@ -316,9 +283,8 @@ class Lookahead(Optimizer):
         self._finish()
 
     def _begin(self, what: str, sync_overdue: bool = False) -> None:
-        """Start an operation: finish one an exception interrupted, refuse eval mode, check the
-        groups; with ``sync_overdue``, sync the groups at k or more first (a step stopped between
-        its inner step and its sync, or a lowered ``lookahead_k``)."""
+        """Finish an interrupted operation, refuse eval mode, check the groups; ``sync_overdue``:
+        sync the groups at k or more (a step stopped before its sync, or a lowered ``k``)."""
         self._finish()
         if self.in_eval_mode:
             raise RuntimeError(
@@ -338,12 +304,12 @@ class Lookahead(Optimizer):
         return list(map(state.get, params, repeat(_NO_STATE)))
 
     def _held(
-        self, group: dict[str, Any], key: str
+        self, group: dict[str, Any], key: str, check: bool = True
     ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
         """The group's parameters whose state holds ``key``, those entries and the state dicts.
-        ``ValueError`` unless each entry is a tensor of its parameter's shape."""
+        ``ValueError`` (if ``check``) unless each entry is a tensor of its parameter's shape."""
         params, held, states = _present(group["params"], self._states(group["params"]), key)
-        if same_shapes(held, params):
+        if not check or same_shapes(held, params):
             return params, held, states
         pairs = zip(params, held, strict=True)
         p, v = next((p, v) for p, v in pairs if not isinstance(v, Tensor) or v.shape != p.shape)
@@ -363,11 +329,8 @@ class Lookahead(Optimizer):
 
     def _new_slow_copy(self, p: Tensor, source: Tensor) -> Tensor:
         """A new slow copy of parameter ``p`` holding ``source``, in the slow dtype."""
-        dtype = self._slow_placement(p)[1]
-        with torch.inference_mode(False), torch.no_grad():
-            if hasattr(p, "to_local"):  # a DTensor (FSDP2)
-                return source.detach().to(dtype=dtype, copy=True)
-            return torch.empty_like(p, dtype=dtype).copy_(source)
+        with torch.inference_mode(False):  # usable outside it later
+            return source.detach().to(*self._slow_placement(p), copy=True)
 
     def step(self, closure: Closure | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
         """One inner step (its return value is returned); after every ``lookahead_k``-th inner
@@ -385,8 +348,9 @@ class Lookahead(Optimizer):
                 self._held(group, SLOW_KEY)
         captured: list[tuple[Tensor, Tensor]] = []
 
-        def capture() -> None:  # phi_0: the weights before their first update
+        def capture() -> None:  # phi_0: the weights before their first update, captured once
             captured.extend((p, self._new_slow_copy(p, p)) for p in missing if p.grad is not None)
+            missing.clear()
 
         def stepped() -> None:
             # Stored only now: some inner optimizers create their state only if state[p] is empty.
@@ -395,18 +359,16 @@ class Lookahead(Optimizer):
             for group in groups:
                 group[STEP_KEY] += 1
 
-        def capturing_closure() -> Any:
+        def capturing_closure() -> Any:  # its first call comes before any parameter changes
             loss = closure()  # type: ignore[misc]
-            if next(evaluations) == 0:  # evaluated before the inner optimizer changes a parameter
-                capture()
+            capture()
             return loss
 
-        evaluations = count()
         if closure is None:
             capture()
-        loss = _inner_step(
-            self.optimizer, None if closure is None else capturing_closure, kwargs, stepped
-        )
+        else:
+            kwargs = {"closure": capturing_closure, **kwargs}
+        loss = _inner_step(self.optimizer, kwargs, stepped)
         due = [group for group in groups if group[STEP_KEY] >= group[K_KEY]]
         if due:
             self.outer_step(due)
@@ -425,8 +387,7 @@ class Lookahead(Optimizer):
     def slow_pairs(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
         """The group's parameters that have slow copies, and those copies (train mode);
         ``ValueError`` for a slow copy that is not a tensor of its parameter's shape."""
-        params, slows, _ = self._held(group, SLOW_KEY)
-        return params, slows
+        return self._held(group, SLOW_KEY)[:2]
 
     def outer_step(
         self, groups: list[dict[str, Any]], restart: Callable[[dict[str, Any]], int] | None = None
@@ -437,7 +398,7 @@ class Lookahead(Optimizer):
 
         then each group's counter restarts at 0 (or ``restart(group)``). Subclasses override it to
         replace the local rule and call it for the local part."""
-        state, mode = self.state, self.pullback_momentum
+        mode = self.pullback_momentum
         keys = (momentum_keys_for(self.optimizer) or ()) if mode != "none" else ()
         steps: list[PlanStep] = []
         for group in groups:
@@ -445,9 +406,9 @@ class Lookahead(Optimizer):
             placed = self._placed(params, slows)
             if placed is not slows:
                 steps.append(partial(_store, states, SLOW_KEY, placed))
-            found = [(state[p], key, slow_momentum_key(key)) for p in params for key in keys]
+            found = [(d, key, slow_momentum_key(key)) for d in states for key in keys]
             found = [f for f in found if isinstance(f[0].get(f[1]), Tensor)]  # momentum buffers
-            buffers, fast, slow = [d[key] for d, key, _ in found], list(params), placed
+            buffers, fast, slow, by = [d[key] for d, key, _ in found], list(params), placed, 1
             if mode == "pullback":  # the same rule, with the momentum as fast and its slow copy
                 held: list[Any] = [d.get(slow_key) for d, _, slow_key in found]
                 new = [i for i, h in enumerate(held) if not isinstance(h, Tensor)]
@@ -455,19 +416,18 @@ class Lookahead(Optimizer):
                     for i in new:  # zeros at first, allocated before anything changes
                         held[i] = torch.zeros_like(buffers[i])
                 steps += [partial(found[i][0].__setitem__, found[i][2], held[i]) for i in new]
-                fast, slow = fast + buffers, slow + held
-            steps += sync_steps(fast, slow, group[ALPHA_KEY], self._scratch)
+                fast, slow, by = fast + buffers, slow + held, 2  # momentum pairs: any placement
+            steps += sync_steps(fast, slow, group[ALPHA_KEY], self._scratch, by)
             if mode == "reset":
-                steps.append(partial(_zero, buffers))
+                steps.append(partial(_each, "_foreach_zero_", buffers))
         counters = [0 if restart is None else restart(group) for group in groups]
         steps.append(partial(_store, groups, STEP_KEY, counters))
         self._run(steps)
 
     def _placed(self, params: list[Tensor], slows: list[Any], fresh: bool = False) -> list[Tensor]:
-        """``slows``, or a list with new copies (allocated now) where one does not fit, i.e. is not
-        a tensor of its parameter's shape in the slow dtype (after ``model.double()``, a
-        ``train()``, in a checkpoint of another ``slow_dtype``, or model surgery). A new copy holds
-        the old one, or the parameter where ``fresh``."""
+        """``slows``, with new copies (allocated now) where one is not a tensor of its parameter's
+        shape in the slow dtype (after ``model.double()``, a ``train()``, a checkpoint of another
+        ``slow_dtype``, model surgery), holding the old one (the parameter if ``fresh``)."""
         if not fresh and self.slow_dtype is None and same_placements(params, slows):
             return slows
         return [
@@ -477,7 +437,6 @@ class Lookahead(Optimizer):
             for p, s, w in zip(params, slows, map(self._slow_placement, params), strict=True)
         ]
 
-    @torch.no_grad()
     def sync(self) -> None:
         """Take an outer step now, in every group, and restart the k-step cycles (an extra outer
         step: e.g. to end training on a sync before a final evaluation or export)."""
@@ -491,37 +450,28 @@ class Lookahead(Optimizer):
             if self._plan is not None:  # interrupted: the next sync() only finishes it
                 self._plan.owner = "sync"
 
-    @torch.no_grad()
     def reset_slow(self) -> None:
-        """Restart the slow weights from the current parameters and the k-step cycles, after
-        model surgery or new weights loaded mid-training: copied into the slow copies that fit,
-        new copies (made first) for the others. Slow momentum restarts at zero."""
+        """Restart the slow weights from the current parameters, and the k-step cycles, after model
+        surgery or new weights loaded mid-training (docs/design.md); slow momentum restarts at 0."""
         self._begin("reset_slow()")
-        groups, state = self.param_groups, self.state
+        groups = self.param_groups
         keys = list(map(slow_momentum_key, momentum_keys_for(self.optimizer) or ()))
         steps: list[PlanStep] = []
         for group in groups:
-            params = [
-                p for p in group["params"] if state.get(p, _NO_STATE).get(SLOW_KEY) is not None
-            ]
-            states = [state[p] for p in params]
-            slows = [s[SLOW_KEY] for s in states]
+            params, slows, states = self._held(group, SLOW_KEY, check=False)
             placed = self._placed(params, slows, fresh=True)  # new copies hold the parameters
-            kept = list(map(operator.is_, placed, slows))
             buffers = [s[key] for s in states for key in keys if isinstance(s.get(key), Tensor)]
             steps.append(partial(_store, states, SLOW_KEY, placed))
-            steps.append(partial(_copy, list(compress(placed, kept)), list(compress(params, kept))))
-            steps.append(partial(_zero, buffers))
+            steps.append(partial(_each, "_foreach_copy_", placed, params))
+            steps.append(partial(_each, "_foreach_zero_", buffers))
         steps.append(partial(_store, groups, STEP_KEY, [self.cycle_start(g) for g in groups]))
         self._run(steps)
 
-    @torch.no_grad()
     def _switch(self, to_eval: bool, groups: list[dict[str, Any]]) -> None:
         """Put the slow weights into the parameters of ``groups`` (``to_eval``) or the fast ones
-        back. A slow copy of the parameter's dtype trades values with it and is renamed
-        ``lookahead_fast``; one of another dtype stays, the fast weights go to a new one."""
+        back: a slow copy of the parameter's dtype trades values with it (docs/design.md)."""
         if not to_eval:
-            _warn_if_written(groups, self._eval_versions)
+            self._warn_if_written(groups)
         self._finish()
         groups = [group for group in groups if group.get(EVAL_KEY, False) != to_eval]
         if not groups:
@@ -543,8 +493,8 @@ class Lookahead(Optimizer):
         )
         with torch.inference_mode(False):  # eval(): new lookahead_fast copies where not swapped
             stashes = [torch.empty_like(p) for p in copied_params] if to_eval else []
-        steps: list[PlanStep] = [partial(_copy, stashes, copied_params)]
-        steps.append(partial(_copy, copied_params, copied_held))
+        steps: list[PlanStep] = [partial(_each, "_foreach_copy_", stashes, copied_params)]
+        steps.append(partial(_each, "_foreach_copy_", copied_params, copied_held))
         steps += swap_steps(params, held, self._scratch, shapes if params is every[0] else None)
         steps.append(partial(_store, states, FAST_KEY if to_eval else SLOW_KEY, held))
         steps.append(partial(_drop, states, key))  # the rename, in two steps
@@ -552,10 +502,27 @@ class Lookahead(Optimizer):
         steps.append(store if to_eval else partial(_drop, copied_states, FAST_KEY))
         steps.append(partial(_store, groups, EVAL_KEY, [to_eval] * len(groups)))
         self._run(steps)
-        if to_eval:  # what train() compares with, to see a parameter written in eval mode
-            for group, (group_params, _, _) in zip(groups, found, strict=True):
-                versions = list(map(_version_of, group_params))
-                self._eval_versions[id(group)] = (group, group_params, versions)
+        for group, (params, _, _) in zip(groups, found, strict=True) if to_eval else ():
+            # what train() compares with, to see a parameter written in eval mode
+            self._eval_versions[id(group)] = (group, params, list(map(_version_of, params)))
+
+    def _warn_if_written(self, groups: list[dict[str, Any]]) -> None:
+        """Warn once when train() puts the fast weights over values written into the parameters in
+        eval mode (e.g. the HF Trainer's ``load_best_model_at_end``); records are kept per group."""
+        written = 0
+        for group in groups:
+            record = self._eval_versions.pop(id(group), None) if group.get(EVAL_KEY) else None
+            if record is not None and record[0] is group:
+                written += sum(map(operator.ne, record[2], map(_version_of, record[1])))
+        if written:
+            warnings.warn(
+                f"Lookahead.train(): {written} {WRITTEN_IN_EVAL_MODE} (they held the slow weights; "
+                "e.g. a model checkpoint was loaded after an evaluation), and train() now puts the "
+                "fast weights back over them. To continue from the loaded weights, load them after "
+                "train() and call reset_slow(); with the HF Trainer use LookaheadTrainer, which "
+                "does so (docs/saving-and-export.md).",
+                stacklevel=4,  # the caller of train()
+            )
 
     def eval(self) -> None:
         """Put the slow weights into the parameters (idempotent); ``step()`` raises until
@@ -588,11 +555,9 @@ class Lookahead(Optimizer):
         saved_state = dict(saved["state"])
         pairs: list[tuple[Tensor, Tensor]] = []
         for group, saved_group in zip(self.param_groups, saved["param_groups"], strict=True):
-            if group.get(EVAL_KEY, False):
-                continue
             for p, key in zip(group["params"], saved_group["params"], strict=True):
                 slow = self.state.get(p, _NO_STATE).get(SLOW_KEY)
-                if not isinstance(slow, Tensor) or key not in saved_state:
+                if group.get(EVAL_KEY) or not isinstance(slow, Tensor) or key not in saved_state:
                     continue
                 entry = saved_state[key] = {**saved_state[key], FAST_KEY: p.detach()}
                 if _placement(slow) == _placement(p):
@@ -646,8 +611,7 @@ class Lookahead(Optimizer):
         counted = [STEP_KEY in saved_group for saved_group in state_dict["param_groups"]]
         self.optimizer.load_state_dict(state_dict)
         _store([self.state[p] for p in params], SLOW_KEY, placed)
-        for group in self.param_groups:
-            group.pop("lookahead_synced_at", None)  # written by earlier versions; ignored
+        _drop(self.param_groups, "lookahead_synced_at")  # written by earlier versions; ignored
         self._check_groups()
         for group in compress(self.param_groups, map(operator.not_, counted)):
             group[STEP_KEY] = self.cycle_start(group)
