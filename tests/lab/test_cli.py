@@ -13,7 +13,14 @@ import torch_lookahead
 from torch_lookahead_lab import cli, runner
 from torch_lookahead_lab.console import QUICK_NOTICE, QUICK_REPORT_NOTICE
 from torch_lookahead_lab.plans import load_plan
-from torch_lookahead_lab.report import DETAILS_MARKER, EMBED_END, EMBED_START, embedded_section
+from torch_lookahead_lab.report import (
+    DETAILS_MARKER,
+    EMBED_END,
+    EMBED_START,
+    ONE_SCHEDULE,
+    TUNED_ALONE,
+    embedded_section,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,9 +36,15 @@ def test_quick_demo_writes_the_report_and_reuses_its_runs(
             "runs"} <= names  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert [c["key"] for c in results["claims"]] == [
-        "final_default", "rescaled_lr", "final_tuned", "convergence", "seed_variance",
-        "lr_robustness", "k_alpha_robustness", "nqm_variance",
+        "final_default", "rescaled_lr", "final_default_constant", "final_tuned", "convergence",
+        "seed_variance", "lr_robustness", "k_alpha_robustness", "nqm_variance",
     ]  # fmt: skip
+    # The schedule is a factor: the default protocol under both, recorded per part and claim.
+    assert results["schedules"]["compare"] == ["cosine"]
+    assert results["schedules"]["schedule_compare"] == ["constant"]
+    schedules = {c["key"]: c["schedule"] for c in results["claims"]}
+    assert schedules["final_default"] == "cosine"
+    assert schedules["final_default_constant"] == "constant"
     assert [c["role"] for c in results["claims"]][:3] == ["primary", "primary", "descriptive"]
     plan = load_plan("demo")
     assert results["plan"]["digest"] == plan.digest and (out / "plan.json").read_text() == (
@@ -40,10 +53,11 @@ def test_quick_demo_writes_the_report_and_reuses_its_runs(
     assert results["plan"]["status_of_report"] == "confirmatory"
     # the comparisons and the tuned protocol run on the plan's comparison seeds, the learning-rate
     # selection on others (fresh seeds); the alpha x lr arm is the plain optimizer at half its lr
-    seeds = {part: {r["config"]["seed"] for r in results["runs"] if r["part"] == part}
-             for part in ("compare", "rescaled", "lr_sweep", "tuned")}  # fmt: skip
+    seeds = {part: {r["config"]["seed"] for r in results["runs"]
+                    if part == r["part"] or part in r.get("also", ())}
+             for part in ("compare", "rescaled", "lr_sweep", "tuning", "tuned")}  # fmt: skip
     assert seeds["compare"] == seeds["tuned"] == seeds["rescaled"] == {0, 1}
-    assert seeds["lr_sweep"] == {1000}
+    assert seeds["lr_sweep"] == seeds["tuning"] == {1000}
     assert {(r["config"]["inner"], r["config"]["lr"]) for r in results["runs"]
             if r["part"] == "rescaled"} == {("sgd", 0.025), ("adamw", 0.001)}  # fmt: skip
     assert {s["method"] for s in results["compare"]} == {
@@ -56,6 +70,8 @@ def test_quick_demo_writes_the_report_and_reuses_its_runs(
         assert claim["paper"] in report and claim["protocol"] in report
         assert all(case["verdict"] in report for case in claim["cases"])
     assert "## In short" in report and "## What this lab cannot test here" in report
+    # It tuned Lookahead's (k, alpha) and ran both schedules: neither is listed as untested.
+    assert ONE_SCHEDULE not in report and TUNED_ALONE not in report
     printed = capsys.readouterr().out
     # Printed to a pipe: whole Markdown rows, whatever the width; a quick run says what it is
     # (at the start and the end) and prints no verdict; the report opens with the same notice.

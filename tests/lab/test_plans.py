@@ -88,7 +88,9 @@ def test_the_demo_plan_declares_the_two_way_bootstrap_for_its_test_accuracy_clai
         key for key, entry in plan.data["claims"].items()
         if entry["endpoint"] == "test_accuracy" and key != "seed_variance"
     }  # fmt: skip
-    assert on_accuracy == {"final_default", "rescaled_lr", "final_tuned", "k_alpha_robustness"}
+    assert on_accuracy == {
+        "final_default", "rescaled_lr", "final_tuned", "final_default_constant", "k_alpha_robustness"
+    }  # fmt: skip
     for key in plan.data["claims"]:
         expected = (10_000, 23) if key in on_accuracy else None
         assert plan.claim(key).bootstrap == expected, key

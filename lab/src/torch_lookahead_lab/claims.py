@@ -29,7 +29,7 @@ from torch_lookahead_lab.metrics import (
 )
 from torch_lookahead_lab.nqm import NQMPoint
 from torch_lookahead_lab.plans import ClaimPlan
-from torch_lookahead_lab.runner import RunResult
+from torch_lookahead_lab.runner import RunConfig, RunResult
 from torch_lookahead_lab.stats import (
     Estimate,
     Favours,
@@ -42,6 +42,7 @@ from torch_lookahead_lab.stats import (
 )
 
 __all__ = [
+    "NO_VERDICT",
     "Case",
     "Claim",
     "best_lr",
@@ -56,6 +57,7 @@ __all__ = [
     "nqm_claim",
     "pair_by_inner",
     "seed_variance_claim",
+    "selection_edge",
     "short_interval",
     "tuned_pairs",
 ]
@@ -65,6 +67,8 @@ PAPER_IMPROVES = (
     'Lookahead "can significantly improve the performance of SGD and Adam, even with their '
     'default hyperparameter settings".'
 )
+# The verdict of a case that is not tested (the tuned protocol's grid-extension rule).
+NO_VERDICT = "no verdict"
 PAPER_VARIANCE = (
     'Lookahead "improves the learning stability and lowers the variance of its inner optimizer".'
 )
@@ -145,6 +149,7 @@ class Claim:
     role: str = "descriptive"  # primary, descriptive or check
     sesoi: float | None = None
     control: str = ""  # set: not a claim of the paper but the lab's control, described here
+    schedule: str = ""  # the learning-rate schedule its runs trained with, where one
 
     @property
     def measured(self) -> tuple[str, ...]:
@@ -346,6 +351,23 @@ def _paired_values(
     return [plain_values[s] for s in common], [lookahead_values[s] for s in common]
 
 
+def selection_edge(chosen: SettingSummary, group: Sequence[SettingSummary]) -> str | None:
+    """``largest`` or ``smallest`` when ``chosen``'s learning rate is at that edge of the
+    learning rates of ``group`` (the trials it was selected from, two or more), else None."""
+    lrs = [s.setting.lr for s in group]
+    if len(set(lrs)) < 2:
+        return None
+    if math.isclose(chosen.setting.lr, max(lrs)):
+        return "largest"
+    if math.isclose(chosen.setting.lr, min(lrs)):
+        return "smallest"
+    return None
+
+
+def _lookahead_text(setting: RunConfig) -> str:
+    return f"lr {fmt(setting.lr, 3)}, k={setting.k}, alpha={setting.alpha}"
+
+
 def final_quality_claim(
     pairs: Sequence[tuple[SettingSummary, SettingSummary]],
     metric: str,
@@ -356,38 +378,54 @@ def final_quality_claim(
     plan: ClaimPlan,
     paper: str = PAPER_IMPROVES,
     grid: Sequence[SettingSummary] = (),
+    edge_rule: str = "",
+    schedule: str = "",
 ) -> Claim:
     """Lookahead's final ``metric`` against the baseline's, per (baseline, Lookahead) pair.
 
-    ``grid``: the sweep the pairs were chosen from; a learning rate chosen at its edge is noted
-    (a wider grid might do better there)."""
+    ``grid``: the trials the pairs were selected from. A learning rate selected at the edge of
+    its method's trials is noted (a wider grid might do better there); with ``edge_rule`` (the
+    grid-extension rule the trials were extended by, in words) that case gets no verdict and
+    no test, and says why."""
     higher = higher_is_better(metric)
     cases = []
     notes = []
     for plain, lookahead in pairs:
+        edges = []
         for chosen in (plain, lookahead):
-            lrs = [
-                s.setting.lr
-                for s in grid
+            group = [
+                s for s in grid
                 if s.setting.inner == chosen.setting.inner
                 and s.setting.uses_lookahead == chosen.setting.uses_lookahead
-            ]
-            if len(lrs) >= 2 and any(
-                math.isclose(chosen.setting.lr, x) for x in (min(lrs), max(lrs))
-            ):
-                edge = "largest" if math.isclose(chosen.setting.lr, max(lrs)) else "smallest"
-                notes.append(
-                    f"{chosen.method}: its selected learning rate, {fmt(chosen.setting.lr, 3)}, "
-                    f"is the {edge} of the sweep; a wider sweep might find a better one."
+            ]  # fmt: skip
+            edge = selection_edge(chosen, group)
+            if edge is not None:
+                edges.append(
+                    f"{chosen.method}'s selected learning rate, {fmt(chosen.setting.lr, 3)}, is "
+                    f"the {edge} of its {len(group)} trials"
                 )
+        if edges and not edge_rule:
+            notes += [f"{edge}; a wider sweep might find a better one." for edge in edges]
+        chosen_lookahead = (
+            _lookahead_text(lookahead.setting)
+            if edge_rule
+            else f"lr {fmt(lookahead.setting.lr, 3)}"
+        )
+        what = (
+            f"final {_name(metric)} {fmt(plain.final[metric][0])} {plain.method} (lr "
+            f"{fmt(plain.setting.lr, 3)}), {fmt(lookahead.final[metric][0])} with Lookahead "
+            f"({chosen_lookahead})"
+        )
+        if edges and edge_rule:
+            reason = f"{' and '.join(edges)} {edge_rule}"
+            cases.append(
+                Case(plain.setting.inner, NO_VERDICT, None, f"{what}; not tested", caveat=reason)
+            )
+            continue
+        what += f"; Lookahead minus {plain.method}"
         base, cand = _paired_values(plain, lookahead, lambda r: final_value(r, metric))
         estimate = paired_difference(base, cand, sesoi=plan.sesoi)
         bootstrap = _example_bootstrap(plain, lookahead, plan)
-        what = (
-            f"final {_name(metric)} {fmt(plain.final[metric][0])} {plain.method} (lr "
-            f"{fmt(plain.setting.lr, 3)}), {fmt(lookahead.final[metric][0])} with Lookahead (lr "
-            f"{fmt(lookahead.setting.lr, 3)}); Lookahead minus {plain.method}"
-        )
         cases.append(_case(plain.setting.inner, estimate, _favours(higher), what, bootstrap))
     return Claim(
         key=key,
@@ -400,6 +438,7 @@ def final_quality_claim(
         notes=tuple(notes),
         role=plan.role,
         sesoi=plan.sesoi,
+        schedule=schedule,
     )
 
 
@@ -653,6 +692,7 @@ def claim_json(claim: Claim) -> dict[str, Any]:
         "sesoi": claim.sesoi,
         "paper": claim.paper,
         "control": claim.control,
+        "schedule": claim.schedule,
         "protocol": claim.protocol,
         "effect": claim.effect,
         "cases": [

@@ -497,9 +497,12 @@ def demo(
     split over 10 seeds, Holm-adjusted: SGD+momentum and AdamW, each plain and in
     Lookahead(k=5, alpha=0.5) at the task's learning rate (the paper's default protocol), and
     Lookahead against its inner optimizer at alpha x lr (the effective-learning-rate control).
-    Descriptive: the tuned protocol (learning rates selected on the validation split over 3
-    other seeds), convergence, the variance over seeds, learning-rate robustness, every
-    (k, alpha) of a 3x3 grid against plain SGD; and the noisy-quadratic implementation check.
+    Descriptive: the default protocol with a constant learning rate (the schedule as a factor),
+    the tuned protocol (each method's best of equally many trials over its own space, Lookahead's
+    including k and alpha, selected on the validation split over 3 other seeds, a grid extended
+    where an optimum is at its edge), convergence, the variance over seeds, learning-rate
+    robustness, every (k, alpha) of a 3x3 grid against plain SGD; and the noisy-quadratic
+    implementation check.
     Prints every claim with its verdict and writes a report folder (report.md, results.json,
     plan.json, CSV, PNG).
     """

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch_lookahead_lab.claims import best_lr
+from torch_lookahead_lab.claims import best_lr, selection_edge
 from torch_lookahead_lab.confirmatory import (
     ConfirmatoryPlan,
     ConfirmatoryResults,
@@ -24,7 +24,7 @@ from torch_lookahead_lab.confirmatory import (
     edge_search,
     first_round,
 )
-from torch_lookahead_lab.metrics import summarize
+from torch_lookahead_lab.metrics import SettingSummary, setting_of, summarize
 from torch_lookahead_lab.nqm import NQMConfig, NQMPoint, NQMProblem, nqm_configs
 from torch_lookahead_lab.plans import Plan, load_plan, plan_from_mapping
 from torch_lookahead_lab.runner import Job, RunConfig, RunResult, make_config, run_many_counted
@@ -35,7 +35,7 @@ from torch_lookahead_lab.stability import (
     StabilityResults,
     stability_configs,
 )
-from torch_lookahead_lab.tasks import TaskSettings, get_task
+from torch_lookahead_lab.tasks import TaskSettings, check_schedule, get_task
 
 __all__ = [
     "DEFAULT_LR_FACTORS",
@@ -143,9 +143,11 @@ class LabResults:
 
     ``compare``: each inner optimizer plain and in Lookahead at the task's learning rate;
     ``rescaled``: each inner optimizer plain at alpha x its learning rate; ``lr_sweep``: the
-    learning-rate sweep (on the selection seeds, when the plan has them); ``tuned``: each
-    method at the learning rate the sweep selected, on the comparison seeds; ``k_alpha``: the
-    (k, alpha) grid."""
+    learning-rate sweep (on the selection seeds, when the plan has them); ``tuning``: the tuned
+    protocol's trials, when its plan declares them apart from the sweep (each method's own
+    space, grid extensions included); ``tuned``: each method at the setting the sweep (or the
+    trials) selected, on the comparison seeds; ``k_alpha``: the (k, alpha) grid;
+    ``schedule_compare``: the default-protocol comparison under the plan's other schedules."""
 
     title: str
     command: str
@@ -157,6 +159,8 @@ class LabResults:
     lr_sweep: list[RunResult] = field(default_factory=list)
     tuned: list[RunResult] = field(default_factory=list)
     k_alpha: list[RunResult] = field(default_factory=list)
+    tuning: list[RunResult] = field(default_factory=list)
+    schedule_compare: list[RunResult] = field(default_factory=list)
     nqm: list[NQMPoint] = field(default_factory=list)
     nqm_k: int = 5
     nqm_alpha: float = 0.5
@@ -283,8 +287,12 @@ class DemoPlan:
     on the comparison seeds, each inner optimizer plain, in Lookahead(k, alpha) and plain at
     alpha x lr (the effective-learning-rate arm), every (k, alpha) of the grid; on the
     selection seeds, a learning-rate sweep that picks each method's learning rate on the
-    validation split (the tuned protocol then compares them on the comparison seeds, on the
-    test split); and the NQM check."""
+    validation split; the tuned protocol's trials (``tuning_trials``: Lookahead's points of
+    (lr factor, k, alpha), as many as ``lr_factors``, the plain inner optimizer's being the
+    sweep's), extended by ``extension_factor`` at most ``max_extensions`` times per method
+    where the selected learning rate is at the edge, the selected settings then compared on the
+    comparison seeds, on the test split; the default-protocol comparison under each of
+    ``other_schedules``; and the NQM check."""
 
     task: str
     inners: tuple[str, ...]
@@ -298,6 +306,10 @@ class DemoPlan:
     grid_inner: str
     grid_ks: tuple[int, ...]
     grid_alphas: tuple[float, ...]
+    tuning_trials: tuple[tuple[float, int, float], ...]
+    extension_factor: float
+    max_extensions: int
+    other_schedules: tuple[str, ...]
     nqm_lrs: tuple[float, ...]
     nqm_chains: int
     nqm_burn_in_steps: int
@@ -323,6 +335,15 @@ def demo_plan(quick: bool = False, seed_offset: int = 0) -> DemoPlan:
     plan = load_plan("demo")
     data: dict[str, Any] = {**plan.data, **(plan.data["quick"] if quick else {})}
     grid, nqm = data["grid"], data["nqm"]
+    lr_factors = tuple(float(f) for f in data["lr_factors"])
+    trials, extension = _tuning_trials(data["tuning"], lr_factors)
+    schedules = tuple(check_schedule(s) for s in data["schedules"]["factor"])
+    task_schedule = get_task(data["task"]).schedule
+    if schedules[0] != task_schedule:
+        raise ValueError(
+            f"the plan's schedules.factor must start with the task's schedule "
+            f"{task_schedule!r}, got {list(schedules)}"
+        )
     return DemoPlan(
         task=data["task"],
         inners=tuple(data["inners"]),
@@ -330,12 +351,16 @@ def demo_plan(quick: bool = False, seed_offset: int = 0) -> DemoPlan:
         alpha=float(data["alpha"]),
         comparison_seeds=_seed_range(data["comparison_seeds"], seed_offset),
         selection_seeds=_seed_range(data["selection_seeds"], seed_offset),
-        lr_factors=tuple(float(f) for f in data["lr_factors"]),
+        lr_factors=lr_factors,
         selection_metric=data["selection"]["metric"],
         selection_tie=float(data["selection"]["tie"]),
         grid_inner=grid["inner"],
         grid_ks=tuple(int(k) for k in grid["ks"]),
         grid_alphas=tuple(float(a) for a in grid["alphas"]),
+        tuning_trials=trials,
+        extension_factor=float(extension["factor"]),
+        max_extensions=int(extension["max"]),
+        other_schedules=schedules[1:],
         nqm_lrs=tuple(float(lr) for lr in nqm["lrs"]),
         nqm_chains=int(nqm["chains"]),
         nqm_burn_in_steps=int(nqm["burn_in_steps"]),
@@ -344,6 +369,27 @@ def demo_plan(quick: bool = False, seed_offset: int = 0) -> DemoPlan:
         quick=quick,
         seed_offset=seed_offset,
     )
+
+
+def _tuning_trials(
+    tuning: Mapping[str, Any], lr_factors: Sequence[float]
+) -> tuple[tuple[tuple[float, int, float], ...], Mapping[str, Any]]:
+    """Lookahead's trials of the tuned protocol, (lr factor, k, alpha), and the extension rule.
+    Equal trials: as many as the plain inner optimizer's (one per learning-rate factor)."""
+    trials = tuple(
+        (float(t["lr_factor"]), int(t["k"]), float(t["alpha"])) for t in tuning["lookahead"]
+    )
+    if len(trials) != len(lr_factors):
+        raise ValueError(
+            f"tuning.lookahead must have as many trials as lr_factors (equal trials per "
+            f"method): {len(trials)} against {len(lr_factors)}"
+        )
+    extension = tuning["extension"]
+    if not (float(extension["factor"]) > 1 and int(extension["max"]) >= 0):
+        raise ValueError(
+            f"tuning.extension needs a factor above 1 and a non-negative max, got {extension}"
+        )
+    return trials, extension
 
 
 @dataclass(frozen=True)
@@ -358,6 +404,8 @@ class Experiment:
     rescaled: tuple[RunConfig, ...] = ()
     lr_sweep: tuple[RunConfig, ...] = ()
     k_alpha: tuple[RunConfig, ...] = ()
+    tuning: tuple[RunConfig, ...] = ()
+    schedule_compare: tuple[RunConfig, ...] = ()
     nqm: tuple[NQMConfig, ...] = ()
     quick: bool = False  # a --quick run: it checks the pipeline and is no evidence
     plan: Plan | None = None
@@ -365,38 +413,71 @@ class Experiment:
     tuned_seeds: tuple[int, ...] = ()
     selection_metric: str = ""
     selection_tie: float = 0.0
+    extension_factor: float = 3.0
+    max_extensions: int = 0  # grid extensions per method of the tuned protocol's trials
 
     def jobs(self) -> list[Job]:
         """Every distinct job of the first stage, the NQM points first (each is longer than a
         training run, so the pool's workers finish together)."""
         ordered: list[Job] = [
-            *self.nqm, *self.compare, *self.rescaled, *self.lr_sweep, *self.k_alpha
+            *self.nqm, *self.compare, *self.rescaled, *self.lr_sweep, *self.tuning,
+            *self.k_alpha, *self.schedule_compare,
         ]  # fmt: skip
         return list(dict.fromkeys(ordered))
 
     @property
     def later_jobs(self) -> int:
-        """The most jobs the tuned stage can add: two methods per inner optimizer."""
+        """The most jobs the tuned stage can add: the grid extensions (one trial per method
+        and extension on the selection seeds), then two methods per inner optimizer."""
         if not self.tuned_seeds:
             return 0
         inners = dict.fromkeys(c.inner for c in self.lr_sweep)
-        return 2 * len(inners) * len(self.tuned_seeds)
+        selection_seeds = {c.seed for c in self.tuning}
+        extensions = 2 * len(inners) * self.max_extensions * len(selection_seeds)
+        return extensions + 2 * len(inners) * len(self.tuned_seeds)
 
-    def tuned_configs(self, sweep: Sequence[RunResult]) -> list[RunConfig]:
-        """Each method at the learning rate the sweep selected (``claims.best_lr`` with the
-        plan's metric and tie rule), on ``tuned_seeds``."""
-        configs = []
-        summaries = summarize(sweep)
+    def _selected(
+        self, trials: Sequence[RunResult]
+    ) -> list[tuple[SettingSummary, list[SettingSummary]]]:
+        """Per method: the setting the plan's rule selects (``claims.best_lr`` with its metric
+        and tie rule) and the method's trials."""
+        summaries = summarize(trials)
+        chosen = []
         for inner in dict.fromkeys(s.setting.inner for s in summaries):
             for lookahead in (False, True):
                 candidates = [
                     s for s in summaries
                     if s.setting.inner == inner and s.setting.uses_lookahead == lookahead
                 ]  # fmt: skip
-                chosen = best_lr(candidates, self.selection_metric, tie=self.selection_tie)
-                configs += [
-                    dataclasses.replace(chosen.setting, seed=seed) for seed in self.tuned_seeds
-                ]
+                if candidates:
+                    best = best_lr(candidates, self.selection_metric, tie=self.selection_tie)
+                    chosen.append((best, candidates))
+        return chosen
+
+    def tuned_configs(self, trials: Sequence[RunResult]) -> list[RunConfig]:
+        """Each method at the setting its trials selected, on ``tuned_seeds``."""
+        return [
+            dataclasses.replace(chosen.setting, seed=seed)
+            for chosen, _ in self._selected(trials)
+            for seed in self.tuned_seeds
+        ]
+
+    def extension_configs(self, trials: Sequence[RunResult]) -> list[RunConfig]:
+        """The grid-extension rule: each method whose selected learning rate is the largest
+        (smallest) of its trials, and that has had fewer than ``max_extensions`` extensions,
+        gets one trial at that learning rate times (divided by) ``extension_factor``, with the
+        selected setting's k and alpha, on the selection seeds. Empty when every selected
+        learning rate is interior or out of extensions."""
+        designed = {setting_of(c) for c in self.tuning}
+        configs = []
+        for chosen, group in self._selected(trials):
+            edge = selection_edge(chosen, group)
+            extended = sum(s.setting not in designed for s in group)
+            if edge is None or extended >= self.max_extensions:
+                continue
+            factor = self.extension_factor if edge == "largest" else 1 / self.extension_factor
+            setting = dataclasses.replace(chosen.setting, lr=chosen.setting.lr * factor)
+            configs += [dataclasses.replace(setting, seed=seed) for seed in chosen.seeds]
         return configs
 
 
@@ -477,6 +558,25 @@ def demo_experiment(quick: bool = False, seed_offset: int = 0) -> Experiment:
     grid = k_alpha_configs(
         plan.task, plan.grid_inner, plan.grid_ks, plan.grid_alphas, seeds, settings
     )
+    # The tuned protocol's trials: the plain inner optimizer's are the sweep's; Lookahead's are
+    # the plan's points of (lr factor, k, alpha), as many.
+    tuning = [c for c in sweep if not c.uses_lookahead] + [
+        _config(
+            plan.task, inner, seed, settings, RunOptions(), lr=factor * spec.learning_rate(inner),
+            k=k, alpha=alpha,
+        )
+        for inner in plan.inners
+        for factor, k, alpha in plan.tuning_trials
+        for seed in plan.selection_seeds
+    ]  # fmt: skip
+    schedule_compare = [
+        config
+        for schedule in plan.other_schedules
+        for config in compare_configs(
+            plan.task, plan.inners, seeds, settings, k=plan.k, alpha=plan.alpha,
+            options=RunOptions(schedule=schedule),
+        )
+    ]  # fmt: skip
     nqm = nqm_configs(
         NQMProblem.default(), plan.nqm_lrs, k=plan.k, alpha=plan.alpha, chains=plan.nqm_chains,
         burn_in_steps=plan.nqm_burn_in_steps, measured_steps=plan.nqm_measured_steps,
@@ -484,8 +584,10 @@ def demo_experiment(quick: bool = False, seed_offset: int = 0) -> Experiment:
     title = "torch-lookahead demo" + (" (quick)" if quick else "")
     return Experiment(
         title, plan.task, tuple(compare), tuple(rescaled), tuple(sweep), tuple(grid),
-        tuple(nqm), quick=quick, plan=plan.plan, seed_offset=seed_offset, tuned_seeds=seeds,
-        selection_metric=plan.selection_metric, selection_tie=plan.selection_tie,
+        tuple(tuning), tuple(schedule_compare), tuple(nqm), quick=quick, plan=plan.plan,
+        seed_offset=seed_offset, tuned_seeds=seeds, selection_metric=plan.selection_metric,
+        selection_tie=plan.selection_tie, extension_factor=plan.extension_factor,
+        max_extensions=plan.max_extensions,
     )  # fmt: skip
 
 
@@ -687,14 +789,22 @@ def run_experiment(
         )  # fmt: skip
     by_job = dict(zip(jobs, results, strict=True))
     tuned: list[RunResult] = []
-    if experiment.tuned_seeds and experiment.lr_sweep:
-        configs = experiment.tuned_configs([by_job[c] for c in experiment.lr_sweep])
+    trials = [by_job[c] for c in experiment.tuning or experiment.lr_sweep]
+
+    def compute_more(configs: list[RunConfig]) -> list[RunResult]:
+        nonlocal cached
         new = [c for c in dict.fromkeys(configs) if c not in by_job]
         more, more_cached = run_many_counted(new, cache_dir, workers=workers, on_result=on_result)
-        by_job |= dict(zip(new, more, strict=True))
-        jobs += new
+        by_job.update(zip(new, more, strict=True))
+        jobs.extend(new)
         cached += more_cached
-        tuned = [by_job[c] for c in configs]
+        return [by_job[c] for c in configs]
+
+    if experiment.tuning:
+        while extension := experiment.extension_configs(trials):
+            trials += compute_more(extension)
+    if experiment.tuned_seeds and trials:
+        tuned = compute_more(experiment.tuned_configs(trials))
     seconds = time.perf_counter() - started
     spec = get_task(experiment.task) if experiment.task else None
     nqm = experiment.nqm
@@ -709,6 +819,8 @@ def run_experiment(
         lr_sweep=[by_job[c] for c in experiment.lr_sweep],
         tuned=tuned,
         k_alpha=[by_job[c] for c in experiment.k_alpha],
+        tuning=trials if experiment.tuning else [],
+        schedule_compare=[by_job[c] for c in experiment.schedule_compare],
         nqm=[by_job[c] for c in nqm],
         nqm_k=nqm[0].k if nqm else 5,
         nqm_alpha=nqm[0].alpha if nqm else 0.5,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from torch_lookahead_lab.claims import (
+    NO_VERDICT,
     Case,
     Claim,
     best_lr,
@@ -79,6 +80,8 @@ from torch_lookahead_lab.tasks import SCHEDULES, get_task
 __all__ = [
     "CANNOT_TEST",
     "DETAILS_MARKER",
+    "ONE_SCHEDULE",
+    "TUNED_ALONE",
     "build_claims",
     "check_out_dir",
     "differences_from",
@@ -107,19 +110,34 @@ def _training_text(runs: Sequence[RunResult]) -> str:
     return f"{SCHEDULES[config.schedule]}, {config.steps} steps of batch {config.batch_size}"
 
 
-def default_protocol(lab: LabResults) -> str:
-    """The paper's headline protocol, as this lab ran it."""
+def default_protocol(lab: LabResults, runs: Sequence[RunResult] = ()) -> str:
+    """The paper's headline protocol, as this lab ran it (with ``runs``: as those runs did,
+    under another schedule)."""
+    runs = runs or lab.compare
     lrs = ", ".join(
         f"{inner} {fmt(lr, 3)}"
-        for inner, lr in dict.fromkeys((r.config.inner, r.config.lr) for r in lab.compare)
+        for inner, lr in dict.fromkeys((r.config.inner, r.config.lr) for r in runs)
     )
-    wrapped = next(r.config for r in lab.compare if r.config.uses_lookahead)
+    wrapped = next(r.config for r in runs if r.config.uses_lookahead)
     return (
         f"default: each inner optimizer at the task's learning rate ({lrs}), "
-        f"{_training_text(lab.compare)}; Lookahead(k={wrapped.k}, alpha={wrapped.alpha}) on top; "
-        f"compared at the end of training over {_seeds_text(lab.compare)}, paired by seed "
+        f"{_training_text(runs)}; Lookahead(k={wrapped.k}, alpha={wrapped.alpha}) on top; "
+        f"compared at the end of training over {_seeds_text(runs)}, paired by seed "
         "(a seed fixes the initialisation and the minibatch order)."
     )
+
+
+def _schedule_of(runs: Sequence[RunResult]) -> str:
+    """The learning-rate schedule ``runs`` share ("" for none or several)."""
+    schedules = {r.config.schedule for r in runs}
+    return schedules.pop() if len(schedules) == 1 else ""
+
+
+def _by_schedule(runs: Sequence[RunResult]) -> dict[str, list[RunResult]]:
+    groups: dict[str, list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault(run.config.schedule, []).append(run)
+    return groups
 
 
 def _seed_span(runs: Sequence[RunResult]) -> str:
@@ -129,10 +147,54 @@ def _seed_span(runs: Sequence[RunResult]) -> str:
     return "seeds " + ", ".join(map(str, seeds))
 
 
+def _plan_data(lab: LabResults) -> dict[str, Any]:
+    """The plan's data as the run used it: its ``quick`` part over it for a quick run."""
+    data = dict(lab.plan.data) if lab.plan else {}
+    return {**data, **data.get("quick", {})} if lab.quick else data
+
+
+def _trial_counts(lab: LabResults) -> str:
+    """``sgd 5, lookahead(sgd) 6 (1 extension), ...``: each method's trials, the extensions
+    (trials beyond the plan's equal number) counted apart."""
+    designed = len(_plan_data(lab).get("lr_factors", ()))
+    methods = [s.method for s in summarize(lab.tuning)]
+    parts = []
+    for method in dict.fromkeys(methods):
+        count = methods.count(method)
+        extra = count - designed
+        more = f" ({extra} extension{'s' if extra != 1 else ''})" if extra > 0 else ""
+        parts.append(f"{method} {count}{more}")
+    return ", ".join(parts)
+
+
+def _tuning_protocol(lab: LabResults, rule: str) -> str:
+    """The tuned protocol with equal trials over each method's own space (``lab.tuning``)."""
+    tuning = _plan_data(lab).get("tuning", {})
+    extension = tuning.get("extension", {})
+    written = lab.plan.data.get("tuning", {}).get("extension", {}) if lab.plan else {}
+    points = "; ".join(
+        f"{fmt(p['lr_factor'], 3)} x lr, k={p['k']}, alpha={p['alpha']}"
+        for p in tuning.get("lookahead", ())
+    )
+    return (
+        f"tuned, equal trials: each method gets the same number of trials over its own space on "
+        f"the validation split over {_seed_span(lab.tuning)}: the plain inner optimizer its "
+        f"learning rate at each value of the sweep, Lookahead the plan's points of (lr, k, "
+        f"alpha), k and alpha drawn with a fixed seed before any run ({points}; lr the task's "
+        f"learning rate); selected by the rule: {rule}. Grid extension (factor "
+        f"{fmt(float(extension.get('factor', math.nan)))}, at most {extension.get('max')} per "
+        f"method): {written.get('rule', 'see the plan')}. Trials run: {_trial_counts(lab)}. "
+        f"The selected settings run again and compared on {_seed_span(lab.tuned)} (fresh "
+        f"seeds); {_training_text(lab.tuned)}; paired by seed."
+    )
+
+
 def tuned_protocol(lab: LabResults) -> str:
-    wrapped = next(r.config for r in lab.lr_sweep if r.config.uses_lookahead)
     plan = lab.plan.data if lab.plan else {}
     rule = plan.get("selection", {}).get("rule", "the best mean final validation metric")
+    if lab.tuning and lab.tuned:
+        return _tuning_protocol(lab, rule)
+    wrapped = next(r.config for r in lab.lr_sweep if r.config.uses_lookahead)
     if lab.tuned:
         where = (
             f"selected on the validation split over the sweep's {_seed_span(lab.lr_sweep)}, then "
@@ -205,6 +267,7 @@ def build_claims(lab: LabResults) -> list[Claim]:
             final_quality_claim(
                 compare_pairs, endpoint, protocol=default_protocol(lab), key="final_default",
                 title=f"final {name}, default protocol", plan=plan.claim("final_default"),
+                schedule=_schedule_of(lab.compare),
             )
         )  # fmt: skip
     if lab.rescaled and compare_pairs:
@@ -220,13 +283,32 @@ def build_claims(lab: LabResults) -> list[Claim]:
                 f"optimizer at {fmt(alpha)} x that learning rate (the effective-learning-rate "
                 f"control), {_training_text(lab.rescaled)}, over {_seed_span(lab.rescaled)}, "
                 "paired by seed.",
+                schedule=_schedule_of(lab.rescaled),
+            )
+        )  # fmt: skip
+    for schedule, runs in _by_schedule(lab.schedule_compare).items():
+        claims.append(
+            final_quality_claim(
+                pair_by_inner(summarize(runs)), endpoint, protocol=default_protocol(lab, runs),
+                key=f"final_default_{schedule}", title=f"final {name}, default protocol, "
+                f"{schedule} schedule", plan=plan.claim(f"final_default_{schedule}"),
+                schedule=schedule,
             )
         )  # fmt: skip
     if tuned:
+        extension = _plan_data(lab).get("tuning", {}).get("extension") if lab.tuning else None
+        edge_rule = (
+            f"after at most {extension['max']} extension{'s' if extension['max'] != 1 else ''} "
+            f"by {fmt(float(extension['factor']))}x"
+            if extension
+            else ""
+        )
         claims.append(
             final_quality_claim(
                 tuned, endpoint, protocol=tuned_protocol(lab), key="final_tuned",
-                title=f"final {name}, tuned protocol", plan=plan.claim("final_tuned"), grid=sweep,
+                title=f"final {name}, tuned protocol", plan=plan.claim("final_tuned"),
+                grid=summarize(lab.tuning) if lab.tuning else sweep, edge_rule=edge_rule,
+                schedule=_schedule_of(lab.tuned),
             )
         )  # fmt: skip
     convergence = plan.data.get("convergence")
@@ -329,7 +411,8 @@ def _verdict_phrase(claim: Claim, cases: Sequence[Case], title: bool = True) -> 
 def _by_kind(cases: Sequence[Case]) -> dict[str, list[Case]]:
     groups: dict[str, list[Case]] = {}
     for case in cases:
-        groups.setdefault(verdict_kind(case.verdict), []).append(case)
+        kind = NO_VERDICT if case.verdict == NO_VERDICT else verdict_kind(case.verdict)
+        groups.setdefault(kind, []).append(case)
     return groups
 
 
@@ -348,11 +431,12 @@ def summary_sentences(claims: Sequence[Claim], scope: str) -> list[str]:
         "contradicts": "Did not hold (Lookahead worse, significant at 5%)",
         "equivalent": "Equivalent within the declared smallest effect of interest",
         "inconclusive": "Undecided at these seeds",
+        NO_VERDICT: "No verdict, by the plan's rule",
     }
-    for kind in ("supports", "contradicts", "equivalent", "inconclusive"):
+    for kind in ("supports", "contradicts", "equivalent", "inconclusive", NO_VERDICT):
         if kind in by_kind:
             sentences.append(f"{words[kind]}: {'; '.join(by_kind[kind])}.")
-        elif kind != "inconclusive":
+        elif kind not in ("inconclusive", NO_VERDICT):
             sentences.append(f"{words[kind]}: none.")
     controls = {
         "supports": "Lookahead above the control, significant at 5%",
@@ -384,8 +468,10 @@ CANNOT_TEST = (
     "which); an effect at this scale need not carry over, in either direction.",
     "Wall-clock claims (computation and memory cost): seconds depend on the machine, so no "
     "verdict uses them (benchmarks/ measures the optimizer's cost).",
+)
+ONE_SCHEDULE = (
     "The schedule as a factor: every run here uses the task's schedule (cosine for digits and "
-    "charlm).",
+    "charlm)."
 )
 TUNED_ALONE = (
     "A tuned protocol over Lookahead's own (k, alpha): the tuned protocol tunes the learning "
@@ -505,6 +591,17 @@ def _sampling_error_line(lab: LabResults, claims: Sequence[Claim]) -> list[str]:
     ]
 
 
+def _untested_factors(lab: LabResults) -> list[str]:
+    """The schedule and tuning bullets of the "cannot test" list that hold for ``lab``: one
+    schedule only; tuning over the learning rate alone, or no tuning."""
+    items = [] if lab.schedule_compare else [ONE_SCHEDULE]
+    if not lab.tuned:
+        items.append(UNTUNED)
+    elif not any(r.config.uses_lookahead for r in lab.tuning):
+        items.append(TUNED_ALONE)
+    return items
+
+
 def _cannot_test_lines(lab: LabResults, claims: Sequence[Claim] = ()) -> list[str]:
     extra = _sampling_error_line(lab, claims)
     if lab.task and not endpoint_of(lab).startswith("test_"):
@@ -517,7 +614,7 @@ def _cannot_test_lines(lab: LabResults, claims: Sequence[Claim] = ()) -> list[st
     return [
         "## What this lab cannot test here",
         "",
-        *(f"- {item}" for item in (*CANNOT_TEST, TUNED_ALONE if lab.tuned else UNTUNED, *extra)),
+        *(f"- {item}" for item in (*CANNOT_TEST, *_untested_factors(lab), *extra)),
         "",
     ]
 
@@ -526,7 +623,10 @@ def _cannot_test_lines(lab: LabResults, claims: Sequence[Claim] = ()) -> list[st
 
 
 def _setup_lines(lab: LabResults) -> list[str]:
-    runs = lab.compare + lab.rescaled + lab.lr_sweep + lab.tuned + lab.k_alpha
+    runs = (
+        lab.compare + lab.rescaled + lab.lr_sweep + lab.tuning + lab.tuned + lab.k_alpha
+        + lab.schedule_compare
+    )  # fmt: skip
     lines = ["## Setup", ""]
     if runs:
         spec = get_task(lab.task)
@@ -556,8 +656,10 @@ def _setup_lines(lab: LabResults) -> list[str]:
             ("comparison", lab.compare),
             ("alpha x lr control", lab.rescaled),
             ("learning-rate sweep", lab.lr_sweep),
+            ("tuning trials (with the sweep's plain runs)", lab.tuning),
             ("tuned comparison", lab.tuned),
             ("(k, alpha) grid", lab.k_alpha),
+            ("comparison under the other schedules", lab.schedule_compare),
         ]
         counts = ", ".join(
             f"{name}: {len(part)} runs over {_seeds_text(part)}" for name, part in parts if part
@@ -699,7 +801,7 @@ def _summary_json(summary: SettingSummary) -> dict[str, Any]:
     }
 
 
-_PARTS = ("compare", "rescaled", "lr_sweep", "tuned", "k_alpha")
+_PARTS = ("compare", "rescaled", "lr_sweep", "tuning", "tuned", "k_alpha", "schedule_compare")
 
 
 def _parts(lab: LabResults) -> list[tuple[str, RunResult]]:
@@ -742,15 +844,24 @@ def results_json(
             "alpha": lab.nqm_alpha,
             "points": [p.to_json() for p in lab.nqm],
         }
-    seen: set[RunConfig] = set()
+    payload["schedules"] = {
+        name: sorted({r.config.schedule for r in getattr(lab, name)})
+        for name in _PARTS
+        if getattr(lab, name)
+    }
+    seen: dict[RunConfig, dict[str, Any]] = {}
     runs = []
     first = _first_seed(lab)
     for part, result in _parts(lab):
-        if result.config not in seen:
-            seen.add(result.config)
-            entry = result.to_json()
-            entry["reference"] = is_reference(entry["config"], result.diverged_at, first)
-            runs.append({"part": part, **entry})
+        if result.config in seen:  # recorded once, under its first part; "also" the others
+            also = seen[result.config].setdefault("also", [])
+            if part != seen[result.config]["part"] and part not in also:
+                also.append(part)
+            continue
+        entry = result.to_json()
+        entry["reference"] = is_reference(entry["config"], result.diverged_at, first)
+        seen[result.config] = {"part": part, **entry}
+        runs.append(seen[result.config])
     payload["runs"] = runs
     return payload
 
@@ -1384,13 +1495,19 @@ def _recorded_plan(recorded: dict[str, Any]) -> Plan:
 def _recorded_parts(payload: dict[str, Any], runs: list[RunResult]) -> dict[str, Any]:
     """The runs of a demo or sweep by part, and the noisy quadratic model's points."""
     parts: dict[str, Any] = {
-        part: [r for r, entry in zip(runs, payload["runs"], strict=True) if entry["part"] == part]
-        for part in ("compare", "rescaled", "lr_sweep", "tuned", "k_alpha")
+        part: [
+            r
+            for r, entry in zip(runs, payload["runs"], strict=True)
+            if part == entry["part"] or part in entry.get("also", ())
+        ]
+        for part in _PARTS
     }
-    # results.json records a run once: the grid's runs that the comparison made are there.
-    grid = {(r.config.inner, r.config.lr) for r in parts["k_alpha"]}
-    shared = [r for r in parts["compare"] if (r.config.inner, r.config.lr) in grid]
-    parts["k_alpha"] = shared + parts["k_alpha"]
+    if not any("also" in entry for entry in payload["runs"]):
+        # Written before shared runs were marked: the grid's runs that the comparison made
+        # are the comparison's.
+        grid = {(r.config.inner, r.config.lr) for r in parts["k_alpha"]}
+        shared = [r for r in parts["compare"] if (r.config.inner, r.config.lr) in grid]
+        parts["k_alpha"] = shared + parts["k_alpha"]
     nqm = payload.get("nqm")
     if nqm:
         parts["nqm"] = [NQMPoint.from_json(point) for point in nqm["points"]]

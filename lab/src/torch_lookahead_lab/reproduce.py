@@ -87,7 +87,8 @@ def same_machine(committed: Mapping[str, Any], fresh: Mapping[str, Any]) -> bool
 def is_reference(config: Mapping[str, Any], diverged_at: int | None, first_seed: int = 0) -> bool:
     """A run the report marks ``reference``, whose every value must agree across machines
     within rule 2's tolerances: the report's first seed (``first_seed``; 0 unless its seeds
-    start elsewhere) at the task's learning rate for its inner optimizer, plain or in the lab's
+    start elsewhere) at the task's learning rate for its inner optimizer and under its schedule
+    (a run recorded before runs had a schedule counts as under it), plain or in the lab's
     default Lookahead(k=5, alpha=0.5), that never diverged.
 
     Other runs may amplify rounding into differences like those between seeds (measured: up to
@@ -97,8 +98,10 @@ def is_reference(config: Mapping[str, Any], diverged_at: int | None, first_seed:
         return False
     if (config["k"], config["alpha"]) not in ((None, None), REFERENCE_LOOKAHEAD):
         return False
-    task_lr = get_task(config["task"]).learning_rate(config["inner"])
-    return math.isclose(config["lr"], task_lr, rel_tol=1e-9)
+    task = get_task(config["task"])
+    if config.get("schedule", task.schedule) != task.schedule:
+        return False
+    return math.isclose(config["lr"], task.learning_rate(config["inner"]), rel_tol=1e-9)
 
 
 def marked_reference(run: Mapping[str, Any]) -> bool:
