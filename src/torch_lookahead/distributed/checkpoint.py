@@ -35,7 +35,9 @@ from torch_lookahead.distributed.lookahead import (
     MEAN_DELTA_KEY,
     MEAN_KEY,
     OUTER_MOMENTUM_KEY,
+    RESTARTED_AT_KEY,
     DistributedLookahead,
+    _remember_restart,
 )
 from torch_lookahead.lookahead import EVAL_KEY, FAST_KEY, SLOW_KEY
 
@@ -47,9 +49,12 @@ _PENDING_KEYS = (LAUNCH_KEY, MEAN_KEY, MEAN_DELTA_KEY)
 
 _RANK_PART = re.compile(r"(?:^|\.)rank_(\d+)\.")
 _BLOB = "pending_syncs"
-"""The bytes entry of each replica's part: the delayed syncs pending at the save and the number
-of replicas that saved (``_FORMAT`` and later; earlier checkpoints hold the pending syncs alone)."""
-_FORMAT = 2
+"""The bytes entry of each replica's part: the delayed syncs pending at the save, the number of
+replicas that saved (format 2 and later; earlier checkpoints hold the pending syncs alone) and
+each group's ``lookahead_restarted_at`` (format 3; earlier: absent, i.e. 0). That group key is
+present on some steps only, while DCP loads only the keys of its template (a fresh optimizer):
+it travels here, never in the parameter groups."""
+_FORMAT = 3
 
 
 def saved_world_size(checkpoint_id: str | os.PathLike[str]) -> int:
@@ -101,8 +106,8 @@ def _read_blob(blob: bytes) -> dict[str, Any]:
     """The pending syncs and the number of replicas (None if not stored) of a saved blob."""
     loaded = torch.load(io.BytesIO(blob), weights_only=True)
     if isinstance(loaded.get("format"), int):
-        return {"pending": loaded["pending"], "replicas": loaded["replicas"]}
-    return {"pending": loaded, "replicas": None}  # the first format: the pending syncs alone
+        return {**loaded, "restarted_at": loaded.get("restarted_at")}
+    return {"pending": loaded, "replicas": None, "restarted_at": None}  # the pending syncs alone
 
 
 def _train_form(model_state: dict[str, Any], optimizer_state: dict[str, Any]) -> dict[str, Any]:
@@ -253,10 +258,14 @@ class DistributedLookaheadState:
         # template always has.
         blob = io.BytesIO()
         replicas = dist.get_world_size(self.optimizer.process_group)
-        torch.save({"format": _FORMAT, "replicas": replicas, "pending": pending}, blob)
+        groups = optimizer_state["param_groups"]
+        restarted_at = [group.get(RESTARTED_AT_KEY, 0) for group in groups]
+        groups = [{k: v for k, v in group.items() if k != RESTARTED_AT_KEY} for group in groups]
+        extras = {"replicas": replicas, "pending": pending, "restarted_at": restarted_at}
+        torch.save({"format": _FORMAT, **extras}, blob)
         shared_key, own_key = self._shared_key, self._own_key
         return {
-            shared_key: {"state": shared_state, "param_groups": optimizer_state["param_groups"]},
+            shared_key: {"state": shared_state, "param_groups": groups},
             own_key: {
                 "model": model_state,
                 "optimizer": own_state,
@@ -268,7 +277,8 @@ class DistributedLookaheadState:
         """Put the two parts back together and load them into the model and optimizer."""
         shared, own = state_dict[self._shared_key], state_dict[self._own_key]
         names = set(shared["state"]) | set(own["optimizer"])
-        pending = _read_blob(own[_BLOB])["pending"]
+        extras = _read_blob(own[_BLOB])
+        pending = extras["pending"]
         if self._whole:  # each rank takes its shards of the whole tensors
             pending = {
                 name: {k: _like(v, shared["state"][name][SLOW_KEY]) for k, v in entries.items()}
@@ -288,5 +298,8 @@ class DistributedLookaheadState:
             "param_groups": shared["param_groups"],
         }
         set_optimizer_state_dict(self.model, self.optimizer, optimizer_state)  # type: ignore[arg-type]
+        restarted_at = extras["restarted_at"] or [0] * len(self.optimizer.param_groups)
+        for group, counter in zip(self.optimizer.param_groups, restarted_at, strict=True):
+            _remember_restart(group, counter)
         if self._elastic:
             self.optimizer._restart_from_slow_weights()
