@@ -234,8 +234,11 @@ class DistributedLookahead(Lookahead):
     them by module or by size) are synced at the steps ``t`` with ``(t - o_f) % k == 0``,
     ``o_f = (f * k) // F``: the constructor starts fragment ``f``'s counter at ``(k - o_f) % k``.
     Each sync then moves one fragment, about 1/F of the bytes. The phase lives in the groups'
-    counters, so checkpoints resume it. Groups without the key are fragment 0 (F = 1 is the plain
-    class, bit for bit).
+    counters, so checkpoints resume it; ``sync()``, ``reset_slow()`` and the load of a plain
+    checkpoint restart each fragment at it, which the group remembers
+    (``lookahead_restarted_at``), so that ``sync()`` tells a fragment with inner steps since its
+    last outer step from one just restarted there. Groups without the key are fragment 0 (F = 1
+    is the plain class, bit for bit).
 
     **Overlap** (``sync_delay = d``, ``0 <= d < k``). The mean is launched asynchronously at the
     end of a group's cycle (step ``t``) and applied after the ``d``-th inner step that follows:
