@@ -524,6 +524,7 @@ broadcast of rank 0's weights (done by both) is not counted.
 Final = after step {settings["steps"]}; mean ± standard deviation over the seeds. "MB until val
 accuracy >= {TARGET_ACCURACY}": bytes all-reduced per rank up to the first evaluation (every
 {settings["eval_every"]} steps) at which the seed-averaged validation accuracy reached it.
+The last row (DiLoCo's outer step) is reread in [diloco_row.md](diloco_row.md).
 
 ![validation accuracy against bytes all-reduced, and against steps](bytes_vs_accuracy.png)
 
