@@ -55,8 +55,9 @@ def check_example(rank: int, world_size: int, out: str) -> None:
     if rank == 0:
         ddp, lookahead = (s["bytes_all_reduced_per_rank"] for s in summaries)
         assert ddp == steps * DIGITS_CNN_BYTES  # the gradients, every step
-        # steps // k syncs, and none more: the run ends at a cycle end, so it owes no sync (an
-        # extra outer step there would move momentum runs by the momentum alone). Each is the
+        # steps // k syncs, and none more: the run ends at a cycle end, where its closing sync()
+        # sends nothing (an extra outer step there would move momentum runs by the momentum
+        # alone). Each is the
         # weights (an even number of float32 values) and the verdict's int64 sums (a flag, a flag
         # per tensor, a count, two fingerprint values and their squares for the one group)
         per_sync = DIGITS_CNN_BYTES + 8 * (1 + DIGITS_CNN_TENSORS + 6)
