@@ -333,9 +333,10 @@ def check_dcp(rank: int, world_size: int, path: str) -> None:
         resumed_model = _model()
         resumed = _build(resumed_model, config)
         dcp.load({"train": DistributedLookaheadState(resumed_model, resumed)}, checkpoint_id=where)
-        assert [g.get(RESTARTED_AT_KEY) for g in resumed.param_groups] == [
-            g.get(RESTARTED_AT_KEY) for g in opt.param_groups
-        ]
+        for key in (RESTARTED_AT_KEY, "lookahead_syncs"):  # committed syncs, too
+            assert [g.get(key) for g in resumed.param_groups] == [
+                g.get(key) for g in opt.param_groups
+            ]
         before = _snapshot(resumed_model, resumed)
         opt.sync()
         resumed.sync()
@@ -354,7 +355,7 @@ def test_dcp_blobs_of_earlier_formats_have_no_restarts() -> None:
     for blob in ({"format": 2, "replicas": 2, "pending": {}}, {}):
         buffer = io.BytesIO()
         torch.save(blob, buffer)
-        assert checkpoint_module._read_blob(buffer.getvalue())["restarted_at"] is None
+        assert checkpoint_module._read_blob(buffer.getvalue())["groups"] is None
 
 
 def check_rollback_then_sync(rank: int, world_size: int) -> None:

@@ -36,8 +36,8 @@ from torch_lookahead.distributed.lookahead import (
     MEAN_KEY,
     OUTER_MOMENTUM_KEY,
     RESTARTED_AT_KEY,
+    SYNCS_KEY,
     DistributedLookahead,
-    _remember_restart,
 )
 from torch_lookahead.lookahead import EVAL_KEY, FAST_KEY, SLOW_KEY
 
@@ -51,10 +51,13 @@ _RANK_PART = re.compile(r"(?:^|\.)rank_(\d+)\.")
 _BLOB = "pending_syncs"
 """The bytes entry of each replica's part: the delayed syncs pending at the save, the number of
 replicas that saved (format 2 and later; earlier checkpoints hold the pending syncs alone) and
-each group's ``lookahead_restarted_at`` (format 3; earlier: absent, i.e. 0). That group key is
-present on some steps only, while DCP loads only the keys of its template (a fresh optimizer):
-it travels here, never in the parameter groups."""
+each group's `_SOMETIMES_KEYS` that it holds (format 3)."""
 _FORMAT = 3
+_SOMETIMES_KEYS = (RESTARTED_AT_KEY, SYNCS_KEY)
+"""Parameter-group keys present on some steps only. DCP loads only the keys of its template (a
+fresh optimizer, where they may be absent) and raises for a template's key the checkpoint lacks,
+so they travel in the blob, never in the parameter groups (checkpoints of earlier formats lost
+them: absent after the load)."""
 
 
 def saved_world_size(checkpoint_id: str | os.PathLike[str]) -> int:
@@ -106,8 +109,8 @@ def _read_blob(blob: bytes) -> dict[str, Any]:
     """The pending syncs and the number of replicas (None if not stored) of a saved blob."""
     loaded = torch.load(io.BytesIO(blob), weights_only=True)
     if isinstance(loaded.get("format"), int):
-        return {**loaded, "restarted_at": loaded.get("restarted_at")}
-    return {"pending": loaded, "replicas": None, "restarted_at": None}  # the pending syncs alone
+        return {**loaded, "groups": loaded.get("groups")}
+    return {"pending": loaded, "replicas": None, "groups": None}  # the pending syncs alone
 
 
 def _train_form(model_state: dict[str, Any], optimizer_state: dict[str, Any]) -> dict[str, Any]:
@@ -259,9 +262,9 @@ class DistributedLookaheadState:
         blob = io.BytesIO()
         replicas = dist.get_world_size(self.optimizer.process_group)
         groups = optimizer_state["param_groups"]
-        restarted_at = [group.get(RESTARTED_AT_KEY, 0) for group in groups]
-        groups = [{k: v for k, v in group.items() if k != RESTARTED_AT_KEY} for group in groups]
-        extras = {"replicas": replicas, "pending": pending, "restarted_at": restarted_at}
+        kept = [{k: g[k] for k in _SOMETIMES_KEYS if k in g} for g in groups]
+        groups = [{k: v for k, v in g.items() if k not in _SOMETIMES_KEYS} for g in groups]
+        extras = {"replicas": replicas, "pending": pending, "groups": kept}
         torch.save({"format": _FORMAT, **extras}, blob)
         shared_key, own_key = self._shared_key, self._own_key
         return {
@@ -298,8 +301,10 @@ class DistributedLookaheadState:
             "param_groups": shared["param_groups"],
         }
         set_optimizer_state_dict(self.model, self.optimizer, optimizer_state)  # type: ignore[arg-type]
-        restarted_at = extras["restarted_at"] or [0] * len(self.optimizer.param_groups)
-        for group, counter in zip(self.optimizer.param_groups, restarted_at, strict=True):
-            _remember_restart(group, counter)
+        kept = extras["groups"] or [{}] * len(self.optimizer.param_groups)
+        for group, entries in zip(self.optimizer.param_groups, kept, strict=True):
+            for key in _SOMETIMES_KEYS:
+                group.pop(key, None)
+            group.update(entries)
         if self._elastic:
             self.optimizer._restart_from_slow_weights()
