@@ -315,9 +315,6 @@ def train(
     # DDP's hook delays its own all-reduces; DistributedLookahead's go through torch.distributed.
     on_link = link.installed() if link is not None and method.name != "ddp" else None
     train_seconds, peak_step_bytes = 0.0, 0
-    owes_sync = method.k is not None and (
-        steps % method.k != 0 or method.fragments > 1 or method.sync_delay > 0
-    )
     dist.barrier()
     with on_link if on_link is not None else contextlib.nullcontext():
         for step in range(1, steps + 1):
@@ -327,12 +324,11 @@ def train(
                 torch.nn.utils.clip_grad_norm_(trained.parameters(), task.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if step == steps and isinstance(optimizer, DistributedLookahead) and owes_sync:
-                # End on a completed sync (collective, every rank): the sync a delayed run
-                # launched at its last cycle end is still in flight, fragments are mid-cycle, a
-                # run that ends mid-cycle has steps since its last sync: the slow weights would
-                # be older than the run's last steps. A run that ends at a cycle end owes none
-                # (another outer step there would move the weights by the outer momentum alone).
+            if step == steps and isinstance(optimizer, DistributedLookahead):
+                # End on a completed sync (collective, every rank), so that the slow weights hold
+                # the run's last steps: a delayed sync in flight is applied, and the groups with
+                # steps since their last sync take it. sync() is idempotent: at a cycle end
+                # without fragments or a delay it exchanges nothing and changes nothing.
                 optimizer.sync()
             seconds, step_bytes = time.perf_counter() - started, count_bytes() - bytes_before
             train_seconds += seconds
@@ -528,6 +524,7 @@ broadcast of rank 0's weights (done by both) is not counted.
 Final = after step {settings["steps"]}; mean ± standard deviation over the seeds. "MB until val
 accuracy >= {TARGET_ACCURACY}": bytes all-reduced per rank up to the first evaluation (every
 {settings["eval_every"]} steps) at which the seed-averaged validation accuracy reached it.
+The last row (DiLoCo's outer step) is reread in [diloco_row.md](diloco_row.md).
 
 ![validation accuracy against bytes all-reduced, and against steps](bytes_vs_accuracy.png)
 

@@ -55,8 +55,9 @@ def check_example(rank: int, world_size: int, out: str) -> None:
     if rank == 0:
         ddp, lookahead = (s["bytes_all_reduced_per_rank"] for s in summaries)
         assert ddp == steps * DIGITS_CNN_BYTES  # the gradients, every step
-        # steps // k syncs, and none more: the run ends at a cycle end, so it owes no sync (an
-        # extra outer step there would move momentum runs by the momentum alone). Each is the
+        # steps // k syncs, and none more: the run ends at a cycle end, where its closing sync()
+        # sends nothing (an extra outer step there would move momentum runs by the momentum
+        # alone). Each is the
         # weights (an even number of float32 values) and the verdict's int64 sums (a flag, a flag
         # per tensor, a count, two fingerprint values and their squares for the one group)
         per_sync = DIGITS_CNN_BYTES + 8 * (1 + DIGITS_CNN_TENSORS + 6)
@@ -107,7 +108,9 @@ def check_options_example(rank: int, world_size: int, out: str) -> None:
         return blocks * INT8_BLOCK + 4 * blocks + 8 * (1 + tensors + 6 * groups)
 
     fragment_bytes = [int8_bytes(8, 4, 1), int8_bytes(35, 4, 1)]
-    final_sync = int8_bytes(43, 8, 2)  # the sync that ends the run: the whole model, in step 10
+    # The sync that ends the run (step 10) applies fragment 0's delayed sync, launched at 10, and
+    # exchanges fragment 1 alone: fragment 0 has no inner steps since that launch.
+    final_sync = fragment_bytes[1]
     assert summary["bytes_all_reduced_per_rank"] == 2 * sum(fragment_bytes) + final_sync
     assert summary["peak_step_bytes"] == fragment_bytes[0] + final_sync  # fragment 0 at 10
     settings = {

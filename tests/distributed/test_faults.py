@@ -289,6 +289,16 @@ def check_resume_on(
     own = [opt.state[p]["exp_avg"] for g in opt.param_groups for p in g["params"]]
     for a, b in zip(own, source, strict=True):
         assert torch.equal(a, b)
+    # The parameters hold the slow weights: sync() takes no outer step and sends nothing, it
+    # only restarts the cycles at the fragments' phases.
+    bytes_before = opt.bytes_all_reduced
+    opt.sync()
+    assert opt.bytes_all_reduced == bytes_before
+    for p, slow in zip(model.parameters(), expected["slow"], strict=True):
+        assert torch.equal(p.detach(), slow)
+    for a, b in zip(_snapshot(opt, OUTER_MOMENTUM_KEY), expected["momentum"], strict=True):
+        assert torch.equal(a, b)
+    assert [g["lookahead_step"] for g in opt.param_groups] == [0, 2]
     for step in range(9, 13):  # every fragment syncs once more across the new ranks
         _train_step(model, opt, rank, step)
     assert_same_on_all_ranks(slow_weights_of(opt), group)

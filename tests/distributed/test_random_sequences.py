@@ -1,9 +1,9 @@
 """Random sequences of DistributedLookahead operations on two gloo ranks against an uninterrupted run.
 
 Each rank draws the same sequence (the same seed), so collectives line up. The run under test takes
-steps (with a closure) and explicit syncs, and in between switches to the slow weights and back,
-saves in eval form while a sync may be in flight, reloads its state into a freshly built model and
-optimizer, calls ``reset_slow()``, and has steps interrupted by an exception from the inner
+steps (with a closure) and explicit syncs (also twice in a row, where the twin syncs once: sync()
+is idempotent), and in between switches to the slow weights and back, saves in eval form while a
+sync may be in flight, reloads its state into a freshly built model and optimizer, calls ``reset_slow()``, and has steps interrupted by an exception from the inner
 optimizer's step post-hook (after the inner step, before the sync and the delayed syncs due at
 that step). A twin on the same ranks takes only the steps, syncs and resets, uninterrupted. At the
 end both hold bit-identical fast and slow weights, and the ranks the same slow weights.
@@ -28,6 +28,7 @@ pytestmark = pytest.mark.distributed
 OPERATIONS = {
     "step": 8,
     "sync": 1,
+    "sync_twice": 1,
     "eval": 1,
     "train": 1,
     "save_in_eval_form": 1,
@@ -99,7 +100,7 @@ def run_sequence(rank: int, world_size: int, seed: int, length: int) -> str:
     for _ in range(length):
         name = draw.choices(names, weights)[0]
         done.append(name)
-        if name in ("step", "interrupted_step", "sync", "reset_slow", "reload"):
+        if name in ("step", "interrupted_step", "sync", "sync_twice", "reset_slow", "reload"):
             opt.train()
         if name in ("step", "interrupted_step"):
             if name == "interrupted_step":
@@ -111,6 +112,10 @@ def run_sequence(rank: int, world_size: int, seed: int, length: int) -> str:
             _step(twin, twin_opt, rank, steps)
             steps += 1
         elif name == "sync":
+            opt.sync()
+            twin_opt.sync()
+        elif name == "sync_twice":  # idempotent: the second sync() changes nothing
+            opt.sync()
             opt.sync()
             twin_opt.sync()
         elif name == "reset_slow":

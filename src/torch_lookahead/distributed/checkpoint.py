@@ -35,6 +35,8 @@ from torch_lookahead.distributed.lookahead import (
     MEAN_DELTA_KEY,
     MEAN_KEY,
     OUTER_MOMENTUM_KEY,
+    RESTARTED_AT_KEY,
+    SYNCS_KEY,
     DistributedLookahead,
 )
 from torch_lookahead.lookahead import EVAL_KEY, FAST_KEY, SLOW_KEY
@@ -47,9 +49,15 @@ _PENDING_KEYS = (LAUNCH_KEY, MEAN_KEY, MEAN_DELTA_KEY)
 
 _RANK_PART = re.compile(r"(?:^|\.)rank_(\d+)\.")
 _BLOB = "pending_syncs"
-"""The bytes entry of each replica's part: the delayed syncs pending at the save and the number
-of replicas that saved (``_FORMAT`` and later; earlier checkpoints hold the pending syncs alone)."""
-_FORMAT = 2
+"""The bytes entry of each replica's part: the delayed syncs pending at the save, the number of
+replicas that saved (format 2 and later; earlier checkpoints hold the pending syncs alone) and
+each group's `_SOMETIMES_KEYS` that it holds (format 3)."""
+_FORMAT = 3
+_SOMETIMES_KEYS = (RESTARTED_AT_KEY, SYNCS_KEY)
+"""Parameter-group keys present on some steps only. DCP loads only the keys of its template (a
+fresh optimizer, where they may be absent) and raises for a template's key the checkpoint lacks,
+so they travel in the blob, never in the parameter groups (checkpoints of earlier formats lost
+them: absent after the load)."""
 
 
 def saved_world_size(checkpoint_id: str | os.PathLike[str]) -> int:
@@ -101,8 +109,8 @@ def _read_blob(blob: bytes) -> dict[str, Any]:
     """The pending syncs and the number of replicas (None if not stored) of a saved blob."""
     loaded = torch.load(io.BytesIO(blob), weights_only=True)
     if isinstance(loaded.get("format"), int):
-        return {"pending": loaded["pending"], "replicas": loaded["replicas"]}
-    return {"pending": loaded, "replicas": None}  # the first format: the pending syncs alone
+        return {**loaded, "groups": loaded.get("groups")}
+    return {"pending": loaded, "replicas": None, "groups": None}  # the pending syncs alone
 
 
 def _train_form(model_state: dict[str, Any], optimizer_state: dict[str, Any]) -> dict[str, Any]:
@@ -253,10 +261,14 @@ class DistributedLookaheadState:
         # template always has.
         blob = io.BytesIO()
         replicas = dist.get_world_size(self.optimizer.process_group)
-        torch.save({"format": _FORMAT, "replicas": replicas, "pending": pending}, blob)
+        groups = optimizer_state["param_groups"]
+        kept = [{k: g[k] for k in _SOMETIMES_KEYS if k in g} for g in groups]
+        groups = [{k: v for k, v in g.items() if k not in _SOMETIMES_KEYS} for g in groups]
+        extras = {"replicas": replicas, "pending": pending, "groups": kept}
+        torch.save({"format": _FORMAT, **extras}, blob)
         shared_key, own_key = self._shared_key, self._own_key
         return {
-            shared_key: {"state": shared_state, "param_groups": optimizer_state["param_groups"]},
+            shared_key: {"state": shared_state, "param_groups": groups},
             own_key: {
                 "model": model_state,
                 "optimizer": own_state,
@@ -268,7 +280,8 @@ class DistributedLookaheadState:
         """Put the two parts back together and load them into the model and optimizer."""
         shared, own = state_dict[self._shared_key], state_dict[self._own_key]
         names = set(shared["state"]) | set(own["optimizer"])
-        pending = _read_blob(own[_BLOB])["pending"]
+        extras = _read_blob(own[_BLOB])
+        pending = extras["pending"]
         if self._whole:  # each rank takes its shards of the whole tensors
             pending = {
                 name: {k: _like(v, shared["state"][name][SLOW_KEY]) for k, v in entries.items()}
@@ -288,5 +301,10 @@ class DistributedLookaheadState:
             "param_groups": shared["param_groups"],
         }
         set_optimizer_state_dict(self.model, self.optimizer, optimizer_state)  # type: ignore[arg-type]
+        kept = extras["groups"] or [{}] * len(self.optimizer.param_groups)
+        for group, entries in zip(self.optimizer.param_groups, kept, strict=True):
+            for key in _SOMETIMES_KEYS:
+                group.pop(key, None)
+            group.update(entries)
         if self._elastic:
             self.optimizer._restart_from_slow_weights()

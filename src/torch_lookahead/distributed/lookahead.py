@@ -59,6 +59,7 @@ __all__ = [
     "MEAN_DELTA_KEY",
     "MEAN_KEY",
     "OUTER_MOMENTUM_KEY",
+    "RESTARTED_AT_KEY",
     "SYNCS_KEY",
     "DistributedLookahead",
     "SyncFailedError",
@@ -77,6 +78,11 @@ MEAN_DELTA_KEY = "lookahead_launch_mean_delta"
 SYNCS_KEY = "lookahead_syncs"
 """Parameter-group key: the syncs of the group that this rank has committed. Every exchange
 carries it, so ranks with different histories (one restarted alone from a checkpoint) are found."""
+RESTARTED_AT_KEY = "lookahead_restarted_at"
+"""Parameter-group key: the counter at which the group's cycle last restarted, where it is not 0
+(``sync()``, ``reset_slow()`` and the load of a plain checkpoint restart a streaming fragment at
+its phase; absent: 0). The group has inner steps since its last outer step, hence owes one, iff
+its counter differs: a counter equal to the phase is also reached that many steps after a sync."""
 _PENDING_KEYS = (LAUNCH_KEY, MEAN_KEY, MEAN_DELTA_KEY)
 
 
@@ -125,6 +131,25 @@ def _validate_outer_momentum(value: object) -> float:
     if math.isnan(momentum) or not 0.0 <= momentum < 1.0:
         raise ValueError(f"outer_momentum must be in [0, 1), got {momentum}")
     return momentum
+
+
+def _has_steps(group: dict[str, Any]) -> bool:
+    """Whether ``group`` has inner steps since its cycle last restarted (its counter, the same on
+    every rank, moved from where it restarted)."""
+    return bool(group[STEP_KEY] != group.get(RESTARTED_AT_KEY, 0))
+
+
+def _restart(group: dict[str, Any], counter: int) -> None:
+    """Restart ``group``'s cycle at ``counter`` and remember where (`RESTARTED_AT_KEY`)."""
+    _remember_restart(group, counter)
+    group[STEP_KEY] = counter
+
+
+def _remember_restart(group: dict[str, Any], counter: int) -> None:
+    if counter:
+        group[RESTARTED_AT_KEY] = counter
+    else:
+        group.pop(RESTARTED_AT_KEY, None)
 
 
 def _shares_a_group(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
@@ -209,8 +234,11 @@ class DistributedLookahead(Lookahead):
     them by module or by size) are synced at the steps ``t`` with ``(t - o_f) % k == 0``,
     ``o_f = (f * k) // F``: the constructor starts fragment ``f``'s counter at ``(k - o_f) % k``.
     Each sync then moves one fragment, about 1/F of the bytes. The phase lives in the groups'
-    counters, so checkpoints resume it. Groups without the key are fragment 0 (F = 1 is the plain
-    class, bit for bit).
+    counters, so checkpoints resume it; ``sync()``, ``reset_slow()`` and the load of a plain
+    checkpoint restart each fragment at it, which the group remembers
+    (``lookahead_restarted_at``), so that ``sync()`` tells a fragment with inner steps since its
+    last outer step from one just restarted there. Groups without the key are fragment 0 (F = 1
+    is the plain class, bit for bit).
 
     **Overlap** (``sync_delay = d``, ``0 <= d < k``). The mean is launched asynchronously at the
     end of a group's cycle (step ``t``) and applied after the ``d``-th inner step that follows:
@@ -377,7 +405,7 @@ class DistributedLookahead(Lookahead):
                 continue
             if any(SLOW_KEY in state.get(p, {}) for p in group["params"]):
                 continue  # already stepping: its counter is its phase
-            group[STEP_KEY] = self.cycle_start(group)
+            _restart(group, self.cycle_start(group))
 
     def cycle_start(self, group: dict[str, Any]) -> int:
         """Fragment ``f`` of ``F`` restarts at ``(k - (f * k) // F) % k``: its phase."""
@@ -448,10 +476,19 @@ class DistributedLookahead(Lookahead):
         self, groups: list[dict[str, Any]], restart: Callable[[dict[str, Any]], int] | None = None
     ) -> None:
         """Average the due groups' fast weights over the ranks (one exchange for all of them),
-        then take each group's outer step, now or ``sync_delay`` inner steps later."""
+        then take each group's outer step, now or ``sync_delay`` inner steps later. A group
+        without inner steps since its cycle last restarted (after its pending delayed sync is
+        applied, whose progress since the launch counts) holds its slow weights: its cycle only
+        restarts, without an exchange or an outer step. Its counter decides, the same on every
+        rank."""
         self._require_usable()
         for pending in [p for p in self._pending if _shares_a_group(p.groups, groups)]:
-            self._apply_pending(pending)  # k was lowered to sync_delay or below
+            self._apply_pending(pending)  # k was lowered to sync_delay or below, or sync()
+        for group in [g for g in groups if not _has_steps(g)]:
+            _restart(group, 0 if restart is None else restart(group))
+        groups = [g for g in groups if _has_steps(g)]
+        if not groups:
+            return
         tracked = [self.slow_pairs(group) for group in groups]
         if self.outer_momentum > 0.0:
             self._add_outer_momentum(tracked)
@@ -463,13 +500,17 @@ class DistributedLookahead(Lookahead):
                 for p in chain.from_iterable(params):
                     state[p][LAUNCH_KEY] = p.detach().clone()
                 for group in groups:
-                    group[STEP_KEY] = 0 if restart is None else restart(group)  # restarts here
+                    _restart(group, 0 if restart is None else restart(group))  # restarts here
                 self._pending.append(_Pending(groups, params, exchange))
                 return
             results, unsettled = self._collect(groups, params, exchange)
             self._settle(groups, params, unsettled)
             slows = list(chain.from_iterable(t[1] for t in tracked))
             means = [self._mean(result, slow) for result, slow in zip(results, slows, strict=True)]
+            # Remembered before the core's plan stores the counters: a plan an exception stops
+            # is completed before any later decision (every operation finishes it first).
+            for group in groups:
+                _remember_restart(group, 0 if restart is None else restart(group))
             self._outer_steps(groups, tracked, means, restart)
 
     def _mean(self, result: Tensor, slow: Tensor) -> Tensor:
@@ -663,7 +704,7 @@ class DistributedLookahead(Lookahead):
                     p.detach().copy_(state[p][SLOW_KEY])
             self._drop_launch(chain.from_iterable(params))
         for group in groups:
-            group[STEP_KEY] = 0
+            _restart(group, 0)
         self._pending = [p for p in self._pending if not _shares_a_group(p.groups, groups)]
 
     def _refuse(
@@ -730,15 +771,22 @@ class DistributedLookahead(Lookahead):
             for p, slow in zip(params, slows, strict=True):
                 p.detach().copy_(slow)
             self._drop_launch(params)
+            _remember_restart(group, group[STEP_KEY])  # no inner steps since: at the slow weights
 
     # ------------------------------------------------------------------ collective variants
     @torch.no_grad()
     def sync(self) -> None:
-        """Apply every pending delayed sync, then take an outer step now in every group (collective).
+        """Bring every group to a completed sync now and restart the cycles (collective; idempotent).
 
-        A run owes a sync at its end when it stops mid-cycle, with fragments, or with a delayed
-        sync in flight; right after a cycle's end it owes none, and with outer momentum another
-        outer step there moves the slow weights by the momentum alone."""
+        Every pending delayed sync is applied; then the groups with inner steps since their last
+        outer step (a delayed sync's progress since its launch counts) take one, in one exchange,
+        and every group's counter restarts (a streaming fragment at its phase, ``cycle_start``).
+        A group without such steps takes no outer step and sends nothing: its parameters already
+        hold its slow weights (another outer step would move them by the outer momentum alone).
+        So ``sync()`` right after a cycle's end, or twice in a row, changes nothing and exchanges
+        nothing, and a run may always end on ``sync()``. The counters decide, the same on every
+        rank. Slow weights that differ across the ranks are settled by the group's next sync with
+        inner steps, not by a ``sync()`` without them (e.g. right after a rollback)."""
         self._require_usable()
         if self.in_eval_mode:
             super().sync()  # raises
@@ -776,6 +824,8 @@ class DistributedLookahead(Lookahead):
         results, _ = self._collect(groups, params, self._launch(groups, tracked, None))
         for p, mean in zip(chain.from_iterable(params), results, strict=True):
             local(p.detach()).copy_(mean)
+        for group in groups:  # before the core's plan stores the counters (see outer_step)
+            _remember_restart(group, self.cycle_start(group))
         super().reset_slow()
         for param_state in self.state.values():
             buffer = param_state.get(OUTER_MOMENTUM_KEY)
@@ -814,6 +864,9 @@ class DistributedLookahead(Lookahead):
             _require_received(e for e in saved_state.values() if isinstance(e, dict))
         super().load_state_dict(state_dict)
         self._refusal = None
+        for group, saved_group in zip(self.param_groups, state_dict["param_groups"], strict=True):
+            if STEP_KEY not in saved_group:  # a plain checkpoint: restarted at cycle_start
+                _remember_restart(group, group[STEP_KEY])
         # Optimizer.load_state_dict cast every state tensor to its parameter's dtype (bf16 for a
         # bf16 model); the float32 buffers are placed again from the caller's untouched tensors.
         saved_params = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
