@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from torch_lookahead import Lookahead
+from torch_lookahead.lookahead import SLOW_KEY
 
 
 def make(seed: int = 0, k: int = 4, dtype: torch.dtype = torch.float32, **kwargs):
@@ -222,3 +223,28 @@ def test_bf16_with_fp32_slow_copies_tracks_fp32_closer_than_bf16_slow_copies(alp
     error_fp32_slow = (run(torch.bfloat16, torch.float32) - reference).abs().max().item()
     error_bf16_slow = (run(torch.bfloat16, None) - reference).abs().max().item()
     assert error_fp32_slow < 0.1 * error_bf16_slow
+
+
+def test_a_new_slow_copy_takes_its_parameters_layout_not_its_sources() -> None:
+    """A slow copy made again from the old one (the model's dtype changed, or a checkpoint's
+    copy of another dtype and layout) has its parameter's strides, so the sync's kernels run
+    on like layouts."""
+    conv = torch.nn.Conv2d(4, 4, 3)
+    opt = Lookahead(torch.optim.SGD(conv.parameters(), lr=0.01), k=100)
+    for p in conv.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    conv.to(memory_format=torch.channels_last).double()
+    opt.sync()  # float64 slow copies, made from the float32 ones
+    slow = opt.state[conv.weight][SLOW_KEY]
+    assert slow.dtype == torch.float64 and slow.stride() == conv.weight.stride()
+
+    p = torch.nn.Parameter(torch.randn(3, 4))
+    opt = Lookahead(torch.optim.SGD([p], lr=0.1), k=2)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    saved = opt.state_dict()
+    saved["state"][0][SLOW_KEY] = torch.randn(4, 3, dtype=torch.float64).t()
+    opt.load_state_dict(saved)
+    assert opt.state[p][SLOW_KEY].stride() == p.stride()
+    torch.testing.assert_close(opt.state[p][SLOW_KEY], saved["state"][0][SLOW_KEY].float())

@@ -329,8 +329,8 @@ class Lookahead(Optimizer):
 
     def _new_slow_copy(self, p: Tensor, source: Tensor) -> Tensor:
         """A new slow copy of parameter ``p`` holding ``source``, in the slow dtype."""
-        with torch.inference_mode(False):  # usable outside it later
-            return source.detach().to(*self._slow_placement(p), copy=True)
+        with torch.inference_mode(False):  # usable outside it later; p's layout, not source's
+            return torch.empty_like(p, dtype=self._slow_placement(p)[1]).copy_(source.detach())
 
     def step(self, closure: Closure | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
         """One inner step (its return value is returned); after every ``lookahead_k``-th inner
