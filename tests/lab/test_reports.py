@@ -18,7 +18,7 @@ from torch_lookahead import Lookahead
 from torch_lookahead_lab.experiments import LabResults
 from torch_lookahead_lab.plans import load_plan
 from torch_lookahead_lab.provenance import machine
-from torch_lookahead_lab.report import differences_from, rerender, write_report
+from torch_lookahead_lab.report import DETAILS_MARKER, differences_from, rerender, write_report
 from torch_lookahead_lab.reproduce import (
     EARLY_TOLERANCE,
     HORIZON_STEPS,
@@ -385,3 +385,6 @@ def test_a_charlm_comparison_is_reported_on_its_test_split(tmp_path: Path) -> No
     assert again["plan"]["status_of_report"] == "confirmatory"
     assert again["claims"] == results["claims"]
     assert "which read 2 of its 6 jobs back from its cache" in rerendered
+    # The committed plan's own account, its pilot included, is in the report, after the summary.
+    why = load_plan("compare-charlm").data["why"]
+    assert f"## The plan's own account\n\n- Why: {why}\n" in rerendered.partition(DETAILS_MARKER)[2]

@@ -566,6 +566,15 @@ def _plan_lines(lab: LabResults, status: tuple[str, str]) -> list[str]:
     ]
 
 
+def _plan_account_lines(lab: LabResults) -> list[str]:
+    """The committed plan's own words on why it was written (its pilot, what changed) and how it
+    was revised after earlier results: what the one-line status cannot tell."""
+    data = lab.plan.data if lab.plan is not None and lab.plan.committed else {}
+    parts = [(label, data.get(key)) for key, label in (("why", "Why"), ("revised", "Revised"))]
+    told = [f"- {label}: {text}" for label, text in parts if isinstance(text, str) and text]
+    return ["## The plan's own account", "", *told, ""] if told else []
+
+
 # The examples each task's evaluation splits hold (the sampling-error bullet names them).
 EVALUATED_EXAMPLES = {
     "digits": "360 {split} images",
@@ -951,6 +960,7 @@ def _write_lab_report(out_dir: Path, lab: LabResults) -> Path:
     lines += [DETAILS_MARKER, ""]
     if claims:
         lines += _glance_lines(claims)
+    lines += _plan_account_lines(lab)
     lines += _cannot_test_lines(lab, claims)
     if claims:
         lines += [
