@@ -29,6 +29,7 @@ from tests.distributed._replica_utils import (
     state_tensors,
     unprepared,
 )
+from torch_lookahead import Lookahead
 from torch_lookahead.distributed import (
     DistributedLookahead,
     DistributedLookaheadState,
@@ -316,6 +317,43 @@ def check_checkpoints(rank: int, world_size: int) -> None:
 
 def test_sync_after_loading_checkpoints(cluster: Cluster) -> None:
     cluster.run(check_checkpoints)
+
+
+def check_detour_then_reset_slow(rank: int, world_size: int) -> None:
+    """docs/checkpoints.md: a fragmented checkpoint stepped by a single-process Lookahead and
+    loaded back keeps a stale ``lookahead_restarted_at``; ``reset_slow()`` on return restarts
+    every fragment from the replicas' mean, after which ``sync()`` is idempotent and a sync after
+    steps steps."""
+    config = {"fragments": 2, **MOMENTUM}
+    model = _model()
+    opt = _build(model, config)
+    _steps(model, opt, rank, 2 * K + 1)
+    opt.sync()
+    assert opt.param_groups[1].get(RESTARTED_AT_KEY, 0) != 0
+    detour = Lookahead(
+        torch.optim.SGD(fragment_param_groups(model, 2, by="size"), lr=0.05, momentum=0.5),
+        k=K,
+        alpha=0.6,
+    )
+    detour.load_state_dict(opt.state_dict())
+    _steps(model, detour, rank, K)  # type: ignore[arg-type]  # the counters come round again
+    back = _build(model, config)
+    back.load_state_dict(detour.state_dict())
+    back.reset_slow()
+    for p, slow in zip(model.parameters(), slow_weights_of(back), strict=True):
+        assert torch.equal(p.detach(), slow)
+    assert_same_on_all_ranks(slow_weights_of(back))
+    before = _snapshot(model, back)
+    back.sync()
+    _assert_same(_snapshot(model, back), before)
+    _steps(model, back, rank, 1)
+    sent = back.bytes_all_reduced
+    back.sync()
+    assert back.bytes_all_reduced > sent
+
+
+def test_reset_slow_after_a_detour_through_lookahead(cluster: Cluster) -> None:
+    cluster.run(check_detour_then_reset_slow)
 
 
 def check_dcp(rank: int, world_size: int, path: str) -> None:
