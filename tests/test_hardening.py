@@ -80,7 +80,7 @@ BAD_GROUP_VALUES = [
     ("lookahead_k", "5", TypeError),
     ("lookahead_k", None, TypeError),
     ("lookahead_step", -2, ValueError),
-    ("lookahead_step", 1.5, ValueError),
+    ("lookahead_step", 1.5, TypeError),
 ]
 
 
@@ -253,6 +253,23 @@ def test_removing_a_parameter_group_keeps_no_reference_to_it() -> None:
         (lambda sd: sd["param_groups"][0].update(lookahead_step=-1), ValueError, "lookahead_step"),
         (lambda sd: sd["state"][0].update(lookahead_slow=None), TypeError, "lookahead_slow"),
         (lambda sd: sd["param_groups"][0].update(lookahead_eval_mode="yes"), TypeError, "eval"),
+        # Malformed entries give a clear error, not an AttributeError or a stuck sync later.
+        (lambda sd: sd["state"].update({0: None}), ValueError, "must be a dict, got NoneType"),
+        (lambda sd: sd["state"].update({0: []}), ValueError, "must be a dict, got list"),
+        (lambda sd: sd["state"].update({0: torch.zeros(5)}), ValueError, "must be a dict"),
+        (lambda sd: sd["state"].update({7: {}}), ValueError, "an id no group lists"),
+        (lambda sd: sd["param_groups"][0].update(params=[[0], 1, 2]), ValueError, "distinct"),
+        (lambda sd: sd["param_groups"][0].update(params=[0, 0, 1]), ValueError, "distinct"),
+        (
+            lambda sd: sd["state"][0].update(lookahead_slow=torch.empty(5, device="meta")),
+            ValueError,
+            "with data",
+        ),
+        (
+            lambda sd: sd["state"][0].update(lookahead_slow=torch.zeros(1).expand(5)),
+            ValueError,
+            "no element stored twice",
+        ),
     ],
 )
 def test_a_bad_checkpoint_changes_nothing(edit: Any, error: type[Exception], words: str) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+from collections.abc import Hashable
+from functools import partial
 from itertools import chain
 from typing import Any, cast
 
@@ -38,15 +40,16 @@ def _integer(value: object) -> int | None:
         return None
 
 
-def check_k(value: object, name: str = "k") -> int:
-    """Return ``value`` as an int if it is a positive integer (the inner steps per sync), else raise
-    ``TypeError`` (``bool``, ``2.5``, ``"5"``) or ``ValueError`` (integers below 1)."""
+def check_k(value: object, name: str = "k", least: int = 1) -> int:
+    """Return ``value`` as an int if it is an integer of at least ``least`` (1: the inner steps per
+    sync; 0: a group's counter), else raise ``TypeError`` (``bool``, ``2.5``, ``"5"``) or
+    ``ValueError`` (integers below ``least``)."""
+    kind = "a positive" if least else "a non-negative"
+    role = "the number of inner steps per sync" if least else "inner steps since the sync"
     if (number := _integer(value)) is None:
-        raise TypeError(
-            f"{name} must be a positive int (the number of inner steps per sync), got {value!r}"
-        )
-    if number < 1:
-        raise ValueError(f"{name} must be a positive int (>= 1), got {number}")
+        raise TypeError(f"{name} must be {kind} int ({role}), got {value!r}")
+    if number < least:
+        raise ValueError(f"{name} must be {kind} int (>= {least}), got {number}")
     return number
 
 
@@ -62,16 +65,7 @@ def check_alpha(value: object, name: str = "alpha") -> float:
     return number
 
 
-def check_step_count(value: object, name: str) -> int:
-    """Return ``value`` as an int if it is a non-negative integer, else raise ``ValueError``."""
-    if (number := _integer(value)) is None or number < 0:
-        raise ValueError(
-            f"{name} must be a non-negative int (inner steps since the sync), got {value!r}"
-        )
-    return number
-
-
-GROUP_CHECKS = ((K_KEY, check_k), (ALPHA_KEY, check_alpha), (STEP_KEY, check_step_count))
+GROUP_CHECKS = ((K_KEY, check_k), (ALPHA_KEY, check_alpha), (STEP_KEY, partial(check_k, least=0)))
 
 
 def check_options(
@@ -115,12 +109,15 @@ def check_loadable(
                 check(saved[key], f"checkpoint param_groups[{index}][{key!r}]")
         if not isinstance(saved.get(EVAL_KEY, False), bool):
             raise TypeError(f"checkpoint param_groups[{index}][{EVAL_KEY!r}] must be a bool")
-    params = chain.from_iterable(g["params"] for g in groups)
-    id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups), params, strict=True))
+    ids = list(chain.from_iterable(g["params"] for g in saved_groups))
+    if not all(isinstance(i, Hashable) for i in ids) or len(set(ids)) != len(ids):
+        raise ValueError(f"the checkpoint's parameter ids must be distinct, got {ids}")
+    id_map = dict(zip(ids, chain.from_iterable(g["params"] for g in groups), strict=True))
     for key, param_state in saved_state.items():
-        if (p := id_map.get(key)) is None:
+        if (p := id_map.get(key)) is None or not isinstance(param_state, dict):
+            what = type(param_state).__name__ if p is not None else "state of an id no group lists"
             raise ValueError(
-                f"the checkpoint has state for parameter {key!r}, which no group lists"
+                f"the checkpoint's state of parameter {key!r} must be a dict, got {what}"
             )
         if _TIMM_SLOW_KEY in param_state and SLOW_KEY not in param_state:
             raise ValueError(
@@ -129,15 +126,18 @@ def check_loadable(
                 "torch_lookahead.integrations.migrate.convert_timm_state_dict"
             )
         for name, value in param_state.items():
-            if name.startswith("lookahead_") and not isinstance(value, Tensor):
-                raise TypeError(
-                    f"state {name!r} of parameter {key!r} in the checkpoint must be a tensor, "
-                    f"got {type(value).__name__}"
-                )
-            if name.startswith("lookahead_") and value.shape != p.shape:
-                raise ValueError(
-                    f"state {name!r} of parameter {key!r} has shape {tuple(value.shape)} in the "
-                    f"checkpoint, but the parameter has shape {tuple(p.shape)}"
+            if str(name).startswith("lookahead_") and not _dense_like(value, p):
+                raise (ValueError if isinstance(value, Tensor) else TypeError)(
+                    f"state {name!r} of parameter {key!r} in the checkpoint must be a tensor with "
+                    f"data, no element stored twice, of the parameter's shape {tuple(p.shape)}; got "
+                    f"{f'shape {tuple(value.shape)}' if isinstance(value, Tensor) else repr(value)}"
                 )
     with_slow = [key for key, param_state in saved_state.items() if SLOW_KEY in param_state]
     return [id_map[key] for key in with_slow], [saved_state[key][SLOW_KEY] for key in with_slow]
+
+
+def _dense_like(value: object, p: Tensor) -> bool:
+    """Whether ``value`` is a tensor of ``p``'s shape with data and no element stored twice."""
+    if not isinstance(value, Tensor) or value.shape != p.shape or value.is_meta:
+        return False
+    return all(stride or size < 2 for stride, size in zip(value.stride(), value.shape, strict=True))
