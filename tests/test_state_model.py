@@ -576,3 +576,29 @@ def test_reset_slow_copies_into_the_slow_copies_that_fit() -> None:
     assert after[-1] is not before[-1] and after[-1].shape == (3,)
     for p, slow in zip(model.parameters(), after, strict=True):
         assert slow.dtype == torch.float64 and torch.equal(slow, p.double())
+
+
+@pytest.mark.parametrize("through", ["step", "sync", "an overdue sync at the next step"])
+def test_a_subclass_outer_step_runs_without_autograd_from_every_caller(through: str) -> None:
+    """The documented extension point sees grad disabled, as torch.optim's steps do, whichever
+    public call reaches it (before, sync() and step() differed)."""
+    seen: list[bool] = []
+
+    class Recording(Lookahead):
+        def outer_step(self, groups: Any, restart: Any = None) -> None:
+            seen.append(torch.is_grad_enabled())
+            super().outer_step(groups, restart)
+
+    params = params_of()
+    opt = Recording(torch.optim.SGD(params, lr=0.1), k=K, alpha=ALPHA)
+    steps = K if through == "step" else 1
+    for step in range(steps):
+        grads(params, step)
+        opt.step()
+    if through == "sync":
+        opt.sync()
+    elif through != "step":
+        opt.param_groups[0]["lookahead_step"] = K  # a step stopped before its sync
+        grads(params, 1)
+        opt.step()
+    assert seen and not any(seen)

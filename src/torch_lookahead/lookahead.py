@@ -282,9 +282,10 @@ class Lookahead(Optimizer):
         self._plan = Plan(steps)
         self._finish()
 
+    @torch.no_grad()
     def _begin(self, what: str, sync_overdue: bool = False) -> None:
         """Finish an interrupted operation, refuse eval mode, check the groups; ``sync_overdue``:
-        sync the groups at k or more (a step stopped before its sync, or a lowered ``k``)."""
+        sync the groups at k or more (due now, a step stopped before its sync, a lowered ``k``)."""
         self._finish()
         if self.in_eval_mode:
             raise RuntimeError(
@@ -369,9 +370,7 @@ class Lookahead(Optimizer):
         else:
             kwargs = {"closure": capturing_closure, **kwargs}
         loss = _inner_step(self.optimizer, kwargs, stepped)
-        due = [group for group in groups if group[STEP_KEY] >= group[K_KEY]]
-        if due:
-            self.outer_step(due)
+        self._begin("step()", sync_overdue=True)  # sync the groups at k
         self.after_step()
         return loss
 
@@ -437,6 +436,7 @@ class Lookahead(Optimizer):
             for p, s, w in zip(params, slows, map(self._slow_placement, params), strict=True)
         ]
 
+    @torch.no_grad()
     def sync(self) -> None:
         """Take an outer step now, in every group, and restart the k-step cycles (an extra outer
         step: e.g. to end training on a sync before a final evaluation or export)."""
