@@ -602,3 +602,36 @@ def test_a_subclass_outer_step_runs_without_autograd_from_every_caller(through: 
         grads(params, 1)
         opt.step()
     assert seen and not any(seen)
+
+
+def test_a_parameter_changed_while_a_sync_is_pending_blocks_until_undone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/design.md: a dtype change through ``.data`` (``model.bfloat16()``) between an
+    interrupted sync and the next call makes what is left fail; every call raises until the
+    change is undone, and the state is kept: the sync then finishes."""
+    params = params_of(dtypes=(torch.float64,) * 3)
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=K, alpha=ALPHA)
+    run(params, opt, range(1))
+    slow = [opt.state[p]["lookahead_slow"].clone() for p in params]
+    real, fired = torch._foreach_lerp_, []
+
+    def interrupted(*args: Any) -> None:
+        if not fired:
+            fired.append(True)
+            raise KeyboardInterrupt
+        real(*args)
+
+    monkeypatch.setattr(torch, "_foreach_lerp_", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        opt.sync()
+    params[0].data = params[0].data.to(torch.bfloat16)
+    for call in (opt.sync, opt.state_dict, opt.reset_slow, opt.eval):
+        with pytest.raises(RuntimeError, match="dtype"):
+            call()
+    assert_equal([opt.state[p]["lookahead_slow"] for p in params], slow)
+    params[0].data = params[0].data.to(torch.float64)
+    opt.sync()
+    assert opt.param_groups[0]["lookahead_step"] == 0
+    fresh = Lookahead(torch.optim.SGD(params_of(), lr=0.1), k=K, alpha=ALPHA)
+    fresh.load_state_dict(opt.state_dict())
