@@ -46,6 +46,7 @@ __all__ = [
     "Case",
     "Claim",
     "best_lr",
+    "by_method",
     "claim_json",
     "convergence_claim",
     "final_quality_claim",
@@ -57,6 +58,7 @@ __all__ = [
     "nqm_claim",
     "pair_by_inner",
     "seed_variance_claim",
+    "select_per_method",
     "selection_edge",
     "short_interval",
     "tuned_pairs",
@@ -390,14 +392,11 @@ def final_quality_claim(
     higher = higher_is_better(metric)
     cases = []
     notes = []
+    methods = by_method(grid)
     for plain, lookahead in pairs:
         edges = []
         for chosen in (plain, lookahead):
-            group = [
-                s for s in grid
-                if s.setting.inner == chosen.setting.inner
-                and s.setting.uses_lookahead == chosen.setting.uses_lookahead
-            ]  # fmt: skip
+            group = methods.get((chosen.setting.inner, chosen.setting.uses_lookahead), [])
             edge = selection_edge(chosen, group)
             if edge is not None:
                 edges.append(
@@ -529,6 +528,29 @@ def best_lr(
     return min(ties, key=lambda s: (mean(s, "val_loss"), s.setting.lr))
 
 
+def by_method(summaries: Sequence[SettingSummary]) -> dict[tuple[str, bool], list[SettingSummary]]:
+    """The settings of each method, keyed (inner optimizer, in Lookahead): per inner optimizer
+    in order of appearance, plain first."""
+    methods = {}
+    for inner in dict.fromkeys(s.setting.inner for s in summaries):
+        for lookahead in (False, True):
+            group = [
+                s for s in summaries
+                if s.setting.inner == inner and s.setting.uses_lookahead == lookahead
+            ]  # fmt: skip
+            if group:
+                methods[(inner, lookahead)] = group
+    return methods
+
+
+def select_per_method(
+    summaries: Sequence[SettingSummary], metric: str, *, tie: float = 0.0
+) -> list[tuple[SettingSummary, list[SettingSummary]]]:
+    """Per method (``by_method``): the setting ``best_lr`` selects, and the method's settings
+    it was selected from."""
+    return [(best_lr(group, metric, tie=tie), group) for group in by_method(summaries).values()]
+
+
 def tuned_pairs(
     selected: Sequence[SettingSummary],
 ) -> list[tuple[SettingSummary, SettingSummary]]:
@@ -543,15 +565,41 @@ def tuned_pairs(
     return pairs
 
 
-def _width(summaries: Sequence[SettingSummary], metric: str, seed: int, delta: float) -> float:
-    """log10 of the ratio of the largest to the smallest learning rate whose final ``metric``
-    for ``seed`` lies within ``delta`` of the best learning rate's."""
+def _near(summaries: Sequence[SettingSummary], metric: str, seed: int, delta: float) -> list[float]:
+    """The learning rates whose final ``metric`` for ``seed`` lies within ``delta`` of the best
+    learning rate's."""
     sign = 1.0 if higher_is_better(metric) else -1.0
     values = {s.setting.lr: sign * s.values(metric)[seed] for s in summaries}
     best = max(values.values())
-    near = [lr for lr, v in values.items() if v >= best - delta]
+    return [lr for lr, v in values.items() if v >= best - delta]
+
+
+def _width(near: Sequence[float]) -> float:
+    """log10 of the ratio of the largest to the smallest of the learning rates ``near``."""
     # 4 decimals: grids are written to 6 significant digits, so equal steps differ at 1e-7
     return round(math.log10(max(near) / min(near)), 4)
+
+
+def _censored(group: Sequence[SettingSummary], near: dict[int, list[float]]) -> str:
+    """Where the width of ``group``'s method reaches an edge of its learning rates (the grid
+    cuts it off), in words, with the seeds; empty where it never does."""
+    lrs = [s.setting.lr for s in group]
+    reached = []
+    for edge, end in (("largest", max(lrs)), ("smallest", min(lrs))):
+        seeds = [
+            seed for seed, lrs_near in near.items() if any(math.isclose(end, lr) for lr in lrs_near)
+        ]
+        if seeds:
+            reached.append(
+                f"the {edge} of its {len(lrs)} learning rates, {fmt(end, 3)}, at "
+                f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+            )
+    return f"{group[0].method}'s width reaches {' and '.join(reached)}" if reached else ""
+
+
+def _lr_span(group: Sequence[SettingSummary]) -> str:
+    lrs = sorted(s.setting.lr for s in group)
+    return f"{len(lrs)} learning rates from {fmt(lrs[0], 3)} to {fmt(lrs[-1], 3)}"
 
 
 def lr_robustness_claim(
@@ -561,27 +609,49 @@ def lr_robustness_claim(
     delta: float,
     protocol: str,
     plan: ClaimPlan,
+    edge_rule: str = "",
 ) -> Claim:
     """Per inner optimizer and seed: the width in log10(lr) of the learning rates within
-    ``delta`` of each method's own best, Lookahead minus plain."""
+    ``delta`` of each method's own best, Lookahead minus plain.
+
+    With ``edge_rule`` (the grid-extension rule the learning rates were extended by, in words),
+    a case where the width of either method at any seed reaches the edge of its learning rates
+    (a width the grid cuts off: censored) gets no verdict and no test, and says why."""
     cases = []
+    methods = by_method(summaries)
     for inner in dict.fromkeys(s.setting.inner for s in summaries):
-        plain = [s for s in summaries if s.setting.inner == inner and not s.setting.uses_lookahead]
-        wrapped = [s for s in summaries if s.setting.inner == inner and s.setting.uses_lookahead]
+        plain, wrapped = methods.get((inner, False), []), methods.get((inner, True), [])
         if len(plain) < 2 or len(wrapped) < 2:
             continue
         seeds = sorted(set.intersection(*(set(s.seeds) for s in (*plain, *wrapped))))
-        base = [_width(plain, metric, seed, delta) for seed in seeds]
-        cand = [_width(wrapped, metric, seed, delta) for seed in seeds]
-        estimate = paired_difference(base, cand, sesoi=plan.sesoi)
-        lrs = sorted(s.setting.lr for s in plain)
+        near_plain = {seed: _near(plain, metric, seed, delta) for seed in seeds}
+        near_wrapped = {seed: _near(wrapped, metric, seed, delta) for seed in seeds}
+        base = [_width(near_plain[seed]) for seed in seeds]
+        cand = [_width(near_wrapped[seed]) for seed in seeds]
+        spans = (_lr_span(plain), _lr_span(wrapped))
+        over = spans[0] if spans[0] == spans[1] else f"{spans[0]} plain, {spans[1]} with Lookahead"
         what = (
             f"width in log10(lr) within {fmt(delta)} of each method's best {_name(metric)}, over "
-            f"{len(lrs)} learning rates from {fmt(lrs[0], 3)} to {fmt(lrs[-1], 3)}: "
-            f"{fmt(_mean(base), 3)} plain, {fmt(_mean(cand), 3)} with Lookahead; Lookahead "
-            "minus plain"
+            f"{over}: {fmt(_mean(base), 3)} plain, {fmt(_mean(cand), 3)} with Lookahead"
         )
-        cases.append(_case(inner, estimate, "above", what))
+        censored = [
+            text
+            for text in (_censored(plain, near_plain), _censored(wrapped, near_wrapped))
+            if text
+        ]
+        if edge_rule and censored:
+            reason = f"{' and '.join(censored)} {edge_rule}: a width the grid cuts off is censored"
+            cases.append(Case(inner, NO_VERDICT, None, f"{what}; not tested", caveat=reason))
+            continue
+        estimate = paired_difference(base, cand, sesoi=plan.sesoi)
+        cases.append(_case(inner, estimate, "above", f"{what}; Lookahead minus plain"))
+    censoring = (
+        " Where a width reaches the edge of its method's learning rates, after the grid's "
+        "extensions, it is censored and its case gets no verdict."
+        if edge_rule
+        else " A width cannot tell a wider learning-rate response from a shifted one only "
+        "where the grid ends."
+    )
     return Claim(
         key="lr_robustness",
         title="robustness to the learning rate",
@@ -590,8 +660,7 @@ def lr_robustness_claim(
         protocol=protocol,
         effect=f"per seed, the width in log10(lr) of the learning rates whose final "
         f"{_name(metric)} is within {fmt(delta)} of the method's own best, Lookahead minus the "
-        "inner optimizer; above zero favours Lookahead. A width cannot tell a wider "
-        "learning-rate response from a shifted one only where the grid ends.",
+        f"inner optimizer; above zero favours Lookahead.{censoring}",
         cases=tuple(cases),
         role=plan.role,
         sesoi=plan.sesoi,

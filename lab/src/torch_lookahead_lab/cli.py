@@ -604,6 +604,15 @@ def sweep(
     alpha: Annotated[
         str, typer.Option("--alpha", help="Comma-separated alpha values of the heat map.")
     ] = "0.3,0.5,0.8",
+    extend_max: Annotated[
+        int,
+        typer.Option(
+            "--extend-max",
+            help="A method whose best learning rate is the grid's largest (smallest) gets up to "
+            "this many more beyond it, a grid step apart; still at the edge: no verdict on it.",
+            min=0,
+        ),
+    ] = 2,
     seeds: SeedsOption = 3,
     out: OutOption = None,
     workers: WorkersOption = None,
@@ -618,7 +627,11 @@ def sweep(
 
     The learning-rate sweep compares plain and Lookahead with the first k and alpha given (and
     gives the paper's tuned protocol: each method at its own best learning rate); the heat map
-    covers every (k, alpha) at the task's learning rate.
+    covers every (k, alpha) at the task's learning rate. A method whose best learning rate is at
+    an edge of the grid gets up to --extend-max more learning rates beyond it, by the grid's own
+    factor; where its best, or a seed's width within 0.01 of it, is still at the edge, the tuned
+    comparison or the learning-rate robustness of its inner optimizer gets no verdict. The
+    plan.json of the report records the rule.
     """
     from torch_lookahead_lab.experiments import (
         parse_float_list,
@@ -645,6 +658,7 @@ def sweep(
             lrs=lrs,
             ks=ks,
             alphas=alphas,
+            max_extensions=extend_max,
             options=options,
             quick=quick,
             seed_offset=seed_offset,

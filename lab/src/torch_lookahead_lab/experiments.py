@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch_lookahead_lab.claims import best_lr, selection_edge
+from torch_lookahead_lab.claims import fmt, select_per_method, selection_edge
 from torch_lookahead_lab.confirmatory import (
     ConfirmatoryPlan,
     ConfirmatoryResults,
@@ -51,6 +52,7 @@ __all__ = [
     "default_lr_grid",
     "demo_experiment",
     "demo_plan",
+    "grid_factor",
     "k_alpha_configs",
     "lr_sweep_configs",
     "nqm_experiment",
@@ -427,13 +429,13 @@ class Experiment:
 
     @property
     def later_jobs(self) -> int:
-        """The most jobs the tuned stage can add: the grid extensions (one trial per method
-        and extension on the selection seeds), then two methods per inner optimizer."""
-        if not self.tuned_seeds:
-            return 0
+        """The most jobs the later stages can add: the grid extensions (one trial per method
+        and extension on the seeds of the trials), then two methods per inner optimizer on
+        ``tuned_seeds``."""
+        trials = self.tuning or self.lr_sweep
+        methods = len({(c.inner, c.uses_lookahead) for c in trials})
+        extensions = methods * self.max_extensions * len({c.seed for c in trials})
         inners = dict.fromkeys(c.inner for c in self.lr_sweep)
-        selection_seeds = {c.seed for c in self.tuning}
-        extensions = 2 * len(inners) * self.max_extensions * len(selection_seeds)
         return extensions + 2 * len(inners) * len(self.tuned_seeds)
 
     def _selected(
@@ -441,18 +443,7 @@ class Experiment:
     ) -> list[tuple[SettingSummary, list[SettingSummary]]]:
         """Per method: the setting the plan's rule selects (``claims.best_lr`` with its metric
         and tie rule) and the method's trials."""
-        summaries = summarize(trials)
-        chosen = []
-        for inner in dict.fromkeys(s.setting.inner for s in summaries):
-            for lookahead in (False, True):
-                candidates = [
-                    s for s in summaries
-                    if s.setting.inner == inner and s.setting.uses_lookahead == lookahead
-                ]  # fmt: skip
-                if candidates:
-                    best = best_lr(candidates, self.selection_metric, tie=self.selection_tie)
-                    chosen.append((best, candidates))
-        return chosen
+        return select_per_method(summarize(trials), self.selection_metric, tie=self.selection_tie)
 
     def tuned_configs(self, trials: Sequence[RunResult]) -> list[RunConfig]:
         """Each method at the setting its trials selected, on ``tuned_seeds``."""
@@ -464,11 +455,12 @@ class Experiment:
 
     def extension_configs(self, trials: Sequence[RunResult]) -> list[RunConfig]:
         """The grid-extension rule: each method whose selected learning rate is the largest
-        (smallest) of its trials, and that has had fewer than ``max_extensions`` extensions,
-        gets one trial at that learning rate times (divided by) ``extension_factor``, with the
-        selected setting's k and alpha, on the selection seeds. Empty when every selected
-        learning rate is interior or out of extensions."""
-        designed = {setting_of(c) for c in self.tuning}
+        (smallest) of its trials (the tuned protocol's, else the sweep's), and that has had
+        fewer than ``max_extensions`` extensions, gets one trial at that learning rate times
+        (divided by) ``extension_factor``, with the selected setting's k and alpha, on the
+        trials' seeds. Empty when every selected learning rate is interior or out of
+        extensions."""
+        designed = {setting_of(c) for c in self.tuning or self.lr_sweep}
         configs = []
         for chosen, group in self._selected(trials):
             edge = selection_edge(chosen, group)
@@ -672,6 +664,45 @@ def _default_sesoi(metric: str) -> float:
     return 0.01 if metric.endswith("accuracy") else 0.02
 
 
+# The sweep's grid-extension rule, as its plan states it.
+SWEEP_EXTENSION_RULE = (
+    "if a method's selected learning rate (the best mean final validation metric over the "
+    "sweep's seeds) is the largest (smallest) of its learning rates, it gets one more at that "
+    "learning rate times (divided by) the factor, the grid's own spacing, on the same seeds, "
+    "and the selection is made again over all its learning rates; at most max extensions per "
+    "method. Where a selected learning rate is still at the edge, the tuned case of its inner "
+    "optimizer gets no verdict; where a seed's width within robustness_delta of its method's "
+    "best reaches the edge of the method's learning rates, the width is censored and the "
+    "robustness case gets no verdict; the report says why and gives each method's count of "
+    "learning rates"
+)
+
+
+def grid_factor(lr_grid: Mapping[str, Sequence[float]], max_extensions: int) -> float | None:
+    """The factor between neighbouring learning rates, the same in every grid of ``lr_grid``
+    (6 significant digits, as the grids are written), by which the grid-extension rule extends
+    a grid; None where no grid has two learning rates (nothing to extend). A grid not evenly
+    spaced in log is refused when ``max_extensions`` is above 0."""
+    if max_extensions < 0:
+        raise ValueError(
+            f"max_extensions (--extend-max) must be a non-negative integer, got {max_extensions}"
+        )
+    ratios = [b / a for lrs in lr_grid.values() for a, b in itertools.pairwise(sorted(set(lrs)))]
+    if not ratios:
+        return None
+    factor = float(f"{ratios[0]:.6g}")
+    if all(math.isclose(r, factor, rel_tol=1e-4) for r in ratios):
+        return factor
+    if max_extensions == 0:
+        return None
+    grids = "; ".join(f"{inner} {', '.join(map(fmt, lrs))}" for inner, lrs in lr_grid.items())
+    raise ValueError(
+        f"lr: the grid-extension rule (--extend-max {max_extensions}) extends a grid by its own "
+        f"spacing, so its learning rates must be evenly spaced in log (LOW:HIGH:COUNT), got "
+        f"{grids}; or pass --extend-max 0"
+    )
+
+
 def sweep_experiment(
     task: str,
     inners: Sequence[str],
@@ -681,16 +712,21 @@ def sweep_experiment(
     lrs: Sequence[float] | None = None,
     ks: Sequence[int] = (5, 10, 20),
     alphas: Sequence[float] = (0.3, 0.5, 0.8),
+    max_extensions: int = 2,
     options: RunOptions = RunOptions(),
     quick: bool = False,
     seed_offset: int = 0,
 ) -> Experiment:
     """Learning-rate curves (plain and Lookahead with the first k and alpha) over ``lrs``
-    (default: ``default_lr_grid``), and every (k, alpha) at the task's learning rate."""
+    (default: ``default_lr_grid``), and every (k, alpha) at the task's learning rate. Each
+    method whose best learning rate is at an edge of the grid gets up to ``max_extensions``
+    more beyond it, a grid step apart (``Experiment.extension_configs``; the plan states the
+    rule, ``SWEEP_EXTENSION_RULE``)."""
     if not ks or not alphas:
         raise ValueError("ks and alphas must not be empty")
     seed_tuple = tuple(range(seed_offset, seed_offset + seeds))
     lr_grid = default_lr_grid(task, inners) if lrs is None else {i: list(lrs) for i in inners}
+    factor = grid_factor(lr_grid, max_extensions)
     sweep = lr_sweep_configs(
         task, lr_grid, seed_tuple, settings, k=ks[0], alpha=alphas[0], options=options
     )
@@ -704,10 +740,14 @@ def sweep_experiment(
     spec = get_task(task)
     endpoint = spec.test_metric or spec.headline_metric
     sesoi = _default_sesoi(endpoint)
+    delta = 0.01
     plan = _flag_plan(
         "sweep",
         {"task": task, "inners": list(inners), "seeds": list(seed_tuple), "lrs": lr_grid,
-         "ks": list(ks), "alphas": list(alphas), "steps": settings.steps},
+         "ks": list(ks), "alphas": list(alphas), "steps": settings.steps,
+         "selection": {"metric": spec.headline_metric, "tie": 0.0}, "robustness_delta": delta,
+         "tuning": {"extension": {"factor": factor, "max": max_extensions,
+                                  "rule": SWEEP_EXTENSION_RULE}}},
         {"final_tuned": {"role": "descriptive", "endpoint": endpoint, "sesoi": sesoi},
          "lr_robustness": {"role": "descriptive", "endpoint": "log10_lr_width", "sesoi": 0.477},
          "k_alpha_robustness": {"role": "descriptive", "endpoint": endpoint, "sesoi": sesoi}},
@@ -715,7 +755,8 @@ def sweep_experiment(
     title = f"torch-lookahead sweep: {task}" + (" (quick)" if quick else "")
     return Experiment(
         title, task, lr_sweep=tuple(sweep), k_alpha=tuple(grid), quick=quick, plan=plan,
-        seed_offset=seed_offset,
+        seed_offset=seed_offset, selection_metric=spec.headline_metric,
+        extension_factor=factor or math.nan, max_extensions=max_extensions if factor else 0,
     )  # fmt: skip
 
 
@@ -800,9 +841,8 @@ def run_experiment(
         cached += more_cached
         return [by_job[c] for c in configs]
 
-    if experiment.tuning:
-        while extension := experiment.extension_configs(trials):
-            trials += compute_more(extension)
+    while extension := experiment.extension_configs(trials):
+        trials += compute_more(extension)
     if experiment.tuned_seeds and trials:
         tuned = compute_more(experiment.tuned_configs(trials))
     seconds = time.perf_counter() - started
@@ -816,7 +856,8 @@ def run_experiment(
         higher_is_better=spec.higher_is_better if spec else False,
         compare=[by_job[c] for c in experiment.compare],
         rescaled=[by_job[c] for c in experiment.rescaled],
-        lr_sweep=[by_job[c] for c in experiment.lr_sweep],
+        # Without trials of its own, the tuned protocol's trials are the sweep, as extended.
+        lr_sweep=[by_job[c] for c in experiment.lr_sweep] if experiment.tuning else trials,
         tuned=tuned,
         k_alpha=[by_job[c] for c in experiment.k_alpha],
         tuning=trials if experiment.tuning else [],

@@ -23,7 +23,6 @@ from torch_lookahead_lab.claims import (
     NO_VERDICT,
     Case,
     Claim,
-    best_lr,
     claim_json,
     convergence_claim,
     final_quality_claim,
@@ -34,6 +33,7 @@ from torch_lookahead_lab.claims import (
     nqm_claim,
     pair_by_inner,
     seed_variance_claim,
+    select_per_method,
     short_interval,
     tuned_pairs,
 )
@@ -154,24 +154,37 @@ def _plan_data(lab: LabResults) -> dict[str, Any]:
 
 
 def _trial_counts(lab: LabResults) -> str:
-    """``sgd 5, lookahead(sgd) 6 (1 extension), ...``: each method's trials, the extensions
-    (trials beyond the plan's equal number) counted apart."""
-    designed = len(_plan_data(lab).get("lr_factors", ()))
-    methods = [s.method for s in summarize(lab.tuning)]
+    """``sgd 5, lookahead(sgd) 6 (1 extension), ...``: each method's trials (the tuned
+    protocol's, else the sweep's), the extensions (trials beyond the plan's equal number: its
+    learning-rate factors, else the learning rates of the sweep's grid) counted apart."""
+    data = _plan_data(lab)
+    summaries = summarize(lab.tuning or lab.lr_sweep)
+    methods = [s.method for s in summaries]
+    inners = {s.method: s.setting.inner for s in summaries}
     parts = []
     for method in dict.fromkeys(methods):
         count = methods.count(method)
-        extra = count - designed
+        designed = data.get("lr_factors", data.get("lrs", {}).get(inners[method], ()))
+        extra = count - len(designed)
         more = f" ({extra} extension{'s' if extra != 1 else ''})" if extra > 0 else ""
         parts.append(f"{method} {count}{more}")
     return ", ".join(parts)
 
 
+def _extension_text(lab: LabResults) -> str:
+    """The plan's grid-extension rule and each method's count of trials, in words."""
+    extension = _plan_data(lab).get("tuning", {}).get("extension", {})
+    written = lab.plan.data.get("tuning", {}).get("extension", {}) if lab.plan else {}
+    return (
+        f"Grid extension (factor {fmt(float(extension.get('factor') or math.nan))}, at most "
+        f"{extension.get('max')} per method): {written.get('rule', 'see the plan')}. Trials run: "
+        f"{_trial_counts(lab)}."
+    )
+
+
 def _tuning_protocol(lab: LabResults, rule: str) -> str:
     """The tuned protocol with equal trials over each method's own space (``lab.tuning``)."""
     tuning = _plan_data(lab).get("tuning", {})
-    extension = tuning.get("extension", {})
-    written = lab.plan.data.get("tuning", {}).get("extension", {}) if lab.plan else {}
     points = "; ".join(
         f"{fmt(p['lr_factor'], 3)} x lr, k={p['k']}, alpha={p['alpha']}"
         for p in tuning.get("lookahead", ())
@@ -181,11 +194,9 @@ def _tuning_protocol(lab: LabResults, rule: str) -> str:
         f"the validation split over {_seed_span(lab.tuning)}: the plain inner optimizer its "
         f"learning rate at each value of the sweep, Lookahead the plan's points of (lr, k, "
         f"alpha), k and alpha drawn with a fixed seed before any run ({points}; lr the task's "
-        f"learning rate); selected by the rule: {rule}. Grid extension (factor "
-        f"{fmt(float(extension.get('factor', math.nan)))}, at most {extension.get('max')} per "
-        f"method): {written.get('rule', 'see the plan')}. Trials run: {_trial_counts(lab)}. "
-        f"The selected settings run again and compared on {_seed_span(lab.tuned)} (fresh "
-        f"seeds); {_training_text(lab.tuned)}; paired by seed."
+        f"learning rate); selected by the rule: {rule}. {_extension_text(lab)} The selected "
+        f"settings run again and compared on {_seed_span(lab.tuned)} (fresh seeds); "
+        f"{_training_text(lab.tuned)}; paired by seed."
     )
 
 
@@ -205,10 +216,11 @@ def tuned_protocol(lab: LabResults) -> str:
             f"selected and compared on the same {_seed_span(lab.lr_sweep)} (no fresh seeds: "
             "the selection's luck is in the comparison)"
         )
+    extended = f" {_extension_text(lab)}" if plan.get("tuning", {}).get("extension") else ""
     return (
         f"tuned: each method at its own learning rate of the sweep, by the rule: {rule}; "
         f"{where}; {_training_text(lab.lr_sweep)}; Lookahead(k={wrapped.k}, "
-        f"alpha={wrapped.alpha}); paired by seed."
+        f"alpha={wrapped.alpha}); paired by seed.{extended}"
     )
 
 
@@ -238,6 +250,19 @@ def _rescaled_pairs(lab: LabResults) -> list[tuple[SettingSummary, SettingSummar
     ]
 
 
+def _edge_rule(lab: LabResults) -> str:
+    """The plan's grid-extension rule, in the words a case without a verdict gives after its
+    edge: ``after at most 2 extensions by 3x``; empty where the plan has none."""
+    extension = _plan_data(lab).get("tuning", {}).get("extension")
+    if not extension:
+        return ""
+    most = int(extension["max"])
+    if most == 0:
+        return "(the plan extends no grid)"
+    plural = "s" if most != 1 else ""
+    return f"after at most {most} extension{plural} by {fmt(float(extension['factor']))}x"
+
+
 def build_claims(lab: LabResults) -> list[Claim]:
     """The claims this lab's measurements can speak to, judged by its plan (primary endpoints
     Holm-adjusted together)."""
@@ -251,16 +276,9 @@ def build_claims(lab: LabResults) -> list[Claim]:
         tuned = tuned_pairs(summarize(lab.tuned))
     else:
         tie = float(plan.data.get("selection", {}).get("tie", 0.0))
-        chosen = []
-        for inner in dict.fromkeys(s.setting.inner for s in sweep):
-            for lookahead in (False, True):
-                group = [
-                    s for s in sweep
-                    if s.setting.inner == inner and s.setting.uses_lookahead == lookahead
-                ]  # fmt: skip
-                if len(group) >= 2:
-                    chosen.append(best_lr(group, selection, tie=tie))
-        tuned = tuned_pairs(chosen)
+        chosen = select_per_method(sweep, selection, tie=tie)
+        tuned = tuned_pairs([best for best, group in chosen if len(group) >= 2])
+    edge_rule = _edge_rule(lab)
     name = endpoint.replace("_", " ")
     if compare_pairs:
         claims.append(
@@ -296,13 +314,6 @@ def build_claims(lab: LabResults) -> list[Claim]:
             )
         )  # fmt: skip
     if tuned:
-        extension = _plan_data(lab).get("tuning", {}).get("extension") if lab.tuning else None
-        edge_rule = (
-            f"after at most {extension['max']} extension{'s' if extension['max'] != 1 else ''} "
-            f"by {fmt(float(extension['factor']))}x"
-            if extension
-            else ""
-        )
         claims.append(
             final_quality_claim(
                 tuned, endpoint, protocol=tuned_protocol(lab), key="final_tuned",
@@ -332,6 +343,9 @@ def build_claims(lab: LabResults) -> list[Claim]:
             lr_robustness_claim(
                 sweep, selection, delta=delta, protocol=sweep_protocol(lab, lab.lr_sweep),
                 plan=plan.claim("lr_robustness"),
+                # the rule extended the sweep itself where the tuned protocol had no trials of
+                # its own (a sweep's plan), else only those trials
+                edge_rule="" if lab.tuning else edge_rule,
             )
         )  # fmt: skip
     if lab.k_alpha:
