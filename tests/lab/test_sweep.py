@@ -193,6 +193,9 @@ def test_the_command_writes_the_rule_into_plan_json_and_the_reason_into_the_repo
     assert "is the largest of its 4 trials after at most 1 extension by 3x" in report
     assert "a width the grid cuts off is censored" in report
     assert "sgd 3, lookahead(sgd) 4 (1 extension)" in report
+    # Its tuned comparison ran, on the seeds it compares on: the "cannot test" list says that.
+    assert "no tuned protocol" not in report
+    assert "selects each method's learning rate on the same seeds it compares on" in report
     capsys.readouterr()
     assert cli.main([*flags[:4], "0.001,0.01,0.3", *flags[5:]]) == 2
     assert "evenly spaced in log" in capsys.readouterr().out

@@ -495,6 +495,11 @@ UNTUNED = (
     "Tuning and the effective learning rate: no tuned protocol and no alpha x lr control ran in "
     "this report; every method runs at the task's learning rate, untuned for Lookahead."
 )
+SWEEP_TUNED = (
+    "Tuning on fresh seeds and the effective learning rate: the tuned comparison selects each "
+    "method's learning rate on the same seeds it compares on (the selection's luck is in the "
+    "comparison), over the learning rate alone; no alpha x lr control ran in this report."
+)
 
 
 def _scope(lab: LabResults) -> str:
@@ -619,7 +624,7 @@ def _untested_factors(lab: LabResults) -> list[str]:
     schedule only; tuning over the learning rate alone, or no tuning."""
     items = [] if lab.schedule_compare else [ONE_SCHEDULE]
     if not lab.tuned:
-        items.append(UNTUNED)
+        items.append(SWEEP_TUNED if lab.lr_sweep else UNTUNED)
     elif not any(r.config.uses_lookahead for r in lab.tuning):
         items.append(TUNED_ALONE)
     return items
