@@ -69,7 +69,7 @@ def _drop(dicts: list[dict[str, Any]], key: str) -> None:
 
 
 def _present(params: list[Tensor], states: Collection[dict[str, Any]], key: str) -> list[list[Any]]:
-    """The parameters whose state holds ``key`` (None too: not a tensor), the entries, the states."""
+    """The parameters whose state holds ``key`` (even as None, a bad entry), the entries, the states."""
     held = list(map(dict.get, states, repeat(key)))
     if all(map(operator.is_not, held, repeat(None))):
         return [list(params), held, list(states)]
@@ -487,7 +487,7 @@ class Lookahead(Optimizer):
             swapped = list(map(operator.is_, map(_dtype_of, every[0]), map(_dtype_of, every[1])))
         else:  # swapped where the parameter holds the slow weights (none kept)
             swapped = list(map(operator.not_, map(operator.contains, every[2], repeat(SLOW_KEY))))
-        copied = [] if all(swapped) else list(map(operator.not_, swapped))  # else all swapped
+        copied = [] if all(swapped) else list(map(operator.not_, swapped))  # empty: all swapped
         params, held, states = [list(compress(x, swapped)) if copied else x for x in every]
         copied_params, copied_held, copied_states = [list(compress(x, copied)) for x in every]
         with torch.inference_mode(False):  # eval(): new lookahead_fast copies where not swapped
