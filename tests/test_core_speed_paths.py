@@ -157,3 +157,23 @@ def test_a_swap_of_shards_counts_the_shards_not_the_tensors() -> None:
         x, y = x.as_subclass(Tensor), y.as_subclass(Tensor)
         assert torch.equal(x[:half], y0[:half]) and torch.equal(y[:half], x0[:half])
         assert torch.equal(x[half:], x0[half:]) and torch.equal(y[half:], y0[half:])
+
+
+@pytest.mark.parametrize("entry", [None, 3.0])
+def test_a_slow_copy_that_is_no_tensor_is_refused_at_the_sync_and_by_eval(entry: Any) -> None:
+    """An entry that is not a tensor, None too, is a bad slow copy, not a missing one (the scan of
+    every step tests presence only): the step that syncs and eval() refuse it before anything
+    changes, and reset_slow() replaces it."""
+    params, opt = trained()
+    opt.state[params[1]][SLOW_KEY] = entry
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()  # between syncs: the slow copies are not read
+    fast = values(params)
+    for call in (opt.step, opt.eval):
+        with pytest.raises(ValueError, match=f"parameter 1 in parameter group 0 .* got {entry}"):
+            call()
+        assert_equal(values(params), fast)
+        assert not opt.in_eval_mode and opt.state[params[1]][SLOW_KEY] is entry
+    opt.reset_slow()
+    assert_equal([opt.state[params[1]][SLOW_KEY]], [params[1].detach()])

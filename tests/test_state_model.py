@@ -558,6 +558,32 @@ def test_train_warns_once_when_parameters_were_written_in_eval_mode(
         params[0].detach().add_(1.0)  # (a write through .data is not seen)
 
 
+@pytest.mark.parametrize("failing_call", range(3))
+@pytest.mark.parametrize("written", [False, True])
+def test_an_eval_finished_by_a_second_eval_sees_writes_in_eval_mode(
+    monkeypatch: pytest.MonkeyPatch, failing_call: int, written: bool
+) -> None:
+    """An eval() stopped part-way and finished by the next eval() records what one uninterrupted
+    eval() records: train() warns about a parameter written in eval mode, and only then."""
+    params = params_of()
+    opt = sgd(params)
+    run(params, opt, range(K + 1))
+    fail_copies_after(monkeypatch, failing_call, RuntimeError("injected"))
+    with pytest.raises(RuntimeError, match="injected"):
+        opt.eval()
+    monkeypatch.undo()
+    opt.eval()
+    if written:
+        with torch.no_grad():
+            params[1].copy_(torch.full_like(params[1], 7.0))
+        with pytest.warns(UserWarning, match="1 parameters were written in eval mode"):
+            opt.train()
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            opt.train()
+
+
 def test_reset_slow_copies_into_the_slow_copies_that_fit() -> None:
     """reset_slow() allocates no second set of slow weights: a copy of the parameter's shape and
     slow dtype is overwritten in place; only a resized parameter gets a new one."""

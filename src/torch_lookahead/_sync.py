@@ -65,13 +65,12 @@ def _blocks(a: list[Tensor], b: list[Tensor], sizes: list[int], dims: list[int])
     block_bytes = SYNC_BLOCK_BYTES if a[0].device.type == "cpu" else DEVICE_BLOCK_BYTES
     limit = max(1, block_bytes // a[0].element_size())
     if max(sizes) > limit:
-        cut_a: list[Tensor] = []
-        cut_b: list[Tensor] = []
+        cut: tuple[list[Tensor], list[Tensor]] = ([], [])
         for x, y, numel in zip(a, b, sizes, strict=True):
             whole = numel <= limit or not (x.is_contiguous() and y.is_contiguous())
-            cut_a.extend([x] if whole else torch.split(x.view(-1), limit))
-            cut_b.extend([y] if whole else torch.split(y.view(-1), limit))
-        a, b = cut_a, cut_b
+            cut[0].extend([x] if whole else torch.split(x.view(-1), limit))
+            cut[1].extend([y] if whole else torch.split(y.view(-1), limit))
+        a, b = cut
         sizes, dims = list(map(Tensor.numel, a)), list(map(Tensor.dim, a))
     runs = list(cache_blocks(a, block_bytes, sizes))
     most = max(sum(sizes[s]) for s in runs)

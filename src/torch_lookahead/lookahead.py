@@ -69,11 +69,12 @@ def _drop(dicts: list[dict[str, Any]], key: str) -> None:
 
 
 def _present(params: list[Tensor], states: Collection[dict[str, Any]], key: str) -> list[list[Any]]:
-    """The parameters whose state holds ``key`` (not None), those entries and the states."""
+    """The parameters whose state holds ``key`` (even as None, a bad entry), the entries, the states."""
     held = list(map(dict.get, states, repeat(key)))
-    present = list(map(operator.is_not, held, repeat(None)))
-    every = all(present)
-    return [list(x) if every else list(compress(x, present)) for x in (params, held, states)]
+    if all(map(operator.is_not, held, repeat(None))):
+        return [list(params), held, list(states)]
+    present = list(map(operator.contains, states, repeat(key)))
+    return [list(compress(x, present)) for x in (params, held, states)]
 
 
 def _each(kernel: str, *lists: list[Tensor]) -> None:
@@ -312,8 +313,7 @@ class Lookahead(Optimizer):
         params, held, states = _present(group["params"], self._states(group["params"]), key)
         if not check or same_shapes(held, params):
             return params, held, states
-        pairs = zip(params, held, strict=True)
-        p, v = next((p, v) for p, v in pairs if not isinstance(v, Tensor) or v.shape != p.shape)
+        p, v = next(x for x in zip(params, held, strict=True) if not same_shapes(x[1:], x[:1]))
         index = next(i for i, q in enumerate(group["params"]) if q is p)
         where = next(i for i, g in enumerate(self.param_groups) if g is group)
         raise ValueError(
@@ -342,8 +342,8 @@ class Lookahead(Optimizer):
         every = list(chain.from_iterable(group["params"] for group in groups))
         states = self._states(every)
         missing: list[Tensor] = []  # parameters without a slow copy, found at C speed
-        if not all(map(operator.is_not, map(dict.get, states, repeat(SLOW_KEY)), repeat(None))):
-            missing = [p for p, s in zip(every, states, strict=True) if s.get(SLOW_KEY) is None]
+        if not all(map(operator.contains, states, repeat(SLOW_KEY))):
+            missing = [p for p, s in zip(every, states, strict=True) if SLOW_KEY not in s]
         for group in groups:
             if group[STEP_KEY] + 1 >= group[K_KEY]:  # a slow copy that cannot sync raises now
                 self._held(group, SLOW_KEY)
@@ -479,7 +479,7 @@ class Lookahead(Optimizer):
         key = SLOW_KEY if to_eval else FAST_KEY
         entries = iter(self._states(list(chain.from_iterable(g["params"] for g in groups))))
         found = [_present(g["params"], [*islice(entries, len(g["params"]))], key) for g in groups]
-        every: list[list[Any]] = [list(chain.from_iterable(f[i] for f in found)) for i in range(3)]
+        every = [[*chain(*x)] for x in zip(*found, strict=True)] if found[1:] else found[0]
         shapes = same_shapes(every[1], every[0])
         for group in groups if shapes is None else ():
             self._held(group, key)  # raises the ValueError that names the entry
@@ -487,23 +487,24 @@ class Lookahead(Optimizer):
             swapped = list(map(operator.is_, map(_dtype_of, every[0]), map(_dtype_of, every[1])))
         else:  # swapped where the parameter holds the slow weights (none kept)
             swapped = list(map(operator.not_, map(operator.contains, every[2], repeat(SLOW_KEY))))
-        (params, held, states), (copied_params, copied_held, copied_states) = (
-            [x if all(mask) else list(compress(x, mask)) for x in every]
-            for mask in (swapped, list(map(operator.not_, swapped)))
-        )
+        copied = [] if all(swapped) else list(map(operator.not_, swapped))  # empty: all swapped
+        params, held, states = [list(compress(x, swapped)) if copied else x for x in every]
+        copied_params, copied_held, copied_states = [list(compress(x, copied)) for x in every]
         with torch.inference_mode(False):  # eval(): new lookahead_fast copies where not swapped
             stashes = [torch.empty_like(p) for p in copied_params] if to_eval else []
         steps: list[PlanStep] = [partial(_each, "_foreach_copy_", stashes, copied_params)]
         steps.append(partial(_each, "_foreach_copy_", copied_params, copied_held))
         steps += swap_steps(params, held, self._scratch, shapes if params is every[0] else None)
         steps.append(partial(_store, states, FAST_KEY if to_eval else SLOW_KEY, held))
-        steps.append(partial(_drop, states, key))  # the rename, in two steps
-        store = partial(_store, copied_states, FAST_KEY, stashes)
-        steps.append(store if to_eval else partial(_drop, copied_states, FAST_KEY))
+        steps.append(partial(_drop, states if to_eval else every[2], key))  # the rename, two steps
+        store = partial(_store, copied_states, FAST_KEY, stashes)  # eval(): of other dtypes
+        steps += [store, partial(self._record_versions, groups, found)] if to_eval else []
         steps.append(partial(_store, groups, EVAL_KEY, [to_eval] * len(groups)))
         self._run(steps)
-        for group, (params, _, _) in zip(groups, found, strict=True) if to_eval else ():
-            # what train() compares with, to see a parameter written in eval mode
+
+    def _record_versions(self, groups: list[dict[str, Any]], found: list[list[Any]]) -> None:
+        """What train() compares with (a step of eval(), also when the next call finishes it)."""
+        for group, (params, _, _) in zip(groups, found, strict=True):
             self._eval_versions[id(group)] = (group, params, list(map(_version_of, params)))
 
     def _warn_if_written(self, groups: list[dict[str, Any]]) -> None:
