@@ -661,3 +661,99 @@ def test_a_parameter_changed_while_a_sync_is_pending_blocks_until_undone(
     assert opt.param_groups[0]["lookahead_step"] == 0
     fresh = Lookahead(torch.optim.SGD(params_of(), lr=0.1), k=K, alpha=ALPHA)
     fresh.load_state_dict(opt.state_dict())
+
+
+def _copies_interrupted_at(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Install a ``torch._foreach_copy_`` that raises KeyboardInterrupt at its n-th call after
+    ``interrupt_at(n)`` (0: never); plans bind the kernel when they are built."""
+    real, calls = torch._foreach_copy_, {"n": 0, "seen": 0}
+
+    def copy(*args: Any) -> None:
+        calls["seen"] += 1
+        if calls["seen"] == calls["n"]:
+            raise KeyboardInterrupt
+        real(*args)
+
+    monkeypatch.setattr(torch, "_foreach_copy_", copy)
+    return lambda n: calls.update(n=n, seen=0)
+
+
+def test_train_after_an_interrupted_eval_and_train_warns_of_nothing_and_keeps_no_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """eval() stopped, then train() stopped inside its own swap, then train(): nothing was
+    written in eval mode, so no warning, and no record of the eval is left behind (it would keep
+    removed parameters alive)."""
+    params = params_of()
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=2, alpha=ALPHA)
+    run(params, opt, range(3))
+    fast = values(params)
+    interrupt_at = _copies_interrupted_at(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        interrupt_at(1)
+        with pytest.raises(KeyboardInterrupt):
+            opt.eval()
+        interrupt_at(4)  # train() finishes the eval (2 copies), then its own swap stops
+        with pytest.raises(KeyboardInterrupt):
+            opt.train()
+        interrupt_at(0)
+        opt.train()
+    assert not opt.in_eval_mode
+    assert_equal(values(params), fast)
+    assert not opt._eval_versions
+
+
+@pytest.mark.parametrize("interrupted", ["eval", "train"])
+def test_slow_weights_finishes_an_interrupted_switch_before_choosing_groups(
+    monkeypatch: pytest.MonkeyPatch, interrupted: str
+) -> None:
+    """docs/design.md: the pending operation is finished first, then the row applies. After an
+    interrupted train(), the block sees the slow weights (it used to see the fast ones); after an
+    interrupted eval(), the optimizer is in eval mode after the block, as after a whole eval()."""
+    params = params_of()
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=3, alpha=ALPHA)
+    run(params, opt, range(2))
+    fast, slow = values(params), [opt.state[p]["lookahead_slow"].clone() for p in params]
+    if interrupted == "train":
+        opt.eval()
+    interrupt_at = _copies_interrupted_at(monkeypatch)
+    interrupt_at(1)
+    with pytest.raises(KeyboardInterrupt):
+        getattr(opt, interrupted)()
+    interrupt_at(0)
+    with opt.slow_weights():
+        assert_equal(values(params), slow)
+    assert opt.in_eval_mode == (interrupted == "eval")
+    opt.train()
+    assert_equal(values(params), fast)
+
+
+def test_a_bad_fast_weights_entry_in_eval_mode_says_how_to_leave_eval_mode() -> None:
+    """reset_slow() refuses eval mode, so the error of train() must not point to it."""
+    params = params_of()
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=K, alpha=ALPHA)
+    run(params, opt, range(2))
+    opt.eval()
+    opt.state[params[0]]["lookahead_fast"] = None
+    with pytest.raises(ValueError, match="delete it to keep the parameter as is"):
+        opt.train()
+    del opt.state[params[0]]["lookahead_fast"]
+    opt.train()
+    assert not opt.in_eval_mode
+
+
+def test_a_step_hook_that_calls_eval_leaves_the_sync_owed_and_says_so() -> None:
+    """The inner step ran; the sync it owes runs at the next step, after train()."""
+    params = params_of()
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=1, alpha=ALPHA)
+    handle = opt.optimizer.register_step_post_hook(lambda *_: opt.eval())
+    grads(params, 0)
+    with pytest.raises(RuntimeError, match=r"step\(\) \(its sync, after the inner step\) needs"):
+        opt.step()
+    handle.remove()
+    assert opt.param_groups[0]["lookahead_step"] == 1
+    opt.train()
+    grads(params, 1)
+    opt.step()  # syncs the owed cycle first, then steps and syncs its own
+    assert opt.param_groups[0]["lookahead_step"] == 0

@@ -290,12 +290,11 @@ class Lookahead(Optimizer):
         self._finish()
         if self.in_eval_mode:
             raise RuntimeError(
-                f"Lookahead.{what} was called in eval mode (the parameters hold the slow weights); "
-                "call optimizer.train() first"
+                f"Lookahead.{what} needs train mode, but the parameters hold the slow weights (eval "
+                "mode); call optimizer.train() first"
             )
         self._check_groups()
-        overdue = [g for g in self.param_groups if sync_overdue and g[STEP_KEY] >= g[K_KEY]]
-        if overdue:
+        if overdue := [g for g in self.param_groups if sync_overdue and g[STEP_KEY] >= g[K_KEY]]:
             self.outer_step(overdue)
 
     def _states(self, params: list[Tensor]) -> Collection[dict[str, Any]]:
@@ -319,8 +318,8 @@ class Lookahead(Optimizer):
         raise ValueError(
             f"state[{key!r}] of parameter {index} in parameter group {where} must be a tensor of "
             f"the parameter's shape {tuple(p.shape)}, got "
-            f"{f'shape {tuple(v.shape)}' if isinstance(v, Tensor) else repr(v)}; after changing a "
-            "parameter's shape, call reset_slow()"
+            f"{f'shape {tuple(v.shape)}' if isinstance(v, Tensor) else repr(v)}; "
+            + ("call reset_slow()" if key == SLOW_KEY else "delete it to keep the parameter as is")
         )
 
     def _slow_placement(self, p: Tensor) -> tuple[torch.device, torch.dtype]:
@@ -370,7 +369,7 @@ class Lookahead(Optimizer):
         else:
             kwargs = {"closure": capturing_closure, **kwargs}
         loss = _inner_step(self.optimizer, kwargs, stepped)
-        self._begin("step()", sync_overdue=True)  # sync the groups at k
+        self._begin("step() (its sync, after the inner step)", sync_overdue=True)  # groups at k
         self.after_step()
         return loss
 
@@ -470,9 +469,9 @@ class Lookahead(Optimizer):
     def _switch(self, to_eval: bool, groups: list[dict[str, Any]]) -> None:
         """Put the slow weights into the parameters of ``groups`` (``to_eval``) or the fast ones
         back: a slow copy of the parameter's dtype trades values with it (docs/design.md)."""
+        self._finish()  # first: an interrupted eval() records the versions as its last steps
         if not to_eval:
             self._warn_if_written(groups)
-        self._finish()
         groups = [group for group in groups if group.get(EVAL_KEY, False) != to_eval]
         if not groups:
             return
@@ -538,6 +537,7 @@ class Lookahead(Optimizer):
     def slow_weights(self) -> Iterator[None]:
         """Context manager: the parameters hold the slow weights inside, the fast weights after.
         Nests: the groups it switched, and only those, switch back, also on an exception."""
+        self._finish()  # an interrupted eval()/train() first, then the groups in train mode
         switched = [group for group in self.param_groups if not group.get(EVAL_KEY, False)]
         self._switch(True, switched)
         try:
