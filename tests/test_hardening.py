@@ -254,9 +254,13 @@ def test_removing_a_parameter_group_keeps_no_reference_to_it() -> None:
         (lambda sd: sd["state"][0].update(lookahead_slow=None), TypeError, "lookahead_slow"),
         (lambda sd: sd["param_groups"][0].update(lookahead_eval_mode="yes"), TypeError, "eval"),
         # Malformed entries give a clear error, not an AttributeError or a stuck sync later.
-        (lambda sd: sd["state"].update({0: None}), ValueError, "must be a dict, got NoneType"),
-        (lambda sd: sd["state"].update({0: []}), ValueError, "must be a dict, got list"),
-        (lambda sd: sd["state"].update({0: torch.zeros(5)}), ValueError, "must be a dict"),
+        (lambda sd: sd["state"].update({0: None}), ValueError, "dict, got NoneType"),
+        (lambda sd: sd["state"].update({0: []}), ValueError, "dict, got list"),
+        (
+            lambda sd: sd["state"].update({0: torch.zeros(5)}),
+            ValueError,
+            "must be a parameter.s dict",
+        ),
         (lambda sd: sd["state"].update({7: {}}), ValueError, "an id no group lists"),
         (lambda sd: sd["param_groups"][0].update(params=[[0], 1, 2]), ValueError, "distinct"),
         (lambda sd: sd["param_groups"][0].update(params=[0, 0, 1]), ValueError, "distinct"),
@@ -268,7 +272,7 @@ def test_removing_a_parameter_group_keeps_no_reference_to_it() -> None:
         (
             lambda sd: sd["state"][0].update(lookahead_slow=torch.zeros(1).expand(5)),
             ValueError,
-            "no element stored twice",
+            "each element stored once",
         ),
     ],
 )
@@ -460,3 +464,37 @@ def test_eval_and_train_swap_many_small_parameters_with_multi_tensor_copies() ->
         and (event.cpu_parent is None or event.cpu_parent.name != "aten::_foreach_copy_")
     ]
     assert len(per_tensor) < 10
+
+
+@pytest.mark.parametrize(
+    "slow",
+    [
+        lambda: torch.zeros(3).as_strided((2, 2), (1, 1)),  # [0][1] and [1][0] are one element
+        lambda: torch.zeros(2, 2).to_sparse(),
+        lambda: torch.zeros(1, 2).expand(2, 2),
+    ],
+)
+def test_a_checkpoint_slow_copy_storing_an_element_twice_is_refused(slow: Any) -> None:
+    """A sync writing into such a copy would give two weights one value, silently."""
+    p = torch.nn.Parameter(torch.randn(2, 2))
+    opt = Lookahead(torch.optim.SGD([p], lr=0.1), k=K, alpha=ALPHA)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    checkpoint = opt.state_dict()
+    checkpoint["state"][0] = {**checkpoint["state"][0], "lookahead_slow": slow()}  # not live
+    before = opt.state[p]["lookahead_slow"].clone()
+    with pytest.raises(ValueError, match="each element stored once"):
+        opt.load_state_dict(checkpoint)
+    assert torch.equal(opt.state[p]["lookahead_slow"], before)
+
+
+def test_transposed_and_sliced_slow_copies_in_a_checkpoint_still_load() -> None:
+    p = torch.nn.Parameter(torch.randn(2, 3))
+    opt = Lookahead(torch.optim.SGD([p], lr=0.1), k=K, alpha=ALPHA)
+    for slow in (torch.randn(3, 2).t(), torch.randn(2, 6)[:, ::2]):
+        p.grad = torch.ones_like(p)
+        opt.step()
+        checkpoint = opt.state_dict()
+        checkpoint["state"][0] = {**checkpoint["state"][0], "lookahead_slow": slow}
+        opt.load_state_dict(checkpoint)
+        assert torch.equal(opt.state[p]["lookahead_slow"], slow)

@@ -8,7 +8,7 @@ import numbers
 import operator
 from collections.abc import Hashable
 from functools import partial
-from itertools import chain
+from itertools import accumulate, chain
 from typing import Any, cast
 
 import torch
@@ -115,10 +115,8 @@ def check_loadable(
     id_map = dict(zip(ids, chain.from_iterable(g["params"] for g in groups), strict=True))
     for key, param_state in saved_state.items():
         if (p := id_map.get(key)) is None or not isinstance(param_state, dict):
-            what = type(param_state).__name__ if p is not None else "state of an id no group lists"
-            raise ValueError(
-                f"the checkpoint's state of parameter {key!r} must be a dict, got {what}"
-            )
+            what = type(param_state).__name__ if p is not None else "an id no group lists"
+            raise ValueError(f"checkpoint state {key!r} must be a parameter's dict, got {what}")
         if _TIMM_SLOW_KEY in param_state and SLOW_KEY not in param_state:
             raise ValueError(
                 f"the checkpoint's state of parameter {key!r} has {_TIMM_SLOW_KEY!r}: it was "
@@ -128,16 +126,18 @@ def check_loadable(
         for name, value in param_state.items():
             if str(name).startswith("lookahead_") and not _dense_like(value, p):
                 raise (ValueError if isinstance(value, Tensor) else TypeError)(
-                    f"state {name!r} of parameter {key!r} in the checkpoint must be a tensor with "
-                    f"data, no element stored twice, of the parameter's shape {tuple(p.shape)}; got "
-                    f"{f'shape {tuple(value.shape)}' if isinstance(value, Tensor) else repr(value)}"
+                    f"state {name!r} of parameter {key!r} in the checkpoint must be a strided tensor "
+                    f"of the parameter's shape {tuple(p.shape)}, with data, each element stored once;"
+                    f" got {(value.layout, value.shape, value.device) if isinstance(value, Tensor) else value}"
                 )
     with_slow = [key for key, param_state in saved_state.items() if SLOW_KEY in param_state]
     return [id_map[key] for key in with_slow], [saved_state[key][SLOW_KEY] for key in with_slow]
 
 
 def _dense_like(value: object, p: Tensor) -> bool:
-    """Whether ``value`` is a tensor of ``p``'s shape with data and no element stored twice."""
-    if not isinstance(value, Tensor) or value.shape != p.shape or value.is_meta:
+    """Whether ``value`` is a strided tensor of ``p``'s shape with data, each element stored once."""
+    if not isinstance(value, Tensor) or value.shape != p.shape or value.layout != torch.strided:
         return False
-    return all(stride or size < 2 for stride, size in zip(value.stride(), value.shape, strict=True))
+    dims = sorted((s, n) for s, n in zip(value.stride(), value.shape, strict=True) if n > 1)
+    spans = accumulate((s * (n - 1) for s, n in dims), initial=0)  # each stride passes them
+    return not value.is_meta and all(s > span for (s, _), span in zip(dims, spans, strict=False))
