@@ -11,6 +11,7 @@ from scipy import stats
 
 from torch_lookahead_lab.stats import (
     bootstrap_draws,
+    monte_carlo_se,
     two_way_bootstrap,
     two_way_means,
 )
@@ -144,3 +145,64 @@ def test_bad_input_is_named(baseline: np.ndarray, candidate: np.ndarray, message
         two_way_bootstrap(baseline, candidate, resamples=10, seed=0)
     with pytest.raises(ValueError, match="resamples"):
         two_way_bootstrap(np.zeros((2, 2)), np.zeros((2, 2)), resamples=0, seed=0)
+
+
+def test_integer_differences_are_summed_exactly_across_chunks() -> None:
+    """Differences of correctness: every resample's sum is an integer computed exactly (the
+    same bit for bit whatever order BLAS sums in), over more than one summing chunk."""
+    rng = np.random.default_rng(6)
+    differences = correctness(rng, 10, 360, 0.95) - correctness(rng, 10, 360, 0.95)
+    means = two_way_means(differences, resamples=12_000, seed=8)
+    whole = differences.astype(np.int64)
+    exact = [
+        int(np.bincount(rows, minlength=10) @ whole @ np.bincount(columns, minlength=360))
+        for rows_chunk, columns_chunk in bootstrap_draws(10, 360, 12_000, 8)
+        for rows, columns in zip(rows_chunk, columns_chunk, strict=True)
+    ]
+    assert (means == np.array(exact) / 3600).all()
+
+
+def test_cases_of_one_shape_share_the_draws_and_others_do_not() -> None:
+    """A second case of the same shape, resamples and seed reads the same draws (computed
+    once); another generator seed or shape draws its own."""
+    rng = np.random.default_rng(7)
+    first = correctness(rng, 4, 30, 0.9) - correctness(rng, 4, 30, 0.9)
+    second = correctness(rng, 4, 30, 0.9) - correctness(rng, 4, 30, 0.9)
+    for differences in (first, second, first):
+        np.testing.assert_allclose(
+            two_way_means(differences, resamples=700, seed=9),
+            brute_force_means(differences, 700, 9),
+            rtol=0,
+            atol=1e-12,
+        )
+    assert not np.array_equal(
+        two_way_means(first, resamples=700, seed=9), two_way_means(first, resamples=700, seed=10)
+    )
+    np.testing.assert_allclose(
+        two_way_means(first[:3], resamples=700, seed=9),
+        brute_force_means(first[:3], 700, 9),
+        atol=1e-12,
+    )
+
+
+def test_the_monte_carlo_standard_error_is_the_spread_over_generator_seeds() -> None:
+    """The standard error stated beside each bootstrap p-value is that of a binomial share:
+    at 100,000 resamples 0.00069 for a share of 0.05 and 0.00099 for a two-sided p-value of
+    0.05; over 60 generator seeds the p-values spread by about what it says."""
+    assert monte_carlo_se(0.05, 100_000) == pytest.approx(0.000689, abs=1e-6)
+    assert monte_carlo_se(0.05, 100_000, tails=2) == pytest.approx(0.000987, abs=1e-6)
+    assert monte_carlo_se(0.05, 100_000, tails=2) <= 0.001 < monte_carlo_se(0.05, 50_000, tails=2)
+    assert np.isnan(monte_carlo_se(float("nan"), 10))
+    rng = np.random.default_rng(8)
+    plain, wrapped = correctness(rng, 10, 360, 0.96), correctness(rng, 10, 360, 0.955)
+    estimates = [
+        two_way_bootstrap(plain, wrapped, resamples=1000, seed=s, sesoi=0.01) for s in range(60)
+    ]
+    for p, se in (("p_value", "p_value_se"), ("p_equivalence", "p_equivalence_se")):
+        spread = float(np.std([getattr(e, p) for e in estimates], ddof=1))
+        stated = float(np.mean([getattr(e, se) for e in estimates]))
+        assert 0.7 * stated < spread < 1.4 * stated, (p, spread, stated)
+    with pytest.raises(ValueError, match="tails"):
+        monte_carlo_se(0.1, 10, tails=3)
+    with pytest.raises(ValueError, match="resamples"):
+        monte_carlo_se(0.1, 0)

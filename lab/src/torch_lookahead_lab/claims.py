@@ -197,8 +197,9 @@ def format_estimate(
 ) -> str:
     """``-0.0139 (95% CI -0.0201 to -0.0077; exact sign-flip test (paired), 10 seeds,
     p = 0.002, Holm-adjusted 0.008; equivalence within +-0.01 p = 0.6)``; with a
-    ``bootstrap``, its interval and p-values follow, and the Holm-adjusted ones are those of the
-    larger p-values (``Case.p_values``)."""
+    ``bootstrap``, its interval and p-values follow, each with its Monte Carlo standard error
+    (``MC SE``), and the Holm-adjusted ones are those of the larger p-values
+    (``Case.p_values``)."""
     tests = f"p = {_p(estimate.p_value)}"
     if adjusted is not None and bootstrap is None:
         tests += f", Holm-adjusted {_p(adjusted[0])}"
@@ -208,9 +209,15 @@ def format_estimate(
         if adjusted is not None and bootstrap is None:
             tests += f", Holm-adjusted {_p(adjusted[1])}"
     if bootstrap is not None:
-        tests += f"; {bootstrap.method}: {_interval(bootstrap)}, p = {_p(bootstrap.p_value)}" + (
-            f", equivalence p = {_p(bootstrap.p_equivalence)}" if bootstrap.sesoi else ""
+        tests += (
+            f"; {bootstrap.method}: {_interval(bootstrap)}, p = {_p(bootstrap.p_value)} "
+            f"(MC SE {_p(bootstrap.p_value_se)})"
         )
+        if bootstrap.sesoi:
+            tests += (
+                f", equivalence p = {_p(bootstrap.p_equivalence)} "
+                f"(MC SE {_p(bootstrap.p_equivalence_se)})"
+            )
         if adjusted is not None:
             tests += (
                 f"; the larger p-values of both tests, Holm-adjusted {_p(adjusted[0])} and "

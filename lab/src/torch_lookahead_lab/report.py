@@ -355,7 +355,9 @@ def reading(bootstrap: bool = False) -> str:
         "bootstrap over seeds and test images, which adds the sampling error of the images "
         "that the seed-level test holds fixed: each p-value is the larger of the two tests', so "
         "a verdict counts only where both reach it; otherwise the case is inconclusive and "
-        "says what the seed-level test alone gives."
+        "says what the seed-level test alone gives. The bootstrap's p-values are estimated from "
+        "its resamples; each comes with its Monte Carlo standard error (MC SE; Holm multiplies "
+        "it with the p-value)."
         if bootstrap
         else ""
     )
