@@ -54,7 +54,14 @@ from torch_lookahead_lab.experiments import LabResults, compare_experiment
 from torch_lookahead_lab.metrics import SettingSummary, area_under_curve, final_value, summarize
 from torch_lookahead_lab.nqm import NQMPoint
 from torch_lookahead_lab.optimizers import inner_settings
-from torch_lookahead_lab.plans import Plan, load_plan, plan_from_mapping, plan_status
+from torch_lookahead_lab.plans import (
+    Plan,
+    load_plan,
+    plan_digest,
+    plan_from_mapping,
+    plan_status,
+    seed_spans,
+)
 from torch_lookahead_lab.provenance import record
 from torch_lookahead_lab.reproduce import (
     EARLY_TOLERANCE,
@@ -574,6 +581,15 @@ def _plan_account_lines(lab: LabResults) -> list[str]:
     data = lab.plan.data if lab.plan is not None and lab.plan.committed else {}
     parts = [(label, data.get(key)) for key, label in (("why", "Why"), ("revised", "Revised"))]
     told = [f"- {label}: {text}" for label, text in parts if isinstance(text, str) and text]
+    if data and lab.plan is not None and lab.plan.lineage:
+        versions = "; ".join(
+            f"{e.digest} (commit {e.commit or 'not recorded'}; "
+            + (f"seeds {seed_spans(sorted(e.seeds))}" if e.seeds else "no results")
+            + (f", {e.results}" if e.results else "")
+            + ")"
+            for e in lab.plan.lineage
+        )
+        told.append(f"- Earlier versions of this plan, oldest first: {versions}.")
     return ["## The plan's own account", "", *told, ""] if told else []
 
 
@@ -1362,7 +1378,7 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
     claims = confirmatory_claims(lab)
     earlier_path = out_dir / "results.json"
     earlier = json.loads(earlier_path.read_text()) if earlier_path.is_file() else None
-    status = plan_status(plan.plan, earlier)
+    status = plan_status(plan.plan, earlier, {r.config.seed for r in lab.runs})
     (out_dir / "plan.json").write_text(plan.plan.text)
     provenance = record(lab.seconds, lab.started_at, lab.finished_at)
     title = f"{len(plan.seeds)} fresh seeds" + (", quick run: no evidence" if lab.quick else "")
@@ -1489,15 +1505,24 @@ def stability_headline_rows(lab: StabilityResults) -> list[list[str]]:
 # ------------------------------------------------------------------------------ re-rendering
 
 
-def _recorded_plan(recorded: dict[str, Any]) -> Plan:
+def _recorded_plan(recorded: dict[str, Any], report_dir: Path) -> Plan:
     """The plan a results.json records: the committed plan of that name when its digest is the
-    recorded one, else the plan made from the command's flags."""
+    recorded one; else the folder's plan.json when it has the recorded digest (committed when
+    it is a version of the committed plan's lineage); else the plan made from the command's
+    flags."""
     try:
         committed = load_plan(recorded["name"])
     except ValueError:
         committed = None
     if committed is not None and committed.digest == recorded["digest"]:
         return committed
+    written = report_dir / "plan.json"
+    text = written.read_text() if written.is_file() else ""
+    if text and plan_digest(text) == recorded["digest"]:
+        earlier = committed is not None and any(
+            entry.digest == recorded["digest"] for entry in committed.lineage
+        )
+        return Plan(recorded["name"], text, json.loads(text), committed=earlier)
     plan = plan_from_mapping(recorded["name"], recorded["plan"])
     if plan.digest != recorded["digest"]:
         raise ValueError(f"the recorded plan {recorded['name']!r} no longer has its digest")
@@ -1562,7 +1587,7 @@ def rerender(report_dir: Path) -> Path:
             payload["title"], payload["command"], first.task, payload["headline_metric"],
             payload["higher_is_better"], compare=runs, seconds=seconds,
             jobs=payload.get("jobs", len(runs)), cached_jobs=payload.get("cached_jobs"),
-            plan=_recorded_plan(recorded) if recorded else experiment.plan,
+            plan=_recorded_plan(recorded, report_dir) if recorded else experiment.plan,
             seed_offset=payload.get("seed_offset", 0),
         )  # fmt: skip
     elif payload["title"] in (
@@ -1573,7 +1598,7 @@ def rerender(report_dir: Path) -> Path:
             payload["title"], payload["command"], payload["task"], payload["headline_metric"],
             payload["higher_is_better"], seconds=seconds, jobs=payload.get("jobs", len(runs)),
             cached_jobs=payload.get("cached_jobs"), quick=payload["quick"],
-            plan=_recorded_plan(payload["plan"]),
+            plan=_recorded_plan(payload["plan"], report_dir),
             seed_offset=payload["seed_offset"], **_recorded_parts(payload, runs),
         )  # fmt: skip
     else:
