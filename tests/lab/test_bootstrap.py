@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from torch_lookahead_lab.claims import MC_BAND, Claim, _case, holm_primary
 from torch_lookahead_lab.stats import (
+    Estimate,
     bootstrap_draws,
     monte_carlo_se,
     two_way_bootstrap,
@@ -206,3 +208,47 @@ def test_the_monte_carlo_standard_error_is_the_spread_over_generator_seeds() -> 
         monte_carlo_se(0.1, 10, tails=3)
     with pytest.raises(ValueError, match="resamples"):
         monte_carlo_se(0.1, 0)
+
+
+def seed_level(p: float) -> Estimate:
+    """An exact sign-flip estimate of 10 pairs, below zero, with two-sided p-value ``p``."""
+    return Estimate(-0.01, -0.02, -0.001, 10, "exact", p_value=p, smallest_p=2**-9)
+
+
+def boot(p: float, se: float) -> Estimate:
+    return Estimate(-0.01, -0.02, 0.001, 10, "two-way", p_value=p, p_value_se=se)
+
+
+def test_a_verdict_within_monte_carlo_error_says_so() -> None:
+    """The bootstrap's p-value 0.049 with a standard error of 0.002: 2 standard errors up it
+    is 0.053 and the case inconclusive; with 0.0004 no move of 2 standard errors changes it."""
+    fragile = _case("sgd", seed_level(0.002), "above", "w", boot(0.049, 0.002))
+    assert fragile.verdict == "contradicts"
+    assert fragile.verdict_text == "contradicts (within 2 Monte Carlo SE: inconclusive)"
+    firm = _case("sgd", seed_level(0.002), "above", "w", boot(0.049, 0.0004))
+    assert firm.verdict_text == "contradicts"
+    assert MC_BAND == 2.0
+
+
+def test_after_holm_the_caveats_are_those_of_the_adjusted_verdicts() -> None:
+    """Unadjusted, the seed-level test alone would say contradicts (0.03 against the
+    bootstrap's 0.08); after Holm over two cases both tests say inconclusive, and the caveat of
+    the unadjusted verdict is gone. In another family the Holm-adjusted 0.048 comes from a
+    bootstrap p-value of 0.024 whose 2 standard errors reach 0.026 (Holm 0.052): both cases,
+    whose verdicts hang on it, say so."""
+    near = _case("sgd", seed_level(0.03), "above", "w", boot(0.08, 0.001))
+    assert near.verdict_text == "inconclusive at 10 seeds (seed-level test alone: contradicts)"
+    other = _case("adamw", seed_level(0.035), "above", "w", boot(0.012, 0.0005))
+    claim = Claim("k", "t", "p", "pr", "e", (near, other), role="primary")
+    (adjusted,) = holm_primary([claim])
+    assert [c.verdict_text for c in adjusted.cases] == ["inconclusive at 10 seeds"] * 2
+    first = _case("sgd", seed_level(0.002), "above", "w", boot(0.024, 0.001))
+    second = _case("adamw", seed_level(0.03), "above", "w", boot(0.001, 0.0001))
+    claim = Claim("k", "t", "p", "pr", "e", (first, second), role="primary")
+    (adjusted,) = holm_primary([claim])
+    assert [c.adjusted for c in adjusted.cases] == [
+        (pytest.approx(0.048), 1.0), (pytest.approx(0.048), 1.0)
+    ]  # fmt: skip
+    assert [c.verdict_text for c in adjusted.cases] == [
+        "contradicts (within 2 Monte Carlo SE: inconclusive)"
+    ] * 2

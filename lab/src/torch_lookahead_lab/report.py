@@ -412,7 +412,8 @@ def _verdict_phrase(claim: Claim, cases: Sequence[Case], title: bool = True) -> 
         labels = f"{len(cases)} of {len(claim.cases)} cases"
     else:
         labels = " | ".join(
-            f"{case.label} ({case.caveat})" if case.caveat else case.label for case in cases
+            f"{case.label} ({case.caveat_text})" if case.caveat_text else case.label
+            for case in cases
         )
     return f"{claim.title} [{labels}] ({claim.role})" if title else f"[{labels}] ({claim.role})"
 
@@ -549,7 +550,8 @@ def _claim_lines(claims: Sequence[Claim]) -> list[str]:
             "- Verdicts:",
         ]
         lines += [
-            f"    - {case.label}: **{case.verdict}**" + (f" ({case.caveat})" if case.caveat else "")
+            f"    - {case.label}: **{case.verdict}**"
+            + (f" ({case.caveat_text})" if case.caveat_text else "")
             for case in claim.cases
         ]
         lines += ["- Measured:"]
