@@ -364,7 +364,8 @@ def reading(bootstrap: bool = False) -> str:
         "a verdict counts only where both reach it; otherwise the case is inconclusive and "
         "says what the seed-level test alone gives. The bootstrap's p-values are estimated from "
         "its resamples; each comes with its Monte Carlo standard error (MC SE; Holm multiplies "
-        "it with the p-value)."
+        "it with the p-value), and a verdict that moving them all 2 MC SE up or down would "
+        "change says so beside it."
         if bootstrap
         else ""
     )
