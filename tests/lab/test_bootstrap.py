@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from torch_lookahead_lab.claims import MC_BAND, Claim, _case, holm_primary
 from torch_lookahead_lab.stats import (
+    Estimate,
     bootstrap_draws,
+    monte_carlo_se,
     two_way_bootstrap,
     two_way_means,
 )
@@ -144,3 +147,108 @@ def test_bad_input_is_named(baseline: np.ndarray, candidate: np.ndarray, message
         two_way_bootstrap(baseline, candidate, resamples=10, seed=0)
     with pytest.raises(ValueError, match="resamples"):
         two_way_bootstrap(np.zeros((2, 2)), np.zeros((2, 2)), resamples=0, seed=0)
+
+
+def test_integer_differences_are_summed_exactly_across_chunks() -> None:
+    """Differences of correctness: every resample's sum is an integer computed exactly (the
+    same bit for bit whatever order BLAS sums in), over more than one summing chunk."""
+    rng = np.random.default_rng(6)
+    differences = correctness(rng, 10, 360, 0.95) - correctness(rng, 10, 360, 0.95)
+    means = two_way_means(differences, resamples=12_000, seed=8)
+    whole = differences.astype(np.int64)
+    exact = [
+        int(np.bincount(rows, minlength=10) @ whole @ np.bincount(columns, minlength=360))
+        for rows_chunk, columns_chunk in bootstrap_draws(10, 360, 12_000, 8)
+        for rows, columns in zip(rows_chunk, columns_chunk, strict=True)
+    ]
+    assert (means == np.array(exact) / 3600).all()
+
+
+def test_cases_of_one_shape_share_the_draws_and_others_do_not() -> None:
+    """A second case of the same shape, resamples and seed reads the same draws (computed
+    once); another generator seed or shape draws its own."""
+    rng = np.random.default_rng(7)
+    first = correctness(rng, 4, 30, 0.9) - correctness(rng, 4, 30, 0.9)
+    second = correctness(rng, 4, 30, 0.9) - correctness(rng, 4, 30, 0.9)
+    for differences in (first, second, first):
+        np.testing.assert_allclose(
+            two_way_means(differences, resamples=700, seed=9),
+            brute_force_means(differences, 700, 9),
+            rtol=0,
+            atol=1e-12,
+        )
+    assert not np.array_equal(
+        two_way_means(first, resamples=700, seed=9), two_way_means(first, resamples=700, seed=10)
+    )
+    np.testing.assert_allclose(
+        two_way_means(first[:3], resamples=700, seed=9),
+        brute_force_means(first[:3], 700, 9),
+        atol=1e-12,
+    )
+
+
+def test_the_monte_carlo_standard_error_is_the_spread_over_generator_seeds() -> None:
+    """The standard error stated beside each bootstrap p-value is that of a binomial share:
+    at 100,000 resamples 0.00069 for a share of 0.05 and 0.00099 for a two-sided p-value of
+    0.05; over 60 generator seeds the p-values spread by about what it says."""
+    assert monte_carlo_se(0.05, 100_000) == pytest.approx(0.000689, abs=1e-6)
+    assert monte_carlo_se(0.05, 100_000, tails=2) == pytest.approx(0.000987, abs=1e-6)
+    assert monte_carlo_se(0.05, 100_000, tails=2) <= 0.001 < monte_carlo_se(0.05, 50_000, tails=2)
+    assert np.isnan(monte_carlo_se(float("nan"), 10))
+    rng = np.random.default_rng(8)
+    plain, wrapped = correctness(rng, 10, 360, 0.96), correctness(rng, 10, 360, 0.955)
+    estimates = [
+        two_way_bootstrap(plain, wrapped, resamples=1000, seed=s, sesoi=0.01) for s in range(60)
+    ]
+    for p, se in (("p_value", "p_value_se"), ("p_equivalence", "p_equivalence_se")):
+        spread = float(np.std([getattr(e, p) for e in estimates], ddof=1))
+        stated = float(np.mean([getattr(e, se) for e in estimates]))
+        assert 0.7 * stated < spread < 1.4 * stated, (p, spread, stated)
+    with pytest.raises(ValueError, match="tails"):
+        monte_carlo_se(0.1, 10, tails=3)
+    with pytest.raises(ValueError, match="resamples"):
+        monte_carlo_se(0.1, 0)
+
+
+def seed_level(p: float) -> Estimate:
+    """An exact sign-flip estimate of 10 pairs, below zero, with two-sided p-value ``p``."""
+    return Estimate(-0.01, -0.02, -0.001, 10, "exact", p_value=p, smallest_p=2**-9)
+
+
+def boot(p: float, se: float) -> Estimate:
+    return Estimate(-0.01, -0.02, 0.001, 10, "two-way", p_value=p, p_value_se=se)
+
+
+def test_a_verdict_within_monte_carlo_error_says_so() -> None:
+    """The bootstrap's p-value 0.049 with a standard error of 0.002: 2 standard errors up it
+    is 0.053 and the case inconclusive; with 0.0004 no move of 2 standard errors changes it."""
+    fragile = _case("sgd", seed_level(0.002), "above", "w", boot(0.049, 0.002))
+    assert fragile.verdict == "contradicts"
+    assert fragile.verdict_text == "contradicts (within 2 Monte Carlo SE: inconclusive)"
+    firm = _case("sgd", seed_level(0.002), "above", "w", boot(0.049, 0.0004))
+    assert firm.verdict_text == "contradicts"
+    assert MC_BAND == 2.0
+
+
+def test_after_holm_the_caveats_are_those_of_the_adjusted_verdicts() -> None:
+    """Unadjusted, the seed-level test alone would say contradicts (0.03 against the
+    bootstrap's 0.08); after Holm over two cases both tests say inconclusive, and the caveat of
+    the unadjusted verdict is gone. In another family the Holm-adjusted 0.048 comes from a
+    bootstrap p-value of 0.024 whose 2 standard errors reach 0.026 (Holm 0.052): both cases,
+    whose verdicts hang on it, say so."""
+    near = _case("sgd", seed_level(0.03), "above", "w", boot(0.08, 0.001))
+    assert near.verdict_text == "inconclusive at 10 seeds (seed-level test alone: contradicts)"
+    other = _case("adamw", seed_level(0.035), "above", "w", boot(0.012, 0.0005))
+    claim = Claim("k", "t", "p", "pr", "e", (near, other), role="primary")
+    (adjusted,) = holm_primary([claim])
+    assert [c.verdict_text for c in adjusted.cases] == ["inconclusive at 10 seeds"] * 2
+    first = _case("sgd", seed_level(0.002), "above", "w", boot(0.024, 0.001))
+    second = _case("adamw", seed_level(0.03), "above", "w", boot(0.001, 0.0001))
+    claim = Claim("k", "t", "p", "pr", "e", (first, second), role="primary")
+    (adjusted,) = holm_primary([claim])
+    assert [c.adjusted for c in adjusted.cases] == [
+        (pytest.approx(0.048), 1.0), (pytest.approx(0.048), 1.0)
+    ]  # fmt: skip
+    assert [c.verdict_text for c in adjusted.cases] == [
+        "contradicts (within 2 Monte Carlo SE: inconclusive)"
+    ] * 2

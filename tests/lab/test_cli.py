@@ -50,7 +50,12 @@ def test_quick_demo_writes_the_report_and_reuses_its_runs(
     assert results["plan"]["digest"] == plan.digest and (out / "plan.json").read_text() == (
         plan.text
     )
-    assert results["plan"]["status_of_report"] == "confirmatory"
+    # The quick seeds (0-1, 1000) ran under earlier versions of the plan: its lineage says so.
+    assert results["plan"]["status_of_report"] == "exploratory"
+    assert (
+        "reuse their seeds: seeds 0-1, 1000 of plan 9897ca5e098ef067"
+        in (results["plan"]["why_exploratory"])
+    )
     # the comparisons and the tuned protocol run on the plan's comparison seeds, the learning-rate
     # selection on others (fresh seeds); the alpha x lr arm is the plain optimizer at half its lr
     seeds = {part: {r["config"]["seed"] for r in results["runs"]

@@ -127,12 +127,12 @@ def test_a_difference_counts_only_where_the_bootstrap_over_images_agrees() -> No
     assert case.bootstrap.p_value > 0.05
     assert case.bootstrap.effect == pytest.approx(case.estimate.effect) == pytest.approx(-2 / 360)
     assert case.verdict == "inconclusive at 10 seeds"
-    assert case.caveat == "seed-level test alone: contradicts"
+    assert case.caveat_text == "seed-level test alone: contradicts"
     assert "two-way paired bootstrap over seeds and 360 test examples" in case.sentence
     many = claim_of(
         pairs_where_lookahead_misses(30), ClaimPlan("primary", "test_accuracy", None, "", BOOTSTRAP)
     )
-    assert many.cases[0].verdict == "contradicts" and many.cases[0].caveat == ""
+    assert many.cases[0].verdict == "contradicts" and many.cases[0].caveat_text == ""
 
 
 def pairs_that_trade_images() -> list[Any]:
@@ -155,7 +155,7 @@ def test_equivalence_counts_only_where_the_bootstrap_over_images_agrees() -> Non
     (case,) = both.cases
     assert case.bootstrap is not None and case.bootstrap.p_equivalence > 0.05
     assert case.verdict == "inconclusive at 10 seeds"
-    assert case.caveat == "seed-level test alone: equivalent"
+    assert case.caveat_text == "seed-level test alone: equivalent"
 
 
 def test_holm_adjusts_the_larger_p_values_of_both_tests() -> None:

@@ -28,7 +28,7 @@ def test_the_demo_plan_is_the_committed_file_and_its_digest_is_its_sha256() -> N
     assert plan.status == "confirmatory"
     assert plan.claim("final_default") == ClaimPlan(
         "primary", "test_accuracy", 0.01, plan.data["claims"]["final_default"]["why"],
-        bootstrap=(10_000, 23),
+        bootstrap=(100_000, 23),
     )  # fmt: skip
     assert plan.claim("not a claim").role == "descriptive"
     with pytest.raises(ValueError, match="no committed plan"):
@@ -92,7 +92,7 @@ def test_the_demo_plan_declares_the_two_way_bootstrap_for_its_test_accuracy_clai
         "final_default", "rescaled_lr", "final_tuned", "final_default_constant", "k_alpha_robustness"
     }  # fmt: skip
     for key in plan.data["claims"]:
-        expected = (10_000, 23) if key in on_accuracy else None
+        expected = (100_000, 23) if key in on_accuracy else None
         assert plan.claim(key).bootstrap == expected, key
     assert "intersection-union" in plan.data["example_bootstrap"]["rule"]
 

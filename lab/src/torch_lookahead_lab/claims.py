@@ -83,7 +83,10 @@ class Case:
     when the case is one of ``family`` endpoints tested together. ``caveat``: how to read the
     verdict, printed beside it (it changes no verdict). ``bootstrap``: the two-way paired
     bootstrap over seeds and test examples, when the plan asks for it; then each p-value the
-    verdict reads is the larger of the seed-level test's and the bootstrap's (``p_values``)."""
+    verdict reads is the larger of the seed-level test's and the bootstrap's (``p_values``).
+    ``from_tests``: what the tests say beside the verdict: that the seed-level test alone
+    would give another, or that the bootstrap's p-values moved by ``MC_BAND`` Monte Carlo
+    standard errors would (a verdict within Monte Carlo error)."""
 
     label: str
     verdict: str
@@ -94,6 +97,7 @@ class Case:
     family: int = 1
     caveat: str = ""
     bootstrap: Estimate | None = None
+    from_tests: str = ""
 
     @property
     def sentence(self) -> str:
@@ -113,22 +117,29 @@ class Case:
             text += f"; two-way {short_interval(self.bootstrap).split(' ', 1)[1]}"
         return text
 
-    def p_values(self) -> tuple[float, float]:
+    def p_values(self, shift: float = 0.0) -> tuple[float, float]:
         """(difference, equivalence) p-values the verdict reads before any Holm adjustment:
         the seed-level test's, or with a ``bootstrap`` the larger of its and the bootstrap's
-        (an intersection-union test: it rejects only where both tests do)."""
+        (an intersection-union test: it rejects only where both tests do). ``shift``: the
+        bootstrap's p-values moved by that many of their Monte Carlo standard errors."""
         if self.estimate is None:
             return math.nan, math.nan
         p, q = self.estimate.p_value, self.estimate.p_equivalence
         if self.bootstrap is not None:
-            p = _larger(p, self.bootstrap.p_value)
-            q = _larger(q, self.bootstrap.p_equivalence)
+            boot = self.bootstrap
+            p = _larger(p, _moved(boot.p_value, boot.p_value_se, shift))
+            q = _larger(q, _moved(boot.p_equivalence, boot.p_equivalence_se, shift))
         return p, q
 
     @property
     def verdict_text(self) -> str:
-        """The verdict, with its caveat in parentheses when it has one."""
-        return f"{self.verdict} ({self.caveat})" if self.caveat else self.verdict
+        """The verdict, with its caveats in parentheses when it has some."""
+        return f"{self.verdict} ({self.caveat_text})" if self.caveat_text else self.verdict
+
+    @property
+    def caveat_text(self) -> str:
+        """What the tests say beside the verdict (``from_tests``), then the ``caveat``."""
+        return "; ".join(filter(None, (self.from_tests, self.caveat)))
 
     @property
     def favours_text(self) -> str:
@@ -156,6 +167,11 @@ class Claim:
     @property
     def measured(self) -> tuple[str, ...]:
         return tuple(case.sentence for case in self.cases) + self.notes
+
+
+def _moved(p: float, se: float, shift: float) -> float:
+    """``p + shift * se`` within [0, 1]; ``p`` where ``se`` is not known."""
+    return p if shift == 0.0 or math.isnan(se) else min(1.0, max(0.0, p + shift * se))
 
 
 def _larger(first: float, second: float) -> float:
@@ -199,8 +215,9 @@ def format_estimate(
 ) -> str:
     """``-0.0139 (95% CI -0.0201 to -0.0077; exact sign-flip test (paired), 10 seeds,
     p = 0.002, Holm-adjusted 0.008; equivalence within +-0.01 p = 0.6)``; with a
-    ``bootstrap``, its interval and p-values follow, and the Holm-adjusted ones are those of the
-    larger p-values (``Case.p_values``)."""
+    ``bootstrap``, its interval and p-values follow, each with its Monte Carlo standard error
+    (``MC SE``), and the Holm-adjusted ones are those of the larger p-values
+    (``Case.p_values``)."""
     tests = f"p = {_p(estimate.p_value)}"
     if adjusted is not None and bootstrap is None:
         tests += f", Holm-adjusted {_p(adjusted[0])}"
@@ -210,9 +227,15 @@ def format_estimate(
         if adjusted is not None and bootstrap is None:
             tests += f", Holm-adjusted {_p(adjusted[1])}"
     if bootstrap is not None:
-        tests += f"; {bootstrap.method}: {_interval(bootstrap)}, p = {_p(bootstrap.p_value)}" + (
-            f", equivalence p = {_p(bootstrap.p_equivalence)}" if bootstrap.sesoi else ""
+        tests += (
+            f"; {bootstrap.method}: {_interval(bootstrap)}, p = {_p(bootstrap.p_value)} "
+            f"(MC SE {_p(bootstrap.p_value_se)})"
         )
+        if bootstrap.sesoi:
+            tests += (
+                f", equivalence p = {_p(bootstrap.p_equivalence)} "
+                f"(MC SE {_p(bootstrap.p_equivalence_se)})"
+            )
         if adjusted is not None:
             tests += (
                 f"; the larger p-values of both tests, Holm-adjusted {_p(adjusted[0])} and "
@@ -228,18 +251,36 @@ def _case(
     label: str, estimate: Estimate, favours: Favours, what: str, bootstrap: Estimate | None = None
 ) -> Case:
     case = Case(label, "", estimate, what, favours, bootstrap=bootstrap)
-    p, q = case.p_values()
-    verdict = verdict_of(estimate, favours, p_value=p, p_equivalence=q)
-    return _with_verdict(case, verdict, verdict_of(estimate, favours))
+
+    def at(shift: float) -> str:
+        p, q = case.p_values(shift)
+        return verdict_of(estimate, favours, p_value=p, p_equivalence=q)
+
+    return _with_verdict(case, at(0.0), verdict_of(estimate, favours), [at(-MC_BAND), at(MC_BAND)])
 
 
-def _with_verdict(case: Case, verdict: str, seed_level: str, **fields: Any) -> Case:
-    """``case`` with its ``verdict``; where the seed-level test alone (``seed_level``) would
-    have decided otherwise, because the two-way bootstrap does not agree, the caveat says so."""
-    caveat = case.caveat
+# A verdict is Monte Carlo fragile where the bootstrap's p-values moved by this many of their
+# Monte Carlo standard errors, all up or all down, would change it.
+MC_BAND = 2.0
+
+
+def _with_verdict(
+    case: Case, verdict: str, seed_level: str, moved: Sequence[str], **fields: Any
+) -> Case:
+    """``case`` with its ``verdict`` and what the tests say beside it (``from_tests``, made
+    afresh: an earlier verdict's goes), from these verdicts alone: where the
+    seed-level test alone (``seed_level``) would have decided otherwise, because the two-way
+    bootstrap does not agree; and where the bootstrap's p-values moved by ``MC_BAND`` Monte
+    Carlo standard errors (the verdicts ``moved``) would."""
+    told = []
     if case.bootstrap is not None and verdict_kind(seed_level) != verdict_kind(verdict):
-        caveat = f"seed-level test alone: {verdict_kind(seed_level)}"
-    return dataclasses.replace(case, verdict=verdict, caveat=caveat, **fields)
+        told.append(f"seed-level test alone: {verdict_kind(seed_level)}")
+    fragile = dict.fromkeys(
+        verdict_kind(v) for v in moved if verdict_kind(v) != verdict_kind(verdict)
+    )
+    if fragile:
+        told.append(f"within {MC_BAND:g} Monte Carlo SE: {' or '.join(fragile)}")
+    return dataclasses.replace(case, verdict=verdict, from_tests="; ".join(told), **fields)
 
 
 def _example_bootstrap(
@@ -285,6 +326,10 @@ def _adjust(cases: Sequence[Case]) -> list[Case]:
     alone = _holm_pooled(
         [c for c, _ in tested], [(e.p_value, e.p_equivalence) for _, e in tested], with_sesoi
     )
+    shifted = [
+        _holm_pooled([c for c, _ in tested], [c.p_values(s) for c, _ in tested], with_sesoi)
+        for s in (-MC_BAND, MC_BAND)
+    ]
     family = len(tested) + sum(with_sesoi)
     out = []
     for case in cases:
@@ -296,7 +341,11 @@ def _adjust(cases: Sequence[Case]) -> list[Case]:
         seed_level = verdict_of(
             case.estimate, case.favours, p_value=p_alone, p_equivalence=q_alone, family=family
         )
-        out.append(_with_verdict(case, verdict, seed_level, adjusted=(p, q), family=family))
+        moved = [
+            verdict_of(case.estimate, case.favours, p_value=a, p_equivalence=b, family=family)
+            for a, b in (ps[id(case)] for ps in shifted)
+        ]
+        out.append(_with_verdict(case, verdict, seed_level, moved, adjusted=(p, q), family=family))
     return out
 
 
@@ -776,7 +825,7 @@ def claim_json(claim: Claim) -> dict[str, Any]:
                     if case.bootstrap is not None
                     else {}
                 ),
-                "caveat": case.caveat,
+                "caveat": case.caveat_text,
                 "sentence": case.sentence,
             }
             for case in claim.cases

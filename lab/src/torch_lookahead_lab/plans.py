@@ -11,10 +11,20 @@ plan is a committed file of this package (``plans/demo.json``), and so is each p
 (compare, sweep) writes the plan its flags make. Either way the report folder gets the plan as
 ``plan.json`` and its digest in ``results.json``.
 
+A committed plan revised after results existed says so in its ``lineage``: one entry per earlier
+committed version of its file, oldest first, with that version's digest, the commit that
+brought it, the seeds its results used (none if it produced none) and where they are::
+
+    "lineage": [{"digest": "9897ca5e098ef067", "commit": "f112fe2",
+                 "seeds": [0, 1, 1000], "results": "reports/demo at 075da32"}]
+
+A repository test checks that the lineage names every earlier digest of the file in git.
+
 A report is *exploratory* when its plan says so, or when the plan changed after results
-existed: the folder's earlier ``results.json`` names another plan digest (``plan_status``),
-unless no run of the report uses a seed of the earlier results' runs (a revised plan run on
-fresh seeds: none of its data existed when it was written). Once exploratory, a folder stays
+existed and a run of the report uses a seed of those results (``plan_status``): the results of
+any version in the plan's lineage, wherever they were written, and the results already in the
+report's folder when they are of another plan. A revised plan run only on fresh seeds is
+confirmatory: none of its data existed when it was written. Once exploratory, a folder stays
 so.
 """
 
@@ -29,13 +39,57 @@ from typing import Any
 
 __all__ = [
     "ClaimPlan",
+    "Lineage",
     "Plan",
     "load_plan",
+    "plan_digest",
     "plan_from_mapping",
     "plan_status",
+    "seed_spans",
 ]
 
 ROLES = ("primary", "descriptive", "check")
+_HEX = frozenset("0123456789abcdef")
+
+
+def plan_digest(text: str) -> str:
+    """The digest of a plan's text: its SHA-256, first 16 hex digits."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """An earlier committed version of a plan: its ``digest``, the ``commit`` that brought it,
+    the ``seeds`` of the runs whose results it produced (empty: none) and where they are."""
+
+    digest: str
+    seeds: frozenset[int]
+    commit: str = ""
+    results: str = ""
+
+    @classmethod
+    def from_json(cls, entry: Any, plan: str) -> Lineage:
+        """One entry of a plan's ``lineage`` list, checked."""
+        accepted = (
+            'an object {"digest": 16 lowercase hex digits, "seeds": a list of integers, '
+            '"commit": text, "results": text}'
+        )
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"plan {plan!r}: a lineage entry must be {accepted}, got {entry!r}")
+        digest, seeds = entry.get("digest"), entry.get("seeds")
+        if not (isinstance(digest, str) and len(digest) == 16 and set(digest) <= _HEX):
+            raise ValueError(f"plan {plan!r}: lineage digest must be {accepted}, got {digest!r}")
+        if not (
+            isinstance(seeds, list)
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        ):
+            raise ValueError(f"plan {plan!r}: lineage seeds must be {accepted}, got {seeds!r}")
+        extra = set(entry) - {"digest", "seeds", "commit", "results"}
+        if extra:
+            raise ValueError(f"plan {plan!r}: lineage entry {digest} has unknown {sorted(extra)}")
+        return cls(
+            digest, frozenset(seeds), str(entry.get("commit", "")), str(entry.get("results", ""))
+        )
 
 
 @dataclass(frozen=True)
@@ -66,10 +120,21 @@ class Plan:
     data: Mapping[str, Any]
     committed: bool = False
 
+    def __post_init__(self) -> None:
+        self.lineage  # noqa: B018 (checked here: a bad lineage fails as the plan loads)
+
     @property
     def digest(self) -> str:
-        """SHA-256 of the plan's text, first 16 hex digits."""
-        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+        """SHA-256 of the plan's text, first 16 hex digits (``plan_digest``)."""
+        return plan_digest(self.text)
+
+    @property
+    def lineage(self) -> tuple[Lineage, ...]:
+        """The earlier committed versions of this plan, oldest first (none when not revised)."""
+        entries = self.data.get("lineage", [])
+        if not isinstance(entries, list):
+            raise ValueError(f"plan {self.name!r}: lineage must be a list, got {entries!r}")
+        return tuple(Lineage.from_json(entry, self.name) for entry in entries)
 
     @property
     def status(self) -> str:
@@ -118,28 +183,45 @@ def plan_status(
 ) -> tuple[str, str]:
     """(``confirmatory`` or ``exploratory``, why) for a report of ``plan`` whose runs used
     ``seeds``, written into a folder whose earlier results.json is ``earlier`` (None: no
-    results existed)."""
+    results existed there).
+
+    The results that existed before the plan was written are those of every version in its
+    lineage and those in the folder when another plan made them. The report is confirmatory
+    when none existed, or when its runs use none of their seeds (``seeds`` given); otherwise
+    exploratory, naming the seeds and plans."""
     if plan.status != "confirmatory":
         return "exploratory", "its plan declares it exploratory"
-    if earlier is not None:
-        before = earlier.get("plan") or {}
-        if before.get("status_of_report") == "exploratory":
-            return "exploratory", str(before.get("why_exploratory", "an earlier report was"))
-        digest = before.get("digest")
-        used = sorted({int(run["config"]["seed"]) for run in earlier.get("runs", [])})
-        if digest is not None and digest != plan.digest and seeds and not set(seeds) & set(used):
-            return "confirmatory", (
-                f"its plan, revised after the results of seeds {_spans(used)} existed (plan "
-                f"{digest}), runs on fresh seeds only"
-            )
-        if digest is not None and digest != plan.digest:
-            return "exploratory", (
-                f"the plan changed after results existed (digest {digest} then, {plan.digest} now)"
-            )
-    return "confirmatory", "its plan was fixed before its results"
+    before = (earlier or {}).get("plan") or {}
+    if before.get("status_of_report") == "exploratory":
+        return "exploratory", str(before.get("why_exploratory", "an earlier report was"))
+    seen = {entry.digest: set(entry.seeds) for entry in plan.lineage if entry.seeds}
+    digest = before.get("digest")
+    if earlier is not None and digest is not None and digest != plan.digest:
+        used = {int(run["config"]["seed"]) for run in earlier.get("runs", [])}
+        seen[digest] = seen.get(digest, set()) | used
+    if not seen:
+        return "confirmatory", "its plan was fixed before its results"
+    plans = f"plan{'s' if len(seen) > 1 else ''} {', '.join(seen)}"
+    if not seeds:
+        return "exploratory", (
+            f"the plan changed after results existed ({plans} then, {plan.digest} now), "
+            "and the seeds of this report's runs are not known"
+        )
+    reused = {d: sorted(set(seeds) & used) for d, used in seen.items() if set(seeds) & used}
+    if reused:
+        which = "; ".join(f"seeds {seed_spans(s)} of plan {d}" for d, s in reused.items())
+        return "exploratory", (
+            f"the plan changed after results existed ({plan.digest} now), and its runs reuse "
+            f"their seeds: {which}"
+        )
+    every = sorted(set().union(*seen.values()))
+    return "confirmatory", (
+        f"its plan, revised after the results of seeds {seed_spans(every)} existed ({plans}), "
+        "runs on fresh seeds only"
+    )
 
 
-def _spans(seeds: Sequence[int]) -> str:
+def seed_spans(seeds: Sequence[int]) -> str:
     """``0-9, 1000-1002`` for sorted seeds."""
     spans: list[list[int]] = []
     for seed in seeds:

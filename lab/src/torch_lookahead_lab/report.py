@@ -54,7 +54,14 @@ from torch_lookahead_lab.experiments import LabResults, compare_experiment
 from torch_lookahead_lab.metrics import SettingSummary, area_under_curve, final_value, summarize
 from torch_lookahead_lab.nqm import NQMPoint
 from torch_lookahead_lab.optimizers import inner_settings
-from torch_lookahead_lab.plans import Plan, load_plan, plan_from_mapping, plan_status
+from torch_lookahead_lab.plans import (
+    Plan,
+    load_plan,
+    plan_digest,
+    plan_from_mapping,
+    plan_status,
+    seed_spans,
+)
 from torch_lookahead_lab.provenance import record
 from torch_lookahead_lab.reproduce import (
     EARLY_TOLERANCE,
@@ -369,7 +376,10 @@ def reading(bootstrap: bool = False) -> str:
         "bootstrap over seeds and test images, which adds the sampling error of the images "
         "that the seed-level test holds fixed: each p-value is the larger of the two tests', so "
         "a verdict counts only where both reach it; otherwise the case is inconclusive and "
-        "says what the seed-level test alone gives."
+        "says what the seed-level test alone gives. The bootstrap's p-values are estimated from "
+        "its resamples; each comes with its Monte Carlo standard error (MC SE; Holm multiplies "
+        "it with the p-value), and a verdict that moving them all 2 MC SE up or down would "
+        "change says so beside it."
         if bootstrap
         else ""
     )
@@ -417,7 +427,8 @@ def _verdict_phrase(claim: Claim, cases: Sequence[Case], title: bool = True) -> 
         labels = f"{len(cases)} of {len(claim.cases)} cases"
     else:
         labels = " | ".join(
-            f"{case.label} ({case.caveat})" if case.caveat else case.label for case in cases
+            f"{case.label} ({case.caveat_text})" if case.caveat_text else case.label
+            for case in cases
         )
     return f"{claim.title} [{labels}] ({claim.role})" if title else f"[{labels}] ({claim.role})"
 
@@ -559,7 +570,8 @@ def _claim_lines(claims: Sequence[Claim]) -> list[str]:
             "- Verdicts:",
         ]
         lines += [
-            f"    - {case.label}: **{case.verdict}**" + (f" ({case.caveat})" if case.caveat else "")
+            f"    - {case.label}: **{case.verdict}**"
+            + (f" ({case.caveat_text})" if case.caveat_text else "")
             for case in claim.cases
         ]
         lines += ["- Measured:"]
@@ -591,6 +603,15 @@ def _plan_account_lines(lab: LabResults) -> list[str]:
     data = lab.plan.data if lab.plan is not None and lab.plan.committed else {}
     parts = [(label, data.get(key)) for key, label in (("why", "Why"), ("revised", "Revised"))]
     told = [f"- {label}: {text}" for label, text in parts if isinstance(text, str) and text]
+    if data and lab.plan is not None and lab.plan.lineage:
+        versions = "; ".join(
+            f"{e.digest} (commit {e.commit or 'not recorded'}; "
+            + (f"seeds {seed_spans(sorted(e.seeds))}" if e.seeds else "no results")
+            + (f", {e.results}" if e.results else "")
+            + ")"
+            for e in lab.plan.lineage
+        )
+        told.append(f"- Earlier versions of this plan, oldest first: {versions}.")
     return ["## The plan's own account", "", *told, ""] if told else []
 
 
@@ -1379,7 +1400,7 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
     claims = confirmatory_claims(lab)
     earlier_path = out_dir / "results.json"
     earlier = json.loads(earlier_path.read_text()) if earlier_path.is_file() else None
-    status = plan_status(plan.plan, earlier)
+    status = plan_status(plan.plan, earlier, {r.config.seed for r in lab.runs})
     (out_dir / "plan.json").write_text(plan.plan.text)
     provenance = record(lab.seconds, lab.started_at, lab.finished_at)
     title = f"{len(plan.seeds)} fresh seeds" + (", quick run: no evidence" if lab.quick else "")
@@ -1506,15 +1527,24 @@ def stability_headline_rows(lab: StabilityResults) -> list[list[str]]:
 # ------------------------------------------------------------------------------ re-rendering
 
 
-def _recorded_plan(recorded: dict[str, Any]) -> Plan:
+def _recorded_plan(recorded: dict[str, Any], report_dir: Path) -> Plan:
     """The plan a results.json records: the committed plan of that name when its digest is the
-    recorded one, else the plan made from the command's flags."""
+    recorded one; else the folder's plan.json when it has the recorded digest (committed when
+    it is a version of the committed plan's lineage); else the plan made from the command's
+    flags."""
     try:
         committed = load_plan(recorded["name"])
     except ValueError:
         committed = None
     if committed is not None and committed.digest == recorded["digest"]:
         return committed
+    written = report_dir / "plan.json"
+    text = written.read_text() if written.is_file() else ""
+    if text and plan_digest(text) == recorded["digest"]:
+        earlier = committed is not None and any(
+            entry.digest == recorded["digest"] for entry in committed.lineage
+        )
+        return Plan(recorded["name"], text, json.loads(text), committed=earlier)
     plan = plan_from_mapping(recorded["name"], recorded["plan"])
     if plan.digest != recorded["digest"]:
         raise ValueError(f"the recorded plan {recorded['name']!r} no longer has its digest")
@@ -1579,7 +1609,7 @@ def rerender(report_dir: Path) -> Path:
             payload["title"], payload["command"], first.task, payload["headline_metric"],
             payload["higher_is_better"], compare=runs, seconds=seconds,
             jobs=payload.get("jobs", len(runs)), cached_jobs=payload.get("cached_jobs"),
-            plan=_recorded_plan(recorded) if recorded else experiment.plan,
+            plan=_recorded_plan(recorded, report_dir) if recorded else experiment.plan,
             seed_offset=payload.get("seed_offset", 0),
         )  # fmt: skip
     elif payload["title"] in (
@@ -1590,7 +1620,7 @@ def rerender(report_dir: Path) -> Path:
             payload["title"], payload["command"], payload["task"], payload["headline_metric"],
             payload["higher_is_better"], seconds=seconds, jobs=payload.get("jobs", len(runs)),
             cached_jobs=payload.get("cached_jobs"), quick=payload["quick"],
-            plan=_recorded_plan(payload["plan"]),
+            plan=_recorded_plan(payload["plan"], report_dir),
             seed_offset=payload["seed_offset"], **_recorded_parts(payload, runs),
         )  # fmt: skip
     else:
