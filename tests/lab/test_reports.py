@@ -388,3 +388,22 @@ def test_a_charlm_comparison_is_reported_on_its_test_split(tmp_path: Path) -> No
     # The committed plan's own account, its pilot included, is in the report, after the summary.
     why = load_plan("compare-charlm").data["why"]
     assert f"## The plan's own account\n\n- Why: {why}\n" in rerendered.partition(DETAILS_MARKER)[2]
+
+
+@pytest.mark.parametrize("folder", ["demo", "sweep-digits"])
+def test_the_committed_report_is_what_todays_code_renders_from_its_runs(
+    tmp_path: Path, folder: str
+) -> None:
+    """Rows come in the order of the settings, not of the runs, so a live run and a re-render of
+    its results.json write the same report (only the provenance lines differ)."""
+    source = Path(__file__).resolve().parents[2] / "reports" / folder
+    copy_dir = tmp_path / folder
+    shutil.copytree(source, copy_dir, ignore=shutil.ignore_patterns("*.png", "runs"))
+    rendered = rerender(copy_dir).read_text()
+
+    def body(text: str) -> list[str]:
+        skip = ("Produced by", "Re-rendered by")
+        return [line for line in text.replace(str(copy_dir), f"reports/{folder}").splitlines()
+                if line and not line.startswith(skip)]  # fmt: skip
+
+    assert body(rendered) == body((source / "report.md").read_text())

@@ -1051,8 +1051,9 @@ def _write_lab_report(out_dir: Path, lab: LabResults) -> Path:
             *markdown_table(*summary_rows(summaries, lab.headline_metric)),
             "",
         ]
-    if lab.k_alpha:
-        summaries = summarize(lab.k_alpha)
+    if lab.k_alpha:  # in the order of the settings, not of the runs (a live run and rerender)
+        key = lambda s: (s.setting.inner, s.setting.uses_lookahead, s.setting.k, s.setting.alpha)  # noqa: E731
+        summaries = sorted(summarize(lab.k_alpha), key=key)
         lines += ["## Sensitivity to k and alpha", ""]
         for inner in dict.fromkeys(s.setting.inner for s in summaries):
             name = f"k_alpha_{inner}.png"
