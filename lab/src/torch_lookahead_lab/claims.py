@@ -663,8 +663,8 @@ def lr_robustness_claim(
         estimate = paired_difference(base, cand, sesoi=plan.sesoi)
         cases.append(_case(inner, estimate, "above", f"{what}; Lookahead minus plain"))
     censoring = (
-        " Where a width reaches the edge of its method's learning rates, after the grid's "
-        "extensions, it is censored and its case gets no verdict."
+        " Where a width reaches the edge of its method's learning rates, after any extensions "
+        "of the grid, it is censored and its case gets no verdict."
         if edge_rule
         else " A width cannot tell a wider learning-rate response from a shifted one only "
         "where the grid ends."
