@@ -5,6 +5,7 @@ robustness case gets no verdict and says why. On hand-made runs (no training).""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any
 import pytest
 
 from tests.lab.test_tuning import _fake_runs
+from tests.lab.test_tuning import _run as _made_run
 from torch_lookahead_lab import cli
-from torch_lookahead_lab.claims import NO_VERDICT
+from torch_lookahead_lab.claims import NO_VERDICT, select_per_method, selection_edge
 from torch_lookahead_lab.experiments import (
     Experiment,
     LabResults,
@@ -22,8 +24,9 @@ from torch_lookahead_lab.experiments import (
     run_experiment,
     sweep_experiment,
 )
+from torch_lookahead_lab.metrics import summarize
 from torch_lookahead_lab.report import build_claims, tuned_protocol
-from torch_lookahead_lab.runner import RunConfig
+from torch_lookahead_lab.runner import RunConfig, RunResult
 from torch_lookahead_lab.tasks import TaskSettings
 
 TINY = TaskSettings(steps=4, eval_every=2, batch_size=8)
@@ -33,7 +36,8 @@ LRS = (0.01, 0.03, 0.09)  # a factor of 3 apart
 def _sweep(**changes: Any) -> Experiment:
     """sgd plain and in Lookahead(k=5, alpha=0.5) at ``LRS`` over 2 seeds (and the (k, alpha)
     map's two runs per seed at the task's learning rate)."""
-    return sweep_experiment("digits", ["sgd"], 2, TINY, lrs=LRS, ks=(5,), alphas=(0.5,), **changes)
+    changes = {"lrs": LRS, "ks": (5,), "alphas": (0.5,), **changes}
+    return sweep_experiment("digits", ["sgd"], 2, TINY, **changes)
 
 
 def _accuracy(plain: dict[float, float], lookahead: Callable[[float], float]) -> Any:
@@ -126,12 +130,12 @@ def test_an_optimum_still_at_the_edge_after_the_extensions_gets_no_verdict(
     assert tuned.verdict == robustness.verdict == NO_VERDICT
     assert tuned.estimate is None and robustness.estimate is None
     assert tuned.caveat == (
-        "lookahead(sgd)'s selected learning rate, 0.81, is the largest of its 5 trials after at "
-        "most 2 extensions by 3x"
+        "lookahead(sgd)'s selected learning rate, 0.81, is the largest of its 5 trials after 2 "
+        "extensions by 3x (the plan's most)"
     )
     assert robustness.caveat == (
         "lookahead(sgd)'s width reaches the largest of its 5 learning rates, 0.81, at seeds 0, 1 "
-        "after at most 2 extensions by 3x: a width the grid cuts off is censored"
+        "after 2 extensions by 3x (the plan's most): a width the grid cuts off is censored"
     )
     assert "sgd 3, lookahead(sgd) 5 (2 extensions)" in tuned_protocol(lab)
 
@@ -190,7 +194,7 @@ def test_the_command_writes_the_rule_into_plan_json_and_the_reason_into_the_repo
     assert plan["tuning"]["extension"]["max"] == 1
     assert plan["tuning"]["extension"]["factor"] == 3.0
     report = " ".join((out / "report.md").read_text().split())
-    assert "is the largest of its 4 trials after at most 1 extension by 3x" in report
+    assert "is the largest of its 4 trials after 1 extension by 3x (the plan's most)" in report
     assert "a width the grid cuts off is censored" in report
     assert "sgd 3, lookahead(sgd) 4 (1 extension)" in report
     # Its tuned comparison ran, on the seeds it compares on: the "cannot test" list says that.
@@ -199,3 +203,184 @@ def test_the_command_writes_the_rule_into_plan_json_and_the_reason_into_the_repo
     capsys.readouterr()
     assert cli.main([*flags[:4], "0.001,0.01,0.3", *flags[5:]]) == 2
     assert "evenly spaced in log" in capsys.readouterr().out
+    assert cli.main([*flags[:4], "0.01,0.01,0.03,0.09", *flags[5:]]) == 2
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert "0.01 more than once" in line
+
+
+def test_a_width_that_reaches_an_edge_at_one_seed_is_censored_without_an_extension(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The plain optimizer is best at 0.03 in the mean, but at seed 1 alone 0.01, the grid's
+    smallest, is within 0.01 of its best: nothing is extended (the rule follows the mean
+    optimum), and the robustness case is censored, saying that no extension ran."""
+
+    def accuracy(config: RunConfig) -> float:
+        if config.uses_lookahead:
+            return 0.95 - abs(config.lr - 0.03)
+        smallest = 0.955 if config.seed == 1 else 0.90
+        return {0.01: smallest, 0.03: 0.96, 0.09: 0.90}.get(round(config.lr, 6), 0.5)
+
+    batches = _fake_runs(monkeypatch, accuracy)
+    lab = _run(_sweep(), tmp_path)
+    assert len(batches) == 1
+    cases = _cases(lab)
+    assert cases["final_tuned"].estimate is not None
+    assert cases["lr_robustness"].verdict == NO_VERDICT
+    assert cases["lr_robustness"].caveat == (
+        "sgd's width reaches the smallest of its 3 learning rates, 0.01, at seed 1 after no "
+        "extension (extensions follow the selected (mean) optimum only): a width the grid cuts "
+        "off is censored"
+    )
+
+
+def test_with_extend_max_0_an_edge_optimum_gets_no_verdict_and_no_rule_it_cannot_apply(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    batches = _fake_runs(
+        monkeypatch,
+        _accuracy({0.01: 0.90, 0.03: 0.96, 0.09: 0.94}, lambda lr: 0.80 + 0.1 * lr),
+    )
+    experiment = _sweep(max_extensions=0)
+    assert experiment.plan is not None
+    assert experiment.plan.data["tuning"]["extension"]["rule"].startswith(
+        "the plan extends no grid. "
+    )
+    lab = _run(experiment, tmp_path)
+    assert len(batches) == 1
+    claims = {c.key: c for c in build_claims(lab)}
+    (tuned,) = claims["final_tuned"].cases
+    assert tuned.verdict == NO_VERDICT and tuned.estimate is None
+    assert tuned.caveat == (
+        "lookahead(sgd)'s selected learning rate, 0.09, is the largest of its 3 trials (the plan "
+        "extends no grid)"
+    )
+    assert claims["final_tuned"].notes == ()
+    protocol = tuned_protocol(lab)
+    assert "Grid extension: the plan extends no grid;" in protocol
+    assert "times (divided by) the factor" not in protocol and "at most" not in protocol
+
+
+def test_a_grid_of_one_learning_rate_records_no_extension_and_renders(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _fake_runs(monkeypatch, _accuracy({}, lambda lr: 0.9))
+    out = tmp_path / "sweep"
+    flags = ["sweep", "--inner", "sgd", "--lr", "0.03", "--k", "5", "--alpha", "0.5",
+             "--seeds", "2", "--workers", "1", "--out", str(out)]  # fmt: skip
+    assert cli.main(flags) == 0  # --extend-max 2, the default: nothing to extend
+    extension = json.loads((out / "plan.json").read_text())["tuning"]["extension"]
+    assert (extension["factor"], extension["max"]) == (None, 0)
+    assert extension["rule"].startswith("the plan extends no grid. ")
+    assert (out / "report.md").exists()
+
+
+def _made(lr: float, seed: int, correct: int, val_loss: float) -> RunResult:
+    """A run whose final validation accuracy is ``correct`` of 360 images."""
+    config = RunConfig("digits", "sgd", lr, seed, 4, 2, 8, schedule="cosine")
+    history: dict[str, list[float | None]] = {
+        "train_loss": [2.3, val_loss], "val_loss": [2.3, val_loss],
+        "val_accuracy": [0.1, correct / 360], "test_accuracy": [0.1, correct / 360],
+    }  # fmt: skip
+    return RunResult(config, [0, 4], history)
+
+
+def test_equal_counts_of_correct_images_tie_exactly_whatever_the_float_sums() -> None:
+    """0.03 and 0.09 get 934 images right over 3 seeds each (their float means differ in the
+    last bit): a tie of 0.0 ties them, and the lower validation loss (0.03) is selected."""
+    runs = [_made(0.01, seed, 200, 0.9) for seed in range(3)]
+    runs += [_made(0.03, seed, c, 0.3) for seed, c in enumerate((309, 319, 306))]
+    runs += [_made(0.09, seed, c, 0.5) for seed, c in enumerate((346, 304, 284))]
+    ((chosen, group),) = select_per_method(summarize(runs), "val_accuracy", tie=0.0)
+    assert chosen.setting.lr == 0.03 and selection_edge(chosen, group) is None
+
+
+def test_an_exact_tie_of_means_and_losses_selects_the_smallest_learning_rate(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Lookahead's 0.03 and 0.09 tie in mean accuracy and loss: the plan's tie-break selects
+    0.03, interior, so nothing is extended."""
+    table = {0.01: 0.90, 0.03: 0.95, 0.09: 0.95}
+    batches = _fake_runs(
+        monkeypatch,
+        _accuracy({0.01: 0.90, 0.03: 0.96, 0.09: 0.94}, lambda lr: table.get(round(lr, 6), 0.5)),
+    )
+    lab = _run(_sweep(), tmp_path)
+    assert len(batches) == 1
+    assert "with Lookahead (lr 0.03, k=5, alpha=0.5)" in _cases(lab)["final_tuned"].what
+
+
+def test_the_experiment_selects_and_extends_by_its_plan() -> None:
+    """The tie, metric, max and factor the sweep runs with are the ones its plan states (a
+    grid of one learning rate: max 0, no factor)."""
+    for experiment in (_sweep(), _sweep(max_extensions=0), _sweep(lrs=(0.03,))):
+        assert experiment.plan is not None
+        selection = experiment.plan.data["selection"]
+        extension = experiment.plan.data["tuning"]["extension"]
+        assert experiment.selection_metric == selection["metric"]
+        assert experiment.selection_tie == selection["tie"]
+        assert experiment.max_extensions == extension["max"]
+        if extension["factor"] is not None:
+            assert experiment.extension_factor == extension["factor"]
+    assert experiment.max_extensions == 0
+    plan = _sweep().plan
+    assert plan is not None
+    assert (
+        "Extensions follow the selected (mean) optimum only"
+        in (plan.data["tuning"]["extension"]["rule"])
+    )
+    assert "means equal within 1e-9" in plan.data["selection"]["rule"]
+
+
+@pytest.mark.parametrize("factor", [3.0, 1 / 3])
+def test_the_extension_loop_ends_whatever_the_factor(factor: float) -> None:
+    """Lookahead's accuracy rises with the learning rate. The rule never proposes a learning
+    rate a method already has, so running its answers until it gives none ends after at most
+    ``max_extensions`` rounds, even with a factor below 1 (0.09 / 3 is the grid's 0.03)."""
+    experiment = dataclasses.replace(_sweep(), extension_factor=factor)
+    accuracy = _accuracy({0.01: 0.90, 0.03: 0.96, 0.09: 0.94}, lambda lr: 0.80 + 0.1 * lr)
+    trials = [_made_run(c, accuracy) for c in experiment.lr_sweep]
+    rounds = 0
+    while extension := experiment.extension_configs(trials):
+        rounds += 1
+        if rounds > experiment.max_extensions:
+            pytest.fail(f"round {rounds} of extensions: {extension}")
+        trials += [_made_run(c, accuracy) for c in extension]
+    assert rounds == (experiment.max_extensions if factor > 1 else 0)
+    lrs = [(r.config.uses_lookahead, round(r.config.lr, 6), r.config.seed) for r in trials]
+    assert len(lrs) == len(set(lrs))
+
+
+@pytest.mark.parametrize("lrs", [(0.01, 0.01, 0.03, 0.09), (0.01, 0.03, 0.0300000001)])
+def test_a_learning_rate_twice_in_a_grid_is_refused(lrs: tuple[float, ...]) -> None:
+    for most in (2, 0):
+        with pytest.raises(ValueError, match="must be distinct"):
+            sweep_experiment("digits", ["sgd"], 2, TINY, lrs=lrs, max_extensions=most)
+
+
+def test_a_plain_optimum_still_at_the_edge_gets_no_verdict(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The plain optimizer's accuracy falls with the learning rate everywhere: two extensions
+    down (1/3x, 1/9x), its optimum still the smallest; Lookahead's is interior. The tuned case
+    gets no verdict, on the plain optimizer's edge alone."""
+    batches = _fake_runs(
+        monkeypatch,
+        _accuracy(
+            {0.001111: 0.995, 0.003333: 0.99, 0.01: 0.98, 0.03: 0.96, 0.09: 0.94},
+            lambda lr: 0.95 - abs(lr - 0.03),
+        ),
+    )
+    lab = _run(_sweep(), tmp_path)
+    assert len(batches) == 3
+    tuned = _cases(lab)["final_tuned"]
+    assert tuned.verdict == NO_VERDICT
+    assert tuned.caveat == (
+        "sgd's selected learning rate, 0.00111, is the smallest of its 5 trials after 2 "
+        "extensions by 3x (the plan's most)"
+    )
+
+
+def test_a_grid_a_percent_off_even_in_log_is_refused() -> None:
+    with pytest.raises(ValueError, match="evenly spaced in log"):
+        sweep_experiment("digits", ["sgd"], 2, TINY, lrs=(0.01, 0.03, 0.0909))

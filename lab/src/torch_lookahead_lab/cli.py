@@ -609,7 +609,8 @@ def sweep(
         typer.Option(
             "--extend-max",
             help="A method whose best learning rate is the grid's largest (smallest) gets up to "
-            "this many more beyond it, a grid step apart; still at the edge: no verdict on it.",
+            "this many more beyond it, a grid step apart; still at the edge: no verdict on it. "
+            "Above 0, a --lr list must be evenly spaced in log.",
             min=0,
         ),
     ] = 2,
@@ -630,8 +631,10 @@ def sweep(
     covers every (k, alpha) at the task's learning rate. A method whose best learning rate is at
     an edge of the grid gets up to --extend-max more learning rates beyond it, by the grid's own
     factor; where its best, or a seed's width within 0.01 of it, is still at the edge, the tuned
-    comparison or the learning-rate robustness of its inner optimizer gets no verdict. The
-    plan.json of the report records the rule.
+    comparison or the learning-rate robustness of its inner optimizer gets no verdict (also with
+    --extend-max 0, which extends nothing). A --lr list must be evenly spaced in log unless
+    --extend-max is 0, and may not repeat a learning rate. The plan.json of the report records
+    the rule.
     """
     from torch_lookahead_lab.experiments import (
         parse_float_list,

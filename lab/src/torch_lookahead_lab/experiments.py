@@ -459,7 +459,11 @@ class Experiment:
         fewer than ``max_extensions`` extensions, gets one trial at that learning rate times
         (divided by) ``extension_factor``, with the selected setting's k and alpha, on the
         trials' seeds. Empty when every selected learning rate is interior or out of
-        extensions."""
+        extensions.
+
+        It never proposes a learning rate the method already has, so each non-empty answer
+        adds a trial beyond the design to a method, and a loop that runs the answer until it is
+        empty ends after at most ``max_extensions`` rounds."""
         designed = {setting_of(c) for c in self.tuning or self.lr_sweep}
         configs = []
         for chosen, group in self._selected(trials):
@@ -468,7 +472,10 @@ class Experiment:
             if edge is None or extended >= self.max_extensions:
                 continue
             factor = self.extension_factor if edge == "largest" else 1 / self.extension_factor
-            setting = dataclasses.replace(chosen.setting, lr=chosen.setting.lr * factor)
+            lr = chosen.setting.lr * factor
+            if any(math.isclose(lr, s.setting.lr) for s in group):
+                continue
+            setting = dataclasses.replace(chosen.setting, lr=lr)
             configs += [dataclasses.replace(setting, seed=seed) for seed in chosen.seeds]
         return configs
 
@@ -664,30 +671,52 @@ def _default_sesoi(metric: str) -> float:
     return 0.01 if metric.endswith("accuracy") else 0.02
 
 
+# The sweep's selection rule, as its plan states it (``claims.best_lr`` with a tie of 0.0).
+SWEEP_SELECTION_RULE = (
+    "the best mean final validation metric over the sweep's seeds; means equal within 1e-9 "
+    "(far below one image) are ties, broken by the lower mean final validation loss, then the "
+    "smaller learning rate"
+)
+# What the sweep's plan does with an edge, extended or not (part of its rule).
+SWEEP_EDGE_VERDICTS = (
+    "Where a selected learning rate is at the edge of its method's learning rates, the tuned "
+    "case of its inner optimizer gets no verdict; where a seed's width within robustness_delta "
+    "of its method's best reaches the edge of the method's learning rates, the width is "
+    "censored and the robustness case gets no verdict; the report says why and gives each "
+    "method's count of learning rates"
+)
 # The sweep's grid-extension rule, as its plan states it.
 SWEEP_EXTENSION_RULE = (
-    "if a method's selected learning rate (the best mean final validation metric over the "
-    "sweep's seeds) is the largest (smallest) of its learning rates, it gets one more at that "
-    "learning rate times (divided by) the factor, the grid's own spacing, on the same seeds, "
-    "and the selection is made again over all its learning rates; at most max extensions per "
-    "method. Where a selected learning rate is still at the edge, the tuned case of its inner "
-    "optimizer gets no verdict; where a seed's width within robustness_delta of its method's "
-    "best reaches the edge of the method's learning rates, the width is censored and the "
-    "robustness case gets no verdict; the report says why and gives each method's count of "
-    "learning rates"
+    "if a method's selected learning rate (the selection rule's, over the sweep's seeds) is the "
+    "largest (smallest) of its learning rates, it gets one more at that learning rate times "
+    "(divided by) the factor, the grid's own spacing, on the same seeds, and the selection is "
+    "made again over all its learning rates; at most max extensions per method. Extensions "
+    "follow the selected (mean) optimum only: a seed's width that reaches an edge extends "
+    f"nothing. {SWEEP_EDGE_VERDICTS}"
 )
+# The rule of a sweep's plan whose grid cannot be extended (max 0, or one learning rate).
+SWEEP_NO_EXTENSION_RULE = f"the plan extends no grid. {SWEEP_EDGE_VERDICTS}"
 
 
 def grid_factor(lr_grid: Mapping[str, Sequence[float]], max_extensions: int) -> float | None:
     """The factor between neighbouring learning rates, the same in every grid of ``lr_grid``
     (6 significant digits, as the grids are written), by which the grid-extension rule extends
     a grid; None where no grid has two learning rates (nothing to extend). A grid not evenly
-    spaced in log is refused when ``max_extensions`` is above 0."""
+    spaced in log is refused when ``max_extensions`` is above 0; a grid with a learning rate
+    twice (at 6 significant digits) is refused: its trials would count as an extension."""
     if max_extensions < 0:
         raise ValueError(
             f"max_extensions (--extend-max) must be a non-negative integer, got {max_extensions}"
         )
-    ratios = [b / a for lrs in lr_grid.values() for a, b in itertools.pairwise(sorted(set(lrs)))]
+    for inner, lrs in lr_grid.items():
+        written = [f"{lr:.6g}" for lr in lrs]
+        if len(set(written)) != len(written):
+            twice = sorted({lr for lr in written if written.count(lr) > 1}, key=float)
+            raise ValueError(
+                f"lr: each learning rate of a grid must be distinct, got {', '.join(twice)} "
+                f"more than once in {inner}'s {', '.join(map(fmt, lrs))}"
+            )
+    ratios = [b / a for lrs in lr_grid.values() for a, b in itertools.pairwise(sorted(lrs))]
     if not ratios:
         return None
     factor = float(f"{ratios[0]:.6g}")
@@ -727,6 +756,8 @@ def sweep_experiment(
     seed_tuple = tuple(range(seed_offset, seed_offset + seeds))
     lr_grid = default_lr_grid(task, inners) if lrs is None else {i: list(lrs) for i in inners}
     factor = grid_factor(lr_grid, max_extensions)
+    most = max_extensions if factor else 0  # a grid of one learning rate has no step
+    tie = 0.0
     sweep = lr_sweep_configs(
         task, lr_grid, seed_tuple, settings, k=ks[0], alpha=alphas[0], options=options
     )
@@ -745,9 +776,11 @@ def sweep_experiment(
         "sweep",
         {"task": task, "inners": list(inners), "seeds": list(seed_tuple), "lrs": lr_grid,
          "ks": list(ks), "alphas": list(alphas), "steps": settings.steps,
-         "selection": {"metric": spec.headline_metric, "tie": 0.0}, "robustness_delta": delta,
-         "tuning": {"extension": {"factor": factor, "max": max_extensions,
-                                  "rule": SWEEP_EXTENSION_RULE}}},
+         "selection": {"metric": spec.headline_metric, "tie": tie, "rule": SWEEP_SELECTION_RULE},
+         "robustness_delta": delta,
+         "tuning": {"extension": {
+             "factor": factor, "max": most,
+             "rule": SWEEP_EXTENSION_RULE if most else SWEEP_NO_EXTENSION_RULE}}},
         {"final_tuned": {"role": "descriptive", "endpoint": endpoint, "sesoi": sesoi},
          "lr_robustness": {"role": "descriptive", "endpoint": "log10_lr_width", "sesoi": 0.477},
          "k_alpha_robustness": {"role": "descriptive", "endpoint": endpoint, "sesoi": sesoi}},
@@ -755,8 +788,8 @@ def sweep_experiment(
     title = f"torch-lookahead sweep: {task}" + (" (quick)" if quick else "")
     return Experiment(
         title, task, lr_sweep=tuple(sweep), k_alpha=tuple(grid), quick=quick, plan=plan,
-        seed_offset=seed_offset, selection_metric=spec.headline_metric,
-        extension_factor=factor or math.nan, max_extensions=max_extensions if factor else 0,
+        seed_offset=seed_offset, selection_metric=spec.headline_metric, selection_tie=tie,
+        extension_factor=factor or math.nan, max_extensions=most,
     )  # fmt: skip
 
 

@@ -160,31 +160,54 @@ def _plan_data(lab: LabResults) -> dict[str, Any]:
     return {**data, **data.get("quick", {})} if lab.quick else data
 
 
-def _trial_counts(lab: LabResults) -> str:
-    """``sgd 5, lookahead(sgd) 6 (1 extension), ...``: each method's trials (the tuned
-    protocol's, else the sweep's), the extensions (trials beyond the plan's equal number: its
-    learning-rate factors, else the learning rates of the sweep's grid) counted apart."""
+def _method_trials(lab: LabResults) -> dict[str, tuple[int, int]]:
+    """Per method: its count of trials (the tuned protocol's, else the sweep's) and of
+    extensions among them (trials beyond the plan's equal number: its learning-rate factors,
+    else the learning rates of the sweep's grid)."""
     data = _plan_data(lab)
     summaries = summarize(lab.tuning or lab.lr_sweep)
     methods = [s.method for s in summaries]
     inners = {s.method: s.setting.inner for s in summaries}
-    parts = []
+    counts = {}
     for method in dict.fromkeys(methods):
         count = methods.count(method)
         designed = data.get("lr_factors", data.get("lrs", {}).get(inners[method], ()))
-        extra = count - len(designed)
-        more = f" ({extra} extension{'s' if extra != 1 else ''})" if extra > 0 else ""
-        parts.append(f"{method} {count}{more}")
-    return ", ".join(parts)
+        counts[method] = (count, max(count - len(designed), 0))
+    return counts
+
+
+def _extensions(count: int) -> str:
+    return f"{count} extension{'s' if count != 1 else ''}"
+
+
+def _trial_counts(lab: LabResults) -> str:
+    """``sgd 5, lookahead(sgd) 6 (1 extension), ...``: each method's trials, the extensions
+    counted apart (``_method_trials``)."""
+    return ", ".join(
+        f"{method} {count}" + (f" ({_extensions(extra)})" if extra else "")
+        for method, (count, extra) in _method_trials(lab).items()
+    )
+
+
+def _extends(extension: dict[str, Any]) -> bool:
+    """Whether a plan's grid-extension rule can extend a grid: a factor and a max above 0."""
+    return bool(extension.get("max")) and extension.get("factor") is not None
 
 
 def _extension_text(lab: LabResults) -> str:
-    """The plan's grid-extension rule and each method's count of trials, in words."""
+    """The plan's grid-extension rule and each method's count of trials, in words; where the
+    rule cannot extend a grid (max 0, no factor), that and what an edge then gets."""
     extension = _plan_data(lab).get("tuning", {}).get("extension", {})
     written = lab.plan.data.get("tuning", {}).get("extension", {}) if lab.plan else {}
+    if not _extends(extension):
+        width = "" if lab.tuning else ", and a seed's width that reaches that edge is censored"
+        return (
+            "Grid extension: the plan extends no grid; a selected learning rate at the edge of "
+            f"its method's trials gets no verdict{width}. Trials run: {_trial_counts(lab)}."
+        )
     return (
-        f"Grid extension (factor {fmt(float(extension.get('factor') or math.nan))}, at most "
-        f"{extension.get('max')} per method): {written.get('rule', 'see the plan')}. Trials run: "
+        f"Grid extension (factor {fmt(float(extension['factor']))}, at most "
+        f"{extension['max']} per method): {written.get('rule', 'see the plan')}. Trials run: "
         f"{_trial_counts(lab)}."
     )
 
@@ -257,17 +280,31 @@ def _rescaled_pairs(lab: LabResults) -> list[tuple[SettingSummary, SettingSummar
     ]
 
 
-def _edge_rule(lab: LabResults) -> str:
-    """The plan's grid-extension rule, in the words a case without a verdict gives after its
-    edge: ``after at most 2 extensions by 3x``; empty where the plan has none."""
+def _edge_rule(lab: LabResults) -> dict[str, str]:
+    """Per method, the words a case without a verdict gives after its edge, by what the plan's
+    grid-extension rule did to the method's grid: ``after 2 extensions by 3x (the plan's
+    most)``, ``after no extension (extensions follow the selected (mean) optimum only)``,
+    ``(the plan extends no grid)``; empty where the plan has no rule."""
     extension = _plan_data(lab).get("tuning", {}).get("extension")
     if not extension:
-        return ""
-    most = int(extension["max"])
-    if most == 0:
-        return "(the plan extends no grid)"
-    plural = "s" if most != 1 else ""
-    return f"after at most {most} extension{plural} by {fmt(float(extension['factor']))}x"
+        return {}
+    counts = _method_trials(lab)
+    if not _extends(extension):
+        return dict.fromkeys(counts, "(the plan extends no grid)")
+    words = {}
+    for method, (_, extra) in counts.items():
+        ran = (
+            f"after {_extensions(extra)} by {fmt(float(extension['factor']))}x"
+            if extra
+            else "after no extension"
+        )
+        why = (
+            "the plan's most"
+            if extra >= int(extension["max"])
+            else "extensions follow the selected (mean) optimum only"
+        )
+        words[method] = f"{ran} ({why})"
+    return words
 
 
 def build_claims(lab: LabResults) -> list[Claim]:
@@ -352,7 +389,7 @@ def build_claims(lab: LabResults) -> list[Claim]:
                 plan=plan.claim("lr_robustness"),
                 # the rule extended the sweep itself where the tuned protocol had no trials of
                 # its own (a sweep's plan), else only those trials
-                edge_rule="" if lab.tuning else edge_rule,
+                edge_rule={} if lab.tuning else edge_rule,
             )
         )  # fmt: skip
     if lab.k_alpha:
