@@ -723,8 +723,10 @@ def _setup_lines(lab: LabResults) -> list[str]:
             f"- Training: {_training_text(runs)}, evaluated every {config.eval_every} steps; "
             f"choices on {lab.headline_metric.replace('_', ' ')}, comparisons on "
             f"{endpoint_of(lab).replace('_', ' ')}. Lookahead runs are evaluated on their slow "
-            "weights. A run that diverges (a non-finite loss, or values worse than the untrained "
-            "model's) is scored at the untrained model's values.",
+            'weights. A run whose loss turns non-finite (the tables\' "diverged") is scored at the '
+            "untrained model's values from then on; any other value worse than the untrained "
+            "model's, metric by metric and evaluation by evaluation, is scored at the untrained "
+            "model's value (a run that blew up and stayed finite).",
         ]
         inners = dict.fromkeys(r.config.inner for r in runs)
         described = []
