@@ -17,7 +17,7 @@ import torch_lookahead
 from torch_lookahead import Lookahead
 from torch_lookahead_lab.experiments import LabResults
 from torch_lookahead_lab.plans import load_plan
-from torch_lookahead_lab.provenance import machine
+from torch_lookahead_lab.provenance import machine, record
 from torch_lookahead_lab.report import DETAILS_MARKER, differences_from, rerender, write_report
 from torch_lookahead_lab.reproduce import (
     EARLY_TOLERANCE,
@@ -290,6 +290,12 @@ def test_the_comparison_finds_every_kind_of_change() -> None:
     missing = copy.deepcopy(committed)
     missing["runs"].pop()
     assert "1 committed runs not here" in differences_from(committed, missing)
+
+
+def test_a_report_records_numpy_whose_generator_draws_the_bootstrap() -> None:
+    import numpy
+
+    assert record(1.0)["numpy"] == numpy.__version__
 
 
 def test_a_report_without_a_cpu_model_is_another_machine() -> None:

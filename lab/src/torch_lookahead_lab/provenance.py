@@ -9,6 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 
 __all__ = [
@@ -126,7 +127,7 @@ def machine() -> dict[str, str]:
 def record(wall_seconds: float, started_at: str = "", finished_at: str = "") -> dict[str, Any]:
     """The provenance a report records: the versions of the library and the lab, digests of
     their sources (all of them, and those that compute the numbers), ``machine()``, the
-    command's wall time and, when given, when it started and finished (UTC, ISO 8601)."""
+    command's wall time, numpy's version and, when given, when it started and finished (UTC, ISO 8601)."""
     times = {"started_at": started_at, "finished_at": finished_at} if started_at else {}
     return {
         "version": package_version(),
@@ -134,6 +135,7 @@ def record(wall_seconds: float, started_at: str = "", finished_at: str = "") -> 
         "source_digest": source_digest(),
         "computing_source_digest": source_digest(computing_only=True),
         **machine(),
+        "numpy": numpy.__version__,  # its generator draws the bootstrap's resamples
         "wall_seconds": wall_seconds,
         **times,
     }
