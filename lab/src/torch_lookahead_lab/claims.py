@@ -531,7 +531,9 @@ def convergence_claim(
         protocol=protocol,
         effect=f"the evaluation step at which the {_name(metric)} first reaches {fmt(target)}, "
         "Lookahead minus the inner optimizer, per seed (evaluations every few steps: the "
-        "resolution is one evaluation interval); below zero favours Lookahead.",
+        "resolution is one evaluation interval; a run that never reaches it counts as one "
+        "evaluation past its last step, so a difference it enters is a bound, not a measurement); "
+        "below zero favours Lookahead.",
         cases=tuple(cases),
         role=plan.role,
         sesoi=plan.sesoi,
