@@ -431,7 +431,9 @@ def reading(bootstrap: bool = False) -> str:
         "test needs 6 pairs, more after Holm). Primary claims are confirmatory: Holm-adjusted "
         "together across the report, their difference and equivalence tests as one family. "
         "Descriptive claims carry no confirmatory weight: each is tested at the unadjusted 5%, "
-        "except the (k, alpha) claim, whose settings are Holm-adjusted among themselves." + both
+        "except the (k, alpha) claim, whose settings are Holm-adjusted among themselves. The "
+        "intervals are unadjusted: a Holm-adjusted case can be inconclusive with an interval "
+        "that excludes zero." + both
     )
 
 
