@@ -369,7 +369,8 @@ class Lookahead(Optimizer):
         else:
             kwargs = {"closure": capturing_closure, **kwargs}
         loss = _inner_step(self.optimizer, kwargs, stepped)
-        self._begin("step() (its sync, after the inner step)", sync_overdue=True)  # groups at k
+        if any(group[STEP_KEY] >= group[K_KEY] for group in groups):  # only where one syncs
+            self._begin("step() (its sync, after the inner step)", sync_overdue=True)
         self.after_step()
         return loss
 
@@ -525,8 +526,7 @@ class Lookahead(Optimizer):
             )
 
     def eval(self) -> None:
-        """Put the slow weights into the parameters (idempotent); ``step()`` raises until
-        ``train()``. Allocates nothing after the first call, except for slow copies of another dtype."""
+        """Put the slow weights into the parameters (idempotent; docs/evaluation.md); ``step()`` raises."""
         self._switch(True, self.param_groups)
 
     def train(self) -> None:
