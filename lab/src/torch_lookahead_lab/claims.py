@@ -744,8 +744,7 @@ def k_alpha_claim(
     the inner optimizer."""
     higher = higher_is_better(metric)
     cases = []
-    order = lambda pair: (pair[1].setting.inner, pair[1].setting.k, pair[1].setting.alpha)  # noqa: E731
-    for plain, lookahead in sorted(pair_by_inner(grid), key=order):  # not the runs' order
+    for plain, lookahead in pair_by_inner(grid):
         base, cand = _paired_values(plain, lookahead, lambda r: final_value(r, metric))
         estimate = paired_difference(base, cand, sesoi=plan.sesoi)
         label = f"{plain.setting.inner} k={lookahead.setting.k} alpha={lookahead.setting.alpha}"

@@ -395,7 +395,7 @@ def build_claims(lab: LabResults) -> list[Claim]:
     if lab.k_alpha:
         claims.append(
             k_alpha_claim(
-                summarize(lab.k_alpha), endpoint, protocol=sweep_protocol(lab, lab.k_alpha),
+                _k_alpha_settings(lab), endpoint, protocol=sweep_protocol(lab, lab.k_alpha),
                 plan=plan.claim("k_alpha_robustness"),
             )
         )  # fmt: skip
@@ -434,6 +434,16 @@ def reading(bootstrap: bool = False) -> str:
         "except the (k, alpha) claim, whose settings are Holm-adjusted among themselves. The "
         "intervals are unadjusted: a Holm-adjusted case can be inconclusive with an interval "
         "that excludes zero." + both
+    )
+
+
+def _k_alpha_settings(lab: LabResults) -> list[SettingSummary]:
+    """The (k, alpha) grid's settings in the order of the settings, not of the runs (which a live
+    run and a re-render of its results.json list differently): the claim's cases and the table."""
+    summaries = summarize(lab.k_alpha)
+    return sorted(
+        summaries,
+        key=lambda s: (s.setting.inner, s.setting.uses_lookahead, s.setting.k, s.setting.alpha),
     )
 
 
@@ -1092,9 +1102,8 @@ def _write_lab_report(out_dir: Path, lab: LabResults) -> Path:
             *markdown_table(*summary_rows(summaries, lab.headline_metric)),
             "",
         ]
-    if lab.k_alpha:  # in the order of the settings, not of the runs (a live run and rerender)
-        key = lambda s: (s.setting.inner, s.setting.uses_lookahead, s.setting.k, s.setting.alpha)  # noqa: E731
-        summaries = sorted(summarize(lab.k_alpha), key=key)
+    if lab.k_alpha:
+        summaries = _k_alpha_settings(lab)
         lines += ["## Sensitivity to k and alpha", ""]
         for inner in dict.fromkeys(s.setting.inner for s in summaries):
             name = f"k_alpha_{inner}.png"
