@@ -16,7 +16,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -79,6 +79,8 @@ NO_VERDICT = "no verdict"
 PAPER_VARIANCE = (
     'Lookahead "improves the learning stability and lowers the variance of its inner optimizer".'
 )
+
+_Value = TypeVar("_Value")  # what _paired_values pairs: a float, or a per-example record
 
 
 @dataclass(frozen=True)
@@ -297,17 +299,14 @@ def _example_bootstrap(
     if plan.bootstrap is None:
         return None
     resamples, seed = plan.bootstrap
-    plain_rows = {r.config.seed: scored_correct(r) for r in plain.runs}
-    lookahead_rows = {r.config.seed: scored_correct(r) for r in lookahead.runs}
-    common = sorted(set(plain_rows) & set(lookahead_rows))
-    rows = [(plain_rows[s], lookahead_rows[s]) for s in common]
-    if not rows or any(a is None or b is None for a, b in rows):
+    plain_rows, lookahead_rows = _paired_values(plain, lookahead, scored_correct)
+    if not plain_rows or any(row is None for row in (*plain_rows, *lookahead_rows)):
         raise ValueError(
             f"the plan tests {plain.method} against {lookahead.method} on test examples, but "
             "their runs have no per-example record (RunResult.test_correct): rerun them"
         )
-    base = np.array([a for a, _ in rows], dtype=np.float64)
-    cand = np.array([b for _, b in rows], dtype=np.float64)
+    base = np.array(plain_rows, dtype=np.float64)
+    cand = np.array(lookahead_rows, dtype=np.float64)
     return two_way_bootstrap(base, cand, resamples=resamples, seed=seed, sesoi=plan.sesoi)
 
 
@@ -398,8 +397,8 @@ def pair_by_inner(
 
 
 def _paired_values(
-    plain: SettingSummary, lookahead: SettingSummary, value: Callable[[RunResult], float]
-) -> tuple[list[float], list[float]]:
+    plain: SettingSummary, lookahead: SettingSummary, value: Callable[[RunResult], _Value]
+) -> tuple[list[_Value], list[_Value]]:
     """Values of both settings on their common seeds (the exact test needs pairs)."""
     plain_values = {r.config.seed: value(r) for r in plain.runs}
     lookahead_values = {r.config.seed: value(r) for r in lookahead.runs}

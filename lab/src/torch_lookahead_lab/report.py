@@ -148,10 +148,7 @@ def _by_schedule(runs: Sequence[RunResult]) -> dict[str, list[RunResult]]:
 
 
 def _seed_span(runs: Sequence[RunResult]) -> str:
-    seeds = sorted({r.config.seed for r in runs})
-    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
-        return f"seeds {seeds[0]}-{seeds[-1]}"
-    return "seeds " + ", ".join(map(str, seeds))
+    return "seeds " + seed_spans(sorted({r.config.seed for r in runs}))
 
 
 def _plan_data(lab: LabResults) -> dict[str, Any]:

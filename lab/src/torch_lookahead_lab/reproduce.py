@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch_lookahead_lab.claims import fmt
+from torch_lookahead_lab.runner import decode_correct
 from torch_lookahead_lab.tasks import get_task
 
 __all__ = [
@@ -187,7 +188,7 @@ def _correct_share(record: Mapping[str, Any] | None, step: int) -> float | None:
     mask = _mask_at(record, step)
     if record is None or mask is None:
         return None
-    return int.from_bytes(bytes.fromhex(mask), "little").bit_count() / int(record["examples"])
+    return float(decode_correct(mask, int(record["examples"])).mean())
 
 
 def _correct_differences(
@@ -199,7 +200,7 @@ def _correct_differences(
     if old is None:
         return
     for step in old["steps"]:
-        before = old["correct"][old["steps"].index(step)]
+        before = _mask_at(old, step)
         after = _mask_at(new, step)
         if before != after:
             yield ValueDifference(
