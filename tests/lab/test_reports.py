@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -403,6 +404,12 @@ def test_the_committed_report_is_what_todays_code_renders_from_its_runs(
     """Rows come in the order of the settings, not of the runs, so a live run and a re-render of
     its results.json write the same report (only the provenance lines differ)."""
     source = Path(__file__).resolve().parents[2] / "reports" / folder
+    payload = json.loads((source / "results.json").read_text())
+    drawn_by = (payload.get("rerendered_with") or payload["provenance"]).get("numpy")
+    if drawn_by != np.__version__:  # numpy may change its generator's stream between releases
+        pytest.skip(
+            f"the report's bootstrap was drawn by numpy {drawn_by}, this is {np.__version__}"
+        )
     copy_dir = tmp_path / folder
     shutil.copytree(source, copy_dir, ignore=shutil.ignore_patterns("*.png", "runs"))
     rendered = rerender(copy_dir).read_text()
