@@ -487,3 +487,51 @@ def check_differing_slow_weights_settled(rank: int, world_size: int) -> None:
 
 def test_differing_slow_weights_settled_by_the_sync_after_steps(cluster: Cluster) -> None:
     cluster.run(check_differing_slow_weights_settled)
+
+
+# ---------------------------------------------------------------------------- sync() interrupted
+def check_sync_interrupted_in_its_outer_momentum_step(rank: int, world_size: int) -> None:
+    """An exception after the exchange, in the outer momentum step, before the core's plan:
+    the retry sync() gives the uninterrupted result. The mark of where a fragment restarted is
+    written as the core's plan is made; written before, it claimed a restart whose counter was
+    never stored, and a fragment at its phase with steps since took no outer step at the retry."""
+    import torch_lookahead.distributed.lookahead as module
+
+    config = {"fragments": 2, "outer_momentum": 0.5}
+    model, twin = _model(), _model()
+    opt, twin_opt = _build(model, config), _build(twin, config)
+    group = opt.param_groups[1]
+    for _ in range(4 * K):  # until fragment 1 is at its phase, with steps since it restarted
+        _steps(model, opt, rank, 1)
+        _steps(twin, twin_opt, rank, 1)
+        if group[STEP_KEY] == opt.cycle_start(group) != 0 and module._has_steps(group):
+            break
+    else:
+        raise AssertionError("fragment 1 never reached its phase")
+    real = module.momentum_outer_step_
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        module.momentum_outer_step_ = real
+        raise _Interrupted
+
+    module.momentum_outer_step_ = interrupted
+    try:
+        with pytest.raises(_Interrupted):
+            opt.sync()
+    finally:
+        module.momentum_outer_step_ = real
+    opt.sync()
+    twin_opt.sync()
+    done, expected = _snapshot(model, opt), _snapshot(twin, twin_opt)
+    # The interrupted exchange was sent, and counted, once more; all else is the twin's.
+    assert done["bytes"] > expected["bytes"]
+    expected["bytes"] = done["bytes"]
+    for ours, theirs in zip(done["groups"], expected["groups"], strict=True):
+        theirs["lookahead_syncs"] = ours["lookahead_syncs"]
+    _assert_same(done, expected)
+
+
+def test_sync_interrupted_in_its_outer_momentum_step_gives_the_uninterrupted_result(
+    cluster: Cluster,
+) -> None:
+    cluster.run(check_sync_interrupted_in_its_outer_momentum_step)

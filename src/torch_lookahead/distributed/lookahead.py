@@ -152,6 +152,22 @@ def _remember_restart(group: dict[str, Any], counter: int) -> None:
         group.pop(RESTARTED_AT_KEY, None)
 
 
+def _remembering(
+    restart: Callable[[dict[str, Any]], int] | None,
+) -> Callable[[dict[str, Any]], int]:
+    """``restart`` (None: 0), remembering each counter it gives as where its group's cycle
+    restarted. The core calls it as its plan is made, whose last step stores the counters: not
+    before (an exception in the exchange or the outer momentum step would leave a mark without
+    its counter), and a plan an exception stops is finished by the next call."""
+
+    def restarted(group: dict[str, Any]) -> int:
+        counter = 0 if restart is None else restart(group)
+        _remember_restart(group, counter)
+        return counter
+
+    return restarted
+
+
 def _shares_a_group(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
     ids = set(map(id, b))
     return any(id(group) in ids for group in a)
@@ -483,7 +499,7 @@ class DistributedLookahead(Lookahead):
         rank."""
         self._require_usable()
         for pending in [p for p in self._pending if _shares_a_group(p.groups, groups)]:
-            self._apply_pending(pending)  # k was lowered to sync_delay or below, or sync()
+            self._apply_pending(pending)  # k was lowered to sync_delay or below
         for group in [g for g in groups if not _has_steps(g)]:
             _restart(group, 0 if restart is None else restart(group))
         groups = [g for g in groups if _has_steps(g)]
@@ -507,11 +523,7 @@ class DistributedLookahead(Lookahead):
             self._settle(groups, params, unsettled)
             slows = list(chain.from_iterable(t[1] for t in tracked))
             means = [self._mean(result, slow) for result, slow in zip(results, slows, strict=True)]
-            # Remembered before the core's plan stores the counters: a plan an exception stops
-            # is completed before any later decision (every operation finishes it first).
-            for group in groups:
-                _remember_restart(group, 0 if restart is None else restart(group))
-            self._outer_steps(groups, tracked, means, restart)
+            self._outer_steps(groups, tracked, means, _remembering(restart))
 
     def _mean(self, result: Tensor, slow: Tensor) -> Tensor:
         """The mean weights from an exchange's result: itself (exact), or the slow weights minus
