@@ -494,6 +494,11 @@ def write_report(out: Path, summaries: list[dict[str, Any]], settings: dict[str,
             f"| {s['final_val_accuracy_mean']:.4f} ± {s['final_val_accuracy_std']:.4f} "
             f"| {s['final_val_loss_mean']:.4f} ± {s['final_val_loss_std']:.4f} |"
         )
+    reread = (  # the committed digits report's note on its last row, where it sits beside it
+        "The last row (DiLoCo's outer step) is reread in [diloco_row.md](diloco_row.md).\n"
+        if (out / "diloco_row.md").exists()
+        else ""
+    )
     text = f"""# DDP against DistributedLookahead on the digits task
 
 Produced by
@@ -524,8 +529,7 @@ broadcast of rank 0's weights (done by both) is not counted.
 Final = after step {settings["steps"]}; mean ± standard deviation over the seeds. "MB until val
 accuracy >= {TARGET_ACCURACY}": bytes all-reduced per rank up to the first evaluation (every
 {settings["eval_every"]} steps) at which the seed-averaged validation accuracy reached it.
-The last row (DiLoCo's outer step) is reread in [diloco_row.md](diloco_row.md).
-
+{reread}
 ![validation accuracy against bytes all-reduced, and against steps](bytes_vs_accuracy.png)
 
 Raw curves: `results.json`.
