@@ -15,7 +15,13 @@ from torch_lookahead_lab.experiments import (
     demo_plan,
     planned_compare_experiment,
 )
-from torch_lookahead_lab.plans import ClaimPlan, load_plan, plan_from_mapping, plan_status
+from torch_lookahead_lab.plans import (
+    ClaimPlan,
+    load_plan,
+    plan_from_mapping,
+    plan_settings,
+    plan_status,
+)
 from torch_lookahead_lab.stats import pairs_needed
 from torch_lookahead_lab.tasks import TaskSettings
 
@@ -61,6 +67,28 @@ def test_the_demo_follows_its_plan_and_the_offset_moves_every_seed() -> None:
     flags = compare_experiment("digits", ["sgd"], 2, TINY, seed_offset=7)
     assert {c.seed for c in flags.compare} == {7, 8}
     assert flags.plan is not None and flags.plan.status == "exploratory"
+
+
+def test_the_quick_part_replaces_what_it_names_at_any_depth() -> None:
+    """A quick run's settings: the quick part over the plan, mapping by mapping, a list
+    replaced whole; the full run's are the plan's data; a plan without a quick part runs its
+    full settings quick."""
+    data = {
+        "tuning": {"extension": {"factor": 3.0, "max": 2, "rule": "r"}, "draw": {"seed": 1}},
+        "lrs": [1, 2, 3],
+        "quick": {"tuning": {"extension": {"max": 1}}, "lrs": [1]},
+    }
+    plan = plan_from_mapping("p", data)
+    assert plan_settings(plan, quick=False) == plan.data
+    quick = plan_settings(plan, quick=True)
+    assert quick["tuning"] == {
+        "extension": {"factor": 3.0, "max": 1, "rule": "r"},
+        "draw": {"seed": 1},
+    }
+    assert quick["lrs"] == [1]
+    assert plan.data["tuning"]["extension"]["max"] == 2  # the plan itself is left as it was
+    bare = plan_from_mapping("p", {"lrs": [1, 2]})
+    assert plan_settings(bare, quick=True) == bare.data
 
 
 def test_a_plan_that_changed_after_results_existed_makes_the_report_exploratory() -> None:

@@ -25,6 +25,7 @@ from torch_lookahead_lab.experiments import (
     sweep_experiment,
 )
 from torch_lookahead_lab.metrics import summarize
+from torch_lookahead_lab.plans import plan_from_mapping
 from torch_lookahead_lab.report import build_claims, tuned_protocol
 from torch_lookahead_lab.runner import RunConfig, RunResult
 from torch_lookahead_lab.tasks import TaskSettings
@@ -138,6 +139,39 @@ def test_an_optimum_still_at_the_edge_after_the_extensions_gets_no_verdict(
         "after 2 extensions by 3x (the plan's most): a width the grid cuts off is censored"
     )
     assert "sgd 3, lookahead(sgd) 5 (2 extensions)" in tuned_protocol(lab)
+
+
+def test_a_quick_run_is_reported_by_the_rules_its_quick_part_overrides(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A plan whose quick part changes the extension's max and rule and the selection's rule:
+    the quick run extended once (max 1), and its report states the quick part's rules and
+    counts, not those of the plan's full part."""
+    batches = _fake_runs(
+        monkeypatch,
+        _accuracy({0.01: 0.90, 0.03: 0.96, 0.09: 0.94}, lambda lr: 0.80 + 0.1 * lr),
+    )
+    experiment = _sweep(max_extensions=1)
+    assert experiment.plan is not None
+    data = dict(experiment.plan.data)
+    data["quick"] = {
+        "tuning": {"extension": {"max": 1, "rule": "the quick part's extension rule"}},
+        "selection": {"rule": "the quick part's selection rule"},
+    }
+    data["tuning"] = {"extension": {**data["tuning"]["extension"], "max": 2}}
+    plan = plan_from_mapping("sweep", data)
+    lab = _run(dataclasses.replace(experiment, plan=plan, quick=True), tmp_path)
+    assert [sorted({round(c.lr, 6) for c in batch}) for batch in batches[1:]] == [[0.27]]
+    protocol = tuned_protocol(lab)
+    assert "by the rule: the quick part's selection rule;" in protocol
+    assert "(factor 3, at most 1 per method): the quick part's extension rule." in protocol
+    assert "sgd 3, lookahead(sgd) 4 (1 extension)" in protocol
+    assert _cases(lab)["final_tuned"].caveat == (
+        "lookahead(sgd)'s selected learning rate, 0.27, is the largest of its 4 trials after 1 "
+        "extension by 3x (the plan's most)"
+    )
+    full = tuned_protocol(dataclasses.replace(lab, quick=False))
+    assert "at most 2 per method): if a method's selected learning rate" in full
 
 
 def test_a_width_cut_off_by_the_grid_is_censored_though_the_optimum_is_interior(

@@ -15,7 +15,7 @@ from torch_lookahead_lab import experiments
 from torch_lookahead_lab.claims import NO_VERDICT, final_quality_claim, pair_by_inner
 from torch_lookahead_lab.experiments import Experiment, LabResults, demo_experiment
 from torch_lookahead_lab.metrics import summarize
-from torch_lookahead_lab.plans import ClaimPlan, load_plan, plan_from_mapping
+from torch_lookahead_lab.plans import ClaimPlan, load_plan, plan_from_mapping, plan_settings
 from torch_lookahead_lab.report import build_claims
 from torch_lookahead_lab.reproduce import is_reference
 from torch_lookahead_lab.runner import RunConfig, RunResult
@@ -60,10 +60,10 @@ def test_a_plan_with_unequal_trials_is_refused() -> None:
 def test_lookaheads_trials_are_the_declared_draw() -> None:
     """The plan's (k, alpha) per learning rate is what its stated draw gives: nobody chose them
     after seeing a result."""
-    data = load_plan("demo").data
-    for part in (data, {**data, **data["quick"]}):
+    plan = load_plan("demo")
+    for part in (plan_settings(plan, quick=False), plan_settings(plan, quick=True)):
         trials = part["tuning"]["lookahead"]
-        draw = data["tuning"]["draw"]
+        draw = part["tuning"]["draw"]
         rng = random.Random(draw["seed"])
         ks = rng.sample(draw["ks"] * 2, len(trials))
         alphas = rng.sample(draw["alphas"] * 2, len(trials))

@@ -26,10 +26,9 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from torch_lookahead_lab.claims import Case, Claim, _case, fmt, holm_primary
-from torch_lookahead_lab.plans import Plan, load_plan
+from torch_lookahead_lab.plans import Plan, load_plan, plan_settings
 from torch_lookahead_lab.runner import RunConfig, RunResult, make_config
 from torch_lookahead_lab.stability import PAPER_STABILITY, largest_on_grid
 from torch_lookahead_lab.stats import holm, paired_difference, verdict_kind
@@ -92,7 +91,7 @@ def confirmatory_plan(quick: bool = False, seed_offset: int = 0) -> Confirmatory
     if seed_offset < 0:
         raise ValueError(f"seed_offset must be a non-negative integer, got {seed_offset}")
     plan = load_plan("stability")
-    data: dict[str, Any] = {**plan.data, **(plan.data["quick"] if quick else {})}
+    data = plan_settings(plan, quick)
     lrs, seeds = data["lrs"], data["seeds"]
     first = seeds["first"] + seed_offset
     return ConfirmatoryPlan(

@@ -27,7 +27,7 @@ from torch_lookahead_lab.confirmatory import (
 )
 from torch_lookahead_lab.metrics import SettingSummary, setting_of, summarize
 from torch_lookahead_lab.nqm import NQMConfig, NQMPoint, NQMProblem, nqm_configs
-from torch_lookahead_lab.plans import Plan, load_plan, plan_from_mapping
+from torch_lookahead_lab.plans import Plan, load_plan, plan_from_mapping, plan_settings
 from torch_lookahead_lab.runner import Job, RunConfig, RunResult, make_config, run_many_counted
 from torch_lookahead_lab.stability import (
     STABILITY,
@@ -335,7 +335,7 @@ def demo_plan(quick: bool = False, seed_offset: int = 0) -> DemoPlan:
     if seed_offset < 0:
         raise ValueError(f"seed_offset must be a non-negative integer, got {seed_offset}")
     plan = load_plan("demo")
-    data: dict[str, Any] = {**plan.data, **(plan.data["quick"] if quick else {})}
+    data = plan_settings(plan, quick)
     grid, nqm = data["grid"], data["nqm"]
     lr_factors = tuple(float(f) for f in data["lr_factors"])
     trials, extension = _tuning_trials(data["tuning"], lr_factors)
@@ -643,7 +643,7 @@ def planned_compare_experiment(
     plan = load_plan(name)
     if plan.data.get("command") != "compare":
         raise ValueError(f"plan {name!r} is not a plan of the compare command")
-    data: dict[str, Any] = {**plan.data, **(plan.data["quick"] if quick else {})}
+    data = plan_settings(plan, quick)
     spec = get_task(data["task"])
     settings = spec.quick if quick else spec.full
     if not quick and settings.steps != data["steps"]:

@@ -44,6 +44,7 @@ __all__ = [
     "load_plan",
     "plan_digest",
     "plan_from_mapping",
+    "plan_settings",
     "plan_status",
     "seed_spans",
 ]
@@ -176,6 +177,25 @@ def plan_from_mapping(name: str, data: Mapping[str, Any]) -> Plan:
     """A plan made from a command's flags, in a canonical text (sorted keys)."""
     text = json.dumps(data, indent=1, sort_keys=True) + "\n"
     return Plan(name, text, json.loads(text))
+
+
+def plan_settings(plan: Plan, quick: bool) -> dict[str, Any]:
+    """The settings a run of ``plan`` uses: its data, and for a ``quick`` run its ``quick`` part
+    over it. The quick part replaces what it names, at any depth (``{"tuning": {"extension":
+    {"max": 1}}}`` changes that number only); a list is replaced whole. The run and its report
+    both read this, so the report states the rules the run followed."""
+    return _over(plan.data, plan.data.get("quick", {})) if quick else dict(plan.data)
+
+
+def _over(base: Mapping[str, Any], part: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``part`` over it, mapping by mapping."""
+    merged = dict(base)
+    for key, value in part.items():
+        below = merged.get(key)
+        if isinstance(below, Mapping) and isinstance(value, Mapping):
+            value = _over(below, value)
+        merged[key] = value
+    return merged
 
 
 def plan_status(

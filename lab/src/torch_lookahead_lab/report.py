@@ -59,6 +59,7 @@ from torch_lookahead_lab.plans import (
     load_plan,
     plan_digest,
     plan_from_mapping,
+    plan_settings,
     plan_status,
     seed_spans,
 )
@@ -152,9 +153,8 @@ def _seed_span(runs: Sequence[RunResult]) -> str:
 
 
 def _plan_data(lab: LabResults) -> dict[str, Any]:
-    """The plan's data as the run used it: its ``quick`` part over it for a quick run."""
-    data = dict(lab.plan.data) if lab.plan else {}
-    return {**data, **data.get("quick", {})} if lab.quick else data
+    """The plan's settings as the run used them (``plan_settings``)."""
+    return plan_settings(_plan_of(lab), lab.quick)
 
 
 def _method_trials(lab: LabResults) -> dict[str, tuple[int, int]]:
@@ -195,7 +195,6 @@ def _extension_text(lab: LabResults) -> str:
     """The plan's grid-extension rule and each method's count of trials, in words; where the
     rule cannot extend a grid (max 0, no factor), that and what an edge then gets."""
     extension = _plan_data(lab).get("tuning", {}).get("extension", {})
-    written = lab.plan.data.get("tuning", {}).get("extension", {}) if lab.plan else {}
     if not _extends(extension):
         width = "" if lab.tuning else ", and a seed's width that reaches that edge is censored"
         return (
@@ -204,7 +203,7 @@ def _extension_text(lab: LabResults) -> str:
         )
     return (
         f"Grid extension (factor {fmt(float(extension['factor']))}, at most "
-        f"{extension['max']} per method): {written.get('rule', 'see the plan')}. Trials run: "
+        f"{extension['max']} per method): {extension.get('rule', 'see the plan')}. Trials run: "
         f"{_trial_counts(lab)}."
     )
 
@@ -228,7 +227,7 @@ def _tuning_protocol(lab: LabResults, rule: str) -> str:
 
 
 def tuned_protocol(lab: LabResults) -> str:
-    plan = lab.plan.data if lab.plan else {}
+    plan = _plan_data(lab)
     rule = plan.get("selection", {}).get("rule", "the best mean final validation metric")
     if lab.tuning and lab.tuned:
         return _tuning_protocol(lab, rule)
@@ -307,7 +306,7 @@ def _edge_rule(lab: LabResults) -> dict[str, str]:
 def build_claims(lab: LabResults) -> list[Claim]:
     """The claims this lab's measurements can speak to, judged by its plan (primary endpoints
     Holm-adjusted together)."""
-    plan = _plan_of(lab)
+    plan, settings = _plan_of(lab), _plan_data(lab)
     endpoint = endpoint_of(lab)
     selection = lab.headline_metric
     claims = []
@@ -316,7 +315,7 @@ def build_claims(lab: LabResults) -> list[Claim]:
     if lab.tuned:
         tuned = tuned_pairs(summarize(lab.tuned))
     else:
-        tie = float(plan.data.get("selection", {}).get("tie", 0.0))
+        tie = float(settings.get("selection", {}).get("tie", 0.0))
         chosen = select_per_method(sweep, selection, tie=tie)
         tuned = tuned_pairs([best for best, group in chosen if len(group) >= 2])
     edge_rule = _edge_rule(lab)
@@ -363,7 +362,7 @@ def build_claims(lab: LabResults) -> list[Claim]:
                 schedule=_schedule_of(lab.tuned),
             )
         )  # fmt: skip
-    convergence = plan.data.get("convergence")
+    convergence = settings.get("convergence")
     if compare_pairs and convergence:
         claims.append(
             convergence_claim(
@@ -379,7 +378,7 @@ def build_claims(lab: LabResults) -> list[Claim]:
             )
         )  # fmt: skip
     if sweep:
-        delta = float(plan.data.get("robustness_delta", 0.01))
+        delta = float(settings.get("robustness_delta", 0.01))
         claims.append(
             lr_robustness_claim(
                 sweep, selection, delta=delta, protocol=sweep_protocol(lab, lab.lr_sweep),
@@ -1457,7 +1456,7 @@ def _write_confirmatory_report(out_dir: Path, lab: ConfirmatoryResults) -> Path:
     whole = len(confirmatory_configs(plan))
     cpu = math.fsum(r.cpu_seconds for r in lab.runs)
     step = plan.lrs[1] / plan.lrs[0]
-    rule = plan.plan.data["instability"]["rule"]
+    rule = plan_settings(plan.plan, plan.quick)["instability"]["rule"]
     lines = [
         f"# {lab.title}",
         "",
