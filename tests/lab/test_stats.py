@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from torch_lookahead_lab.stats import (
+    NO_VERDICT,
     Estimate,
     holm,
     paired_difference,
@@ -60,6 +61,14 @@ def test_below_six_pairs_no_difference_is_decided_whatever_the_data(n: int) -> N
     assert estimate.p_value > 0.05
     assert verdict_kind(verdict_of(estimate, "above")) == "inconclusive"
     assert verdict_of(estimate, "above") == f"inconclusive: cannot decide at {estimate.samples}"
+
+
+def test_a_case_the_plan_leaves_untested_is_a_kind_of_its_own() -> None:
+    """Not "inconclusive": no test ran, so the report groups it apart ("No verdict, by the
+    plan's rule"), by this kind alone."""
+    assert verdict_kind(NO_VERDICT) == NO_VERDICT
+    assert verdict_kind("inconclusive: cannot decide at 2 seeds") == "inconclusive"
+    assert verdict_kind("equivalent within +-0.01") == "equivalent"
 
 
 def test_six_pairs_on_one_side_decide_and_the_interval_excludes_zero() -> None:

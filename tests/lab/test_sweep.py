@@ -26,7 +26,7 @@ from torch_lookahead_lab.experiments import (
 )
 from torch_lookahead_lab.metrics import summarize
 from torch_lookahead_lab.plans import plan_from_mapping
-from torch_lookahead_lab.report import build_claims, tuned_protocol
+from torch_lookahead_lab.report import build_claims, summary_sentences, tuned_protocol
 from torch_lookahead_lab.runner import RunConfig, RunResult
 from torch_lookahead_lab.tasks import TaskSettings
 
@@ -290,6 +290,11 @@ def test_with_extend_max_0_an_edge_optimum_gets_no_verdict_and_no_rule_it_cannot
         "extends no grid)"
     )
     assert claims["final_tuned"].notes == ()
+    sentences = summary_sentences(list(claims.values()), "Scope.")
+    assert "No verdict, by the plan's rule: final test accuracy, tuned protocol [sgd (" in (
+        " ".join(sentences)
+    )
+    assert not any(s.startswith("Undecided") and "tuned protocol" in s for s in sentences)
     protocol = tuned_protocol(lab)
     assert "Grid extension: the plan extends no grid;" in protocol
     assert "times (divided by) the factor" not in protocol and "at most" not in protocol

@@ -31,6 +31,7 @@ from torch_lookahead_lab.nqm import NQMPoint
 from torch_lookahead_lab.plans import ClaimPlan
 from torch_lookahead_lab.runner import RunConfig, RunResult
 from torch_lookahead_lab.stats import (
+    NO_VERDICT,
     Estimate,
     Favours,
     holm,
@@ -74,8 +75,6 @@ PAPER_IMPROVES = (
 # values in another order differ by about 1e-16; one image moves a mean accuracy by
 # 1 / (images x seeds), above 1e-9 below a billion images.
 EQUAL_MEANS = 1e-9
-# The verdict of a case that is not tested (the tuned protocol's grid-extension rule).
-NO_VERDICT = "no verdict"
 PAPER_VARIANCE = (
     'Lookahead "improves the learning stability and lowers the variance of its inner optimizer".'
 )

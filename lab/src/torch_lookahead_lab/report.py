@@ -481,8 +481,7 @@ def _verdict_phrase(claim: Claim, cases: Sequence[Case], title: bool = True) -> 
 def _by_kind(cases: Sequence[Case]) -> dict[str, list[Case]]:
     groups: dict[str, list[Case]] = {}
     for case in cases:
-        kind = NO_VERDICT if case.verdict == NO_VERDICT else verdict_kind(case.verdict)
-        groups.setdefault(kind, []).append(case)
+        groups.setdefault(verdict_kind(case.verdict), []).append(case)
     return groups
 
 

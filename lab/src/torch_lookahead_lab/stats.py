@@ -50,6 +50,9 @@ tests (TOST) against those bounds. The verdict of a case is one of four:
 level with the two-sided test (its smallest attainable p-value, times the Holm family, is above
 it): below 6 pairs no verdict is given, not even equivalence.
 
+A case a plan's rule leaves untested (a selected learning rate still at the edge of its
+trials) has the verdict ``NO_VERDICT``, a kind of its own.
+
 No observed-power "seeds needed" figure is given: the number of seeds is a plan's decision,
 made before the data (``pairs_needed``).
 """
@@ -68,6 +71,7 @@ from scipy import stats  # type: ignore[import-untyped]
 __all__ = [
     "CONFIDENCE",
     "LEVEL",
+    "NO_VERDICT",
     "Estimate",
     "Favours",
     "bootstrap_draws",
@@ -85,6 +89,8 @@ __all__ = [
 ]
 
 LEVEL = 0.05
+# The verdict of a case that is not tested (the tuned protocol's grid-extension rule).
+NO_VERDICT = "no verdict"
 CONFIDENCE = 1 - LEVEL
 # Beyond this many pairs the sign-flip distribution is sampled (fixed generator) not enumerated.
 _EXACT_PAIRS = 16
@@ -485,9 +491,9 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 
 def verdict_kind(verdict: str) -> str:
-    """``supports``, ``contradicts``, ``equivalent`` or ``inconclusive`` (for "cannot decide at
-    n seeds" too)."""
-    for kind in ("supports", "contradicts", "equivalent"):
+    """``supports``, ``contradicts``, ``equivalent``, ``NO_VERDICT`` (a case not tested) or
+    ``inconclusive`` (for "cannot decide at n seeds" too)."""
+    for kind in ("supports", "contradicts", "equivalent", NO_VERDICT):
         if verdict.startswith(kind):
             return kind
     return "inconclusive"
