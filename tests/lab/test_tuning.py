@@ -144,7 +144,7 @@ def test_a_selection_at_the_edge_is_extended_until_interior(
     assert len(batches) == 3  # the first stage, one extension, the tuned runs
     assert experiment.extension_configs(lab.tuning) == []
     assert {(r.config.lr, r.config.k) for r in lab.tuned} == {(0.03, None), (0.09, 5)}
-    (case,) = _tuned_claim(lab, edge_rule="after 2 extensions").cases
+    (case,) = _tuned_claim(lab, "after 2 extensions").cases
     assert case.verdict != NO_VERDICT and case.estimate is not None
 
 
@@ -168,13 +168,14 @@ def test_an_optimum_still_at_the_edge_after_the_extensions_gets_no_verdict(
     assert len(batches) == 4
     wrapped = [s for s in summarize(lab.tuning) if s.setting.uses_lookahead]
     assert len(wrapped) == 5  # 3 trials of the design and 2 extensions
-    (case,) = _tuned_claim(lab, edge_rule="after 2 extensions").cases
+    (case,) = _tuned_claim(lab, "after 2 extensions").cases
     assert case.verdict == NO_VERDICT and case.estimate is None
-    assert "lookahead(sgd)'s selected learning rate, 0.81, is the largest of its 5 trials" in (
-        case.caveat
+    assert case.caveat == (
+        "lookahead(sgd)'s selected learning rate, 0.81, is the largest of its 5 trials after 2 "
+        "extensions (lookahead(sgd))"
     )
     # Without the rule (a flag-made sweep) the case is tested and the edge only noted.
-    noted = _tuned_claim(lab, edge_rule="")
+    noted = _tuned_claim(lab, "")
     assert noted.cases[0].estimate is not None and "a wider sweep" in noted.notes[0]
 
 
@@ -189,11 +190,14 @@ def test_without_extensions_an_edge_optimum_gets_no_verdict(
     batches = _fake_runs(monkeypatch, accuracy)
     lab = _lab(_tiny_experiment(max_extensions=0), tmp_path)
     assert len(batches) == 2
-    (case,) = _tuned_claim(lab, edge_rule="after 0 extensions").cases
+    (case,) = _tuned_claim(lab, "after 0 extensions").cases
     assert case.verdict == NO_VERDICT and "the smallest of its 3 trials" in case.caveat
 
 
-def _tuned_claim(lab: LabResults, edge_rule: str) -> Any:
+def _tuned_claim(lab: LabResults, words: str) -> Any:
+    """The tuned claim, each method's edge words ``words`` and its name (none: no rule)."""
+    methods = {s.method for s in summarize(lab.tuning)}
+    edge_rule = {method: f"{words} ({method})" for method in methods} if words else {}
     return final_quality_claim(
         pair_by_inner(summarize(lab.tuned)) or _own_pairs(lab.tuned), "test_accuracy",
         protocol="tuned", key="final_tuned", title="tuned",

@@ -432,15 +432,15 @@ def final_quality_claim(
     plan: ClaimPlan,
     paper: str = PAPER_IMPROVES,
     grid: Sequence[SettingSummary] = (),
-    edge_rule: str | Mapping[str, str] = "",
+    edge_rule: Mapping[str, str] = {},
     schedule: str = "",
 ) -> Claim:
     """Lookahead's final ``metric`` against the baseline's, per (baseline, Lookahead) pair.
 
     ``grid``: the trials the pairs were selected from. A learning rate selected at the edge of
-    its method's trials is noted (a wider grid might do better there); with ``edge_rule`` (the
-    grid-extension rule the trials were extended by, in words, or those words per method:
-    ``_edge_words``) that case gets no verdict and no test, and says why."""
+    its method's trials is noted (a wider grid might do better there); with ``edge_rule`` (per
+    method, what the grid-extension rule did to its trials, in words) that case gets no verdict
+    and no test, and says why with those words."""
     higher = higher_is_better(metric)
     cases = []
     notes = []
@@ -471,7 +471,7 @@ def final_quality_claim(
             f"({chosen_lookahead})"
         )
         if edges and edge_rule:
-            reason = " and ".join(f"{edge} {_edge_words(edge_rule, m)}" for edge, m in edges)
+            reason = " and ".join(f"{edge} {edge_rule.get(m, '')}" for edge, m in edges)
             cases.append(
                 Case(plain.setting.inner, NO_VERDICT, None, f"{what}; not tested", caveat=reason)
             )
@@ -657,12 +657,6 @@ def _censored(group: Sequence[SettingSummary], near: dict[int, list[float]]) -> 
     return f"{group[0].method}'s width reaches {' and '.join(reached)}" if reached else ""
 
 
-def _edge_words(edge_rule: str | Mapping[str, str], method: str) -> str:
-    """The words a case without a verdict gives after ``method``'s edge: ``edge_rule`` itself,
-    or its words for ``method`` (what the rule did to that method's grid)."""
-    return edge_rule if isinstance(edge_rule, str) else edge_rule.get(method, "")
-
-
 def _lr_span(group: Sequence[SettingSummary]) -> str:
     lrs = sorted(s.setting.lr for s in group)
     return f"{len(lrs)} learning rates from {fmt(lrs[0], 3)} to {fmt(lrs[-1], 3)}"
@@ -675,14 +669,15 @@ def lr_robustness_claim(
     delta: float,
     protocol: str,
     plan: ClaimPlan,
-    edge_rule: str | Mapping[str, str] = "",
+    edge_rule: Mapping[str, str] = {},
 ) -> Claim:
     """Per inner optimizer and seed: the width in log10(lr) of the learning rates within
     ``delta`` of each method's own best, Lookahead minus plain.
 
-    With ``edge_rule`` (the grid-extension rule the learning rates were extended by, in words,
-    or those words per method: ``_edge_words``), a case where the width of either method at any seed reaches the edge of its learning rates
-    (a width the grid cuts off: censored) gets no verdict and no test, and says why."""
+    With ``edge_rule`` (per method, what the grid-extension rule did to its learning rates, in
+    words), a case where the width of either method at any seed reaches the edge of its
+    learning rates (a width the grid cuts off: censored) gets no verdict and no test, and says
+    why with those words."""
     cases = []
     methods = by_method(summaries)
     for inner in dict.fromkeys(s.setting.inner for s in summaries):
@@ -701,7 +696,7 @@ def lr_robustness_claim(
             f"{over}: {fmt(_mean(base), 3)} plain, {fmt(_mean(cand), 3)} with Lookahead"
         )
         censored = [
-            f"{text} {_edge_words(edge_rule, group[0].method)}"
+            f"{text} {edge_rule.get(group[0].method, '')}"
             for group, near in ((plain, near_plain), (wrapped, near_wrapped))
             if (text := _censored(group, near))
         ]
