@@ -757,3 +757,68 @@ def test_a_step_hook_that_calls_eval_leaves_the_sync_owed_and_says_so() -> None:
     grads(params, 1)
     opt.step()  # syncs the owed cycle first, then steps and syncs its own
     assert opt.param_groups[0]["lookahead_step"] == 0
+
+
+# ---------------------------------------------------------------- found by review, this version
+
+
+def test_a_sparse_parameter_is_refused_at_its_first_step_before_anything_changes() -> None:
+    """A sparse COO parameter used to be captured, then fail every later call at its first sync
+    (state_dict() included): a TypeError at the first step, with nothing changed, instead."""
+    dense = torch.nn.Parameter(torch.ones(3))
+    sparse = torch.nn.Parameter(torch.eye(3).to_sparse())
+    opt = Lookahead(torch.optim.SGD([dense, sparse], lr=0.1), k=2, alpha=ALPHA)
+    dense.grad, sparse.grad = torch.ones(3), torch.eye(3).to_sparse()
+    for _ in range(2):  # refused every time, never half done
+        with pytest.raises(TypeError, match="strided"):
+            opt.step()
+    assert torch.equal(dense.detach(), torch.ones(3))
+    assert opt.param_groups[0]["lookahead_step"] == 0 and not opt.state
+    opt.state_dict()
+
+
+@pytest.mark.parametrize("at", [1, 2])
+def test_slow_weights_interrupted_in_its_switch_leaves_the_fast_weights_in_place(
+    monkeypatch: pytest.MonkeyPatch, at: int
+) -> None:
+    """An exception in the entry's switch is an exception of the block: the parameters hold the
+    fast weights after it (the optimizer used to stay in eval mode after the retried block)."""
+    params = params_of()
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=3, alpha=ALPHA)
+    run(params, opt, range(2))
+    fast, slow = values(params), [opt.state[p]["lookahead_slow"].clone() for p in params]
+    interrupt_at = _copies_interrupted_at(monkeypatch)
+    interrupt_at(at)
+    with pytest.raises(KeyboardInterrupt), opt.slow_weights():
+        pytest.fail("the block must not run")  # pragma: no cover
+    interrupt_at(0)
+    assert not opt.in_eval_mode
+    assert_equal(values(params), fast)
+    with opt.slow_weights():  # the retried block
+        assert_equal(values(params), slow)
+    assert not opt.in_eval_mode
+    assert_equal(values(params), fast)
+
+
+def test_a_group_copied_from_one_in_eval_mode_is_added_in_train_mode() -> None:
+    """``{**group, "params": [...]}`` inside slow_weights() copies the eval flag: the new group's
+    parameters hold their own values, so it starts in train mode (docs/design.md)."""
+    params = params_of()
+    opt = Lookahead(torch.optim.SGD(params[:2], lr=0.1), k=K, alpha=ALPHA)
+    run(params[:2], opt, range(2))
+    with opt.slow_weights():
+        opt.add_param_group({**opt.param_groups[0], "params": [params[2]]})
+    assert not opt.in_eval_mode
+    run(params, opt, range(2, 4))
+
+
+def test_k_and_alpha_edited_to_numpy_numbers_are_saved_as_python_numbers(tmp_path: Any) -> None:
+    """checkpoints.md: every value torch-lookahead adds is a tensor, an int, a float or a bool,
+    also before the next step has checked an edit (torch.load(weights_only=True) refuses numpy)."""
+    params = params_of()
+    opt = sgd(params)
+    run(params, opt, range(2))
+    opt.param_groups[0].update(lookahead_k=np.int64(4), lookahead_alpha=np.float32(0.25))
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    saved = torch.load(tmp_path / "opt.pt", weights_only=True)["param_groups"][0]
+    assert (type(saved["lookahead_k"]), type(saved["lookahead_alpha"])) == (int, float)

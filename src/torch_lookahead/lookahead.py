@@ -104,7 +104,7 @@ def _inner_step(optimizer: Optimizer, kwargs: dict[str, Any], stepped: Closure) 
             args, kwargs = result
     with torch.autograd.profiler.record_function(f"Optimizer.step#{type(optimizer).__name__}.step"):
         out = undecorated(*args, **kwargs)
-    stepped()
+        stepped()
     optimizer._optimizer_step_code()
     for post_hook in optimizer._optimizer_step_post_hooks.values():
         post_hook(optimizer, args, kwargs)
@@ -169,14 +169,10 @@ class Lookahead(Optimizer):
         pullback_momentum: PullbackMode = "none",
         slow_dtype: torch.dtype | None = None,
     ) -> None:
-        if isinstance(optimizer, Lookahead):
+        if isinstance(optimizer, Lookahead) or not isinstance(optimizer, Optimizer):
             raise TypeError(
-                "optimizer is already a Lookahead; wrapping Lookahead in Lookahead changes the "
-                "semantics (see docs: multilayer Lookahead) and is not supported"
-            )
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(
-                f"optimizer must be a torch.optim.Optimizer instance, got {type(optimizer).__name__}"
+                "optimizer must be a torch.optim.Optimizer and not already a Lookahead (Lookahead "
+                f"in Lookahead would change the rule), got {type(optimizer).__name__}"
             )
         k, alpha = check_k(k), check_alpha(alpha)
         self.pullback_momentum, self.slow_dtype = check_options(
@@ -343,6 +339,8 @@ class Lookahead(Optimizer):
         missing: list[Tensor] = []  # parameters without a slow copy, found at C speed
         if not all(map(operator.contains, states, repeat(SLOW_KEY))):
             missing = [p for p, s in zip(every, states, strict=True) if SLOW_KEY not in s]
+            if sparse := [p for p in missing if p.layout != torch.strided]:
+                raise TypeError(f"Lookahead needs strided parameters, got a {sparse[0].layout} one")
         for group in groups:
             if group[STEP_KEY] + 1 >= group[K_KEY]:  # a slow copy that cannot sync raises now
                 self._held(group, SLOW_KEY)
@@ -352,12 +350,11 @@ class Lookahead(Optimizer):
             captured.extend((p, self._new_slow_copy(p, p)) for p in missing if p.grad is not None)
             missing.clear()
 
-        def stepped() -> None:
-            # Stored only now: some inner optimizers create their state only if state[p] is empty.
-            for p, slow in captured:
-                state[p][SLOW_KEY] = slow
+        def stepped() -> None:  # counted first; as soon as the inner step returns (docs/design.md)
             for group in groups:
                 group[STEP_KEY] += 1
+            # Stored only now: some inner optimizers create their state only if state[p] is empty.
+            _store([state[p] for p, _ in captured], SLOW_KEY, [slow for _, slow in captured])
 
         def capturing_closure() -> Any:  # its first call comes before any parameter changes
             loss = closure()  # type: ignore[misc]
@@ -517,11 +514,10 @@ class Lookahead(Optimizer):
                 written += sum(map(operator.ne, record[2], map(_version_of, record[1])))
         if written:
             warnings.warn(
-                f"Lookahead.train(): {written} {WRITTEN_IN_EVAL_MODE} (they held the slow weights; "
-                "e.g. a model checkpoint was loaded after an evaluation), and train() now puts the "
-                "fast weights back over them. To continue from the loaded weights, load them after "
-                "train() and call reset_slow(); with the HF Trainer use LookaheadTrainer, which "
-                "does so (docs/saving-and-export.md).",
+                f"Lookahead.train(): {written} {WRITTEN_IN_EVAL_MODE} (e.g. a model checkpoint "
+                "loaded after an evaluation) and now get the fast weights back. To continue from "
+                "the loaded weights, load them after train() and call reset_slow(); with the HF "
+                "Trainer, LookaheadTrainer does so (docs/saving-and-export.md).",
                 stacklevel=4,  # the caller of train()
             )
 
@@ -536,11 +532,12 @@ class Lookahead(Optimizer):
     @contextlib.contextmanager
     def slow_weights(self) -> Iterator[None]:
         """Context manager: the parameters hold the slow weights inside, the fast weights after.
-        Nests: the groups it switched, and only those, switch back, also on an exception."""
+        Nests: the groups it switched, and only those, switch back, also on an exception (also one
+        that interrupts the switch in: the block is then left as it was entered)."""
         self._finish()  # an interrupted eval()/train() first, then the groups in train mode
         switched = [group for group in self.param_groups if not group.get(EVAL_KEY, False)]
-        self._switch(True, switched)
         try:
+            self._switch(True, switched)
             yield
         finally:
             self._switch(False, switched)
@@ -578,12 +575,14 @@ class Lookahead(Optimizer):
         for key, check in GROUP_CHECKS:
             if key in param_group:
                 param_group[key] = check(param_group[key], key)
+        param_group.pop(EVAL_KEY, None)  # its parameters hold what they hold: the new group is in T
         self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state dict (standard format; slow weights in per-parameter
         state); the wrapper's state-dict hooks run around the inner's."""
         self._finish()
+        self._check_groups()  # k and alpha as saved: an int and a float (numpy ones edited in)
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         state_dict = self.optimizer.state_dict()
@@ -612,7 +611,6 @@ class Lookahead(Optimizer):
         counted = [STEP_KEY in saved_group for saved_group in state_dict["param_groups"]]
         self.optimizer.load_state_dict(state_dict)
         _store([self.state[p] for p in params], SLOW_KEY, placed)
-        _drop(self.param_groups, "lookahead_synced_at")  # written by earlier versions; ignored
         self._check_groups()
         for group in compress(self.param_groups, map(operator.not_, counted)):
             group[STEP_KEY] = self.cycle_start(group)
