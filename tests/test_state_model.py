@@ -822,3 +822,21 @@ def test_k_and_alpha_edited_to_numpy_numbers_are_saved_as_python_numbers(tmp_pat
     torch.save(opt.state_dict(), tmp_path / "opt.pt")
     saved = torch.load(tmp_path / "opt.pt", weights_only=True)["param_groups"][0]
     assert (type(saved["lookahead_k"]), type(saved["lookahead_alpha"])) == (int, float)
+
+
+def test_a_load_that_warns_has_loaded_everything_also_under_warnings_as_errors() -> None:
+    """The warning about the checkpoint's k comes once everything is loaded (post-hooks and
+    ``defaults`` included): with warnings as errors the load is complete, not half done."""
+    params = params_of()
+    saved = Lookahead(torch.optim.SGD(params, lr=0.1), k=5, alpha=0.25)
+    run(params, saved, range(2))
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=3, alpha=0.5)
+    hooked: list[int] = []
+    opt.register_load_state_dict_post_hook(lambda _: hooked.append(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="lookahead_k=5 replaces this optimizer's 3"):
+            opt.load_state_dict(saved.state_dict())
+    assert hooked == [1]
+    assert (opt.defaults["lookahead_k"], opt.defaults["lookahead_alpha"]) == (5, 0.25)
+    assert opt.param_groups[0]["lookahead_step"] == 2

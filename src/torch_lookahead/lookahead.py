@@ -256,16 +256,15 @@ class Lookahead(Optimizer):
     def _adopt_group_values(self, before: dict[str, Any], whose: str) -> None:
         """Make ``defaults`` report the groups' k and alpha where all groups agree, with a warning
         where they differ from ``before`` (the constructor's, or those in place before a load)."""
-        for key in (K_KEY, ALPHA_KEY):
-            if len(values := {group[key] for group in self.param_groups}) == 1:
-                (value,) = values
-                if value != before[key]:
-                    warnings.warn(
-                        f"{whose} {key}={value} replaces this optimizer's {before[key]} (values "
-                        "in the parameter groups win, as their learning rates do)",
-                        stacklevel=3,
-                    )
-                self.defaults[key] = value
+        agreed = {key: {group[key] for group in self.param_groups} for key in (K_KEY, ALPHA_KEY)}
+        self.defaults.update({key: next(iter(v)) for key, v in agreed.items() if len(v) == 1})
+        for key, value in ((key, self.defaults[key]) for key in agreed if len(agreed[key]) == 1):
+            if value != before[key]:  # last: under warnings as errors, the rest is done
+                warnings.warn(
+                    f"{whose} {key}={value} replaces this optimizer's {before[key]} (values "
+                    "in the parameter groups win, as their learning rates do)",
+                    stacklevel=3,
+                )
 
     def _finish(self) -> None:
         """Finish the operation an exception interrupted, if any (docs/design.md)."""
@@ -614,9 +613,9 @@ class Lookahead(Optimizer):
         self._check_groups()
         for group in compress(self.param_groups, map(operator.not_, counted)):
             group[STEP_KEY] = self.cycle_start(group)
-        self._adopt_group_values(before, "the checkpoint's")
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
+        self._adopt_group_values(before, "the checkpoint's")  # a warning, once all is loaded
 
     def __getstate__(self) -> dict[str, Any]:
         # As Optimizer.__getstate__: no hooks; nor the `step` a scheduler put on the instance.
