@@ -50,9 +50,11 @@ def _timm_lookahead_class() -> Any:
     return TimmLookahead
 
 
-def _model() -> nn.Module:
+def _model(frozen: bool = False) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    model[0].bias.requires_grad_(not frozen)  # frozen: a parameter that is never updated
+    return model
 
 
 def _train(model: nn.Module, optimizer: Optimizer, steps: int) -> None:
@@ -78,8 +80,10 @@ def _continue_with_torch_lookahead(
     inner: Callable[[Any], Optimizer],
     converted: dict[str, Any],
     pullback_momentum: str = "none",
+    *,
+    frozen: bool = False,
 ) -> tuple[list[Tensor], list[Tensor]]:
-    model = _model()
+    model = _model(frozen)
     with torch.no_grad():
         for p, saved in zip(model.parameters(), params_at_save, strict=True):
             p.copy_(saved)
@@ -87,6 +91,8 @@ def _continue_with_torch_lookahead(
         inner(model.parameters()), k=K, alpha=ALPHA, pullback_momentum=pullback_momentum
     )
     optimizer.load_state_dict(converted)
+    if optimizer.in_eval_mode:  # written during evaluation: train() as clear_and_load_backup()
+        optimizer.train()
     _train(model, optimizer, STEPS_AFTER)
     return parameters_of(model), slow_weights_of(optimizer)
 
@@ -94,6 +100,10 @@ def _continue_with_torch_lookahead(
 def _assert_close(actual: list[Tensor], expected: list[Tensor]) -> None:
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+
+
+def _plain_sgd(params: Any) -> Optimizer:
+    return torch.optim.SGD(params, lr=0.1)  # keeps no state
 
 
 def _sgd(params: Any) -> Optimizer:
@@ -128,22 +138,37 @@ def test_timm_checkpoint_continues_on_the_timm_trajectory(
     _assert_close(slow, expected_slow)
 
 
+@pytest.mark.parametrize("evaluating", [False, True], ids=["training", "evaluating"])
 @pytest.mark.parametrize(
-    ("inner", "pullback_momentum"),
-    [(_sgd, "none"), (_sgd, "pullback"), (_adam, "none")],
-    ids=["sgd-momentum", "sgd-pullback", "adam"],
+    ("inner", "pullback_momentum", "frozen"),
+    [
+        (_plain_sgd, "none", False),
+        (_plain_sgd, "none", True),
+        (_sgd, "none", False),
+        (_sgd, "pullback", False),
+        (_adam, "none", False),
+        (_adam, "none", True),
+    ],
+    ids=["sgd", "sgd-frozen", "sgd-momentum", "sgd-pullback", "adam", "adam-frozen"],
 )
 def test_pytorch_optimizer_checkpoint_continues_on_its_trajectory(
-    inner: Callable[[Any], Optimizer], pullback_momentum: str
+    inner: Callable[[Any], Optimizer], pullback_momentum: str, frozen: bool, evaluating: bool
 ) -> None:
+    """Saved mid-cycle, while training or evaluating (between backup_and_load_cache() and
+    clear_and_load_backup(): the model holds the slow weights); frozen: one parameter without
+    gradients, which Adam keeps no state for."""
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
-    model = _model()
+    model = _model(frozen)
     optimizer = pytorch_optimizer.Lookahead(
         inner(model.parameters()), k=K, alpha=ALPHA, pullback_momentum=pullback_momentum
     )
     _train(model, optimizer, STEPS_BEFORE)
+    if evaluating:
+        optimizer.backup_and_load_cache()
     checkpoint = _saved(optimizer.state_dict())
     params_at_save = parameters_of(model)
+    if evaluating:
+        optimizer.clear_and_load_backup()
     _train(model, optimizer, STEPS_AFTER)
     expected_slow = [
         optimizer.state[p]["slow_params"] for g in optimizer.param_groups for p in g["params"]
@@ -152,7 +177,7 @@ def test_pytorch_optimizer_checkpoint_continues_on_its_trajectory(
     converted = convert_pytorch_optimizer_state_dict(checkpoint, k=K, alpha=ALPHA)
     assert converted["param_groups"][0]["lookahead_step"] == STEPS_BEFORE % K
     params, slow = _continue_with_torch_lookahead(
-        params_at_save, inner, converted, pullback_momentum
+        params_at_save, inner, converted, pullback_momentum, frozen=frozen
     )
 
     _assert_close(params, parameters_of(model))
