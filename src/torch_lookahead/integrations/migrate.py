@@ -181,10 +181,9 @@ def convert_pytorch_optimizer_state_dict(
         groups.append({**converted_group, K_KEY: k, ALPHA_KEY: alpha, STEP_KEY: counter})
     # Saved during evaluation: the model holds the slow weights, pytorch_optimizer the fast ones.
     evaluating = any(_PYTORCH_OPTIMIZER_FAST_KEY in entry for entry in saved.values())
+    weights = _PYTORCH_OPTIMIZER_FAST_KEY if evaluating else _PYTORCH_OPTIMIZER_SLOW_KEY
     moves = {
-        _PYTORCH_OPTIMIZER_FAST_KEY if evaluating else _PYTORCH_OPTIMIZER_SLOW_KEY: (
-            FAST_KEY if evaluating else SLOW_KEY
-        ),
+        weights: FAST_KEY if evaluating else SLOW_KEY,
         _PYTORCH_OPTIMIZER_SLOW_MOMENTUM_KEY: slow_momentum_key(_PYTORCH_OPTIMIZER_MOMENTUM_KEY),
     }
     state = {param_id: dict(param_state) for param_id, param_state in inner["state"].items()}
@@ -209,7 +208,7 @@ def convert_pytorch_optimizer_state_dict(
 def _keeps_no_state(group: dict[str, Any]) -> bool:
     """Whether ``group`` is one of torch.optim.SGD without momentum, which keeps no state: there,
     unlike with momentum or Adam, no state does not mean that a parameter was never updated."""
-    return "dampening" in group and group.get("momentum") == 0
+    return "dampening" in group and bool(group.get("momentum") == 0)
 
 
 def _pytorch_optimizer_param(position: object, groups: list[dict[str, Any]]) -> tuple[Any, Any]:
