@@ -50,9 +50,11 @@ def _timm_lookahead_class() -> Any:
     return TimmLookahead
 
 
-def _model() -> nn.Module:
+def _model(frozen: bool = False) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    model[0].bias.requires_grad_(not frozen)  # frozen: a parameter that is never updated
+    return model
 
 
 def _train(model: nn.Module, optimizer: Optimizer, steps: int) -> None:
@@ -78,8 +80,10 @@ def _continue_with_torch_lookahead(
     inner: Callable[[Any], Optimizer],
     converted: dict[str, Any],
     pullback_momentum: str = "none",
+    *,
+    frozen: bool = False,
 ) -> tuple[list[Tensor], list[Tensor]]:
-    model = _model()
+    model = _model(frozen)
     with torch.no_grad():
         for p, saved in zip(model.parameters(), params_at_save, strict=True):
             p.copy_(saved)
@@ -87,6 +91,8 @@ def _continue_with_torch_lookahead(
         inner(model.parameters()), k=K, alpha=ALPHA, pullback_momentum=pullback_momentum
     )
     optimizer.load_state_dict(converted)
+    if optimizer.in_eval_mode:  # written during evaluation: train() as clear_and_load_backup()
+        optimizer.train()
     _train(model, optimizer, STEPS_AFTER)
     return parameters_of(model), slow_weights_of(optimizer)
 
@@ -94,6 +100,10 @@ def _continue_with_torch_lookahead(
 def _assert_close(actual: list[Tensor], expected: list[Tensor]) -> None:
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+
+
+def _plain_sgd(params: Any) -> Optimizer:
+    return torch.optim.SGD(params, lr=0.1)  # keeps no state
 
 
 def _sgd(params: Any) -> Optimizer:
@@ -128,22 +138,37 @@ def test_timm_checkpoint_continues_on_the_timm_trajectory(
     _assert_close(slow, expected_slow)
 
 
+@pytest.mark.parametrize("evaluating", [False, True], ids=["training", "evaluating"])
 @pytest.mark.parametrize(
-    ("inner", "pullback_momentum"),
-    [(_sgd, "none"), (_sgd, "pullback"), (_adam, "none")],
-    ids=["sgd-momentum", "sgd-pullback", "adam"],
+    ("inner", "pullback_momentum", "frozen"),
+    [
+        (_plain_sgd, "none", False),
+        (_plain_sgd, "none", True),
+        (_sgd, "none", False),
+        (_sgd, "pullback", False),
+        (_adam, "none", False),
+        (_adam, "none", True),
+    ],
+    ids=["sgd", "sgd-frozen", "sgd-momentum", "sgd-pullback", "adam", "adam-frozen"],
 )
 def test_pytorch_optimizer_checkpoint_continues_on_its_trajectory(
-    inner: Callable[[Any], Optimizer], pullback_momentum: str
+    inner: Callable[[Any], Optimizer], pullback_momentum: str, frozen: bool, evaluating: bool
 ) -> None:
+    """Saved mid-cycle, while training or evaluating (between backup_and_load_cache() and
+    clear_and_load_backup(): the model holds the slow weights); frozen: one parameter without
+    gradients, which Adam keeps no state for."""
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
-    model = _model()
+    model = _model(frozen)
     optimizer = pytorch_optimizer.Lookahead(
         inner(model.parameters()), k=K, alpha=ALPHA, pullback_momentum=pullback_momentum
     )
     _train(model, optimizer, STEPS_BEFORE)
+    if evaluating:
+        optimizer.backup_and_load_cache()
     checkpoint = _saved(optimizer.state_dict())
     params_at_save = parameters_of(model)
+    if evaluating:
+        optimizer.clear_and_load_backup()
     _train(model, optimizer, STEPS_AFTER)
     expected_slow = [
         optimizer.state[p]["slow_params"] for g in optimizer.param_groups for p in g["params"]
@@ -152,7 +177,7 @@ def test_pytorch_optimizer_checkpoint_continues_on_its_trajectory(
     converted = convert_pytorch_optimizer_state_dict(checkpoint, k=K, alpha=ALPHA)
     assert converted["param_groups"][0]["lookahead_step"] == STEPS_BEFORE % K
     params, slow = _continue_with_torch_lookahead(
-        params_at_save, inner, converted, pullback_momentum
+        params_at_save, inner, converted, pullback_momentum, frozen=frozen
     )
 
     _assert_close(params, parameters_of(model))
@@ -208,3 +233,151 @@ def test_pytorch_optimizer_conversion_validates_its_arguments() -> None:
         convert_pytorch_optimizer_state_dict(po_format, k=0, alpha=ALPHA)
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         convert_pytorch_optimizer_state_dict(po_format, k=K, alpha=1.5)
+
+
+def _po_format_state_dict() -> dict[str, Any]:
+    """pytorch_optimizer's layout over SGD with momentum: two parameters, one step into the cycle."""
+    return {
+        "lookahead_state": {(0, i): {"slow_params": torch.zeros(2)} for i in range(2)},
+        "base_optimizer": {
+            "state": {i: {"momentum_buffer": torch.ones(2)} for i in range(2)},
+            "param_groups": [
+                {"lr": 0.1, "momentum": 0.9, "dampening": 0, "counter": 1, "params": [0, 1]}
+            ],
+        },
+    }
+
+
+def _timm_group(state_dict: dict[str, Any]) -> dict[str, Any]:
+    return state_dict["param_groups"][0]  # type: ignore[no-any-return]
+
+
+def _po_group(state_dict: dict[str, Any]) -> dict[str, Any]:
+    return state_dict["base_optimizer"]["param_groups"][0]  # type: ignore[no-any-return]
+
+
+def _po_move(state_dict: dict[str, Any], key: object) -> None:
+    state_dict["lookahead_state"][key] = state_dict["lookahead_state"].pop((0, 1))
+
+
+_COUNTER = r"\['counter'\] must be a non-negative int"
+_STEP = r"\['lookahead_step'\] must be a non-negative int"
+_KEYS = "keys must be .group index, parameter index. pairs of non-negative ints"
+_MALFORMED_TIMM: list[tuple[str, Callable[[dict[str, Any]], object], type[Exception], str]] = [
+    ("step-negative", lambda s: _timm_group(s).update(lookahead_step=-1), ValueError, _STEP),
+    ("step-bool", lambda s: _timm_group(s).update(lookahead_step=True), TypeError, _STEP),
+    ("step-str", lambda s: _timm_group(s).update(lookahead_step="8"), TypeError, _STEP),
+    ("step-float", lambda s: _timm_group(s).update(lookahead_step=7.9), TypeError, _STEP),
+    ("step-none", lambda s: _timm_group(s).update(lookahead_step=None), TypeError, _STEP),
+    (
+        "k-zero",
+        lambda s: _timm_group(s).update(lookahead_k=0),
+        ValueError,
+        r"'lookahead_k'\] must be a positive",
+    ),
+    (
+        "alpha-2",
+        lambda s: _timm_group(s).update(lookahead_alpha=2.0),
+        ValueError,
+        r"'lookahead_alpha'\] must be in",
+    ),
+    ("entry-list", lambda s: s["state"].update({0: [1]}), TypeError, r"\['state'\]\[0\] must be a"),
+    ("group-str", lambda s: s["param_groups"].insert(0, "x"), TypeError, r"\[0\] must be a dict"),
+    (
+        "params-int",
+        lambda s: _timm_group(s).update(params=0),
+        TypeError,
+        "'params'.* must be a list",
+    ),
+    ("state-list", lambda s: s.update(state=[]), ValueError, "'state' and 'param_groups'"),
+    ("groups-dict", lambda s: s.update(param_groups={}), ValueError, "'state' and 'param_groups'"),
+]
+
+
+_MALFORMED_PO: list[tuple[str, Callable[[dict[str, Any]], object], type[Exception], str]] = [
+    ("counter-negative", lambda s: _po_group(s).update(counter=-1), ValueError, _COUNTER),
+    ("counter-bool", lambda s: _po_group(s).update(counter=True), TypeError, _COUNTER),
+    ("counter-float", lambda s: _po_group(s).update(counter=1.0), TypeError, _COUNTER),
+    ("counter-str", lambda s: _po_group(s).update(counter="1"), TypeError, _COUNTER),
+    ("counter-k", lambda s: _po_group(s).update(counter=K), ValueError, "k=3 passed is likely not"),
+    ("counter-above-k", lambda s: _po_group(s).update(counter=7), ValueError, "is 7, but"),
+    ("key-negative", lambda s: _po_move(s, (0, -1)), ValueError, _KEYS),
+    ("key-bool", lambda s: _po_move(s, (False, 1)), ValueError, _KEYS),
+    ("key-int", lambda s: _po_move(s, 1), ValueError, _KEYS),
+    ("key-triple", lambda s: _po_move(s, (0, 1, 0)), ValueError, _KEYS),
+    ("key-index", lambda s: _po_move(s, (0, 2)), ValueError, r"\(0, 2\) names no parameter"),
+    ("key-group", lambda s: _po_move(s, (1, 0)), ValueError, r"\(1, 0\) names no parameter"),
+    ("lookahead-list", lambda s: s.update(lookahead_state=[]), TypeError, "must be a dict keyed"),
+    (
+        "entry-list",
+        lambda s: s["lookahead_state"].update({(0, 0): []}),
+        TypeError,
+        r"\['lookahead_state'\]\[\(0, 0\)\] must be a dict",
+    ),
+    (
+        "slow-missing",
+        lambda s: s["lookahead_state"][(0, 0)].clear(),
+        TypeError,
+        "'slow_params'. must be a tensor",
+    ),
+    (
+        "slow-list",
+        lambda s: s["lookahead_state"][(0, 0)].update(slow_params=[0.0, 0.0]),
+        TypeError,
+        r"\[\(0, 0\)\]\['slow_params'\] must be a tensor",
+    ),
+    (
+        "slow-momentum-none",
+        lambda s: s["lookahead_state"][(0, 0)].update(slow_momentum=None),
+        TypeError,
+        "'slow_momentum'.* must be a tensor",
+    ),
+    (
+        "backup-partial",  # written during evaluation, but one parameter lacks its fast weights
+        lambda s: s["lookahead_state"][(0, 0)].update(backup_params=torch.zeros(2)),
+        TypeError,
+        r"\[\(0, 1\)\]\['backup_params'\] must be a tensor",
+    ),
+    (
+        "inner-entry",
+        lambda s: s["base_optimizer"]["state"].update({0: None}),
+        TypeError,
+        r"\['base_optimizer'\]\['state'\]\[0\] must be a dict",
+    ),
+    (
+        "inner-missing",
+        lambda s: s.update(base_optimizer=None),
+        ValueError,
+        r"\['base_optimizer'\] must be an optimizer state dict",
+    ),
+]
+
+
+def _convert_po(state_dict: dict[str, Any]) -> dict[str, Any]:
+    return convert_pytorch_optimizer_state_dict(state_dict, k=K, alpha=ALPHA)
+
+
+_MALFORMED = [
+    (f"timm-{name}", _timm_format_state_dict, convert_timm_state_dict, *case)
+    for name, *case in _MALFORMED_TIMM
+] + [(f"po-{name}", _po_format_state_dict, _convert_po, *case) for name, *case in _MALFORMED_PO]
+
+
+@pytest.mark.parametrize(
+    ("make", "convert", "mutate", "error", "match"),
+    [case[1:] for case in _MALFORMED],
+    ids=[case[0] for case in _MALFORMED],
+)
+def test_conversion_names_what_is_malformed(
+    make: Callable[[], dict[str, Any]],
+    convert: Callable[[dict[str, Any]], dict[str, Any]],
+    mutate: Callable[[dict[str, Any]], object],
+    error: type[Exception],
+    match: str,
+) -> None:
+    """One bad entry each: the converter raises, naming the entry and what it accepts."""
+    state_dict = make()
+    assert convert(state_dict)  # well formed
+    mutate(state_dict)
+    with pytest.raises(error, match=match):
+        convert(state_dict)

@@ -88,6 +88,29 @@ def test_lookahead_arguments_need_the_prefix() -> None:
         create_optimizer("lookahead_adamw", torch.nn.Linear(2, 2), lookahead=5)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("name", "lookahead"),
+    [
+        ("ranger", {"k": 3, "alpha": 0.25}),
+        ("lookahead_ranger", {"k": 3}),
+        ("lookahead_ranger", None),
+    ],
+)
+def test_a_refused_ranger_call_names_one_that_works(
+    name: str, lookahead: dict[str, int] | None
+) -> None:
+    """Ranger already is Lookahead(RAdam): the message gives the call that builds it instead."""
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="already is Lookahead over RAdam") as raised:
+        create_optimizer(name, model, lookahead=lookahead)
+    call = re.search(r"create_optimizer\(.*?\)", str(raised.value))
+    assert call is not None
+    optimizer = eval(call.group(), {"create_optimizer": create_optimizer, "params": model})
+    assert isinstance(optimizer, Ranger)
+    for key, value in (lookahead or {}).items():
+        assert optimizer.param_groups[0][f"lookahead_{key}"] == value
+
+
 def test_the_optimizers_page_examples_run() -> None:
     """docs/optimizers.md's Python blocks (its asserts included) run as written."""
     page = Path(__file__).resolve().parents[2] / "docs" / "optimizers.md"

@@ -18,12 +18,13 @@ would have followed there, up to floating-point rounding (each library writes th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from torch import Tensor
 
-from torch_lookahead._checks import check_alpha, check_k
-from torch_lookahead.lookahead import ALPHA_KEY, K_KEY, SLOW_KEY, STEP_KEY
+from torch_lookahead._checks import GROUP_CHECKS, check_alpha, check_k
+from torch_lookahead.lookahead import ALPHA_KEY, EVAL_KEY, FAST_KEY, K_KEY, SLOW_KEY, STEP_KEY
 from torch_lookahead.pullback import slow_momentum_key
 
 __all__ = ["convert_pytorch_optimizer_state_dict", "convert_timm_state_dict"]
@@ -31,8 +32,15 @@ __all__ = ["convert_pytorch_optimizer_state_dict", "convert_timm_state_dict"]
 _TIMM_SLOW_KEY = "lookahead_slow_buff"
 _PYTORCH_OPTIMIZER_SLOW_KEY = "slow_params"
 _PYTORCH_OPTIMIZER_SLOW_MOMENTUM_KEY = "slow_momentum"
+_PYTORCH_OPTIMIZER_FAST_KEY = "backup_params"  # during evaluation only: the fast weights
 # pytorch_optimizer's pullback acts on this inner state entry only (SGD's momentum).
 _PYTORCH_OPTIMIZER_MOMENTUM_KEY = "momentum_buffer"
+
+
+def _require_dicts(entries: Iterable[tuple[object, object]], name: str) -> None:
+    for key, entry in entries:
+        if not isinstance(entry, dict):
+            raise TypeError(f"{name}[{key!r}] must be a dict, got {type(entry).__name__}")
 
 
 def _require_optimizer_state_dict(state_dict: object, name: str) -> dict[str, Any]:
@@ -41,7 +49,15 @@ def _require_optimizer_state_dict(state_dict: object, name: str) -> dict[str, An
         or not isinstance(state_dict.get("state"), dict)
         or not isinstance(state_dict.get("param_groups"), list)
     ):
-        raise ValueError(f"{name} must be an optimizer state dict with 'state' and 'param_groups'")
+        raise ValueError(
+            f"{name} must be an optimizer state dict with 'state' and 'param_groups' (a dict of "
+            "per-parameter dicts, a list of dicts with a 'params' list)"
+        )
+    _require_dicts(state_dict["state"].items(), f"{name}['state']")
+    _require_dicts(enumerate(state_dict["param_groups"]), f"{name}['param_groups']")
+    for index, group in enumerate(state_dict["param_groups"]):
+        if not isinstance(group.get("params"), list):
+            raise TypeError(f"{name}['param_groups'][{index}]['params'] must be a list of ids")
     return state_dict
 
 
@@ -67,7 +83,9 @@ def convert_timm_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
         A state dict for [`Lookahead.load_state_dict`][torch_lookahead.Lookahead.load_state_dict].
 
     Raises:
-        ValueError: ``state_dict`` is not a timm Lookahead state dict.
+        ValueError: ``state_dict`` is not a timm Lookahead state dict, or a group's
+            ``lookahead_*`` value is out of range (the message names the entry).
+        TypeError: an entry of ``state_dict`` has the wrong type (the message names it).
     """
     state_dict = _require_optimizer_state_dict(state_dict, "state_dict")
     groups = []
@@ -77,8 +95,9 @@ def convert_timm_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
                 f"param group {index} lacks timm's {K_KEY!r}/{ALPHA_KEY!r}/{STEP_KEY!r}: "
                 "not a timm Lookahead state dict"
             )
-        k = check_k(group[K_KEY], K_KEY)
-        groups.append({**group, K_KEY: k, STEP_KEY: int(group[STEP_KEY]) % k})
+        where = f"state_dict['param_groups'][{index}]"
+        values = {key: check(group[key], f"{where}[{key!r}]") for key, check in GROUP_CHECKS}
+        groups.append({**group, **values, STEP_KEY: values[STEP_KEY] % values[K_KEY]})
     state = {}
     for param_id, param_state in state_dict["state"].items():
         converted = {key: value for key, value in param_state.items() if key != _TIMM_SLOW_KEY}
@@ -99,15 +118,22 @@ def convert_pytorch_optimizer_state_dict(
 
     * starts from the inner optimizer's state dict and adds ``lookahead_k=k`` and
       ``lookahead_alpha=alpha`` to every group;
-    * moves the group's ``counter`` (steps since the last sync, as here) to ``lookahead_step``;
+    * moves the group's ``counter`` (steps since the last sync, as here, so below ``k``) to
+      ``lookahead_step``;
     * moves ``slow_params`` to ``lookahead_slow`` and, from ``pullback_momentum="pullback"``,
-      ``slow_momentum`` to ``lookahead_slow_momentum_buffer``, for every parameter that has inner
-      optimizer state.
+      ``slow_momentum`` to ``lookahead_slow_momentum_buffer``.
 
-    pytorch_optimizer copies the slow weights of every parameter when it is built; a parameter
-    that was never updated has no inner state, and its copy is dropped: torch-lookahead takes it
-    just before the parameter's first update (an inner optimizer such as Adam must create its own
-    state first).
+    pytorch_optimizer copies the slow weights of every parameter when it is built. All are carried
+    over where the inner optimizer keeps no state (``torch.optim.SGD`` without momentum).
+    Otherwise a parameter without inner state was never updated, so its slow weights are its
+    weights: they are dropped, and torch-lookahead takes them just before the parameter's first
+    update (an inner optimizer such as Adam refuses a state that holds only the slow weights).
+
+    A checkpoint written during evaluation, between ``backup_and_load_cache()`` and
+    ``clear_and_load_backup()``, holds the fast weights in ``backup_params`` (the model holds the
+    slow ones). It becomes torch-lookahead's eval form: the groups flagged
+    ``lookahead_eval_mode``, the fast weights in ``lookahead_fast``; after loading it,
+    ``train()`` does what ``clear_and_load_backup()`` did.
 
     Args:
         state_dict: ``pytorch_optimizer_lookahead.state_dict()``.
@@ -118,8 +144,10 @@ def convert_pytorch_optimizer_state_dict(
         A state dict for [`Lookahead.load_state_dict`][torch_lookahead.Lookahead.load_state_dict].
 
     Raises:
-        ValueError: ``state_dict`` is not a pytorch_optimizer Lookahead state dict, or ``k`` /
-            ``alpha`` are out of range.
+        ValueError: ``state_dict`` is not a pytorch_optimizer Lookahead state dict (the message
+            names the entry), a ``counter`` is not below ``k``, or ``k`` / ``alpha`` are out of
+            range.
+        TypeError: an entry of ``state_dict`` has the wrong type (the message names it).
     """
     k = check_k(k)
     alpha = check_alpha(alpha)
@@ -133,37 +161,73 @@ def convert_pytorch_optimizer_state_dict(
     inner = _require_optimizer_state_dict(
         state_dict["base_optimizer"], "state_dict['base_optimizer']"
     )
-    groups = []
-    for group in inner["param_groups"]:
-        converted_group = {key: value for key, value in group.items() if key != "counter"}
-        converted_group.update(
-            {K_KEY: k, ALPHA_KEY: alpha, STEP_KEY: int(group.get("counter", 0)) % k}
+    saved = state_dict["lookahead_state"]
+    if not isinstance(saved, dict):
+        raise TypeError(
+            "state_dict['lookahead_state'] must be a dict keyed by (group index, parameter index), "
+            f"got {type(saved).__name__}"
         )
-        groups.append(converted_group)
+    _require_dicts(saved.items(), "state_dict['lookahead_state']")
+    groups = []
+    for index, group in enumerate(inner["param_groups"]):
+        name = f"state_dict['base_optimizer']['param_groups'][{index}]['counter']"
+        counter = check_k(group.get("counter", 0), name, least=0)
+        if counter >= k:
+            raise ValueError(
+                f"{name} is {counter}, but pytorch_optimizer restarts it at k: the k={k} passed is "
+                "likely not the k the optimizer was built with"
+            )
+        converted_group = {key: value for key, value in group.items() if key != "counter"}
+        groups.append({**converted_group, K_KEY: k, ALPHA_KEY: alpha, STEP_KEY: counter})
+    # Saved during evaluation: the model holds the slow weights, pytorch_optimizer the fast ones.
+    evaluating = any(_PYTORCH_OPTIMIZER_FAST_KEY in entry for entry in saved.values())
+    weights = _PYTORCH_OPTIMIZER_FAST_KEY if evaluating else _PYTORCH_OPTIMIZER_SLOW_KEY
+    moves = {
+        weights: FAST_KEY if evaluating else SLOW_KEY,
+        _PYTORCH_OPTIMIZER_SLOW_MOMENTUM_KEY: slow_momentum_key(_PYTORCH_OPTIMIZER_MOMENTUM_KEY),
+    }
     state = {param_id: dict(param_state) for param_id, param_state in inner["state"].items()}
-    for position, lookahead_state in state_dict["lookahead_state"].items():
-        param_id = _pytorch_optimizer_param_id(position, inner["param_groups"])
-        if param_id not in state:
-            continue
-        slow = lookahead_state.get(_PYTORCH_OPTIMIZER_SLOW_KEY)
-        if isinstance(slow, Tensor):
-            state[param_id][SLOW_KEY] = slow
-        slow_momentum = lookahead_state.get(_PYTORCH_OPTIMIZER_SLOW_MOMENTUM_KEY)
-        if isinstance(slow_momentum, Tensor):
-            state[param_id][slow_momentum_key(_PYTORCH_OPTIMIZER_MOMENTUM_KEY)] = slow_momentum
+    for position, entry in saved.items():
+        param_id, group = _pytorch_optimizer_param(position, inner["param_groups"])
+        if param_id not in state and not _keeps_no_state(group):
+            continue  # never updated: its slow weights are its weights
+        for old, new in moves.items():
+            if old == _PYTORCH_OPTIMIZER_SLOW_MOMENTUM_KEY and old not in entry:
+                continue  # written for pullback_momentum="pullback" only
+            if not isinstance(entry.get(old), Tensor):
+                raise TypeError(
+                    f"state_dict['lookahead_state'][{position!r}][{old!r}] must be a tensor, "
+                    f"got {type(entry.get(old)).__name__}"
+                )
+            state.setdefault(param_id, {})[new] = entry[old]
+    if evaluating:
+        groups = [{**group, EVAL_KEY: True} for group in groups]
     return {"state": state, "param_groups": groups}
 
 
-def _pytorch_optimizer_param_id(position: object, groups: list[dict[str, Any]]) -> Any:
-    """The standard state-dict id of the parameter pytorch_optimizer keys as (group, index)."""
-    if not (isinstance(position, tuple) and len(position) == 2):
+def _keeps_no_state(group: dict[str, Any]) -> bool:
+    """Whether ``group`` is one of torch.optim.SGD without momentum, which keeps no state: there,
+    unlike with momentum or Adam, no state does not mean that a parameter was never updated."""
+    return "dampening" in group and bool(group.get("momentum") == 0)
+
+
+def _pytorch_optimizer_param(position: object, groups: list[dict[str, Any]]) -> tuple[Any, Any]:
+    """The standard state-dict id of the parameter pytorch_optimizer keys as (group, index), and
+    its group."""
+    if not (
+        isinstance(position, tuple)
+        and len(position) == 2
+        and all(type(index) is int and index >= 0 for index in position)
+    ):
         raise ValueError(
-            f"lookahead_state keys must be (group index, parameter index) pairs, got {position!r}"
+            "state_dict['lookahead_state'] keys must be (group index, parameter index) pairs of "
+            f"non-negative ints, got {position!r}"
         )
     group_index, param_index = position
-    try:
-        return groups[group_index]["params"][param_index]
-    except (IndexError, TypeError) as error:
+    if group_index >= len(groups) or param_index >= len(groups[group_index]["params"]):
+        sizes = [len(group["params"]) for group in groups]
         raise ValueError(
-            f"lookahead_state key {position!r} names no parameter of the base optimizer"
-        ) from error
+            f"lookahead_state key {position!r} names no parameter of the base optimizer, whose "
+            f"groups hold {sizes} parameters"
+        )
+    return groups[group_index]["params"][param_index], groups[group_index]

@@ -90,17 +90,21 @@ def create_optimizer(
     wrap = key.startswith(LOOKAHEAD_PREFIX)
     base = key[len(LOOKAHEAD_PREFIX) :] if wrap else key
     entry = _REGISTRY.get(base)
+    if lookahead is not None and not isinstance(lookahead, Mapping):
+        raise TypeError(f"lookahead must be a mapping of Lookahead arguments, got {lookahead!r}")
+    # Ranger takes Lookahead's arguments (k, alpha, pullback_momentum, slow_dtype) as keywords.
+    given = "".join(f", {key}={value!r}" for key, value in dict(lookahead or {"k": 6}).items())
+    ranger = f"{base!r} already is Lookahead over RAdam: create_optimizer({base!r}, params{given})"
     if entry is None or (wrap and not entry.composes_with_lookahead):
-        hint = " ('ranger' already is Lookahead over RAdam)" if base == "ranger" else ""
+        hint = f" ({ranger})" if entry is not None else ""
         raise ValueError(
             f"unknown optimizer {name!r}{hint}; known names: {', '.join(list_optimizers())}"
         )
-    if lookahead is not None and not isinstance(lookahead, Mapping):
-        raise TypeError(f"lookahead must be a mapping of Lookahead arguments, got {lookahead!r}")
     if lookahead is not None and not wrap:
+        fix = f"e.g. {LOOKAHEAD_PREFIX + base!r}" if entry.composes_with_lookahead else ranger
         raise ValueError(
             f"lookahead={dict(lookahead)!r} is only valid for names starting with "
-            f"{LOOKAHEAD_PREFIX!r}, e.g. {LOOKAHEAD_PREFIX + base!r}; got {name!r}"
+            f"{LOOKAHEAD_PREFIX!r} ({fix}); got {name!r}"
         )
     if isinstance(params, torch.nn.Module):
         params = params.parameters()
