@@ -377,6 +377,27 @@ def test_adabound_resumes_an_official_checkpoint_as_the_uninterrupted_run(
     assert_close([p.detach().numpy() for p in resumed], expected, torch.float64)
 
 
+@pytest.mark.parametrize("gamma", [1e-17, 5e-324])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_adabound_tiny_gamma_has_a_lower_bound_of_zero(foreach: bool, gamma: float) -> None:
+    """A tiny gamma is allowed: gamma * t + 1 rounds to 1, so eta_l = 0 and the clip has no
+    lower limit (and, for the smallest float, eta_u = inf); the steps follow the rule (no
+    division by eta_l)."""
+    w0, grads = adabound_problem(7, 4)
+    params = [torch.nn.Parameter(torch.tensor(w)) for w in w0]
+    optimizer = AdaBound(params, lr=0.01, gamma=gamma, foreach=foreach)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = torch.from_numpy(g)
+        optimizer.step()
+    expected = [
+        ref.adabound(w, [g[layer] for g in grads], [0.01] * 4, 0.01, gamma=gamma)
+        for layer, w in enumerate(w0)
+    ]
+    assert_close([p.detach().numpy() for p in params], expected, torch.float64)
+    assert [optimizer.state[p]["step"].item() for p in params] == [4, 4]
+
+
 @pytest.mark.parametrize("foreach", [False, True, None])
 def test_adabound_zero_lr_or_final_lr_freezes_the_weights_but_not_the_moments(
     foreach: bool | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -70,9 +71,12 @@ class AdaBoundHyperparameters(NamedTuple):
     def denominator_bounds(self, step: float) -> tuple[float, float, float]:
         """``(alpha_t, alpha_t / eta_u, alpha_t / eta_l)``: the step size, and the bounds of
         the denominator for which ``clip(alpha_t / d, eta_l, eta_u) * m == alpha_t * m /
-        clip(d, alpha_t / eta_u, alpha_t / eta_l)``, which saves a full pass over the tensor."""
+        clip(d, alpha_t / eta_u, alpha_t / eta_l)``, which saves a full pass over the tensor.
+        Where ``eta_l`` is 0 (``gamma * t + 1`` rounds to 1 for a tiny ``gamma``), the
+        denominator has no upper bound: ``alpha_t / eta_l`` is ``inf``, its limit."""
         step_size, lower_bound, upper_bound = self.bounds(step)
-        return step_size, step_size / upper_bound, step_size / lower_bound
+        highest = step_size / lower_bound if lower_bound > 0 else math.inf
+        return step_size, step_size / upper_bound, highest
 
 
 def _single_tensor_adabound(
