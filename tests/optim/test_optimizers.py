@@ -398,6 +398,45 @@ def test_adabound_tiny_gamma_has_a_lower_bound_of_zero(foreach: bool, gamma: flo
     assert [optimizer.state[p]["step"].item() for p in params] == [4, 4]
 
 
+@pytest.mark.parametrize("reshaped", [[0], [0, 1]])
+@pytest.mark.parametrize("mode", [False, True, "compiled"])
+def test_adabound_takes_a_step_saved_as_a_1_element_1d_tensor(
+    reshaped: list[int], mode: bool | str
+) -> None:
+    """As torch's Adam does, on every path (foreach False, True, compiled), also with some
+    steps 0-dim and some of shape [1], and for a 0-dim parameter. (float32: torch.compile
+    drops in-place updates of 0-dim float64 CPU tensors, see ``_functional.assign_``.)"""
+    rng = np.random.default_rng(8)
+    shapes = [(), (2, 3)]
+    w0 = [rng.standard_normal(s).astype(np.float32).astype(np.float64) for s in shapes]
+    grads = [
+        [rng.standard_normal(s).astype(np.float32).astype(np.float64) for s in shapes]
+        for _ in range(3)
+    ]
+    params = [torch.nn.Parameter(torch.tensor(w, dtype=torch.float32)) for w in w0]
+    foreach = mode is True
+    optimizer = AdaBound(params, lr=0.01, gamma=0.5, foreach=foreach)
+    for p, g in zip(params, grads[0], strict=True):
+        p.grad = torch.from_numpy(g).float()
+    optimizer.step()
+    saved = optimizer.state_dict()
+    for index in reshaped:
+        saved["state"][index]["step"] = saved["state"][index]["step"].reshape(1)
+    resumed = AdaBound(params, lr=0.01, gamma=0.5, foreach=foreach)
+    resumed.load_state_dict(saved)
+    torch._dynamo.reset()
+    step = torch.compile(resumed.step, backend="aot_eager") if mode == "compiled" else resumed.step
+    for step_grads in grads[1:]:
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = torch.from_numpy(g).float()
+        step()
+    expected = [
+        ref.adabound(w, [g[layer] for g in grads], [0.01] * 3, 0.01, gamma=0.5)
+        for layer, w in enumerate(w0)
+    ]
+    assert_close([p.detach().double().numpy() for p in params], expected, torch.float32)
+
+
 @pytest.mark.parametrize("foreach", [False, True, None])
 def test_adabound_zero_lr_or_final_lr_freezes_the_weights_but_not_the_moments(
     foreach: bool | None,
