@@ -7,6 +7,8 @@ one optimizer only come last.
 from __future__ import annotations
 
 import io
+import pickle
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -161,8 +163,8 @@ def test_tensor_lr_is_validated_like_a_float(case: Case) -> None:
     assert len(optimizer.param_groups) == 1
 
 
-def test_adabound_initial_lr_of_a_tensor_lr_is_a_copy() -> None:
-    """A scheduler fills the lr tensor in place: initial_lr (what final_lr is scaled by) must
+def test_adabound_base_lr_of_a_tensor_lr_is_a_copy() -> None:
+    """A scheduler fills the lr tensor in place: base_lr (what final_lr is scaled by) must
     not follow it."""
     param = torch.nn.Parameter(torch.randn(3))
     optimizer = AdaBound([param], lr=torch.tensor(0.01))
@@ -172,7 +174,7 @@ def test_adabound_initial_lr_of_a_tensor_lr_is_a_copy() -> None:
     scheduler.step()
     group = optimizer.param_groups[0]
     assert group["lr"].item() == pytest.approx(0.005)
-    assert group["initial_lr"].item() == pytest.approx(0.01)
+    assert group["base_lr"].item() == pytest.approx(0.01)
 
 
 # ----------------------------------------------------------------------------- NovoGrad only
@@ -213,7 +215,7 @@ def test_novograd_state_is_one_tensor_plus_scalars(amsgrad: bool) -> None:
 
 # ----------------------------------------------------------------------------- AdaBound only
 @pytest.mark.parametrize("foreach", [False, True])
-def test_adabound_group_added_later_uses_its_own_initial_lr(foreach: bool) -> None:
+def test_adabound_group_added_later_uses_its_own_base_lr(foreach: bool) -> None:
     """The official code zips groups with the lrs captured at construction and skips the rest."""
     rng = np.random.default_rng(2)
     w0, w1 = rng.standard_normal(5), rng.standard_normal(3)
@@ -221,7 +223,7 @@ def test_adabound_group_added_later_uses_its_own_initial_lr(foreach: bool) -> No
     first, second = torch.nn.Parameter(torch.tensor(w0)), torch.nn.Parameter(torch.tensor(w1))
     optimizer = AdaBound([first], lr=0.01, gamma=0.2, foreach=foreach)
     optimizer.add_param_group({"params": [second], "lr": 0.002})
-    assert [g["initial_lr"] for g in optimizer.param_groups] == [0.01, 0.002]
+    assert [g["base_lr"] for g in optimizer.param_groups] == [0.01, 0.002]
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
     for g0, g1 in grads:
         first.grad, second.grad = torch.from_numpy(g0), torch.from_numpy(g1)
@@ -238,7 +240,7 @@ def test_adabound_group_added_later_uses_its_own_initial_lr(foreach: bool) -> No
     )
 
 
-def test_adabound_initial_lr_survives_a_checkpoint() -> None:
+def test_adabound_base_lr_survives_a_checkpoint() -> None:
     """After a scheduler has lowered lr, a restored optimizer keeps scaling final_lr by the lr
     the run started with, not by the lr it was rebuilt with."""
     param = torch.nn.Parameter(torch.randn(4, dtype=torch.float64))
@@ -252,43 +254,187 @@ def test_adabound_initial_lr_survives_a_checkpoint() -> None:
     buffer.seek(0)
     restored = AdaBound([torch.nn.Parameter(param.detach().clone())], lr=0.001)
     restored.load_state_dict(torch.load(buffer, weights_only=True))
-    assert restored.param_groups[0]["initial_lr"] == 0.01
+    assert restored.param_groups[0]["base_lr"] == 0.01
     assert restored.param_groups[0]["lr"] == 0.001
 
 
-def test_adabound_loads_a_checkpoint_in_the_form_torch_optimizer_writes() -> None:
-    """torch-optimizer's (and the official) AdaBound keeps no ``initial_lr`` in its groups and an
-    int ``step``: such a checkpoint loads, the group's ``initial_lr`` is its ``lr`` (as for a
-    group added without one) and the run continues as from our own checkpoint."""
-    params = [torch.nn.Parameter(torch.randn(4, dtype=torch.float64)) for _ in range(2)]
-    optimizer = AdaBound(params, lr=0.01, gamma=0.2)
-    for param in params:
-        param.grad = torch.randn_like(param)
-    optimizer.step()
+def test_adabound_explicit_base_lr_and_pickled_groups_of_earlier_versions() -> None:
+    """add_param_group keeps a base_lr given with the group; a pickled optimizer whose groups
+    have no base_lr (written before it existed) takes their initial_lr, as it computed then."""
+    optimizer = AdaBound([torch.nn.Parameter(torch.randn(3))], lr=0.01)
+    optimizer.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], "base_lr": 0.5})
+    assert [group["base_lr"] for group in optimizer.param_groups] == [0.01, 0.5]
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group.pop("base_lr") * 2
+    restored = pickle.loads(pickle.dumps(optimizer))
+    assert [group["base_lr"] for group in restored.param_groups] == [0.02, 1.0]
+
+
+SCHEDULERS = {
+    "StepLR": lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.1),
+    # Rewrites the groups' lr and initial_lr to max_lr / div_factor = 0.004 when it is created
+    # (betas stay fixed, as the oracle has them).
+    "OneCycleLR": lambda o: torch.optim.lr_scheduler.OneCycleLR(
+        o, max_lr=0.1, total_steps=12, cycle_momentum=False
+    ),
+}
+
+
+def scheduled_run(
+    make: Callable[[list[torch.nn.Parameter]], AdaBound],
+    scheduler_name: str,
+    grads: list[list[np.ndarray]],
+    params: list[torch.nn.Parameter],
+    start: int = 0,
+    resume: tuple[dict, dict] | None = None,
+) -> tuple[AdaBound, torch.optim.lr_scheduler.LRScheduler, list[float]]:
+    """Steps ``start, ...`` of an AdaBound run under a scheduler (resumed from ``resume``, the
+    optimizer's and the scheduler's state dicts); returns both and the lr of each step."""
+    optimizer = make(params)
+    scheduler = SCHEDULERS[scheduler_name](optimizer)
+    if resume is not None:
+        optimizer.load_state_dict(resume[0])
+        scheduler.load_state_dict(resume[1])
+    lrs = []
+    for step_grads in grads[start:]:
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = torch.from_numpy(g)
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return optimizer, scheduler, lrs
+
+
+def adabound_problem(seed: int, steps: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    rng = np.random.default_rng(seed)
+    w0 = [rng.standard_normal(6), rng.standard_normal((2, 3))]
+    return w0, [[rng.standard_normal(w.shape) for w in w0] for _ in range(steps)]
+
+
+@pytest.mark.parametrize("scheduler_name", list(SCHEDULERS))
+@pytest.mark.parametrize("foreach", [False, True])
+def test_adabound_final_lr_is_scaled_by_the_constructor_lr_under_any_scheduler(
+    scheduler_name: str, foreach: bool
+) -> None:
+    """gamma_0 is the lr the optimizer was built with (the official code's base_lrs), also
+    when the scheduler rewrites the groups' initial_lr."""
+    w0, grads = adabound_problem(5, 12)
+    params = [torch.nn.Parameter(torch.tensor(w)) for w in w0]
+    kwargs = {"lr": 0.1, "final_lr": 0.05, "gamma": 0.5, "foreach": foreach}
+    _, _, lrs = scheduled_run(lambda p: AdaBound(p, **kwargs), scheduler_name, grads, params)
+    expected = [
+        ref.adabound(w, [g[layer] for g in grads], lrs, 0.1, final_lr=0.05, gamma=0.5)
+        for layer, w in enumerate(w0)
+    ]
+    assert_close([p.detach().numpy() for p in params], expected, torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("scheduler_name", "without_initial_lr"),
+    [("StepLR", True), ("StepLR", False), ("OneCycleLR", False)],  # OneCycleLR needs it
+)
+def test_adabound_resumes_an_official_checkpoint_as_the_uninterrupted_run(
+    scheduler_name: str, without_initial_lr: bool
+) -> None:
+    """The official code and torch-optimizer save neither base_lrs nor our flags, and an int
+    step; rebuilt with the same arguments, they continue with base_lrs = the constructor's lr,
+    whatever the lr (decayed) or initial_lr (a scheduler's, if one was attached from the start;
+    rewritten by OneCycleLR) saved in the groups."""
+    w0, grads = adabound_problem(6, 12)
+    kwargs = {"lr": 0.1, "final_lr": 0.01, "gamma": 0.5}
+    whole = [torch.nn.Parameter(torch.tensor(w)) for w in w0]
+    _, _, whole_lrs = scheduled_run(lambda p: AdaBound(p, **kwargs), scheduler_name, grads, whole)
+    first = [torch.nn.Parameter(torch.tensor(w)) for w in w0]
+    optimizer, scheduler, _ = scheduled_run(
+        lambda p: AdaBound(p, **kwargs), scheduler_name, grads[:7], first
+    )
     ours = optimizer.state_dict()
-    theirs = {
-        "state": {
-            index: {**state, "step": int(state["step"].item())}
-            for index, state in ours["state"].items()
-        },
+    own_keys = {"base_lr", "maximize", "decoupled_weight_decay", "foreach", "differentiable"}
+    if without_initial_lr:
+        own_keys.add("initial_lr")
+    official = {
+        "state": {i: {**s, "step": int(s["step"].item())} for i, s in ours["state"].items()},
         "param_groups": [
-            {key: value for key, value in group.items() if key != "initial_lr"}
+            {key: value for key, value in group.items() if key not in own_keys}
             for group in ours["param_groups"]
         ],
     }
-    runs = []
-    for checkpoint in (ours, theirs):
-        copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-        resumed = AdaBound(copies, lr=0.5)
-        resumed.load_state_dict(checkpoint)
-        assert resumed.param_groups[0]["initial_lr"] == 0.01
-        for _ in range(3):
-            for copy, param in zip(copies, params, strict=True):
-                copy.grad = param.grad
-            resumed.step()
-        runs.append(copies)
-    for mine, restored in zip(*runs, strict=True):
-        assert torch.equal(mine, restored)
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in first]
+    scheduled_run(
+        lambda p: AdaBound(p, **kwargs),
+        scheduler_name,
+        grads,
+        resumed,
+        start=7,
+        resume=(official, scheduler.state_dict()),
+    )
+    for whole_param, resumed_param in zip(whole, resumed, strict=True):
+        assert torch.equal(whole_param, resumed_param)
+    expected = [
+        ref.adabound(w, [g[layer] for g in grads], whole_lrs, 0.1, final_lr=0.01, gamma=0.5)
+        for layer, w in enumerate(w0)
+    ]
+    assert_close([p.detach().numpy() for p in resumed], expected, torch.float64)
+
+
+@pytest.mark.parametrize("gamma", [1e-17, 5e-324])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_adabound_tiny_gamma_has_a_lower_bound_of_zero(foreach: bool, gamma: float) -> None:
+    """A tiny gamma is allowed: gamma * t + 1 rounds to 1, so eta_l = 0 and the clip has no
+    lower limit (and, for the smallest float, eta_u = inf); the steps follow the rule (no
+    division by eta_l)."""
+    w0, grads = adabound_problem(7, 4)
+    params = [torch.nn.Parameter(torch.tensor(w)) for w in w0]
+    optimizer = AdaBound(params, lr=0.01, gamma=gamma, foreach=foreach)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = torch.from_numpy(g)
+        optimizer.step()
+    expected = [
+        ref.adabound(w, [g[layer] for g in grads], [0.01] * 4, 0.01, gamma=gamma)
+        for layer, w in enumerate(w0)
+    ]
+    assert_close([p.detach().numpy() for p in params], expected, torch.float64)
+    assert [optimizer.state[p]["step"].item() for p in params] == [4, 4]
+
+
+@pytest.mark.parametrize("reshaped", [[0], [0, 1]])
+@pytest.mark.parametrize("mode", [False, True, "compiled"])
+def test_adabound_takes_a_step_saved_as_a_1_element_1d_tensor(
+    reshaped: list[int], mode: bool | str
+) -> None:
+    """As torch's Adam does, on every path (foreach False, True, compiled), also with some
+    steps 0-dim and some of shape [1], and for a 0-dim parameter. (float32: torch.compile
+    drops in-place updates of 0-dim float64 CPU tensors, see ``_functional.assign_``.)"""
+    rng = np.random.default_rng(8)
+    shapes = [(), (2, 3)]
+    w0 = [rng.standard_normal(s).astype(np.float32).astype(np.float64) for s in shapes]
+    grads = [
+        [rng.standard_normal(s).astype(np.float32).astype(np.float64) for s in shapes]
+        for _ in range(3)
+    ]
+    params = [torch.nn.Parameter(torch.tensor(w, dtype=torch.float32)) for w in w0]
+    foreach = mode is True
+    optimizer = AdaBound(params, lr=0.01, gamma=0.5, foreach=foreach)
+    for p, g in zip(params, grads[0], strict=True):
+        p.grad = torch.from_numpy(g).float()
+    optimizer.step()
+    saved = optimizer.state_dict()
+    for index in reshaped:
+        saved["state"][index]["step"] = saved["state"][index]["step"].reshape(1)
+    resumed = AdaBound(params, lr=0.01, gamma=0.5, foreach=foreach)
+    resumed.load_state_dict(saved)
+    torch._dynamo.reset()
+    step = torch.compile(resumed.step, backend="aot_eager") if mode == "compiled" else resumed.step
+    for step_grads in grads[1:]:
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = torch.from_numpy(g).float()
+        step()
+    expected = [
+        ref.adabound(w, [g[layer] for g in grads], [0.01] * 3, 0.01, gamma=0.5)
+        for layer, w in enumerate(w0)
+    ]
+    assert_close([p.detach().double().numpy() for p in params], expected, torch.float32)
 
 
 @pytest.mark.parametrize("foreach", [False, True, None])

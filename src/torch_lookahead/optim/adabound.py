@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -33,7 +34,7 @@ class AdaBoundHyperparameters(NamedTuple):
     """The hyper-parameters of one AdaBound step, named as in a parameter group."""
 
     lr: float | Tensor
-    initial_lr: float | Tensor
+    base_lr: float | Tensor
     betas: tuple[float, float]
     final_lr: float
     gamma: float
@@ -45,8 +46,8 @@ class AdaBoundHyperparameters(NamedTuple):
 
     @property
     def scheduled_final_lr(self) -> Any:
-        r"""$\eta^*_t$: ``final_lr`` scaled by the current over the initial learning rate."""
-        return self.final_lr * self.lr / self.initial_lr
+        r"""$\eta^*_t$: ``final_lr`` scaled by the current over the base learning rate."""
+        return self.final_lr * self.lr / self.base_lr
 
     @property
     def freezes_weights(self) -> bool:
@@ -60,7 +61,7 @@ class AdaBoundHyperparameters(NamedTuple):
         """``(alpha_t, eta_l, eta_u)`` of the update rule at step ``step``."""
         beta1, beta2 = self.betas
         if isinstance(step, Tensor):  # compiling: keep the scalar math in float64, as in eager
-            step = step.to(torch.float64)
+            step = step.to(torch.float64).reshape(())  # 0-dim, also when saved as [1]
         step_size = self.lr * (1.0 - beta2**step) ** 0.5 / (1.0 - beta1**step)
         final_lr = self.scheduled_final_lr
         lower_bound = final_lr * (1.0 - 1.0 / (self.gamma * step + 1.0))
@@ -70,9 +71,12 @@ class AdaBoundHyperparameters(NamedTuple):
     def denominator_bounds(self, step: float) -> tuple[float, float, float]:
         """``(alpha_t, alpha_t / eta_u, alpha_t / eta_l)``: the step size, and the bounds of
         the denominator for which ``clip(alpha_t / d, eta_l, eta_u) * m == alpha_t * m /
-        clip(d, alpha_t / eta_u, alpha_t / eta_l)``, which saves a full pass over the tensor."""
+        clip(d, alpha_t / eta_u, alpha_t / eta_l)``, which saves a full pass over the tensor.
+        Where ``eta_l`` is 0 (``gamma * t + 1`` rounds to 1 for a tiny ``gamma``), the
+        denominator has no upper bound: ``alpha_t / eta_l`` is ``inf``, its limit."""
         step_size, lower_bound, upper_bound = self.bounds(step)
-        return step_size, step_size / upper_bound, step_size / lower_bound
+        highest = step_size / lower_bound if lower_bound > 0 else math.inf
+        return step_size, step_size / upper_bound, highest
 
 
 def _single_tensor_adabound(
@@ -169,7 +173,8 @@ def _multi_tensor_adabound(
 
             denoms = torch._foreach_sqrt(second_moments)
             torch._foreach_add_(denoms, hyper.eps)
-            steps = torch.stack(block_steps).tolist()
+            # A 1-element step of any shape (torch.optim's optimizers load one saved as [1]).
+            steps = torch.cat([step.reshape(1) for step in block_steps]).tolist()
             if steps.count(steps[0]) == len(steps):  # the usual case: one set of scalars
                 step_size, denom_low, denom_high = hyper.denominator_bounds(steps[0])
                 torch._foreach_clamp_min_(denoms, denom_low)
@@ -226,7 +231,7 @@ class AdaBound(GroupwiseOptimizer):
        \begin{aligned}
             &\rule{110mm}{0.4pt}                                                          \\
             &\textbf{input}: \gamma_t \text{ (lr, as scheduled)}, \gamma_0
-                \text{ (initial\_lr)}, \beta_1, \beta_2 \text{ (betas)},
+                \text{ (base\_lr)}, \beta_1, \beta_2 \text{ (betas)},
                 \eta^* \text{ (final\_lr)}, \kappa \text{ (gamma)},                       \\
             &\hspace{13mm} \theta_0 \text{ (params)}, f(\theta) \text{ (objective)},
                 \epsilon \text{ (eps)}, \lambda \text{ (weight decay)}, \:
@@ -264,11 +269,13 @@ class AdaBound(GroupwiseOptimizer):
     $t \to \infty$, turning Adam into SGD with learning rate ``final_lr``.
 
     ``final_lr`` follows learning-rate schedulers: it is scaled by $\gamma_t / \gamma_0$,
-    the current learning rate over the group's ``initial_lr``. Every group keeps its own
-    ``initial_lr`` (the learning rate it was added with, the same key torch's LR schedulers use),
-    so groups added with `add_param_group` and optimizers restored with
-    `load_state_dict` are scaled correctly; the official code silently skips the
-    former and forgets the latter. ``p.grad`` is never modified.
+    the current learning rate over the group's ``base_lr``, the learning rate the group was
+    created with (the official code's ``base_lrs``). It is a key of AdaBound's own, which no LR
+    scheduler writes (``OneCycleLR`` rewrites ``initial_lr``), kept per group: groups added with
+    `add_param_group` and optimizers restored with `load_state_dict` are scaled correctly,
+    where the official code skips the former. A checkpoint without it (the official code's,
+    torch-optimizer's) keeps this optimizer's ``base_lr``, as the official code resumed with
+    the same arguments does. ``p.grad`` is never modified.
 
     Args:
         params (iterable): iterable of parameters or named parameters to optimize, or of dicts
@@ -322,7 +329,7 @@ class AdaBound(GroupwiseOptimizer):
         foreach: bool | None = None,
     ) -> None:
         defaults = {
-            "lr": lr,  # and each group's own initial_lr: see add_param_group
+            "lr": lr,  # and each group's own base_lr: see add_param_group
             "betas": betas,
             "final_lr": final_lr,
             "gamma": gamma,
@@ -336,22 +343,31 @@ class AdaBound(GroupwiseOptimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group; its ``initial_lr`` is its ``lr`` unless given explicitly."""
+        """Add a parameter group; its ``base_lr`` is its ``lr`` unless given explicitly."""
         lr = param_group.get("lr", self.defaults["lr"])
-        param_group.setdefault("initial_lr", lr.clone() if isinstance(lr, Tensor) else lr)
+        param_group.setdefault("base_lr", _copy(lr))
         super().add_param_group(param_group)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict; a group saved without ``base_lr`` (by the official code or
+        torch-optimizer, whose ``base_lrs`` are not saved) keeps the one it has here."""
+        saved = state_dict["param_groups"]
+        kept = [
+            {"base_lr": live["base_lr"], **group}
+            for live, group in zip(self.param_groups, saved, strict=False)
+        ]
+        super().load_state_dict({**state_dict, "param_groups": kept + saved[len(kept) :]})
+
     def _missing_group_entries(self, group: dict[str, Any]) -> dict[str, Any]:
-        """Flags take their defaults; ``initial_lr``, which torch-optimizer's and the official
-        AdaBound's groups lack, is the group's ``lr``, as for a group added without one."""
-        lr = group["lr"]
-        initial_lr = lr.clone() if isinstance(lr, Tensor) else lr
-        return {**super()._missing_group_entries(group), "initial_lr": initial_lr}
+        """Flags take their defaults; ``base_lr`` (when unpickling a group of an earlier
+        version, which had no ``base_lr`` in it) is its ``initial_lr``, else its ``lr``."""
+        base_lr = _copy(group.get("initial_lr", group["lr"]))
+        return {**super()._missing_group_entries(group), "base_lr": base_lr}
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_lr(group)
         meaning = "the lr the group starts with, which final_lr is scaled by"
-        check_lr(group, "initial_lr", positive=True, meaning=meaning)
+        check_lr(group, "base_lr", positive=True, meaning=meaning)
         check_betas(group["betas"])
         check_float("final_lr", group["final_lr"], low=0.0)
         check_float("gamma", group["gamma"], low=0.0, high=1.0, low_inclusive=False)
@@ -368,6 +384,11 @@ class AdaBound(GroupwiseOptimizer):
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return _moment_keys(group["amsbound"]), ("step",)
+
+
+def _copy(lr: float | Tensor) -> float | Tensor:
+    """``lr`` itself, or a copy of a Tensor ``lr``, which a scheduler fills in place."""
+    return lr.clone() if isinstance(lr, Tensor) else lr
 
 
 register_momentum_keys(AdaBound, ["exp_avg"])
