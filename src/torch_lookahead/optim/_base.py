@@ -151,15 +151,15 @@ class GroupwiseOptimizer(Optimizer):
         scalar_keys: tuple[str, ...],
     ) -> FlatState | None:
         """The flat state backing ``group`` (see `._flat`) when the multi-tensor path runs,
-        kept between steps and rebuilt when it no longer holds; None otherwise."""
+        kept between steps and rebuilt when it no longer holds; None otherwise. The entries
+        that still view the buffers of one no longer kept get their own copies."""
         flat_states: dict[int, FlatState] = self.__dict__.setdefault("_flat_states", {})
+        previous = flat_states.pop(id(group), None)
         current = None
         if foreach:
-            current = flat_state(
-                flat_states.get(id(group)), params, states, tensor_keys, scalar_keys
-            )
-        if current is None:
-            flat_states.pop(id(group), None)
-        else:
+            current = flat_state(previous, params, states, tensor_keys, scalar_keys)
+        if previous is not None and current is not previous:
+            previous.release()
+        if current is not None:
             flat_states[id(group)] = current
         return current

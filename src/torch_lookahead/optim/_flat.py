@@ -29,6 +29,7 @@ class FlatState:
     """Buffers backing the state of ``params``, in order, and the views placed in the state."""
 
     params: list[Tensor]
+    states: list[dict[str, Tensor]]
     buffers: dict[str, Tensor]
     views: dict[str, list[Tensor]]
     numels: list[int]
@@ -54,6 +55,14 @@ class FlatState:
             )
             for key, views in self.views.items()
         )
+
+    def release(self) -> None:
+        """Give every state entry that is still one of these views its own copy, once, when the
+        buffers are dropped: an entry left viewing them would keep the whole buffer alive."""
+        for key, views in self.views.items():
+            for state, view in zip(self.states, views, strict=True):
+                if state.get(key) is view:
+                    state[key] = view.clone()
 
 
 def _eligible(params: Sequence[Tensor]) -> bool:
@@ -112,7 +121,7 @@ def flat_state(
         buffers[key] = buffer
         views[key] = key_views
     addresses = {key: [view.data_ptr() for view in key_views] for key, key_views in views.items()}
-    return FlatState(list(params), buffers, views, numels, addresses)
+    return FlatState(list(params), list(states), buffers, views, numels, addresses)
 
 
 def flatten(tensors: Sequence[Tensor]) -> Tensor:

@@ -1,0 +1,77 @@
+"""The plumbing that NovoGrad and AdaBound share (optim/_base.py, optim/_flat.py): the flat state
+holds the state's logical size whatever parameters step, a refused step changes nothing, and
+numpy numbers are accepted as hyper-parameters as torch.optim accepts them."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from .cases import CASES_BY_NAME
+
+OPTIMIZERS = {name: (case.optimizer_class, case.kwargs) for name, case in CASES_BY_NAME.items()}
+optimizer_names = pytest.mark.parametrize("name", list(OPTIMIZERS))
+
+
+def state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [v for state in optimizer.state.values() for v in state.values()]
+
+
+def logical_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(t.numel() * t.element_size() for t in state_tensors(optimizer))
+
+
+def reachable_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the distinct storages that the state entries keep alive."""
+    storages = {t.untyped_storage().data_ptr(): t for t in state_tensors(optimizer)}
+    return sum(t.untyped_storage().nbytes() for t in storages.values())
+
+
+def saved_bytes(optimizer: torch.optim.Optimizer) -> int:
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    return buffer.tell()
+
+
+#: Which of 16 parameters have a gradient at each step: freezing half the model after 3 steps,
+#: a window of 8 rotating over them (MoE experts, layer drop), a single one (too few for a flat
+#: state) before half of them.
+SCENARIOS = {
+    "freeze_half": lambda step: set(range(16)) if step < 3 else set(range(8)),
+    "rotating": lambda step: {(step + j) % 16 for j in range(8)},
+    "single_then_half": lambda step: (
+        set(range(16)) if step < 3 else {5} if step < 6 else set(range(8))
+    ),
+}
+
+
+@optimizer_names
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_flat_state_holds_the_logical_size_when_the_stepping_set_changes(
+    name: str, scenario: str
+) -> None:
+    """A rebuild of the flat state leaves no entry viewing the old buffers: the memory the state
+    keeps alive and the checkpoint's size equal those of the for-loop step, whose values it
+    matches bit for bit."""
+    cls, kwargs = OPTIMIZERS[name]
+    runs = []
+    for foreach in (False, True):
+        generator = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(32, 32, generator=generator)) for _ in range(16)]
+        optimizer = cls(params, foreach=foreach, **kwargs)
+        for step in range(12):
+            active = SCENARIOS[scenario](step)
+            for index, p in enumerate(params):
+                p.grad = torch.randn(p.shape, generator=generator) if index in active else None
+            optimizer.step()
+        runs.append((params, optimizer))
+    (loop_params, loop), (flat_params, flat) = runs
+    assert reachable_bytes(flat) == logical_bytes(flat) == logical_bytes(loop)
+    assert saved_bytes(flat) <= saved_bytes(loop) + 1024
+    for p, q in zip(loop_params, flat_params, strict=True):
+        assert torch.equal(q, p)
+        assert set(flat.state[q]) == set(loop.state[p])
+        for key, value in loop.state[p].items():
+            assert torch.equal(flat.state[q][key], value)
