@@ -75,3 +75,39 @@ def test_flat_state_holds_the_logical_size_when_the_stepping_set_changes(
         assert set(flat.state[q]) == set(loop.state[p])
         for key, value in loop.state[p].items():
             assert torch.equal(flat.state[q][key], value)
+
+
+@optimizer_names
+@pytest.mark.parametrize("foreach", [False, True])
+def test_a_refused_step_changes_no_state(name: str, foreach: bool) -> None:
+    """A sparse gradient in the last group refuses the step before any state is created or
+    changed: neither the states of the groups before it, nor a running maximum turned on, nor
+    the first state of a parameter that never stepped."""
+    cls, kwargs = OPTIMIZERS[name]
+    generator = torch.Generator().manual_seed(0)
+    stepped = [torch.nn.Parameter(torch.randn(4, 3, generator=generator)) for _ in range(3)]
+    fresh = torch.nn.Parameter(torch.randn(5, generator=generator))
+    embedding = torch.nn.Embedding(4, 2, sparse=True)
+    groups = [{"params": stepped}, {"params": [fresh, embedding.weight]}]
+    optimizer = cls(
+        groups, foreach=foreach, **{**kwargs, CASES_BY_NAME[name].running_max_flag: False}
+    )
+    for p in stepped:
+        p.grad = torch.randn(p.shape, generator=generator)
+    optimizer.step()
+    before = {p: {k: v.clone() for k, v in optimizer.state[p].items()} for p in stepped}
+    weights = [p.detach().clone() for p in (*stepped, fresh)]
+
+    optimizer.param_groups[0][CASES_BY_NAME[name].running_max_flag] = True
+    fresh.grad = torch.ones_like(fresh)
+    embedding(torch.tensor([1])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        optimizer.step()
+
+    assert fresh not in optimizer.state and embedding.weight not in optimizer.state
+    for p in stepped:
+        assert set(optimizer.state[p]) == set(before[p])
+        for key, value in before[p].items():
+            assert torch.equal(optimizer.state[p][key], value)
+    for p, weight in zip((*stepped, fresh), weights, strict=True):
+        assert torch.equal(p, weight)
