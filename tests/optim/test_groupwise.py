@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,3 +112,55 @@ def test_a_refused_step_changes_no_state(name: str, foreach: bool) -> None:
             assert torch.equal(optimizer.state[p][key], value)
     for p, weight in zip((*stepped, fresh), weights, strict=True):
         assert torch.equal(p, weight)
+
+
+def numpy_kwargs(defaults: dict[str, object]) -> dict[str, object]:
+    """Every float hyper-parameter as a numpy float32 scalar, ``eps`` as a 0-dim numpy array and
+    ``betas`` as a pair of numpy scalars."""
+    kwargs: dict[str, object] = {
+        key: np.float32(value) for key, value in defaults.items() if type(value) is float
+    }
+    kwargs["eps"] = np.array(defaults["eps"])
+    beta1, beta2 = defaults["betas"]  # type: ignore[misc]
+    kwargs["betas"] = (np.float32(beta1), np.float64(beta2))
+    return kwargs
+
+
+@optimizer_names
+def test_numpy_hyperparameters_are_accepted_as_python_numbers(name: str) -> None:
+    """As torch.optim accepts them; the groups hold the Python numbers (which also load with
+    ``weights_only=True``), and the steps are those of the same values given as Python floats."""
+    cls, _ = OPTIMIZERS[name]
+    kwargs = numpy_kwargs(cls([torch.zeros(1, requires_grad=True)]).defaults)
+    floats = {
+        key: tuple(float(b) for b in value) if key == "betas" else float(value)  # type: ignore[arg-type]
+        for key, value in kwargs.items()
+    }
+    runs = []
+    for given in (kwargs, floats):
+        params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+        optimizer = cls(params[:1], **given)
+        optimizer.add_param_group({"params": params[1:], **given})
+        for group in optimizer.param_groups:
+            for key, value in floats.items():
+                assert group[key] == value and type(group[key]) is type(value), key
+            assert all(type(beta) is float for beta in group["betas"])
+        for step in range(3):
+            for p in params:
+                p.grad = torch.full_like(p, float(step + 1))
+            optimizer.step()
+        buffer = io.BytesIO()
+        torch.save(optimizer.state_dict(), buffer)
+        buffer.seek(0)
+        optimizer.load_state_dict(torch.load(buffer, weights_only=True))
+        runs.append(params)
+    for p, q in zip(*runs, strict=True):
+        assert torch.equal(p, q)
+
+
+@optimizer_names
+@pytest.mark.parametrize("value", [True, np.bool_(True), np.array(True)])
+def test_booleans_are_still_refused_as_hyperparameters(name: str, value: object) -> None:
+    cls, _ = OPTIMIZERS[name]
+    with pytest.raises(TypeError, match=r"^weight_decay"):
+        cls([torch.zeros(1, requires_grad=True)], weight_decay=value)

@@ -13,7 +13,13 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT, _use_grad_for_differentiable
 
 from ._flat import FlatState, flat_state
-from ._functional import FunctionalStep, default_to_foreach, new_step_counter, raise_sparse
+from ._functional import (
+    FunctionalStep,
+    default_to_foreach,
+    new_step_counter,
+    python_number,
+    raise_sparse,
+)
 
 __all__ = ["GroupwiseOptimizer"]
 
@@ -44,8 +50,12 @@ class GroupwiseOptimizer(Optimizer):
         raise NotImplementedError
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group; its hyper-parameters are validated like the constructor's."""
-        self._check_group({**self.defaults, **param_group})
+        """Add a parameter group; its hyper-parameters are validated like the constructor's,
+        numpy numbers becoming the Python numbers they hold (see `python_number`)."""
+        for key, value in {**self.defaults, **param_group}.items():
+            if key != "params":
+                param_group[key] = python_number(value)
+        self._check_group(param_group)
         super().add_param_group(param_group)
 
     def _missing_group_entries(self, group: dict[str, Any]) -> dict[str, Any]:

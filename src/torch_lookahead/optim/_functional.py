@@ -35,6 +35,7 @@ __all__ = [
     "default_to_foreach",
     "increment_steps_",
     "new_step_counter",
+    "python_number",
     "raise_sparse",
     "scalar",
     "step_value",
@@ -94,6 +95,18 @@ def check_foreach(foreach: object) -> None:
     """``foreach`` is None (pick), True or False."""
     if foreach is not None and not isinstance(foreach, bool):
         raise ValueError(f"foreach must be None, True or False, got {foreach!r}")
+
+
+def python_number(value: Any) -> Any:
+    """A numpy scalar or 0-dim array as the Python number it holds, element-wise in a tuple or
+    list (``betas``); anything else as it is. torch.optim accepts numpy numbers as
+    hyper-parameters; as Python numbers they also save with ``torch.save`` and load with
+    ``torch.load(weights_only=True)``."""
+    if type(value) in (tuple, list):
+        return type(value)(python_number(item) for item in value)
+    if not isinstance(value, Tensor) and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
 
 
 def raise_sparse(optimizer_name: str) -> None:
