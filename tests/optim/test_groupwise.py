@@ -161,6 +161,12 @@ def test_numpy_hyperparameters_are_accepted_as_python_numbers(name: str) -> None
 @optimizer_names
 @pytest.mark.parametrize("value", [True, np.bool_(True), np.array(True)])
 def test_booleans_are_still_refused_as_hyperparameters(name: str, value: object) -> None:
+    """In the constructor and in ``add_param_group``, which leaves the refused group as given."""
     cls, _ = OPTIMIZERS[name]
     with pytest.raises(TypeError, match=r"^weight_decay"):
         cls([torch.zeros(1, requires_grad=True)], weight_decay=value)
+    optimizer = cls([torch.zeros(1, requires_grad=True)])
+    group = {"params": [torch.zeros(1, requires_grad=True)], "weight_decay": value}
+    with pytest.raises(TypeError, match=r"^weight_decay"):
+        optimizer.add_param_group(group)
+    assert group["weight_decay"] is value and "eps" not in group

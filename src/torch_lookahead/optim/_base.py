@@ -52,10 +52,10 @@ class GroupwiseOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group; its hyper-parameters are validated like the constructor's,
         numpy numbers becoming the Python numbers they hold (see `python_number`)."""
-        for key, value in {**self.defaults, **param_group}.items():
-            if key != "params":
-                param_group[key] = python_number(value)
-        self._check_group(param_group)
+        group = {**self.defaults, **param_group}
+        group = {key: python_number(value) for key, value in group.items() if key != "params"}
+        self._check_group(group)
+        param_group.update(group)
         super().add_param_group(param_group)
 
     def _missing_group_entries(self, group: dict[str, Any]) -> dict[str, Any]:
