@@ -10,7 +10,10 @@ parameter's shape (0-dim for scalars such as ``step``), which ``state_dict()`` s
 ``load_state_dict()`` restores as usual. The layout is an optimisation that the optimizer checks
 at every step (the state entries must be the very view objects it made, still viewing its
 buffers) and rebuilds, copying the current values, whenever it does not hold, e.g. after
-``load_state_dict``, after another object replaced a state entry or its ``.data``.
+``load_state_dict``, after another object replaced a state entry or its ``.data``, or when the
+parameters that have a gradient change. No entry is left viewing the buffers of a rebuilt or
+dropped flat state (see `FlatState.release`), so the state holds, and ``torch.save`` writes, its
+logical size.
 """
 
 from __future__ import annotations
