@@ -155,7 +155,7 @@ def lookahead_errors() -> tuple[ErrorInput, ...]:
 
 
 def torch_adam_errors() -> tuple[ErrorInput, ...]:
-    """What torch's Adam family (AdamW, RAdam) raises for bad hyper-parameters."""
+    """What torch's Adam family (AdamW) raises for bad hyper-parameters."""
     return (
         ErrorInput("negative lr", {"lr": -1.0}, ValueError, "Invalid learning rate: -1.0"),
         ErrorInput(
@@ -234,8 +234,10 @@ def novograd_cases() -> list[OptimizerCase]:
     ]
 
 
-def adabound_cases() -> list[OptimizerCase]:
-    errors = (
+def checked_adam_errors() -> tuple[ErrorInput, ...]:
+    """What AdaBound and Ranger raise for the hyper-parameters of Adam's family
+    (``check_hyperparameters`` in src/torch_lookahead/optim/_functional.py)."""
+    return (
         ErrorInput("negative lr", {"lr": -1.0}, ValueError, "lr must be in [0, inf), got -1.0"),
         ErrorInput(
             "beta1=1", {"betas": (1.0, 0.999)}, ValueError, "betas[0] must be in [0, 1), got 1.0"
@@ -250,6 +252,12 @@ def adabound_cases() -> list[OptimizerCase]:
             ValueError,
             "weight_decay must be in [0, inf), got -0.5",
         ),
+    )
+
+
+def adabound_cases() -> list[OptimizerCase]:
+    errors = (
+        *checked_adam_errors(),
         ErrorInput(
             "negative final_lr",
             {"final_lr": -0.5},
@@ -300,7 +308,7 @@ def ranger_cases() -> list[OptimizerCase]:
             lr=base["lr"],
             other_hyperparameters=other,
             implementations=FOREACH_PAIR,
-            errors=torch_adam_errors() + lookahead_errors(),
+            errors=checked_adam_errors() + lookahead_errors(),
         )
         for name, kwargs in [
             ("Ranger", {}),

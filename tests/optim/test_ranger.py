@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -102,3 +104,39 @@ def test_ranger_works_where_an_optimizer_class_is_expected() -> None:
     optimizer.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "argument"),
+    [
+        ({"lr": INF}, ValueError, "lr"),
+        ({"lr": "0.1"}, TypeError, "lr"),
+        ({"lr": torch.tensor(NAN)}, ValueError, "lr"),
+        ({"eps": INF}, ValueError, "eps"),
+        ({"weight_decay": INF}, ValueError, "weight_decay"),
+        ({"betas": (0.9, 0.99, 0.5)}, ValueError, "betas"),
+        ({"betas": (0.9, NAN)}, ValueError, "betas[1]"),
+        ({"foreach": "yes"}, ValueError, "foreach"),
+    ],
+)
+def test_invalid_hyperparameters_are_rejected_by_name(kwargs, error, argument) -> None:
+    """The validation of NovoGrad and AdaBound, which torch.optim.RAdam does not do."""
+    with pytest.raises(error, match="^" + re.escape(argument)):
+        Ranger([torch.nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_numpy_hyperparameters_are_python_numbers_for_radam() -> None:
+    optimizer = Ranger(
+        [torch.nn.Parameter(torch.zeros(2))],
+        lr=np.float32(0.5),
+        betas=(np.float32(0.9), 0.99),
+        eps=np.array(1e-6),
+        weight_decay=np.float64(0.1),
+    )
+    group = optimizer.param_groups[0]
+    values = (group["lr"], *group["betas"], group["eps"], group["weight_decay"])
+    assert values == (float(np.float32(0.5)), float(np.float32(0.9)), 0.99, 1e-6, 0.1)
+    assert all(type(value) is float for value in values)

@@ -13,7 +13,13 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT, _use_grad_for_differentiable
 
 from ._flat import FlatState, flat_state
-from ._functional import FunctionalStep, default_to_foreach, new_step_counter, raise_sparse
+from ._functional import (
+    FunctionalStep,
+    default_to_foreach,
+    new_step_counter,
+    python_number,
+    raise_sparse,
+)
 
 __all__ = ["GroupwiseOptimizer"]
 
@@ -44,8 +50,12 @@ class GroupwiseOptimizer(Optimizer):
         raise NotImplementedError
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group; its hyper-parameters are validated like the constructor's."""
-        self._check_group({**self.defaults, **param_group})
+        """Add a parameter group; its hyper-parameters are validated like the constructor's,
+        numpy numbers becoming the Python numbers they hold (see `python_number`)."""
+        group = {**self.defaults, **param_group}
+        group = {key: python_number(value) for key, value in group.items() if key != "params"}
+        self._check_group(group)
+        param_group.update(group)
         super().add_param_group(param_group)
 
     def _missing_group_entries(self, group: dict[str, Any]) -> dict[str, Any]:
@@ -99,9 +109,11 @@ class GroupwiseOptimizer(Optimizer):
         live_groups = {id(group) for group in self.param_groups}
         for stale in [key for key in flat_states if key not in live_groups]:
             del flat_states[stale]  # groups replaced by load_state_dict: free their buffers
-        for group in self.param_groups:
+        # Every gradient of every group is checked before any state is created or changed.
+        gathered = [(group, *self._params_with_grad(group)) for group in self.param_groups]
+        for group, params, grads in gathered:
             tensor_keys, scalar_keys = self._state_keys(group)
-            params, grads, states = self._params_with_grad(group, (*tensor_keys, *scalar_keys))
+            states = self._states(params, grads, (*tensor_keys, *scalar_keys))
             foreach = group["foreach"]
             if foreach is None:
                 foreach = default_to_foreach(params)
@@ -113,33 +125,37 @@ class GroupwiseOptimizer(Optimizer):
             self._functional(params, grads, state_lists, hyper, foreach, flat)
         return loss
 
-    def _params_with_grad(
-        self, group: dict[str, Any], keys: tuple[str, ...]
-    ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Tensor]]]:
-        """The parameters of ``group`` that have a gradient, their gradients and states.
-
-        States are created on a parameter's first step. The running maximum of the second moment
-        ``max_exp_avg_sq``, when among ``keys`` but not in a state yet (amsgrad/amsbound turned on
-        mid-run), starts from the current second moment ``exp_avg_sq``.
-        """
+    def _params_with_grad(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+        """The parameters of ``group`` that have a gradient, and their gradients, which must be
+        dense."""
         params: list[Tensor] = []
         grads: list[Tensor] = []
-        states: list[dict[str, Tensor]] = []
         for param in group["params"]:
             grad = param.grad
             if grad is None:
                 continue
             if grad.is_sparse:
                 raise_sparse(type(self).__name__)
+            params.append(param)
+            grads.append(grad)
+        return params, grads
+
+    def _states(
+        self, params: list[Tensor], grads: list[Tensor], keys: tuple[str, ...]
+    ) -> list[dict[str, Tensor]]:
+        """The states of ``params``, created on a parameter's first step. The running maximum of
+        the second moment ``max_exp_avg_sq``, when among ``keys`` but not in a state yet
+        (amsgrad/amsbound turned on mid-run), starts from the current second moment
+        ``exp_avg_sq``."""
+        states: list[dict[str, Tensor]] = []
+        for param, grad in zip(params, grads, strict=True):
             state = self.state[param]
             if len(state) == 0:
                 state.update(self._init_state(param, grad))
             if "max_exp_avg_sq" in keys and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = state["exp_avg_sq"].clone()
-            params.append(param)
-            grads.append(grad)
             states.append(state)
-        return params, grads, states
+        return states
 
     def _flat_state_for(
         self,
@@ -151,15 +167,15 @@ class GroupwiseOptimizer(Optimizer):
         scalar_keys: tuple[str, ...],
     ) -> FlatState | None:
         """The flat state backing ``group`` (see `._flat`) when the multi-tensor path runs,
-        kept between steps and rebuilt when it no longer holds; None otherwise."""
+        kept between steps and rebuilt when it no longer holds; None otherwise. The entries
+        that still view the buffers of one no longer kept get their own copies."""
         flat_states: dict[int, FlatState] = self.__dict__.setdefault("_flat_states", {})
+        previous = flat_states.pop(id(group), None)
         current = None
         if foreach:
-            current = flat_state(
-                flat_states.get(id(group)), params, states, tensor_keys, scalar_keys
-            )
-        if current is None:
-            flat_states.pop(id(group), None)
-        else:
+            current = flat_state(previous, params, states, tensor_keys, scalar_keys)
+        if previous is not None and current is not previous:
+            previous.release()
+        if current is not None:
             flat_states[id(group)] = current
         return current

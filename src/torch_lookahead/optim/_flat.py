@@ -10,7 +10,10 @@ parameter's shape (0-dim for scalars such as ``step``), which ``state_dict()`` s
 ``load_state_dict()`` restores as usual. The layout is an optimisation that the optimizer checks
 at every step (the state entries must be the very view objects it made, still viewing its
 buffers) and rebuilds, copying the current values, whenever it does not hold, e.g. after
-``load_state_dict``, after another object replaced a state entry or its ``.data``.
+``load_state_dict``, after another object replaced a state entry or its ``.data``, or when the
+parameters that have a gradient change. No entry is left viewing the buffers of a rebuilt or
+dropped flat state (see `FlatState.release`), so the state holds, and ``torch.save`` writes, its
+logical size.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class FlatState:
     """Buffers backing the state of ``params``, in order, and the views placed in the state."""
 
     params: list[Tensor]
+    states: list[dict[str, Tensor]]
     buffers: dict[str, Tensor]
     views: dict[str, list[Tensor]]
     numels: list[int]
@@ -54,6 +58,14 @@ class FlatState:
             )
             for key, views in self.views.items()
         )
+
+    def release(self) -> None:
+        """Give every state entry that is still one of these views its own copy, once, when the
+        buffers are dropped: an entry left viewing them would keep the whole buffer alive."""
+        for key, views in self.views.items():
+            for state, view in zip(self.states, views, strict=True):
+                if state.get(key) is view:
+                    state[key] = view.clone()
 
 
 def _eligible(params: Sequence[Tensor]) -> bool:
@@ -112,7 +124,7 @@ def flat_state(
         buffers[key] = buffer
         views[key] = key_views
     addresses = {key: [view.data_ptr() for view in key_views] for key, key_views in views.items()}
-    return FlatState(list(params), buffers, views, numels, addresses)
+    return FlatState(list(params), list(states), buffers, views, numels, addresses)
 
 
 def flatten(tensors: Sequence[Tensor]) -> Tensor:

@@ -31,10 +31,12 @@ __all__ = [
     "check_betas",
     "check_float",
     "check_foreach",
+    "check_hyperparameters",
     "check_lr",
     "default_to_foreach",
     "increment_steps_",
     "new_step_counter",
+    "python_number",
     "raise_sparse",
     "scalar",
     "step_value",
@@ -94,6 +96,28 @@ def check_foreach(foreach: object) -> None:
     """``foreach`` is None (pick), True or False."""
     if foreach is not None and not isinstance(foreach, bool):
         raise ValueError(f"foreach must be None, True or False, got {foreach!r}")
+
+
+def check_hyperparameters(group: dict[str, Any], *, positive_eps: bool = False) -> None:
+    """Validate the hyper-parameters of Adam's family in ``group``: ``lr``, ``betas``, ``eps``
+    (``> 0`` with ``positive_eps``, else ``>= 0``), ``weight_decay`` and ``foreach``."""
+    check_lr(group)
+    check_betas(group["betas"])
+    check_float("eps", group["eps"], low=0.0, low_inclusive=not positive_eps)
+    check_float("weight_decay", group["weight_decay"], low=0.0)
+    check_foreach(group["foreach"])
+
+
+def python_number(value: Any) -> Any:
+    """A numpy scalar or 0-dim array as the Python number it holds, element-wise in a tuple or
+    list (``betas``); anything else as it is. torch.optim accepts numpy numbers as
+    hyper-parameters; as Python numbers they also save with ``torch.save`` and load with
+    ``torch.load(weights_only=True)``."""
+    if type(value) in (tuple, list):
+        return type(value)(python_number(item) for item in value)
+    if not isinstance(value, Tensor) and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
 
 
 def raise_sparse(optimizer_name: str) -> None:

@@ -17,10 +17,7 @@ from ._functional import (
     StateLists,
     assign_,
     blocks,
-    check_betas,
-    check_float,
-    check_foreach,
-    check_lr,
+    check_hyperparameters,
     view_as_real_,
 )
 
@@ -273,11 +270,7 @@ class NovoGrad(GroupwiseOptimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_lr(group)
-        check_betas(group["betas"])
-        check_float("eps", group["eps"], low=0.0, low_inclusive=False)
-        check_float("weight_decay", group["weight_decay"], low=0.0)
-        check_foreach(group["foreach"])
+        check_hyperparameters(group, positive_eps=True)
 
     def _init_state(self, param: Tensor, grad: Tensor) -> dict[str, Tensor]:
         return {

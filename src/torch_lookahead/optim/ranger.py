@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch.optim import RAdam
 from torch.optim.optimizer import ParamsT
 
 from ..lookahead import Lookahead
+from ._functional import check_hyperparameters, python_number
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -35,6 +36,9 @@ class Ranger(Lookahead):
     The defaults follow the original Ranger (Wright, 2019): ``betas=(0.95, 0.999)``,
     ``eps=1e-5``, ``k=6``, ``alpha=0.5``. The RAdam steps are torch's (rectified when
     $\rho_t > 5$, an SGD-with-momentum step before); there is no gradient centralisation.
+    ``lr``, ``betas``, ``eps``, ``weight_decay`` and ``foreach`` are validated as NovoGrad's and
+    AdaBound's are (errors naming the argument, non-finite values refused), numpy numbers
+    becoming Python numbers, before RAdam takes them.
 
     Args:
         params (iterable): parameters or parameter groups, as for any optimizer.
@@ -69,12 +73,12 @@ class Ranger(Lookahead):
         foreach: bool | None = None,
         **options: Unpack[LookaheadOptions],
     ) -> None:
+        given = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        hyper: dict[str, Any] = {key: python_number(value) for key, value in given.items()}
+        check_hyperparameters({**hyper, "foreach": foreach})
         inner = RAdam(
             params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
+            **hyper,
             decoupled_weight_decay=decoupled_weight_decay,
             maximize=maximize,
             foreach=foreach,
