@@ -581,7 +581,8 @@ class Lookahead(Optimizer):
         """The inner optimizer's state dict (standard format; slow weights in per-parameter
         state); the wrapper's state-dict hooks run around the inner's."""
         self._finish()
-        self._check_groups()  # k and alpha as saved: an int and a float (numpy ones edited in)
+        with contextlib.suppress(ValueError, TypeError):  # numpy k, alpha saved as int, float;
+            self._check_groups()  # a bad value: refused by the next step, saved as it is
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         state_dict = self.optimizer.state_dict()
