@@ -17,9 +17,8 @@ from ._functional import (
     FunctionalStep,
     StateLists,
     blocks,
-    check_betas,
     check_float,
-    check_foreach,
+    check_hyperparameters,
     check_lr,
     increment_steps_,
     new_step_counter,
@@ -365,15 +364,11 @@ class AdaBound(GroupwiseOptimizer):
         return {**super()._missing_group_entries(group), "base_lr": base_lr}
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_lr(group)
+        check_hyperparameters(group)
         meaning = "the lr the group starts with, which final_lr is scaled by"
         check_lr(group, "base_lr", positive=True, meaning=meaning)
-        check_betas(group["betas"])
         check_float("final_lr", group["final_lr"], low=0.0)
         check_float("gamma", group["gamma"], low=0.0, high=1.0, low_inclusive=False)
-        check_float("eps", group["eps"], low=0.0)
-        check_float("weight_decay", group["weight_decay"], low=0.0)
-        check_foreach(group["foreach"])
 
     def _init_state(self, param: Tensor, grad: Tensor) -> dict[str, Tensor]:
         return {
