@@ -840,3 +840,17 @@ def test_a_load_that_warns_has_loaded_everything_also_under_warnings_as_errors()
     assert hooked == [1]
     assert (opt.defaults["lookahead_k"], opt.defaults["lookahead_alpha"]) == (5, 0.25)
     assert opt.param_groups[0]["lookahead_step"] == 2
+
+
+def test_a_refused_construction_leaves_the_inner_optimizer_as_it_was() -> None:
+    """A group with a bad value of its own refuses the wrapper before it writes the inner
+    optimizer's ``defaults`` (it used to leave ``lookahead_*`` defaults behind)."""
+    inner = torch.optim.SGD(params_of(), lr=0.1)
+    inner.param_groups[0]["lookahead_k"] = 0
+    defaults = dict(inner.defaults)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['lookahead_k'\]"):
+        Lookahead(inner, k=K, alpha=ALPHA)
+    assert inner.defaults == defaults
+    assert (
+        inner.param_groups[0]["lookahead_k"] == 0 and "lookahead_alpha" not in inner.param_groups[0]
+    )

@@ -180,9 +180,9 @@ class Lookahead(Optimizer):
         )
         self.optimizer = optimizer
         self._init_runtime()
-        # New groups, also those added straight to the inner optimizer, inherit these defaults.
-        optimizer.defaults.update({K_KEY: k, ALPHA_KEY: alpha, STEP_KEY: 0})
-        self._check_groups()  # groups with values of their own (a checkpoint's) keep them
+        ours = {K_KEY: k, ALPHA_KEY: alpha, STEP_KEY: 0}  # groups' own values (a checkpoint's) win
+        self._check_groups({**optimizer.defaults, **ours})  # a refusal changes nothing, then:
+        optimizer.defaults.update(ours)  # new groups, also those added to the inner, inherit them
         self._adopt_group_values({K_KEY: k, ALPHA_KEY: alpha}, "the parameter groups'")
 
     def _init_runtime(self) -> None:  # not pickled; Optimizer.__init__ would copy the groups
@@ -236,9 +236,9 @@ class Lookahead(Optimizer):
         }
         return type(name, (cls,), namespace)
 
-    def _check_groups(self) -> None:
+    def _check_groups(self, defaults: dict[str, Any] | None = None) -> None:
         """Check every group's ``k``, ``alpha`` and counter (users and schedulers may change them)
-        and fill in those missing (new groups); all are checked before any group is written."""
+        and fill in those missing from ``defaults`` (new groups); all checked before any write."""
         updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for index, group in enumerate(self.param_groups):
             k, alpha, steps = group.get(K_KEY), group.get(ALPHA_KEY), group.get(STEP_KEY)
@@ -248,7 +248,7 @@ class Lookahead(Optimizer):
             update: dict[str, Any] = {}
             for key, check in GROUP_CHECKS:
                 where = f"param_groups[{index}][{key!r}]" if key in group else f"defaults[{key!r}]"
-                update[key] = check(group.get(key, self.defaults.get(key, 0)), where)
+                update[key] = check(group.get(key, (defaults or self.defaults).get(key, 0)), where)
             updates.append((group, update))
         for group, update in updates:
             group.update(update)
