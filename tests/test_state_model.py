@@ -854,3 +854,21 @@ def test_a_refused_construction_leaves_the_inner_optimizer_as_it_was() -> None:
     assert (
         inner.param_groups[0]["lookahead_k"] == 0 and "lookahead_alpha" not in inner.param_groups[0]
     )
+
+
+def test_eval_before_any_step_stays_in_train_mode_so_a_load_is_taken() -> None:
+    """A plain HF Trainer's evaluate() before train() calls optimizer.eval(), then Accelerate's
+    prepare reloads the optimizer: with no slow copies yet, the parameters hold their slow weights
+    already, so eval() leaves the group in train mode (a load used to be refused)."""
+    params = params_of()
+    opt = sgd(params)
+    opt.eval()
+    assert not opt.in_eval_mode
+    opt.load_state_dict(opt.state_dict())
+    reference_params = params_of()
+    reference = sgd(reference_params)
+    run(params, opt, range(4))
+    run(reference_params, reference, range(4))
+    assert_equal(values(params), values(reference_params))
+    opt.eval()  # with slow copies: eval mode
+    assert opt.in_eval_mode

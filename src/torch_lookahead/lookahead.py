@@ -495,7 +495,8 @@ class Lookahead(Optimizer):
         steps.append(partial(_drop, states if to_eval else every[2], key))  # the rename, two steps
         store = partial(_store, copied_states, FAST_KEY, stashes)  # eval(): of other dtypes
         steps += [store, partial(self._record_versions, groups, found)] if to_eval else []
-        steps.append(partial(_store, groups, EVAL_KEY, [to_eval] * len(groups)))
+        # A group without slow copies holds its slow weights (none updated yet): it stays in T.
+        steps.append(partial(_store, groups, EVAL_KEY, [to_eval and bool(f[0]) for f in found]))
         self._run(steps)
 
     def _record_versions(self, groups: list[dict[str, Any]], found: list[list[Any]]) -> None:
