@@ -502,7 +502,8 @@ class Lookahead(Optimizer):
     def _record_versions(self, groups: list[dict[str, Any]], found: list[list[Any]]) -> None:
         """What train() compares with (a step of eval(), also when the next call finishes it)."""
         for group, (params, _, _) in zip(groups, found, strict=True):
-            self._eval_versions[id(group)] = (group, params, list(map(_version_of, params)))
+            if params:  # a group without slow copies stays in T: nothing for train() to compare
+                self._eval_versions[id(group)] = (group, params, list(map(_version_of, params)))
 
     def _warn_if_written(self, groups: list[dict[str, Any]]) -> None:
         """Warn once when train() puts the fast weights over values written into the parameters in
