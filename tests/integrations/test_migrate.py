@@ -50,10 +50,12 @@ def _timm_lookahead_class() -> Any:
     return TimmLookahead
 
 
-def _model(frozen: bool = False) -> nn.Module:
+def _model(frozen: str = "") -> nn.Module:
+    """``frozen``: "bias", one parameter without gradients; "layer", the first layer's two."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
-    model[0].bias.requires_grad_(not frozen)  # frozen: a parameter that is never updated
+    model[0].bias.requires_grad_(not frozen)
+    model[0].weight.requires_grad_(frozen != "layer")
     return model
 
 
@@ -80,10 +82,8 @@ def _continue_with_torch_lookahead(
     inner: Callable[[Any], Optimizer],
     converted: dict[str, Any],
     pullback_momentum: str = "none",
-    *,
-    frozen: bool = False,
 ) -> tuple[list[Tensor], list[Tensor]]:
-    model = _model(frozen)
+    model = _model()
     with torch.no_grad():
         for p, saved in zip(model.parameters(), params_at_save, strict=True):
             p.copy_(saved)
@@ -114,6 +114,19 @@ def _adam(params: Any) -> Optimizer:
     return torch.optim.Adam(params, lr=0.01)
 
 
+def _adam_two_groups(params: Any) -> Optimizer:
+    params = list(params)  # the first layer's, then the last layer's
+    return torch.optim.Adam([{"params": params[:2]}, {"params": params[2:]}], lr=0.01)
+
+
+def _sgdp(params: Any) -> Optimizer:
+    """pytorch_optimizer's SGDP: momentum 0 and a 'dampening' key as SGD's, but it keeps state."""
+    sgdp = getattr(pytest.importorskip("pytorch_optimizer"), "SGDP", None)
+    if sgdp is None:
+        pytest.skip("pytorch_optimizer has no SGDP")
+    return sgdp(params, lr=0.1)  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize("inner", [_sgd, _adam], ids=["sgd-momentum", "adam"])
 def test_timm_checkpoint_continues_on_the_timm_trajectory(
     inner: Callable[[Any], Optimizer],
@@ -142,21 +155,35 @@ def test_timm_checkpoint_continues_on_the_timm_trajectory(
 @pytest.mark.parametrize(
     ("inner", "pullback_momentum", "frozen"),
     [
-        (_plain_sgd, "none", False),
-        (_plain_sgd, "none", True),
-        (_sgd, "none", False),
-        (_sgd, "pullback", False),
-        (_adam, "none", False),
-        (_adam, "none", True),
+        (_plain_sgd, "none", ""),
+        (_plain_sgd, "none", "bias"),
+        (_sgd, "none", ""),
+        (_sgd, "pullback", ""),
+        (_adam, "none", ""),
+        (_adam, "none", "bias"),
+        (_adam_two_groups, "none", "layer"),
+        (_sgdp, "none", ""),
+        (_sgdp, "none", "bias"),
     ],
-    ids=["sgd", "sgd-frozen", "sgd-momentum", "sgd-pullback", "adam", "adam-frozen"],
+    ids=[
+        "sgd",
+        "sgd-frozen",
+        "sgd-momentum",
+        "sgd-pullback",
+        "adam",
+        "adam-frozen",
+        "adam-group-frozen",
+        "sgdp",
+        "sgdp-frozen",
+    ],
 )
 def test_pytorch_optimizer_checkpoint_continues_on_its_trajectory(
-    inner: Callable[[Any], Optimizer], pullback_momentum: str, frozen: bool, evaluating: bool
+    inner: Callable[[Any], Optimizer], pullback_momentum: str, frozen: str, evaluating: bool
 ) -> None:
     """Saved mid-cycle, while training or evaluating (between backup_and_load_cache() and
-    clear_and_load_backup(): the model holds the slow weights); frozen: one parameter without
-    gradients, which Adam keeps no state for."""
+    clear_and_load_backup(): the model holds the slow weights); frozen: parameters without
+    gradients until the save, so without inner state where the optimizer keeps state (Adam, SGDP;
+    "layer": a whole group of them), and updated after it."""
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
     model = _model(frozen)
     optimizer = pytorch_optimizer.Lookahead(
@@ -169,6 +196,7 @@ def test_pytorch_optimizer_checkpoint_continues_on_its_trajectory(
     params_at_save = parameters_of(model)
     if evaluating:
         optimizer.clear_and_load_backup()
+    model.requires_grad_(True)
     _train(model, optimizer, STEPS_AFTER)
     expected_slow = [
         optimizer.state[p]["slow_params"] for g in optimizer.param_groups for p in g["params"]
@@ -177,7 +205,7 @@ def test_pytorch_optimizer_checkpoint_continues_on_its_trajectory(
     converted = convert_pytorch_optimizer_state_dict(checkpoint, k=K, alpha=ALPHA)
     assert converted["param_groups"][0]["lookahead_step"] == STEPS_BEFORE % K
     params, slow = _continue_with_torch_lookahead(
-        params_at_save, inner, converted, pullback_momentum, frozen=frozen
+        params_at_save, inner, converted, pullback_momentum
     )
 
     _assert_close(params, parameters_of(model))

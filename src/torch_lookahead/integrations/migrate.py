@@ -123,11 +123,30 @@ def convert_pytorch_optimizer_state_dict(
     * moves ``slow_params`` to ``lookahead_slow`` and, from ``pullback_momentum="pullback"``,
       ``slow_momentum`` to ``lookahead_slow_momentum_buffer``.
 
-    pytorch_optimizer copies the slow weights of every parameter when it is built. All are carried
-    over where the inner optimizer keeps no state (``torch.optim.SGD`` without momentum).
-    Otherwise a parameter without inner state was never updated, so its slow weights are its
-    weights: they are dropped, and torch-lookahead takes them just before the parameter's first
-    update (an inner optimizer such as Adam refuses a state that holds only the slow weights).
+    pytorch_optimizer copies the slow weights of every parameter when it is built; a sync sets
+    those of the parameters with a gradient to their weights. Each parameter with inner state
+    carries its slow weights over. A parameter without inner state either was never updated (its
+    slow weights are its weights) or was updated by an optimizer that keeps no state for it
+    (``torch.optim.SGD`` without momentum). Its slow weights are carried over where its group is
+    mid-cycle (``counter > 0``), none of its group's parameters has inner state, and either no
+    group has any or the group has SGD's ``dampening`` and ``momentum == 0``; otherwise they are
+    dropped and torch-lookahead takes them just before the parameter's first update, equal to the
+    slow weights dropped (an inner optimizer that creates its state only when the state is empty,
+    as Adam or pytorch_optimizer's SGDP, fails on a state that holds only the slow weights). The
+    checkpoint cannot tell two rare cases apart from these:
+
+    * an inner optimizer that keeps state, one of whose groups was never updated (frozen from the
+      start), saved mid-cycle, where no group has inner state or the group has SGD's keys with
+      ``momentum == 0`` (SGDP): its slow weights are carried, and the inner optimizer raises at the
+      load (Adam: ``KeyError: 'step'``) or at the group's first update. Convert a checkpoint saved
+      at a sync (``counter == 0``) instead, or drop those parameters' entries from the result;
+    * a group without inner state beside groups with inner state, whose optimizer keeps no state
+      for it yet lacks SGD's keys (no torch.optim optimizer): its slow weights are dropped, and
+      restart from the weights at the group's next update.
+
+    A parameter without a gradient at a sync keeps its slow weights in pytorch_optimizer, while
+    torch-lookahead syncs every parameter that has slow weights: a parameter updated, then frozen
+    across a sync, follows different trajectories in the two libraries, converted or not.
 
     A checkpoint written during evaluation, between ``backup_and_load_cache()`` and
     ``clear_and_load_backup()``, holds the fast weights in ``backup_params`` (the model holds the
@@ -187,10 +206,16 @@ def convert_pytorch_optimizer_state_dict(
         _PYTORCH_OPTIMIZER_SLOW_MOMENTUM_KEY: slow_momentum_key(_PYTORCH_OPTIMIZER_MOMENTUM_KEY),
     }
     state = {param_id: dict(param_state) for param_id, param_state in inner["state"].items()}
+    # Slow weights carried for parameters without inner state (see the docstring).
+    with_state = [any(map(state.__contains__, group["params"])) for group in groups]
+    stateless = [
+        bool(group[STEP_KEY]) and not held and (not any(with_state) or _sgd_without_momentum(group))
+        for group, held in zip(groups, with_state, strict=True)
+    ]
     for position, entry in saved.items():
-        param_id, group = _pytorch_optimizer_param(position, inner["param_groups"])
-        if param_id not in state and not _keeps_no_state(group):
-            continue  # never updated: its slow weights are its weights
+        param_id = _pytorch_optimizer_param(position, inner["param_groups"])
+        if param_id not in state and not stateless[position[0]]:
+            continue  # its slow weights are its weights (see the docstring)
         for old, new in moves.items():
             if old == _PYTORCH_OPTIMIZER_SLOW_MOMENTUM_KEY and old not in entry:
                 continue  # written for pullback_momentum="pullback" only
@@ -205,15 +230,15 @@ def convert_pytorch_optimizer_state_dict(
     return {"state": state, "param_groups": groups}
 
 
-def _keeps_no_state(group: dict[str, Any]) -> bool:
-    """Whether ``group`` is one of torch.optim.SGD without momentum, which keeps no state: there,
-    unlike with momentum or Adam, no state does not mean that a parameter was never updated."""
+def _sgd_without_momentum(group: dict[str, Any]) -> bool:
+    """Whether ``group`` looks like one of ``torch.optim.SGD`` without momentum, which keeps no
+    state for the parameters it updates (so do some optimizers that keep state, like
+    pytorch_optimizer's SGDP)."""
     return "dampening" in group and bool(group.get("momentum") == 0)
 
 
-def _pytorch_optimizer_param(position: object, groups: list[dict[str, Any]]) -> tuple[Any, Any]:
-    """The standard state-dict id of the parameter pytorch_optimizer keys as (group, index), and
-    its group."""
+def _pytorch_optimizer_param(position: object, groups: list[dict[str, Any]]) -> Any:
+    """The standard state-dict id of the parameter pytorch_optimizer keys as (group, index)."""
     if not (
         isinstance(position, tuple)
         and len(position) == 2
@@ -230,4 +255,4 @@ def _pytorch_optimizer_param(position: object, groups: list[dict[str, Any]]) -> 
             f"lookahead_state key {position!r} names no parameter of the base optimizer, whose "
             f"groups hold {sizes} parameters"
         )
-    return groups[group_index]["params"][param_index], groups[group_index]
+    return groups[group_index]["params"][param_index]
