@@ -45,7 +45,7 @@ BAD_ARGUMENTS = [
     ("NovoGrad", {"betas": (0.9, -0.1)}, ValueError, "betas[1]"),
     ("NovoGrad", {"betas": (0.9, NAN)}, ValueError, "betas[1]"),
     ("NovoGrad", {"foreach": "yes"}, ValueError, "foreach"),
-    ("AdaBound", {"lr": 0.0}, ValueError, "base_lr"),
+    ("AdaBound", {"lr": 0.0}, ValueError, "adabound_base_lr"),
     ("AdaBound", {"lr": INF}, ValueError, "lr"),
     ("AdaBound", {"lr": torch.tensor(INF)}, ValueError, "lr"),
     ("AdaBound", {"final_lr": INF}, ValueError, "final_lr"),

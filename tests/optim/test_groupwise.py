@@ -4,6 +4,7 @@ numpy numbers are accepted as hyper-parameters as torch.optim accepts them."""
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -48,14 +49,26 @@ SCENARIOS = {
 }
 
 
-@optimizer_names
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_flat_state_holds_the_logical_size_when_the_stepping_set_changes(
-    name: str, scenario: str
-) -> None:
-    """A rebuild of the flat state leaves no entry viewing the old buffers: the memory the state
-    keeps alive and the checkpoint's size equal those of the for-loop step, whose values it
-    matches bit for bit."""
+def resumed(optimizer: torch.optim.Optimizer, how: str) -> torch.optim.Optimizer:
+    """``optimizer`` after a load of its own state: none, from its ``state_dict()``, from a
+    checkpoint read by ``torch.load`` (views of one shared storage per key), or a deepcopy."""
+    if how == "deepcopy":
+        return copy.deepcopy(optimizer)
+    state_dict = optimizer.state_dict()
+    if how == "torch.load":
+        buffer = io.BytesIO()
+        torch.save(state_dict, buffer)
+        buffer.seek(0)
+        state_dict = torch.load(buffer, weights_only=True)
+    if how != "none":
+        optimizer.load_state_dict(state_dict)
+    return optimizer
+
+
+def assert_flat_matches_the_loop(name: str, scenario: str, how: str = "none") -> None:
+    """Run the for-loop and the flat step through ``scenario``, resumed (see `resumed`) after
+    3 steps: the flat state keeps alive, and saves, its logical size, and matches the for-loop
+    step bit for bit."""
     cls, kwargs = OPTIMIZERS[name]
     runs = []
     for foreach in (False, True):
@@ -63,6 +76,9 @@ def test_flat_state_holds_the_logical_size_when_the_stepping_set_changes(
         params = [torch.nn.Parameter(torch.randn(32, 32, generator=generator)) for _ in range(16)]
         optimizer = cls(params, foreach=foreach, **kwargs)
         for step in range(12):
+            if step == 3:
+                optimizer = resumed(optimizer, how)
+                params = [p for group in optimizer.param_groups for p in group["params"]]
             active = SCENARIOS[scenario](step)
             for index, p in enumerate(params):
                 p.grad = torch.randn(p.shape, generator=generator) if index in active else None
@@ -76,6 +92,25 @@ def test_flat_state_holds_the_logical_size_when_the_stepping_set_changes(
         assert set(flat.state[q]) == set(loop.state[p])
         for key, value in loop.state[p].items():
             assert torch.equal(flat.state[q][key], value)
+
+
+@optimizer_names
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_flat_state_holds_the_logical_size_when_the_stepping_set_changes(
+    name: str, scenario: str
+) -> None:
+    """A rebuild of the flat state leaves no entry viewing the old buffers."""
+    assert_flat_matches_the_loop(name, scenario)
+
+
+@optimizer_names
+@pytest.mark.parametrize("how", ["state_dict", "torch.load", "deepcopy"])
+def test_flat_state_holds_the_logical_size_when_half_freezes_after_a_load(
+    name: str, how: str
+) -> None:
+    """Entries loaded as views of a shared storage (the old flat buffers, or the one storage
+    per key that ``torch.load`` reads) own their memory once their parameters stop stepping."""
+    assert_flat_matches_the_loop(name, "freeze_half", how)
 
 
 @optimizer_names

@@ -16,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from torch_lookahead import Lookahead
 from torch_lookahead.optim import AdaBound, NovoGrad
 
 from . import reference_optim as ref
@@ -164,7 +165,7 @@ def test_tensor_lr_is_validated_like_a_float(case: Case) -> None:
 
 
 def test_adabound_base_lr_of_a_tensor_lr_is_a_copy() -> None:
-    """A scheduler fills the lr tensor in place: base_lr (what final_lr is scaled by) must
+    """A scheduler fills the lr tensor in place: adabound_base_lr (what final_lr is scaled by) must
     not follow it."""
     param = torch.nn.Parameter(torch.randn(3))
     optimizer = AdaBound([param], lr=torch.tensor(0.01))
@@ -174,7 +175,20 @@ def test_adabound_base_lr_of_a_tensor_lr_is_a_copy() -> None:
     scheduler.step()
     group = optimizer.param_groups[0]
     assert group["lr"].item() == pytest.approx(0.005)
-    assert group["base_lr"].item() == pytest.approx(0.01)
+    assert group["adabound_base_lr"].item() == pytest.approx(0.01)
+
+
+@each_case
+@pytest.mark.parametrize("bad", [{"lr": -1.0}, {"betas": (0.9,)}, {"eps": float("nan")}])
+def test_a_refused_group_is_left_as_it_was_given(case: Case, bad: dict) -> None:
+    """add_param_group works on a copy until the group is accepted."""
+    optimizer = case.optimizer_class([torch.nn.Parameter(torch.randn(3))], lr=0.01)
+    group = {"params": [torch.nn.Parameter(torch.randn(2))], **bad}
+    given = dict(group)
+    with pytest.raises(ValueError):
+        optimizer.add_param_group(group)
+    assert group == given
+    assert len(optimizer.param_groups) == 1
 
 
 # ----------------------------------------------------------------------------- NovoGrad only
@@ -223,7 +237,7 @@ def test_adabound_group_added_later_uses_its_own_base_lr(foreach: bool) -> None:
     first, second = torch.nn.Parameter(torch.tensor(w0)), torch.nn.Parameter(torch.tensor(w1))
     optimizer = AdaBound([first], lr=0.01, gamma=0.2, foreach=foreach)
     optimizer.add_param_group({"params": [second], "lr": 0.002})
-    assert [g["base_lr"] for g in optimizer.param_groups] == [0.01, 0.002]
+    assert [g["adabound_base_lr"] for g in optimizer.param_groups] == [0.01, 0.002]
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
     for g0, g1 in grads:
         first.grad, second.grad = torch.from_numpy(g0), torch.from_numpy(g1)
@@ -254,20 +268,78 @@ def test_adabound_base_lr_survives_a_checkpoint() -> None:
     buffer.seek(0)
     restored = AdaBound([torch.nn.Parameter(param.detach().clone())], lr=0.001)
     restored.load_state_dict(torch.load(buffer, weights_only=True))
-    assert restored.param_groups[0]["base_lr"] == 0.01
+    assert restored.param_groups[0]["adabound_base_lr"] == 0.01
     assert restored.param_groups[0]["lr"] == 0.001
 
 
 def test_adabound_explicit_base_lr_and_pickled_groups_of_earlier_versions() -> None:
-    """add_param_group keeps a base_lr given with the group; a pickled optimizer whose groups
-    have no base_lr (written before it existed) takes their initial_lr, as it computed then."""
+    """add_param_group keeps an adabound_base_lr given with the group; a pickled optimizer whose
+    groups have none (written before it existed) takes their initial_lr, as it computed then."""
     optimizer = AdaBound([torch.nn.Parameter(torch.randn(3))], lr=0.01)
-    optimizer.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], "base_lr": 0.5})
-    assert [group["base_lr"] for group in optimizer.param_groups] == [0.01, 0.5]
+    new_group = {"params": [torch.nn.Parameter(torch.randn(2))], "adabound_base_lr": 0.5}
+    optimizer.add_param_group(new_group)
+    assert [group["adabound_base_lr"] for group in optimizer.param_groups] == [0.01, 0.5]
     for group in optimizer.param_groups:
-        group["initial_lr"] = group.pop("base_lr") * 2
+        group["initial_lr"] = group.pop("adabound_base_lr") * 2
     restored = pickle.loads(pickle.dumps(optimizer))
-    assert [group["base_lr"] for group in restored.param_groups] == [0.02, 1.0]
+    assert [group["adabound_base_lr"] for group in restored.param_groups] == [0.02, 1.0]
+
+
+def test_adabound_gamma0_is_not_a_schedules_own_base_lr() -> None:
+    """Hand-written schedules keep the lr a stage starts from in group["base_lr"]: writing it
+    leaves gamma_0, the lr final_lr is scaled by, at the lr the group was created with."""
+    rng = np.random.default_rng(3)
+    w0, grads = rng.standard_normal(6), [rng.standard_normal(6) for _ in range(4)]
+    param = torch.nn.Parameter(torch.tensor(w0))
+    optimizer = AdaBound([param], lr=0.1, final_lr=0.1, gamma=0.5)
+    for step, grad in enumerate(grads):
+        for group in optimizer.param_groups:
+            group["base_lr"] = group["lr"] = 0.1 if step < 2 else 0.01  # a stage restart
+        param.grad = torch.from_numpy(grad)
+        optimizer.step()
+    assert optimizer.param_groups[0]["adabound_base_lr"] == 0.1
+    expected = ref.adabound(w0, grads, [0.1, 0.1, 0.01, 0.01], 0.1, final_lr=0.1, gamma=0.5)
+    assert_close([param.detach().numpy()], [expected], torch.float64)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_adabound_refuses_a_checkpoint_with_steps_counted_per_group(wrapped: bool) -> None:
+    """pytorch_optimizer's AdaBound counts steps in the group, not per parameter: its state
+    cannot be continued, and load_state_dict says so and changes nothing, also under
+    Lookahead (a converted pytorch_optimizer Lookahead checkpoint)."""
+    params = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2))]
+
+    def make(lr: float) -> torch.optim.Optimizer:
+        inner = AdaBound(params, lr=lr)
+        return Lookahead(inner, k=2) if wrapped else inner
+
+    optimizer = make(0.01)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    saved = optimizer.state_dict()
+    other = {
+        "state": {
+            i: {k: v for k, v in s.items() if k != "step"} for i, s in saved["state"].items()
+        },
+        "param_groups": [{**group, "step": 1} for group in saved["param_groups"]],
+    }
+    fresh = make(0.02)
+    before = fresh.state_dict()
+    with pytest.raises(ValueError, match=r"no per-parameter 'step'.*another AdaBound"):
+        fresh.load_state_dict(other)
+    assert fresh.state_dict() == before
+
+
+def test_adabound_refuses_a_pytorch_optimizer_checkpoint() -> None:
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    params = [torch.nn.Parameter(torch.randn(4)) for _ in range(2)]
+    theirs = pytorch_optimizer.AdaBound(params, lr=1e-3)
+    for p in params:
+        p.grad = torch.randn(4)
+    theirs.step()
+    with pytest.raises(ValueError, match=r"no per-parameter 'step'"):
+        AdaBound(params, lr=1e-3).load_state_dict(theirs.state_dict())
 
 
 SCHEDULERS = {
@@ -349,7 +421,8 @@ def test_adabound_resumes_an_official_checkpoint_as_the_uninterrupted_run(
         lambda p: AdaBound(p, **kwargs), scheduler_name, grads[:7], first
     )
     ours = optimizer.state_dict()
-    own_keys = {"base_lr", "maximize", "decoupled_weight_decay", "foreach", "differentiable"}
+    own_keys = {"maximize", "decoupled_weight_decay", "foreach", "differentiable"}
+    own_keys.add("adabound_base_lr")
     if without_initial_lr:
         own_keys.add("initial_lr")
     official = {

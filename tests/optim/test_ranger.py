@@ -140,3 +140,85 @@ def test_numpy_hyperparameters_are_python_numbers_for_radam() -> None:
     values = (group["lr"], *group["betas"], group["eps"], group["weight_decay"])
     assert values == (float(np.float32(0.5)), float(np.float32(0.9)), 0.99, 1e-6, 0.1)
     assert all(type(value) is float for value in values)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"betas": (torch.tensor(0.95), torch.tensor(0.999))},
+        {"eps": torch.tensor(1e-5)},
+        {"weight_decay": torch.tensor(0.1)},
+        {"lr": torch.tensor(1e-2)},
+        {"foreach": np.bool_(True)},
+        {"foreach": np.bool_(False), "capturable": False, "differentiable": False},
+        {"decoupled_weight_decay": True, "weight_decay": 0.1},
+    ],
+    ids=["tensor-betas", "tensor-eps", "tensor-wd", "tensor-lr", "np-bool", "flags", "decoupled"],
+)
+def test_what_radam_takes_ranger_takes_and_steps_as_radam(kwargs) -> None:
+    """Ranger refuses only what RAdam would misuse: what RAdam takes, it takes and steps with."""
+    runs = []
+    for make in (
+        lambda ps: Lookahead(RAdam(ps, **{"betas": (0.95, 0.999), "eps": 1e-5, **kwargs}), k=6),
+        lambda ps: Ranger(ps, **kwargs),
+    ):
+        params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+        optimizer = make(params)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.full_like(p, step + 1.0)
+            optimizer.step()
+        runs.append(params)
+    for p, q in zip(*runs, strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize(
+    ("values", "error", "argument"),
+    [
+        ({"lr": INF}, ValueError, "lr"),
+        ({"lr": "0.1"}, TypeError, "lr"),
+        ({"eps": -1.0}, ValueError, "eps"),
+        ({"eps": torch.tensor(NAN)}, ValueError, "eps"),
+        ({"weight_decay": torch.ones(2)}, ValueError, "Tensor weight_decay"),
+        ({"betas": (0.9, 0.9, 0.9)}, ValueError, "betas"),
+        ({"betas": (torch.tensor(1.0), 0.99)}, ValueError, "betas[0]"),
+        ({"foreach": "yes"}, ValueError, "foreach"),
+    ],
+)
+@pytest.mark.parametrize("path", ["constructor", "group", "add_param_group"])
+def test_every_group_is_validated(values, error, argument, path: str) -> None:
+    """The constructor's arguments, groups given as dicts and groups added later alike."""
+    param = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(error, match="^" + re.escape(argument)):
+        if path == "constructor":
+            Ranger([param], **values)
+        elif path == "group":
+            Ranger([{"params": [param], **values}])
+        else:
+            Ranger([torch.nn.Parameter(torch.zeros(1))]).add_param_group(
+                {"params": [param], **values}
+            )
+
+
+@pytest.mark.parametrize("path", ["group", "add_param_group"])
+def test_numpy_values_of_groups_are_python_numbers(path: str) -> None:
+    """A group's numpy numbers are stored as Python numbers: the checkpoint loads with
+    torch.load(weights_only=True)."""
+    param = torch.nn.Parameter(torch.zeros(2))
+    group = {"params": [param], "lr": np.float64(1e-3), "betas": (np.float32(0.9), 0.99)}
+    group["foreach"] = np.bool_(False)
+    if path == "group":
+        optimizer = Ranger([group])
+    else:
+        optimizer = Ranger([torch.nn.Parameter(torch.zeros(1))])
+        optimizer.add_param_group(group)
+    saved = optimizer.param_groups[-1]
+    assert (type(saved["lr"]), type(saved["betas"][0]), saved["foreach"]) == (float, float, False)
+    param.grad = torch.ones(2)
+    optimizer.step()
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    assert loaded["param_groups"][-1]["lr"] == 1e-3

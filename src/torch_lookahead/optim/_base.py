@@ -1,5 +1,6 @@
-"""The torch.optim plumbing that NovoGrad and AdaBound share: validated parameter groups, the
-gathering of parameters, gradients and state, the flat state, and the step loop over groups."""
+"""The torch.optim plumbing that NovoGrad and AdaBound share: validated parameter groups (also
+Ranger's), the gathering of parameters, gradients and state, the flat state, and the step loop
+over groups."""
 
 from __future__ import annotations
 
@@ -21,10 +22,34 @@ from ._functional import (
     raise_sparse,
 )
 
-__all__ = ["GroupwiseOptimizer"]
+__all__ = ["GroupwiseOptimizer", "ValidatedGroups"]
 
 
-class GroupwiseOptimizer(Optimizer):
+class ValidatedGroups(Optimizer):
+    """An optimizer whose every parameter group, given to the constructor or to
+    `add_param_group`, is validated by `_check_group`, numpy numbers becoming the Python numbers
+    they hold (see `python_number`): its checkpoints load with ``torch.load(weights_only=True)``."""
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Raise ValueError/TypeError naming the first invalid hyper-parameter of ``group``."""
+        raise NotImplementedError
+
+    def _derived_entries(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The entries that a new ``group`` takes from its other values unless given: none."""
+        return {}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group; its hyper-parameters are validated like the constructor's.
+        A group refused for one of them is left as it was given."""
+        given = {**self.defaults, **param_group}
+        given = {key: python_number(value) for key, value in given.items() if key != "params"}
+        group = {**self._derived_entries(given), **given}
+        self._check_group(group)
+        param_group.update(group)
+        super().add_param_group(param_group)
+
+
+class GroupwiseOptimizer(ValidatedGroups):
     """Subclasses say how to validate a group, what state a parameter has and which functional
     step updates a group; this class does the rest."""
 
@@ -36,10 +61,6 @@ class GroupwiseOptimizer(Optimizer):
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         super().__init__(params, {**defaults, "differentiable": False})
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        """Raise ValueError/TypeError naming the first invalid hyper-parameter of ``group``."""
-        raise NotImplementedError
-
     def _init_state(self, param: Tensor, grad: Tensor) -> dict[str, Tensor]:
         """The state of a parameter at its first step."""
         raise NotImplementedError
@@ -48,15 +69,6 @@ class GroupwiseOptimizer(Optimizer):
         """The state entries that the step of ``group`` uses: those of the parameter's shape, and
         the 0-dim ones (``max_exp_avg_sq`` is created when it is among them)."""
         raise NotImplementedError
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group; its hyper-parameters are validated like the constructor's,
-        numpy numbers becoming the Python numbers they hold (see `python_number`)."""
-        group = {**self.defaults, **param_group}
-        group = {key: python_number(value) for key, value in group.items() if key != "params"}
-        self._check_group(group)
-        param_group.update(group)
-        super().add_param_group(param_group)
 
     def _missing_group_entries(self, group: dict[str, Any]) -> dict[str, Any]:
         """The values that a group saved before an entry existed takes for it: every flag (a
@@ -78,8 +90,13 @@ class GroupwiseOptimizer(Optimizer):
         As torch.optim's own optimizers do, a checkpoint of an older version loads: entries a
         group lacks take the values of `_missing_group_entries`, and a step count saved as a
         Python number (older torch, torch-optimizer) becomes the tensor that a step updates.
+        Every state tensor then owns its memory: the flat state (see `._flat`) is rebuilt at the
+        next step, and an entry that viewed a shared buffer (the old flat state's, or the
+        storage that ``torch.load`` shares among the views it read) would keep all of it alive
+        and be saved with all of it when its parameter is left out of the new one.
         """
         super().__setstate__(state)
+        self.__dict__.pop("_flat_states", None)
         for group in self.param_groups:
             for key, value in self._missing_group_entries(group).items():
                 group.setdefault(key, value)
@@ -87,6 +104,9 @@ class GroupwiseOptimizer(Optimizer):
             step = param_state.get("step")
             if step is not None and not isinstance(step, Tensor):
                 param_state["step"] = new_step_counter().fill_(float(step))
+            for key, value in param_state.items():
+                if type(value) is Tensor and value.untyped_storage().nbytes() != value.nbytes:
+                    param_state[key] = value.clone()
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -108,7 +128,7 @@ class GroupwiseOptimizer(Optimizer):
         flat_states: dict[int, FlatState] = self.__dict__.setdefault("_flat_states", {})
         live_groups = {id(group) for group in self.param_groups}
         for stale in [key for key in flat_states if key not in live_groups]:
-            del flat_states[stale]  # groups replaced by load_state_dict: free their buffers
+            flat_states.pop(stale).release()  # groups removed from param_groups
         # Every gradient of every group is checked before any state is created or changed.
         gathered = [(group, *self._params_with_grad(group)) for group in self.param_groups]
         for group, params, grads in gathered:

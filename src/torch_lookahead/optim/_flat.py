@@ -12,8 +12,9 @@ at every step (the state entries must be the very view objects it made, still vi
 buffers) and rebuilds, copying the current values, whenever it does not hold, e.g. after
 ``load_state_dict``, after another object replaced a state entry or its ``.data``, or when the
 parameters that have a gradient change. No entry is left viewing the buffers of a rebuilt or
-dropped flat state (see `FlatState.release`), so the state holds, and ``torch.save`` writes, its
-logical size.
+dropped flat state (see `FlatState.release`), nor, after ``load_state_dict`` or unpickling, a
+storage shared with other entries (``GroupwiseOptimizer.__setstate__`` gives each its own), so
+the state holds, and ``torch.save`` writes, its logical size.
 """
 
 from __future__ import annotations

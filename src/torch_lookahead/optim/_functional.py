@@ -52,8 +52,15 @@ def check_float(
     high: float | None = None,
     low_inclusive: bool = True,
     high_inclusive: bool = False,
+    tensor: bool = False,
 ) -> float:
-    """Return ``value`` as a float if it is finite and in the interval, else raise naming it."""
+    """Return ``value`` as a float if it is finite and in the interval, else raise naming it.
+    With ``tensor``, a 1-element Tensor (where torch.optim and the kernels take one) is checked
+    by the number it holds; which Tensors a step then accepts is torch's rule."""
+    if tensor and isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element")
+        value = value.item()
     if isinstance(value, Tensor) or not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}: {value!r}")
     number = float(value)
@@ -74,22 +81,16 @@ def check_lr(
 ) -> None:
     """Validate ``group[key]``: a finite float, or a 1-element Tensor as torch.optim allows it.
     The error names ``key``, followed by ``meaning`` in parentheses when given."""
-    lr = group[key]
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"Tensor {key} must be 1-element")
-        lr = lr.item()
     name = f"{key} ({meaning})" if meaning else key
-    check_float(name, lr, low=0.0, low_inclusive=not positive)
+    check_float(name, group[key], low=0.0, low_inclusive=not positive, tensor=True)
 
 
-def check_betas(betas: object) -> tuple[float, float]:
-    """Validate ``betas``: a pair of floats in [0, 1)."""
+def check_betas(betas: object, *, tensors: bool = False) -> None:
+    """Validate ``betas``: a pair of floats in [0, 1) (1-element Tensors too with ``tensors``)."""
     if not isinstance(betas, tuple | list) or len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2) of floats in [0, 1), got {betas!r}")
-    beta1 = check_float("betas[0]", betas[0], low=0.0, high=1.0)
-    beta2 = check_float("betas[1]", betas[1], low=0.0, high=1.0)
-    return beta1, beta2
+    for index, beta in enumerate(betas):
+        check_float(f"betas[{index}]", beta, low=0.0, high=1.0, tensor=tensors)
 
 
 def check_foreach(foreach: object) -> None:
@@ -98,13 +99,18 @@ def check_foreach(foreach: object) -> None:
         raise ValueError(f"foreach must be None, True or False, got {foreach!r}")
 
 
-def check_hyperparameters(group: dict[str, Any], *, positive_eps: bool = False) -> None:
+def check_hyperparameters(
+    group: dict[str, Any], *, positive_eps: bool = False, tensors: bool = False
+) -> None:
     """Validate the hyper-parameters of Adam's family in ``group``: ``lr``, ``betas``, ``eps``
-    (``> 0`` with ``positive_eps``, else ``>= 0``), ``weight_decay`` and ``foreach``."""
+    (``> 0`` with ``positive_eps``, else ``>= 0``), ``weight_decay`` and ``foreach``. ``lr``
+    may be a 1-element Tensor; ``betas``, ``eps`` and ``weight_decay`` too with ``tensors``
+    (torch.optim.RAdam takes them), their values checked as floats'."""
     check_lr(group)
-    check_betas(group["betas"])
-    check_float("eps", group["eps"], low=0.0, low_inclusive=not positive_eps)
-    check_float("weight_decay", group["weight_decay"], low=0.0)
+    check_betas(group["betas"], tensors=tensors)
+    eps_low = not positive_eps
+    check_float("eps", group["eps"], low=0.0, low_inclusive=eps_low, tensor=tensors)
+    check_float("weight_decay", group["weight_decay"], low=0.0, tensor=tensors)
     check_foreach(group["foreach"])
 
 

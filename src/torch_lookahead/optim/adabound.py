@@ -28,12 +28,16 @@ from ._functional import (
 
 __all__ = ["AdaBound", "AdaBoundHyperparameters", "adabound"]
 
+#: The group key of gamma0, the lr that ``final_lr`` is scaled by, prefixed as the library's own
+#: group keys are (``lookahead_k``): hand-written schedules store their own ``base_lr``.
+BASE_LR_KEY = "adabound_base_lr"
+
 
 class AdaBoundHyperparameters(NamedTuple):
     """The hyper-parameters of one AdaBound step, named as in a parameter group."""
 
     lr: float | Tensor
-    base_lr: float | Tensor
+    adabound_base_lr: float | Tensor
     betas: tuple[float, float]
     final_lr: float
     gamma: float
@@ -46,7 +50,7 @@ class AdaBoundHyperparameters(NamedTuple):
     @property
     def scheduled_final_lr(self) -> Any:
         r"""$\eta^*_t$: ``final_lr`` scaled by the current over the base learning rate."""
-        return self.final_lr * self.lr / self.base_lr
+        return self.final_lr * self.lr / self.adabound_base_lr
 
     @property
     def freezes_weights(self) -> bool:
@@ -230,7 +234,7 @@ class AdaBound(GroupwiseOptimizer):
        \begin{aligned}
             &\rule{110mm}{0.4pt}                                                          \\
             &\textbf{input}: \gamma_t \text{ (lr, as scheduled)}, \gamma_0
-                \text{ (base\_lr)}, \beta_1, \beta_2 \text{ (betas)},
+                \text{ (adabound\_base\_lr)}, \beta_1, \beta_2 \text{ (betas)},
                 \eta^* \text{ (final\_lr)}, \kappa \text{ (gamma)},                       \\
             &\hspace{13mm} \theta_0 \text{ (params)}, f(\theta) \text{ (objective)},
                 \epsilon \text{ (eps)}, \lambda \text{ (weight decay)}, \:
@@ -268,12 +272,13 @@ class AdaBound(GroupwiseOptimizer):
     $t \to \infty$, turning Adam into SGD with learning rate ``final_lr``.
 
     ``final_lr`` follows learning-rate schedulers: it is scaled by $\gamma_t / \gamma_0$,
-    the current learning rate over the group's ``base_lr``, the learning rate the group was
-    created with (the official code's ``base_lrs``). It is a key of AdaBound's own, which no LR
-    scheduler writes (``OneCycleLR`` rewrites ``initial_lr``), kept per group: groups added with
+    the current learning rate over the group's ``adabound_base_lr``, the learning rate the
+    group was created with (the official code's ``base_lrs``). It is a key of AdaBound's own,
+    which no LR scheduler writes (``OneCycleLR`` rewrites ``initial_lr``) and prefixed so that
+    a schedule's own ``base_lr`` leaves it, kept per group: groups added with
     `add_param_group` and optimizers restored with `load_state_dict` are scaled correctly,
     where the official code skips the former. A checkpoint without it (the official code's,
-    torch-optimizer's) keeps this optimizer's ``base_lr``, as the official code resumed with
+    torch-optimizer's) keeps this optimizer's ``adabound_base_lr``, as the official code resumed with
     the same arguments does. ``p.grad`` is never modified.
 
     Args:
@@ -328,7 +333,7 @@ class AdaBound(GroupwiseOptimizer):
         foreach: bool | None = None,
     ) -> None:
         defaults = {
-            "lr": lr,  # and each group's own base_lr: see add_param_group
+            "lr": lr,  # and each group's own adabound_base_lr: see _derived_entries
             "betas": betas,
             "final_lr": final_lr,
             "gamma": gamma,
@@ -341,32 +346,39 @@ class AdaBound(GroupwiseOptimizer):
         }
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group; its ``base_lr`` is its ``lr`` unless given explicitly."""
-        lr = param_group.get("lr", self.defaults["lr"])
-        param_group.setdefault("base_lr", _copy(lr))
-        super().add_param_group(param_group)
+    def _derived_entries(self, group: dict[str, Any]) -> dict[str, Any]:
+        """A new group's ``adabound_base_lr`` is its ``lr`` unless given explicitly."""
+        return {BASE_LR_KEY: _copy(group["lr"])}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict; a group saved without ``base_lr`` (by the official code or
-        torch-optimizer, whose ``base_lrs`` are not saved) keeps the one it has here."""
+        """Load a state dict; a group saved without ``adabound_base_lr`` (by the official code
+        or torch-optimizer, whose ``base_lrs`` are not saved) keeps the one it has here. A state
+        with moments but no ``step`` of its own (another AdaBound, pytorch_optimizer's, counts
+        steps per group) raises ValueError and changes nothing."""
+        for index, param_state in state_dict["state"].items():
+            if "step" not in param_state and "exp_avg" in param_state:
+                raise ValueError(
+                    f"state_dict['state'][{index!r}] has moments but no per-parameter 'step': "
+                    "it was written by another AdaBound implementation (pytorch_optimizer's "
+                    "counts steps per group), whose state this AdaBound cannot continue"
+                )
         saved = state_dict["param_groups"]
         kept = [
-            {"base_lr": live["base_lr"], **group}
+            {BASE_LR_KEY: live[BASE_LR_KEY], **group}
             for live, group in zip(self.param_groups, saved, strict=False)
         ]
         super().load_state_dict({**state_dict, "param_groups": kept + saved[len(kept) :]})
 
     def _missing_group_entries(self, group: dict[str, Any]) -> dict[str, Any]:
-        """Flags take their defaults; ``base_lr`` (when unpickling a group of an earlier
-        version, which had no ``base_lr`` in it) is its ``initial_lr``, else its ``lr``."""
+        """Flags take their defaults; ``adabound_base_lr`` (when unpickling a group of an
+        earlier version, which had none) is its ``initial_lr``, else its ``lr``."""
         base_lr = _copy(group.get("initial_lr", group["lr"]))
-        return {**super()._missing_group_entries(group), "base_lr": base_lr}
+        return {**super()._missing_group_entries(group), BASE_LR_KEY: base_lr}
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_hyperparameters(group)
         meaning = "the lr the group starts with, which final_lr is scaled by"
-        check_lr(group, "base_lr", positive=True, meaning=meaning)
+        check_lr(group, BASE_LR_KEY, positive=True, meaning=meaning)
         check_float("final_lr", group["final_lr"], low=0.0)
         check_float("gamma", group["gamma"], low=0.0, high=1.0, low_inclusive=False)
 

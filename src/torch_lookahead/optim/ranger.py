@@ -8,6 +8,7 @@ from torch.optim import RAdam
 from torch.optim.optimizer import ParamsT
 
 from ..lookahead import Lookahead
+from ._base import ValidatedGroups
 from ._functional import check_hyperparameters, python_number
 
 if TYPE_CHECKING:
@@ -36,9 +37,12 @@ class Ranger(Lookahead):
     The defaults follow the original Ranger (Wright, 2019): ``betas=(0.95, 0.999)``,
     ``eps=1e-5``, ``k=6``, ``alpha=0.5``. The RAdam steps are torch's (rectified when
     $\rho_t > 5$, an SGD-with-momentum step before); there is no gradient centralisation.
-    ``lr``, ``betas``, ``eps``, ``weight_decay`` and ``foreach`` are validated as NovoGrad's and
-    AdaBound's are (errors naming the argument, non-finite values refused), numpy numbers
-    becoming Python numbers, before RAdam takes them.
+    ``lr``, ``betas``, ``eps``, ``weight_decay`` and ``foreach``, the arguments' and those of
+    every group (given in ``params`` or added with `add_param_group`), are validated as
+    NovoGrad's and AdaBound's are (errors naming the argument; non-finite values, ``betas``
+    not a pair and wrong types refused), numpy numbers becoming Python numbers, before RAdam
+    takes them. What RAdam accepts passes: 1-element Tensors are checked by their value and
+    then left to RAdam's own rules.
 
     Args:
         params (iterable): parameters or parameter groups, as for any optimizer.
@@ -51,6 +55,8 @@ class Ranger(Lookahead):
         decoupled_weight_decay (bool, optional): RAdamW-style decay (default: False).
         maximize (bool, optional): maximize the objective (default: False).
         foreach (bool, optional): multi-tensor kernels for RAdam (default: None).
+        capturable (bool, optional): RAdam's (default: False).
+        differentiable (bool, optional): RAdam's (default: False).
         **options: every other keyword option of [Lookahead][torch_lookahead.Lookahead]
             (``pullback_momentum`` acts on RAdam's ``exp_avg``).
 
@@ -71,16 +77,34 @@ class Ranger(Lookahead):
         decoupled_weight_decay: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         **options: Unpack[LookaheadOptions],
     ) -> None:
         given = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
-        hyper: dict[str, Any] = {key: python_number(value) for key, value in given.items()}
-        check_hyperparameters({**hyper, "foreach": foreach})
-        inner = RAdam(
+        hyper: dict[str, Any] = {
+            key: python_number(value) for key, value in {**given, "foreach": foreach}.items()
+        }
+        _check_radam_group(hyper)  # before RAdam, whose own checks name no argument
+        inner = _CheckedRAdam(
             params,
             **hyper,
             decoupled_weight_decay=decoupled_weight_decay,
             maximize=maximize,
-            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
         )
         super().__init__(inner, k=k, alpha=alpha, **options)
+
+
+def _check_radam_group(group: dict[str, Any]) -> None:
+    """NovoGrad's and AdaBound's checks, with the 1-element Tensors that RAdam takes."""
+    check_hyperparameters(group, tensors=True)
+
+
+class _CheckedRAdam(ValidatedGroups, RAdam):
+    """``torch.optim.RAdam`` whose groups, also those given as dicts or added later, are
+    validated and hold Python numbers for numpy ones (see `ValidatedGroups`)."""
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        _check_radam_group(group)
