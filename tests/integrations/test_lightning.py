@@ -491,6 +491,39 @@ def test_a_checkpoint_loaded_for_a_test_is_what_later_runs_evaluate_and_save(
     assert_same(parameters_of(module), best_weights)
 
 
+@pytest.mark.filterwarnings("ignore:.*callbacks used to create the checkpoint.*")
+@pytest.mark.parametrize("resumed", [False, True], ids=["wrong-path", "stale-ckpt-path"])
+def test_an_evaluation_that_loads_no_checkpoint_changes_nothing(
+    tmp_path: Path, resumed: bool
+) -> None:
+    """Only a checkpoint that was loaded is taken on: a test that fails before loading one (a
+    wrong path; ``"best"`` without ModelCheckpoint after a resumed fit, whose checkpoint
+    ``trainer.ckpt_path`` still names) leaves θ, φ and the counters as they were."""
+    module = Regression()
+    trainer = _trainer(EPOCHS, num_sanity_val_steps=0)
+    if resumed:
+        first = _trainer(1, num_sanity_val_steps=0)
+        first.fit(Regression(), _loader(), _loader())
+        first.save_checkpoint(tmp_path / "epoch1.ckpt")
+        trainer.fit(module, _loader(), _loader(), ckpt_path=tmp_path / "epoch1.ckpt")
+        assert trainer.ckpt_path is not None
+        ckpt_path, error = "best", ValueError
+    else:
+        trainer.fit(module, _loader(), _loader())
+        ckpt_path, error = str(tmp_path / "typo.ckpt"), FileNotFoundError
+    (optimizer,) = trainer.optimizers
+    fast, slow = _fast_weights(optimizer), slow_weights_of(optimizer)
+    counters = [group["lookahead_step"] for group in optimizer.param_groups]
+    assert any(not torch.equal(f, s) for f, s in zip(fast, slow, strict=True))  # mid-cycle
+
+    with pytest.raises(error):
+        trainer.test(module, _loader(), ckpt_path=ckpt_path, verbose=False)
+    assert optimizer.in_eval_mode
+    assert_same(_fast_weights(optimizer), fast)
+    assert_same(slow_weights_of(optimizer), slow)
+    assert [group["lookahead_step"] for group in optimizer.param_groups] == counters
+
+
 @pytest.fixture(scope="module")
 def fresh_fit() -> LightningRun:
     """A fit whose module only evaluations use (they leave the slow weights in place)."""

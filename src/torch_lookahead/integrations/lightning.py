@@ -126,7 +126,8 @@ class LightningSlowWeightsCallback(Callback):  # type: ignore[misc]
     * **Loaded checkpoints.** When a test, prediction or validation run loads its weights from a
       checkpoint (``trainer.test(ckpt_path="best")``), those weights become both θ and φ of the
       Lookahead (its counters restart), so that later evaluations, checkpoints and exports give
-      the loaded model, not the end of training.
+      the loaded model, not the end of training. A run that fails before loading its
+      checkpoint (a wrong path) changes nothing.
 
     Optimizers that are not Lookahead, and Lookaheads over parameters of another module, are left
     alone. Lightning calls no callback for ``save_weights_only`` checkpoints: those hold the
@@ -146,20 +147,26 @@ class LightningSlowWeightsCallback(Callback):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ the slow weights
     def _to_slow_weights(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        loaded = trainer.state.fn != TrainerFn.FITTING and trainer.ckpt_path is not None
         for optimizer in self._own_lookaheads(trainer, pl_module):
-            if loaded:  # the module holds the checkpoint's weights: the Lookahead takes them on
-                adopt_parameters(optimizer)
             optimizer.eval()
 
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _start_evaluation(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Lightning starts an evaluation only once it has loaded the checkpoint its ``ckpt_path``
+        names (``trainer.ckpt_path`` is then this run's): outside ``fit`` the module holds that
+        checkpoint's weights, which the Lookahead takes on. Nowhere else is a load assumed."""
+        if trainer.state.fn != TrainerFn.FITTING and trainer.ckpt_path is not None:
+            for optimizer in self._own_lookaheads(trainer, pl_module):
+                adopt_parameters(optimizer)
         self._to_slow_weights(trainer, pl_module)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start_evaluation(trainer, pl_module)
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._to_slow_weights(trainer, pl_module)
+        self._start_evaluation(trainer, pl_module)
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._to_slow_weights(trainer, pl_module)
+        self._start_evaluation(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._to_slow_weights(trainer, pl_module)
