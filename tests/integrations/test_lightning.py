@@ -332,6 +332,65 @@ def test_fit_from_checkpoint_continues_exactly(fitted: LightningRun, tmp_path: P
     )
 
 
+class WithForeignLookahead(Regression):
+    """Manual optimization with a second Lookahead, over a network outside the module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.outside = [nn.Linear(4, 1)]  # in a list: not a submodule
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        own, foreign = self.optimizers()
+        x, y = batch
+        loss = F.mse_loss(self.net(x), y) + F.mse_loss(self.outside[0](x), y)
+        own.zero_grad()
+        foreign.zero_grad()
+        self.manual_backward(loss)
+        own.step()
+        foreign.step()
+
+    def configure_optimizers(self) -> list[Lookahead]:  # type: ignore[override]
+        return [
+            Lookahead(torch.optim.SGD(self.parameters(), lr=LR), k=K),
+            Lookahead(torch.optim.SGD(self.outside[0].parameters(), lr=LR), k=K),
+        ]
+
+
+class _OwnWeightsPerStep(L.Callback):  # type: ignore[misc]
+    """θ and φ of the first optimizer after each training batch, by ``global_step``."""
+
+    def __init__(self) -> None:
+        self.weights: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        own = trainer.optimizers[0]
+        self.weights[trainer.global_step] = (_fast_weights(own), slow_weights_of(own))
+
+
+@pytest.mark.filterwarnings("error:LightningSlowWeightsCallback:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:.*no `val_dataloader`.*", "ignore:.*pre-optimization state.*")
+def test_a_lookahead_over_another_module_leaves_the_rewrite_of_the_own(tmp_path: Path) -> None:
+    """Checkpoints on training steps: the module's Lookahead is rewritten into the eval form,
+    the one over parameters outside the module is left in the train form."""
+    by_steps = L.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, filename="{step}"
+    )
+    snapshots = _OwnWeightsPerStep()
+    trainer = _trainer(1, checkpoints=(by_steps, snapshots))
+    trainer.fit(WithForeignLookahead(), _loader())
+
+    # global_step counts the steps of both optimizers: step=2 is the first batch, mid-cycle.
+    fast, slow = snapshots.weights[2]
+    assert any(not torch.equal(f, s) for f, s in zip(fast, slow, strict=True))
+    saved = torch.load(tmp_path / "step=2.ckpt", weights_only=True)
+    assert_same(_model_tensors(saved), slow)
+    own, foreign = saved["optimizer_states"]
+    assert all(group["lookahead_eval_mode"] for group in own["param_groups"])
+    assert_same(_saved_fast(own), fast)
+    assert not any(group.get("lookahead_eval_mode") for group in foreign["param_groups"])
+
+
 RANKED_EPOCHS = 3
 SAVE_EVERY_STEPS = 5  # with k=3, step 5 is mid-cycle
 

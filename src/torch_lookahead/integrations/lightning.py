@@ -36,6 +36,18 @@ def _lookahead_optimizers(trainer: Trainer) -> list[Lookahead]:
     return [opt for opt in trainer.optimizers if isinstance(opt, Lookahead)]
 
 
+def _own_lookaheads(trainer: Trainer, pl_module: LightningModule) -> list[tuple[int, Lookahead]]:
+    """The trainer's Lookaheads over parameters of the module only, with their index in
+    ``trainer.optimizers`` (that of their state in a checkpoint's ``optimizer_states``)."""
+    module_parameters = {id(p) for p in pl_module.parameters()}
+    return [
+        (index, opt)
+        for index, opt in enumerate(trainer.optimizers)
+        if isinstance(opt, Lookahead)
+        and all(id(p) in module_parameters for g in opt.param_groups for p in g["params"])
+    ]
+
+
 def _aliases(entry: object, p: Tensor) -> bool:
     """Whether a model state-dict entry is a view of the parameter itself (not a copy)."""
     return (
@@ -61,11 +73,7 @@ def _write_eval_form(
     optimizer_states = checkpoint.get("optimizer_states")
     if model_state is None or optimizer_states is None:
         return
-    pending = [
-        (index, opt)
-        for index, opt in enumerate(trainer.optimizers)
-        if isinstance(opt, Lookahead) and not opt.in_eval_mode
-    ]
+    pending = [(i, opt) for i, opt in _own_lookaheads(trainer, pl_module) if not opt.in_eval_mode]
     if not pending:
         return
     names: dict[int, list[str]] = {}
@@ -137,17 +145,9 @@ class LightningSlowWeightsCallback(Callback):  # type: ignore[misc]
         >>> trainer = Trainer(callbacks=[LightningSlowWeightsCallback()])  # doctest: +SKIP
     """
 
-    def _own_lookaheads(self, trainer: Trainer, pl_module: LightningModule) -> list[Lookahead]:
-        module_parameters = {id(p) for p in pl_module.parameters()}
-        return [
-            optimizer
-            for optimizer in _lookahead_optimizers(trainer)
-            if all(id(p) in module_parameters for g in optimizer.param_groups for p in g["params"])
-        ]
-
     # ------------------------------------------------------------------ the slow weights
     def _to_slow_weights(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        for optimizer in self._own_lookaheads(trainer, pl_module):
+        for _, optimizer in _own_lookaheads(trainer, pl_module):
             optimizer.eval()
 
     def _start_evaluation(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -155,7 +155,7 @@ class LightningSlowWeightsCallback(Callback):  # type: ignore[misc]
         names (``trainer.ckpt_path`` is then this run's): outside ``fit`` the module holds that
         checkpoint's weights, which the Lookahead takes on. Nowhere else is a load assumed."""
         if trainer.state.fn != TrainerFn.FITTING and trainer.ckpt_path is not None:
-            for optimizer in self._own_lookaheads(trainer, pl_module):
+            for _, optimizer in _own_lookaheads(trainer, pl_module):
                 adopt_parameters(optimizer)
         self._to_slow_weights(trainer, pl_module)
 
