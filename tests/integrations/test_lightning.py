@@ -512,14 +512,20 @@ def test_resume_from_a_ranked_checkpoint_continues_exactly(
     assert_same(parameters_of(resumed), parameters_of(ranked.module))
 
 
+@pytest.mark.parametrize("weights_only", [False, True], ids=["full", "weights-only"])
 def test_a_checkpoint_loaded_for_a_test_is_what_later_runs_evaluate_and_save(
-    tmp_path: Path,
+    tmp_path: Path, weights_only: bool
 ) -> None:
     """After test(ckpt_path="best") the Lookahead takes the loaded weights on as θ and φ: a later
     predict or validate without a checkpoint, and save_checkpoint, give the best model too."""
     # mode="max" ranks the highest loss first, so that the best checkpoint is not the last one.
     best = L.callbacks.ModelCheckpoint(
-        dirpath=tmp_path, monitor="val_loss", mode="max", save_top_k=1, filename="{epoch}"
+        dirpath=tmp_path,
+        monitor="val_loss",
+        mode="max",
+        save_top_k=1,
+        save_weights_only=weights_only,
+        filename="{epoch}",
     )
     module = Regression()
     trainer = _trainer(RANKED_EPOCHS, num_sanity_val_steps=0, checkpoints=(best,))
@@ -581,6 +587,32 @@ def test_an_evaluation_that_loads_no_checkpoint_changes_nothing(
     assert_same(_fast_weights(optimizer), fast)
     assert_same(slow_weights_of(optimizer), slow)
     assert [group["lookahead_step"] for group in optimizer.param_groups] == counters
+
+
+class FailingTestLoader(Regression):
+    def test_dataloader(self) -> DataLoader[tuple[Tensor, ...]]:
+        raise RuntimeError("no test data")
+
+
+def test_a_checkpoint_loaded_for_a_test_that_fails_is_taken_on(tmp_path: Path) -> None:
+    """The test fails after Lightning loaded the checkpoint into the module, before it starts:
+    the Lookahead has taken the loaded weights on all the same."""
+    first = _trainer(1, num_sanity_val_steps=0)
+    first.fit(Regression(), _loader(), _loader())
+    first.save_checkpoint(tmp_path / "epoch1.ckpt")
+    loaded = _model_tensors(torch.load(tmp_path / "epoch1.ckpt", weights_only=True))
+    module = FailingTestLoader()
+    trainer = _trainer(EPOCHS, num_sanity_val_steps=0)
+    trainer.fit(module, _loader(), _loader())
+    (optimizer,) = trainer.optimizers
+    assert any(not torch.equal(a, b) for a, b in zip(loaded, _fast_weights(optimizer), strict=True))
+
+    with pytest.raises(RuntimeError, match="no test data"):
+        trainer.test(module, ckpt_path=tmp_path / "epoch1.ckpt", verbose=False)
+    assert optimizer.in_eval_mode
+    assert_same(parameters_of(module), loaded)
+    assert_same(_fast_weights(optimizer), loaded)
+    assert_same(slow_weights_of(optimizer), loaded)
 
 
 @pytest.fixture(scope="module")

@@ -135,7 +135,7 @@ class LightningSlowWeightsCallback(Callback):  # type: ignore[misc]
       checkpoint (``trainer.test(ckpt_path="best")``), those weights become both θ and φ of the
       Lookahead (its counters restart), so that later evaluations, checkpoints and exports give
       the loaded model, not the end of training. A run that fails before loading its
-      checkpoint (a wrong path) changes nothing.
+      checkpoint (a wrong path) changes nothing; one that fails after it has taken it on.
 
     Optimizers that are not Lookahead, and Lookaheads over parameters of another module, are left
     alone. Lightning calls no callback for ``save_weights_only`` checkpoints: those hold the
@@ -150,13 +150,24 @@ class LightningSlowWeightsCallback(Callback):  # type: ignore[misc]
         for _, optimizer in _own_lookaheads(trainer, pl_module):
             optimizer.eval()
 
-    def _start_evaluation(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Lightning starts an evaluation only once it has loaded the checkpoint its ``ckpt_path``
-        names (``trainer.ckpt_path`` is then this run's): outside ``fit`` the module holds that
-        checkpoint's weights, which the Lookahead takes on. Nowhere else is a load assumed."""
-        if trainer.state.fn != TrainerFn.FITTING and trainer.ckpt_path is not None:
+    def _take_on_loaded_weights(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Outside ``fit``, a loaded checkpoint's weights become θ and φ (idempotent)."""
+        if trainer.state.fn != TrainerFn.FITTING:
             for _, optimizer in _own_lookaheads(trainer, pl_module):
                 adopt_parameters(optimizer)
+
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Lightning calls it right after loading a checkpoint's model state (one that holds
+        callback states: not a ``weights_only`` one), even if the run then fails."""
+        self._take_on_loaded_weights(trainer, pl_module)
+
+    def _start_evaluation(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Lightning starts an evaluation only once it has loaded the checkpoint its ``ckpt_path``
+        names (``trainer.ckpt_path`` is then this run's), ``weights_only`` ones included."""
+        if trainer.ckpt_path is not None:
+            self._take_on_loaded_weights(trainer, pl_module)
         self._to_slow_weights(trainer, pl_module)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
