@@ -332,6 +332,65 @@ def test_fit_from_checkpoint_continues_exactly(fitted: LightningRun, tmp_path: P
     )
 
 
+class WithForeignLookahead(Regression):
+    """Manual optimization with a second Lookahead, over a network outside the module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.outside = [nn.Linear(4, 1)]  # in a list: not a submodule
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        own, foreign = self.optimizers()
+        x, y = batch
+        loss = F.mse_loss(self.net(x), y) + F.mse_loss(self.outside[0](x), y)
+        own.zero_grad()
+        foreign.zero_grad()
+        self.manual_backward(loss)
+        own.step()
+        foreign.step()
+
+    def configure_optimizers(self) -> list[Lookahead]:  # type: ignore[override]
+        return [
+            Lookahead(torch.optim.SGD(self.parameters(), lr=LR), k=K),
+            Lookahead(torch.optim.SGD(self.outside[0].parameters(), lr=LR), k=K),
+        ]
+
+
+class _OwnWeightsPerStep(L.Callback):  # type: ignore[misc]
+    """θ and φ of the first optimizer after each training batch, by ``global_step``."""
+
+    def __init__(self) -> None:
+        self.weights: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        own = trainer.optimizers[0]
+        self.weights[trainer.global_step] = (_fast_weights(own), slow_weights_of(own))
+
+
+@pytest.mark.filterwarnings("error:LightningSlowWeightsCallback:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:.*no `val_dataloader`.*", "ignore:.*pre-optimization state.*")
+def test_a_lookahead_over_another_module_leaves_the_rewrite_of_the_own(tmp_path: Path) -> None:
+    """Checkpoints on training steps: the module's Lookahead is rewritten into the eval form,
+    the one over parameters outside the module is left in the train form."""
+    by_steps = L.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, filename="{step}"
+    )
+    snapshots = _OwnWeightsPerStep()
+    trainer = _trainer(1, checkpoints=(by_steps, snapshots))
+    trainer.fit(WithForeignLookahead(), _loader())
+
+    # global_step counts the steps of both optimizers: step=2 is the first batch, mid-cycle.
+    fast, slow = snapshots.weights[2]
+    assert any(not torch.equal(f, s) for f, s in zip(fast, slow, strict=True))
+    saved = torch.load(tmp_path / "step=2.ckpt", weights_only=True)
+    assert_same(_model_tensors(saved), slow)
+    own, foreign = saved["optimizer_states"]
+    assert all(group["lookahead_eval_mode"] for group in own["param_groups"])
+    assert_same(_saved_fast(own), fast)
+    assert not any(group.get("lookahead_eval_mode") for group in foreign["param_groups"])
+
+
 RANKED_EPOCHS = 3
 SAVE_EVERY_STEPS = 5  # with k=3, step 5 is mid-cycle
 
@@ -453,14 +512,20 @@ def test_resume_from_a_ranked_checkpoint_continues_exactly(
     assert_same(parameters_of(resumed), parameters_of(ranked.module))
 
 
+@pytest.mark.parametrize("weights_only", [False, True], ids=["full", "weights-only"])
 def test_a_checkpoint_loaded_for_a_test_is_what_later_runs_evaluate_and_save(
-    tmp_path: Path,
+    tmp_path: Path, weights_only: bool
 ) -> None:
     """After test(ckpt_path="best") the Lookahead takes the loaded weights on as θ and φ: a later
     predict or validate without a checkpoint, and save_checkpoint, give the best model too."""
     # mode="max" ranks the highest loss first, so that the best checkpoint is not the last one.
     best = L.callbacks.ModelCheckpoint(
-        dirpath=tmp_path, monitor="val_loss", mode="max", save_top_k=1, filename="{epoch}"
+        dirpath=tmp_path,
+        monitor="val_loss",
+        mode="max",
+        save_top_k=1,
+        save_weights_only=weights_only,
+        filename="{epoch}",
     )
     module = Regression()
     trainer = _trainer(RANKED_EPOCHS, num_sanity_val_steps=0, checkpoints=(best,))
@@ -489,6 +554,65 @@ def test_a_checkpoint_loaded_for_a_test_is_what_later_runs_evaluate_and_save(
     assert_same(slow_weights_of(optimizer), best_weights)
     assert_same(_fast_weights(optimizer), best_weights)
     assert_same(parameters_of(module), best_weights)
+
+
+@pytest.mark.filterwarnings("ignore:.*callbacks used to create the checkpoint.*")
+@pytest.mark.parametrize("resumed", [False, True], ids=["wrong-path", "stale-ckpt-path"])
+def test_an_evaluation_that_loads_no_checkpoint_changes_nothing(
+    tmp_path: Path, resumed: bool
+) -> None:
+    """Only a checkpoint that was loaded is taken on: a test that fails before loading one (a
+    wrong path; ``"best"`` without ModelCheckpoint after a resumed fit, whose checkpoint
+    ``trainer.ckpt_path`` still names) leaves θ, φ and the counters as they were."""
+    module = Regression()
+    trainer = _trainer(EPOCHS, num_sanity_val_steps=0)
+    if resumed:
+        first = _trainer(1, num_sanity_val_steps=0)
+        first.fit(Regression(), _loader(), _loader())
+        first.save_checkpoint(tmp_path / "epoch1.ckpt")
+        trainer.fit(module, _loader(), _loader(), ckpt_path=tmp_path / "epoch1.ckpt")
+        assert trainer.ckpt_path is not None
+        ckpt_path, error = "best", ValueError
+    else:
+        trainer.fit(module, _loader(), _loader())
+        ckpt_path, error = str(tmp_path / "typo.ckpt"), FileNotFoundError
+    (optimizer,) = trainer.optimizers
+    fast, slow = _fast_weights(optimizer), slow_weights_of(optimizer)
+    counters = [group["lookahead_step"] for group in optimizer.param_groups]
+    assert any(not torch.equal(f, s) for f, s in zip(fast, slow, strict=True))  # mid-cycle
+
+    with pytest.raises(error):
+        trainer.test(module, _loader(), ckpt_path=ckpt_path, verbose=False)
+    assert optimizer.in_eval_mode
+    assert_same(_fast_weights(optimizer), fast)
+    assert_same(slow_weights_of(optimizer), slow)
+    assert [group["lookahead_step"] for group in optimizer.param_groups] == counters
+
+
+class FailingTestLoader(Regression):
+    def test_dataloader(self) -> DataLoader[tuple[Tensor, ...]]:
+        raise RuntimeError("no test data")
+
+
+def test_a_checkpoint_loaded_for_a_test_that_fails_is_taken_on(tmp_path: Path) -> None:
+    """The test fails after Lightning loaded the checkpoint into the module, before it starts:
+    the Lookahead has taken the loaded weights on all the same."""
+    first = _trainer(1, num_sanity_val_steps=0)
+    first.fit(Regression(), _loader(), _loader())
+    first.save_checkpoint(tmp_path / "epoch1.ckpt")
+    loaded = _model_tensors(torch.load(tmp_path / "epoch1.ckpt", weights_only=True))
+    module = FailingTestLoader()
+    trainer = _trainer(EPOCHS, num_sanity_val_steps=0)
+    trainer.fit(module, _loader(), _loader())
+    (optimizer,) = trainer.optimizers
+    assert any(not torch.equal(a, b) for a, b in zip(loaded, _fast_weights(optimizer), strict=True))
+
+    with pytest.raises(RuntimeError, match="no test data"):
+        trainer.test(module, ckpt_path=tmp_path / "epoch1.ckpt", verbose=False)
+    assert optimizer.in_eval_mode
+    assert_same(parameters_of(module), loaded)
+    assert_same(_fast_weights(optimizer), loaded)
+    assert_same(slow_weights_of(optimizer), loaded)
 
 
 @pytest.fixture(scope="module")

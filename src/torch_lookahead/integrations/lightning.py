@@ -36,6 +36,18 @@ def _lookahead_optimizers(trainer: Trainer) -> list[Lookahead]:
     return [opt for opt in trainer.optimizers if isinstance(opt, Lookahead)]
 
 
+def _own_lookaheads(trainer: Trainer, pl_module: LightningModule) -> list[tuple[int, Lookahead]]:
+    """The trainer's Lookaheads over parameters of the module only, with their index in
+    ``trainer.optimizers`` (that of their state in a checkpoint's ``optimizer_states``)."""
+    module_parameters = {id(p) for p in pl_module.parameters()}
+    return [
+        (index, opt)
+        for index, opt in enumerate(trainer.optimizers)
+        if isinstance(opt, Lookahead)
+        and all(id(p) in module_parameters for g in opt.param_groups for p in g["params"])
+    ]
+
+
 def _aliases(entry: object, p: Tensor) -> bool:
     """Whether a model state-dict entry is a view of the parameter itself (not a copy)."""
     return (
@@ -61,11 +73,7 @@ def _write_eval_form(
     optimizer_states = checkpoint.get("optimizer_states")
     if model_state is None or optimizer_states is None:
         return
-    pending = [
-        (index, opt)
-        for index, opt in enumerate(trainer.optimizers)
-        if isinstance(opt, Lookahead) and not opt.in_eval_mode
-    ]
+    pending = [(i, opt) for i, opt in _own_lookaheads(trainer, pl_module) if not opt.in_eval_mode]
     if not pending:
         return
     names: dict[int, list[str]] = {}
@@ -126,7 +134,8 @@ class LightningSlowWeightsCallback(Callback):  # type: ignore[misc]
     * **Loaded checkpoints.** When a test, prediction or validation run loads its weights from a
       checkpoint (``trainer.test(ckpt_path="best")``), those weights become both θ and φ of the
       Lookahead (its counters restart), so that later evaluations, checkpoints and exports give
-      the loaded model, not the end of training.
+      the loaded model, not the end of training. A run that fails before loading its
+      checkpoint (a wrong path) changes nothing; one that fails after it has taken it on.
 
     Optimizers that are not Lookahead, and Lookaheads over parameters of another module, are left
     alone. Lightning calls no callback for ``save_weights_only`` checkpoints: those hold the
@@ -136,30 +145,39 @@ class LightningSlowWeightsCallback(Callback):  # type: ignore[misc]
         >>> trainer = Trainer(callbacks=[LightningSlowWeightsCallback()])  # doctest: +SKIP
     """
 
-    def _own_lookaheads(self, trainer: Trainer, pl_module: LightningModule) -> list[Lookahead]:
-        module_parameters = {id(p) for p in pl_module.parameters()}
-        return [
-            optimizer
-            for optimizer in _lookahead_optimizers(trainer)
-            if all(id(p) in module_parameters for g in optimizer.param_groups for p in g["params"])
-        ]
-
     # ------------------------------------------------------------------ the slow weights
     def _to_slow_weights(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        loaded = trainer.state.fn != TrainerFn.FITTING and trainer.ckpt_path is not None
-        for optimizer in self._own_lookaheads(trainer, pl_module):
-            if loaded:  # the module holds the checkpoint's weights: the Lookahead takes them on
-                adopt_parameters(optimizer)
+        for _, optimizer in _own_lookaheads(trainer, pl_module):
             optimizer.eval()
 
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _take_on_loaded_weights(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Outside ``fit``, a loaded checkpoint's weights become θ and φ (idempotent)."""
+        if trainer.state.fn != TrainerFn.FITTING:
+            for _, optimizer in _own_lookaheads(trainer, pl_module):
+                adopt_parameters(optimizer)
+
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Lightning calls it right after loading a checkpoint's model state (one that holds
+        callback states: not a ``weights_only`` one), even if the run then fails."""
+        self._take_on_loaded_weights(trainer, pl_module)
+
+    def _start_evaluation(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Lightning starts an evaluation only once it has loaded the checkpoint its ``ckpt_path``
+        names (``trainer.ckpt_path`` is then this run's), ``weights_only`` ones included."""
+        if trainer.ckpt_path is not None:
+            self._take_on_loaded_weights(trainer, pl_module)
         self._to_slow_weights(trainer, pl_module)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start_evaluation(trainer, pl_module)
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._to_slow_weights(trainer, pl_module)
+        self._start_evaluation(trainer, pl_module)
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._to_slow_weights(trainer, pl_module)
+        self._start_evaluation(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._to_slow_weights(trainer, pl_module)

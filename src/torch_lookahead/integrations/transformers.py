@@ -40,7 +40,9 @@ class TransformersSlowWeightsCallback(TrainerCallback):  # type: ignore[misc]
       evaluation does. The checkpoint folder then holds the slow weights in its model files and
       the fast weights in ``optimizer.pt`` (flagged ``lookahead_eval_mode``); the Trainer's
       ``optimizer.train()`` before the next step swaps them back, in this run and in a run resumed
-      from that folder, so resuming is exact.
+      from that folder, so resuming is exact. The callback reads ``control.should_save`` in its
+      own hooks: place it after every callback that sets it (a callback added after it gets
+      checkpoints of the fast weights). ``LookaheadTrainer`` needs no such care.
     * **End of training.** ``optimizer.eval()``: the model holds the slow weights, so
       ``trainer.save_model()``, ``model.save_pretrained()``, ``push_to_hub()`` and later
       evaluations give the slow model; the Trainer's ``optimizer.train()`` before its next training
