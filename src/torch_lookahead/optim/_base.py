@@ -95,18 +95,20 @@ class GroupwiseOptimizer(ValidatedGroups):
         storage that ``torch.load`` shares among the views it read) would keep all of it alive
         and be saved with all of it when its parameter is left out of the new one.
         """
-        super().__setstate__(state)
-        self.__dict__.pop("_flat_states", None)
-        for group in self.param_groups:
-            for key, value in self._missing_group_entries(group).items():
-                group.setdefault(key, value)
-        for param_state in self.state.values():
+        # Everything is made before it is installed: an exception here leaves the optimizer as it
+        # was (Lookahead finishes a load by loading again).
+        for param_state in state.get("state", {}).values():
             step = param_state.get("step")
             if step is not None and not isinstance(step, Tensor):
                 param_state["step"] = new_step_counter().fill_(float(step))
             for key, value in param_state.items():
                 if type(value) is Tensor and value.untyped_storage().nbytes() != value.nbytes:
                     param_state[key] = value.clone()
+        for group in state.get("param_groups", []):
+            for key, value in self._missing_group_entries(group).items():
+                group.setdefault(key, value)
+        super().__setstate__(state)
+        self.__dict__.pop("_flat_states", None)
 
     @overload
     def step(self, closure: None = None) -> None: ...
