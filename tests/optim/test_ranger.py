@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import io
 import pickle
 import re
@@ -152,9 +153,15 @@ def test_numpy_hyperparameters_are_python_numbers_for_radam() -> None:
         {"foreach": np.bool_(True)},
         {"foreach": np.bool_(False), "capturable": False, "differentiable": False},
         {"decoupled_weight_decay": True, "weight_decay": 0.1},
+        {"betas": collections.UserList([0.95, 0.999])},  # as a config's list (Hydra's ListConfig)
+        {"betas": torch.tensor([0.95, 0.999])},
+        {"betas": np.array([0.95, 0.999])},
     ],
-    ids=["tensor-betas", "tensor-eps", "tensor-wd", "tensor-lr", "np-bool", "flags", "decoupled"],
-)
+    ids=[
+        "tensor-betas", "tensor-eps", "tensor-wd", "tensor-lr", "np-bool", "flags", "decoupled",
+        "sequence-betas", "tensor-pair-betas", "array-betas",
+    ],
+)  # fmt: skip
 def test_what_radam_takes_ranger_takes_and_steps_as_radam(kwargs) -> None:
     """Ranger refuses only what RAdam would misuse: what RAdam takes, it takes and steps with."""
     runs = []

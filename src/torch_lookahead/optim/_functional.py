@@ -86,10 +86,15 @@ def check_lr(
 
 
 def check_betas(betas: object, *, tensors: bool = False) -> None:
-    """Validate ``betas``: a pair of floats in [0, 1) (1-element Tensors too with ``tensors``)."""
-    if not isinstance(betas, tuple | list) or len(betas) != 2:
+    """Validate ``betas``: a pair of floats in [0, 1) (1-element Tensors too with ``tensors``),
+    given as any sequence of two (a tuple, a list, a config's list, a 2-element array)."""
+    try:
+        pair = list(betas)  # type: ignore[call-overload]
+    except TypeError:
+        pair = []
+    if len(pair) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2) of floats in [0, 1), got {betas!r}")
-    for index, beta in enumerate(betas):
+    for index, beta in enumerate(pair):
         check_float(f"betas[{index}]", beta, low=0.0, high=1.0, tensor=tensors)
 
 
