@@ -775,6 +775,12 @@ def test_a_sparse_parameter_is_refused_at_its_first_step_before_anything_changes
     assert torch.equal(dense.detach(), torch.ones(3))
     assert opt.param_groups[0]["lookahead_step"] == 0 and not opt.state
     opt.state_dict()
+    with pytest.raises(TypeError, match="strided"):  # with a closure: after its evaluation
+        opt.step(lambda: torch.zeros(()))
+    assert torch.equal(dense.detach(), torch.ones(3)) and not opt.state
+    sparse.grad = None  # a sparse parameter that gets no gradient is no concern of Lookahead's
+    opt.step()
+    assert opt.param_groups[0]["lookahead_step"] == 1
 
 
 @pytest.mark.parametrize("at", [1, 2])
@@ -872,3 +878,21 @@ def test_eval_before_any_step_stays_in_train_mode_so_a_load_is_taken() -> None:
     assert_equal(values(params), values(reference_params))
     opt.eval()  # with slow copies: eval mode
     assert opt.in_eval_mode
+
+
+def test_eval_state_dict_flags_the_groups_eval_flags() -> None:
+    """The eval form of eval_state_dict() is what eval() + state_dict() writes: a group without
+    slow copies stays in train mode there too, so loading it takes the next load."""
+    params = params_of()
+    opt = sgd(params[:2])
+    opt.add_param_group({"params": [params[2]]})
+    grads(params[:2], 0)
+    opt.step()
+    form, _ = opt.eval_state_dict()
+    opt.eval()
+    assert [g["lookahead_eval_mode"] for g in form["param_groups"]] == [True, False]
+    assert [g["lookahead_eval_mode"] for g in opt.state_dict()["param_groups"]] == [True, False]
+    unstepped = sgd(params_of())
+    unstepped.load_state_dict(sgd(params_of()).eval_state_dict()[0])
+    assert not unstepped.in_eval_mode
+    unstepped.load_state_dict(unstepped.state_dict())  # the next load is taken

@@ -111,12 +111,9 @@ def _inner_step(optimizer: Optimizer, kwargs: dict[str, Any], stepped: Closure) 
     return out
 
 
-def _forwarded(name: str) -> Any:
-    """A live view of the inner optimizer's attribute ``name``, read and written through."""
-    return property(
-        lambda self: getattr(self.optimizer, name),
-        lambda self, value: setattr(self.optimizer, name, value),
-    )
+def _forwarded(n: str) -> Any:
+    """A live view of the inner optimizer's attribute ``n``, read and written through."""
+    return property(lambda s: getattr(s.optimizer, n), lambda s, v: setattr(s.optimizer, n, v))
 
 
 _version_of = operator.attrgetter("_version")
@@ -338,15 +335,16 @@ class Lookahead(Optimizer):
         missing: list[Tensor] = []  # parameters without a slow copy, found at C speed
         if not all(map(operator.contains, states, repeat(SLOW_KEY))):
             missing = [p for p, s in zip(every, states, strict=True) if SLOW_KEY not in s]
-            if sparse := [p for p in missing if p.layout != torch.strided]:
-                raise TypeError(f"Lookahead needs strided parameters, got a {sparse[0].layout} one")
         for group in groups:
             if group[STEP_KEY] + 1 >= group[K_KEY]:  # a slow copy that cannot sync raises now
                 self._held(group, SLOW_KEY)
         captured: list[tuple[Tensor, Tensor]] = []
 
         def capture() -> None:  # phi_0: the weights before their first update, captured once
-            captured.extend((p, self._new_slow_copy(p, p)) for p in missing if p.grad is not None)
+            new = [p for p in missing if p.grad is not None]  # nothing has changed yet
+            if new and (sparse := [p for p in new if p.layout != torch.strided]):
+                raise TypeError(f"Lookahead needs strided parameters, got a {sparse[0].layout} one")
+            captured.extend((p, self._new_slow_copy(p, p)) for p in new)
             missing.clear()
 
         def stepped() -> None:  # counted first; as soon as the inner step returns (docs/design.md)
@@ -553,16 +551,19 @@ class Lookahead(Optimizer):
         saved = self.state_dict() if state_dict is None else state_dict
         saved_state = dict(saved["state"])
         pairs: list[tuple[Tensor, Tensor]] = []
-        for group, saved_group in zip(self.param_groups, saved["param_groups"], strict=True):
+        flags = [bool(group.get(EVAL_KEY)) for group in self.param_groups]  # as eval() flags
+        both = zip(self.param_groups, saved["param_groups"], strict=True)
+        for index, (group, saved_group) in enumerate(both):
             for p, key in zip(group["params"], saved_group["params"], strict=True):
                 slow = self.state.get(p, _NO_STATE).get(SLOW_KEY)
                 if group.get(EVAL_KEY) or not isinstance(slow, Tensor) or key not in saved_state:
                     continue
+                flags[index] = True  # a group with slow copies (one without stays in T)
                 entry = saved_state[key] = {**saved_state[key], FAST_KEY: p.detach()}
                 if _placement(slow) == _placement(p):
                     del entry[SLOW_KEY]
                 pairs.append((p, slow.to(device=p.device, dtype=p.dtype)))  # slow itself if it fits
-        groups = [{**g, EVAL_KEY: True} for g in saved["param_groups"]]
+        groups = [{**g, EVAL_KEY: f} for g, f in zip(saved["param_groups"], flags, strict=True)]
         return {**saved, "state": saved_state, "param_groups": groups}, pairs
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -623,8 +624,7 @@ class Lookahead(Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         # As Optimizer.__getstate__: no hooks; nor the `step` a scheduler put on the instance.
         self._finish()
-        names = ("optimizer", "pullback_momentum", "slow_dtype")
-        return {name: getattr(self, name) for name in names}
+        return {n: getattr(self, n) for n in ("optimizer", "pullback_momentum", "slow_dtype")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
