@@ -205,3 +205,34 @@ def test_booleans_are_still_refused_as_hyperparameters(name: str, value: object)
     with pytest.raises(TypeError, match=r"^weight_decay"):
         optimizer.add_param_group(group)
     assert group["weight_decay"] is value and "eps" not in group
+
+
+def test_a_load_that_fails_while_it_is_made_leaves_the_optimizer_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """load_state_dict ends in __setstate__, which turns an int step into a tensor and gives
+    shared-storage entries their own memory: all of it before the new state is installed, so an
+    error there changes nothing (Lookahead finishes a load by loading again)."""
+    from torch_lookahead.optim import AdaBound, _base
+
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    optimizer = AdaBound(params, lr=0.01)
+    for p in params:
+        p.grad = torch.full_like(p, 0.5)
+    optimizer.step()
+    saved = copy.deepcopy(optimizer.state_dict())
+    for param_state in saved["state"].values():
+        param_state["step"] = 3  # an older checkpoint's int step: made into a tensor on load
+        param_state["exp_avg"] = param_state["exp_avg"] + 1.0
+    before = copy.deepcopy(optimizer.state_dict())
+
+    def failing() -> torch.Tensor:
+        raise RuntimeError("out of memory (injected)")
+
+    monkeypatch.setattr(_base, "new_step_counter", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        optimizer.load_state_dict(saved)
+    after = optimizer.state_dict()
+    for index, state in before["state"].items():
+        for key, value in state.items():
+            assert torch.equal(after["state"][index][key], value), (index, key)
