@@ -253,9 +253,9 @@ class Lookahead(Optimizer):
     def _adopt_group_values(self, before: dict[str, Any], whose: str) -> None:
         """Make ``defaults`` report the groups' k and alpha where all groups agree, with a warning
         where they differ from ``before`` (the constructor's, or those in place before a load)."""
-        agreed = {key: {group[key] for group in self.param_groups} for key in (K_KEY, ALPHA_KEY)}
-        self.defaults.update({key: next(iter(v)) for key, v in agreed.items() if len(v) == 1})
-        for key, value in ((key, self.defaults[key]) for key in agreed if len(agreed[key]) == 1):
+        values = {key: {group[key] for group in self.param_groups} for key in (K_KEY, ALPHA_KEY)}
+        self.defaults.update(agreed := {key: v.pop() for key, v in values.items() if len(v) == 1})
+        for key, value in agreed.items():
             if value != before[key]:  # last: under warnings as errors, the rest is done
                 warnings.warn(
                     f"{whose} {key}={value} replaces this optimizer's {before[key]} (values "
