@@ -896,3 +896,33 @@ def test_eval_state_dict_flags_the_groups_eval_flags() -> None:
     unstepped.load_state_dict(sgd(params_of()).eval_state_dict()[0])
     assert not unstepped.in_eval_mode
     unstepped.load_state_dict(unstepped.state_dict())  # the next load is taken
+
+
+def test_reading_an_unstepped_optimizer_with_dcp_counts_torchs_zero_step() -> None:
+    """docs/distributed.md: torch's get_optimizer_state_dict creates a fresh optimizer's state by
+    one step with zero gradients at lr 0; Lookahead counts it (the weights do not move)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    model = torch.nn.Linear(3, 2)
+    opt = Lookahead(torch.optim.SGD(model.parameters(), lr=0.1), k=K, alpha=ALPHA)
+    before = values(list(model.parameters()))
+    get_optimizer_state_dict(model, opt)
+    assert opt.param_groups[0]["lookahead_step"] == 1 and opt.param_groups[0]["lr"] == 0.1
+    assert_equal(values(list(model.parameters())), before)
+    get_optimizer_state_dict(model, opt)  # a stepped optimizer: reading changes nothing
+    assert opt.param_groups[0]["lookahead_step"] == 1
+
+
+def test_fast_weights_of_another_dtype_wait_in_buffers_of_each_eval() -> None:
+    """docs/evaluation.md: with slow_dtype, the fast weights wait in buffers allocated by each
+    eval() and dropped by train()."""
+    params = params_of(dtypes=(torch.bfloat16,) * 2)
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=K, alpha=ALPHA, slow_dtype=torch.float32)
+    run(params, opt, range(2))
+    opt.eval()
+    first = [opt.state[p]["lookahead_fast"] for p in params]
+    opt.train()
+    assert not any("lookahead_fast" in opt.state[p] for p in params)
+    opt.eval()
+    assert all(a is not opt.state[p]["lookahead_fast"] for a, p in zip(first, params, strict=True))
+    opt.train()
