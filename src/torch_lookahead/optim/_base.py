@@ -99,8 +99,8 @@ class GroupwiseOptimizer(ValidatedGroups):
         # was (Lookahead finishes a load by loading again).
         for param_state in state.get("state", {}).values():
             step = param_state.get("step")
-            if step is not None and not isinstance(step, Tensor):
-                param_state["step"] = new_step_counter().fill_(float(step))
+            if step is not None and (not isinstance(step, Tensor) or step.dim() != 0):
+                param_state["step"] = new_step_counter().fill_(float(step))  # also one saved as [1]
             for key, value in param_state.items():
                 if type(value) is Tensor and value.untyped_storage().nbytes() != value.nbytes:
                     param_state[key] = value.clone()

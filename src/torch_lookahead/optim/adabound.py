@@ -64,7 +64,7 @@ class AdaBoundHyperparameters(NamedTuple):
         """``(alpha_t, eta_l, eta_u)`` of the update rule at step ``step``."""
         beta1, beta2 = self.betas
         if isinstance(step, Tensor):  # compiling: keep the scalar math in float64, as in eager
-            step = step.to(torch.float64).reshape(())  # 0-dim, also when saved as [1]
+            step = step.to(torch.float64)
         step_size = self.lr * (1.0 - beta2**step) ** 0.5 / (1.0 - beta1**step)
         final_lr = self.scheduled_final_lr
         lower_bound = final_lr * (1.0 - 1.0 / (self.gamma * step + 1.0))
@@ -176,8 +176,7 @@ def _multi_tensor_adabound(
 
             denoms = torch._foreach_sqrt(second_moments)
             torch._foreach_add_(denoms, hyper.eps)
-            # A 1-element step of any shape (torch.optim's optimizers load one saved as [1]).
-            steps = torch.cat([step.reshape(1) for step in block_steps]).tolist()
+            steps = torch.stack(block_steps).tolist()
             if steps.count(steps[0]) == len(steps):  # the usual case: one set of scalars
                 step_size, denom_low, denom_high = hyper.denominator_bounds(steps[0])
                 torch._foreach_clamp_min_(denoms, denom_low)

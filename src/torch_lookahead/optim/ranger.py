@@ -85,7 +85,7 @@ class Ranger(Lookahead):
         hyper: dict[str, Any] = {
             key: python_number(value) for key, value in {**given, "foreach": foreach}.items()
         }
-        _check_radam_group(hyper)  # before RAdam, whose own checks name no argument
+        check_hyperparameters(hyper, tensors=True)  # before RAdam, whose checks name no argument
         inner = _CheckedRAdam(
             params,
             **hyper,
@@ -97,14 +97,9 @@ class Ranger(Lookahead):
         super().__init__(inner, k=k, alpha=alpha, **options)
 
 
-def _check_radam_group(group: dict[str, Any]) -> None:
-    """NovoGrad's and AdaBound's checks, with the 1-element Tensors that RAdam takes."""
-    check_hyperparameters(group, tensors=True)
-
-
 class _CheckedRAdam(ValidatedGroups, RAdam):
     """``torch.optim.RAdam`` whose groups, also those given as dicts or added later, are
     validated and hold Python numbers for numpy ones (see `ValidatedGroups`)."""
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        _check_radam_group(group)
+        check_hyperparameters(group, tensors=True)  # RAdam takes 1-element Tensors
