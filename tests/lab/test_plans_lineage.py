@@ -187,3 +187,23 @@ def test_every_committed_plan_names_each_earlier_version_of_its_file_in_its_line
         for digest, seen in listed.items():
             missing = made.get((name, digest), set()) - seen
             assert not missing, f"plans/{name}.json: version {digest} ran seeds {missing} too"
+
+
+@pytest.mark.parametrize("in_lineage", [True, False])
+def test_a_folder_of_an_earlier_plan_version_rerenders_with_that_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_lineage: bool
+) -> None:
+    """A results folder written under an earlier version of a committed plan re-renders with the
+    plan.json it holds, counted as committed only when the plan's lineage lists that digest."""
+    from torch_lookahead_lab import report
+
+    earlier = plan_from_mapping("demo", {"status": "exploratory", "note": "an earlier version"})
+    (tmp_path / "plan.json").write_text(earlier.text)
+    lineage = [{"digest": plan_digest(earlier.text), "commit": "0000000", "seeds": [0]}]
+    current = {"status": "exploratory", "lineage": lineage if in_lineage else []}
+    text = json.dumps(current)
+    monkeypatch.setattr(report, "load_plan", lambda name: Plan(name, text, current, True))
+    recorded = {"name": "demo", "digest": earlier.digest, "plan": {}}
+    plan = report._recorded_plan(recorded, tmp_path)
+    assert plan.text == earlier.text
+    assert plan.committed == in_lineage
