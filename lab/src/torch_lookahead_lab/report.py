@@ -1620,6 +1620,19 @@ def _recorded_parts(payload: dict[str, Any], runs: list[RunResult]) -> dict[str,
     return parts
 
 
+def recorded_lab(payload: dict[str, Any], plan: Plan) -> LabResults:
+    """The runs of the demo or sweep whose results.json is ``payload``, judged by ``plan``
+    (the one it records, ``rerender``, or another: a check of its verdicts)."""
+    runs = [RunResult.from_json(entry) for entry in payload["runs"]]
+    return LabResults(
+        payload["title"], payload["command"], payload["task"], payload["headline_metric"],
+        payload["higher_is_better"], jobs=payload.get("jobs", len(runs)),
+        seconds=float(payload["provenance"].get("wall_seconds", math.nan)),
+        cached_jobs=payload.get("cached_jobs"), quick=payload["quick"], plan=plan,
+        seed_offset=payload["seed_offset"], **_recorded_parts(payload, runs),
+    )  # fmt: skip
+
+
 def rerender(report_dir: Path) -> Path:
     """Write the report of ``report_dir`` again from the runs its results.json records, with
     today's claims, tests and verdicts (the runs are not recomputed: the reproduction test
@@ -1662,13 +1675,7 @@ def rerender(report_dir: Path) -> Path:
         "torch-lookahead demo",
         f"torch-lookahead sweep: {payload.get('task')}",
     ):
-        lab = LabResults(
-            payload["title"], payload["command"], payload["task"], payload["headline_metric"],
-            payload["higher_is_better"], seconds=seconds, jobs=payload.get("jobs", len(runs)),
-            cached_jobs=payload.get("cached_jobs"), quick=payload["quick"],
-            plan=_recorded_plan(payload["plan"], report_dir),
-            seed_offset=payload["seed_offset"], **_recorded_parts(payload, runs),
-        )  # fmt: skip
+        lab = recorded_lab(payload, _recorded_plan(payload["plan"], report_dir))
     else:
         raise ValueError(
             f"{report_dir}: only stability pilots, demo, sweep and compare reports re-render"
